@@ -1,0 +1,43 @@
+"""``orderbook-collector``: run the collector until SIGTERM or Ctrl-C.
+
+Exit status: 0 after a clean shutdown, 2 for invalid settings (one sentence on
+stderr naming the setting and the fix), 1 when the exchange refuses us for good.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+from .collector import Collector, check_startable
+from .config import load
+from .errors import ConfigError
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        settings, args = load(argv)
+        check_startable(settings)
+    except ConfigError as exc:
+        print(f"orderbook-collector: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    collector = Collector(settings)
+
+    async def run() -> None:
+        collector.install_signal_handlers()
+        await collector.run()
+
+    asyncio.run(run())
+    if collector.fatal:
+        print(f"orderbook-collector: {collector.fatal}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
