@@ -1,0 +1,37 @@
+"""Shared fixtures. Everything is real: files in tmp_path, sockets on loopback."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # makes `support` importable
+
+from support.frames import depth_frame  # noqa: E402
+
+
+@pytest.fixture
+def buffer_path(tmp_path: Path) -> Path:
+    return tmp_path / "buffer.sqlite3"
+
+
+@pytest.fixture
+def frame():
+    return depth_frame
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path):
+    """A real 8 MiB tmpfs, so disk-full tests get a real ENOSPC (needs root to mount)."""
+    mnt = tmp_path / "small_fs"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root); the disk-full test needs a real small filesystem")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
