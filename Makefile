@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: venv run test test-fast chaos bench lock simulator clean
+.PHONY: venv run demo test test-fast chaos bench lock simulator clean
 
 venv: $(STAMP)
 
@@ -21,6 +21,11 @@ $(STAMP): requirements.lock pyproject.toml
 run: venv
 	@mkdir -p $(DAGSTER_HOME) data
 	$(BIN)/python -m orderbook_collector.runall
+
+# The same, recording from the local simulated exchange instead of Binance.
+demo: venv
+	@mkdir -p $(DAGSTER_HOME) data
+	$(BIN)/python -m orderbook_collector.runall --simulator
 
 test: venv
 	$(BIN)/python -m pytest -q

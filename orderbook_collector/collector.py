@@ -321,6 +321,8 @@ class Collector:
             await asyncio.sleep(interval)
             lag = max(time.perf_counter() - t0 - interval, 0.0)
             self.metrics.loop_lag.observe(lag)
+            if self.metrics.loop_lag_samples is not None:
+                self.metrics.loop_lag_samples.append(lag)
             self.metrics.queue_depth = self.writer.queue.qsize()
 
     def _event(self, session_id: int | None, kind: str, detail: str | None) -> None:

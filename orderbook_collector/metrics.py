@@ -62,8 +62,8 @@ class Metrics:
         self.spilled_items = 0
         self.writer_errors: dict[str, int] = defaultdict(int)
         self.writer_degraded = 0  # 1 while writes fail (disk full, locked)
-        self.loop_lag_max = 0.0  # worst lag since last scrape
         self.loop_lag = Histogram()
+        self.loop_lag_samples: list[float] | None = None  # set to a list to keep raw samples (benchmarks)
         self.commit_latency = Histogram()
         self.last_message_us: dict[str, int] = {}
         self.connected = 0

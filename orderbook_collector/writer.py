@@ -197,6 +197,7 @@ class Writer:
         spill_dir: str | Path | None = None,
         busy_timeout_ms: int = 200,
         slow_down: float = 0.0,
+        commit_observer=None,
     ) -> None:
         self.path = Path(path)
         self.streams = streams
@@ -206,6 +207,8 @@ class Writer:
         self.commit_interval = commit_interval
         self.busy_timeout_ms = busy_timeout_ms
         self.slow_down = slow_down  # seconds added per commit: for backpressure tests only
+        # Called in the writer thread after each commit with (records, commit_end_us): benchmarks.
+        self.commit_observer = commit_observer
         self.queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self.metrics.queue_capacity = queue_size
         self.spill = Spill(spill_dir or self.path.with_name(self.path.name + ".spill"))
@@ -334,6 +337,8 @@ class Writer:
             log.warning("buffer writes succeed again")
             self.metrics.writer_degraded = 0
         self.metrics.commit_latency.observe(time.perf_counter() - started)
+        if self.commit_observer is not None:
+            self.commit_observer(records, time.time_ns() // 1000)
         self.metrics.messages += result.stored
         self.metrics.duplicates += result.duplicates
         self.metrics.wide_values += result.wide_values
