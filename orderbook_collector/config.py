@@ -30,7 +30,7 @@ class Settings:
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9108  # 0 = any free port, -1 = no metrics server
     synchronous: str = "FULL"
-    commit_interval: float = 0.05
+    commit_interval: float = 0.02
     queue_size: int = 20_000
     max_batch: int = 2_000
     rotate_after: float = 23 * 3600.0  # before Binance's 24 h cut
