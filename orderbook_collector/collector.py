@@ -48,7 +48,7 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
-@dataclass
+@dataclass(eq=False)
 class Session:
     """One WebSocket connection and its bookkeeping."""
 
@@ -89,6 +89,7 @@ class Collector:
         )
         self._stopping = asyncio.Event()
         self._last_session_id = 0
+        self._open_sessions: set[Session] = set()
         self.metrics_server: asyncio.Server | None = None
         self.fatal: str | None = None
 
@@ -169,8 +170,9 @@ class Collector:
                     continue
                 current = await self._rotate(current, streams, delays, reason)
         finally:
-            if current is not None:
-                await self._close_session(current, "collector stopped")
+            # Includes a replacement opened by a rotation that the stop interrupted.
+            for s in [x for x in self._open_sessions if x.streams is streams]:
+                await self._close_session(s, "collector stopped")
 
     async def _wait_session(self, s: Session, rotate_at: float) -> str:
         """Wait until the session ends, needs rotation, or the collector stops."""
@@ -244,6 +246,8 @@ class Collector:
         self.metrics.connected += 1
         log.info("session %d connected: %d stream(s)", sid, len(streams))
         s.task = asyncio.create_task(self._read(s, Decoder(streams)))
+        self._open_sessions.add(s)
+        s.task.add_done_callback(lambda _t: self._open_sessions.discard(s))
         return s
 
     async def _close_session(self, s: Session, reason: str) -> None:

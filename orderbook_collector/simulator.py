@@ -595,6 +595,8 @@ class Exchange:
                     send_us = time.time_ns() // 1000
                     if item[0] == "d":
                         _, msg, replay = item
+                        if conn.stalled_until > time.monotonic():
+                            continue  # queued before the stall began: dropped all the same
                         self._log_data(conn.num, msg, send_us, replay)
                         self.sent_count[msg.stream] += 1
                         await ws.send(msg.combined if conn.combined else msg.data, text=True)
