@@ -35,7 +35,7 @@ from pathlib import Path
 from . import buffer
 from .errors import StorageError
 from .metrics import Metrics
-from .protocol import Decoder, DepthRecord, Quarantined, StreamSpec
+from .protocol import Decoder, DepthRecord, Quarantined, StreamSpec, raw_bytes
 from .spill import Spill
 
 log = logging.getLogger(__name__)
@@ -354,19 +354,20 @@ class Writer:
         records: list[DepthRecord] = []
         quarantined: list[Quarantined] = []
         ops: list[tuple] = []
-        decode = self.decoder.decode
+        frames = []
         for it in items:
             tag = it[0]
             if tag == FRAME:
-                rec = decode(it[1], it[2], it[3], it[4])
-                if type(rec) is DepthRecord:
-                    records.append(rec)
-                elif type(rec) is Quarantined:
-                    quarantined.append(rec)
-                else:  # a control frame that looked like data: keep it, explained
-                    quarantined.append(Quarantined(it[2], it[3], it[4], f"unexpected {type(rec).__name__}", it[1].encode()))
+                frames.append(it[1:5])
             elif tag == QUARANTINE:
                 quarantined.append(Quarantined(it[2], it[3], it[4], it[5], it[1]))
             else:
                 ops.append(it)
+        for (raw, recv_us, sid, seq), rec in zip(frames, self.decoder.decode_many(frames)):
+            if type(rec) is DepthRecord:
+                records.append(rec)
+            elif type(rec) is Quarantined:
+                quarantined.append(rec)
+            else:  # a control frame that looked like data: keep it, explained
+                quarantined.append(Quarantined(recv_us, sid, seq, f"unexpected {type(rec).__name__}", raw_bytes(raw)))
         return records, quarantined, ops

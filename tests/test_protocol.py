@@ -108,3 +108,12 @@ def test_stream_kinds():
         parse_kind("trade")
     with pytest.raises(ConfigError, match="unknown stream kind"):
         parse_kind("depth7")
+
+
+def test_batch_decode_equals_one_by_one_decode_for_good_and_bad_frames(decoder, frame):
+    good = [(frame(100 + i, mid=65000 + i), 10 + i, 1, i) for i in range(50)]
+    assert decoder.decode_many(good) == [decoder.decode(*f) for f in good]
+    mixed = good[:10] + [('{"stream": garbage', 99, 1, 50), (b"\x00", 100, 1, 51)] + good[10:]
+    got = decoder.decode_many(mixed)
+    assert got == [decoder.decode(*f) for f in mixed]
+    assert [type(r).__name__ for r in got[10:12]] == ["Quarantined", "Quarantined"]
