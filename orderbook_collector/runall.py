@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -52,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ)
     env.setdefault("DAGSTER_HOME", os.path.abspath(".dagster_home"))
     os.makedirs(env["DAGSTER_HOME"], exist_ok=True)
+    # Dagster reads dagster.yaml only from DAGSTER_HOME: the repository's copy is the source.
+    shutil.copyfile("dagster.yaml", os.path.join(env["DAGSTER_HOME"], "dagster.yaml"))
     children: list[tuple[str, subprocess.Popen]] = []
     if args.simulator:
         sim, url = _start_simulator(env, args.simulator_port)

@@ -1,0 +1,27 @@
+"""``defs``: everything Dagster loads (``dagster ... -m orderbook_assets.definitions``)."""
+
+
+from dagster import Definitions
+
+from .assets import archived_hour, coverage, depth_snapshot
+from .bars import top_of_book_1s
+from .checks import depth_snapshot_checks
+from .jobs import archive_hour, cleanup_buffer
+from .resources import ArchiveResource, ArchiveS3Resource, BufferResource
+from .schedules import archive_hour_schedule, cleanup_buffer_schedule
+from .sensors import late_rows_sensor
+
+
+def resources() -> dict:
+    """Resources with nothing set: all configuration comes from the environment at run time."""
+    return {"buffer": BufferResource(), "archive": ArchiveResource(s3=ArchiveS3Resource())}
+
+
+defs = Definitions(
+    assets=[depth_snapshot, coverage, archived_hour, top_of_book_1s],
+    asset_checks=[depth_snapshot_checks],
+    jobs=[archive_hour, cleanup_buffer],
+    schedules=[archive_hour_schedule, cleanup_buffer_schedule],
+    sensors=[late_rows_sensor],
+    resources=resources(),
+)
