@@ -27,7 +27,10 @@ demo: venv
 	@mkdir -p $(DAGSTER_HOME) data
 	$(BIN)/python -m orderbook_collector.runall --simulator
 
+# Chromium (Debian package) is what the real-browser test drives; without it that one test skips.
 test: venv
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
+		|| echo "chromium could not be installed: the browser test will be skipped"
 	$(BIN)/python -m pytest -q
 
 test-fast: venv
@@ -35,6 +38,12 @@ test-fast: venv
 
 simulator: venv
 	$(BIN)/python -m orderbook_collector.simulator --port 9443
+
+# Every benchmark script; each prints figure, target, measured, baseline, ratio.
+bench: venv
+	@for b in benchmarks/ingest.py benchmarks/archive.py; do \
+		[ -f $$b ] && { echo "== $$b"; $(BIN)/python $$b || exit 1; }; \
+	done
 
 # Regenerate the lock after changing dependencies in pyproject.toml.
 lock:
