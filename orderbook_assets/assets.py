@@ -74,7 +74,7 @@ def depth_snapshot(context: AssetExecutionContext, buffer: BufferResource, archi
 
 @asset(partitions_def=hourly, deps=[depth_snapshot], retry_policy=RETRY, group_name="archive", kinds={"parquet"})
 def coverage(context: AssetExecutionContext, buffer: BufferResource, archive: ArchiveResource) -> MaterializeResult:
-    """Sessions and gaps of the hour, one object beside each depth part (docs/datasets.md)."""
+    """Sessions and gaps of the hour, one object beside each depth part (README.md, "Archive datasets")."""
     hour_us = hour_us_of(context)
     with fail_fast():
         store = archive.open_store()

@@ -304,7 +304,7 @@ def build_top_of_book_1s(partitions_def=None, deps=(SOURCE,), group_name: str | 
         required_resource_keys={"archive"},
         kinds={"parquet", "duckdb"},
         description="1-second top-of-book bars (mid first/min/max/last, last best bid/ask, mean spread, "
-                    "snapshot count) per symbol, one Parquet file per UTC hour. Schema: docs/analysts.md.",
+                    "snapshot count) per symbol, one Parquet file per UTC hour. Schema: README.md, 'For analysts'.",
     )
     def top_of_book_1s(context) -> MaterializeResult:  # context: AssetExecutionContext
         window = context.partition_time_window

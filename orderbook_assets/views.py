@@ -15,7 +15,7 @@ Everything here works on a caller's ``duckdb`` connection; nothing is global.
 How S3 is reached: DuckDB's ``httpfs`` extension, loaded from the file the PyPI
 package ``duckdb-extension-httpfs`` ships (no download from DuckDB's extension
 repository), with a ``CREATE SECRET`` built from the boto3 credential chain,
-``AWS_REGION`` and ``AWS_ENDPOINT_URL_S3``. See docs/analysts.md.
+``AWS_REGION`` and ``AWS_ENDPOINT_URL_S3``. See README.md, "For analysts".
 
 The tail is read with Python's ``sqlite3`` (DuckDB's sqlite extension is not
 available offline), read-only, in one read transaction, and decoded into the
@@ -436,7 +436,7 @@ def register_views(
 
 
 def coverage_schema() -> pa.Schema:
-    """The coverage dataset's schema, as the archive writes it (docs/datasets.md)."""
+    """The coverage dataset's schema, as the archive writes it (README.md, "Archive datasets")."""
     from .coverage import COVERAGE_SCHEMA
 
     return COVERAGE_SCHEMA

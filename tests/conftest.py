@@ -14,6 +14,21 @@ sys.path.insert(0, str(Path(__file__).parent))  # makes `support` importable
 from support.frames import depth_frame  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def dagster_home(tmp_path_factory) -> Path:
+    """Every Dagster instance in the suite (in-process or CLI child) lives in a throw-away home."""
+    import os
+
+    home = tmp_path_factory.mktemp("dagster_home")
+    old = os.environ.get("DAGSTER_HOME")
+    os.environ["DAGSTER_HOME"] = str(home)
+    yield home
+    if old is None:
+        os.environ.pop("DAGSTER_HOME", None)
+    else:
+        os.environ["DAGSTER_HOME"] = old
+
+
 @pytest.fixture
 def buffer_path(tmp_path: Path) -> Path:
     return tmp_path / "buffer.sqlite3"

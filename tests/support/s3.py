@@ -116,7 +116,10 @@ class MotoServer:
         self._server.start()
         self._stopped = False
         _, self.port = self._server.get_host_and_port()
+        # moto keeps one backend per process: start every server empty so that tests
+        # cannot see each other's buckets.
         self.url = f"http://127.0.0.1:{self.port}"
+        self.reset()
 
     def reset(self) -> None:
         """Drop all moto state (buckets, objects) -- shared by every server in the process."""
