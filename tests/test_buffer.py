@@ -75,3 +75,11 @@ def test_orphan_sessions_are_closed_at_their_last_message(buffer_path):
     closed, reason = conn.execute("SELECT closed_us, close_reason FROM sessions").fetchone()
     assert closed == 99 and "crash" in reason
     assert buffer.next_session_id(conn, 5) == 11
+
+
+def test_new_buffers_use_16k_pages_and_old_ones_keep_theirs(tmp_path):
+    assert buffer.connect(tmp_path / "new.sqlite3").execute("PRAGMA page_size").fetchone()[0] == buffer.PAGE_SIZE
+    old = sqlite3.connect(tmp_path / "old.sqlite3")
+    old.execute("CREATE TABLE t (x)")
+    old.close()
+    assert buffer.connect(tmp_path / "old.sqlite3").execute("PRAGMA page_size").fetchone()[0] == 4096
