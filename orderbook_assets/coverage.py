@@ -23,7 +23,9 @@ import pyarrow.parquet as pq
 
 from orderbook_collector.buffer import HOUR_US
 
-from .export import WRITER_OPTIONS, _fsync_dir, sha256_file
+from orderbook_collector.fsutil import fsync_dir, sha256_file
+
+from .export import WRITER_OPTIONS
 from .ledger import Part
 
 TS = pa.timestamp("us", tz="UTC")
@@ -115,5 +117,5 @@ def write_table(table: pa.Table, path: Path) -> tuple[int, str]:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return sha256_file(path)

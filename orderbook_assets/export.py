@@ -23,7 +23,6 @@ Profiled with pyinstrument before these choices; see the README's benchmark sect
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sqlite3
@@ -34,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from orderbook_collector.fsutil import fsync_dir, sha256_file
 
 from .ledger import Part
 
@@ -106,15 +107,6 @@ def object_key(dataset: str, part: Part, hour_start: datetime | None = None) -> 
     )
 
 
-def sha256_file(path: Path) -> tuple[int, str]:
-    """(size, hex SHA-256) of a file, read back from disk."""
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-            size += len(chunk)
-    return size, h.hexdigest()
 
 
 def stream_table(conn: sqlite3.Connection) -> dict[int, tuple[str, str]]:
@@ -338,16 +330,8 @@ def write_part(conn: sqlite3.Connection, part: Part, path: Path) -> Exported:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     size, digest = sha256_file(path)
     first = int(keys.recv_us.min()) if len(keys) else None
     last = int(keys.recv_us.max()) if len(keys) else None
     return Exported(path, len(keys), size, digest, first, last, json_bytes)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

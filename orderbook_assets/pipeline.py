@@ -30,7 +30,9 @@ from orderbook_collector.errors import ArchiveError, IntegrityError
 from . import coverage as cov
 from . import ledger, quality
 from .crash import crash_point
-from .export import Exported, object_key, sha256_file, write_part
+from orderbook_collector.fsutil import sha256_file
+
+from .export import Exported, object_key, write_part
 from .ledger import COVERAGE, DEPTH, Part
 from .store import ArchiveStore
 

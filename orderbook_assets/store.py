@@ -32,6 +32,7 @@ from typing import Protocol
 from urllib.parse import urlparse
 
 from orderbook_collector.errors import ArchiveError, ConfigError, IntegrityError
+from orderbook_collector.fsutil import fsync_dir, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ class LocalStore:
                 created = False
             finally:
                 tmp.unlink(missing_ok=True)
-            _fsync_dir(dest.parent)
+            fsync_dir(dest.parent)
             if created:
                 return "created"
         self._compare(key, path.stat().st_size, sha256)
@@ -111,13 +112,7 @@ class LocalStore:
         p = self._path(key)
         if not p.exists():
             return None
-        h = hashlib.sha256()
-        size = 0
-        with open(p, "rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-                size += len(chunk)
-        return size, h.hexdigest()
+        return sha256_file(p)
 
     def get(self, key: str) -> bytes:
         try:
@@ -134,12 +129,6 @@ class LocalStore:
         )
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # --------------------------------------------------------------------------- S3

@@ -34,6 +34,8 @@ import zlib
 from collections import deque
 from pathlib import Path
 
+from .fsutil import fsync_dir
+
 log = logging.getLogger(__name__)
 
 _HEADER = struct.Struct("<II")
@@ -118,7 +120,7 @@ class Spill:
         self._wfd = fd
         if self._rname is None:
             self._rname, self._roffset = name, 0
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
 
     # Consumer side (writer thread) ----------------------------------------------------
 
@@ -292,11 +294,3 @@ def _valid_length(path: Path) -> int:
             f.truncate(pos)
             os.fsync(f.fileno())
     return pos
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
