@@ -7,7 +7,7 @@ A failing ERROR check skips both downstream assets, so nothing unchecked is ever
 """
 
 
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from datetime import datetime, timezone
 
 from dagster import AssetExecutionContext, Backoff, Failure, Jitter, MaterializeResult, MetadataValue, RetryPolicy, asset
@@ -42,11 +42,8 @@ def depth_snapshot(context: AssetExecutionContext, buffer: BufferResource, archi
     hour_us = hour_us_of(context)
     with fail_fast():
         store = archive.open_store()
-        conn = buffer.connect()
-        try:
+        with closing(buffer.connect()) as conn:
             out = pipeline.export_and_upload(conn, store, buffer.staging_dir(), hour_us)
-        finally:
-            conn.close()
     parts = out.parts
     fresh = list(out.exported.values())
     json_bytes = sum(e.json_bytes for e in fresh)
@@ -78,11 +75,8 @@ def coverage(context: AssetExecutionContext, buffer: BufferResource, archive: Ar
     hour_us = hour_us_of(context)
     with fail_fast():
         store = archive.open_store()
-        conn = buffer.connect()
-        try:
+        with closing(buffer.connect()) as conn:
             parts = pipeline.upload_coverage(conn, store, buffer.staging_dir(), hour_us)
-        finally:
-            conn.close()
     return MaterializeResult(
         metadata={
             "rows": sum(p.rows or 0 for p in parts),
@@ -96,11 +90,8 @@ def coverage(context: AssetExecutionContext, buffer: BufferResource, archive: Ar
 def archived_hour(context: AssetExecutionContext, buffer: BufferResource) -> MaterializeResult:
     """Marks the hour's verified, checked parts archived: from now on cleanup may free their rows."""
     hour_us = hour_us_of(context)
-    conn = buffer.connect()
-    try:
+    with closing(buffer.connect()) as conn:
         done = pipeline.mark_archived(conn, buffer.staging_dir(), hour_us)
-    finally:
-        conn.close()
     return MaterializeResult(metadata={
         "archived_parts": [f"{p.dataset}/{p.part}" for p in done],
         "rows": sum(p.rows or 0 for p in done if p.dataset == "depth_snapshot"),

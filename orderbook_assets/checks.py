@@ -1,6 +1,8 @@
 """DuckDB checks of ``depth_snapshot``, blocking: an ERROR stops ``archived_hour`` in the same run."""
 
 
+from contextlib import closing
+
 from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, multi_asset_check
 
 from . import pipeline, quality
@@ -27,11 +29,8 @@ SPECS = [
 def depth_snapshot_checks(context: AssetCheckExecutionContext, buffer: BufferResource, archive: ArchiveResource):
     hour_us = hour_us_of(context)
     store = archive.open_store()
-    conn = buffer.connect()
-    try:
+    with closing(buffer.connect()) as conn:
         checked = pipeline.check_parts(conn, store, buffer.staging_dir(), hour_us)
-    finally:
-        conn.close()
     for r in checked.results:
         metadata = {"count": r.count, "examples": r.examples, "parts": [p.part for p in checked.parts]}
         metadata.update({k: v for k, v in r.detail.items() if k != "raw"})

@@ -5,6 +5,8 @@ steps, and the ledger (not Dagster) carries the state from one attempt to the ne
 """
 
 
+from contextlib import closing
+
 from dagster import AssetSelection, OpExecutionContext, define_asset_job, in_process_executor, job, op
 
 from . import cleanup
@@ -24,11 +26,8 @@ archive_hour = define_asset_job(
 def delete_archived_rows(context: OpExecutionContext, buffer: BufferResource) -> None:
     """Delete rows of archived parts older than ORDERBOOK_RETENTION_HOURS, 1000 rows a transaction."""
     retention = buffer.retention()
-    conn = buffer.connect()
-    try:
+    with closing(buffer.connect()) as conn:
         result = cleanup.run(conn, retention)
-    finally:
-        conn.close()
     context.log.info(
         f"deleted {result.deleted} rows of {result.parts} parts in {result.batches} batches; "
         f"{result.checkpoints} checkpoints; WAL now {result.wal_bytes} bytes (retention {retention} h)"
