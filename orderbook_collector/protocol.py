@@ -263,12 +263,14 @@ class Decoder:
         values = np.array(flat, dtype=np.float64)
         if values.size and (not math.isfinite(values.sum()) or values.min() < 0 or values[0::2].min() <= 0):
             raise FrameError("bad values")
+        # One C-speed pass over the batch's strings; per-frame regexes only if one is long.
+        check_wide = bool(flat) and max(map(len, flat)) > 16
         packed = values.tobytes()
         out: list[Decoded] = []
         off = 0
         for raw, stream, recv_us, session_id, seq, uid, n_bids, n in meta:
             end = off + 16 * n
-            wide = _count_wide(raw) if _WIDE_RE.search(raw) else 0
+            wide = _count_wide(raw) if check_wide and _WIDE_RE.search(raw) else 0
             out.append(DepthRecord(stream, recv_us, session_id, seq, uid, n_bids, packed[off:end], wide))
             off = end
         return out

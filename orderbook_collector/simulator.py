@@ -33,6 +33,23 @@ Choices where Binance is undocumented or where a simulator must pick:
   that the sent log lists, exactly as a real network can.
 * permessage-deflate is off by default (``compression=None``): cheaper for benchmarks.
 
+Fault switches (``Exchange`` methods; the same over HTTP as ``POST /control/<name>?..``):
+``disconnect(abrupt)``, ``stall(seconds)``, ``replay_on_next_connect(n)``,
+``inject_malformed(kind)``, ``reject_connections(status, retry_after, count)``,
+``server_shutdown(grace)``; ``GET /control/stats`` returns the counters. Malformed kinds,
+each one frame to every current connection (``S`` = its first stream; the wrapper is
+left out for a raw connection where noted):
+
+* ``not_json``: text ``{"stream": garbage``
+* ``binary``: a binary frame ``00 01 02 03 "malformed-binary" ff fe``
+* ``wrong_types``: ``{"stream":S,"data":{"lastUpdateId":<S's last id>,"bids":[[65000.01,
+  "0.50000000"],["64999.99000000","0.10000000","1"]],"asks":[[..]]}}`` (wrapper optional)
+* ``unknown_stream``: a well-formed depth message for ``zzzusdt@depth20@100ms``
+* ``oversize``: ``{"stream":S,"data":"xxx…"}``, exactly ``OVERSIZE_BYTES`` = 1.5 MiB
+  (websockets' default ``max_size`` is 1 MiB: a client must raise it to receive this)
+* ``error_reply``: ``{"error":{"code":2,"msg":"Invalid request: invalid stream"},"id":null}``
+* ``missing_fields``: ``{"stream":S,"data":{"bids":[..],"asks":[..]}}`` (wrapper optional)
+
 Sent log (``sent_log``): NDJSON, one line per frame handed to a connection. Data lines:
 ``{"conn":N,"stream":..,"send_us":..,"last_update_id":..,"data":{..}}`` (plus
 ``"replay":true`` for replayed copies). Other lines carry ``"malformed":<kind>`` or
@@ -311,6 +328,7 @@ class _Stream:
     ring: deque
     subs: dict = field(default_factory=dict)  # conn number -> _Conn
     task: asyncio.Task | None = None
+    last_step: int = -1  # book step of the last message: ids never repeat, across restarts too
 
 
 @dataclass(eq=False)
@@ -320,6 +338,7 @@ class _Conn:
     combined: bool
     replay: int = 0
     stalled_until: float = 0.0
+    dropped: bool = False  # aborted as a slow consumer; ignore it until cleanup
     streams: dict = field(default_factory=dict)  # name -> None: an ordered set
     outbox: deque = field(default_factory=deque)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -339,7 +358,8 @@ def _valid_id(rid: Any) -> bool:
 
 
 def _http(status: int, obj: Any, headers: tuple = ()) -> Response:
-    body = orjson.dumps(obj)
+    """A JSON response (``obj`` may be ready-made JSON bytes); the connection then closes."""
+    body = obj if isinstance(obj, bytes) else orjson.dumps(obj)
     st = http.HTTPStatus(status)
     hdrs = Headers([
         ("Content-Type", "application/json;charset=UTF-8"), ("Content-Length", str(len(body))),
@@ -486,7 +506,8 @@ class Exchange:
             return _http(404, {"code": -1000, "msg": f"Unknown path {path}"})
         symbol = query.get("symbol", "")
         if not symbol:
-            return _http(400, {"code": -1102, "msg": "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed."})
+            msg = "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed."
+            return _http(400, {"code": -1102, "msg": msg})
         book = self.books.get(symbol.lower())
         if book is None:
             return _http(400, {"code": -1121, "msg": "Invalid symbol."})
@@ -497,11 +518,7 @@ class Exchange:
         except ValueError:
             return _http(400, {"code": -1100, "msg": "Illegal characters found in parameter 'limit'."})
         book.advance_to(self._book_step_now())
-        body = book.depth_payload(limit)
-        return Response(200, "OK", Headers([
-            ("Content-Type", "application/json;charset=UTF-8"), ("Content-Length", str(len(body))),
-            ("Connection", "close"), ("X-MBX-USED-WEIGHT-1M", "5"),
-        ]), body)
+        return _http(200, book.depth_payload(limit), (("X-MBX-USED-WEIGHT-1M", "5"),))
 
     def _control_http(self, name: str, q: dict) -> Response:
         """``POST /control/<name>?arg=..`` (or named args) runs a fault switch; 200 {"ok":true}.
@@ -575,8 +592,11 @@ class Exchange:
         return len(times) > self.max_incoming_per_sec
 
     def _enqueue(self, conn: _Conn, item: tuple) -> None:
+        if conn.dropped:
+            return
         if len(conn.outbox) >= self.max_outbox:
-            log.warning("conn %d: outbox full, dropping the slow consumer", conn.num)
+            log.warning("conn %d: %d messages unsent, dropping the slow consumer", conn.num, len(conn.outbox))
+            conn.dropped = True
             conn.ws.transport.abort()
             conn.outbox.clear()
             return
@@ -624,13 +644,15 @@ class Exchange:
             return self._reply(conn, _error(2, "Invalid request: expected a JSON object", None))
         rid = req.get("id")
         if not _valid_id(rid):
-            return self._reply(conn, _error(2, "Invalid request: request ID must be an unsigned integer", None))
+            msg = "Invalid request: request ID must be an unsigned integer"
+            return self._reply(conn, _error(2, msg, None))
         method = req.get("method")
         if method is None:
             return self._reply(conn, _error(2, "Invalid request: missing field `method`", rid))
         if method not in _METHODS:
             expected = ", ".join(f"`{m}`" for m in _METHODS)
-            return self._reply(conn, _error(2, f"Invalid request: unknown variant `{method}`, expected one of {expected}", rid))
+            msg = f"Invalid request: unknown variant `{method}`, expected one of {expected}"
+            return self._reply(conn, _error(2, msg, rid))
         params = req.get("params", [])
         if not isinstance(params, list):
             return self._reply(conn, _error(2, "Invalid request: params must be an array", rid))
@@ -716,10 +738,11 @@ class Exchange:
     def _emit(self, st: _Stream, step: int, since: int | None) -> int | None:
         book = self.books[st.spec.symbol]
         book.advance_to(step)
-        if since is not None and book.step <= since:
+        if book.step <= st.last_step:
             self.skipped_ticks += 1  # a REST snapshot moved the book ahead: never repeat an id
             return since
         data = book.depth_payload(st.spec.depth) if st.spec.depth else book.diff_payload(since)
+        st.last_step = book.step
         name = st.spec.name
         msg = _Msg(name, book.last_id, data, b'{"stream":"' + name.encode() + b'","data":' + data + b"}")
         st.ring.append(msg)
@@ -765,7 +788,8 @@ class Exchange:
         await asyncio.gather(*(c.ws.close(code, reason) for c in conns), return_exceptions=True)
 
     def stall(self, seconds: float) -> None:
-        """Send no data to the current connections for ``seconds``; what is generated meanwhile is lost to them."""
+        """Send no data to the current connections for ``seconds``; what is generated
+        meanwhile is dropped for them (not queued), as Binance would not queue forever."""
         until = time.monotonic() + seconds
         for c in self.conns.values():
             c.stalled_until = until
@@ -806,13 +830,19 @@ class Exchange:
         if kind == "error_reply":
             return b'{"error":{"code":2,"msg":"Invalid request: invalid stream"},"id":null}', True, None
         if kind == "wrong_types":  # a number for a price, a level with three entries
-            data = orjson.dumps({"lastUpdateId": last_id, "bids": [[65000.01, "0.50000000"], ["64999.99000000", "0.10000000", "1"]], "asks": [["65000.02000000", "0.30000000"]]})
+            bids = [[65000.01, "0.50000000"], ["64999.99000000", "0.10000000", "1"]]
+            asks = [["65000.02000000", "0.30000000"]]
+            data = orjson.dumps({"lastUpdateId": last_id, "bids": bids, "asks": asks})
             return wrap_own(data), True, stream
         if kind == "missing_fields":
-            data = orjson.dumps({"bids": [["65000.01000000", "0.50000000"]], "asks": [["65000.02000000", "0.30000000"]]})
+            asks = [["65000.02000000", "0.30000000"]]
+            data = orjson.dumps({"bids": [["65000.01000000", "0.50000000"]], "asks": asks})
             return wrap_own(data), True, stream
         if kind == "unknown_stream":
-            data = orjson.dumps({"lastUpdateId": 40_000_000_001, "bids": [["1.00000000", "1.00000000"]], "asks": [["1.01000000", "1.00000000"]]})
+            data = orjson.dumps({
+                "lastUpdateId": 40_000_000_001, "bids": [["1.00000000", "1.00000000"]],
+                "asks": [["1.01000000", "1.00000000"]],
+            })
             return wrap("zzzusdt@depth20@100ms", data), True, "zzzusdt@depth20@100ms"
         # oversize: a well-formed wrapper whose data is a string padded to 1.5 MiB in total
         head = b'{"stream":"' + stream.encode() + b'","data":"'
@@ -835,7 +865,8 @@ class Exchange:
 # ---- CLI ---------------------------------------------------------------------------------
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m orderbook_collector.simulator", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m orderbook_collector.simulator",
+                                description=__doc__.split("\n")[0])
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0, help="0 picks a free port")
     p.add_argument("--symbols", default="btcusdt,ethusdt", help="comma-separated, lower case")

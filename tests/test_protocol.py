@@ -117,3 +117,10 @@ def test_batch_decode_equals_one_by_one_decode_for_good_and_bad_frames(decoder, 
     got = decoder.decode_many(mixed)
     assert got == [decoder.decode(*f) for f in mixed]
     assert [type(r).__name__ for r in got[10:12]] == ["Quarantined", "Quarantined"]
+
+
+def test_batch_decode_counts_wide_values_like_the_strict_path(decoder):
+    wide = '{"stream":"btcusdt@depth5","data":{"lastUpdateId":7,"bids":[["1.0000000000000001","2.00000000"]],"asks":[]}}'
+    plain = '{"stream":"btcusdt@depth5","data":{"lastUpdateId":8,"bids":[["1.5","2"]],"asks":[]}}'
+    got = decoder.decode_many([(plain, 1, 1, 0), (wide, 2, 1, 1)])
+    assert [r.wide_values for r in got] == [0, 1]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK, InvalidStatus
 
 from orderbook_collector.simulator import MALFORMED_KINDS, OVERSIZE_BYTES, Book, Exchange
@@ -27,6 +27,13 @@ from orderbook_collector.simulator import MALFORMED_KINDS, OVERSIZE_BYTES, Book,
 REPO = Path(__file__).resolve().parents[1]
 DECIMAL8 = re.compile(r"^\d+\.\d{8}$")
 FAST = dict(symbols=["btcusdt", "ethusdt"], seed=1, rate=50)
+
+
+def connect(url: str, **kw):
+    """A client that never pauses reading: with websockets' default max_queue, a client
+    that stops reading and then closes waits its full close_timeout (10 s) for a close
+    frame stuck behind unread data, which would only slow these tests down."""
+    return ws_connect(url, max_queue=None, **kw)
 
 
 def run(coro, timeout: float = 15.0):
@@ -329,11 +336,13 @@ def test_stall_pauses_data_without_queueing_it():
     async def main():
         async with Exchange(**FAST) as ex:
             async with connect(ex.ws_url + "/stream?streams=btcusdt@depth5") as ws:
-                await recv_data(ws, 2)
+                last = (await recv_data(ws, 2))[-1]["data"]["lastUpdateId"]
                 ex.stall(0.4)
-                got, end = [], time.monotonic() + 1.0
+                got = [(time.monotonic(), last)]
+                end = got[0][0] + 1.0
                 while time.monotonic() < end:  # the connection stays open throughout
-                    got.append((time.monotonic(), (await recv_data(ws, 1))[0]["data"]["lastUpdateId"]))
+                    msg = (await recv_data(ws, 1))[0]  # await before reading the clock
+                    got.append((time.monotonic(), msg["data"]["lastUpdateId"]))
                 ring_ids = [m.last_update_id for m in ex.streams["btcusdt@depth5"].ring]
         return got, ring_ids
 
