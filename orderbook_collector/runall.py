@@ -1,8 +1,8 @@
 """``make run``: the collector and ``dagster dev`` together, stopped together.
 
 Both run as child processes in their own process groups. Ctrl-C or SIGTERM is
-passed on to both as SIGTERM (the collector then drains its queue and closes its
-session; dagster dev stops its daemon and webserver), and we wait for both.
+passed on: SIGTERM to the collector (it drains its queue and closes its session),
+SIGINT to dagster dev (it stops its daemon and webserver), and we wait for both.
 If either child dies on its own, the other is stopped too, so nothing keeps
 running half-configured.
 
@@ -24,8 +24,14 @@ import time
 STOP_TIMEOUT = 30.0
 
 
+def _default_sigint() -> None:
+    # A shell starts background jobs with SIGINT ignored and children inherit that;
+    # dagster dev only shuts its services down through KeyboardInterrupt.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _spawn(cmd: list[str], env: dict[str, str], **kw) -> subprocess.Popen:
-    return subprocess.Popen(cmd, env=env, start_new_session=True, **kw)
+    return subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=_default_sigint, **kw)
 
 
 def _start_simulator(env: dict[str, str], port: int) -> tuple[subprocess.Popen, str]:
@@ -88,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     ordered = sorted(children, key=lambda c: c[0] != "collector")
     for name, proc in ordered:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
+            # dagster dev stops its webserver and daemon on SIGINT (its Ctrl-C path) only.
+            os.kill(proc.pid, signal.SIGINT if name == "dagster dev" else signal.SIGTERM)
         if name == "collector":
             try:
                 proc.wait(STOP_TIMEOUT)

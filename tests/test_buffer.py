@@ -77,8 +77,8 @@ def test_orphan_sessions_are_closed_at_their_last_message(buffer_path):
     assert buffer.next_session_id(conn, 5) == 11
 
 
-def test_new_buffers_use_16k_pages_and_old_ones_keep_theirs(tmp_path):
-    assert buffer.connect(tmp_path / "new.sqlite3").execute("PRAGMA page_size").fetchone()[0] == buffer.PAGE_SIZE
+def test_new_buffers_use_8k_pages_and_old_ones_keep_theirs(tmp_path):
+    assert buffer.connect(tmp_path / "new.sqlite3").execute("PRAGMA page_size").fetchone()[0] == 8192
     old = sqlite3.connect(tmp_path / "old.sqlite3")
     old.execute("CREATE TABLE t (x)")
     old.close()
