@@ -39,6 +39,12 @@ test-fast: venv
 simulator: venv
 	$(BIN)/python -m orderbook_collector.simulator --port 9443
 
+# The whole system under faults, checked by a never-killed oracle (RELIABILITY.md).
+# A 45 s version runs in `make test`; this is the long one: make chaos DURATION=600
+DURATION ?= 600
+chaos: venv
+	$(BIN)/python tests/support/chaos.py --duration $(DURATION) --report chaos-report.json
+
 # Every benchmark script; each prints figure, target, measured, baseline, ratio.
 bench: venv
 	@for b in benchmarks/ingest.py benchmarks/archive.py; do \
