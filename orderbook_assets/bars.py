@@ -15,8 +15,6 @@ fixed Parquet writer options; so a re-run writes the same bytes.
 from __future__ import annotations
 
 import base64
-import hashlib
-import os
 import struct
 import tempfile
 import zlib
@@ -31,9 +29,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from orderbook_collector.errors import ArchiveError
+from orderbook_collector.fsutil import sha256_file
 
 from . import views
+from .store import ArchiveStore, LocalStore, S3Store
 
 DATASET = "top_of_book_1s"
 SOURCE = "depth_snapshot"
@@ -196,11 +195,14 @@ def bars_key(hour_us: int) -> str:
     return f"{DATASET}/{views.hour_path(hour_us)}/bars.parquet"
 
 
-def materialize_hour(archive_url: str, hour_us: int, s3: views.S3Settings | None = None) -> tuple[pa.Table, str]:
+def materialize_hour(
+    archive_url: str, hour_us: int, s3: views.S3Settings | None = None, store: ArchiveStore | None = None
+) -> tuple[pa.Table, str]:
     """Read the hour's ``depth_snapshot`` files, write its bars; returns (bars, URL written).
 
     An hour without archived files gives an empty bars file, so the partition is
-    complete and readers see "no data" rather than "not computed".
+    complete and readers see "no data" rather than "not computed". ``store`` is where
+    the bars go (the pipeline's archive store); by default one is opened for the URL.
     """
     archive = views.Archive.parse(archive_url)
     con = _duck(archive, s3)
@@ -213,51 +215,33 @@ def materialize_hour(archive_url: str, hour_us: int, s3: views.S3Settings | None
             bars = BARS_SCHEMA.empty_table()
     finally:
         con.close()
-    url = f"{archive.url}/{bars_key(hour_us)}"
-    write_parquet(bars, archive, bars_key(hour_us), s3)
-    return bars, url
+    write_parquet(bars, store or _open_store(archive, s3), bars_key(hour_us))
+    return bars, f"{archive.url}/{bars_key(hour_us)}"
 
 
-def write_parquet(table: pa.Table, archive: views.Archive, key: str, s3: views.S3Settings | None = None) -> None:
-    """Write ``table`` at ``key`` under the archive: atomically in a folder, one PUT on S3.
+def write_parquet(table: pa.Table, store: ArchiveStore, key: str) -> None:
+    """Write ``table`` at ``key``: a derived dataset, so the object is replaced, then verified."""
+    with tempfile.TemporaryDirectory(prefix="bars-") as tmp:
+        path = Path(tmp) / "bars.parquet"
+        pq.write_table(table, path, **WRITER_OPTIONS)
+        _size, sha = sha256_file(path)
+        store.put_derived(key, path, sha)
 
-    A derived dataset, so an existing object is replaced (the bytes are deterministic).
-    """
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, **WRITER_OPTIONS)
-    data = sink.getvalue().to_pybytes()
+
+def _open_store(archive: views.Archive, s3: views.S3Settings | None) -> ArchiveStore:
     if not archive.is_s3:
-        path = Path(archive.url) / key
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".bars-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return
+        return LocalStore(archive.url)
     import boto3
     from botocore.config import Config
-    from botocore.exceptions import BotoCoreError, ClientError
 
     s3 = s3 or views.S3Settings.from_env()
     client = boto3.session.Session().client(
         "s3", region_name=s3.region, endpoint_url=s3.endpoint_url,
         aws_access_key_id=s3.key_id, aws_secret_access_key=s3.secret, aws_session_token=s3.session_token,
-        config=Config(retries={"mode": "standard", "max_attempts": 5},
+        config=Config(retries={"mode": "standard", "total_max_attempts": 5},
                       s3={"addressing_style": "path"} if s3.endpoint_url else {}),
     )
-    prefix = archive.url[len(f"s3://{archive.bucket}"):].strip("/")
-    digest = base64.b64encode(hashlib.sha256(data).digest()).decode()
-    try:
-        client.put_object(Bucket=archive.bucket, Key=f"{prefix}/{key}".lstrip("/"), Body=data,
-                          ChecksumAlgorithm="SHA256", ChecksumSHA256=digest)
-    except (BotoCoreError, ClientError) as exc:
-        raise ArchiveError(f"cannot write {archive.url}/{key}: {exc}") from exc
+    return S3Store(client, archive.bucket, archive.url[len(f"s3://{archive.bucket}"):].strip("/"))
 
 
 # --------------------------------------------------------------------------- Dagster
@@ -310,7 +294,7 @@ def build_top_of_book_1s(partitions_def=None, deps=(SOURCE,), group_name: str | 
         window = context.partition_time_window
         hour_us = int(window.start.astimezone(timezone.utc).timestamp()) * 1_000_000
         archive = context.resources.archive
-        bars, url = materialize_hour(archive.resolved_url(), hour_us, s3_settings_from(archive))
+        bars, url = materialize_hour(archive.resolved_url(), hour_us, s3_settings_from(archive), archive.open_store())
         symbols = sorted(set(bars["symbol"].to_pylist()))
         return dg.MaterializeResult(metadata={
             "rows": dg.MetadataValue.int(bars.num_rows),

@@ -215,7 +215,12 @@ def _coverage_one(conn, store: ArchiveStore, staging: Path, part: Part, paths: l
             raise
         size, sha = got
         log.info("%s: keeping the coverage snapshot stored by an earlier attempt", key)
-    part = ledger.advance(conn, part, "uploaded", rows=table.num_rows, bytes=size, sha256=sha, object_key=key)
+    facts = dict(rows=table.num_rows, bytes=size, sha256=sha, object_key=key)
+    if part.state == "uploaded":
+        # The earlier upload was lost and this snapshot's counters differ: record what is stored now.
+        part = ledger.record_object(conn, part, **facts)
+    else:
+        part = ledger.advance(conn, part, "uploaded", **facts)
     got = store.head(key)
     if got != (part.bytes, part.sha256):
         raise ArchiveError(f"{key}: HEAD shows {got}, expected {(part.bytes, part.sha256)}; it will be uploaded again")

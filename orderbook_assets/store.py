@@ -41,6 +41,7 @@ class ArchiveStore(Protocol):
     url: str
 
     def put_if_absent(self, key: str, path: Path, sha256: str) -> str: ...
+    def put_derived(self, key: str, path: Path, sha256: str) -> None: ...
     def head(self, key: str) -> tuple[int, str] | None: ...
     def get(self, key: str) -> bytes: ...
     def list(self, prefix: str = "") -> list[str]: ...
@@ -107,6 +108,23 @@ class LocalStore:
         got = self.head(key)
         if got != (size, sha256):
             raise IntegrityError(f"{self._path(key)} exists with (size, sha256) {got}, not ours {(size, sha256)}")
+
+    def put_derived(self, key: str, path: Path, sha256: str) -> None:
+        """Write or replace a derived object (one rebuilt from archived data), atomically, then verify."""
+        dest = self._path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+        try:
+            with open(path, "rb") as src, open(tmp, "wb") as out:
+                while chunk := src.read(1 << 20):
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+        fsync_dir(dest.parent)
+        self._compare(key, path.stat().st_size, sha256)
 
     def head(self, key: str) -> tuple[int, str] | None:
         p = self._path(key)
@@ -232,6 +250,23 @@ class S3Store:
                 )
             return "existed"
         return outcome
+
+    def put_derived(self, key: str, path: Path, sha256: str) -> None:
+        """Write or replace a derived object (one rebuilt from archived data), then verify by HEAD.
+
+        Only for datasets that are recomputed as parts arrive (``top_of_book_1s``); the
+        archive's own parts always go through :meth:`put_if_absent`.
+        """
+        body = Path(path).read_bytes()
+        self._retry(
+            f"PUT s3://{self.bucket}/{self._key(key)}",
+            lambda: self.client.put_object(
+                Bucket=self.bucket, Key=self._key(key), Body=body, ChecksumAlgorithm="SHA256", ChecksumSHA256=_b64(sha256)
+            ),
+        )
+        got = self.head(key)
+        if got != (len(body), sha256):
+            raise ArchiveError(f"s3://{self.bucket}/{self._key(key)}: HEAD shows {got} after PUT, expected {(len(body), sha256)}")
 
     def head(self, key: str) -> tuple[int, str] | None:
         from botocore.exceptions import ClientError

@@ -124,3 +124,40 @@ def test_cleanup_never_deletes_a_part_whose_upload_failed(proxy, tmp_path):
     archive_until_done(conn, st, tmp_path / "staging")
     assert cleanup.run(conn, 0, pause=0).deleted == len(rows)
     conn.close()
+
+
+def test_lost_coverage_put_while_session_counters_move_still_ends_verified(proxy, tmp_path):
+    """A retry writes a new coverage snapshot (the collector's counters moved on): the
+    ledger must record the object now stored, not keep the lost attempt's size and hash."""
+    path = tmp_path / "buffer.sqlite3"
+    fill_buffer(path, ["btcusdt"], BASE_HOUR_US, 200)
+    conn = open_buffer(path)
+    st = s3_store(proxy.url)
+    proxy.inject("silent_put_loss", method="PUT", path_contains="/coverage/")
+    pipeline.export_and_upload(conn, st, tmp_path / "staging", BASE_HOUR_US)
+    assert not pipeline.check_parts(conn, st, tmp_path / "staging", BASE_HOUR_US).blocking_failures
+    with pytest.raises(ArchiveError, match="HEAD shows None"):
+        pipeline.upload_coverage(conn, st, tmp_path / "staging", BASE_HOUR_US)
+    conn.execute("UPDATE sessions SET duplicates = duplicates + 7")  # the live collector meanwhile
+    (part,) = pipeline.upload_coverage(conn, st, tmp_path / "staging", BASE_HOUR_US)
+    assert part.state == "verified"
+    assert st.head(part.object_key) == (part.bytes, part.sha256)
+    assert proxy.injected["silent_put_loss"] == 1
+    conn.close()
+
+
+@pytest.mark.parametrize("kind", ["corrupt_body", "silent_put_loss"])
+def test_derived_objects_are_replaced_and_verified_by_head(proxy, tmp_path, kind):
+    st = s3_store(proxy.url)
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.write_bytes(b"bars v1")
+    second.write_bytes(b"bars v2, after a late part")
+    st.put_derived("top_of_book_1s/x.parquet", first, hashlib.sha256(b"bars v1").hexdigest())
+    proxy.inject(kind, method="PUT")
+    sha = hashlib.sha256(second.read_bytes()).hexdigest()
+    if kind == "silent_put_loss":
+        with pytest.raises(ArchiveError, match="HEAD shows"):  # caught, and the step is retried
+            st.put_derived("top_of_book_1s/x.parquet", second, sha)
+    st.put_derived("top_of_book_1s/x.parquet", second, sha)  # BadDigest is retried inside
+    assert st.head("top_of_book_1s/x.parquet") == (second.stat().st_size, sha)
+    assert proxy.injected[kind] == 1

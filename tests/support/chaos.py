@@ -186,7 +186,6 @@ class Chaos:
     s3_fault_every: tuple[float, float] = (0.3, 1.5)
     archive_kill_prob: float = 0.4
     max_window_ms: float = 100.0
-    workarounds: bool = True
     failures: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -338,13 +337,6 @@ class Chaos:
                 continue  # do not queue faults faster than requests arrive
             kind, method = rng.choice(plan)
             where = f"/{BUCKET}/"
-            if kind == "silent_put_loss" and self.workarounds:
-                # WORKAROUND (reported): a silently lost *coverage* PUT while the collector runs
-                # leaves the coverage part 'uploaded' with bytes that never match again, so the
-                # hour can never be archived (orderbook_assets/pipeline.py _coverage_one:
-                # ledger.advance() is a no-op on a part already 'uploaded'). --no-workarounds
-                # lifts this restriction.
-                where = f"/{BUCKET}/{PREFIX}/depth_snapshot/"
             self.proxy.inject(kind, count=rng.randint(1, 2), method=method, path_contains=where)
             self.s3_injections[kind] += 1
 
@@ -414,7 +406,6 @@ class Chaos:
         report["wall_seconds"] = round((now_us() - t_start) / 1e6, 1)
         report["failures"] = self.failures + self.thread_errors
         report["notes"] = self.notes
-        report["workarounds"] = ["silent_put_loss only on depth_snapshot objects"] if self.workarounds else []
         report["passed"] = not report["failures"]
         return report
 
@@ -865,8 +856,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=50.0, help="messages per second per stream")
     p.add_argument("--workdir", type=Path, default=None, help="keep buffer, logs and sent log here")
     p.add_argument("--max-window-ms", type=float, default=100.0, help="fail if a crash window loses more data")
-    p.add_argument("--no-workarounds", action="store_true",
-                   help="also lose coverage PUTs silently (hits a known archive bug, see RELIABILITY.md)")
     a = p.parse_args(argv)
     seed = a.seed if a.seed is not None else random.randrange(1 << 30)
     if a.workdir:
@@ -874,8 +863,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir, cleanup = a.workdir, False
     else:
         workdir, cleanup = Path(tempfile.mkdtemp(prefix="orderbook-chaos-")), True
-    chaos = Chaos(workdir, a.duration, seed, rate=a.rate, max_window_ms=a.max_window_ms,
-                  workarounds=not a.no_workarounds)
+    chaos = Chaos(workdir, a.duration, seed, rate=a.rate, max_window_ms=a.max_window_ms)
     report = chaos.run()
     report["command"] = " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:]))
     summary = {k: v for k, v in report.items() if k not in ("crash_windows",)}
