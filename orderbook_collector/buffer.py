@@ -21,7 +21,9 @@ Tables (all times are integer microseconds since the epoch, UTC):
 ``dropped``         one row per message not stored because it was a duplicate,
                     so every seq gap in the stored rows is explained.
 ``quarantine``      frames that failed parsing or validation, raw bytes and reason.
-``events``          disconnects, stalls, rotations, disk-full and spill episodes.
+``events``          stalls, rotations, serverShutdown notices, spill episodes and
+                    write-failure episodes (disk full, locked); disconnects are in
+                    ``sessions`` (close time and reason).
 ``spill_state``     how far the spill files have been replayed, committed with the rows.
 ``export_parts``    the archive's ledger: each part's id range and state.
 

@@ -236,6 +236,8 @@ class Writer:
                     return True
                 except queue.Full:
                     log.warning("writer queue full (%d items); spilling to %s", self.queue.maxsize, self.spill.dir)
+                    self.spill.append((EVENT, buffer.now_us(), None, None, "spill_start",
+                                       f"queue full ({self.queue.maxsize} items)"))
             ok = self.spill.append(item)
         if ok:
             self.metrics.spilled_items += 1
@@ -277,6 +279,12 @@ class Writer:
                 items, position, stop = self._collect()
                 if items or position:
                     self._commit(conn, items, position)
+            # Events the last batch produced (a spill that just drained) still get committed.
+            leftover = []
+            while not self.queue.empty():
+                leftover.append(self.queue.get_nowait())
+            if leftover:
+                self._commit(conn, leftover, None)
         except BaseException:
             log.exception("writer thread failed")
             raise
@@ -294,8 +302,7 @@ class Writer:
                 self.metrics.spill_bytes = self.spill.pending_bytes
                 if not batch:
                     with self._spill_lock:
-                        if self.spill.finish_if_drained(None):
-                            log.info("spill replayed; back to the queue")
+                        self._finish_spill(None)
                     time.sleep(0.005)
                     continue
                 stop = any(it[0] == STOP for it in batch)
@@ -318,15 +325,23 @@ class Writer:
     def _commit(self, conn: sqlite3.Connection, items: list[tuple], position: tuple[str, int] | None) -> None:
         records, quarantined, ops = self._decode(items)
         delay = 0.05
+        failures: list[str] = []
+        failed_since = 0
         while True:
             started = time.perf_counter()
+            batch_ops = ops
+            if failures:  # the episode becomes data in the batch that finally commits
+                detail = f"{len(failures)} failed commit(s) over {(buffer.now_us() - failed_since) / 1e6:.1f} s: {failures[-1]}"
+                batch_ops = ops + [(EVENT, failed_since, None, None, "write_failures", detail)]
             try:
                 if self.slow_down:
                     time.sleep(self.slow_down)
-                result = store_records(conn, self.stream_ids, records, quarantined, ops, position)
+                result = store_records(conn, self.stream_ids, records, quarantined, batch_ops, position)
                 break
             except (sqlite3.Error, StorageError) as exc:
                 kind = classify_sqlite_error(exc)
+                failed_since = failed_since or buffer.now_us()
+                failures.append(kind)
                 self.metrics.writer_errors[kind] += 1
                 if not self.metrics.writer_degraded:
                     log.error("buffer write failed (%s: %s); holding %d items and retrying", kind, exc, len(items))
@@ -347,8 +362,14 @@ class Writer:
         self.committed_batches += 1
         if position is not None:
             with self._spill_lock:
-                self.spill.finish_if_drained(position)
+                self._finish_spill(position)
             self.metrics.spill_bytes = self.spill.pending_bytes
+
+    def _finish_spill(self, position: tuple[str, int] | None) -> None:
+        """Leave spill mode if everything spilled is committed; the episode's end is data too."""
+        if self.spill.finish_if_drained(position):
+            log.info("spill replayed; back to the queue")
+            self.queue.put_nowait((EVENT, buffer.now_us(), None, None, "spill_end", "spill replayed"))
 
     def _decode(self, items: list[tuple]) -> tuple[list[DepthRecord], list[Quarantined], list[tuple]]:
         records: list[DepthRecord] = []

@@ -72,6 +72,7 @@ def test_slow_writer_spills_and_replays_in_order_without_loss(buffer_path, frame
     assert [u for u, _ in got] == uids
     assert [s for _, s in got] == list(range(len(uids)))
     assert not list(w.spill.dir.glob("spill-*.bin"))
+    assert [k for (k,) in rows(buffer_path, "SELECT kind FROM events ORDER BY id")] == ["spill_start", "spill_end"]
 
 
 def test_locked_database_delays_commits_but_loses_nothing(buffer_path, frame):
@@ -89,6 +90,8 @@ def test_locked_database_delays_commits_but_loses_nothing(buffer_path, frame):
     assert w.stop(30)
     assert rows(buffer_path, "SELECT count(*), count(DISTINCT update_id) FROM depth_snapshot") == [(500, 500)]
     assert w.metrics.writer_degraded == 0
+    (detail,) = rows(buffer_path, "SELECT detail FROM events WHERE kind = 'write_failures'")[0]
+    assert "locked" in detail
 
 
 def test_disk_full_holds_the_batch_and_resumes_when_space_returns(small_fs, frame):
@@ -117,3 +120,4 @@ def test_disk_full_holds_the_batch_and_resumes_when_space_returns(small_fs, fram
     assert w.stop(30)
     assert rows(path, "SELECT count(*), count(DISTINCT update_id) FROM depth_snapshot") == [(500, 500)]
     assert rows(path, "PRAGMA integrity_check") == [("ok",)]
+    assert any("disk_full" in d for (d,) in rows(path, "SELECT detail FROM events WHERE kind = 'write_failures'"))
