@@ -174,27 +174,45 @@ def check_parts(conn: sqlite3.Connection, store: ArchiveStore, staging: Path, ho
         paths, window=window, buffer_rows=buffer_rows,
         archived_rows={f"part-{p.part:04d}": p.rows or 0 for p in parts},
         explained=explained_seqs(conn, hour_us, parts),
+        since=archived_last_recv(conn, store, staging, hour_us),
     )
     return HourChecks(parts, results, window)
 
 
+def archived_last_recv(conn: sqlite3.Connection, store: ArchiveStore, staging: Path, hour_us: int) -> dict[str, int]:
+    """Per stream, the last receive time in the hour's parts archived by earlier runs."""
+    done = ledger.parts(conn, DEPTH, hour_us, ("archived",))
+    if not done:
+        return {}
+    con = quality.connect([str(local_copy(store, staging, p)) for p in done])
+    try:
+        return dict(con.execute("SELECT stream, max(epoch_us(recv_time)) FROM books GROUP BY stream").fetchall())
+    finally:
+        con.close()
+
+
 def upload_coverage(conn: sqlite3.Connection, store: ArchiveStore, staging: Path, hour_us: int) -> list[Part]:
-    """Write, upload and verify the coverage object of every verified depth part of the hour."""
+    """Write, upload and verify the coverage object of every verified depth part of the hour.
+
+    The hour's gaps since its last archived part go into the newest part's object only,
+    so parts exported together do not repeat each other's gaps.
+    """
     depth = {p.part: p for p in ledger.parts(conn, DEPTH, hour_us, ("verified",))}
     paths = [str(local_copy(store, staging, p)) for p in depth.values()]
     gaps = None
     done = []
-    for part in ledger.pending(conn, COVERAGE, hour_us):
-        if part.part not in depth:
-            continue
+    pending = [p for p in ledger.pending(conn, COVERAGE, hour_us) if p.part in depth]
+    newest = max((p.part for p in pending), default=None)
+    for part in pending:
         if not part.reached("verified"):
             if gaps is None:
+                since = archived_last_recv(conn, store, staging, hour_us)
                 con = quality.connect(paths)
                 try:
-                    gaps = quality.coverage_gaps(con, check_window(hour_us, list(depth.values()))).detail["raw"]
+                    gaps = quality.coverage_gaps(con, check_window(hour_us, list(depth.values())), since).detail["raw"]
                 finally:
                     con.close()
-            part = _coverage_one(conn, store, staging, part, paths, gaps)
+            part = _coverage_one(conn, store, staging, part, paths, gaps if part.part == newest else [])
         done.append(part)
     return done
 

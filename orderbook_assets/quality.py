@@ -132,17 +132,28 @@ def update_id_backwards(con: duckdb.DuckDBPyConnection) -> CheckResult:
     return CheckResult("update_id_monotonic", ERROR, not rows, len(rows), rows[:EXAMPLES])
 
 
-def coverage_gaps(con: duckdb.DuckDBPyConnection, window: tuple[int, int]) -> CheckResult:
+def _sql_str(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def coverage_gaps(con: duckdb.DuckDBPyConnection, window: tuple[int, int], since: dict[str, int] | None = None) -> CheckResult:
     """Intervals longer than 5 cadences without a message, per stream, inside ``window``
-    (µs; the hour, cut at the time the newest part was planned when the hour is still open)."""
+    (µs; the hour, cut at the time the newest part was planned when the hour is still open).
+
+    ``since`` gives, per stream, the last receive time already archived in earlier parts of
+    the hour: a stream's silence is measured from there instead of from the hour's start.
+    """
     lo, hi = window
+    since_sql = " UNION ALL ".join(f"SELECT {_sql_str(k)} AS stream, {int(v)} AS us" for k, v in sorted((since or {}).items()))
     rows = _rows(con.execute(
         f"""
         WITH t AS (SELECT stream, epoch_us(recv_time) AS us FROM books),
+        s AS ({since_sql or "SELECT NULL::VARCHAR AS stream, NULL::BIGINT AS us WHERE false"}),
+        streams AS (SELECT DISTINCT stream FROM t UNION SELECT stream FROM s),
         edges AS (
             SELECT stream, us FROM t
-            UNION ALL SELECT DISTINCT stream, {lo} FROM t
-            UNION ALL SELECT DISTINCT stream, {hi} FROM t
+            UNION ALL SELECT st.stream, coalesce(s.us, {lo}) FROM streams st LEFT JOIN s USING (stream)
+            UNION ALL SELECT stream, {hi} FROM streams
         ),
         d AS (
             SELECT stream, us AS gap_start_us, lead(us) OVER (PARTITION BY stream ORDER BY us) AS gap_end_us,
@@ -199,6 +210,7 @@ def run_all(
     buffer_rows: int,
     archived_rows: dict[str, int],
     explained: pa.Table | None = None,
+    since: dict[str, int] | None = None,
 ) -> list[CheckResult]:
     con = connect(paths, explained)
     try:
@@ -206,7 +218,7 @@ def run_all(
             duplicates(con),
             seq_gaps(con),
             update_id_backwards(con),
-            coverage_gaps(con, window),
+            coverage_gaps(con, window, since),
             books_sane(con),
             reconciled(con, buffer_rows, archived_rows),
         ]

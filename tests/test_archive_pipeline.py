@@ -244,3 +244,24 @@ def test_collector_keeps_committing_during_export_and_cleanup(tmp_path):
     assert len(latencies) > 5
     assert max(latencies) < 0.1, sorted(latencies)[-5:]
     assert conn.execute("SELECT count(*) FROM depth_snapshot WHERE recv_us < ?", (BASE_HOUR_US + HOUR_US,)).fetchone()[0] == 0
+
+
+def test_a_later_part_measures_silence_from_the_archived_parts_not_the_hour_start(env):
+    conn, path, st, staging = env
+    fill_buffer(path, ["btcusdt"], BASE_HOUR_US, 100)  # 0 s .. 9.9 s of the hour
+    archive(conn, st, staging)
+    fill_buffer(path, ["btcusdt"], BASE_HOUR_US + 10_000_000, 100, session_id=1,
+                first_seq=100, first_update_id=10_000, open_session=False)  # continues seamlessly
+    pipeline.export_and_upload(conn, st, staging, BASE_HOUR_US)
+    gaps = pipeline.check_parts(conn, st, staging, BASE_HOUR_US).results
+    (cov,) = [r for r in gaps if r.name == "coverage_gaps"]
+    starts = [start for _stream, start, _end in cov.detail["raw"]]
+    # Only the silence after the newest row up to the export time remains, never the first 10 s.
+    assert all(start >= BASE_HOUR_US + 19_900_000 for start in starts), cov.detail["intervals"]
+    pipeline.upload_coverage(conn, st, staging, BASE_HOUR_US)
+    pipeline.mark_archived(conn, staging, BASE_HOUR_US)
+    table = duckdb.connect().execute(
+        f"SELECT part, count(*) FILTER (WHERE record = 'gap' AND start_time < make_timestamptz({BASE_HOUR_US + 10_000_000})) "
+        f"FROM read_parquet('{st.root}/coverage/**/*.parquet') GROUP BY part ORDER BY part"
+    ).fetchall()
+    assert table[-1] == (2, 0)  # part 2 repeats no gap that part 1 already covered
