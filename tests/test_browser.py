@@ -54,8 +54,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def graphql(base: str, query: str) -> dict:
-    req = urllib.request.Request(f"{base}/graphql", data=json.dumps({"query": query}).encode(),
+def graphql(base: str, query: str, variables: dict | None = None) -> dict:
+    req = urllib.request.Request(f"{base}/graphql", data=json.dumps({"query": query, "variables": variables or {}}).encode(),
                                  headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=10) as resp:
         body = json.load(resp)
