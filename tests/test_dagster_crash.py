@@ -24,18 +24,10 @@ try:
 except ImportError:  # tests/ is not a package: pytest puts tests/ itself on sys.path
     from support.buffer_rows import BASE_HOUR_US, fill_buffer, open_buffer
     from support.s3 import MotoServer, s3_client
+from support.procs import JOB_RUN
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "2026-11-23-10:00"
-RUN = (
-    "import sys\n"
-    "from dagster import DagsterInstance\n"
-    "from orderbook_assets.definitions import defs\n"
-    "job = defs.resolve_job_def(sys.argv[1])\n"
-    "kw = {'partition_key': sys.argv[2]} if len(sys.argv) > 2 else {}\n"
-    "r = job.execute_in_process(instance=DagsterInstance.get(), raise_on_error=False, **kw)\n"
-    "sys.exit(0 if r.success else 1)\n"
-)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +59,7 @@ def run(env, job="archive_hour", key=KEY, crash=None, cli=False):
         args = [str(Path(sys.executable).parent / "dagster"), "job", "execute", "-m", "orderbook_assets.definitions",
                 "-j", job, "--tags", json.dumps({"dagster/partition": key})]
     else:
-        args = [sys.executable, "-c", RUN, job] + ([key] if key else [])
+        args = [sys.executable, "-c", JOB_RUN, job] + ([key] if key else [])
     return subprocess.run(args, env=e, cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 

@@ -68,7 +68,7 @@ for p in (str(ROOT), str(ROOT / "tests")):
 
 import orjson  # noqa: E402
 
-from support.procs import SimulatorProcess, child_env  # noqa: E402
+from support.procs import JOB_RUN, SimulatorProcess, child_env  # noqa: E402
 from support.s3 import MotoServer, FaultProxy, s3_client  # noqa: E402
 
 HOUR_US = 3_600_000_000
@@ -76,15 +76,6 @@ BUCKET = "chaos"
 PREFIX = "archive"
 REGION = "eu-west-1"
 MALFORMED_KINDS = ("not_json", "binary", "wrong_types", "unknown_stream", "oversize", "error_reply", "missing_fields")
-ARCHIVE_RUN = (
-    "import sys\n"
-    "from dagster import DagsterInstance\n"
-    "from orderbook_assets.definitions import defs\n"
-    "job = defs.resolve_job_def(sys.argv[1])\n"
-    "kw = {'partition_key': sys.argv[2]} if len(sys.argv) > 2 else {}\n"
-    "r = job.execute_in_process(instance=DagsterInstance.get(), raise_on_error=False, **kw)\n"
-    "sys.exit(0 if r.success else 1)\n"
-)
 
 
 def now_us() -> int:
@@ -235,7 +226,7 @@ class Chaos:
 
     def run_job(self, job: str, key: str | None, kill_after: float | None, timeout: float = 180.0) -> Run:
         run = Run(job, key, now_us())
-        args = [sys.executable, "-c", ARCHIVE_RUN, job] + ([key] if key else [])
+        args = [sys.executable, "-c", JOB_RUN, job] + ([key] if key else [])
         run.log = self.logs / f"run-{len(self.runs) + 1:04d}-{job}.log"
         out = open(run.log, "wb")
         proc = subprocess.Popen(args, env=self.archive_env(), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)

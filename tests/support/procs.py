@@ -14,6 +14,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
+#: ``python -c JOB_RUN <job> [<partition key>]``: one Dagster run in a process of its own
+#: (so a test can SIGKILL it), in-process executor, on the instance of $DAGSTER_HOME.
+JOB_RUN = (
+    "import sys\n"
+    "from dagster import DagsterInstance\n"
+    "from orderbook_assets.definitions import defs\n"
+    "job = defs.resolve_job_def(sys.argv[1])\n"
+    "kw = {'partition_key': sys.argv[2]} if len(sys.argv) > 2 else {}\n"
+    "r = job.execute_in_process(instance=DagsterInstance.get(), raise_on_error=False, **kw)\n"
+    "sys.exit(0 if r.success else 1)\n"
+)
+
 
 def child_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
