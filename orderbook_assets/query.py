@@ -21,7 +21,6 @@ import argparse
 import io
 import os
 import sys
-from pathlib import Path
 
 import duckdb
 

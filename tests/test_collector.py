@@ -9,7 +9,6 @@ import dataclasses
 import json
 import urllib.request
 
-import pytest
 
 from orderbook_collector.collector import Collector
 from orderbook_collector.config import Settings

@@ -7,7 +7,6 @@ import random
 import signal
 import time
 
-import orjson
 
 from support.procs import SimulatorProcess, query, start_collector, stored_count, wait_for
 

@@ -17,10 +17,10 @@ from orderbook_assets.partitions import hourly
 from orderbook_collector.errors import ConfigError
 
 try:
-    from tests.support.buffer_rows import BASE_HOUR_US, HOUR_US, fill_buffer, open_buffer
+    from tests.support.buffer_rows import BASE_HOUR_US, fill_buffer, open_buffer
     from tests.support.s3 import MotoServer, s3_client
 except ImportError:  # tests/ is not a package: pytest puts tests/ itself on sys.path
-    from support.buffer_rows import BASE_HOUR_US, HOUR_US, fill_buffer, open_buffer
+    from support.buffer_rows import BASE_HOUR_US, fill_buffer, open_buffer
     from support.s3 import MotoServer, s3_client
 
 ROOT = Path(__file__).resolve().parents[1]

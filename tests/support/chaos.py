@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import bisect
 import json
-import os
 import random
 import shutil
 import signal
