@@ -20,12 +20,12 @@ $(STAMP): requirements.lock pyproject.toml
 
 run: venv
 	@mkdir -p $(DAGSTER_HOME) data
-	$(BIN)/python -m orderbook_collector.runall
+	$(BIN)/python -m tools.run
 
 # The same, recording from the local simulated exchange instead of Binance.
 demo: venv
 	@mkdir -p $(DAGSTER_HOME) data
-	$(BIN)/python -m orderbook_collector.runall --simulator
+	$(BIN)/python -m tools.run --simulator
 
 # Chromium (Debian package) is what the real-browser test drives; without it that one test skips.
 test: venv
@@ -37,7 +37,7 @@ test-fast: venv
 	$(BIN)/python -m pytest -q -m "not slow and not browser"
 
 simulator: venv
-	$(BIN)/python -m orderbook_collector.simulator --port 9443
+	$(BIN)/python -m tools.simulator --port 9443
 
 # The whole system under faults, checked by a never-killed oracle (RELIABILITY.md).
 # A 45 s version runs in `make test`; this is the long one: make chaos DURATION=600

@@ -112,8 +112,8 @@ def hour_buffer(n_rows: int) -> tuple[Path, Path, dict]:
 
 def export_once(src: Path, work: Path) -> tuple[float, object]:
     """The real step on a fresh copy of the buffer; returns (seconds, the part)."""
-    from orderbook_assets import pipeline
-    from orderbook_assets.store import LocalStore
+    from orderbook_assets.archive import pipeline
+    from orderbook_assets.archive.store import LocalStore
     from orderbook_collector import buffer
 
     db = copy_db(src, work / "export.sqlite3")
@@ -169,7 +169,7 @@ def python_loop_baseline(packed: Path, n: int, out: Path) -> float:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from orderbook_assets.export import DEPTH_SCHEMA
+    from orderbook_assets.archive.export import DEPTH_SCHEMA
 
     t0 = time.perf_counter()
     conn = sqlite3.connect(packed)
@@ -218,8 +218,8 @@ def child_export(path: str, out: str, mode: str) -> None:
     """Subprocess body: export the whole hour (mode=export) or only get ready (mode=idle)."""
     import pyarrow.parquet  # noqa: F401  (the idle baseline imports what the export imports)
 
-    from orderbook_assets import ledger
-    from orderbook_assets.export import write_part
+    from orderbook_assets.archive import ledger
+    from orderbook_assets.archive.export import write_part
     from orderbook_collector import buffer
 
     conn = buffer.connect(path, synchronous="NORMAL", create=False)
@@ -287,8 +287,8 @@ GROUP BY 1 ORDER BY 1
 
 def day_archive(rows_per_hour: int) -> Path:
     """24 hourly depth files of BTCUSDT (simulator books, 10 messages/s), exported by write_part; cached."""
-    from orderbook_assets import ledger
-    from orderbook_assets.export import object_key, write_part
+    from orderbook_assets.archive import ledger
+    from orderbook_assets.archive.export import object_key, write_part
     from orderbook_collector import buffer
 
     root = CACHE / f"day-{ad.BIG_VERSION}-{rows_per_hour}"
@@ -314,7 +314,7 @@ def query_times(archive: Path, repeats: int) -> tuple[float, float, int]:
     """Median seconds of the 1 s bars over the day and over one hour (fresh connection each time)."""
     import duckdb
 
-    from orderbook_assets.views import register_views
+    from orderbook_assets.analytics.views import register_views
 
     def run(lo_h: int, hi_h: int) -> tuple[float, int]:
         lo = time.strftime("%Y-%m-%d %H:%M:%S+00", time.gmtime(ad.BASE_HOUR_US / 1e6 + lo_h * 3600))
@@ -340,8 +340,8 @@ def query_times(archive: Path, repeats: int) -> tuple[float, float, int]:
 
 def writer_stalls(src: Path, work: Path, seconds: float, rate: int = 2000) -> tuple[list[float], list[float], float]:
     """Commit durations (s) of a Writer fed ``rate`` msg/s: without, then during, exports in another process."""
-    from orderbook_collector import writer as wmod
-    from orderbook_collector.protocol import build_streams
+    from orderbook_collector.writer import thread as wmod
+    from orderbook_collector.feed.protocol import build_streams
 
     db = copy_db(src, work / "stall.sqlite3")
     symbols = ["zzzusdt", "yyyusdt"]
@@ -401,9 +401,9 @@ def writer_stalls(src: Path, work: Path, seconds: float, rate: int = 2000) -> tu
 
 def child_stall_export(path: str, out: str, seconds: float) -> None:
     """Subprocess body: the real export step once (plan, write, upload, verify), then write_part again until time is up."""
-    from orderbook_assets import pipeline
-    from orderbook_assets.export import object_key, write_part
-    from orderbook_assets.store import LocalStore
+    from orderbook_assets.archive import pipeline
+    from orderbook_assets.archive.export import object_key, write_part
+    from orderbook_assets.archive.store import LocalStore
     from orderbook_collector import buffer
 
     conn = buffer.connect(path, synchronous="FULL", create=False)

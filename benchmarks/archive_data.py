@@ -1,6 +1,6 @@
 """Realistic depth20 buffers for the archive benchmark.
 
-Messages come from the simulator's :class:`~orderbook_collector.simulator.Book` (slowly
+Messages come from the simulator's :class:`~tools.simulator.exchange.Book` (slowly
 changing books on a tick grid, Binance's decimal text), wrapped as combined-stream frames
 exactly as the simulator sends them, decoded by the collector's :class:`Decoder` and stored
 through the collector's real :func:`store_records`. The raw JSON bytes of every frame are
@@ -25,9 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from orderbook_collector import buffer  # noqa: E402
-from orderbook_collector.protocol import Decoder, build_streams  # noqa: E402
-from orderbook_collector.simulator import Book  # noqa: E402
-from orderbook_collector.writer import SESSION_CLOSE, SESSION_OPEN, store_records  # noqa: E402
+from orderbook_collector.feed.protocol import Decoder, build_streams  # noqa: E402
+from tools.simulator.exchange import Book  # noqa: E402
+from orderbook_collector.writer.thread import SESSION_CLOSE, SESSION_OPEN, store_records  # noqa: E402
 
 #: 2026-11-23 10:00 UTC
 HOUR_US = buffer.HOUR_US

@@ -29,10 +29,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from orderbook_collector import buffer  # noqa: E402
-from orderbook_collector.collector import Collector  # noqa: E402
+from orderbook_collector.connection.collector import Collector  # noqa: E402
 from orderbook_collector.config import Settings  # noqa: E402
-from orderbook_collector.protocol import Decoder, build_streams  # noqa: E402
-from orderbook_collector.writer import store_records  # noqa: E402
+from orderbook_collector.feed.protocol import Decoder, build_streams  # noqa: E402
+from orderbook_collector.writer.thread import store_records  # noqa: E402
 
 SYMBOLS = ["btcusdt", "ethusdt", "bnbusdt", "solusdt"]
 

@@ -1,7 +1,7 @@
 """The archive side of orderbook: hourly, verified Parquet from the SQLite buffer.
 
-Pure modules (no Dagster): :mod:`ledger`, :mod:`export`, :mod:`store`, :mod:`quality`,
-:mod:`coverage`, :mod:`cleanup`, :mod:`crash`. Dagster wiring: :mod:`partitions`,
-:mod:`resources`, :mod:`assets`, :mod:`checks`, :mod:`schedules`, :mod:`sensors`,
-assembled in :mod:`definitions`.
+- :mod:`.archive`: the archive core (ledger, export, stores, checks, coverage, cleanup); no Dagster.
+- :mod:`.defs`: the Dagster wiring (partitions, resources, assets, checks, jobs, schedules, sensors).
+- :mod:`.analytics`: the analysts' side (DuckDB views, the ``orderbook`` query command, bars).
+- :mod:`.definitions`: assembles ``defs``.
 """

@@ -3,13 +3,13 @@
 
 from dagster import Definitions
 
-from .assets import archived_hour, coverage, depth_snapshot
-from .bars import top_of_book_1s
-from .checks import depth_snapshot_checks
-from .jobs import archive_hour, cleanup_buffer
-from .resources import ArchiveResource, ArchiveS3Resource, BufferResource
-from .schedules import archive_hour_schedule, cleanup_buffer_schedule
-from .sensors import late_rows_sensor
+from orderbook_assets.defs.assets import archived_hour, coverage, depth_snapshot
+from orderbook_assets.analytics.bars import top_of_book_1s
+from orderbook_assets.defs.checks import depth_snapshot_checks
+from orderbook_assets.defs.jobs import archive_hour, cleanup_buffer
+from orderbook_assets.defs.resources import ArchiveResource, ArchiveS3Resource, BufferResource
+from orderbook_assets.defs.schedules import archive_hour_schedule, cleanup_buffer_schedule
+from orderbook_assets.defs.sensors import late_rows_sensor
 
 
 def resources() -> dict:

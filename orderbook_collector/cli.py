@@ -10,9 +10,9 @@ import asyncio
 import logging
 import sys
 
-from .collector import Collector, check_startable
-from .config import load
-from .errors import ConfigError
+from orderbook_collector.connection.collector import Collector, check_startable
+from orderbook_collector.config import load
+from orderbook_collector.errors import ConfigError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .errors import ConfigError
-from .protocol import StreamSpec, build_streams
+from orderbook_collector.errors import ConfigError
+from orderbook_collector.feed.protocol import StreamSpec, build_streams
 
 #: Binance allows 1024 streams per spot connection.
 MAX_STREAMS_PER_CONNECTION = 1024

@@ -8,9 +8,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))  # makes `support` importable
-
-from support.frames import depth_frame  # noqa: E402
+from support.frames import depth_frame
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -49,3 +47,11 @@ def small_fs(tmp_path: Path):
         yield mnt
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests under tests/doubles/ test the test doubles, not the product: mark them so."""
+    doubles = Path(__file__).parent / "doubles"
+    for item in items:
+        if doubles in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.doubles)

@@ -1,7 +1,7 @@
 """Realistic depth rows in a real SQLite buffer, for archive tests.
 
 :func:`fill_buffer` stores slowly changing depth20 books on a tick grid through the
-collector's own :func:`orderbook_collector.writer.store_records` (so ``buffer_hours``,
+collector's own :func:`orderbook_collector.writer.thread.store_records` (so ``buffer_hours``,
 session counters and ``dropped`` are kept exactly as in production) and returns what it
 stored, so tests can compare archived values with what went in.
 """
@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from orderbook_collector import buffer
-from orderbook_collector.protocol import DepthRecord
-from orderbook_collector.writer import SESSION_CLOSE, SESSION_OPEN, store_records
+from orderbook_collector.feed.protocol import DepthRecord
+from orderbook_collector.writer.thread import SESSION_CLOSE, SESSION_OPEN, store_records
 
 HOUR_US = buffer.HOUR_US
 #: 2026-11-23 10:00 UTC

@@ -5,7 +5,7 @@
 
 This process (the oracle) starts:
 
-* the simulated exchange (``python -m orderbook_collector.simulator``) writing its sent log,
+* the simulated exchange (``python -m tools.simulator``) writing its sent log,
   the record of every data message handed to a connection;
 * the collector (``python -m orderbook_collector``), SIGKILLed at random moments and restarted;
 * moto (S3) behind :class:`~support.s3.FaultProxy`, which injects S3 5xx, SlowDown, resets,

@@ -35,10 +35,10 @@ def child_env(**extra: str) -> dict[str, str]:
 
 
 class SimulatorProcess:
-    """``python -m orderbook_collector.simulator`` in its own process, controlled over HTTP."""
+    """``python -m tools.simulator`` in its own process, controlled over HTTP."""
 
     def __init__(self, *args: str, sent_log: Path | None = None) -> None:
-        cmd = [sys.executable, "-m", "orderbook_collector.simulator", "--port", "0", *args]
+        cmd = [sys.executable, "-m", "tools.simulator", "--port", "0", *args]
         if sent_log is not None:
             cmd += ["--sent-log", str(sent_log)]
         self.proc = subprocess.Popen(cmd, env=child_env(), stdout=subprocess.PIPE, text=True)

@@ -1,0 +1,544 @@
+"""The analysts' DuckDB views over the archive, and the not-yet-archived tail.
+
+Everything here works on a caller's ``duckdb`` connection; nothing is global.
+:func:`register_views` creates, with stable names (see DESIGN.md, "Contracts"):
+
+``depth_snapshot_archived``  the Parquet dataset ``<archive>/depth_snapshot/``
+``depth_snapshot_tail``      buffer rows no archived part covers (only with a buffer)
+``depth_snapshot``           the archive, plus the tail when a buffer is given
+``top_of_book``              ``symbol, recv_time, best_bid, best_bid_qty, best_ask,
+                             best_ask_qty, mid, spread, microprice`` per snapshot
+``coverage``                 the ``<archive>/coverage/`` dataset (sessions and gaps)
+``top_of_book_1s``           the ``<archive>/top_of_book_1s/`` dataset (1-second bars)
+``book_at(symbol, time)``    table macro: the last snapshot at or before ``time``
+
+How S3 is reached: DuckDB's ``httpfs`` extension, loaded from the file the PyPI
+package ``duckdb-extension-httpfs`` ships (no download from DuckDB's extension
+repository), with a ``CREATE SECRET`` built from the boto3 credential chain,
+``AWS_REGION`` and ``AWS_ENDPOINT_URL_S3``. See README.md, "For analysts".
+
+The tail is read with Python's ``sqlite3`` (DuckDB's sqlite extension is not
+available offline), read-only, in one read transaction, and decoded into the
+archive's shape with numpy, without per-row Python loops.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from orderbook_collector.errors import ArchiveError, ConfigError, StorageError
+
+DATASET = "depth_snapshot"
+HOUR_US = 3_600_000_000
+
+LEVEL = pa.struct([("price", pa.float64()), ("qty", pa.float64())])
+DEPTH_SCHEMA = pa.schema(
+    [
+        ("symbol", pa.string()),
+        ("stream", pa.string()),
+        ("recv_time", pa.timestamp("us", tz="UTC")),
+        ("session_id", pa.int64()),
+        ("seq", pa.int64()),
+        ("last_update_id", pa.int64()),
+        ("bids", pa.list_(LEVEL)),
+        ("asks", pa.list_(LEVEL)),
+    ]
+)
+DEPTH_COLUMNS = [f.name for f in DEPTH_SCHEMA]
+TOP_OF_BOOK_COLUMNS = [
+    "symbol", "recv_time", "best_bid", "best_bid_qty", "best_ask", "best_ask_qty",
+    "mid", "spread", "microprice",
+]
+_DUCK_TYPES = {
+    "symbol": "VARCHAR", "stream": "VARCHAR", "recv_time": "TIMESTAMPTZ",
+    "session_id": "BIGINT", "seq": "BIGINT", "last_update_id": "BIGINT",
+    "bids": "STRUCT(price DOUBLE, qty DOUBLE)[]", "asks": "STRUCT(price DOUBLE, qty DOUBLE)[]",
+    "date": "DATE", "hour": "INTEGER",
+}
+
+
+# --------------------------------------------------------------------------- locations
+
+
+@dataclass(frozen=True)
+class Archive:
+    """Where the archive lives: ``s3://bucket/prefix`` or a local folder."""
+
+    url: str
+
+    @classmethod
+    def parse(cls, url: str) -> Archive:
+        """Validate and normalise an archive URL (local paths become absolute).
+
+        Raises:
+            ConfigError: an S3 URL without a bucket, or an unsupported scheme.
+        """
+        url = (url or "").strip()
+        if not url:
+            raise ConfigError("ORDERBOOK_ARCHIVE_URL", "is empty; set it to s3://bucket/prefix or a folder.")
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme == "s3":
+            if not parts.netloc:
+                raise ConfigError("ORDERBOOK_ARCHIVE_URL", f"{url!r} names no bucket; use s3://bucket/prefix.")
+            return cls(f"s3://{parts.netloc}/{parts.path.strip('/')}".rstrip("/"))
+        if parts.scheme and len(parts.scheme) > 1:  # a Windows drive letter is not a scheme
+            raise ConfigError(
+                "ORDERBOOK_ARCHIVE_URL", f"scheme {parts.scheme!r} is not supported; use s3:// or a local folder."
+            )
+        return cls(str(Path(url).expanduser().resolve()))
+
+    @property
+    def is_s3(self) -> bool:
+        return self.url.startswith("s3://")
+
+    @property
+    def bucket(self) -> str:
+        return urllib.parse.urlsplit(self.url).netloc
+
+    def dataset(self, name: str) -> str:
+        return f"{self.url}/{name}"
+
+    def glob(self, name: str) -> str:
+        return f"{self.dataset(name)}/**/*.parquet"
+
+    def hour_glob(self, name: str, hour_us: int) -> str:
+        return f"{self.dataset(name)}/{hour_path(hour_us)}/*.parquet"
+
+
+def hour_path(hour_us: int) -> str:
+    """``date=YYYY-MM-DD/hour=HH`` for the UTC hour starting at ``hour_us``."""
+    t = np.datetime64(hour_us, "us").astype("datetime64[h]").item()
+    return f"date={t:%Y-%m-%d}/hour={t:%H}"
+
+
+# --------------------------------------------------------------------------- S3
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """What DuckDB needs to reach S3; :meth:`from_env` follows the archive's configuration."""
+
+    region: str = "us-east-1"
+    endpoint_url: str | None = None
+    key_id: str | None = None
+    secret: str | None = field(default=None, repr=False)
+    session_token: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> S3Settings:
+        """Region and endpoint from the environment, credentials from the boto3 chain.
+
+        Raises:
+            ConfigError: no credentials anywhere in the chain.
+        """
+        env = os.environ if environ is None else environ
+        import boto3  # the chain: env vars, shared files, SSO, container and instance roles
+
+        session = boto3.session.Session()
+        creds = session.get_credentials()
+        if creds is None:
+            raise ConfigError(
+                "AWS credentials",
+                "none found for the S3 archive; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+                "(or AWS_PROFILE) the same way as for the archive job.",
+            )
+        frozen = creds.get_frozen_credentials()
+        region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or session.region_name or "us-east-1"
+        endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
+        return cls(region, endpoint, frozen.access_key, frozen.secret_key, frozen.token)
+
+    def secret_sql(self, scope: str | None = None) -> str:
+        """The ``CREATE SECRET`` statement (contains the credentials: never log it)."""
+        opts = [("TYPE", "s3"), ("KEY_ID", self.key_id or ""), ("SECRET", self.secret or ""),
+                ("REGION", self.region)]
+        if self.session_token:
+            opts.append(("SESSION_TOKEN", self.session_token))
+        if self.endpoint_url:
+            ep = urllib.parse.urlsplit(self.endpoint_url)
+            if ep.scheme not in ("http", "https") or not ep.netloc:
+                raise ConfigError("AWS_ENDPOINT_URL_S3", f"{self.endpoint_url!r} is not an http(s) URL.")
+            opts += [("ENDPOINT", ep.netloc), ("URL_STYLE", "path")]
+            use_ssl = "true" if ep.scheme == "https" else "false"
+        else:
+            use_ssl = "true"
+        if scope:
+            opts.append(("SCOPE", scope))
+        body = ", ".join(f"{k} {_lit(v) if k != 'TYPE' else v}" for k, v in opts)
+        return f"CREATE OR REPLACE SECRET orderbook_s3 ({body}, USE_SSL {use_ssl})"
+
+
+def httpfs_path() -> Path:
+    """The httpfs extension file shipped by ``duckdb-extension-httpfs`` for this duckdb.
+
+    Raises:
+        ConfigError: the package is missing or built for another duckdb version.
+    """
+    try:
+        import duckdb_extension_httpfs
+    except ImportError as exc:
+        raise ConfigError(
+            "duckdb-extension-httpfs", "is not installed; install the version equal to duckdb's to read S3."
+        ) from exc
+    root = Path(duckdb_extension_httpfs.__file__).parent / "extensions"
+    path = root / f"v{duckdb.__version__}" / "httpfs.duckdb_extension"
+    if not path.is_file():
+        found = sorted(p.name for p in root.glob("v*")) if root.is_dir() else []
+        raise ConfigError(
+            "duckdb-extension-httpfs",
+            f"ships {', '.join(found) or 'nothing'} but duckdb is v{duckdb.__version__}; install matching versions.",
+        )
+    return path
+
+
+def configure_s3(con: duckdb.DuckDBPyConnection, archive: Archive, s3: S3Settings | None = None) -> S3Settings:
+    """Load httpfs from its PyPI package and create the S3 secret for ``archive``'s bucket."""
+    s3 = s3 or S3Settings.from_env()
+    # Never reach for DuckDB's extension repository: it is not reachable offline.
+    con.execute("SET autoinstall_known_extensions = false")
+    con.execute("SET autoload_known_extensions = false")
+    con.execute(f"LOAD {_lit(str(httpfs_path()))}")
+    con.execute(s3.secret_sql(scope=f"s3://{archive.bucket}"))
+    return s3
+
+
+# --------------------------------------------------------------------------- the tail
+
+
+def read_tail(buffer_path: str | Path) -> pa.Table:
+    """Buffer rows of ``depth_snapshot`` that no *archived* export part covers.
+
+    Per (dataset, hour): the hour's id range from ``buffer_hours`` minus the id ranges
+    of its parts in state 'archived'. Read in one read transaction, so the ledger and
+    the rows agree. Returned in the archive's schema (:data:`DEPTH_SCHEMA`), ordered by id.
+
+    Raises:
+        ConfigError: the buffer file does not exist.
+        StorageError: it cannot be read (not a buffer, corrupt, locked for too long).
+    """
+    path = Path(buffer_path)
+    if not path.is_file():
+        raise ConfigError("ORDERBOOK_BUFFER", f"{path} does not exist; point --buffer at the collector's buffer.")
+    try:
+        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
+    except sqlite3.Error as exc:
+        raise StorageError(f"cannot open buffer {path} read-only: {exc}") from exc
+    try:
+        con.execute("BEGIN")  # one snapshot for ledger and rows (WAL readers never block the writer)
+        ranges = _unarchived_ranges(con)
+        cols = ("stream_id", "session_id", "seq", "recv_us", "update_id", "n_bids", "levels")
+        rows: list[tuple] = []
+        for hour_us, lo, hi in ranges:
+            rows += con.execute(
+                f"SELECT {', '.join(cols)} FROM depth_snapshot WHERE id BETWEEN ? AND ? "
+                "AND recv_us >= ? AND recv_us < ? ORDER BY id",
+                (lo, hi, hour_us, hour_us + HOUR_US),
+            ).fetchall()
+        streams = con.execute("SELECT stream_id, name, symbol FROM streams").fetchall()
+        con.execute("COMMIT")
+    except sqlite3.Error as exc:
+        raise StorageError(f"cannot read buffer {path}: {exc}") from exc
+    finally:
+        con.close()
+    return decode_rows(rows, streams)
+
+
+def _unarchived_ranges(con: sqlite3.Connection) -> list[tuple[int, int, int]]:
+    """(hour_us, id_lo, id_hi) ranges of rows not covered by an archived part, in id order."""
+    hours = con.execute(
+        "SELECT hour_us, min_id, max_id FROM buffer_hours WHERE dataset = ? ORDER BY hour_us", (DATASET,)
+    ).fetchall()
+    archived: dict[int, list[tuple[int, int]]] = {}
+    for hour_us, lo, hi in con.execute(
+        "SELECT hour_us, id_lo, id_hi FROM export_parts WHERE dataset = ? AND state = 'archived' ORDER BY id_lo",
+        (DATASET,),
+    ):
+        archived.setdefault(hour_us, []).append((lo, hi))
+    out = []
+    for hour_us, lo, hi in hours:
+        start = lo
+        for a_lo, a_hi in archived.get(hour_us, []):
+            if a_lo > start:
+                out.append((hour_us, start, min(hi, a_lo - 1)))
+            start = max(start, a_hi + 1)
+        if start <= hi:
+            out.append((hour_us, start, hi))
+    return [r for r in out if r[1] <= r[2]]
+
+
+def decode_rows(rows: list[tuple], streams: list[tuple[int, str, str]]) -> pa.Table:
+    """Buffer rows ``(stream_id, session_id, seq, recv_us, update_id, n_bids, levels)`` → Arrow.
+
+    ``levels`` is packed little-endian float64 ``(price, qty)`` pairs, the first
+    ``n_bids`` pairs bids, the rest asks. Vectorised: one concatenation of the blobs,
+    then numpy index arithmetic splits every row's pairs into the two list columns.
+    """
+    if not rows:
+        return DEPTH_SCHEMA.empty_table()
+    stream_id, session_id, seq, recv_us, update_id, n_bids, blobs = zip(*rows)
+    blobs_len = np.fromiter(map(len, blobs), dtype=np.int64, count=len(blobs))
+    if (blobs_len % 16).any():
+        raise StorageError("a buffer row's levels blob is not a whole number of (price, qty) float64 pairs")
+    pairs = np.frombuffer(b"".join(blobs), dtype="<f8").reshape(-1, 2)
+    n_levels = blobs_len // 16
+    n_bid = np.asarray(n_bids, dtype=np.int64)
+    if (n_bid > n_levels).any() or (n_bid < 0).any():
+        raise StorageError("a buffer row claims more bid levels than its levels blob holds")
+    row_start = np.repeat(np.cumsum(n_levels) - n_levels, n_levels)
+    is_bid = (np.arange(len(pairs)) - row_start) < np.repeat(n_bid, n_levels)
+
+    def side(mask: np.ndarray, counts: np.ndarray) -> pa.ListArray:
+        sel = pairs[mask]
+        values = pa.StructArray.from_arrays(
+            [pa.array(sel[:, 0]), pa.array(sel[:, 1])], fields=list(LEVEL)
+        )
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+        return pa.ListArray.from_arrays(pa.array(offsets), values)
+
+    ids = np.asarray(stream_id, dtype=np.int64)
+    names = {sid: (name, symbol.upper()) for sid, name, symbol in streams}
+    uniq, inverse = np.unique(ids, return_inverse=True)
+    missing = [int(s) for s in uniq if int(s) not in names]
+    if missing:
+        raise StorageError(f"buffer rows refer to unknown stream ids {missing}")
+    stream_col = pa.DictionaryArray.from_arrays(
+        pa.array(inverse.astype(np.int32)), pa.array([names[int(s)][0] for s in uniq])
+    ).cast(pa.string())
+    symbol_col = pa.DictionaryArray.from_arrays(
+        pa.array(inverse.astype(np.int32)), pa.array([names[int(s)][1] for s in uniq])
+    ).cast(pa.string())
+    return pa.Table.from_arrays(
+        [
+            symbol_col,
+            stream_col,
+            pa.array(np.asarray(recv_us, dtype=np.int64)).cast(pa.timestamp("us", tz="UTC")),
+            pa.array(np.asarray(session_id, dtype=np.int64)),
+            pa.array(np.asarray(seq, dtype=np.int64)),
+            pa.array(np.asarray(update_id, dtype=np.int64)),
+            side(is_bid, n_bid),
+            side(~is_bid, n_levels - n_bid),
+        ],
+        schema=DEPTH_SCHEMA,
+    )
+
+
+# --------------------------------------------------------------------------- the views
+
+
+@dataclass
+class ViewInfo:
+    """What :func:`register_views` found: file counts, tail rows and notes for the user."""
+
+    archive: Archive
+    depth_files: int = 0
+    coverage_files: int = 0
+    tail_rows: int | None = None  # None: no buffer was read
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return self.depth_files == 0 and not self.tail_rows
+
+
+def register_views(
+    con: duckdb.DuckDBPyConnection,
+    archive_url: str,
+    buffer_path: str | Path | None = None,
+    s3: S3Settings | None = None,
+    *,
+    tail: pa.Table | None = None,
+) -> ViewInfo:
+    """Create the analysts' views on ``con`` (see the module docstring).
+
+    ``buffer_path`` (or an already read ``tail`` table) adds the not-yet-archived rows
+    to ``depth_snapshot``; duplicates with the archive are removed by the dedup key
+    (stream, last_update_id), so a part archived while we read is never counted twice.
+    The tail is stored as the table ``buffer_unarchived`` on ``con``: a snapshot taken
+    now (re-run to refresh). An archive without files gives empty, typed views and a note.
+
+    Raises:
+        ConfigError: bad archive URL, missing credentials or buffer, a local archive folder
+            that does not exist.
+        ArchiveError: S3 refused to list the archive.
+    """
+    archive = Archive.parse(archive_url)
+    info = ViewInfo(archive)
+    con.execute("SET TimeZone = 'UTC'")
+    if archive.is_s3:
+        configure_s3(con, archive, s3)
+    elif not Path(archive.url).is_dir():
+        raise ConfigError(
+            "ORDERBOOK_ARCHIVE_URL",
+            f"the archive folder {archive.url} does not exist; point --archive at the folder the archive job writes.",
+        )
+    info.depth_files = count_files(con, archive.glob(DATASET))
+    info.coverage_files = count_files(con, archive.glob("coverage"))
+
+    con.execute(f"CREATE OR REPLACE VIEW depth_snapshot_archived AS {depth_archived_sql(archive, info.depth_files)}")
+    if info.depth_files == 0:
+        info.notes.append(f"The archive at {archive.url} holds no depth_snapshot Parquet files yet.")
+    if buffer_path is not None or tail is not None:
+        tail = read_tail(buffer_path) if tail is None else tail
+        info.tail_rows = tail.num_rows
+        con.register("_orderbook_tail_arrow", tail)
+        try:
+            con.execute(
+                "CREATE OR REPLACE TABLE buffer_unarchived AS "
+                "SELECT *, CAST(timezone('UTC', recv_time) AS DATE) AS date, "
+                "CAST(hour(timezone('UTC', recv_time)) AS INTEGER) AS hour FROM _orderbook_tail_arrow"
+            )
+        finally:
+            con.unregister("_orderbook_tail_arrow")
+        con.execute(f"CREATE OR REPLACE VIEW depth_snapshot_tail AS {tail_sql(_tail_hours(con))}")
+        con.execute(
+            "CREATE OR REPLACE VIEW depth_snapshot AS "
+            "SELECT * FROM depth_snapshot_archived UNION ALL SELECT * FROM depth_snapshot_tail"
+        )
+    else:
+        con.execute("CREATE OR REPLACE VIEW depth_snapshot AS SELECT * FROM depth_snapshot_archived")
+    con.execute(f"CREATE OR REPLACE VIEW top_of_book AS {TOP_OF_BOOK_SQL}")
+    if info.coverage_files:
+        # The files carry their own `hour` column (a timestamp): no Hive columns on top.
+        con.execute(
+            f"CREATE OR REPLACE VIEW coverage AS SELECT * FROM read_parquet({_lit(archive.glob('coverage'))}, "
+            "hive_partitioning = false, union_by_name = true)"
+        )
+    else:
+        empty = con.from_arrow(coverage_schema().empty_table())
+        cols = ", ".join(f'CAST(NULL AS {t}) AS "{c}"' for c, t in zip(empty.columns, empty.types))
+        con.execute(f"CREATE OR REPLACE VIEW coverage AS SELECT {cols} WHERE false")
+        info.notes.append(
+            f"No coverage dataset under {archive.dataset('coverage')} yet; the coverage view is empty."
+        )
+    bars_files = count_files(con, archive.glob("top_of_book_1s"))
+    if bars_files:
+        con.execute(
+            "CREATE OR REPLACE VIEW top_of_book_1s AS SELECT * EXCLUDE (date, hour) FROM read_parquet("
+            f"{_lit(archive.glob('top_of_book_1s'))}, hive_partitioning = true)"
+        )
+    else:
+        con.execute(
+            "CREATE OR REPLACE VIEW top_of_book_1s AS SELECT CAST(NULL AS VARCHAR) AS symbol, "
+            "CAST(NULL AS TIMESTAMPTZ) AS bar_time, " + ", ".join(
+                f"CAST(NULL AS DOUBLE) AS {c}" for c in (
+                    "first_mid", "max_mid", "min_mid", "last_mid", "last_best_bid", "last_best_ask", "mean_spread")
+            ) + ", CAST(NULL AS BIGINT) AS snapshots WHERE false"
+        )
+    con.execute(BOOK_AT_SQL)
+    return info
+
+
+def coverage_schema() -> pa.Schema:
+    """The coverage dataset's schema, as the archive writes it (README.md, "Archive datasets")."""
+    from orderbook_assets.archive.coverage import COVERAGE_SCHEMA
+
+    return COVERAGE_SCHEMA
+
+
+def count_files(con: duckdb.DuckDBPyConnection, pattern: str) -> int:
+    """How many files match ``pattern`` (local or S3, through DuckDB's own glob)."""
+    try:
+        return con.execute("SELECT count(*) FROM glob(?)", [pattern]).fetchone()[0]
+    except duckdb.Error as exc:
+        text = str(exc)
+        if "404" in text:
+            raise ArchiveError(f"the bucket of {pattern} does not exist (S3 answered 404); check ORDERBOOK_ARCHIVE_URL") from exc
+        if "403" in text:
+            raise ArchiveError(f"S3 refused to list {pattern} (HTTP 403); check the AWS credentials and bucket policy") from exc
+        raise ArchiveError(f"cannot list {pattern}: {one_line(exc)}") from exc
+
+
+def depth_archived_sql(archive: Archive, n_files: int) -> str:
+    cols = DEPTH_COLUMNS + ["date", "hour"]
+    if n_files == 0:
+        typed = ", ".join(f"CAST(NULL AS {_DUCK_TYPES[c]}) AS {c}" for c in cols)
+        return f"SELECT {typed} WHERE false"
+    return (
+        f"SELECT {', '.join(cols)} FROM read_parquet({_lit(archive.glob(DATASET))}, "
+        "hive_partitioning = true, hive_types = {'date': DATE, 'hour': INTEGER})"
+    )
+
+
+def tail_sql(hours: list[tuple[str, int]]) -> str:
+    """Tail rows minus any row already in the archive (same stream and update id).
+
+    The archive side is restricted to the tail's hours with literal partition values,
+    so DuckDB prunes every other hour's files instead of scanning the whole archive.
+    """
+    if hours:
+        prune = " OR ".join(f"(a.date = DATE '{d}' AND a.hour = {h})" for d, h in hours)
+    else:
+        prune = "false"
+    return (
+        f"SELECT {', '.join('t.' + c for c in DEPTH_COLUMNS + ['date', 'hour'])} FROM buffer_unarchived t "
+        "WHERE NOT EXISTS (SELECT 1 FROM depth_snapshot_archived a "
+        f"WHERE ({prune}) AND a.stream = t.stream AND a.last_update_id = t.last_update_id)"
+    )
+
+
+def _tail_hours(con: duckdb.DuckDBPyConnection) -> list[tuple[str, int]]:
+    rows = con.execute("SELECT DISTINCT CAST(date AS VARCHAR), hour FROM buffer_unarchived ORDER BY 1, 2").fetchall()
+    return [(d, int(h)) for d, h in rows]
+
+
+TOP_OF_BOOK_SQL = """
+SELECT symbol, recv_time, best_bid, best_bid_qty, best_ask, best_ask_qty,
+       (best_bid + best_ask) / 2 AS mid,
+       best_ask - best_bid AS spread,
+       (best_bid * best_ask_qty + best_ask * best_bid_qty) / (best_bid_qty + best_ask_qty) AS microprice
+FROM (
+    SELECT symbol, recv_time,
+           bids[1].price AS best_bid, bids[1].qty AS best_bid_qty,
+           asks[1].price AS best_ask, asks[1].qty AS best_ask_qty
+    FROM depth_snapshot
+)
+""".strip()
+
+# The last snapshot of a symbol at or before a time; one clear error when there is none.
+# Times without an offset are read in the session's TimeZone (the query command sets UTC).
+BOOK_AT_SQL = """
+CREATE OR REPLACE MACRO book_at(sym, ts) AS TABLE
+WITH hit AS (
+    SELECT * FROM depth_snapshot
+    WHERE symbol = upper(sym)
+      AND recv_time <= CAST(ts AS TIMESTAMPTZ)
+      AND date <= CAST(timezone('UTC', CAST(ts AS TIMESTAMPTZ)) AS DATE)
+    ORDER BY recv_time DESC, session_id DESC, seq DESC
+    LIMIT 1
+),
+miss AS (
+    SELECT CASE
+        WHEN NOT EXISTS (SELECT 1 FROM depth_snapshot WHERE symbol = upper(sym)) THEN error(
+            'book_at: unknown symbol ' || upper(sym) || '; the archive holds '
+            || coalesce((SELECT string_agg(DISTINCT symbol, ', ' ORDER BY symbol) FROM depth_snapshot), 'no symbols')
+            || '.')
+        ELSE error(
+            'book_at: no ' || upper(sym) || ' snapshot at or before ' || CAST(CAST(ts AS TIMESTAMPTZ) AS VARCHAR)
+            || '; the first is at '
+            || (SELECT CAST(min(recv_time) AS VARCHAR) FROM depth_snapshot WHERE symbol = upper(sym)) || '.')
+    END AS symbol
+    WHERE NOT EXISTS (SELECT 1 FROM hit)
+)
+SELECT * FROM hit UNION ALL BY NAME SELECT * FROM miss
+""".strip()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _lit(value: str) -> str:
+    """A SQL string literal."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of an error message (DuckDB appends context lines)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,45 @@
+"""DuckDB checks of ``depth_snapshot``, blocking: an ERROR stops ``archived_hour`` in the same run."""
+
+
+from contextlib import closing
+
+from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, multi_asset_check
+
+from orderbook_assets.archive import pipeline
+
+from orderbook_assets.archive import quality
+from orderbook_assets.defs.assets import depth_snapshot
+from orderbook_assets.defs.partitions import hour_us_of, hourly
+from orderbook_assets.defs.resources import ArchiveResource, BufferResource
+
+DESCRIPTIONS = {
+    "no_duplicates": "No (stream, update id) and no (session, seq) twice.",
+    "no_seq_gaps": "Every seq gap within a session is explained by a recorded duplicate or quarantined frame.",
+    "update_id_monotonic": "lastUpdateId never goes backwards within a session and stream.",
+    "coverage_gaps": "No stream silent for more than 5 cadences (lists the intervals).",
+    "books_sane": "Books neither crossed nor unsorted.",
+    "rows_reconciled": "Rows in the verified Parquet equal the buffer's rows of the parts.",
+}
+
+SPECS = [
+    AssetCheckSpec(name, asset=depth_snapshot, blocking=True, description=DESCRIPTIONS[name], partitions_def=hourly)
+    for name in quality.CHECKS
+]
+
+
+@multi_asset_check(specs=SPECS, name="depth_snapshot_checks")
+def depth_snapshot_checks(context: AssetCheckExecutionContext, buffer: BufferResource, archive: ArchiveResource):
+    hour_us = hour_us_of(context)
+    store = archive.open_store()
+    with closing(buffer.connect()) as conn:
+        checked = pipeline.check_parts(conn, store, buffer.staging_dir(), hour_us)
+    for r in checked.results:
+        metadata = {"count": r.count, "examples": r.examples, "parts": [p.part for p in checked.parts]}
+        metadata.update({k: v for k, v in r.detail.items() if k != "raw"})
+        yield AssetCheckResult(
+            check_name=r.name,
+            asset_key=depth_snapshot.key,
+            passed=r.passed,
+            severity=AssetCheckSeverity.ERROR if r.severity == quality.ERROR else AssetCheckSeverity.WARN,
+            metadata=metadata,
+        )

@@ -1,0 +1,394 @@
+"""The writer thread: the only owner of the buffer's write connection.
+
+The event loop calls :meth:`Writer.submit` for every received frame; it never
+blocks. Items go into a bounded queue, or into the :class:`~.spill.Spill` once
+the queue is full (and keep going there, in order, until the spill is replayed).
+The thread takes items in group-commit batches bounded by size (``max_batch``)
+and time (``commit_interval``), decodes them with the sans-I/O decoder, and
+commits each batch in one ``BEGIN IMMEDIATE`` transaction.
+
+A message is *acknowledged* once the COMMIT of its batch returned. If a commit
+fails (database locked, disk full) the batch stays in memory and is retried
+with capped backoff; the reader keeps reading and spills meanwhile.
+
+Queue items are tuples whose first element is a tag:
+
+    (FRAME, raw, recv_us, session_id, seq)
+    (QUARANTINE, raw_bytes, recv_us, session_id, seq, reason)
+    (SESSION_OPEN, session_id, url, streams_json, opened_us)
+    (SESSION_CLOSE, session_id, closed_us, reason)
+    (EVENT, time_us, session_id, stream, kind, detail)
+    (STOP,)
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from orderbook_collector import buffer
+from orderbook_collector.errors import StorageError
+from orderbook_collector.metrics import Metrics
+from orderbook_collector.feed.protocol import Decoder, DepthRecord, Quarantined, StreamSpec, raw_bytes
+from orderbook_collector.writer.spill import Spill
+
+log = logging.getLogger(__name__)
+
+FRAME, QUARANTINE, SESSION_OPEN, SESSION_CLOSE, EVENT, STOP = range(6)
+DATASET = "depth_snapshot"
+
+
+@dataclass
+class BatchResult:
+    stored: int = 0
+    duplicates: int = 0
+    quarantined: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    wide_values: int = 0
+
+
+def _reason_class(reason: str) -> str:
+    """A short label for metrics: the text before the first colon or parenthesis."""
+    return reason.split(":")[0].split("(")[0].strip().replace(" ", "_")[:40]
+
+
+def store_records(
+    conn: sqlite3.Connection,
+    stream_ids: dict[str, int],
+    records: list[DepthRecord],
+    quarantined: list[Quarantined] = (),
+    ops: list[tuple] = (),
+    spill_position: tuple[str, int] | None = None,
+) -> BatchResult:
+    """Commit one batch: records, quarantined frames, session/event ops, spill position.
+
+    Everything lands in one transaction or nothing does. Duplicates (same stream
+    and update id as a stored row) are not stored; each is recorded in
+    ``dropped`` so the seq gap it leaves is explained.
+    """
+    result = BatchResult()
+    per_session: dict[int, list] = defaultdict(lambda: [0, 0, 0, -1, None, None])  # msgs, dups, quar, max seq, first, last
+    with buffer.transaction(conn):
+        for op in ops:
+            if op[0] == SESSION_OPEN:
+                conn.execute(
+                    "INSERT OR IGNORE INTO sessions (session_id, url, streams, opened_us) VALUES (?, ?, ?, ?)",
+                    op[1:5],
+                )
+        if records:
+            before_id = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'depth_snapshot'").fetchone()
+            before_id = before_id[0] if before_id else 0
+            before = conn.total_changes
+            conn.executemany(
+                "INSERT OR IGNORE INTO depth_snapshot "
+                "(stream_id, session_id, seq, recv_us, update_id, n_bids, levels) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(stream_ids[r.stream], r.session_id, r.seq, r.recv_us, r.update_id, r.n_bids, r.levels) for r in records],
+            )
+            result.stored = conn.total_changes - before
+            dups = _record_duplicates(conn, before_id, records) if result.stored < len(records) else set()
+            result.duplicates = len(dups)
+            conn.execute(
+                "INSERT INTO buffer_hours (dataset, hour_us, min_id, max_id, rows) "
+                "SELECT ?, recv_us - recv_us % ?, min(id), max(id), count(*) FROM depth_snapshot WHERE id > ? "
+                "GROUP BY 2 ORDER BY 2 "
+                "ON CONFLICT (dataset, hour_us) DO UPDATE SET min_id = min(min_id, excluded.min_id), "
+                "max_id = max(max_id, excluded.max_id), rows = rows + excluded.rows",
+                (DATASET, buffer.HOUR_US, before_id),
+            )
+            for r in records:
+                s = per_session[r.session_id]
+                if (r.session_id, r.seq) in dups:
+                    s[1] += 1
+                else:
+                    s[0] += 1
+                _touch(s, r.seq, r.recv_us)
+                result.wide_values += r.wide_values
+        if quarantined:
+            conn.executemany(
+                "INSERT INTO quarantine (recv_us, session_id, seq, reason, raw) VALUES (?, ?, ?, ?, ?)",
+                [(q.recv_us, q.session_id, q.seq, q.reason, q.raw) for q in quarantined],
+            )
+            for q in quarantined:
+                s = per_session[q.session_id]
+                s[2] += 1
+                _touch(s, q.seq, q.recv_us)
+                result.quarantined[_reason_class(q.reason)] += 1
+        conn.executemany(
+            "UPDATE sessions SET messages = messages + ?, duplicates = duplicates + ?, quarantined = quarantined + ?, "
+            "frames = max(frames, ? + 1), first_recv_us = coalesce(first_recv_us, ?), "
+            "last_recv_us = max(coalesce(last_recv_us, 0), ?) WHERE session_id = ?",
+            [(m, d, q, seq, first, last, sid) for sid, (m, d, q, seq, first, last) in per_session.items()],
+        )
+        for op in ops:
+            if op[0] == EVENT:
+                conn.execute("INSERT INTO events (time_us, session_id, stream, kind, detail) VALUES (?, ?, ?, ?, ?)", op[1:6])
+            elif op[0] == SESSION_CLOSE:
+                conn.execute(
+                    "UPDATE sessions SET closed_us = ?, close_reason = ? WHERE session_id = ?", (op[2], op[3], op[1])
+                )
+        if spill_position is not None:
+            conn.execute(
+                "INSERT INTO spill_state (singleton, segment, offset) VALUES (1, ?, ?) "
+                "ON CONFLICT (singleton) DO UPDATE SET segment = excluded.segment, offset = excluded.offset",
+                spill_position,
+            )
+    return result
+
+
+def _touch(s: list, seq: int, recv_us: int) -> None:
+    if seq > s[3]:
+        s[3] = seq
+    s[4] = recv_us if s[4] is None else min(s[4], recv_us)
+    s[5] = recv_us if s[5] is None else max(s[5], recv_us)
+
+
+def _record_duplicates(conn: sqlite3.Connection, before_id: int, records: list[DepthRecord]) -> set[tuple[int, int]]:
+    stored = set(conn.execute("SELECT session_id, seq FROM depth_snapshot WHERE id > ?", (before_id,)))
+    dups = [r for r in records if (r.session_id, r.seq) not in stored]
+    ids = dict(conn.execute("SELECT name, stream_id FROM streams"))
+    conn.executemany(
+        "INSERT OR IGNORE INTO dropped (session_id, seq, stream_id, update_id, recv_us, reason) "
+        "VALUES (?, ?, ?, ?, ?, 'duplicate')",
+        [(r.session_id, r.seq, ids[r.stream], r.update_id, r.recv_us) for r in dups],
+    )
+    return {(r.session_id, r.seq) for r in dups}
+
+
+def classify_sqlite_error(exc: BaseException) -> str:
+    """Name a write failure for logs and metrics: 'locked', 'disk_full', 'io' or 'other'."""
+    text = str(exc).lower()
+    if "locked" in text or "busy" in text:
+        return "locked"
+    if "full" in text or getattr(exc, "sqlite_errorcode", None) == 13:
+        return "disk_full"
+    if "i/o" in text or "disk" in text:
+        return "io"
+    return "other"
+
+
+class Writer:
+    """Owns the SQLite write connection in its own thread; fed without blocking.
+
+    Args:
+        path: the buffer file.
+        streams: the streams the decoder accepts.
+        synchronous: "FULL" (survives power loss) or "NORMAL" (survives process crashes).
+        queue_size: items held in memory before spilling.
+        max_batch: most items in one transaction.
+        commit_interval: longest time (s) an item waits for its batch to commit.
+        spill_dir: where overflow files go.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        streams: list[StreamSpec],
+        *,
+        metrics: Metrics | None = None,
+        synchronous: str = "FULL",
+        queue_size: int = 20_000,
+        max_batch: int = 2_000,
+        commit_interval: float = 0.05,
+        spill_dir: str | Path | None = None,
+        busy_timeout_ms: int = 200,
+        slow_down: float = 0.0,
+        commit_observer=None,
+    ) -> None:
+        self.path = Path(path)
+        self.streams = streams
+        self.metrics = metrics or Metrics()
+        self.synchronous = synchronous
+        self.max_batch = max_batch
+        self.commit_interval = commit_interval
+        self.busy_timeout_ms = busy_timeout_ms
+        self.slow_down = slow_down  # seconds added per commit: for backpressure tests only
+        # Called in the writer thread after each commit with (records, commit_end_us): benchmarks.
+        self.commit_observer = commit_observer
+        self.queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self.metrics.queue_capacity = queue_size
+        self.spill = Spill(spill_dir or self.path.with_name(self.path.name + ".spill"))
+        self._spill_lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="buffer-writer", daemon=True)
+        self._ready = threading.Event()
+        self._failure: BaseException | None = None
+        self.committed_batches = 0
+
+    # Event-loop side ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Open the buffer in the writer thread; raise StorageError if it cannot be used."""
+        self._thread.start()
+        self._ready.wait()
+        if self._failure is not None:
+            raise StorageError(str(self._failure)) from self._failure
+
+    def submit(self, item: tuple) -> bool:
+        """Hand one item to the writer without blocking. False: refused (disk and memory full)."""
+        with self._spill_lock:
+            if not self.spill.active:
+                try:
+                    self.queue.put_nowait(item)
+                    return True
+                except queue.Full:
+                    log.warning("writer queue full (%d items); spilling to %s", self.queue.maxsize, self.spill.dir)
+                    self.spill.append((EVENT, buffer.now_us(), None, None, "spill_start",
+                                       f"queue full ({self.queue.maxsize} items)"))
+            ok = self.spill.append(item)
+        if ok:
+            self.metrics.spilled_items += 1
+        else:
+            self.metrics.lost += 1
+        return ok
+
+    def stop(self, timeout: float | None = 30.0) -> bool:
+        """Commit everything submitted so far, then end the thread. True if it finished."""
+        if self._thread.is_alive():
+            self.submit((STOP,))
+            self._thread.join(timeout)
+        done = not self._thread.is_alive()
+        if done:
+            self.spill.close()
+        return done
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    # Writer thread ------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            conn = buffer.connect(self.path, synchronous=self.synchronous, busy_timeout_ms=self.busy_timeout_ms)
+            self.stream_ids = buffer.stream_ids(conn, [(s.name, s.symbol, s.kind) for s in self.streams])
+            row = conn.execute("SELECT segment, offset FROM spill_state").fetchone()
+            self.spill.seek(tuple(row) if row else None)
+            self.decoder = Decoder(self.streams)
+        except BaseException as exc:  # reported to start()
+            self._failure = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            stop = False
+            while not stop:
+                items, position, stop = self._collect()
+                if items or position:
+                    self._commit(conn, items, position)
+            # Events the last batch produced (a spill that just drained) still get committed.
+            leftover = []
+            while not self.queue.empty():
+                leftover.append(self.queue.get_nowait())
+            if leftover:
+                self._commit(conn, leftover, None)
+        except BaseException:
+            log.exception("writer thread failed")
+            raise
+        finally:
+            conn.close()
+
+    def _collect(self) -> tuple[list[tuple], tuple[str, int] | None, bool]:
+        items: list[tuple] = []
+        deadline = None
+        while len(items) < self.max_batch:
+            if self.spill.active and self.queue.empty():
+                if items:
+                    break  # commit queued items before replaying the spill: order matters
+                batch, position = self.spill.read(self.max_batch)
+                self.metrics.spill_bytes = self.spill.pending_bytes
+                if not batch:
+                    with self._spill_lock:
+                        self._finish_spill(None)
+                    time.sleep(0.005)
+                    continue
+                stop = any(it[0] == STOP for it in batch)
+                return [it for it in batch if it[0] != STOP], position, stop
+            timeout = self.commit_interval if deadline is None else deadline - time.monotonic()
+            try:
+                item = self.queue.get(timeout=max(timeout, 0))
+            except queue.Empty:
+                if items or deadline is not None:
+                    break
+                continue
+            if item[0] == STOP:
+                return items, None, True
+            if deadline is None:
+                deadline = time.monotonic() + self.commit_interval
+            items.append(item)
+        self.metrics.queue_depth = self.queue.qsize()
+        return items, None, False
+
+    def _commit(self, conn: sqlite3.Connection, items: list[tuple], position: tuple[str, int] | None) -> None:
+        records, quarantined, ops = self._decode(items)
+        delay = 0.05
+        failures: list[str] = []
+        failed_since = 0
+        while True:
+            started = time.perf_counter()
+            batch_ops = ops
+            if failures:  # the episode becomes data in the batch that finally commits
+                detail = f"{len(failures)} failed commit(s) over {(buffer.now_us() - failed_since) / 1e6:.1f} s: {failures[-1]}"
+                batch_ops = ops + [(EVENT, failed_since, None, None, "write_failures", detail)]
+            try:
+                if self.slow_down:
+                    time.sleep(self.slow_down)
+                result = store_records(conn, self.stream_ids, records, quarantined, batch_ops, position)
+                break
+            except (sqlite3.Error, StorageError) as exc:
+                kind = classify_sqlite_error(exc)
+                failed_since = failed_since or buffer.now_us()
+                failures.append(kind)
+                self.metrics.writer_errors[kind] += 1
+                if not self.metrics.writer_degraded:
+                    log.error("buffer write failed (%s: %s); holding %d items and retrying", kind, exc, len(items))
+                self.metrics.writer_degraded = 1
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        if self.metrics.writer_degraded:
+            log.warning("buffer writes succeed again")
+            self.metrics.writer_degraded = 0
+        self.metrics.commit_latency.observe(time.perf_counter() - started)
+        if self.commit_observer is not None:
+            self.commit_observer(records, time.time_ns() // 1000)
+        self.metrics.messages += result.stored
+        self.metrics.duplicates += result.duplicates
+        self.metrics.wide_values += result.wide_values
+        for reason, n in result.quarantined.items():
+            self.metrics.quarantined[reason] += n
+        self.committed_batches += 1
+        if position is not None:
+            with self._spill_lock:
+                self._finish_spill(position)
+            self.metrics.spill_bytes = self.spill.pending_bytes
+
+    def _finish_spill(self, position: tuple[str, int] | None) -> None:
+        """Leave spill mode if everything spilled is committed; the episode's end is data too."""
+        if self.spill.finish_if_drained(position):
+            log.info("spill replayed; back to the queue")
+            self.queue.put_nowait((EVENT, buffer.now_us(), None, None, "spill_end", "spill replayed"))
+
+    def _decode(self, items: list[tuple]) -> tuple[list[DepthRecord], list[Quarantined], list[tuple]]:
+        records: list[DepthRecord] = []
+        quarantined: list[Quarantined] = []
+        ops: list[tuple] = []
+        frames = []
+        for it in items:
+            tag = it[0]
+            if tag == FRAME:
+                frames.append(it[1:5])
+            elif tag == QUARANTINE:
+                quarantined.append(Quarantined(it[2], it[3], it[4], it[5], it[1]))
+            else:
+                ops.append(it)
+        for (raw, recv_us, sid, seq), rec in zip(frames, self.decoder.decode_many(frames)):
+            if type(rec) is DepthRecord:
+                records.append(rec)
+            elif type(rec) is Quarantined:
+                quarantined.append(rec)
+            else:  # a control frame that looked like data: keep it, explained
+                quarantined.append(Quarantined(recv_us, sid, seq, f"unexpected {type(rec).__name__}", raw_bytes(raw)))
+        return records, quarantined, ops

@@ -1,0 +1,127 @@
+"""top_of_book_1s: 1-second bars, their plot, and the Dagster asset that writes them."""
+
+from __future__ import annotations
+
+import struct
+import sys
+import time
+import zlib
+from datetime import datetime, timezone
+from pathlib import Path
+
+import dagster as dg
+import pyarrow.parquet as pq
+import pytest
+
+from orderbook_assets.analytics import bars, views
+
+from support.synthetic import HOUR_US, T0, books, one_book, synthetic_depth, write_archive
+
+
+def test_bars_aggregate_each_second_deterministically():
+    """first/last by receive time then seq, min/max mid, mean spread, count; one-sided books skipped."""
+    rows = [
+        one_book("BTCUSDT", T0 + 100, [(10.0, 1)], [(12.0, 1)], seq=0, uid=1),      # mid 11, spread 2
+        one_book("BTCUSDT", T0 + 900_000, [(13.0, 1)], [(14.0, 1)], seq=2, uid=3),  # mid 13.5, spread 1
+        one_book("BTCUSDT", T0 + 900_000, [(9.0, 1)], [(10.0, 1)], seq=1, uid=2),   # same time, earlier seq
+        one_book("BTCUSDT", T0 + 950_000, [], [(11.0, 1)], seq=3, uid=4),           # no bid: skipped
+        one_book("BTCUSDT", T0 + 1_000_000, [(20.0, 1)], [(20.5, 1)], seq=4, uid=5),  # next second
+        one_book("ETHUSDT", T0 + 5, [(1.0, 1)], [(1.5, 1)], seq=0, uid=9),
+    ]
+    table = books(rows)
+    out = bars.bars_1s(table)
+    assert out.schema == bars.BARS_SCHEMA
+    got = out.to_pylist()
+    assert [(r["symbol"], r["bar_time"].timestamp()) for r in got] == [
+        ("BTCUSDT", T0 / 1e6), ("BTCUSDT", T0 / 1e6 + 1), ("ETHUSDT", T0 / 1e6)]
+    first = got[0]
+    assert (first["first_mid"], first["min_mid"], first["max_mid"], first["last_mid"]) == (11.0, 9.5, 13.5, 13.5)
+    assert (first["last_best_bid"], first["last_best_ask"]) == (13.0, 14.0)
+    assert first["mean_spread"] == pytest.approx(4 / 3) and first["snapshots"] == 3
+    assert bars.bars_1s(table.take([5, 4, 3, 2, 1, 0])).equals(out)  # input order does not matter
+
+
+def test_materialize_hour_writes_the_partition_and_same_bytes_twice(tmp_path):
+    data = synthetic_depth(start_us=T0, seconds=30)
+    write_archive(data, tmp_path)
+    out, url = bars.materialize_hour(str(tmp_path), T0)
+    path = tmp_path / "top_of_book_1s" / "date=2026-11-24" / "hour=09" / "bars.parquet"
+    assert url == str(path) and out.num_rows == 2 * 30
+    assert pq.read_table(path).num_rows == 60
+    first = path.read_bytes()
+    bars.materialize_hour(str(tmp_path), T0)
+    assert path.read_bytes() == first
+    empty, _ = bars.materialize_hour(str(tmp_path), T0 + HOUR_US)  # no snapshots archived that hour
+    assert empty.num_rows == 0
+    assert pq.read_table(tmp_path / bars.bars_key(T0 + HOUR_US)).schema.names == bars.BARS_SCHEMA.names
+
+
+def test_plot_png_is_a_valid_image_with_both_panels():
+    out = bars.bars_1s(synthetic_depth(start_us=T0, seconds=600))
+    png = bars.plot_png(out, "BTCUSDT", width=300, height=100)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", png[16:24])
+    assert (width, height) == (300, 100)
+    idat_len = struct.unpack(">I", png[33:37])[0]
+    raw = zlib.decompress(png[41:41 + idat_len])
+    assert len(raw) == height * (1 + width * 3)
+    assert b"\x1f\x77\xb4" in raw and b"\xff\x7f\x0e" in raw  # blue mid, orange spread
+    assert bars.plot_png(out, "BTCUSDT", width=300, height=100) == png
+    md = bars.plot_metadata_markdown(out)
+    assert "data:image/png;base64," in md and "| UTC | last mid |" in md and "**ETHUSDT**" in md
+
+
+def test_asset_materializes_a_partition_with_plot_metadata(tmp_path, monkeypatch):
+    now_us = time.time_ns() // 1000
+    hour = now_us - now_us % HOUR_US - HOUR_US  # the last complete hour: always a partition
+    write_archive(synthetic_depth(start_us=hour, seconds=20), tmp_path)
+    monkeypatch.setenv("ORDERBOOK_ARCHIVE_URL", str(tmp_path))
+    key = datetime.fromtimestamp(hour / 1e6, timezone.utc).strftime("%Y-%m-%d-%H:%M")
+    from orderbook_assets.definitions import resources
+
+    result = dg.materialize([bars.top_of_book_1s], partition_key=key, resources=resources())
+    assert result.success
+    (mat,) = result.asset_materializations_for_node("top_of_book_1s")
+    assert mat.metadata["rows"].value == 40
+    assert "data:image/png;base64," in mat.metadata["mid_and_spread"].value
+    assert (tmp_path / bars.bars_key(hour)).is_file()
+    partitions = bars.top_of_book_1s.partitions_def
+    assert isinstance(partitions, dg.HourlyPartitionsDefinition) and partitions.timezone == "UTC"
+
+
+def test_bars_written_to_s3(monkeypatch, tmp_path):
+    from support.s3 import MotoServer, s3_client
+
+    files = write_archive(synthetic_depth(start_us=T0, seconds=10), tmp_path)
+    with MotoServer() as moto:
+        client = s3_client(moto.url)
+        client.create_bucket(Bucket="books")
+        for f in files:
+            client.upload_file(str(f), "books", f"a/{f.relative_to(tmp_path)}")
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto.url)
+        monkeypatch.setenv("AWS_REGION", "us-east-1")
+        monkeypatch.setenv("ORDERBOOK_ARCHIVE_URL", "s3://books/a")
+        from orderbook_assets.definitions import resources
+
+        s3 = bars.s3_settings_from(resources()["archive"])
+        assert (s3.endpoint_url, s3.key_id, s3.region) == (moto.url, "testing", "us-east-1")
+        out, url = bars.materialize_hour("s3://books/a", T0, s3)
+        assert url == "s3://books/a/" + bars.bars_key(T0)
+        head = client.head_object(Bucket="books", Key="a/" + bars.bars_key(T0), ChecksumMode="ENABLED")
+        assert head["ContentLength"] > 0 and head.get("ChecksumSHA256")
+        assert out.num_rows == 20
+
+
+def test_query_views_include_the_bars_dataset(tmp_path):
+    import duckdb
+
+    write_archive(synthetic_depth(start_us=T0, seconds=5), tmp_path)
+    con = duckdb.connect()
+    views.register_views(con, str(tmp_path))
+    assert con.sql("SELECT * FROM top_of_book_1s").columns == bars.BARS_SCHEMA.names  # empty, typed
+    bars.materialize_hour(str(tmp_path), T0)
+    views.register_views(con, str(tmp_path))
+    assert con.sql("SELECT * FROM top_of_book_1s").columns == bars.BARS_SCHEMA.names
+    assert con.sql("SELECT count(*), sum(snapshots) FROM top_of_book_1s").fetchone() == (10, 100)

@@ -1,0 +1,256 @@
+"""The collector against the simulated exchange on loopback: reconnects, replays,
+rotation, bad frames, backpressure, timestamps, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import urllib.request
+
+
+from orderbook_collector.connection.collector import Collector
+from orderbook_collector.config import Settings
+from tools.simulator.exchange import Exchange
+from support.procs import query
+
+SYMBOLS = ["btcusdt", "ethusdt"]
+
+
+def settings_for(ex: Exchange, buffer, **kw) -> Settings:
+    base = Settings(
+        symbols=SYMBOLS,
+        ws_url=ex.ws_url,
+        buffer=buffer,
+        metrics_port=-1,
+        backoff_initial=0.05,
+        backoff_max=0.2,
+        min_session=0.0,
+    )
+    return dataclasses.replace(base, **kw)
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings, **writer_options):
+    collector = Collector(settings, **writer_options)
+    task = asyncio.create_task(collector.run())
+    try:
+        yield collector
+    finally:
+        collector.stop("test over")
+        await asyncio.wait_for(task, 30)
+
+
+async def until(predicate, timeout=15.0, what="condition"):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        if predicate():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def stored(buffer) -> list[tuple[str, int]]:
+    return query(buffer, "SELECT s.name, d.update_id FROM depth_snapshot d JOIN streams s USING (stream_id) ORDER BY d.id")
+
+
+def sent_ids(log_path) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for line in log_path.read_text().splitlines():
+        rec = json.loads(line)
+        if "last_update_id" in rec and "malformed" not in rec:
+            out.setdefault(rec["stream"], []).append(rec["last_update_id"])
+    return {k: sorted(set(v)) for k, v in out.items()}
+
+
+def assert_contiguous(buffer, log_path):
+    """Between the first and last stored id of each stream, every id sent is stored once."""
+    rows = stored(buffer)
+    assert len(rows) == len(set(rows)), "duplicate rows"
+    sent = sent_ids(log_path)
+    for stream in {s for s, _ in rows}:
+        got = sorted(u for s, u in rows if s == stream)
+        window = [u for u in sent[stream] if got[0] <= u <= got[-1]]
+        assert got == window, f"{stream}: {len(window) - len(got)} sent messages missing"
+
+
+def test_reconnects_after_clean_and_abrupt_disconnects_without_duplicates(tmp_path):
+    buffer, log = tmp_path / "b.sqlite3", tmp_path / "sent.ndjson"
+
+    async def main():
+        async with Exchange(symbols=SYMBOLS, seed=1, rate=50, sent_log=log) as ex:
+            async with running(settings_for(ex, buffer)) as c:
+                await until(lambda: c.metrics.messages > 50, what="first rows")
+                ex.replay_on_next_connect(30)
+                await ex.disconnect(abrupt=False)
+                await until(lambda: c.metrics.duplicates >= 30, what="replayed duplicates dropped")
+                ex.replay_on_next_connect(30)
+                await ex.disconnect(abrupt=True)
+                await until(lambda: c.metrics.duplicates >= 60, what="second replay dropped")
+                n = c.metrics.messages
+                await until(lambda: c.metrics.messages > n + 20, what="data flowing again")
+
+    asyncio.run(main())
+    sessions = query(buffer, "SELECT close_reason, duplicates FROM sessions ORDER BY session_id")
+    assert len(sessions) == 3
+    assert "code 1000" in sessions[0][0] or "code 1001" in sessions[0][0]
+    assert "1006" in sessions[1][0]
+    assert sum(d for _, d in sessions) >= 60
+    dropped = query(buffer, "SELECT count(*) FROM dropped WHERE reason = 'duplicate'")[0][0]
+    assert dropped == sum(d for _, d in sessions)
+    rows = stored(buffer)
+    assert len(rows) == len(set(rows))
+
+
+def test_make_before_break_rotation_loses_and_duplicates_nothing(tmp_path):
+    buffer, log = tmp_path / "b.sqlite3", tmp_path / "sent.ndjson"
+
+    async def main():
+        async with Exchange(symbols=SYMBOLS, seed=2, rate=50, sent_log=log) as ex:
+            s = settings_for(ex, buffer, rotate_after=1.0, rotate_overlap=0.5)
+            async with running(s) as c:
+                await until(lambda: c.metrics.rotations >= 4, timeout=20, what="three finished rotations")
+                await asyncio.sleep(0.3)
+            assert ex.connections_accepted >= 4
+
+    asyncio.run(main())
+    assert_contiguous(buffer, log)
+    reasons = [r for (r,) in query(buffer, "SELECT close_reason FROM sessions ORDER BY session_id")]
+    assert sum("rotated" in r for r in reasons) >= 3
+    spans = query(buffer, "SELECT opened_us, closed_us FROM sessions ORDER BY session_id")
+    assert all(b[0] < a[1] for a, b in zip(spans[:-1], spans[1:]))  # overlapping: made before broken
+    assert query(buffer, "SELECT count(*) FROM dropped")[0][0] > 0  # the overlap was deduplicated
+
+
+def test_server_shutdown_rotates_to_a_new_connection_first(tmp_path):
+    buffer, log = tmp_path / "b.sqlite3", tmp_path / "sent.ndjson"
+
+    async def main():
+        async with Exchange(symbols=SYMBOLS, seed=3, rate=50, sent_log=log) as ex:
+            async with running(settings_for(ex, buffer)) as c:
+                await until(lambda: c.metrics.messages > 30, what="first rows")
+                await ex.server_shutdown()
+                await until(lambda: c.metrics.rotations == 1, what="rotation")
+                n = c.metrics.messages
+                await until(lambda: c.metrics.messages > n + 30, what="data after rotation")
+
+    asyncio.run(main())
+    assert_contiguous(buffer, log)
+    assert query(buffer, "SELECT count(*) FROM events WHERE kind = 'server_shutdown'")[0][0] == 1
+
+
+MALFORMED = ["not_json", "binary", "wrong_types", "unknown_stream", "oversize", "error_reply", "missing_fields"]
+
+
+def test_every_kind_of_malformed_frame_is_quarantined_and_collection_continues(tmp_path):
+    buffer, log = tmp_path / "b.sqlite3", tmp_path / "sent.ndjson"
+
+    async def main():
+        async with Exchange(symbols=SYMBOLS, seed=4, rate=50, sent_log=log) as ex:
+            async with running(settings_for(ex, buffer)) as c:
+                await until(lambda: c.metrics.messages > 20, what="first rows")
+                for kind in MALFORMED:
+                    ex.inject_malformed(kind)
+                await until(lambda: sum(c.metrics.quarantined.values()) >= len(MALFORMED), what="quarantine")
+                n = c.metrics.messages
+                await until(lambda: c.metrics.messages > n + 30, what="data after bad frames")
+                assert c.metrics.connected == 1  # the same connection kept going
+
+    asyncio.run(main())
+    reasons = [r for (r,) in query(buffer, "SELECT reason FROM quarantine ORDER BY id")]
+    assert len(reasons) == len(MALFORMED)
+    for needle in ["not JSON", "binary", "unknown stream", "oversize", "error reply", "lastUpdateId"]:
+        assert any(needle in r for r in reasons), needle
+    raws = query(buffer, "SELECT length(raw) FROM quarantine")
+    assert all(n > 0 for (n,) in raws)
+    assert max(n for (n,) in raws) > 1 << 20  # the oversize frame kept whole
+    assert query(buffer, "SELECT sum(quarantined) FROM sessions")[0][0] == len(MALFORMED)
+    assert_contiguous(buffer, log)
+
+
+def test_slow_writer_spills_while_the_reader_keeps_up(tmp_path):
+    buffer, log = tmp_path / "b.sqlite3", tmp_path / "sent.ndjson"
+
+    async def main():
+        async with Exchange(symbols=SYMBOLS, seed=5, rate=200, sent_log=log) as ex:
+            s = settings_for(ex, buffer, queue_size=50, max_batch=20)
+            async with running(s, slow_down=0.05) as c:
+                await until(lambda: c.metrics.spilled_items > 500, timeout=20, what="spilling")
+                assert c.metrics.connected == 1 and c.metrics.reconnects == 0
+                lag_p = c.metrics.loop_lag
+                assert lag_p.count > 0
+                c.writer.slow_down = 0.0
+                await until(lambda: not c.writer.spill.active, timeout=30, what="spill drained")
+            assert ex.connections_accepted == 1  # no keepalive timeout, no reconnect
+
+    asyncio.run(main())
+    assert_contiguous(buffer, log)
+    rows = query(buffer, "SELECT stream_id, update_id FROM depth_snapshot ORDER BY id")
+    for sid in {s for s, _ in rows}:
+        ids = [u for s, u in rows if s == sid]
+        assert ids == sorted(ids), "reordered within a stream"
+
+
+def test_receive_stamps_are_integer_microseconds_after_the_send(tmp_path):
+    buffer, log = tmp_path / "b.sqlite3", tmp_path / "sent.ndjson"
+
+    async def main():
+        async with Exchange(symbols=["btcusdt"], seed=6, sent_log=log) as ex:  # Binance cadence: 100 ms
+            async with running(settings_for(ex, buffer, symbols=["btcusdt"])) as c:
+                await until(lambda: c.metrics.messages >= 10, what="ten messages")
+
+    asyncio.run(main())
+    sent = {}
+    for line in log.read_text().splitlines():
+        rec = json.loads(line)
+        sent[rec["last_update_id"]] = rec["send_us"]
+    rows = query(buffer, "SELECT update_id, recv_us, typeof(recv_us) FROM depth_snapshot ORDER BY id")
+    assert all(t == "integer" for _, _, t in rows)
+    stamps = [r for _, r, _ in rows]
+    assert len(set(stamps)) == len(stamps)
+    assert all(b - a > 50_000 for a, b in zip(stamps, stamps[1:]))  # 100 ms apart, clearly distinct
+    assert all(recv >= sent[uid] for uid, recv, _ in rows)
+    assert all(recv - sent[uid] < 1_000_000 for uid, recv, _ in rows)
+
+
+def test_rate_limited_handshakes_honour_retry_after(tmp_path):
+    buffer = tmp_path / "b.sqlite3"
+
+    async def main():
+        async with Exchange(symbols=SYMBOLS, seed=7, rate=50) as ex:
+            ex.reject_connections(429, retry_after=1, count=2)
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            async with running(settings_for(ex, buffer)) as c:
+                await until(lambda: c.metrics.messages > 0, what="connected after 429s")
+                waited = loop.time() - t0
+                assert c.metrics.reconnects == 2
+            assert waited >= 2.0  # two Retry-After: 1 honoured, although backoff_max is 0.2 s
+
+    asyncio.run(main())
+
+
+def test_metrics_endpoint_serves_prometheus_text(tmp_path):
+    buffer = tmp_path / "b.sqlite3"
+
+    async def main():
+        async with Exchange(symbols=SYMBOLS, seed=8, rate=50) as ex:
+            async with running(settings_for(ex, buffer, metrics_port=0)) as c:
+                await until(lambda: c.metrics.messages > 10, what="rows")
+                port = c.metrics_server.sockets[0].getsockname()[1]
+                body = await asyncio.to_thread(
+                    lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+                )
+        return body
+
+    body = asyncio.run(main())
+    for name in [
+        "orderbook_messages_total", "orderbook_duplicates_total", "orderbook_quarantined_total",
+        "orderbook_reconnects_total", "orderbook_queue_depth", "orderbook_queue_utilization",
+        "orderbook_commit_latency_seconds_bucket", "orderbook_event_loop_lag_seconds_bucket",
+        'orderbook_last_message_age_seconds{stream="btcusdt@depth20@100ms"}', "orderbook_spill_bytes",
+    ]:
+        assert name in body, name
+    messages = int(next(line.split()[1] for line in body.splitlines() if line.startswith("orderbook_messages_total ")))
+    assert messages > 10

@@ -1,0 +1,122 @@
+"""The writer thread: group commit, dedup bookkeeping, spill, and surviving write failures."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+from orderbook_collector import buffer
+from orderbook_collector.feed.protocol import build_streams
+from orderbook_collector.writer.thread import FRAME, QUARANTINE, SESSION_CLOSE, SESSION_OPEN, Writer
+
+STREAMS = build_streams(["btcusdt", "ethusdt"], ["depth20@100ms"])
+
+
+def feed(writer, frame, session, uids, stream="btcusdt@depth20@100ms", start_seq=0):
+    for i, uid in enumerate(uids):
+        assert writer.submit((FRAME, frame(uid, stream=stream), 1_700_000_000_000_000 + i * 100_000, session, start_seq + i))
+
+
+def rows(path, sql, *args):
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(sql, args).fetchall()
+    finally:
+        conn.close()
+
+
+def test_batches_commit_and_every_seq_gap_is_explained(buffer_path, frame):
+    w = Writer(buffer_path, STREAMS, commit_interval=0.01)
+    w.start()
+    w.submit((SESSION_OPEN, 1, "ws://x", "[]", 1))
+    feed(w, frame, 1, [100, 101, 102, 101, 103])  # seq 3 repeats update id 101
+    w.submit((QUARANTINE, b"garbage", 1_700_000_000_600_000, 1, 5, "not JSON"))
+    feed(w, frame, 1, [104], start_seq=6)
+    w.submit((SESSION_CLOSE, 1, 2, "test over"))
+    assert w.stop()
+    assert rows(buffer_path, "SELECT seq FROM depth_snapshot ORDER BY id") == [(0,), (1,), (2,), (4,), (6,)]
+    assert rows(buffer_path, "SELECT session_id, seq, update_id, reason FROM dropped") == [(1, 3, 101, "duplicate")]
+    assert rows(buffer_path, "SELECT seq FROM quarantine") == [(5,)]
+    assert rows(buffer_path, "SELECT frames, messages, duplicates, quarantined, close_reason FROM sessions") == [
+        (7, 5, 1, 1, "test over")
+    ]
+    hour = buffer.hour_of(1_700_000_000_000_000)
+    lo, hi = rows(buffer_path, "SELECT min(id), max(id) FROM depth_snapshot")[0]
+    assert rows(buffer_path, "SELECT hour_us, min_id, max_id, rows FROM buffer_hours") == [(hour, lo, hi, 5)]
+    assert w.metrics.duplicates == 1 and w.metrics.messages == 5
+
+
+def test_invalid_frame_from_the_fast_path_is_quarantined_by_the_writer(buffer_path):
+    w = Writer(buffer_path, STREAMS)
+    w.start()
+    w.submit((SESSION_OPEN, 1, "ws://x", "[]", 1))
+    w.submit((FRAME, '{"stream":"btcusdt@depth20@100ms","data":{"lastUpdateId":1,"bids":[["x","1"]],"asks":[]}}', 5, 1, 0))
+    assert w.stop()
+    assert rows(buffer_path, "SELECT seq, reason FROM quarantine")[0][0] == 0
+    assert rows(buffer_path, "SELECT count(*) FROM depth_snapshot") == [(0,)]
+
+
+def test_slow_writer_spills_and_replays_in_order_without_loss(buffer_path, frame):
+    w = Writer(buffer_path, STREAMS, queue_size=50, max_batch=40, slow_down=0.02)
+    w.start()
+    w.submit((SESSION_OPEN, 1, "ws://x", "[]", 1))
+    t0 = time.perf_counter()
+    uids = list(range(1000, 3000))
+    feed(w, frame, 1, uids)
+    submit_time = time.perf_counter() - t0
+    assert w.metrics.spilled_items > 1000
+    assert submit_time < 2.0  # the producer never waited for the slow writer
+    assert w.stop(60)
+    got = rows(buffer_path, "SELECT update_id, seq FROM depth_snapshot ORDER BY id")
+    assert [u for u, _ in got] == uids
+    assert [s for _, s in got] == list(range(len(uids)))
+    assert not list(w.spill.dir.glob("spill-*.bin"))
+    assert [k for (k,) in rows(buffer_path, "SELECT kind FROM events ORDER BY id")] == ["spill_start", "spill_end"]
+
+
+def test_locked_database_delays_commits_but_loses_nothing(buffer_path, frame):
+    w = Writer(buffer_path, STREAMS, queue_size=100, busy_timeout_ms=50)
+    w.start()
+    w.submit((SESSION_OPEN, 1, "ws://x", "[]", 1))
+    blocker = sqlite3.connect(buffer_path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # another process holding the write lock
+    feed(w, frame, 1, range(5000, 5500))
+    time.sleep(0.5)
+    assert w.metrics.writer_errors["locked"] >= 1
+    assert w.metrics.writer_degraded == 1
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    assert w.stop(30)
+    assert rows(buffer_path, "SELECT count(*), count(DISTINCT update_id) FROM depth_snapshot") == [(500, 500)]
+    assert w.metrics.writer_degraded == 0
+    (detail,) = rows(buffer_path, "SELECT detail FROM events WHERE kind = 'write_failures'")[0]
+    assert "locked" in detail
+
+
+def test_disk_full_holds_the_batch_and_resumes_when_space_returns(small_fs, frame):
+    path = small_fs / "buffer.sqlite3"
+    w = Writer(path, STREAMS, queue_size=200, spill_dir=small_fs / "spill")
+    w.start()
+    w.submit((SESSION_OPEN, 1, "ws://x", "[]", 1))
+    feed(w, frame, 1, range(1, 101))
+    deadline = time.monotonic() + 5
+    while w.metrics.messages < 100 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    filler = small_fs / "filler"
+    with open(filler, "wb") as f:  # take every free byte: the next commit gets ENOSPC
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    feed(w, frame, 1, range(1000, 1400), start_seq=100)
+    deadline = time.monotonic() + 10
+    while not w.metrics.writer_errors and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert w.metrics.writer_errors["disk_full"] >= 1  # a real ENOSPC reached SQLite
+    filler.unlink()
+    assert w.stop(30)
+    assert rows(path, "SELECT count(*), count(DISTINCT update_id) FROM depth_snapshot") == [(500, 500)]
+    assert rows(path, "PRAGMA integrity_check") == [("ok",)]
+    assert any("disk_full" in d for (d,) in rows(path, "SELECT detail FROM events WHERE kind = 'write_failures'"))

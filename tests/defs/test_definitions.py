@@ -1,0 +1,173 @@
+"""Real Dagster runs of the archive (in process), configured through the environment."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+import pytest
+from dagster import DagsterInstance, build_schedule_context, build_sensor_context
+
+from orderbook_assets.archive import ledger
+from orderbook_assets.definitions import defs
+from orderbook_assets.defs.partitions import hourly
+from orderbook_collector.errors import ConfigError
+
+from support.buffer_rows import BASE_HOUR_US, fill_buffer, open_buffer
+from support.s3 import MotoServer, s3_client
+
+ROOT = Path(__file__).resolve().parents[2]
+KEY = "2026-11-23-10:00"
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    monkeypatch.setenv("ORDERBOOK_BUFFER", str(tmp_path / "buffer.sqlite3"))
+    monkeypatch.setenv("ORDERBOOK_ARCHIVE_URL", str(tmp_path / "archive"))
+    monkeypatch.delenv("ORDERBOOK_CRASH_AT", raising=False)
+    return tmp_path
+
+
+def run_hour(key=KEY):
+    job = defs.resolve_job_def("archive_hour")
+    return job.execute_in_process(partition_key=key, instance=DagsterInstance.ephemeral(), raise_on_error=False)
+
+
+def read(url: str, dataset="depth_snapshot", s3_setup: str = ""):
+    con = duckdb.connect()
+    con.execute(s3_setup)
+    return con.execute(
+        f"SELECT symbol, epoch_us(recv_time), session_id, seq, last_update_id, bids[1].price, asks[20].qty, hour "
+        f"FROM read_parquet('{url}/{dataset}/**/*.parquet', hive_partitioning = true)"
+    ).fetchall()
+
+
+def expected(rows):
+    return sorted((r.symbol, r.recv_us, r.session_id, r.seq, r.update_id, r.bids[0][0], r.asks[19][1], 10) for r in rows)
+
+
+def test_hour_archived_end_to_end_to_local_folder(env):
+    rows = fill_buffer(env / "buffer.sqlite3", ["btcusdt", "ethusdt"], BASE_HOUR_US + 5_000_000, 500)
+    result = run_hour()
+    assert result.success
+    assert sorted(read(str(env / "archive"))) == expected(rows)
+    mat = result.asset_materializations_for_node("depth_snapshot")[0].metadata
+    assert mat["rows"].value == len(rows)
+    assert mat["object_keys"].value == ["depth_snapshot/date=2026-11-23/hour=10/part-0001-0-1000.parquet"]
+    assert mat["compression_ratio_vs_json"].value > 3
+    assert mat["first_recv_time"].value.startswith("2026-11-23T10:00:05")
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert set(checks) == {"no_duplicates", "no_seq_gaps", "update_id_monotonic", "coverage_gaps", "books_sane", "rows_reconciled"}
+    assert checks["rows_reconciled"].passed and not checks["coverage_gaps"].passed  # the first 5 s are a gap
+    assert result.asset_materializations_for_node("archived_hour")
+    # a re-run adds nothing; late rows become part 2
+    assert run_hour().success
+    late = fill_buffer(env / "buffer.sqlite3", ["btcusdt"], BASE_HOUR_US + 20 * 60_000_000, 10, session_id=5, first_update_id=10**6)
+    assert run_hour().success
+    assert sorted(read(str(env / "archive"))) == expected(rows + late)
+
+
+def test_hour_archived_end_to_end_to_moto(env, monkeypatch):
+    with MotoServer() as moto:
+        monkeypatch.setenv("ORDERBOOK_ARCHIVE_URL", "s3://books/archive")
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto.url)
+        monkeypatch.setenv("AWS_REGION", "eu-west-1")
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        rows = fill_buffer(env / "buffer.sqlite3", ["btcusdt", "ethusdt"], BASE_HOUR_US, 300)
+        assert run_hour().success
+        client = s3_client(moto.url, "eu-west-1")
+        assert client.get_bucket_location(Bucket="books")["LocationConstraint"] == "eu-west-1"
+        keys = [o["Key"] for o in client.list_objects_v2(Bucket="books")["Contents"]]
+        assert sorted(keys) == [
+            "archive/coverage/date=2026-11-23/hour=10/part-0001-0-600.parquet",
+            "archive/depth_snapshot/date=2026-11-23/hour=10/part-0001-0-600.parquet",
+            "archive/top_of_book_1s/date=2026-11-23/hour=10/bars.parquet",
+        ]
+        for key in keys[:2]:
+            body = client.get_object(Bucket="books", Key=key)["Body"].read()
+            local = env / "dl" / key
+            local.parent.mkdir(parents=True, exist_ok=True)
+            local.write_bytes(body)
+        assert sorted(read(str(env / "dl" / "archive"))) == expected(rows)
+
+
+def test_failing_error_check_blocks_mark_archived(env):
+    from support.buffer_rows import make_rows, store
+
+    rows = make_rows(["btcusdt"], BASE_HOUR_US, 30, session_id=1)
+    rows[20].update_id = 1  # goes backwards
+    conn = open_buffer(env / "buffer.sqlite3")
+    store(conn, rows)
+    result = run_hour()
+    assert not result.success
+    assert not result.asset_materializations_for_node("archived_hour")
+    assert ledger.parts(conn, "depth_snapshot", BASE_HOUR_US)[0].state == "verified"
+    conn.close()
+
+
+def test_s3_without_bucket_or_region_is_a_config_error(env, monkeypatch):
+    from orderbook_assets.defs.resources import ArchiveResource, ArchiveS3Resource
+
+    with pytest.raises(ConfigError, match="ORDERBOOK_ARCHIVE_URL"):
+        ArchiveResource(url="s3://", s3=ArchiveS3Resource()).open_store()
+    for var in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE", "AWS_CONFIG_FILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(env / "none"))
+    with pytest.raises(ConfigError, match="AWS_REGION"):
+        ArchiveResource(url="s3://b/p", s3=ArchiveS3Resource()).open_store()
+
+
+def test_schedule_tick_at_five_past_requests_the_previous_hour():
+    schedule = defs.resolve_schedule_def("archive_hour_schedule")
+    assert schedule.cron_schedule == "5 * * * *"
+    when = datetime(2026, 11, 23, 11, 5, tzinfo=timezone.utc)
+    with build_schedule_context(scheduled_execution_time=when, repository_def=defs.get_repository_def()) as ctx:
+        request = schedule.evaluate_tick(ctx).run_requests[0]
+    assert request.partition_key == KEY
+    assert defs.resolve_schedule_def("cleanup_buffer_schedule").job_name == "cleanup_buffer"
+
+
+def test_sensor_requests_a_further_part_for_late_rows(env):
+    path = env / "buffer.sqlite3"
+    fill_buffer(path, ["btcusdt"], BASE_HOUR_US, 20)
+    sensor = defs.resolve_sensor_def("late_rows_sensor")
+    with build_sensor_context(resources={"buffer": defs.resources["buffer"]}, repository_def=defs.get_repository_def()) as ctx:
+        assert not sensor.evaluate_tick(ctx).run_requests
+    assert run_hour().success
+    fill_buffer(path, ["btcusdt"], BASE_HOUR_US + 600_000_000, 5, session_id=3, first_update_id=10**6)
+    with build_sensor_context(resources={"buffer": defs.resources["buffer"]}, repository_def=defs.get_repository_def()) as ctx:
+        requests = sensor.evaluate_tick(ctx).run_requests
+    assert [(r.partition_key, r.run_key) for r in requests] == [(KEY, f"{KEY}@25")]
+    assert run_hour().success
+    conn = open_buffer(path)
+    assert [p.part for p in ledger.parts(conn, "depth_snapshot", BASE_HOUR_US, ("archived",))] == [1, 2]
+    conn.close()
+
+
+def test_definitions_resolve_and_validate():
+    assert {j.name for j in defs.resolve_all_job_defs()} >= {"archive_hour", "cleanup_buffer"}
+    assert hourly.get_partition_key_for_timestamp(BASE_HOUR_US / 1e6) == KEY
+    assert hourly.end_offset == 1
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-m", "orderbook_assets.definitions"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_cleanup_job_runs(env, monkeypatch):
+    fill_buffer(env / "buffer.sqlite3", ["btcusdt"], BASE_HOUR_US, 1500)
+    assert run_hour().success
+    monkeypatch.setenv("ORDERBOOK_RETENTION_HOURS", "0")
+    result = defs.resolve_job_def("cleanup_buffer").execute_in_process(instance=DagsterInstance.ephemeral())
+    assert result.success
+    conn = open_buffer(env / "buffer.sqlite3")
+    assert conn.execute("SELECT count(*) FROM depth_snapshot").fetchone()[0] == 0
+    conn.close()
+    monkeypatch.setenv("ORDERBOOK_RETENTION_HOURS", "soon")
+    assert not defs.resolve_job_def("cleanup_buffer").execute_in_process(
+        instance=DagsterInstance.ephemeral(), raise_on_error=False).success

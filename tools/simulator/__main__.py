@@ -1,0 +1,3 @@
+from .exchange import main
+
+main()
