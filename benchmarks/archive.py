@@ -340,6 +340,7 @@ def query_times(archive: Path, repeats: int) -> tuple[float, float, int]:
 
 def writer_stalls(src: Path, work: Path, seconds: float, rate: int = 2000) -> tuple[list[float], list[float], float]:
     """Commit durations (s) of a Writer fed ``rate`` msg/s: without, then during, exports in another process."""
+    from orderbook_collector.buffer.records import Frame, SessionOpen
     from orderbook_collector.writer import thread as wmod
     from orderbook_collector.feed.protocol import build_streams
 
@@ -363,7 +364,7 @@ def writer_stalls(src: Path, work: Path, seconds: float, rate: int = 2000) -> tu
     sid = frames[0][1]
     try:
         w.start()
-        w.submit((wmod.SESSION_OPEN, sid, "wss://bench", "[]", time.time_ns() // 1000))
+        w.submit(SessionOpen(sid, "wss://bench", "[]", time.time_ns() // 1000))
         stop = threading.Event()
 
         def feed():
@@ -372,7 +373,7 @@ def writer_stalls(src: Path, work: Path, seconds: float, rate: int = 2000) -> tu
                 due = int((time.perf_counter() - t0) * rate)
                 while i < min(due, len(frames)):
                     raw, s, seq = frames[i]
-                    w.submit((wmod.FRAME, raw, time.time_ns() // 1000, s, seq))
+                    w.submit(Frame(raw, time.time_ns() // 1000, s, seq))
                     i += 1
                 time.sleep(0.005)
 

@@ -27,7 +27,8 @@ sys.path.insert(0, str(ROOT))
 from orderbook_collector import buffer  # noqa: E402
 from orderbook_collector.feed.protocol import Decoder, build_streams  # noqa: E402
 from tools.simulator.exchange import Book  # noqa: E402
-from orderbook_collector.writer.thread import SESSION_CLOSE, SESSION_OPEN, store_records  # noqa: E402
+from orderbook_collector.buffer.records import SessionClose, SessionOpen
+from orderbook_collector.writer.thread import store_records  # noqa: E402
 
 #: 2026-11-23 10:00 UTC
 HOUR_US = buffer.HOUR_US
@@ -91,7 +92,7 @@ def store_messages(path: Path, msgs: Messages, batch: int = 2000, synchronous: s
     try:
         ids = buffer.stream_ids(conn, [(s.name, s.symbol, s.kind) for s in streams])
         sid = msgs.frames[0][2]
-        ops = [(SESSION_OPEN, sid, "wss://bench", json.dumps([s.name for s in streams]), msgs.frames[0][1] - 1000)]
+        ops = [SessionOpen(sid, "wss://bench", json.dumps([s.name for s in streams]), msgs.frames[0][1] - 1000)]
         elapsed = 0.0
         for i in range(0, len(msgs.frames), batch):
             chunk = [(raw.decode(), r, s, q) for raw, r, s, q in msgs.frames[i : i + batch]]
@@ -99,7 +100,7 @@ def store_messages(path: Path, msgs: Messages, batch: int = 2000, synchronous: s
             t0 = time.perf_counter()
             store_records(conn, ids, recs, ops=ops if i == 0 else ())
             elapsed += time.perf_counter() - t0
-        store_records(conn, ids, [], ops=[(SESSION_CLOSE, sid, msgs.frames[-1][1] + 1000, "bench done")])
+        store_records(conn, ids, [], ops=[SessionClose(sid, msgs.frames[-1][1] + 1000, "bench done")])
     finally:
         conn.close()
     return elapsed

@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from orderbook_collector.buffer import HOUR_US
 from orderbook_collector.fsutil import sha256_file
 
 from orderbook_assets.analytics import views
@@ -36,7 +37,6 @@ from orderbook_assets.archive.store import ArchiveStore, LocalStore, S3Store
 
 DATASET = "top_of_book_1s"
 SOURCE = "depth_snapshot"
-HOUR_US = 3_600_000_000
 
 BARS_SCHEMA = pa.schema(
     [
@@ -55,11 +55,12 @@ BARS_SCHEMA = pa.schema(
 WRITER_OPTIONS = dict(compression="zstd", compression_level=3, version="2.6", store_schema=False)
 
 _ORDER = "(recv_time, session_id, seq)"
+#: ``{src}``: a registered table, or ``read_parquet($files)`` with the files as a parameter.
 BARS_SQL = f"""
 WITH tob AS (
     SELECT symbol, recv_time, session_id, seq,
            bids[1].price AS bid, asks[1].price AS ask, (bids[1].price + asks[1].price) / 2 AS mid
-    FROM src
+    FROM {{src}}
     WHERE len(bids) > 0 AND len(asks) > 0
 )
 SELECT symbol,
@@ -87,14 +88,18 @@ def bars_1s(source: pa.Table | str | list[str]) -> pa.Table:
     try:
         if isinstance(source, pa.Table):
             con.register("src", source)
-        else:
-            paths = [source] if isinstance(source, str) else list(source)
-            if not paths:
-                return BARS_SCHEMA.empty_table()
-            con.execute(f"CREATE VIEW src AS SELECT * FROM read_parquet({_list(paths)})")
-        return con.execute(BARS_SQL).to_arrow_table().cast(BARS_SCHEMA)
+            return con.execute(BARS_SQL.format(src="src")).to_arrow_table().cast(BARS_SCHEMA)
+        paths = [source] if isinstance(source, str) else list(source)
+        if not paths:
+            return BARS_SCHEMA.empty_table()
+        return _bars_of_files(con, paths)
     finally:
         con.close()
+
+
+def _bars_of_files(con: duckdb.DuckDBPyConnection, paths: list[str]) -> pa.Table:
+    sql = BARS_SQL.format(src="read_parquet($files)")
+    return con.execute(sql, {"files": paths}).to_arrow_table().cast(BARS_SCHEMA)
 
 
 def _duck(s3_archive: views.Archive | None = None, s3: views.S3Settings | None = None) -> duckdb.DuckDBPyConnection:
@@ -209,8 +214,7 @@ def materialize_hour(
     try:
         pattern = archive.hour_glob(SOURCE, hour_us)
         if views.count_files(con, pattern):
-            con.execute(f"CREATE VIEW src AS SELECT * FROM read_parquet({views._lit(pattern)})")
-            bars = con.execute(BARS_SQL).to_arrow_table().cast(BARS_SCHEMA)
+            bars = _bars_of_files(con, [pattern])
         else:
             bars = BARS_SCHEMA.empty_table()
     finally:
@@ -306,10 +310,6 @@ def build_top_of_book_1s(partitions_def=None, deps=(SOURCE,), group_name: str | 
         })
 
     return top_of_book_1s
-
-
-def _list(paths: list[str]) -> str:
-    return "[" + ", ".join(views._lit(p) for p in paths) + "]"
 
 
 # After archived_hour: bars are built only from parts that passed the checks.

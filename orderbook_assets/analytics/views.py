@@ -34,35 +34,19 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from orderbook_assets.archive import datasets
+from orderbook_collector.buffer import HOUR_US, hour_folder, levels, reads  # noqa: F401
 from orderbook_collector.errors import ArchiveError, ConfigError, StorageError
 
-DATASET = "depth_snapshot"
-HOUR_US = 3_600_000_000
-
-LEVEL = pa.struct([("price", pa.float64()), ("qty", pa.float64())])
-DEPTH_SCHEMA = pa.schema(
-    [
-        ("symbol", pa.string()),
-        ("stream", pa.string()),
-        ("recv_time", pa.timestamp("us", tz="UTC")),
-        ("session_id", pa.int64()),
-        ("seq", pa.int64()),
-        ("last_update_id", pa.int64()),
-        ("bids", pa.list_(LEVEL)),
-        ("asks", pa.list_(LEVEL)),
-    ]
-)
-DEPTH_COLUMNS = [f.name for f in DEPTH_SCHEMA]
+DATASET = datasets.DEPTH
+DEPTH_SCHEMA = datasets.DEPTH_SCHEMA
+LEVEL = datasets.LEVEL
+DEPTH_COLUMNS = DEPTH_SCHEMA.names
 TOP_OF_BOOK_COLUMNS = [
     "symbol", "recv_time", "best_bid", "best_bid_qty", "best_ask", "best_ask_qty",
     "mid", "spread", "microprice",
 ]
-_DUCK_TYPES = {
-    "symbol": "VARCHAR", "stream": "VARCHAR", "recv_time": "TIMESTAMPTZ",
-    "session_id": "BIGINT", "seq": "BIGINT", "last_update_id": "BIGINT",
-    "bids": "STRUCT(price DOUBLE, qty DOUBLE)[]", "asks": "STRUCT(price DOUBLE, qty DOUBLE)[]",
-    "date": "DATE", "hour": "INTEGER",
-}
+_DUCK_TYPES = {f.name: datasets.duckdb_type(f.type) for f in (*DEPTH_SCHEMA, *datasets.HIVE_COLUMNS)}
 
 
 # --------------------------------------------------------------------------- locations
@@ -113,10 +97,7 @@ class Archive:
         return f"{self.dataset(name)}/{hour_path(hour_us)}/*.parquet"
 
 
-def hour_path(hour_us: int) -> str:
-    """``date=YYYY-MM-DD/hour=HH`` for the UTC hour starting at ``hour_us``."""
-    t = np.datetime64(hour_us, "us").astype("datetime64[h]").item()
-    return f"date={t:%Y-%m-%d}/hour={t:%H}"
+hour_path = hour_folder
 
 
 # --------------------------------------------------------------------------- S3
@@ -232,14 +213,11 @@ def read_tail(buffer_path: str | Path) -> pa.Table:
         raise StorageError(f"cannot open buffer {path} read-only: {exc}") from exc
     try:
         con.execute("BEGIN")  # one snapshot for ledger and rows (WAL readers never block the writer)
-        ranges = _unarchived_ranges(con)
-        cols = ("stream_id", "session_id", "seq", "recv_us", "update_id", "n_bids", "levels")
+        cols = "stream_id, session_id, seq, recv_us, update_id, n_bids, levels"
         rows: list[tuple] = []
-        for hour_us, lo, hi in ranges:
+        for rng in reads.unarchived(con, DATASET):
             rows += con.execute(
-                f"SELECT {', '.join(cols)} FROM depth_snapshot WHERE id BETWEEN ? AND ? "
-                "AND recv_us >= ? AND recv_us < ? ORDER BY id",
-                (lo, hi, hour_us, hour_us + HOUR_US),
+                f"SELECT {cols} FROM {DATASET} WHERE {reads.PART_ROWS} ORDER BY id", rng.params()
             ).fetchall()
         streams = con.execute("SELECT stream_id, name, symbol FROM streams").fetchall()
         con.execute("COMMIT")
@@ -250,58 +228,13 @@ def read_tail(buffer_path: str | Path) -> pa.Table:
     return decode_rows(rows, streams)
 
 
-def _unarchived_ranges(con: sqlite3.Connection) -> list[tuple[int, int, int]]:
-    """(hour_us, id_lo, id_hi) ranges of rows not covered by an archived part, in id order."""
-    hours = con.execute(
-        "SELECT hour_us, min_id, max_id FROM buffer_hours WHERE dataset = ? ORDER BY hour_us", (DATASET,)
-    ).fetchall()
-    archived: dict[int, list[tuple[int, int]]] = {}
-    for hour_us, lo, hi in con.execute(
-        "SELECT hour_us, id_lo, id_hi FROM export_parts WHERE dataset = ? AND state = 'archived' ORDER BY id_lo",
-        (DATASET,),
-    ):
-        archived.setdefault(hour_us, []).append((lo, hi))
-    out = []
-    for hour_us, lo, hi in hours:
-        start = lo
-        for a_lo, a_hi in archived.get(hour_us, []):
-            if a_lo > start:
-                out.append((hour_us, start, min(hi, a_lo - 1)))
-            start = max(start, a_hi + 1)
-        if start <= hi:
-            out.append((hour_us, start, hi))
-    return [r for r in out if r[1] <= r[2]]
-
-
 def decode_rows(rows: list[tuple], streams: list[tuple[int, str, str]]) -> pa.Table:
-    """Buffer rows ``(stream_id, session_id, seq, recv_us, update_id, n_bids, levels)`` → Arrow.
-
-    ``levels`` is packed little-endian float64 ``(price, qty)`` pairs, the first
-    ``n_bids`` pairs bids, the rest asks. Vectorised: one concatenation of the blobs,
-    then numpy index arithmetic splits every row's pairs into the two list columns.
-    """
+    """Buffer rows ``(stream_id, session_id, seq, recv_us, update_id, n_bids, levels)`` → Arrow,
+    the levels through the buffer's codec (:func:`orderbook_collector.buffer.levels.to_arrow`)."""
     if not rows:
         return DEPTH_SCHEMA.empty_table()
     stream_id, session_id, seq, recv_us, update_id, n_bids, blobs = zip(*rows)
-    blobs_len = np.fromiter(map(len, blobs), dtype=np.int64, count=len(blobs))
-    if (blobs_len % 16).any():
-        raise StorageError("a buffer row's levels blob is not a whole number of (price, qty) float64 pairs")
-    pairs = np.frombuffer(b"".join(blobs), dtype="<f8").reshape(-1, 2)
-    n_levels = blobs_len // 16
-    n_bid = np.asarray(n_bids, dtype=np.int64)
-    if (n_bid > n_levels).any() or (n_bid < 0).any():
-        raise StorageError("a buffer row claims more bid levels than its levels blob holds")
-    row_start = np.repeat(np.cumsum(n_levels) - n_levels, n_levels)
-    is_bid = (np.arange(len(pairs)) - row_start) < np.repeat(n_bid, n_levels)
-
-    def side(mask: np.ndarray, counts: np.ndarray) -> pa.ListArray:
-        sel = pairs[mask]
-        values = pa.StructArray.from_arrays(
-            [pa.array(sel[:, 0]), pa.array(sel[:, 1])], fields=list(LEVEL)
-        )
-        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
-        return pa.ListArray.from_arrays(pa.array(offsets), values)
-
+    bids, asks, _ = levels.to_arrow(list(blobs), np.asarray(n_bids, dtype=np.int64))
     ids = np.asarray(stream_id, dtype=np.int64)
     names = {sid: (name, symbol.upper()) for sid, name, symbol in streams}
     uniq, inverse = np.unique(ids, return_inverse=True)
@@ -322,8 +255,8 @@ def decode_rows(rows: list[tuple], streams: list[tuple[int, str, str]]) -> pa.Ta
             pa.array(np.asarray(session_id, dtype=np.int64)),
             pa.array(np.asarray(seq, dtype=np.int64)),
             pa.array(np.asarray(update_id, dtype=np.int64)),
-            side(is_bid, n_bid),
-            side(~is_bid, n_levels - n_bid),
+            bids,
+            asks,
         ],
         schema=DEPTH_SCHEMA,
     )
@@ -436,10 +369,8 @@ def register_views(
 
 
 def coverage_schema() -> pa.Schema:
-    """The coverage dataset's schema, as the archive writes it (README.md, "Archive datasets")."""
-    from orderbook_assets.archive.coverage import COVERAGE_SCHEMA
-
-    return COVERAGE_SCHEMA
+    """The coverage dataset's schema, as the archive writes it."""
+    return datasets.COVERAGE_SCHEMA
 
 
 def count_files(con: duckdb.DuckDBPyConnection, pattern: str) -> int:

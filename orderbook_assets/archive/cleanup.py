@@ -16,7 +16,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 
-from orderbook_collector.buffer import HOUR_US, now_us, transaction
+from orderbook_collector.buffer import HOUR_US, now_us, reads, transaction
 
 from orderbook_assets.archive.crash import crash_point
 from orderbook_assets.archive.ledger import DEPTH
@@ -57,21 +57,18 @@ def delete_part_rows(conn: sqlite3.Connection, hour_us: int, id_lo: int, id_hi: 
     with transaction(conn):
         # The state is re-checked inside the write transaction: never a row of an unarchived part.
         cur = conn.execute(
-            "DELETE FROM depth_snapshot WHERE id IN ("
-            " SELECT d.id FROM depth_snapshot d WHERE d.id > ? AND d.id <= ? AND d.recv_us >= ? AND d.recv_us < ?"
+            f"DELETE FROM {DEPTH} WHERE id IN ("
+            f" SELECT id FROM {DEPTH} WHERE {reads.PART_ROWS}"
             " AND EXISTS (SELECT 1 FROM export_parts p WHERE p.dataset = ? AND p.hour_us = ? AND p.state = 'archived'"
             "             AND p.id_lo = ? AND p.id_hi = ?)"
             " LIMIT ?)",
-            (id_lo, id_hi, hour_us, hour_us + HOUR_US, DEPTH, hour_us, id_lo, id_hi, batch),
+            (*reads.IdRange(hour_us, id_lo, id_hi).params(), DEPTH, hour_us, id_lo, id_hi, batch),
         )
     return cur.rowcount
 
 
 def has_rows(conn: sqlite3.Connection, hour_us: int, id_lo: int, id_hi: int) -> bool:
-    return conn.execute(
-        "SELECT 1 FROM depth_snapshot WHERE id > ? AND id <= ? AND recv_us >= ? AND recv_us < ? LIMIT 1",
-        (id_lo, id_hi, hour_us, hour_us + HOUR_US),
-    ).fetchone() is not None
+    return reads.has_rows(conn, DEPTH, reads.IdRange(hour_us, id_lo, id_hi))
 
 
 def wal_size(conn: sqlite3.Connection) -> int:

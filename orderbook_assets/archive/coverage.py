@@ -26,33 +26,9 @@ from orderbook_collector.buffer import HOUR_US
 from orderbook_collector.fsutil import fsync_dir, sha256_file
 
 from orderbook_assets.archive.export import WRITER_OPTIONS
+from orderbook_assets.archive.datasets import COVERAGE_SCHEMA, TS  # noqa: F401
 from orderbook_assets.archive.ledger import Part
 
-TS = pa.timestamp("us", tz="UTC")
-
-COVERAGE_SCHEMA = pa.schema(
-    [
-        pa.field("record", pa.string(), nullable=False),
-        pa.field("hour_start", TS, nullable=False),
-        pa.field("part", pa.int32(), nullable=False),
-        pa.field("session_id", pa.int64()),
-        pa.field("stream", pa.string()),
-        pa.field("start_time", TS),
-        pa.field("end_time", TS),
-        pa.field("seconds", pa.float64()),
-        pa.field("first_recv_time", TS),
-        pa.field("last_recv_time", TS),
-        pa.field("messages", pa.int64()),
-        pa.field("min_seq", pa.int64()),
-        pa.field("max_seq", pa.int64()),
-        pa.field("duplicates", pa.int64()),
-        pa.field("quarantined", pa.int64()),
-        pa.field("lost", pa.int64()),
-        pa.field("close_reason", pa.string()),
-        pa.field("as_of", TS, nullable=False),
-    ],
-    metadata={"orderbook.dataset": "coverage", "orderbook.schema_version": "1"},
-)
 
 
 def session_rows(conn: sqlite3.Connection, hour_us: int) -> list[tuple]:

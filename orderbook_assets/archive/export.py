@@ -27,39 +27,21 @@ import json
 import os
 import sqlite3
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from orderbook_collector.buffer import hour_folder, levels, reads
 from orderbook_collector.fsutil import fsync_dir, sha256_file
 
+from orderbook_assets.archive.datasets import DEPTH_SCHEMA, LEVEL, LEVELS  # noqa: F401
 from orderbook_assets.archive.ledger import Part
 
 ROW_GROUP = 32_768
 #: Reading keys this many ids at a time keeps every read statement short.
 KEY_CHUNK = 200_000
-SCHEMA_VERSION = "1"
-
-LEVEL = pa.struct([pa.field("price", pa.float64(), nullable=False), pa.field("qty", pa.float64(), nullable=False)])
-LEVELS = pa.list_(pa.field("item", LEVEL, nullable=False))
-
-DEPTH_SCHEMA = pa.schema(
-    [
-        pa.field("symbol", pa.string(), nullable=False),
-        pa.field("stream", pa.string(), nullable=False),
-        pa.field("recv_time", pa.timestamp("us", tz="UTC"), nullable=False),
-        pa.field("session_id", pa.int64(), nullable=False),
-        pa.field("seq", pa.int64(), nullable=False),
-        pa.field("last_update_id", pa.int64(), nullable=False),
-        pa.field("bids", LEVELS, nullable=False),
-        pa.field("asks", LEVELS, nullable=False),
-    ],
-    metadata={"orderbook.dataset": "depth_snapshot", "orderbook.schema_version": SCHEMA_VERSION},
-)
-
 #: Writer options: changing any of them changes the bytes of every future part.
 WRITER_OPTIONS = dict(
     compression="zstd",
@@ -98,13 +80,9 @@ class Exported:
         return self.json_bytes / self.bytes if self.bytes else 0.0
 
 
-def object_key(dataset: str, part: Part, hour_start: datetime | None = None) -> str:
+def object_key(dataset: str, part: Part) -> str:
     """``<dataset>/date=YYYY-MM-DD/hour=HH/part-NNNN-<id_lo>-<id_hi>.parquet`` (relative to the archive)."""
-    start = hour_start or datetime.fromtimestamp(part.hour_us / 1e6, tz=timezone.utc)
-    return (
-        f"{dataset}/date={start:%Y-%m-%d}/hour={start:%H}/"
-        f"part-{part.part:04d}-{part.id_lo}-{part.id_hi}.parquet"
-    )
+    return f"{dataset}/{hour_folder(part.hour_us)}/part-{part.part:04d}-{part.id_lo}-{part.id_hi}.parquet"
 
 
 
@@ -133,9 +111,8 @@ def read_keys(conn: sqlite3.Connection, part: Part) -> np.ndarray:
     while lo < part.id_hi:
         hi = min(lo + KEY_CHUNK, part.id_hi)
         rows = conn.execute(
-            "SELECT id, stream_id, recv_us, session_id, seq FROM depth_snapshot "
-            "WHERE id > ? AND id <= ? AND recv_us >= ? AND recv_us < ?",
-            (lo, hi, part.hour_us, part.hour_end_us),
+            f"SELECT id, stream_id, recv_us, session_id, seq FROM {part.dataset} WHERE {reads.PART_ROWS}",
+            reads.IdRange(part.hour_us, lo, hi).params(),
         ).fetchall()
         if rows:
             out.append(np.array(rows, dtype=np.int64))
@@ -184,7 +161,7 @@ class _StreamColumns:
         idx = self.index[stream_id]
         if len(idx) and idx.min() < 0:
             raise RuntimeError("a buffer row names a stream missing from the streams table")
-        ix = _arrow(idx, pa.int32())
+        ix = levels.as_arrow(idx, pa.int32())
         return self.symbols.take(ix), self.names.take(ix), self.name_len[idx]
 
 
@@ -231,10 +208,10 @@ def build_batch(keys: Keys, start: int, end: int, uid: np.ndarray, n_bids: np.nd
         [
             symbol,
             stream,
-            _arrow(keys.recv_us[start:end], DEPTH_SCHEMA.field("recv_time").type),
-            _arrow(keys.session_id[start:end], pa.int64()),
-            _arrow(keys.seq[start:end], pa.int64()),
-            _arrow(uid, pa.int64()),
+            levels.as_arrow(keys.recv_us[start:end], DEPTH_SCHEMA.field("recv_time").type),
+            levels.as_arrow(keys.session_id[start:end], pa.int64()),
+            levels.as_arrow(keys.seq[start:end], pa.int64()),
+            levels.as_arrow(uid, pa.int64()),
             bids,
             asks,
         ],
@@ -244,54 +221,15 @@ def build_batch(keys: Keys, start: int, end: int, uid: np.ndarray, n_bids: np.nd
 
 
 def levels_arrays(blobs: list[bytes], n_bids: np.ndarray) -> tuple[pa.ListArray, pa.ListArray, int]:
-    """Packed level blobs → (bids, asks) list<struct<price, qty>> arrays, vectorised.
-
-    Each blob holds little-endian float64 (price, qty) pairs, bids first; ``n_bids`` says
-    where the asks start. Also returns the estimated JSON size of the levels. When every
-    row has the same shape (the usual depth20 book: 20 + 20 levels) the sides are plain
-    reshapes; otherwise a mask splits them.
-    """
-    n = len(blobs)
-    flat = np.frombuffer(b"".join(blobs), dtype="<f8")
-    total = len(flat) // 2
-    per_row = total // n if n else 0
-    nb0 = int(n_bids[0]) if n else 0
-    if n and per_row * n == total and len(blobs[0]) == 16 * per_row and (n_bids == nb0).all() \
-            and all(len(b) == 16 * per_row for b in blobs):
-        book = flat.reshape(n, per_row, 2)
-        bid_vals, ask_vals = book[:, :nb0], book[:, nb0:]
-        n_bid_rows = np.full(n, nb0, dtype=np.int64)
-        n_ask_rows = np.full(n, per_row - nb0, dtype=np.int64)
-    else:
-        counts = np.fromiter(map(len, blobs), dtype=np.int64, count=n) // 16
-        pairs = flat.reshape(-1, 2)
-        starts = np.repeat(np.cumsum(counts) - counts, counts)
-        is_bid = (np.arange(len(pairs)) - starts) < np.repeat(n_bids, counts)
-        bid_vals, ask_vals = pairs[is_bid], pairs[~is_bid]
-        n_bid_rows, n_ask_rows = n_bids, counts - n_bids
-
-    def side(vals: np.ndarray, per: np.ndarray) -> pa.ListArray:
-        vals = vals.reshape(-1, 2)
-        offsets = np.zeros(n + 1, dtype=np.int32)
-        np.cumsum(per, out=offsets[1:])
-        price = _arrow(np.ascontiguousarray(vals[:, 0]), pa.float64())
-        qty = _arrow(np.ascontiguousarray(vals[:, 1]), pa.float64())
-        struct = pa.StructArray.from_arrays([price, qty], fields=list(LEVEL))
-        return pa.ListArray.from_arrays(_arrow(offsets, pa.int32()), struct, type=LEVELS)
-
+    """Packed level blobs → (bids, asks) through the buffer's codec, and the estimated JSON size
+    of the levels (for the compression figure in the part's metadata)."""
+    bids, asks, flat = levels.to_arrow(blobs, n_bids)
     # Binance writes each value as a string with 8 decimals: ["123.45000000","0.01000000"],
     # digits counted on every 8th value (an estimate for metadata; cheap and deterministic)
     sample = flat[::8]
     digits = int(_digits(sample).sum()) * len(flat) // len(sample) if len(sample) else 0
-    json_bytes = digits + total * (2 * 11 + 4)
-    return side(bid_vals, n_bid_rows), side(ask_vals, n_ask_rows), json_bytes
-
-
-def _arrow(values: np.ndarray, type: pa.DataType) -> pa.Array:  # noqa: A002
-    """A contiguous numpy array as an Arrow array without copying (and without ``pa.array``,
-    whose first call imports pandas: ~0.3 s per process for nothing)."""
-    values = np.ascontiguousarray(values)
-    return pa.Array.from_buffers(type, len(values), [None, pa.py_buffer(values)])
+    json_bytes = digits + (len(flat) // 2) * (2 * 11 + 4)
+    return bids, asks, json_bytes
 
 
 def _strings(values: list[str]) -> pa.Array:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 
-from orderbook_collector.buffer import HOUR_US, now_us, transaction
+from orderbook_collector.buffer import HOUR_US, now_us, reads, transaction
 
 DEPTH = "depth_snapshot"
 COVERAGE = "coverage"
@@ -56,6 +56,11 @@ class Part:
     @property
     def hour_end_us(self) -> int:
         return self.hour_us + HOUR_US
+
+    @property
+    def rows_range(self) -> reads.IdRange:
+        """The buffer rows this part holds (see :mod:`orderbook_collector.buffer.reads`)."""
+        return reads.IdRange(self.hour_us, self.id_lo, self.id_hi)
 
     def reached(self, state: str) -> bool:
         return STATES.index(self.state) >= STATES.index(state)
@@ -148,10 +153,7 @@ def record_object(conn: sqlite3.Connection, part: Part, **fields: object) -> Par
 
 def buffer_rows(conn: sqlite3.Connection, part: Part) -> int:
     """How many buffer rows belong to the part (its id range, within its hour)."""
-    return conn.execute(
-        "SELECT count(*) FROM depth_snapshot WHERE id > ? AND id <= ? AND recv_us >= ? AND recv_us < ?",
-        (part.id_lo, part.id_hi, part.hour_us, part.hour_end_us),
-    ).fetchone()[0]
+    return reads.count_rows(conn, DEPTH, part.rows_range)
 
 
 def late_hours(conn: sqlite3.Connection, before_us: int) -> list[tuple[int, int]]:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from orderbook_collector.buffer import HOUR_US
+from orderbook_collector.buffer import HOUR_US, reads
 from orderbook_collector.errors import ArchiveError, IntegrityError
 
 from orderbook_assets.archive import coverage as cov
@@ -125,20 +125,10 @@ def explained_seqs(conn: sqlite3.Connection, hour_us: int, checked: list[Part]) 
         "SELECT session_id, seq FROM quarantine WHERE recv_us >= ? AND recv_us < ?",
         (hour_us - HOUR_US, hour_us + 2 * HOUR_US),
     ).fetchall()
-    bounds = conn.execute(
-        "SELECT min_id, max_id FROM buffer_hours WHERE dataset = ? AND hour_us = ?", (DEPTH, hour_us)
-    ).fetchone()
-    if bounds:
-        lo = bounds[0] - 1
-        for p in sorted(checked, key=lambda p: p.id_lo) + [None]:
-            hi = bounds[1] if p is None else min(p.id_lo, bounds[1])
-            if hi > lo:
-                pairs += conn.execute(
-                    "SELECT session_id, seq FROM depth_snapshot WHERE id > ? AND id <= ? AND recv_us >= ? AND recv_us < ?",
-                    (lo, hi, hour_us, hour_us + HOUR_US),
-                ).fetchall()
-            if p is not None:
-                lo = max(lo, p.id_hi)
+    whole = reads.hour_bounds(conn, DEPTH, hour_us)
+    if whole is not None:
+        for rng in reads.gaps_between(whole, [p.rows_range for p in checked]):
+            pairs += conn.execute(f"SELECT session_id, seq FROM {DEPTH} WHERE {reads.PART_ROWS}", rng.params()).fetchall()
     return pa.table({
         "session_id": pa.array([p[0] for p in pairs], pa.int64()),
         "seq": pa.array([p[1] for p in pairs], pa.int64()),

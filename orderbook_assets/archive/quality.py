@@ -26,6 +26,8 @@ from datetime import datetime, timezone
 import duckdb
 import pyarrow as pa
 
+from orderbook_assets.archive.datasets import DEPTH_SCHEMA
+
 ERROR, WARN = "ERROR", "WARN"
 GAP_CADENCES = 5
 EXAMPLES = 5
@@ -71,14 +73,9 @@ def connect(paths: list[str], explained: pa.Table | None = None) -> duckdb.DuckD
     (session_id, seq) of seqs accounted for outside the books."""
     con = duckdb.connect()
     if paths:
-        files = "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
-        con.execute(f"CREATE VIEW books AS SELECT * FROM read_parquet({files})")
+        con.read_parquet(paths).create_view("books")
     else:
-        con.execute(
-            "CREATE TABLE books (symbol VARCHAR, stream VARCHAR, recv_time TIMESTAMPTZ, session_id BIGINT, "
-            "seq BIGINT, last_update_id BIGINT, bids STRUCT(price DOUBLE, qty DOUBLE)[], "
-            "asks STRUCT(price DOUBLE, qty DOUBLE)[])"
-        )
+        con.register("books", DEPTH_SCHEMA.empty_table())
     if explained is None:
         explained = pa.table({"session_id": pa.array([], pa.int64()), "seq": pa.array([], pa.int64())})
     con.register("explained_arrow", explained)
@@ -132,10 +129,6 @@ def update_id_backwards(con: duckdb.DuckDBPyConnection) -> CheckResult:
     return CheckResult("update_id_monotonic", ERROR, not rows, len(rows), rows[:EXAMPLES])
 
 
-def _sql_str(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
 def coverage_gaps(con: duckdb.DuckDBPyConnection, window: tuple[int, int], since: dict[str, int] | None = None) -> CheckResult:
     """Intervals longer than 5 cadences without a message, per stream, inside ``window``
     (µs; the hour, cut at the time the newest part was planned when the hour is still open).
@@ -144,11 +137,13 @@ def coverage_gaps(con: duckdb.DuckDBPyConnection, window: tuple[int, int], since
     the hour: a stream's silence is measured from there instead of from the hour's start.
     """
     lo, hi = window
-    since_sql = " UNION ALL ".join(f"SELECT {_sql_str(k)} AS stream, {int(v)} AS us" for k, v in sorted((since or {}).items()))
+    since = since or {}
+    con.register("since_arrow", pa.table({"stream": pa.array(list(since), pa.string()),
+                                          "us": pa.array(list(since.values()), pa.int64())}))
     rows = _rows(con.execute(
         f"""
         WITH t AS (SELECT stream, epoch_us(recv_time) AS us FROM books),
-        s AS ({since_sql or "SELECT NULL::VARCHAR AS stream, NULL::BIGINT AS us WHERE false"}),
+        s AS (SELECT stream, us FROM since_arrow),
         streams AS (SELECT DISTINCT stream FROM t UNION SELECT stream FROM s),
         edges AS (
             SELECT stream, us FROM t

@@ -1,4 +1,4 @@
-"""The SQLite buffer: schema, connection rules, the transaction helper, batch writes.
+"""The SQLite buffer: connection rules and the small helpers both sides share.
 
 The buffer is the hand-off point between the collector (one writer thread) and
 the archive (Dagster runs). Both sides open it through :func:`connect`, which
@@ -6,45 +6,23 @@ refuses to continue unless the database really is in WAL mode with the requested
 ``synchronous`` level, so a misconfigured file fails loudly at start-up instead of
 silently losing the durability the README promises.
 
-Tables (all times are integer microseconds since the epoch, UTC):
-
-``streams``         stream_id ↔ stream name, symbol, kind.
-``depth_snapshot``  one row per stored partial-depth message. ``id`` is
-                    AUTOINCREMENT so ids are never reused, even after cleanup
-                    deletes the newest rows: the export ledger relies on that.
-                    ``levels`` packs float64 (price, qty) pairs, bids then asks.
-                    The unique index on (stream_id, update_id) is the dedup key.
-``buffer_hours``    per dataset and UTC hour: smallest and largest id and row
-                    count, kept by the writer, so an export can find an hour's
-                    rows by id range without an index on recv_us.
-``sessions``        one row per WebSocket connection: the coverage ledger.
-``dropped``         one row per message not stored because it was a duplicate,
-                    so every seq gap in the stored rows is explained.
-``quarantine``      frames that failed parsing or validation, raw bytes and reason.
-``events``          stalls, rotations, serverShutdown notices, spill episodes and
-                    write-failure episodes (disk full, locked); disconnects are in
-                    ``sessions`` (close time and reason).
-``spill_state``     how far the spill files have been replayed, committed with the rows.
-``export_parts``    the archive's ledger: each part's id range and state.
-
+The tables, their owners and migrations are in :mod:`.schema`.
 See docs/durability.md for what is on disk after a commit returns.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sqlite3
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
-from orderbook_collector.errors import StorageError, TransactionError
+from orderbook_collector.buffer.hours import HOUR_US, hour_of, now_us  # noqa: F401  (re-exported)
+from orderbook_collector.buffer.schema import migrate
+from orderbook_collector.buffer.transactions import transaction
+from orderbook_collector.errors import StorageError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-HOUR_US = 3_600_000_000
 DEFAULT_BUSY_TIMEOUT_MS = 5_000
 SYNCHRONOUS_LEVELS = ("NORMAL", "FULL")
 #: A depth20 row is ~690 bytes, so 4 KiB pages waste ~16 % on each page's tail. Measured
@@ -53,105 +31,6 @@ SYNCHRONOUS_LEVELS = ("NORMAL", "FULL")
 #: budget at half the write amplification of 16 KiB.
 PAGE_SIZE = 8192
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS streams (
-    stream_id   INTEGER PRIMARY KEY,
-    name        TEXT NOT NULL UNIQUE,
-    symbol      TEXT NOT NULL,
-    kind        TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS depth_snapshot (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    stream_id   INTEGER NOT NULL,
-    session_id  INTEGER NOT NULL,
-    seq         INTEGER NOT NULL,
-    recv_us     INTEGER NOT NULL,
-    update_id   INTEGER NOT NULL,
-    n_bids      INTEGER NOT NULL,
-    levels      BLOB NOT NULL
-);
-CREATE UNIQUE INDEX IF NOT EXISTS depth_snapshot_dedup ON depth_snapshot (stream_id, update_id);
-CREATE TABLE IF NOT EXISTS buffer_hours (
-    dataset     TEXT NOT NULL,
-    hour_us     INTEGER NOT NULL,
-    min_id      INTEGER NOT NULL,
-    max_id      INTEGER NOT NULL,
-    rows        INTEGER NOT NULL,
-    PRIMARY KEY (dataset, hour_us)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS sessions (
-    session_id    INTEGER PRIMARY KEY,
-    url           TEXT NOT NULL,
-    streams       TEXT NOT NULL,
-    opened_us     INTEGER NOT NULL,
-    closed_us     INTEGER,
-    close_reason  TEXT,
-    first_recv_us INTEGER,
-    last_recv_us  INTEGER,
-    frames        INTEGER NOT NULL DEFAULT 0,
-    messages      INTEGER NOT NULL DEFAULT 0,
-    duplicates    INTEGER NOT NULL DEFAULT 0,
-    quarantined   INTEGER NOT NULL DEFAULT 0,
-    lost          INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS dropped (
-    session_id  INTEGER NOT NULL,
-    seq         INTEGER NOT NULL,
-    stream_id   INTEGER NOT NULL,
-    update_id   INTEGER NOT NULL,
-    recv_us     INTEGER NOT NULL,
-    reason      TEXT NOT NULL,
-    PRIMARY KEY (session_id, seq)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS quarantine (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    recv_us     INTEGER NOT NULL,
-    session_id  INTEGER NOT NULL,
-    seq         INTEGER NOT NULL,
-    reason      TEXT NOT NULL,
-    raw         BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS quarantine_recv ON quarantine (recv_us);
-CREATE TABLE IF NOT EXISTS events (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    time_us     INTEGER NOT NULL,
-    session_id  INTEGER,
-    stream      TEXT,
-    kind        TEXT NOT NULL,
-    detail      TEXT
-);
-CREATE INDEX IF NOT EXISTS events_time ON events (time_us);
-CREATE TABLE IF NOT EXISTS spill_state (
-    singleton   INTEGER PRIMARY KEY CHECK (singleton = 1),
-    segment     TEXT NOT NULL,
-    offset      INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS export_parts (
-    dataset       TEXT NOT NULL,
-    hour_us       INTEGER NOT NULL,
-    part          INTEGER NOT NULL,
-    id_lo         INTEGER NOT NULL,
-    id_hi         INTEGER NOT NULL,
-    state         TEXT NOT NULL CHECK (state IN ('planned', 'uploaded', 'verified', 'archived')),
-    rows          INTEGER,
-    bytes         INTEGER,
-    sha256        TEXT,
-    object_key    TEXT,
-    first_recv_us INTEGER,
-    last_recv_us  INTEGER,
-    planned_us    INTEGER NOT NULL,
-    updated_us    INTEGER NOT NULL,
-    PRIMARY KEY (dataset, hour_us, part)
-) WITHOUT ROWID;
-"""
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
-
-
-def hour_of(us: int) -> int:
-    return us - us % HOUR_US
 
 
 def connect(
@@ -193,57 +72,8 @@ def connect(
     if got != {"NORMAL": 1, "FULL": 2}[level]:
         conn.close()
         raise StorageError(f"buffer {path} refused synchronous={level}")
-    _migrate(conn)
+    migrate(conn)
     return conn
-
-
-def _migrate(conn: sqlite3.Connection) -> None:
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version > SCHEMA_VERSION:
-        raise StorageError(
-            f"buffer schema version {version} is newer than this program ({SCHEMA_VERSION}); upgrade orderbook"
-        )
-    if version == SCHEMA_VERSION:
-        return
-    with transaction(conn):
-        for stmt in SCHEMA.split(";"):
-            if stmt.strip():
-                conn.execute(stmt)
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-
-
-@contextlib.contextmanager
-def transaction(conn: sqlite3.Connection, mode: str = "IMMEDIATE") -> Iterator[sqlite3.Connection]:
-    """``BEGIN IMMEDIATE`` … ``COMMIT``, rolling back loudly on any failure.
-
-    Rolls back on every ``BaseException`` (KeyboardInterrupt included) and when
-    ``COMMIT`` itself fails, then raises; it never commits a half-done block.
-    Nesting is refused rather than silently joined.
-
-    Raises:
-        TransactionError: a transaction was already open, or COMMIT failed.
-    """
-    if conn.in_transaction:
-        raise TransactionError("a transaction is already open on this connection; nesting is not supported")
-    conn.execute(f"BEGIN {mode}")
-    try:
-        yield conn
-    except BaseException:
-        _rollback(conn)
-        raise
-    try:
-        conn.execute("COMMIT")
-    except sqlite3.Error as exc:
-        _rollback(conn)
-        raise TransactionError(f"COMMIT failed and was rolled back: {exc}") from exc
-
-
-def _rollback(conn: sqlite3.Connection) -> None:
-    if conn.in_transaction:
-        try:
-            conn.execute("ROLLBACK")
-        except sqlite3.Error:
-            log.exception("rollback failed")
 
 
 def stream_ids(conn: sqlite3.Connection, streams: list[tuple[str, str, str]]) -> dict[str, int]:

@@ -34,7 +34,8 @@ from orderbook_collector.errors import ConfigError
 from orderbook_collector.metrics import Metrics
 from orderbook_collector.feed.protocol import ControlReply, Decoder, Quarantined, ServerShutdown, StreamSpec, raw_bytes
 from orderbook_collector.connection.backoff import classify, full_jitter
-from orderbook_collector.writer.thread import EVENT, FRAME, QUARANTINE, SESSION_CLOSE, SESSION_OPEN, Writer
+from orderbook_collector.buffer.records import DepthRecord, Event, Frame, SessionClose, SessionOpen
+from orderbook_collector.writer.thread import Writer
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +245,7 @@ class Collector:
         sid = max(now_us(), self._last_session_id + 1)
         self._last_session_id = sid
         s = Session(sid, ws, streams, time.monotonic(), last_frame_mono=time.monotonic())
-        self.writer.submit((SESSION_OPEN, sid, url, orjson.dumps([x.name for x in streams]).decode(), now_us()))
+        self.writer.submit(SessionOpen(sid, url, orjson.dumps([x.name for x in streams]).decode(), now_us()))
         self.metrics.connected += 1
         log.info("session %d connected: %d stream(s)", sid, len(streams))
         s.task = asyncio.create_task(self._read(s, Decoder(streams)))
@@ -275,7 +276,7 @@ class Collector:
                 s.last_frame_mono = time.monotonic()
                 name = peek(raw)
                 if name is not None:
-                    submit((FRAME, raw, t, sid, s.seq))
+                    submit(Frame(raw, t, sid, s.seq))
                     s.seq += 1
                     last[name] = t
                     s.data_frames += 1
@@ -296,7 +297,7 @@ class Collector:
             self.metrics.connected -= 1
         final = s.close_reason or reason
         log.info("session %d ended: %s", sid, final)
-        submit((SESSION_CLOSE, sid, now_us(), final))
+        submit(SessionClose(sid, now_us(), final))
 
     def _slow_path(self, s: Session, decoder: Decoder, raw: str | bytes, t: int) -> None:
         decoded = decoder.decode(raw, t, s.session_id, s.seq)
@@ -306,11 +307,9 @@ class Collector:
             s.shutdown_notice.set()
         elif type(decoded) is ControlReply:
             log.info("session %d: control reply %r", s.session_id, decoded)
-        elif type(decoded) is Quarantined:
-            self.writer.submit((QUARANTINE, raw_bytes(raw), t, s.session_id, s.seq, decoded.reason))
-            s.seq += 1
-        else:  # valid data written with another key order: the writer decodes it again
-            self.writer.submit((FRAME, raw, t, s.session_id, s.seq))
+        elif type(decoded) in (Quarantined, DepthRecord):
+            # Valid data written with another key order is handed over decoded: decoded once.
+            self.writer.submit(decoded)
             s.seq += 1
 
     async def _watch_stall(self, s: Session) -> None:
@@ -337,7 +336,7 @@ class Collector:
             self.metrics.queue_depth = self.writer.queue.qsize()
 
     def _event(self, session_id: int | None, kind: str, detail: str | None) -> None:
-        self.writer.submit((EVENT, now_us(), session_id, None, kind, detail))
+        self.writer.submit(Event(now_us(), session_id, None, kind, detail))
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(asyncio.TimeoutError):

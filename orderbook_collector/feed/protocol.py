@@ -15,16 +15,14 @@ prefix test, no JSON parsing) to route data frames to the writer thread, where
 decoded on the loop, since they are rare and some (``serverShutdown``) need an
 immediate reaction.
 
-Levels are stored as packed little-endian float64 pairs ``(price, qty)``, bids
-first, then asks: 16 bytes a level, exact for up to 15 significant digits, which
-covers every Binance value seen. Longer values are counted, not rejected.
+Levels are packed by the buffer's codec (:mod:`orderbook_collector.buffer.levels`);
+values longer than 15 significant digits are counted, not rejected.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from array import array
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from itertools import chain
@@ -33,6 +31,8 @@ from typing import NamedTuple, Union
 import numpy as np
 import orjson
 
+from orderbook_collector.buffer import levels as packed
+from orderbook_collector.buffer.records import DepthRecord, Quarantined
 from orderbook_collector.errors import ConfigError, FrameError
 
 #: Frames larger than this are quarantined instead of parsed.
@@ -105,29 +105,6 @@ def build_streams(symbols: list[str], kinds: list[str]) -> list[StreamSpec]:
     return out
 
 
-class DepthRecord(NamedTuple):
-    """A validated partial-depth snapshot."""
-
-    stream: str
-    recv_us: int
-    session_id: int
-    seq: int
-    update_id: int
-    n_bids: int
-    levels: bytes  # packed float64 (price, qty) pairs, bids then asks
-    wide_values: int  # values with more than 15 significant digits
-
-
-class Quarantined(NamedTuple):
-    """A frame that could not be used, kept with its raw bytes and the reason."""
-
-    recv_us: int
-    session_id: int
-    seq: int
-    reason: str
-    raw: bytes
-
-
 class ControlReply(NamedTuple):
     """A reply to a control request: ``error`` is None on success."""
 
@@ -189,7 +166,7 @@ def _pack_book(bids: object, asks: object, limit: int) -> tuple[bytes, int]:
         raise FrameError("levels must be [price, qty] pairs of decimal numbers")
     if not math.isfinite(arr.sum()) or arr.min() < 0 or arr[:, 0].min() <= 0:
         raise FrameError("a price or quantity is negative, zero-priced or not finite")
-    return arr.tobytes(), len(bids)
+    return packed.pack(arr), len(bids)
 
 
 class Decoder:
@@ -310,9 +287,4 @@ class Decoder:
         return DepthRecord(stream, recv_us, session_id, seq, uid, n_bids, levels, wide)
 
 
-def unpack_levels(levels: bytes, n_bids: int) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
-    """Inverse of the packing in :class:`Decoder`; for tests and small tools, not for export."""
-    values = array("d")
-    values.frombytes(levels)
-    pairs = list(zip(values[0::2], values[1::2]))
-    return pairs[:n_bids], pairs[n_bids:]
+unpack_levels = packed.unpack  # the codec lives in the buffer; kept here for the feed's tests

@@ -34,12 +34,14 @@ import zlib
 from collections import deque
 from pathlib import Path
 
+from orderbook_collector.buffer.records import Item, from_spill, to_spill
 from orderbook_collector.fsutil import fsync_dir
 
 log = logging.getLogger(__name__)
 
 _HEADER = struct.Struct("<II")
-_MAGIC_NAME = f"spill-format-py{sys.version_info.major}{sys.version_info.minor}-m{marshal.version}"
+#: v2: typed records (buffer.records.to_spill); v1 files held positional tagged tuples.
+_MAGIC_NAME = f"spill-format-v2-py{sys.version_info.major}{sys.version_info.minor}-m{marshal.version}"
 
 
 class Spill:
@@ -80,9 +82,9 @@ class Spill:
 
     # Producer side (event loop thread) ------------------------------------------------
 
-    def append(self, item: tuple) -> bool:
+    def append(self, item: Item) -> bool:
         """Store one item after everything already spilled. False: refused (memory full)."""
-        data = marshal.dumps(item)
+        data = marshal.dumps(to_spill(item))
         record = _HEADER.pack(len(data), zlib.crc32(data)) + data
         with self._lock:
             self.active = True
@@ -139,7 +141,7 @@ class Spill:
             if self._rname == name:
                 self._roffset = offset
 
-    def read(self, max_items: int) -> tuple[list[tuple], tuple[str, int] | None]:
+    def read(self, max_items: int) -> tuple[list[Item], tuple[str, int] | None]:
         """Up to ``max_items`` items in order, and the position to commit with them."""
         with self._lock:
             self._drain_memory()
@@ -159,7 +161,7 @@ class Spill:
                 while self._memory and len(items) < max_items:
                     rec = self._memory.popleft()
                     self._memory_bytes -= len(rec)
-                    items.append(marshal.loads(rec[_HEADER.size :]))
+                    items.append(from_spill(marshal.loads(rec[_HEADER.size :])))
             return items, None
 
     def finish_if_drained(self, committed: tuple[str, int] | None) -> bool:
@@ -226,7 +228,7 @@ class Spill:
             data = chunk[pos + _HEADER.size : end]
             if zlib.crc32(data) != crc:
                 raise OSError(f"spill segment {seg[0]} is corrupt at offset {self._roffset + pos}")
-            items.append(marshal.loads(data))
+            items.append(from_spill(marshal.loads(data)))
             pos = end
         self._roffset += pos
         return items

@@ -11,14 +11,7 @@ A message is *acknowledged* once the COMMIT of its batch returned. If a commit
 fails (database locked, disk full) the batch stays in memory and is retried
 with capped backoff; the reader keeps reading and spills meanwhile.
 
-Queue items are tuples whose first element is a tag:
-
-    (FRAME, raw, recv_us, session_id, seq)
-    (QUARANTINE, raw_bytes, recv_us, session_id, seq, reason)
-    (SESSION_OPEN, session_id, url, streams_json, opened_us)
-    (SESSION_CLOSE, session_id, closed_us, reason)
-    (EVENT, time_us, session_id, stream, kind, detail)
-    (STOP,)
+Queue items are the typed records of :mod:`orderbook_collector.buffer.records`.
 """
 
 from __future__ import annotations
@@ -35,12 +28,14 @@ from pathlib import Path
 from orderbook_collector import buffer
 from orderbook_collector.errors import StorageError
 from orderbook_collector.metrics import Metrics
-from orderbook_collector.feed.protocol import Decoder, DepthRecord, Quarantined, StreamSpec, raw_bytes
+from orderbook_collector.buffer.records import (
+    DepthRecord, Event, Frame, Item, Quarantined, SessionClose, SessionOpen, Stop,
+)
+from orderbook_collector.feed.protocol import Decoder, StreamSpec, raw_bytes
 from orderbook_collector.writer.spill import Spill
 
 log = logging.getLogger(__name__)
 
-FRAME, QUARANTINE, SESSION_OPEN, SESSION_CLOSE, EVENT, STOP = range(6)
 DATASET = "depth_snapshot"
 
 
@@ -50,6 +45,24 @@ class BatchResult:
     duplicates: int = 0
     quarantined: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     wide_values: int = 0
+
+
+@dataclass(slots=True)
+class SessionTally:
+    """What one batch adds to a session's row."""
+
+    messages: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+    max_seq: int = -1
+    first_recv_us: int | None = None
+    last_recv_us: int | None = None
+
+    def touch(self, seq: int, recv_us: int) -> None:
+        if seq > self.max_seq:
+            self.max_seq = seq
+        self.first_recv_us = recv_us if self.first_recv_us is None else min(self.first_recv_us, recv_us)
+        self.last_recv_us = recv_us if self.last_recv_us is None else max(self.last_recv_us, recv_us)
 
 
 def _reason_class(reason: str) -> str:
@@ -62,7 +75,7 @@ def store_records(
     stream_ids: dict[str, int],
     records: list[DepthRecord],
     quarantined: list[Quarantined] = (),
-    ops: list[tuple] = (),
+    ops: list[SessionOpen | SessionClose | Event] = (),
     spill_position: tuple[str, int] | None = None,
 ) -> BatchResult:
     """Commit one batch: records, quarantined frames, session/event ops, spill position.
@@ -72,13 +85,12 @@ def store_records(
     ``dropped`` so the seq gap it leaves is explained.
     """
     result = BatchResult()
-    per_session: dict[int, list] = defaultdict(lambda: [0, 0, 0, -1, None, None])  # msgs, dups, quar, max seq, first, last
+    per_session: dict[int, SessionTally] = defaultdict(SessionTally)
     with buffer.transaction(conn):
         for op in ops:
-            if op[0] == SESSION_OPEN:
+            if type(op) is SessionOpen:
                 conn.execute(
-                    "INSERT OR IGNORE INTO sessions (session_id, url, streams, opened_us) VALUES (?, ?, ?, ?)",
-                    op[1:5],
+                    "INSERT OR IGNORE INTO sessions (session_id, url, streams, opened_us) VALUES (?, ?, ?, ?)", op
                 )
         if records:
             before_id = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'depth_snapshot'").fetchone()
@@ -103,10 +115,10 @@ def store_records(
             for r in records:
                 s = per_session[r.session_id]
                 if (r.session_id, r.seq) in dups:
-                    s[1] += 1
+                    s.duplicates += 1
                 else:
-                    s[0] += 1
-                _touch(s, r.seq, r.recv_us)
+                    s.messages += 1
+                s.touch(r.seq, r.recv_us)
                 result.wide_values += r.wide_values
         if quarantined:
             conn.executemany(
@@ -115,21 +127,23 @@ def store_records(
             )
             for q in quarantined:
                 s = per_session[q.session_id]
-                s[2] += 1
-                _touch(s, q.seq, q.recv_us)
+                s.quarantined += 1
+                s.touch(q.seq, q.recv_us)
                 result.quarantined[_reason_class(q.reason)] += 1
         conn.executemany(
             "UPDATE sessions SET messages = messages + ?, duplicates = duplicates + ?, quarantined = quarantined + ?, "
             "frames = max(frames, ? + 1), first_recv_us = coalesce(first_recv_us, ?), "
             "last_recv_us = max(coalesce(last_recv_us, 0), ?) WHERE session_id = ?",
-            [(m, d, q, seq, first, last, sid) for sid, (m, d, q, seq, first, last) in per_session.items()],
+            [(t.messages, t.duplicates, t.quarantined, t.max_seq, t.first_recv_us, t.last_recv_us, sid)
+             for sid, t in per_session.items()],
         )
         for op in ops:
-            if op[0] == EVENT:
-                conn.execute("INSERT INTO events (time_us, session_id, stream, kind, detail) VALUES (?, ?, ?, ?, ?)", op[1:6])
-            elif op[0] == SESSION_CLOSE:
+            if type(op) is Event:
+                conn.execute("INSERT INTO events (time_us, session_id, stream, kind, detail) VALUES (?, ?, ?, ?, ?)", op)
+            elif type(op) is SessionClose:
                 conn.execute(
-                    "UPDATE sessions SET closed_us = ?, close_reason = ? WHERE session_id = ?", (op[2], op[3], op[1])
+                    "UPDATE sessions SET closed_us = ?, close_reason = ? WHERE session_id = ?",
+                    (op.closed_us, op.reason, op.session_id),
                 )
         if spill_position is not None:
             conn.execute(
@@ -138,13 +152,6 @@ def store_records(
                 spill_position,
             )
     return result
-
-
-def _touch(s: list, seq: int, recv_us: int) -> None:
-    if seq > s[3]:
-        s[3] = seq
-    s[4] = recv_us if s[4] is None else min(s[4], recv_us)
-    s[5] = recv_us if s[5] is None else max(s[5], recv_us)
 
 
 def _record_duplicates(conn: sqlite3.Connection, before_id: int, records: list[DepthRecord]) -> set[tuple[int, int]]:
@@ -227,7 +234,7 @@ class Writer:
         if self._failure is not None:
             raise StorageError(str(self._failure)) from self._failure
 
-    def submit(self, item: tuple) -> bool:
+    def submit(self, item: Item) -> bool:
         """Hand one item to the writer without blocking. False: refused (disk and memory full)."""
         with self._spill_lock:
             if not self.spill.active:
@@ -236,8 +243,8 @@ class Writer:
                     return True
                 except queue.Full:
                     log.warning("writer queue full (%d items); spilling to %s", self.queue.maxsize, self.spill.dir)
-                    self.spill.append((EVENT, buffer.now_us(), None, None, "spill_start",
-                                       f"queue full ({self.queue.maxsize} items)"))
+                    self.spill.append(Event(buffer.now_us(), None, None, "spill_start",
+                                            f"queue full ({self.queue.maxsize} items)"))
             ok = self.spill.append(item)
         if ok:
             self.metrics.spilled_items += 1
@@ -248,7 +255,7 @@ class Writer:
     def stop(self, timeout: float | None = 30.0) -> bool:
         """Commit everything submitted so far, then end the thread. True if it finished."""
         if self._thread.is_alive():
-            self.submit((STOP,))
+            self.submit(Stop())
             self._thread.join(timeout)
         done = not self._thread.is_alive()
         if done:
@@ -291,8 +298,8 @@ class Writer:
         finally:
             conn.close()
 
-    def _collect(self) -> tuple[list[tuple], tuple[str, int] | None, bool]:
-        items: list[tuple] = []
+    def _collect(self) -> tuple[list[Item], tuple[str, int] | None, bool]:
+        items: list[Item] = []
         deadline = None
         while len(items) < self.max_batch:
             if self.spill.active and self.queue.empty():
@@ -305,8 +312,8 @@ class Writer:
                         self._finish_spill(None)
                     time.sleep(0.005)
                     continue
-                stop = any(it[0] == STOP for it in batch)
-                return [it for it in batch if it[0] != STOP], position, stop
+                stop = any(type(it) is Stop for it in batch)
+                return [it for it in batch if type(it) is not Stop], position, stop
             timeout = self.commit_interval if deadline is None else deadline - time.monotonic()
             try:
                 item = self.queue.get(timeout=max(timeout, 0))
@@ -314,7 +321,7 @@ class Writer:
                 if items or deadline is not None:
                     break
                 continue
-            if item[0] == STOP:
+            if type(item) is Stop:
                 return items, None, True
             if deadline is None:
                 deadline = time.monotonic() + self.commit_interval
@@ -322,7 +329,7 @@ class Writer:
         self.metrics.queue_depth = self.queue.qsize()
         return items, None, False
 
-    def _commit(self, conn: sqlite3.Connection, items: list[tuple], position: tuple[str, int] | None) -> None:
+    def _commit(self, conn: sqlite3.Connection, items: list[Item], position: tuple[str, int] | None) -> None:
         records, quarantined, ops = self._decode(items)
         delay = 0.05
         failures: list[str] = []
@@ -332,7 +339,7 @@ class Writer:
             batch_ops = ops
             if failures:  # the episode becomes data in the batch that finally commits
                 detail = f"{len(failures)} failed commit(s) over {(buffer.now_us() - failed_since) / 1e6:.1f} s: {failures[-1]}"
-                batch_ops = ops + [(EVENT, failed_since, None, None, "write_failures", detail)]
+                batch_ops = ops + [Event(failed_since, None, None, "write_failures", detail)]
             try:
                 if self.slow_down:
                     time.sleep(self.slow_down)
@@ -369,19 +376,21 @@ class Writer:
         """Leave spill mode if everything spilled is committed; the episode's end is data too."""
         if self.spill.finish_if_drained(position):
             log.info("spill replayed; back to the queue")
-            self.queue.put_nowait((EVENT, buffer.now_us(), None, None, "spill_end", "spill replayed"))
+            self.queue.put_nowait(Event(buffer.now_us(), None, None, "spill_end", "spill replayed"))
 
-    def _decode(self, items: list[tuple]) -> tuple[list[DepthRecord], list[Quarantined], list[tuple]]:
+    def _decode(self, items: list[Item]) -> tuple[list[DepthRecord], list[Quarantined], list]:
         records: list[DepthRecord] = []
         quarantined: list[Quarantined] = []
-        ops: list[tuple] = []
-        frames = []
+        ops: list[SessionOpen | SessionClose | Event] = []
+        frames: list[Frame] = []
         for it in items:
-            tag = it[0]
-            if tag == FRAME:
-                frames.append(it[1:5])
-            elif tag == QUARANTINE:
-                quarantined.append(Quarantined(it[2], it[3], it[4], it[5], it[1]))
+            kind = type(it)
+            if kind is Frame:
+                frames.append(it)
+            elif kind is DepthRecord:
+                records.append(it)
+            elif kind is Quarantined:
+                quarantined.append(it)
             else:
                 ops.append(it)
         for (raw, recv_us, sid, seq), rec in zip(frames, self.decoder.decode_many(frames)):

@@ -7,14 +7,15 @@ import time
 
 from orderbook_collector import buffer
 from orderbook_collector.feed.protocol import build_streams
-from orderbook_collector.writer.thread import FRAME, QUARANTINE, SESSION_CLOSE, SESSION_OPEN, Writer
+from orderbook_collector.buffer.records import Frame, Quarantined, SessionClose, SessionOpen
+from orderbook_collector.writer.thread import Writer
 
 STREAMS = build_streams(["btcusdt", "ethusdt"], ["depth20@100ms"])
 
 
 def feed(writer, frame, session, uids, stream="btcusdt@depth20@100ms", start_seq=0):
     for i, uid in enumerate(uids):
-        assert writer.submit((FRAME, frame(uid, stream=stream), 1_700_000_000_000_000 + i * 100_000, session, start_seq + i))
+        assert writer.submit(Frame(frame(uid, stream=stream), 1_700_000_000_000_000 + i * 100_000, session, start_seq + i))
 
 
 def rows(path, sql, *args):
@@ -28,11 +29,11 @@ def rows(path, sql, *args):
 def test_batches_commit_and_every_seq_gap_is_explained(buffer_path, frame):
     w = Writer(buffer_path, STREAMS, commit_interval=0.01)
     w.start()
-    w.submit((SESSION_OPEN, 1, "ws://x", "[]", 1))
+    w.submit(SessionOpen(1, "ws://x", "[]", 1))
     feed(w, frame, 1, [100, 101, 102, 101, 103])  # seq 3 repeats update id 101
-    w.submit((QUARANTINE, b"garbage", 1_700_000_000_600_000, 1, 5, "not JSON"))
+    w.submit(Quarantined(1_700_000_000_600_000, 1, 5, "not JSON", b"garbage"))
     feed(w, frame, 1, [104], start_seq=6)
-    w.submit((SESSION_CLOSE, 1, 2, "test over"))
+    w.submit(SessionClose(1, 2, "test over"))
     assert w.stop()
     assert rows(buffer_path, "SELECT seq FROM depth_snapshot ORDER BY id") == [(0,), (1,), (2,), (4,), (6,)]
     assert rows(buffer_path, "SELECT session_id, seq, update_id, reason FROM dropped") == [(1, 3, 101, "duplicate")]
@@ -49,8 +50,8 @@ def test_batches_commit_and_every_seq_gap_is_explained(buffer_path, frame):
 def test_invalid_frame_from_the_fast_path_is_quarantined_by_the_writer(buffer_path):
     w = Writer(buffer_path, STREAMS)
     w.start()
-    w.submit((SESSION_OPEN, 1, "ws://x", "[]", 1))
-    w.submit((FRAME, '{"stream":"btcusdt@depth20@100ms","data":{"lastUpdateId":1,"bids":[["x","1"]],"asks":[]}}', 5, 1, 0))
+    w.submit(SessionOpen(1, "ws://x", "[]", 1))
+    w.submit(Frame('{"stream":"btcusdt@depth20@100ms","data":{"lastUpdateId":1,"bids":[["x","1"]],"asks":[]}}', 5, 1, 0))
     assert w.stop()
     assert rows(buffer_path, "SELECT seq, reason FROM quarantine")[0][0] == 0
     assert rows(buffer_path, "SELECT count(*) FROM depth_snapshot") == [(0,)]
@@ -59,7 +60,7 @@ def test_invalid_frame_from_the_fast_path_is_quarantined_by_the_writer(buffer_pa
 def test_slow_writer_spills_and_replays_in_order_without_loss(buffer_path, frame):
     w = Writer(buffer_path, STREAMS, queue_size=50, max_batch=40, slow_down=0.02)
     w.start()
-    w.submit((SESSION_OPEN, 1, "ws://x", "[]", 1))
+    w.submit(SessionOpen(1, "ws://x", "[]", 1))
     t0 = time.perf_counter()
     uids = list(range(1000, 3000))
     feed(w, frame, 1, uids)
@@ -77,7 +78,7 @@ def test_slow_writer_spills_and_replays_in_order_without_loss(buffer_path, frame
 def test_locked_database_delays_commits_but_loses_nothing(buffer_path, frame):
     w = Writer(buffer_path, STREAMS, queue_size=100, busy_timeout_ms=50)
     w.start()
-    w.submit((SESSION_OPEN, 1, "ws://x", "[]", 1))
+    w.submit(SessionOpen(1, "ws://x", "[]", 1))
     blocker = sqlite3.connect(buffer_path, isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")  # another process holding the write lock
     feed(w, frame, 1, range(5000, 5500))
@@ -97,7 +98,7 @@ def test_disk_full_holds_the_batch_and_resumes_when_space_returns(small_fs, fram
     path = small_fs / "buffer.sqlite3"
     w = Writer(path, STREAMS, queue_size=200, spill_dir=small_fs / "spill")
     w.start()
-    w.submit((SESSION_OPEN, 1, "ws://x", "[]", 1))
+    w.submit(SessionOpen(1, "ws://x", "[]", 1))
     feed(w, frame, 1, range(1, 101))
     deadline = time.monotonic() + 5
     while w.metrics.messages < 100 and time.monotonic() < deadline:

@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from orderbook_collector import buffer
-from orderbook_collector.feed.protocol import DepthRecord
-from orderbook_collector.writer.thread import SESSION_CLOSE, SESSION_OPEN, store_records
+from orderbook_collector.buffer.records import DepthRecord
+from orderbook_collector.buffer.records import SessionClose, SessionOpen
+from orderbook_collector.writer.thread import store_records
 
 HOUR_US = buffer.HOUR_US
 #: 2026-11-23 10:00 UTC
@@ -85,12 +86,12 @@ def store(conn, rows: list[Row], *, open_session: bool = True, close_at: int | N
     sessions = sorted({r.session_id for r in rows})
     ops = []
     if open_session:
-        ops = [(SESSION_OPEN, sid, "wss://test", json.dumps(streams), min(r.recv_us for r in rows if r.session_id == sid))
+        ops = [SessionOpen(sid, "wss://test", json.dumps(streams), min(r.recv_us for r in rows if r.session_id == sid))
                for sid in sessions]
     for i in range(0, len(rows), batch):
         store_records(conn, ids, [record(r) for r in rows[i : i + batch]], ops=ops if i == 0 else ())
     if close_at is not None:
-        store_records(conn, ids, [], ops=[(SESSION_CLOSE, sid, close_at, "test closed") for sid in sessions])
+        store_records(conn, ids, [], ops=[SessionClose(sid, close_at, "test closed") for sid in sessions])
 
 
 def fill_buffer(

@@ -84,7 +84,8 @@ def write_archive(table: pa.Table, root: Path, dataset: str = "depth_snapshot", 
 
 def make_buffer(path: Path, table: pa.Table, archived: list[tuple[int, int]] = ()) -> sqlite3.Connection:
     """A real buffer holding ``table``'s rows (ids 1..n in table order), with
-    ``archived`` (id_lo, id_hi) ranges recorded as archived export parts."""
+    ``archived`` (first id, last id) ranges recorded as archived export parts (whose
+    ledger ranges are half-open: ``id_lo = first id - 1``, see buffer.reads)."""
     conn = buffer.connect(path)
     names = sorted(set(table["stream"].to_pylist()))
     ids = buffer.stream_ids(conn, [(n, n.split("@")[0], n.split("@", 1)[1]) for n in names])
@@ -103,11 +104,11 @@ def make_buffer(path: Path, table: pa.Table, archived: list[tuple[int, int]] = (
         conn.execute(
             "INSERT INTO buffer_hours SELECT 'depth_snapshot', recv_us - recv_us % ?, min(id), max(id), count(*) "
             "FROM depth_snapshot GROUP BY 2", (HOUR_US,))
-        for part, (lo, hi) in enumerate(archived):
-            hour = conn.execute("SELECT recv_us - recv_us % ? FROM depth_snapshot WHERE id = ?", (HOUR_US, lo)).fetchone()[0]
+        for part, (first, last) in enumerate(archived):
+            hour = conn.execute("SELECT recv_us - recv_us % ? FROM depth_snapshot WHERE id = ?", (HOUR_US, first)).fetchone()[0]
             conn.execute(
                 "INSERT INTO export_parts (dataset, hour_us, part, id_lo, id_hi, state, planned_us, updated_us) "
-                "VALUES ('depth_snapshot', ?, ?, ?, ?, 'archived', 0, 0)", (hour, part, lo, hi))
+                "VALUES ('depth_snapshot', ?, ?, ?, ?, 'archived', 0, 0)", (hour, part, first - 1, last))
     return conn
 
 

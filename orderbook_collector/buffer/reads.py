@@ -1,0 +1,77 @@
+"""Which buffer rows belong where: the rows of a part, and the tail no archived part covers.
+
+A *part* of a dataset's UTC hour is the rows of that dataset's table with
+``id_lo < id <= id_hi`` and a receive time inside the hour. Ids are AUTOINCREMENT (never
+reused) and the archive fixes a part's id range before exporting it, so the same part
+always means the same rows. This module is the one place that says so; the export,
+the checks, the cleanup and the analysts' tail all ask it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import NamedTuple
+
+from orderbook_collector.buffer.hours import HOUR_US
+
+#: The WHERE clause of a part's rows; parameters from :meth:`IdRange.params`.
+PART_ROWS = "id > ? AND id <= ? AND recv_us >= ? AND recv_us < ?"
+
+
+class IdRange(NamedTuple):
+    """Rows of one hour with ``id_lo < id <= id_hi`` (half-open, like a part)."""
+
+    hour_us: int
+    id_lo: int
+    id_hi: int
+
+    def params(self) -> tuple[int, int, int, int]:
+        return (self.id_lo, self.id_hi, self.hour_us, self.hour_us + HOUR_US)
+
+
+def count_rows(conn: sqlite3.Connection, table: str, rng: IdRange) -> int:
+    return conn.execute(f"SELECT count(*) FROM {table} WHERE {PART_ROWS}", rng.params()).fetchone()[0]
+
+
+def has_rows(conn: sqlite3.Connection, table: str, rng: IdRange) -> bool:
+    return conn.execute(f"SELECT 1 FROM {table} WHERE {PART_ROWS} LIMIT 1", rng.params()).fetchone() is not None
+
+
+def hour_bounds(conn: sqlite3.Connection, dataset: str, hour_us: int) -> IdRange | None:
+    """All of an hour's rows as one range (from ``buffer_hours``), or None if it has none."""
+    row = conn.execute(
+        "SELECT min_id, max_id FROM buffer_hours WHERE dataset = ? AND hour_us = ?", (dataset, hour_us)
+    ).fetchone()
+    return IdRange(hour_us, row[0] - 1, row[1]) if row else None
+
+
+def gaps_between(whole: IdRange, covered: list[IdRange]) -> list[IdRange]:
+    """The parts of ``whole`` that no range in ``covered`` (same hour) holds, in id order."""
+    out = []
+    lo = whole.id_lo
+    for c in sorted(covered, key=lambda r: r.id_lo):
+        if c.id_lo > lo:
+            out.append(IdRange(whole.hour_us, lo, min(c.id_lo, whole.id_hi)))
+        lo = max(lo, c.id_hi)
+        if lo >= whole.id_hi:
+            break
+    if lo < whole.id_hi:
+        out.append(IdRange(whole.hour_us, lo, whole.id_hi))
+    return [r for r in out if r.id_hi > r.id_lo]
+
+
+def unarchived(conn: sqlite3.Connection, dataset: str) -> list[IdRange]:
+    """Every hour's rows that no *archived* part of ``dataset`` covers, in hour and id order."""
+    archived: dict[int, list[IdRange]] = {}
+    for hour_us, lo, hi in conn.execute(
+        "SELECT hour_us, id_lo, id_hi FROM export_parts WHERE dataset = ? AND state = 'archived'", (dataset,)
+    ):
+        archived.setdefault(hour_us, []).append(IdRange(hour_us, lo, hi))
+    out: list[IdRange] = []
+    for (hour_us,) in conn.execute(
+        "SELECT hour_us FROM buffer_hours WHERE dataset = ? ORDER BY hour_us", (dataset,)
+    ).fetchall():
+        whole = hour_bounds(conn, dataset, hour_us)
+        if whole is not None:
+            out += gaps_between(whole, archived.get(hour_us, []))
+    return out

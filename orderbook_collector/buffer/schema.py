@@ -1,0 +1,172 @@
+"""The buffer's schema: every table, its one owner, and numbered migrations.
+
+Tables (all times are integer microseconds since the epoch, UTC):
+
+``streams``         stream_id ↔ stream name, symbol, kind.
+``depth_snapshot``  one row per stored partial-depth message. ``id`` is
+                    AUTOINCREMENT so ids are never reused, even after cleanup
+                    deletes the newest rows: the export ledger relies on that.
+                    ``levels`` packs float64 (price, qty) pairs, bids then asks.
+                    The unique index on (stream_id, update_id) is the dedup key.
+``buffer_hours``    per dataset and UTC hour: smallest and largest id and row
+                    count, kept by the writer, so an export can find an hour's
+                    rows by id range without an index on recv_us.
+``sessions``        one row per WebSocket connection: the coverage ledger.
+``dropped``         one row per message not stored because it was a duplicate,
+                    so every seq gap in the stored rows is explained.
+``quarantine``      frames that failed parsing or validation, raw bytes and reason.
+``events``          stalls, rotations, serverShutdown notices, spill episodes and
+                    write-failure episodes (disk full, locked); disconnects are in
+                    ``sessions`` (close time and reason).
+``spill_state``     how far the spill files have been replayed, committed with the rows.
+``export_parts``    the archive's ledger: each part's id range and state.
+
+Owners: the collector's writer thread is the only writer of its tables; the archive
+(Dagster runs) is the only writer of ``export_parts`` and deletes archived rows. Both
+sides read everything.
+
+Migrations are numbered steps applied in order inside one ``BEGIN IMMEDIATE``, with
+``PRAGMA user_version`` recording the last one; whichever side opens a buffer first
+brings it up to date. Never edit a released step: add the next one.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from orderbook_collector.buffer.transactions import transaction
+from orderbook_collector.errors import StorageError
+
+#: Which side writes each table.
+OWNER = {
+    "streams": "collector",
+    "depth_snapshot": "collector",
+    "buffer_hours": "collector",
+    "sessions": "collector",
+    "dropped": "collector",
+    "quarantine": "collector",
+    "events": "collector",
+    "spill_state": "collector",
+    "export_parts": "archive",
+}
+
+_COLLECTOR_TABLES = """
+CREATE TABLE IF NOT EXISTS streams (
+    stream_id   INTEGER PRIMARY KEY,
+    name        TEXT NOT NULL UNIQUE,
+    symbol      TEXT NOT NULL,
+    kind        TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS depth_snapshot (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    stream_id   INTEGER NOT NULL,
+    session_id  INTEGER NOT NULL,
+    seq         INTEGER NOT NULL,
+    recv_us     INTEGER NOT NULL,
+    update_id   INTEGER NOT NULL,
+    n_bids      INTEGER NOT NULL,
+    levels      BLOB NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS depth_snapshot_dedup ON depth_snapshot (stream_id, update_id);
+CREATE TABLE IF NOT EXISTS buffer_hours (
+    dataset     TEXT NOT NULL,
+    hour_us     INTEGER NOT NULL,
+    min_id      INTEGER NOT NULL,
+    max_id      INTEGER NOT NULL,
+    rows        INTEGER NOT NULL,
+    PRIMARY KEY (dataset, hour_us)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sessions (
+    session_id    INTEGER PRIMARY KEY,
+    url           TEXT NOT NULL,
+    streams       TEXT NOT NULL,
+    opened_us     INTEGER NOT NULL,
+    closed_us     INTEGER,
+    close_reason  TEXT,
+    first_recv_us INTEGER,
+    last_recv_us  INTEGER,
+    frames        INTEGER NOT NULL DEFAULT 0,
+    messages      INTEGER NOT NULL DEFAULT 0,
+    duplicates    INTEGER NOT NULL DEFAULT 0,
+    quarantined   INTEGER NOT NULL DEFAULT 0,
+    lost          INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS dropped (
+    session_id  INTEGER NOT NULL,
+    seq         INTEGER NOT NULL,
+    stream_id   INTEGER NOT NULL,
+    update_id   INTEGER NOT NULL,
+    recv_us     INTEGER NOT NULL,
+    reason      TEXT NOT NULL,
+    PRIMARY KEY (session_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS quarantine (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    recv_us     INTEGER NOT NULL,
+    session_id  INTEGER NOT NULL,
+    seq         INTEGER NOT NULL,
+    reason      TEXT NOT NULL,
+    raw         BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS quarantine_recv ON quarantine (recv_us);
+CREATE TABLE IF NOT EXISTS events (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    time_us     INTEGER NOT NULL,
+    session_id  INTEGER,
+    stream      TEXT,
+    kind        TEXT NOT NULL,
+    detail      TEXT
+);
+CREATE INDEX IF NOT EXISTS events_time ON events (time_us);
+CREATE TABLE IF NOT EXISTS spill_state (
+    singleton   INTEGER PRIMARY KEY CHECK (singleton = 1),
+    segment     TEXT NOT NULL,
+    offset      INTEGER NOT NULL
+);
+"""
+
+_ARCHIVE_TABLES = """
+CREATE TABLE IF NOT EXISTS export_parts (
+    dataset       TEXT NOT NULL,
+    hour_us       INTEGER NOT NULL,
+    part          INTEGER NOT NULL,
+    id_lo         INTEGER NOT NULL,
+    id_hi         INTEGER NOT NULL,
+    state         TEXT NOT NULL CHECK (state IN ('planned', 'uploaded', 'verified', 'archived')),
+    rows          INTEGER,
+    bytes         INTEGER,
+    sha256        TEXT,
+    object_key    TEXT,
+    first_recv_us INTEGER,
+    last_recv_us  INTEGER,
+    planned_us    INTEGER NOT NULL,
+    updated_us    INTEGER NOT NULL,
+    PRIMARY KEY (dataset, hour_us, part)
+) WITHOUT ROWID;
+"""
+
+#: (version, statements): step N takes a buffer from user_version N-1 to N.
+MIGRATIONS: tuple[tuple[int, str], ...] = (
+    (1, _COLLECTOR_TABLES + _ARCHIVE_TABLES),
+)
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+#: Every statement of every step, in order: what a new buffer runs (benchmarks build one with it).
+SCHEMA = "\n".join(sql for _, sql in MIGRATIONS)
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Apply the steps a buffer has not had yet; refuse a buffer newer than this program."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise StorageError(
+            f"buffer schema version {version} is newer than this program ({SCHEMA_VERSION}); upgrade orderbook"
+        )
+    if version == SCHEMA_VERSION:
+        return
+    with transaction(conn):
+        for step, sql in MIGRATIONS:
+            if step > version:
+                for stmt in sql.split(";"):
+                    if stmt.strip():
+                        conn.execute(stmt)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
