@@ -19,6 +19,7 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from orderbook_collector.buffer import HOUR_US
@@ -28,6 +29,7 @@ from orderbook_collector.fsutil import fsync_dir, sha256_file
 from orderbook_assets.archive.export import WRITER_OPTIONS
 from orderbook_assets.archive.datasets import COVERAGE_SCHEMA, TS  # noqa: F401
 from orderbook_assets.archive.ledger import Part
+from orderbook_assets.archive.quality import Gap
 
 
 
@@ -40,19 +42,12 @@ def session_rows(conn: sqlite3.Connection, hour_us: int) -> list[tuple]:
     ).fetchall()
 
 
-def per_session_stats(paths: list[str]) -> dict[int, tuple]:
-    """session_id → (first_us, last_us, messages, min_seq, max_seq) over the given Parquet files."""
-    if not paths:
-        return {}
-    files = "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
-    con = duckdb.connect()
-    try:
-        rows = con.execute(
-            f"SELECT session_id, epoch_us(min(recv_time)), epoch_us(max(recv_time)), count(*), min(seq), max(seq) "
-            f"FROM read_parquet({files}) GROUP BY session_id"
-        ).fetchall()
-    finally:
-        con.close()
+def per_session_stats(con: duckdb.DuckDBPyConnection) -> dict[int, tuple]:
+    """session_id → (first_us, last_us, messages, min_seq, max_seq) over the step's ``books``."""
+    rows = con.execute(
+        "SELECT session_id, epoch_us(min(recv_time)), epoch_us(max(recv_time)), count(*), min(seq), max(seq) "
+        "FROM books GROUP BY session_id"
+    ).fetchall()
     return {r[0]: r[1:] for r in rows}
 
 
@@ -60,7 +55,7 @@ def build_table(
     part: Part,
     sessions: list[tuple],
     stats: dict[int, tuple],
-    gaps: list[tuple[str, int, int]],
+    gaps: list[Gap],
 ) -> pa.Table:
     """The coverage rows of a part, in a fixed order (sessions by id, then gaps by stream and start)."""
     cols: dict[str, list] = {f.name: [] for f in COVERAGE_SCHEMA}
@@ -81,6 +76,19 @@ def build_table(
     for stream, lo, hi in sorted(gaps):
         add(record="gap", stream=stream, start_time=lo, end_time=hi, seconds=(hi - lo) / 1e6, **common)
     return pa.Table.from_pydict(cols, schema=COVERAGE_SCHEMA)
+
+
+def gaps_of(table: pa.Table) -> list[Gap]:
+    """The gaps a coverage object records, back as typed data."""
+    g = table.filter(pc.equal(table["record"], "gap"))
+    return [
+        Gap(stream, lo, hi)
+        for stream, lo, hi in zip(
+            g["stream"].to_pylist(),
+            g["start_time"].cast(pa.int64()).to_pylist(),
+            g["end_time"].cast(pa.int64()).to_pylist(),
+        )
+    ]
 
 
 def write_table(table: pa.Table, path: Path) -> tuple[int, str]:

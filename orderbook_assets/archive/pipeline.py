@@ -17,12 +17,14 @@ single statement fetched in full, every write a short ``BEGIN IMMEDIATE``.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from orderbook_collector.buffer import HOUR_US, reads
 from orderbook_collector.errors import ArchiveError, IntegrityError
@@ -31,7 +33,6 @@ from orderbook_assets.archive import coverage as cov
 from orderbook_assets.archive import ledger
 from orderbook_assets.archive import quality
 from orderbook_assets.archive.crash import crash_point
-from orderbook_collector.fsutil import sha256_file
 
 from orderbook_assets.archive.export import Exported, object_key, write_part
 from orderbook_assets.archive.ledger import COVERAGE, DEPTH, Part
@@ -97,12 +98,15 @@ def _verify(conn: sqlite3.Connection, store: ArchiveStore, part: Part) -> Part:
 
 
 def local_copy(store: ArchiveStore, staging: Path, part: Part) -> Path:
-    """The verified part as a local file: the staged file if its SHA-256 matches, else downloaded."""
+    """The verified part as a local file: the staged file, else downloaded and hashed.
+
+    A staged file was hashed once, right after it was written atomically (temp, fsync,
+    rename) under its content-derived key; its size is checked, not its hash again.
+    """
     path = staged_path(staging, part.object_key)
-    if path.exists() and sha256_file(path) == (part.bytes, part.sha256):
+    if path.exists() and path.stat().st_size == part.bytes:
         return path
     data = store.get(part.object_key)
-    import hashlib
 
     if (len(data), hashlib.sha256(data).hexdigest()) != (part.bytes, part.sha256):
         raise IntegrityError(f"{part.object_key} downloaded with a different size or SHA-256 than recorded")
@@ -139,7 +143,6 @@ def explained_seqs(conn: sqlite3.Connection, hour_us: int, checked: list[Part]) 
 class HourChecks:
     parts: list[Part]
     results: list[quality.CheckResult]
-    window: tuple[int, int]
 
     @property
     def blocking_failures(self) -> list[quality.CheckResult]:
@@ -160,59 +163,62 @@ def check_parts(conn: sqlite3.Connection, store: ArchiveStore, staging: Path, ho
     parts = ledger.parts(conn, DEPTH, hour_us, ("verified",))
     paths = [str(local_copy(store, staging, p)) for p in parts]
     buffer_rows = sum(ledger.buffer_rows(conn, p) for p in parts)
-    window = check_window(hour_us, parts)
     results = quality.run_all(
-        paths, window=window, buffer_rows=buffer_rows,
+        paths, buffer_rows=buffer_rows,
         archived_rows={f"part-{p.part:04d}": p.rows or 0 for p in parts},
         explained=explained_seqs(conn, hour_us, parts),
-        since=archived_last_recv(conn, store, staging, hour_us),
     )
-    return HourChecks(parts, results, window)
+    return HourChecks(parts, results)
 
 
-def archived_last_recv(conn: sqlite3.Connection, store: ArchiveStore, staging: Path, hour_us: int) -> dict[str, int]:
-    """Per stream, the last receive time in the hour's parts archived by earlier runs."""
-    done = ledger.parts(conn, DEPTH, hour_us, ("archived",))
-    if not done:
-        return {}
-    con = quality.connect([str(local_copy(store, staging, p)) for p in done])
-    try:
-        return dict(con.execute("SELECT stream, max(epoch_us(recv_time)) FROM books GROUP BY stream").fetchall())
-    finally:
-        con.close()
+@dataclass
+class HourCoverage:
+    """What the coverage step did: the coverage parts verified, and the hour's gaps (once)."""
+
+    parts: list[Part]
+    gaps: list[quality.Gap]
+
+    @property
+    def check(self) -> quality.CheckResult:
+        return quality.gaps_result(self.gaps)
 
 
-def upload_coverage(conn: sqlite3.Connection, store: ArchiveStore, staging: Path, hour_us: int) -> list[Part]:
+def upload_coverage(conn: sqlite3.Connection, store: ArchiveStore, staging: Path, hour_us: int) -> HourCoverage:
     """Write, upload and verify the coverage object of every verified depth part of the hour.
 
-    The hour's gaps since its last archived part go into the newest part's object only,
-    so parts exported together do not repeat each other's gaps.
+    The hour's gaps since its last archived part are computed once, in one DuckDB
+    connection with the session statistics, and go into the newest part's object only,
+    so parts exported together do not repeat each other's gaps. A re-run that finds the
+    coverage already verified reads the gaps back from the newest object.
     """
     depth = {p.part: p for p in ledger.parts(conn, DEPTH, hour_us, ("verified",))}
-    paths = [str(local_copy(store, staging, p)) for p in depth.values()]
-    gaps = None
-    done = []
     pending = [p for p in ledger.pending(conn, COVERAGE, hour_us) if p.part in depth]
     newest = max((p.part for p in pending), default=None)
-    for part in pending:
-        if not part.reached("verified"):
-            if gaps is None:
-                since = archived_last_recv(conn, store, staging, hour_us)
-                con = quality.connect(paths)
-                try:
-                    gaps = quality.coverage_gaps(con, check_window(hour_us, list(depth.values())), since).detail["raw"]
-                finally:
-                    con.close()
-            part = _coverage_one(conn, store, staging, part, paths, gaps if part.part == newest else [])
-        done.append(part)
-    return done
+    todo = [p for p in pending if not p.reached("verified")]
+    done = [p for p in pending if p.reached("verified")]
+    gaps: list[quality.Gap] = []
+    if todo:
+        earlier = [str(local_copy(store, staging, p)) for p in ledger.parts(conn, DEPTH, hour_us, ("archived",))]
+        con = quality.connect([str(local_copy(store, staging, p)) for p in depth.values()], earlier=earlier)
+        try:
+            gaps = quality.find_gaps(con, check_window(hour_us, list(depth.values())))
+            stats = cov.per_session_stats(con)
+        finally:
+            con.close()
+        sessions = cov.session_rows(conn, hour_us)
+        for part in todo:
+            done.append(_coverage_one(conn, store, staging, part, sessions, stats, gaps if part.part == newest else []))
+    elif newest is not None:
+        newest_part = next(p for p in done if p.part == newest)
+        gaps = cov.gaps_of(pq.read_table(local_copy(store, staging, newest_part)))
+    return HourCoverage(sorted(done, key=lambda p: p.part), gaps)
 
 
-def _coverage_one(conn, store: ArchiveStore, staging: Path, part: Part, paths: list[str], gaps) -> Part:
+def _coverage_one(conn, store: ArchiveStore, staging: Path, part: Part, sessions, stats, gaps) -> Part:
     key = object_key(COVERAGE, part)
     if part.state == "uploaded" and store.head(key) == (part.bytes, part.sha256):
         return ledger.advance(conn, part, "verified")
-    table = cov.build_table(part, cov.session_rows(conn, part.hour_us), cov.per_session_stats(paths), gaps)
+    table = cov.build_table(part, sessions, stats, gaps)
     path = staged_path(staging, key)
     size, sha = cov.write_table(table, path)
     try:

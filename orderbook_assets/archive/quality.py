@@ -12,7 +12,8 @@ check                     severity  fails when
                                     recorded duplicate, a quarantined frame nor another
                                     buffer row of the hour explains it
 ``update_id_monotonic``   ERROR     last_update_id goes backwards within a session+stream
-``coverage_gaps``         WARN      no message of a stream for more than 5 cadences
+``coverage_gaps``         WARN      no message of a stream for more than 5 cadences (computed
+                                    once by the coverage step, which stores the gaps)
 ``books_sane``            WARN      a book is crossed (best bid >= best ask) or a side unsorted
 ``rows_reconciled``       ERROR     the archived rows differ from the buffer's rows of the part
 ========================  ========  =====================================================
@@ -22,30 +23,49 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from enum import Enum
+from typing import NamedTuple
 
 import duckdb
 import pyarrow as pa
 
 from orderbook_assets.archive.datasets import DEPTH_SCHEMA
 
-ERROR, WARN = "ERROR", "WARN"
+class Severity(str, Enum):
+    """ERROR blocks marking the hour archived; WARN is reported and does not."""
+
+    ERROR = "ERROR"
+    WARN = "WARN"
+
+
+ERROR, WARN = Severity.ERROR, Severity.WARN
 GAP_CADENCES = 5
 EXAMPLES = 5
 
+#: The checks of the depth parts (run by the check step, on the verified parts).
 CHECKS = {
     "no_duplicates": ERROR,
     "no_seq_gaps": ERROR,
     "update_id_monotonic": ERROR,
-    "coverage_gaps": WARN,
     "books_sane": WARN,
     "rows_reconciled": ERROR,
 }
+#: The checks of the hour's coverage (computed once by the coverage step, which stores them).
+COVERAGE_CHECKS = {"coverage_gaps": WARN}
+
+
+class Gap(NamedTuple):
+    """A stream silent for more than :data:`GAP_CADENCES` cadences, in µs."""
+
+    stream: str
+    start_us: int
+    end_us: int
 
 
 @dataclass
 class CheckResult:
     name: str
-    severity: str
+    severity: Severity
     passed: bool
     count: int
     examples: list[dict] = field(default_factory=list)
@@ -68,14 +88,16 @@ def _rows(cur: duckdb.DuckDBPyConnection) -> list[dict]:
     return [{n: _iso(v) for n, v in zip(names, row)} for row in cur.fetchall()]
 
 
-def connect(paths: list[str], explained: pa.Table | None = None) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with view ``books`` over the files and table ``explained``
-    (session_id, seq) of seqs accounted for outside the books."""
+def connect(paths: list[str], explained: pa.Table | None = None, earlier: list[str] = ()) -> duckdb.DuckDBPyConnection:
+    """One DuckDB connection for a step: view ``books`` over the files, ``earlier`` over the
+    hour's parts archived by earlier runs, and table ``explained`` (session_id, seq) of seqs
+    accounted for outside the books."""
     con = duckdb.connect()
-    if paths:
-        con.read_parquet(paths).create_view("books")
-    else:
-        con.register("books", DEPTH_SCHEMA.empty_table())
+    for name, files in (("books", paths), ("earlier", earlier)):
+        if files:
+            con.read_parquet(list(files)).create_view(name)
+        else:
+            con.register(name, DEPTH_SCHEMA.empty_table())
     if explained is None:
         explained = pa.table({"session_id": pa.array([], pa.int64()), "seq": pa.array([], pa.int64())})
     con.register("explained_arrow", explained)
@@ -129,21 +151,18 @@ def update_id_backwards(con: duckdb.DuckDBPyConnection) -> CheckResult:
     return CheckResult("update_id_monotonic", ERROR, not rows, len(rows), rows[:EXAMPLES])
 
 
-def coverage_gaps(con: duckdb.DuckDBPyConnection, window: tuple[int, int], since: dict[str, int] | None = None) -> CheckResult:
+def find_gaps(con: duckdb.DuckDBPyConnection, window: tuple[int, int]) -> list[Gap]:
     """Intervals longer than 5 cadences without a message, per stream, inside ``window``
     (µs; the hour, cut at the time the newest part was planned when the hour is still open).
 
-    ``since`` gives, per stream, the last receive time already archived in earlier parts of
-    the hour: a stream's silence is measured from there instead of from the hour's start.
+    A stream's silence is measured from its last receive time in ``earlier`` (the hour's
+    parts archived by earlier runs), else from the window's start.
     """
     lo, hi = window
-    since = since or {}
-    con.register("since_arrow", pa.table({"stream": pa.array(list(since), pa.string()),
-                                          "us": pa.array(list(since.values()), pa.int64())}))
-    rows = _rows(con.execute(
+    rows = con.execute(
         f"""
         WITH t AS (SELECT stream, epoch_us(recv_time) AS us FROM books),
-        s AS (SELECT stream, us FROM since_arrow),
+        s AS (SELECT stream, max(epoch_us(recv_time)) AS us FROM earlier GROUP BY stream),
         streams AS (SELECT DISTINCT stream FROM t UNION SELECT stream FROM s),
         edges AS (
             SELECT stream, us FROM t
@@ -155,15 +174,26 @@ def coverage_gaps(con: duckdb.DuckDBPyConnection, window: tuple[int, int], since
                    CASE WHEN stream LIKE '%@100ms' THEN 100000 ELSE 1000000 END AS cadence_us
             FROM edges
         )
-        SELECT stream, make_timestamptz(gap_start_us) AS gap_start, make_timestamptz(gap_end_us) AS gap_end,
-               (gap_end_us - gap_start_us) / 1e6 AS seconds, gap_start_us, gap_end_us
+        SELECT stream, gap_start_us, gap_end_us
         FROM d WHERE gap_end_us - gap_start_us > {GAP_CADENCES} * cadence_us
         ORDER BY stream, gap_start_us
         """
-    ))
-    intervals = [{k: v for k, v in r.items() if not k.endswith("_us")} for r in rows]
-    return CheckResult("coverage_gaps", WARN, not rows, len(rows), intervals[:EXAMPLES],
-                       {"intervals": intervals, "raw": [(r["stream"], r["gap_start_us"], r["gap_end_us"]) for r in rows]})
+    ).fetchall()
+    return [Gap(*r) for r in rows]
+
+
+def gaps_result(gaps: list[Gap]) -> CheckResult:
+    """The ``coverage_gaps`` check of an hour's gaps (WARN: an outage is data, not an error)."""
+    intervals = [
+        {"stream": g.stream, "gap_start": _iso(_ts(g.start_us)), "gap_end": _iso(_ts(g.end_us)),
+         "seconds": (g.end_us - g.start_us) / 1e6}
+        for g in gaps
+    ]
+    return CheckResult("coverage_gaps", WARN, not gaps, len(gaps), intervals[:EXAMPLES], {"intervals": intervals})
+
+
+def _ts(us: int) -> datetime:
+    return datetime.fromtimestamp(us / 1e6, tz=timezone.utc)
 
 
 def books_sane(con: duckdb.DuckDBPyConnection) -> CheckResult:
@@ -201,11 +231,9 @@ def reconciled(con: duckdb.DuckDBPyConnection, buffer_rows: int, archived_rows: 
 def run_all(
     paths: list[str],
     *,
-    window: tuple[int, int],
     buffer_rows: int,
     archived_rows: dict[str, int],
     explained: pa.Table | None = None,
-    since: dict[str, int] | None = None,
 ) -> list[CheckResult]:
     con = connect(paths, explained)
     try:
@@ -213,7 +241,6 @@ def run_all(
             duplicates(con),
             seq_gaps(con),
             update_id_backwards(con),
-            coverage_gaps(con, window, since),
             books_sane(con),
             reconciled(con, buffer_rows, archived_rows),
         ]

@@ -10,7 +10,7 @@ A failing ERROR check skips both downstream assets, so nothing unchecked is ever
 from contextlib import closing, contextmanager
 from datetime import datetime, timezone
 
-from dagster import AssetExecutionContext, Backoff, Failure, Jitter, MaterializeResult, MetadataValue, RetryPolicy, asset
+from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetExecutionContext, Backoff, Failure, Jitter, MaterializeResult, MetadataValue, RetryPolicy, asset
 
 from orderbook_collector.errors import ConfigError, IntegrityError
 
@@ -69,20 +69,33 @@ def depth_snapshot(context: AssetExecutionContext, buffer: BufferResource, archi
     )
 
 
-@asset(partitions_def=hourly, deps=[depth_snapshot], retry_policy=RETRY, group_name="archive", kinds={"parquet"})
+COVERAGE_GAPS = AssetCheckSpec(
+    "coverage_gaps", asset="coverage", blocking=False, partitions_def=hourly,
+    description="No stream silent for more than 5 cadences (WARN: lists the intervals; an outage is data, "
+                "recorded in the coverage dataset).",
+)
+
+
+@asset(partitions_def=hourly, deps=[depth_snapshot], retry_policy=RETRY, group_name="archive", kinds={"parquet"},
+       check_specs=[COVERAGE_GAPS])
 def coverage(context: AssetExecutionContext, buffer: BufferResource, archive: ArchiveResource) -> MaterializeResult:
-    """Sessions and gaps of the hour, one object beside each depth part (README.md, "Archive datasets")."""
+    """Sessions and gaps of the hour, one object beside each depth part (docs/datasets.md)."""
     hour_us = hour_us_of(context)
     with fail_fast():
         store = archive.open_store()
         with closing(buffer.connect()) as conn:
-            parts = pipeline.upload_coverage(conn, store, buffer.staging_dir(), hour_us)
+            out = pipeline.upload_coverage(conn, store, buffer.staging_dir(), hour_us)
+    check = out.check
     return MaterializeResult(
         metadata={
-            "rows": sum(p.rows or 0 for p in parts),
-            "object_keys": [p.object_key for p in parts],
-            "sha256": {p.object_key: p.sha256 for p in parts},
-        }
+            "rows": sum(p.rows or 0 for p in out.parts),
+            "object_keys": [p.object_key for p in out.parts],
+            "sha256": {p.object_key: p.sha256 for p in out.parts},
+        },
+        check_results=[AssetCheckResult(
+            check_name=check.name, passed=check.passed, severity=AssetCheckSeverity.WARN,
+            metadata={"count": check.count, "examples": check.examples, **check.detail},
+        )],
     )
 
 

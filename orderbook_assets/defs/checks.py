@@ -1,4 +1,5 @@
-"""DuckDB checks of ``depth_snapshot``, blocking: an ERROR stops ``archived_hour`` in the same run."""
+"""DuckDB checks of ``depth_snapshot``: a failed ERROR check blocks ``archived_hour`` in the same run;
+WARN checks are reported and do not block. ``coverage_gaps`` is reported by the coverage asset."""
 
 
 from contextlib import closing
@@ -12,18 +13,19 @@ from orderbook_assets.defs.assets import depth_snapshot
 from orderbook_assets.defs.partitions import hour_us_of, hourly
 from orderbook_assets.defs.resources import ArchiveResource, BufferResource
 
+SEVERITY = {quality.ERROR: AssetCheckSeverity.ERROR, quality.WARN: AssetCheckSeverity.WARN}
 DESCRIPTIONS = {
     "no_duplicates": "No (stream, update id) and no (session, seq) twice.",
     "no_seq_gaps": "Every seq gap within a session is explained by a recorded duplicate or quarantined frame.",
     "update_id_monotonic": "lastUpdateId never goes backwards within a session and stream.",
-    "coverage_gaps": "No stream silent for more than 5 cadences (lists the intervals).",
     "books_sane": "Books neither crossed nor unsorted.",
     "rows_reconciled": "Rows in the verified Parquet equal the buffer's rows of the parts.",
 }
 
 SPECS = [
-    AssetCheckSpec(name, asset=depth_snapshot, blocking=True, description=DESCRIPTIONS[name], partitions_def=hourly)
-    for name in quality.CHECKS
+    AssetCheckSpec(name, asset=depth_snapshot, blocking=severity is quality.ERROR, description=DESCRIPTIONS[name],
+                   partitions_def=hourly)
+    for name, severity in quality.CHECKS.items()
 ]
 
 
@@ -35,11 +37,11 @@ def depth_snapshot_checks(context: AssetCheckExecutionContext, buffer: BufferRes
         checked = pipeline.check_parts(conn, store, buffer.staging_dir(), hour_us)
     for r in checked.results:
         metadata = {"count": r.count, "examples": r.examples, "parts": [p.part for p in checked.parts]}
-        metadata.update({k: v for k, v in r.detail.items() if k != "raw"})
+        metadata.update(r.detail)
         yield AssetCheckResult(
             check_name=r.name,
             asset_key=depth_snapshot.key,
             passed=r.passed,
-            severity=AssetCheckSeverity.ERROR if r.severity == quality.ERROR else AssetCheckSeverity.WARN,
+            severity=SEVERITY[r.severity],
             metadata=metadata,
         )

@@ -176,7 +176,8 @@ def test_coverage_gaps_list_intervals(env):
     for r in rows:
         r.seq = rows.index(r)
     store(conn, rows)
-    gaps = _check(conn, st, staging, "coverage_gaps")
+    pipeline.export_and_upload(conn, st, staging, BASE_HOUR_US)
+    gaps = pipeline.upload_coverage(conn, st, staging, BASE_HOUR_US).check
     inner = [g for g in gaps.detail["intervals"] if 1 < g["seconds"] < 3]
     assert len(inner) == 1 and gaps.severity == "WARN"
 
@@ -250,12 +251,9 @@ def test_a_later_part_measures_silence_from_the_archived_parts_not_the_hour_star
     fill_buffer(path, ["btcusdt"], BASE_HOUR_US + 10_000_000, 100, session_id=1,
                 first_seq=100, first_update_id=10_000, open_session=False)  # continues seamlessly
     pipeline.export_and_upload(conn, st, staging, BASE_HOUR_US)
-    gaps = pipeline.check_parts(conn, st, staging, BASE_HOUR_US).results
-    (cov,) = [r for r in gaps if r.name == "coverage_gaps"]
-    starts = [start for _stream, start, _end in cov.detail["raw"]]
-    # Only the silence after the newest row up to the export time remains, never the first 10 s.
-    assert all(start >= BASE_HOUR_US + 19_900_000 for start in starts), cov.detail["intervals"]
-    pipeline.upload_coverage(conn, st, staging, BASE_HOUR_US)
+    cov = pipeline.upload_coverage(conn, st, staging, BASE_HOUR_US)
+    # Only the silence after the newest row (19.9 s) to the hour's end remains, never the first 10 s.
+    assert [(g.start_us, g.end_us) for g in cov.gaps] == [(BASE_HOUR_US + 19_900_000, BASE_HOUR_US + HOUR_US)], cov.gaps
     pipeline.mark_archived(conn, staging, BASE_HOUR_US)
     table = duckdb.connect().execute(
         f"SELECT part, count(*) FILTER (WHERE record = 'gap' AND start_time < make_timestamptz({BASE_HOUR_US + 10_000_000})) "

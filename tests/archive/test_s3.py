@@ -135,7 +135,7 @@ def test_lost_coverage_put_while_session_counters_move_still_ends_verified(proxy
     with pytest.raises(ArchiveError, match="HEAD shows None"):
         pipeline.upload_coverage(conn, st, tmp_path / "staging", BASE_HOUR_US)
     conn.execute("UPDATE sessions SET duplicates = duplicates + 7")  # the live collector meanwhile
-    (part,) = pipeline.upload_coverage(conn, st, tmp_path / "staging", BASE_HOUR_US)
+    (part,) = pipeline.upload_coverage(conn, st, tmp_path / "staging", BASE_HOUR_US).parts
     assert part.state == "verified"
     assert st.head(part.object_key) == (part.bytes, part.sha256)
     assert proxy.injected["silent_put_loss"] == 1
