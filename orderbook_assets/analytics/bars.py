@@ -15,9 +15,8 @@ fixed Parquet writer options; so a re-run writes the same bytes.
 from __future__ import annotations
 
 import base64
-import struct
+import io
 import tempfile
-import zlib
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -29,7 +28,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from orderbook_collector.buffer import HOUR_US
 from orderbook_collector.fsutil import sha256_file
 
 from orderbook_assets.analytics import views
@@ -133,49 +131,42 @@ def plot_markdown(bars: pa.Table, every_s: int = 300) -> str:
     return "\n".join(out).rstrip()
 
 
-def plot_png(bars: pa.Table, symbol: str, width: int = 600, height: int = 200) -> bytes:
-    """A PNG of one symbol's hour: mid-price range per pixel column (top, blue) and
-    mean spread (bottom, orange). Pure numpy + zlib; same bars, same bytes."""
+def plot_png(bars: pa.Table, symbol: str, width: int = 600, height: int = 260) -> bytes:
+    """A PNG of one symbol's bars: mid-price low–high band and last mid (top), mean
+    spread (bottom), on a UTC time axis scaled to the data present. Same bars, same bytes."""
+    # Imported here: the Agg backend and its fonts cost ~0.3 s, paid only when plotting.
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.dates as mdates
+    import matplotlib.pyplot as plt
+
     sel = bars.filter(pc.equal(bars["symbol"], symbol))
-    img = np.full((height, width, 3), 255, dtype=np.uint8)
-    top_h = int(height * 0.68)
-    img[top_h, :] = 200  # separator between the panels
-    if sel.num_rows:
-        t = sel["bar_time"].cast(pa.int64()).to_numpy()
-        hour = t.min() - t.min() % HOUR_US
-        col = np.clip(((t - hour) * width) // HOUR_US, 0, width - 1)
-        lo_mid, hi_mid = sel["min_mid"].to_numpy(), sel["max_mid"].to_numpy()
-        spread = sel["mean_spread"].to_numpy()
-        lo_c = np.full(width, np.inf)
-        hi_c = np.full(width, -np.inf)
-        sp_c = np.zeros(width)
-        np.minimum.at(lo_c, col, lo_mid)
-        np.maximum.at(hi_c, col, hi_mid)
-        np.maximum.at(sp_c, col, spread)
-        have = np.isfinite(lo_c)
-        y_lo, y_hi = lo_mid.min(), hi_mid.max()
-        scale = (top_h - 8) / (y_hi - y_lo if y_hi > y_lo else 1.0)
-        rows = np.arange(height)[:, None]
-        top = 4 + np.round((y_hi - hi_c) * scale)
-        bottom = 4 + np.round((y_hi - lo_c) * scale)
-        mid_mask = have & (rows >= top) & (rows <= bottom)
-        img[mid_mask] = (31, 119, 180)
-        s_max = sp_c.max() or 1.0
-        bar_top = height - 2 - np.round(sp_c / s_max * (height - top_h - 6))
-        sp_mask = have & (rows >= bar_top) & (rows <= height - 2)
-        img[sp_mask] = (255, 127, 14)
-    return _png(img)
-
-
-def _png(rgb: np.ndarray) -> bytes:
-    h, w, _ = rgb.shape
-    raw = np.hstack([np.zeros((h, 1), dtype=np.uint8), rgb.reshape(h, w * 3)]).tobytes()
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
-
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
+    t = sel["bar_time"].cast(pa.int64()).to_numpy().astype("datetime64[us]")
+    dpi = 100
+    fig, (top, bottom) = plt.subplots(
+        2, 1, sharex=True, figsize=(width / dpi, height / dpi), dpi=dpi, gridspec_kw={"height_ratios": [2, 1]},
+    )
+    try:
+        if sel.num_rows:
+            top.fill_between(t, sel["min_mid"].to_numpy(), sel["max_mid"].to_numpy(), step="post",
+                             color="tab:blue", alpha=0.3, linewidth=0, label="low–high")
+            top.step(t, sel["last_mid"].to_numpy(), where="post", color="tab:blue", linewidth=0.8, label="mid")
+            bottom.step(t, sel["mean_spread"].to_numpy(), where="post", color="tab:orange", linewidth=0.8)
+            top.set_xlim(t.min(), t.max() + np.timedelta64(1, "s"))
+        top.set_title(f"{symbol}, UTC", fontsize=9)
+        top.set_ylabel("mid", fontsize=8)
+        bottom.set_ylabel("spread", fontsize=8)
+        bottom.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S"))
+        for ax in (top, bottom):
+            ax.tick_params(labelsize=7)
+            ax.grid(True, linewidth=0.3)
+        fig.tight_layout()
+        out = io.BytesIO()
+        fig.savefig(out, format="png", metadata={"Software": None})
+        return out.getvalue()
+    finally:
+        plt.close(fig)
 
 
 def plot_metadata_markdown(bars: pa.Table) -> str:
@@ -186,7 +177,8 @@ def plot_metadata_markdown(bars: pa.Table) -> str:
         png = base64.b64encode(plot_png(bars, sym)).decode()
         parts.append(
             f"**{sym}** mid {pc.min(sel['min_mid']).as_py():,.2f} – {pc.max(sel['max_mid']).as_py():,.2f} "
-            f"(blue, range per 6 s), mean spread up to {pc.max(sel['mean_spread']).as_py():.4f} (orange)\n\n"
+            f"(blue: low–high band and last mid per second), mean spread up to "
+            f"{pc.max(sel['mean_spread']).as_py():.4f} (orange)\n\n"
             f"![{sym} mid and spread](data:image/png;base64,{png})\n"
         )
     parts.append(plot_markdown(bars))

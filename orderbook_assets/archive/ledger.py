@@ -23,12 +23,22 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
+from enum import Enum
 
 from orderbook_collector.buffer import HOUR_US, now_us, reads, transaction
 
 DEPTH = "depth_snapshot"
 COVERAGE = "coverage"
-STATES = ("planned", "uploaded", "verified", "archived")
+class PartState(str, Enum):
+    """A part's state in the ledger; it only moves forward, in this order."""
+
+    PLANNED = "planned"
+    UPLOADED = "uploaded"
+    VERIFIED = "verified"
+    ARCHIVED = "archived"
+
+
+STATES = tuple(PartState)
 
 _COLUMNS = (
     "dataset, hour_us, part, id_lo, id_hi, state, rows, bytes, sha256, object_key, "
@@ -43,7 +53,7 @@ class Part:
     part: int
     id_lo: int
     id_hi: int
-    state: str
+    state: PartState
     rows: int | None = None
     bytes: int | None = None
     sha256: str | None = None
@@ -52,6 +62,9 @@ class Part:
     last_recv_us: int | None = None
     planned_us: int = 0
     updated_us: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "state", PartState(self.state))
 
     @property
     def hour_end_us(self) -> int:
@@ -62,8 +75,8 @@ class Part:
         """The buffer rows this part holds (see :mod:`orderbook_collector.buffer.reads`)."""
         return reads.IdRange(self.hour_us, self.id_lo, self.id_hi)
 
-    def reached(self, state: str) -> bool:
-        return STATES.index(self.state) >= STATES.index(state)
+    def reached(self, state: PartState | str) -> bool:
+        return STATES.index(self.state) >= STATES.index(PartState(state))
 
 
 def plan_part(conn: sqlite3.Connection, hour_us: int, now: int | None = None) -> Part | None:
@@ -122,8 +135,8 @@ def advance(conn: sqlite3.Connection, part: Part, state: str, now: int | None = 
 
     Idempotent: re-running a step after a crash neither fails nor moves a part backwards.
     """
-    target = STATES.index(state)
-    before = STATES[:target]
+    target = STATES.index(PartState(state))
+    before = [s.value for s in STATES[:target]]
     now = now_us() if now is None else now
     sets = "".join(f", {name} = ?" for name in fields)
     with transaction(conn):

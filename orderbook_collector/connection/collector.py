@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import signal
 import sys
@@ -49,6 +50,15 @@ PING_TIMEOUT = 20.0
 
 def now_us() -> int:
     return time.time_ns() // 1000
+
+
+class SessionOutcome(enum.Enum):
+    """Why waiting on a session returned; the value is what the events and close reasons say."""
+
+    ENDED = "ended"
+    SERVER_SHUTDOWN = "serverShutdown"
+    STOPPING = "stopping"
+    ROTATION = "rotation"
 
 
 @dataclass(eq=False)
@@ -162,7 +172,7 @@ class Collector:
                         return
                 rotate_at = current.opened_mono + self.settings.rotate_after
                 reason = await self._wait_session(current, rotate_at)
-                if reason == "ended":
+                if reason is SessionOutcome.ENDED:
                     lasted = time.monotonic() - current.opened_mono
                     if lasted >= self.settings.min_session:
                         delays = full_jitter(self.settings.backoff_initial, self.settings.backoff_max)
@@ -177,7 +187,7 @@ class Collector:
             for s in [x for x in self._open_sessions if x.streams is streams]:
                 await self._close_session(s, "collector stopped")
 
-    async def _wait_session(self, s: Session, rotate_at: float) -> str:
+    async def _wait_session(self, s: Session, rotate_at: float) -> SessionOutcome:
         """Wait until the session ends, needs rotation, or the collector stops."""
         stop = asyncio.ensure_future(self._stopping.wait())
         notice = asyncio.ensure_future(s.shutdown_notice.wait())
@@ -188,19 +198,19 @@ class Collector:
             stop.cancel()
             notice.cancel()
         if s.task in done:
-            return "ended"
+            return SessionOutcome.ENDED
         if notice in done:
-            return "serverShutdown"
+            return SessionOutcome.SERVER_SHUTDOWN
         if stop in done:
-            return "stopping"
-        return "rotation"
+            return SessionOutcome.STOPPING
+        return SessionOutcome.ROTATION
 
-    async def _rotate(self, old: Session, streams: list[StreamSpec], delays, why: str) -> Session | None:
-        if why == "stopping":
+    async def _rotate(self, old: Session, streams: list[StreamSpec], delays, why: SessionOutcome) -> Session | None:
+        if why is SessionOutcome.STOPPING:
             return old  # the finally block of _run_group closes it
         self.metrics.rotations += 1
-        log.info("rotating session %d (%s): opening the replacement first", old.session_id, why)
-        self._event(old.session_id, "rotation_start", why)
+        log.info("rotating session %d (%s): opening the replacement first", old.session_id, why.value)
+        self._event(old.session_id, "rotation_start", why.value)
         new = await self._open_with_retry(streams, delays)
         if new is None:
             return old
@@ -209,7 +219,7 @@ class Collector:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(new.first_data.wait(), self.settings.rotate_overlap)
         await asyncio.sleep(min(1.0, self.settings.rotate_overlap))
-        await self._close_session(old, f"rotated ({why})")
+        await self._close_session(old, f"rotated ({why.value})")
         self._event(new.session_id, "rotation_end", f"replaced session {old.session_id}")
         return new
 

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import struct
+import io
 import sys
 import time
-import zlib
 from datetime import datetime, timezone
 from pathlib import Path
 
 import dagster as dg
+import matplotlib.image as mpimg
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -56,17 +57,21 @@ def test_materialize_hour_writes_the_partition_and_same_bytes_twice(tmp_path):
     assert pq.read_table(tmp_path / bars.bars_key(T0 + HOUR_US)).schema.names == bars.BARS_SCHEMA.names
 
 
-def test_plot_png_is_a_valid_image_with_both_panels():
+def test_plot_png_draws_both_panels_on_a_time_axis_scaled_to_the_data():
+    """A young hour (10 minutes of data) fills the plot's width, not a sliver of an hour."""
     out = bars.bars_1s(synthetic_depth(start_us=T0, seconds=600))
-    png = bars.plot_png(out, "BTCUSDT", width=300, height=100)
-    assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    width, height = struct.unpack(">II", png[16:24])
-    assert (width, height) == (300, 100)
-    idat_len = struct.unpack(">I", png[33:37])[0]
-    raw = zlib.decompress(png[41:41 + idat_len])
-    assert len(raw) == height * (1 + width * 3)
-    assert b"\x1f\x77\xb4" in raw and b"\xff\x7f\x0e" in raw  # blue mid, orange spread
-    assert bars.plot_png(out, "BTCUSDT", width=300, height=100) == png
+    png = bars.plot_png(out, "BTCUSDT", width=600, height=260)
+    img = mpimg.imread(io.BytesIO(png))[:, :, :3]
+    assert img.shape[:2] == (260, 600)
+    blue = np.all(np.abs(img - np.array([0x1F, 0x77, 0xB4]) / 255) < 0.02, axis=2)
+    orange = np.all(np.abs(img - np.array([0xFF, 0x7F, 0x0E]) / 255) < 0.02, axis=2)
+    rows_b, cols_b = np.nonzero(blue)
+    rows_o, cols_o = np.nonzero(orange)
+    assert len(rows_b) > 200 and len(rows_o) > 200
+    assert rows_b.max() < rows_o.min()  # mid on top, spread below
+    # the data spans most of the width: a plot scaled to a whole hour would use a sixth of it
+    assert cols_b.max() - cols_b.min() > 0.6 * 600
+    assert bars.plot_png(out, "BTCUSDT", width=600, height=260) == png  # same bars, same bytes
     md = bars.plot_metadata_markdown(out)
     assert "data:image/png;base64," in md and "| UTC | last mid |" in md and "**ETHUSDT**" in md
 
