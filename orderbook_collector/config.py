@@ -14,10 +14,9 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from orderbook_collector.errors import ConfigError
-from orderbook_collector.feed.protocol import StreamSpec, build_streams
+from orderbook_collector.feed.protocol import MAX_STREAMS_PER_CONNECTION, StreamSpec, build_streams
 
 #: Binance allows 1024 streams per spot connection.
-MAX_STREAMS_PER_CONNECTION = 1024
 
 
 @dataclass(frozen=True)

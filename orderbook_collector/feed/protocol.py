@@ -35,6 +35,8 @@ from orderbook_collector.buffer import levels as packed
 from orderbook_collector.buffer.records import DepthRecord, Quarantined
 from orderbook_collector.errors import ConfigError, FrameError
 
+#: Binance's limit on streams per connection (spot).
+MAX_STREAMS_PER_CONNECTION = 1024
 #: Frames larger than this are quarantined instead of parsed.
 DEFAULT_MAX_FRAME_BYTES = 1 << 20
 

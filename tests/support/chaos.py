@@ -69,12 +69,12 @@ import orjson  # noqa: E402
 
 from support.procs import JOB_RUN, SimulatorProcess, child_env  # noqa: E402
 from support.s3 import MotoServer, FaultProxy, s3_client  # noqa: E402
+from orderbook_collector.buffer import HOUR_US  # noqa: E402
+from tools.simulator.exchange import MALFORMED_KINDS  # noqa: E402
 
-HOUR_US = 3_600_000_000
 BUCKET = "chaos"
 PREFIX = "archive"
 REGION = "eu-west-1"
-MALFORMED_KINDS = ("not_json", "binary", "wrong_types", "unknown_stream", "oversize", "error_reply", "missing_fields")
 
 
 def now_us() -> int:

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 from orderbook_assets.analytics import views
 from orderbook_collector import buffer
 
-HOUR_US = 3_600_000_000
+HOUR_US = buffer.HOUR_US
 T0 = 1_795_510_800_000_000  # 2026-11-24 09:00:00 UTC
 
 # ----------------------------------------------------------------------------- synthetic books

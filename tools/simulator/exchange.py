@@ -81,10 +81,11 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
+from orderbook_collector.feed.protocol import MAX_STREAMS_PER_CONNECTION, StreamSpec
+
 log = logging.getLogger(__name__)
 
 E8 = 10**8
-MAX_STREAMS_PER_CONN = 1024
 #: Size of the ``oversize`` malformed frame: 1.5 MiB, over websockets' 1 MiB default.
 OVERSIZE_BYTES = 3 << 19
 MALFORMED_KINDS = (
@@ -118,20 +119,15 @@ def market_params(symbol: str) -> tuple[int, int, int]:
     return mid, tick, lot
 
 
-@dataclass(frozen=True)
-class StreamSpec:
-    name: str
-    symbol: str
-    depth: int  # 5/10/20 for partial depth, 0 for diff depth
-    interval_ms: int
-
-
 def parse_stream(name: str, symbols: Any) -> StreamSpec | None:
-    """The spec of a valid stream name on a listed symbol, else None (names are lower case)."""
+    """The spec of a valid stream name on a listed symbol, else None (names are lower case).
+
+    Diff depth (``depth`` / ``depth@100ms``) is served too, as a spec with ``levels == 0``.
+    """
     m = _STREAM_RE.fullmatch(name) if isinstance(name, str) else None
     if not m or m[1] not in symbols:
         return None
-    return StreamSpec(name, m[1], int(m[2] or 0), 100 if m[3] else 1000)
+    return StreamSpec(m[1], name.split("@", 1)[1], int(m[2] or 0), 100_000 if m[3] else 1_000_000)
 
 
 class _Side:
@@ -484,7 +480,7 @@ class Exchange:
         if streams is None:
             return _http(404, {"code": -1000, "msg": f"Unknown path {url.path}"})
         bad = [s for s in streams if parse_stream(s, self.books) is None]
-        if bad or len(streams) > MAX_STREAMS_PER_CONN:
+        if bad or len(streams) > MAX_STREAMS_PER_CONNECTION:
             return _http(400, {"code": -1121, "msg": f"Invalid stream: {(bad or ['too many'])[0]}"})
         return None
 
@@ -672,7 +668,7 @@ class Exchange:
                     del conn.streams[spec.name]
                     self.streams[spec.name].subs.pop(conn.num, None)
             return self._reply(conn, {"result": None, "id": rid})
-        if len(set(conn.streams) | {s.name for s in specs}) > MAX_STREAMS_PER_CONN:
+        if len(set(conn.streams) | {s.name for s in specs}) > MAX_STREAMS_PER_CONNECTION:
             return self._reply(conn, _error(2, "Invalid request: too many streams", rid))
         self._reply(conn, {"result": None, "id": rid})  # the reply precedes any data
         self._subscribe(conn, specs)
@@ -717,7 +713,7 @@ class Exchange:
         More than one second behind, the oldest ticks are skipped (counted), as a
         timer-driven feed would. Stops when the last subscriber leaves.
         """
-        rate = self.rate or 1000.0 / st.spec.interval_ms
+        rate = self.rate or 1e6 / st.spec.cadence_us
         loop = asyncio.get_running_loop()
         nxt = math.floor((loop.time() - self._t0) * rate) + 1
         since: int | None = None  # last book step sent (diff streams merge from there)
@@ -741,7 +737,7 @@ class Exchange:
         if book.step <= st.last_step:
             self.skipped_ticks += 1  # a REST snapshot moved the book ahead: never repeat an id
             return since
-        data = book.depth_payload(st.spec.depth) if st.spec.depth else book.diff_payload(since)
+        data = book.depth_payload(st.spec.levels) if st.spec.levels else book.diff_payload(since)
         st.last_step = book.step
         name = st.spec.name
         msg = _Msg(name, book.last_id, data, b'{"stream":"' + name.encode() + b'","data":' + data + b"}")
