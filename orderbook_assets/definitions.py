@@ -4,7 +4,7 @@
 from dagster import Definitions
 
 from orderbook_assets.defs.assets import archived_hour, coverage, depth_snapshot
-from orderbook_assets.analytics.bars import top_of_book_1s
+from orderbook_assets.defs.bars import top_of_book_1s
 from orderbook_assets.defs.checks import depth_snapshot_checks
 from orderbook_assets.defs.jobs import archive_hour, cleanup_buffer
 from orderbook_assets.defs.resources import ArchiveResource, ArchiveS3Resource, BufferResource

@@ -1,10 +1,9 @@
-"""1-second top-of-book bars: the ``top_of_book_1s`` dataset and its Dagster asset.
+"""1-second top-of-book bars: the ``top_of_book_1s`` dataset (its asset is in ``defs.bars``).
 
 Pure core: :func:`bars_1s` turns snapshots (an Arrow table in the ``depth_snapshot``
 schema, or Parquet paths) into bars; :func:`plot_png` and :func:`plot_markdown` draw
 what the Dagster UI shows. The shell: :func:`materialize_hour` reads one archived
-hour, writes ``<archive>/top_of_book_1s/date=YYYY-MM-DD/hour=HH/bars.parquet``, and
-the asset :data:`top_of_book_1s` (built by :func:`build_top_of_book_1s`) calls it.
+hour and writes ``<archive>/top_of_book_1s/date=YYYY-MM-DD/hour=HH/bars.parquet``.
 
 One bar per symbol and second that has at least one snapshot with both sides
 (seconds without a snapshot have no row). Deterministic: rows ordered by
@@ -17,11 +16,8 @@ from __future__ import annotations
 import base64
 import io
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 
-import dagster as dg
-from dagster import MaterializeResult
 import duckdb
 import numpy as np
 import pyarrow as pa
@@ -238,71 +234,3 @@ def _open_store(archive: views.Archive, s3: views.S3Settings | None) -> ArchiveS
                       s3={"addressing_style": "path"} if s3.endpoint_url else {}),
     )
     return S3Store(client, archive.bucket, archive.url[len(f"s3://{archive.bucket}"):].strip("/"))
-
-
-# --------------------------------------------------------------------------- Dagster
-
-
-def hourly_partitions():
-    """The archive's partitions (``orderbook_assets.defs.partitions.hourly``): UTC, ``end_offset=1``."""
-    from orderbook_assets.defs.partitions import hourly
-
-    return hourly
-
-
-def s3_settings_from(archive_resource) -> views.S3Settings | None:
-    """DuckDB's S3 settings from the pipeline's ``ArchiveResource`` (None for a local archive),
-    so bars read and write exactly where and as the archive job does."""
-    if not archive_resource.resolved_url().startswith("s3://"):
-        return None
-    import boto3
-
-    res = archive_resource.s3
-    env = views.S3Settings.from_env()  # also fails with one sentence when no credentials exist
-    creds = None
-    if res.aws_access_key_id:
-        key, secret, token = res.aws_access_key_id, res.aws_secret_access_key, res.aws_session_token
-    else:
-        creds = boto3.session.Session(profile_name=res.profile_name).get_credentials()
-        frozen = creds.get_frozen_credentials() if creds else None
-        key, secret, token = (frozen.access_key, frozen.secret_key, frozen.token) if frozen else (
-            env.key_id, env.secret, env.session_token)
-    return views.S3Settings(res.region_name or env.region, res.endpoint_url or env.endpoint_url, key, secret, token)
-
-
-def build_top_of_book_1s(partitions_def=None, deps=(SOURCE,), group_name: str | None = "archive"):
-    """The ``top_of_book_1s`` asset: hourly, after the hour's ``depth_snapshot`` archive.
-
-    Needs the pipeline's ``archive`` resource (``ArchiveResource``) for the archive URL and S3.
-    """
-
-    @dg.asset(
-        name=DATASET,
-        partitions_def=partitions_def or hourly_partitions(),
-        deps=list(deps),
-        group_name=group_name,
-        required_resource_keys={"archive"},
-        kinds={"parquet", "duckdb"},
-        description="1-second top-of-book bars (mid first/min/max/last, last best bid/ask, mean spread, "
-                    "snapshot count) per symbol, one Parquet file per UTC hour. Schema: README.md, 'For analysts'.",
-    )
-    def top_of_book_1s(context) -> MaterializeResult:  # context: AssetExecutionContext
-        window = context.partition_time_window
-        hour_us = int(window.start.astimezone(timezone.utc).timestamp()) * 1_000_000
-        archive = context.resources.archive
-        bars, url = materialize_hour(archive.resolved_url(), hour_us, s3_settings_from(archive), archive.open_store())
-        symbols = sorted(set(bars["symbol"].to_pylist()))
-        return dg.MaterializeResult(metadata={
-            "rows": dg.MetadataValue.int(bars.num_rows),
-            "symbols": dg.MetadataValue.text(", ".join(symbols) or "none"),
-            "path": dg.MetadataValue.path(url),
-            "hour": dg.MetadataValue.text(datetime.fromtimestamp(hour_us / 1e6, timezone.utc).isoformat()),
-            "mid_and_spread": dg.MetadataValue.md(plot_metadata_markdown(bars) if bars.num_rows
-                                                  else "_No snapshots archived for this hour._"),
-        })
-
-    return top_of_book_1s
-
-
-# After archived_hour: bars are built only from parts that passed the checks.
-top_of_book_1s = build_top_of_book_1s(deps=("archived_hour",))

@@ -11,7 +11,7 @@ from dagster import AssetSelection, OpExecutionContext, define_asset_job, in_pro
 
 from orderbook_assets.archive import cleanup
 from orderbook_assets.defs.assets import archived_hour, coverage, depth_snapshot
-from orderbook_assets.analytics.bars import top_of_book_1s
+from orderbook_assets.defs.bars import top_of_book_1s
 from orderbook_assets.defs.resources import BufferResource
 
 archive_hour = define_asset_job(

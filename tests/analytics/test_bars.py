@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from orderbook_assets.analytics import bars, views
+from orderbook_assets.defs import bars as defs_bars
 
 from support.synthetic import HOUR_US, T0, books, one_book, synthetic_depth, write_archive
 
@@ -84,13 +85,13 @@ def test_asset_materializes_a_partition_with_plot_metadata(tmp_path, monkeypatch
     key = datetime.fromtimestamp(hour / 1e6, timezone.utc).strftime("%Y-%m-%d-%H:%M")
     from orderbook_assets.definitions import resources
 
-    result = dg.materialize([bars.top_of_book_1s], partition_key=key, resources=resources())
+    result = dg.materialize([defs_bars.top_of_book_1s], partition_key=key, resources=resources())
     assert result.success
     (mat,) = result.asset_materializations_for_node("top_of_book_1s")
     assert mat.metadata["rows"].value == 40
     assert "data:image/png;base64," in mat.metadata["mid_and_spread"].value
     assert (tmp_path / bars.bars_key(hour)).is_file()
-    partitions = bars.top_of_book_1s.partitions_def
+    partitions = defs_bars.top_of_book_1s.partitions_def
     assert isinstance(partitions, dg.HourlyPartitionsDefinition) and partitions.timezone == "UTC"
 
 
@@ -110,7 +111,7 @@ def test_bars_written_to_s3(monkeypatch, tmp_path):
         monkeypatch.setenv("ORDERBOOK_ARCHIVE_URL", "s3://books/a")
         from orderbook_assets.definitions import resources
 
-        s3 = bars.s3_settings_from(resources()["archive"])
+        s3 = defs_bars.s3_settings_from(resources()["archive"])
         assert (s3.endpoint_url, s3.key_id, s3.region) == (moto.url, "testing", "us-east-1")
         out, url = bars.materialize_hour("s3://books/a", T0, s3)
         assert url == "s3://books/a/" + bars.bars_key(T0)
