@@ -189,22 +189,24 @@ def bars_key(hour_us: int) -> str:
 
 
 def materialize_hour(
-    archive_url: str, hour_us: int, s3: views.S3Settings | None = None, store: ArchiveStore | None = None
+    archive_url: str, hour_us: int, s3: views.S3Settings | None = None, store: ArchiveStore | None = None,
+    sources: list[str] | None = None,
 ) -> tuple[pa.Table, str]:
     """Read the hour's ``depth_snapshot`` files, write its bars; returns (bars, URL written).
 
     An hour without archived files gives an empty bars file, so the partition is
     complete and readers see "no data" rather than "not computed". ``store`` is where
     the bars go (the pipeline's archive store); by default one is opened for the URL.
+    ``sources``: the hour's depth files when the caller has them locally (the pipeline's
+    staged parts), instead of reading the archive again.
     """
     archive = views.Archive.parse(archive_url)
     con = _duck(archive, s3)
     try:
-        pattern = archive.hour_glob(SOURCE, hour_us)
-        if views.count_files(con, pattern):
-            bars = _bars_of_files(con, [pattern])
-        else:
-            bars = BARS_SCHEMA.empty_table()
+        if sources is None:
+            pattern = archive.hour_glob(SOURCE, hour_us)
+            sources = [pattern] if views.count_files(con, pattern) else []
+        bars = _bars_of_files(con, sources) if sources else BARS_SCHEMA.empty_table()
     finally:
         con.close()
     write_parquet(bars, store or _open_store(archive, s3), bars_key(hour_us))

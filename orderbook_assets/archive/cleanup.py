@@ -15,6 +15,7 @@ import os
 import sqlite3
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from orderbook_collector.buffer import HOUR_US, now_us, reads, transaction
 
@@ -71,6 +72,13 @@ def has_rows(conn: sqlite3.Connection, hour_us: int, id_lo: int, id_hi: int) -> 
     return reads.has_rows(conn, DEPTH, reads.IdRange(hour_us, id_lo, id_hi))
 
 
+def _drop_staged(conn: sqlite3.Connection, staging: Path, hour_us: int) -> None:
+    for (key,) in conn.execute(
+        "SELECT object_key FROM export_parts WHERE hour_us = ? AND state = 'archived'", (hour_us,)
+    ).fetchall():
+        (staging / key).unlink(missing_ok=True)
+
+
 def wal_size(conn: sqlite3.Connection) -> int:
     path = conn.execute("PRAGMA database_list").fetchone()[2]
     try:
@@ -91,12 +99,16 @@ def run(
     now: int | None = None,
     batch: int = BATCH,
     pause: float = 0.002,
+    staging: Path | None = None,
 ) -> CleanupResult:
     """Delete every eligible row in batches; ``pause`` seconds between batches let the writer in."""
     now = now_us() if now is None else now
     conn.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT_BYTES}")
     result = CleanupResult()
     for hour_us, id_lo, id_hi in eligible_parts(conn, retention_hours, now):
+        if staging is not None:
+            # Staged files a killed bars step left behind go with the rows they came from.
+            _drop_staged(conn, staging, hour_us)
         if not has_rows(conn, hour_us, id_lo, id_hi):
             continue  # cleaned by an earlier run
         result.parts += 1

@@ -243,11 +243,31 @@ def _coverage_one(conn, store: ArchiveStore, staging: Path, part: Part, sessions
 
 
 def mark_archived(conn: sqlite3.Connection, staging: Path, hour_us: int) -> list[Part]:
-    """Mark the hour's verified parts (both datasets) archived and drop their staged files."""
+    """Mark the hour's verified parts (both datasets) archived.
+
+    Their staged files stay for the derived datasets built next (bars read them instead of
+    downloading what was just uploaded); :func:`drop_staged` removes them.
+    """
     crash_point("before_archive")
     done = []
     for dataset in (DEPTH, COVERAGE):
         for part in ledger.parts(conn, dataset, hour_us, ("verified",)):
             done.append(ledger.advance(conn, part, "archived"))
-            staged_path(staging, part.object_key).unlink(missing_ok=True)
     return done
+
+
+def archived_copies(conn: sqlite3.Connection, store: ArchiveStore, staging: Path, hour_us: int) -> list[str]:
+    """Local files of the hour's archived depth parts: staged ones as they are, others downloaded."""
+    return [str(local_copy(store, staging, p)) for p in ledger.parts(conn, DEPTH, hour_us, ("archived",))]
+
+
+def drop_staged(conn: sqlite3.Connection, staging: Path, hour_us: int) -> int:
+    """Remove the staged files of the hour's archived parts; returns how many were there."""
+    n = 0
+    for dataset in (DEPTH, COVERAGE):
+        for part in ledger.parts(conn, dataset, hour_us, ("archived",)):
+            path = staged_path(staging, part.object_key)
+            if path.exists():
+                path.unlink()
+                n += 1
+    return n

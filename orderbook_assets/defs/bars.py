@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from contextlib import closing
 from datetime import datetime, timezone
 
 import dagster as dg
 
 from orderbook_assets.analytics import bars, views
+from orderbook_assets.archive import pipeline
 from orderbook_assets.defs.partitions import hourly
 
 
@@ -33,7 +35,8 @@ def s3_settings_from(archive_resource) -> views.S3Settings | None:
 def build_top_of_book_1s(partitions_def=None, deps=(bars.SOURCE,), group_name: str | None = "archive"):
     """The ``top_of_book_1s`` asset: hourly, after the hour's ``depth_snapshot`` archive.
 
-    Needs the pipeline's ``archive`` resource (``ArchiveResource``) for the archive URL and S3.
+    Needs the pipeline's ``archive`` resource (``ArchiveResource``) for the archive URL and S3,
+    and its ``buffer`` resource for the ledger and the staged parts it reads.
     """
 
     @dg.asset(
@@ -41,7 +44,7 @@ def build_top_of_book_1s(partitions_def=None, deps=(bars.SOURCE,), group_name: s
         partitions_def=partitions_def or hourly,
         deps=list(deps),
         group_name=group_name,
-        required_resource_keys={"archive"},
+        required_resource_keys={"archive", "buffer"},
         kinds={"parquet", "duckdb"},
         description="1-second top-of-book bars (mid first/min/max/last, last best bid/ask, mean spread, "
                     "snapshot count) per symbol, one Parquet file per UTC hour. Schema: README.md, 'For analysts'.",
@@ -49,8 +52,12 @@ def build_top_of_book_1s(partitions_def=None, deps=(bars.SOURCE,), group_name: s
     def top_of_book_1s(context) -> dg.MaterializeResult:  # context: AssetExecutionContext
         window = context.partition_time_window
         hour_us = int(window.start.astimezone(timezone.utc).timestamp()) * 1_000_000
-        archive = context.resources.archive
-        table, url = bars.materialize_hour(archive.resolved_url(), hour_us, s3_settings_from(archive), archive.open_store())
+        archive, buffer = context.resources.archive, context.resources.buffer
+        store = archive.open_store()
+        with closing(buffer.connect()) as conn:
+            sources = pipeline.archived_copies(conn, store, buffer.staging_dir(), hour_us)
+            table, url = bars.materialize_hour(archive.resolved_url(), hour_us, s3_settings_from(archive), store, sources)
+            pipeline.drop_staged(conn, buffer.staging_dir(), hour_us)
         symbols = sorted(set(table["symbol"].to_pylist()))
         return dg.MaterializeResult(metadata={
             "rows": dg.MetadataValue.int(table.num_rows),

@@ -27,7 +27,7 @@ def delete_archived_rows(context: OpExecutionContext, buffer: BufferResource) ->
     """Delete rows of archived parts older than ORDERBOOK_RETENTION_HOURS, 1000 rows a transaction."""
     retention = buffer.retention()
     with closing(buffer.connect()) as conn:
-        result = cleanup.run(conn, retention)
+        result = cleanup.run(conn, retention, staging=buffer.staging_dir())
     context.log.info(
         f"deleted {result.deleted} rows of {result.parts} parts in {result.batches} batches; "
         f"{result.checkpoints} checkpoints; WAL now {result.wal_bytes} bytes (retention {retention} h)"

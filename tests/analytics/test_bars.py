@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from contextlib import closing
 import sys
 import time
 from datetime import datetime, timezone
@@ -15,9 +16,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from orderbook_assets.analytics import bars, views
+from orderbook_assets.archive import pipeline
+from orderbook_assets.archive.store import LocalStore
 from orderbook_assets.defs import bars as defs_bars
+from orderbook_collector import buffer
 
-from support.synthetic import HOUR_US, T0, books, one_book, synthetic_depth, write_archive
+from support.synthetic import HOUR_US, T0, books, by_time, make_buffer, one_book, synthetic_depth, write_archive
 
 
 def test_bars_aggregate_each_second_deterministically():
@@ -80,8 +84,15 @@ def test_plot_png_draws_both_panels_on_a_time_axis_scaled_to_the_data():
 def test_asset_materializes_a_partition_with_plot_metadata(tmp_path, monkeypatch):
     now_us = time.time_ns() // 1000
     hour = now_us - now_us % HOUR_US - HOUR_US  # the last complete hour: always a partition
-    write_archive(synthetic_depth(start_us=hour, seconds=20), tmp_path)
+    # the hour goes through the archive pipeline, as archive_hour does before the bars step
+    make_buffer(tmp_path / "buffer.sqlite3", by_time(synthetic_depth(start_us=hour, seconds=20))).close()
+    with closing(buffer.connect(tmp_path / "buffer.sqlite3")) as conn:
+        store, staging = LocalStore(str(tmp_path)), tmp_path / "staging"
+        pipeline.export_and_upload(conn, store, staging, hour)
+        pipeline.upload_coverage(conn, store, staging, hour)
+        pipeline.mark_archived(conn, staging, hour)
     monkeypatch.setenv("ORDERBOOK_ARCHIVE_URL", str(tmp_path))
+    monkeypatch.setenv("ORDERBOOK_BUFFER", str(tmp_path / "buffer.sqlite3"))
     key = datetime.fromtimestamp(hour / 1e6, timezone.utc).strftime("%Y-%m-%d-%H:%M")
     from orderbook_assets.definitions import resources
 

@@ -63,11 +63,33 @@ def test_hour_archived_end_to_end_to_local_folder(env):
     assert set(checks) == {"no_duplicates", "no_seq_gaps", "update_id_monotonic", "coverage_gaps", "books_sane", "rows_reconciled"}
     assert checks["rows_reconciled"].passed and not checks["coverage_gaps"].passed  # the first 5 s are a gap
     assert result.asset_materializations_for_node("archived_hour")
+    bars_rows = result.asset_materializations_for_node("top_of_book_1s")[0].metadata["rows"].value
+    assert bars_rows > 0
+    assert not list((env / "staging").rglob("*.parquet"))  # the bars step dropped the staged parts it read
     # a re-run adds nothing; late rows become part 2
     assert run_hour().success
     late = fill_buffer(env / "buffer.sqlite3", ["btcusdt"], BASE_HOUR_US + 20 * 60_000_000, 10, session_id=5, first_update_id=10**6)
     assert run_hour().success
     assert sorted(read(str(env / "archive"))) == expected(rows + late)
+
+
+def test_bars_read_the_staged_parts_not_the_archive(env, monkeypatch):
+    """Bars are built from the parts the run just staged and verified, not downloaded again:
+    the archive's copy is made unreadable between archived_hour and the bars step."""
+    from orderbook_assets.archive import pipeline
+
+    fill_buffer(env / "buffer.sqlite3", ["btcusdt"], BASE_HOUR_US + 5_000_000, 200)
+    real = pipeline.archived_copies
+
+    def archived_copies(conn, store, staging, hour_us):
+        for f in (env / "archive" / "depth_snapshot").rglob("*.parquet"):
+            f.write_bytes(b"not parquet")  # a download would now fail its hash check
+        return real(conn, store, staging, hour_us)
+
+    monkeypatch.setattr(pipeline, "archived_copies", archived_copies)
+    result = run_hour()
+    assert result.success
+    assert result.asset_materializations_for_node("top_of_book_1s")[0].metadata["rows"].value > 0
 
 
 def test_hour_archived_end_to_end_to_moto(env, monkeypatch):
