@@ -123,7 +123,7 @@ def _print_notes(info: views.ViewInfo, sql: str | None) -> None:
 def _announce_db(info: views.ViewInfo, db_file: str | None) -> None:
     if db_file:
         print(f"wrote the views to {db_file}" + (
-            "; other DuckDB clients must LOAD httpfs and CREATE SECRET for S3 themselves (README.md, 'For analysts')."
+            "; other DuckDB clients must LOAD httpfs and CREATE SECRET for S3 themselves (docs/analysts.md)."
             if info.archive.is_s3 else "."), file=sys.stderr)
 
 

@@ -1,7 +1,7 @@
 """The analysts' DuckDB views over the archive, and the not-yet-archived tail.
 
 Everything here works on a caller's ``duckdb`` connection; nothing is global.
-:func:`register_views` creates, with stable names (see DESIGN.md, "Contracts"):
+:func:`register_views` creates, with stable names (docs/analysts.md):
 
 ``depth_snapshot_archived``  the Parquet dataset ``<archive>/depth_snapshot/``
 ``depth_snapshot_tail``      buffer rows no archived part covers (only with a buffer)
@@ -15,7 +15,7 @@ Everything here works on a caller's ``duckdb`` connection; nothing is global.
 How S3 is reached: DuckDB's ``httpfs`` extension, loaded from the file the PyPI
 package ``duckdb-extension-httpfs`` ships (no download from DuckDB's extension
 repository), with a ``CREATE SECRET`` built from the boto3 credential chain,
-``AWS_REGION`` and ``AWS_ENDPOINT_URL_S3``. See README.md, "For analysts".
+``AWS_REGION`` and ``AWS_ENDPOINT_URL_S3``. See docs/analysts.md.
 
 The tail is read with Python's ``sqlite3`` (DuckDB's sqlite extension is not
 available offline), read-only, in one read transaction, and decoded into the

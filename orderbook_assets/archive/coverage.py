@@ -4,7 +4,7 @@ One Parquet object per depth part, beside it:
 ``coverage/date=YYYY-MM-DD/hour=HH/part-NNNN-<id_lo>-<id_hi>.parquet``. Two kinds of rows
 (column ``record``): ``session`` (one per connection session overlapping the hour) and
 ``gap`` (one per interval of more than 5 cadences without a message of a stream, found
-in the rows archived by the same run). Schema and usage: README.md, "Archive datasets".
+in the rows archived by the same run). Schema and usage: docs/datasets.md.
 
 Session counters (duplicates, quarantined, lost, close) are a snapshot taken when the
 part is exported, so unlike depth parts a coverage object is not a pure function of its

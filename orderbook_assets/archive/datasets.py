@@ -1,6 +1,6 @@
 """The archive's datasets: their Arrow schemas, written once.
 
-These are the columns DESIGN.md promises analysts (names and types are a contract).
+These are the columns docs/datasets.md promises analysts (names and types are a contract).
 The DuckDB types of the analysts' views and empty typed views are derived from here
 (:func:`duckdb_type`), never typed again.
 """

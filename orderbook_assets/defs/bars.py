@@ -47,7 +47,7 @@ def build_top_of_book_1s(partitions_def=None, deps=(bars.SOURCE,), group_name: s
         required_resource_keys={"archive", "buffer"},
         kinds={"parquet", "duckdb"},
         description="1-second top-of-book bars (mid first/min/max/last, last best bid/ask, mean spread, "
-                    "snapshot count) per symbol, one Parquet file per UTC hour. Schema: README.md, 'For analysts'.",
+                    "snapshot count) per symbol, one Parquet file per UTC hour. Schema: docs/analysts.md.",
     )
     def top_of_book_1s(context) -> dg.MaterializeResult:  # context: AssetExecutionContext
         window = context.partition_time_window

@@ -1,4 +1,4 @@
-"""Resources, configured from the environment at run time (DESIGN.md, "Contracts").
+"""Resources, configured from the environment at run time (docs/configuration.md).
 
 ``ORDERBOOK_BUFFER`` (default ``data/buffer.sqlite3``), ``ORDERBOOK_ARCHIVE_URL`` (default
 ``data/archive``) and ``ORDERBOOK_RETENTION_HOURS`` (default 24) are read when a run starts,

@@ -107,7 +107,7 @@ def test_kill_9_during_archive_then_rerun(env, moto, tmp_path, point):
 @pytest.mark.slow
 def test_kill_9_in_the_middle_of_cleanup_then_rerun(env, moto, tmp_path):
     rows = fill_buffer(tmp_path / "buffer.sqlite3", ["btcusdt"], BASE_HOUR_US, 2500)
-    assert run(env, cli=True).returncode == 0  # the contract command from DESIGN.md
+    assert run(env, cli=True).returncode == 0  # the contract command from docs/archive.md
     env = dict(env, ORDERBOOK_RETENTION_HOURS="0")
     crashed = run(env, job="cleanup_buffer", key=None, crash="cleanup_batch")
     assert crashed.returncode == -signal.SIGKILL

@@ -9,7 +9,7 @@ benchmarks and offline demos::
     async with Exchange(symbols=["btcusdt"], seed=1, rate=50) as ex:
         async with connect(ex.ws_url + "/stream?streams=btcusdt@depth20@100ms") as ws: ...
 
-Protocol (see docs/binance-api.md): ``/stream?streams=a/b`` (combined wrapper
+Binance's protocol: ``/stream?streams=a/b`` (combined wrapper
 ``{"stream":..,"data":..}``), ``/ws/<name>`` (bare payloads), bare ``/ws`` or ``/stream`` plus
 SUBSCRIBE / UNSUBSCRIBE / LIST_SUBSCRIPTIONS / SET_PROPERTY / GET_PROPERTY with Binance's
 nested error replies (codes 0-3). Streams: ``<sym>@depth5|10|20[@100ms]`` (partial depth)
