@@ -32,6 +32,7 @@ import sys
 import threading
 import zlib
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 
 from orderbook_collector.buffer.records import Item, from_spill, to_spill
@@ -42,6 +43,14 @@ log = logging.getLogger(__name__)
 _HEADER = struct.Struct("<II")
 #: v2: typed records (buffer.records.to_spill); v1 files held positional tagged tuples.
 _MAGIC_NAME = f"spill-format-v2-py{sys.version_info.major}{sys.version_info.minor}-m{marshal.version}"
+
+
+@dataclass(slots=True)
+class Segment:
+    """One spill file: its name and the bytes of whole records in it."""
+
+    name: str
+    size: int
 
 
 class Spill:
@@ -63,17 +72,17 @@ class Spill:
         self._lock = threading.Lock()
         self._check_format()
         # Segments in order; each entry is [name, bytes written (valid length)].
-        self._segments: list[list] = []
+        self._segments: list[Segment] = []
         for path in sorted(self.dir.glob("spill-*.bin")):
-            self._segments.append([path.name, _valid_length(path)])
-        self._seq = int(self._segments[-1][0][6:14]) + 1 if self._segments else 0
+            self._segments.append(Segment(path.name, _valid_length(path)))
+        self._seq = int(self._segments[-1].name[6:14]) + 1 if self._segments else 0
         self._wfd: int | None = None
         self._dirty = False
         self._memory: deque[bytes] = deque()
         self._memory_bytes = 0
         self.disk_error: OSError | None = None
         # Read position: (segment index name, offset) of the next record to read.
-        self._rname: str | None = self._segments[0][0] if self._segments else None
+        self._rname: str | None = self._segments[0].name if self._segments else None
         self._roffset = 0
         self.active = bool(self._segments)
         self._stop = threading.Event()
@@ -97,7 +106,7 @@ class Spill:
 
     def _write(self, record: bytes) -> bool:
         try:
-            if self._wfd is None or self._segments[-1][1] + len(record) > self.segment_bytes:
+            if self._wfd is None or self._segments[-1].size + len(record) > self.segment_bytes:
                 self._open_segment()
             os.write(self._wfd, record)
         except OSError as exc:
@@ -105,7 +114,7 @@ class Spill:
                 log.error("spill write failed (%s); holding spilled frames in memory", exc)
             self.disk_error = exc
             return False
-        self._segments[-1][1] += len(record)
+        self._segments[-1].size += len(record)
         self._dirty = True
         self.disk_error = None
         return True
@@ -118,7 +127,7 @@ class Spill:
         name = f"spill-{self._seq:08d}.bin"
         fd = os.open(self.dir / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self._seq += 1
-        self._segments.append([name, 0])
+        self._segments.append(Segment(name, 0))
         self._wfd = fd
         if self._rname is None:
             self._rname, self._roffset = name, 0
@@ -148,7 +157,7 @@ class Spill:
             items: list[tuple] = []
             while self._rname is not None and len(items) < max_items:
                 seg = self._find(self._rname)
-                if self._roffset >= seg[1]:
+                if self._roffset >= seg.size:
                     if seg is self._segments[-1]:
                         break
                     self._advance_segment()
@@ -167,14 +176,14 @@ class Spill:
     def finish_if_drained(self, committed: tuple[str, int] | None) -> bool:
         """After a commit: drop consumed segments; leave spill mode if nothing is left."""
         with self._lock:
-            while len(self._segments) > 1 and self._segments[0][0] != self._rname:
-                self._remove(self._segments.pop(0)[0])
+            while len(self._segments) > 1 and self._segments[0].name != self._rname:
+                self._remove(self._segments.pop(0).name)
             last = self._segments[-1] if self._segments else None
-            drained = not self._memory and (last is None or (self._rname == last[0] and self._roffset >= last[1]))
+            drained = not self._memory and (last is None or (self._rname == last.name and self._roffset >= last.size))
             if drained:
                 if last is not None:
                     self._close_writer()
-                    self._remove(last[0])
+                    self._remove(last.name)
                     self._segments.clear()
                     self._rname, self._roffset = None, 0
                 self.active = False
@@ -185,14 +194,14 @@ class Spill:
         """Bytes spilled and not yet replayed (files and memory)."""
         with self._lock:
             total = self._memory_bytes
-            for name, size in self._segments:
-                total += size - (self._roffset if name == self._rname else 0)
-                if name == self._rname:
+            for seg in self._segments:
+                total += seg.size - (self._roffset if seg.name == self._rname else 0)
+                if seg.name == self._rname:
                     break
             else:
                 return total
-            idx = next(i for i, s in enumerate(self._segments) if s[0] == self._rname)
-            return total + sum(s[1] for s in self._segments[idx + 1 :])
+            idx = next(i for i, s in enumerate(self._segments) if s.name == self._rname)
+            return total + sum(s.size for s in self._segments[idx + 1 :])
 
     def close(self) -> None:
         self._stop.set()
@@ -202,23 +211,23 @@ class Spill:
 
     # Internals ---------------------------------------------------------------------------
 
-    def _find(self, name: str) -> list:
+    def _find(self, name: str) -> Segment:
         for seg in self._segments:
-            if seg[0] == name:
+            if seg.name == name:
                 return seg
         raise KeyError(name)
 
     def _advance_segment(self) -> None:
-        names = [s[0] for s in self._segments]
+        names = [s.name for s in self._segments]
         i = names.index(self._rname)
         self._rname = names[i + 1] if i + 1 < len(names) else None
         self._roffset = 0
 
-    def _read_records(self, seg: list, max_items: int) -> list[tuple]:
+    def _read_records(self, seg: Segment, max_items: int) -> list[Item]:
         items = []
-        with open(self.dir / seg[0], "rb") as f:
+        with open(self.dir / seg.name, "rb") as f:
             f.seek(self._roffset)
-            chunk = f.read(min(seg[1] - self._roffset, 8 << 20))
+            chunk = f.read(min(seg.size - self._roffset, 8 << 20))
         pos = 0
         while pos + _HEADER.size <= len(chunk) and len(items) < max_items:
             length, crc = _HEADER.unpack_from(chunk, pos)
@@ -227,7 +236,7 @@ class Spill:
                 break
             data = chunk[pos + _HEADER.size : end]
             if zlib.crc32(data) != crc:
-                raise OSError(f"spill segment {seg[0]} is corrupt at offset {self._roffset + pos}")
+                raise OSError(f"spill segment {seg.name} is corrupt at offset {self._roffset + pos}")
             items.append(from_spill(marshal.loads(data)))
             pos = end
         self._roffset += pos
