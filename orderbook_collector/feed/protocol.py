@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from itertools import chain
 from typing import NamedTuple, Union
@@ -34,54 +33,29 @@ import orjson
 from orderbook_collector.buffer import levels as packed
 from orderbook_collector.buffer.records import DepthRecord, Quarantined
 from orderbook_collector.errors import ConfigError, FrameError
+from orderbook_collector.feed.streams import (  # noqa: F401  (re-exported: the feed's public face)
+    MAX_STREAMS_PER_CONNECTION,
+    Kind,
+    Market,
+    StreamSpec,
+    parse_symbol,
+    stream_kind,
+)
 
-#: Binance's limit on streams per connection (spot).
-MAX_STREAMS_PER_CONNECTION = 1024
 #: Frames larger than this are quarantined instead of parsed.
 DEFAULT_MAX_FRAME_BYTES = 1 << 20
 
-_SYMBOL_RE = re.compile(r"^[a-z0-9]{2,20}$")
-_PARTIAL_DEPTH_RE = re.compile(r"^depth(5|10|20)(@100ms)?$")
-#: Stream kinds the design admits next; named so configuration can say "not yet".
-_PLANNED_KINDS = re.compile(r"^(depth(@100ms)?|trade|aggTrade|bookTicker)$")
-
-
-@dataclass(frozen=True, slots=True)
-class StreamSpec:
-    """One subscribed stream, e.g. ``btcusdt@depth20@100ms``."""
-
-    symbol: str  # lower case, as in the stream name
-    kind: str  # e.g. "depth20@100ms"
-    levels: int  # levels per side the exchange sends
-    cadence_us: int  # nominal interval between messages
-
-    @property
-    def name(self) -> str:
-        return f"{self.symbol}@{self.kind}"
-
-    @property
-    def dataset(self) -> str:
-        return "depth_snapshot"
-
-
-def parse_symbol(symbol: str) -> str:
-    """Return the lower-case symbol or raise :class:`ConfigError`."""
-    s = symbol.strip().lower()
-    if not _SYMBOL_RE.match(s):
-        raise ConfigError(
-            "ORDERBOOK_SYMBOLS",
-            f"{symbol!r} is not a Binance symbol; use 2-20 letters and digits such as btcusdt.",
-        )
-    return s
+#: The kinds the collector records today (the rest are defined in .streams and come next).
+RECORDED_KINDS = {Kind.PARTIAL_DEPTH}
 
 
 def parse_kind(kind: str) -> tuple[int, int]:
-    """Return ``(levels, cadence_us)`` for a supported stream kind or raise :class:`ConfigError`."""
+    """Return ``(levels, cadence_us)`` of a spot stream kind the collector records, or raise :class:`ConfigError`."""
     k = kind.strip()
-    m = _PARTIAL_DEPTH_RE.match(k)
-    if m:
-        return int(m.group(1)), 100_000 if m.group(2) else 1_000_000
-    if _PLANNED_KINDS.match(k):
+    sk = stream_kind(k, Market.SPOT)
+    if sk is not None and sk.type in RECORDED_KINDS:
+        return sk.levels, sk.cadence_us
+    if sk is not None:
         raise ConfigError(
             "ORDERBOOK_STREAMS",
             f"stream kind {k!r} is not supported yet; use depth5, depth10 or depth20, "

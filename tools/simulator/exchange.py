@@ -65,7 +65,6 @@ import http
 import logging
 import math
 import random
-import re
 import signal
 import time
 import urllib.parse
@@ -81,7 +80,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
-from orderbook_collector.feed.protocol import MAX_STREAMS_PER_CONNECTION, StreamSpec
+from orderbook_collector.feed.streams import MAX_STREAMS_PER_CONNECTION, Kind, Market, StreamSpec, parse_stream_name
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +90,6 @@ OVERSIZE_BYTES = 3 << 19
 MALFORMED_KINDS = (
     "not_json", "binary", "wrong_types", "unknown_stream", "oversize", "error_reply", "missing_fields",
 )
-_STREAM_RE = re.compile(r"([a-z0-9]+)@depth(5|10|20)?(@100ms)?")
 _METHODS = ("SUBSCRIBE", "UNSUBSCRIBE", "LIST_SUBSCRIPTIONS", "SET_PROPERTY", "GET_PROPERTY")
 _PRESETS = {  # symbol -> (mid, tick, lot), all in 1e-8 units
     "btcusdt": (65_000 * E8, E8 // 100, 1_000),
@@ -119,15 +117,16 @@ def market_params(symbol: str) -> tuple[int, int, int]:
     return mid, tick, lot
 
 
-def parse_stream(name: str, symbols: Any) -> StreamSpec | None:
-    """The spec of a valid stream name on a listed symbol, else None (names are lower case).
+#: The kinds the simulator serves today.
+SERVED_KINDS = (Kind.PARTIAL_DEPTH, Kind.DIFF_DEPTH)
 
-    Diff depth (``depth`` / ``depth@100ms``) is served too, as a spec with ``levels == 0``.
-    """
-    m = _STREAM_RE.fullmatch(name) if isinstance(name, str) else None
-    if not m or m[1] not in symbols:
+
+def parse_stream(name: str, symbols: Any) -> StreamSpec | None:
+    """The spec of a served stream name on a listed symbol, else None (names are lower case)."""
+    spec = parse_stream_name(name, Market.SPOT)
+    if spec is None or spec.symbol not in symbols or spec.type not in SERVED_KINDS:
         return None
-    return StreamSpec(m[1], name.split("@", 1)[1], int(m[2] or 0), 100_000 if m[3] else 1_000_000)
+    return spec
 
 
 class _Side:

@@ -1,0 +1,126 @@
+"""Markets, stream kinds and subscribed streams: Binance's facts, as pure data.
+
+A stream is ``<symbol>@<kind>`` on a market. Every kind has its dataset (the buffer
+table and the archive folder it goes to) and, on USD-M futures, its route: since
+2026-04-23 ``wss://fstream.binance.com`` serves depth and bookTicker on ``/public`` and
+trade-class streams on ``/market`` (a market stream on ``/public`` delivers nothing).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum
+from typing import NamedTuple
+
+from orderbook_collector.errors import ConfigError
+
+
+class Market(str, Enum):
+    SPOT = "spot"
+    USDM = "usdm"
+
+
+class Kind(str, Enum):
+    """What a stream carries; the value is the dataset it is archived as."""
+
+    PARTIAL_DEPTH = "depth_snapshot"
+    DIFF_DEPTH = "depth_update"
+    TRADE = "trade"
+    AGG_TRADE = "agg_trade"
+    BOOK_TICKER = "book_ticker"
+
+    @property
+    def dataset(self) -> str:
+        return self.value
+
+
+#: Binance's limit on streams per connection (USD-M documents 200 today; older copies 1024).
+MAX_STREAMS = {Market.SPOT: 1024, Market.USDM: 200}
+#: The spot limit, the one the collector enforces while it records spot only.
+MAX_STREAMS_PER_CONNECTION = MAX_STREAMS[Market.SPOT]
+#: USD-M routes by kind: ``wss://fstream.binance.com/<route>/stream?streams=...``.
+USDM_ROUTE = {
+    Kind.PARTIAL_DEPTH: "public", Kind.DIFF_DEPTH: "public", Kind.BOOK_TICKER: "public",
+    Kind.TRADE: "market", Kind.AGG_TRADE: "market",
+}
+#: Event-driven streams (trades, bookTicker) have no nominal cadence.
+EVENT_DRIVEN = 0
+
+_SYMBOL_RE = re.compile(r"^[a-z0-9]{2,20}$")
+_DEPTH_RE = re.compile(r"^depth(5|10|20)?(?:@(\d+)ms)?$")
+#: Update speeds each market offers for depth streams (ms); the first is the default.
+_SPEEDS = {Market.SPOT: (1000, 100), Market.USDM: (250, 100, 500)}
+_EVENT_KINDS = {"trade": Kind.TRADE, "aggTrade": Kind.AGG_TRADE, "bookTicker": Kind.BOOK_TICKER}
+
+
+class StreamKind(NamedTuple):
+    type: Kind
+    levels: int  # levels per side of a partial-depth snapshot; 0 otherwise
+    cadence_us: int  # nominal interval between messages; EVENT_DRIVEN for trades and bookTicker
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSpec:
+    """One subscribed stream, e.g. ``btcusdt@depth20@100ms`` on spot."""
+
+    symbol: str  # lower case, as in the stream name
+    kind: str  # as subscribed, e.g. "depth20@100ms"
+    levels: int  # levels per side the exchange sends (partial depth), else 0
+    cadence_us: int  # nominal interval between messages, EVENT_DRIVEN for event streams
+    market: Market = Market.SPOT
+    type: Kind = Kind.PARTIAL_DEPTH
+
+    @property
+    def name(self) -> str:
+        return f"{self.symbol}@{self.kind}"
+
+    @property
+    def dataset(self) -> str:
+        return self.type.dataset
+
+    @property
+    def route(self) -> str | None:
+        """The USD-M path segment this stream must be subscribed on; None on spot."""
+        return USDM_ROUTE[self.type] if self.market is Market.USDM else None
+
+
+def parse_symbol(symbol: str, setting: str = "ORDERBOOK_SYMBOLS") -> str:
+    """Return the lower-case symbol or raise :class:`ConfigError`."""
+    s = symbol.strip().lower()
+    if not _SYMBOL_RE.match(s):
+        raise ConfigError(setting, f"{symbol!r} is not a Binance symbol; use 2-20 letters and digits such as btcusdt.")
+    return s
+
+
+def stream_kind(kind: str, market: Market = Market.SPOT) -> StreamKind | None:
+    """What ``kind`` (as in a stream name) is on ``market``, or None if the market has no such stream."""
+    k = kind.strip()
+    if k in _EVENT_KINDS:
+        return StreamKind(_EVENT_KINDS[k], 0, EVENT_DRIVEN)
+    m = _DEPTH_RE.match(k)
+    if not m:
+        return None
+    speeds = _SPEEDS[market]
+    ms = int(m.group(2)) if m.group(2) else speeds[0]
+    if ms not in speeds or (m.group(2) and int(m.group(2)) == speeds[0] and market is Market.SPOT):
+        return None  # spot names the 1000 ms default by leaving the speed out
+    if m.group(1):
+        return StreamKind(Kind.PARTIAL_DEPTH, int(m.group(1)), ms * 1000)
+    return StreamKind(Kind.DIFF_DEPTH, 0, ms * 1000)
+
+
+def spec(symbol: str, kind: str, market: Market = Market.SPOT) -> StreamSpec | None:
+    """The spec of ``<symbol>@<kind>`` on ``market``, or None if the market has no such stream."""
+    sk = stream_kind(kind, market)
+    if sk is None or not _SYMBOL_RE.match(symbol):
+        return None
+    return StreamSpec(symbol, kind.strip(), sk.levels, sk.cadence_us, market, sk.type)
+
+
+def parse_stream_name(name: str, market: Market = Market.SPOT) -> StreamSpec | None:
+    """The spec of a full stream name such as ``btcusdt@depth@100ms``, or None."""
+    if not isinstance(name, str) or "@" not in name:
+        return None
+    symbol, kind = name.split("@", 1)
+    return spec(symbol, kind, market)

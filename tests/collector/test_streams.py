@@ -1,0 +1,51 @@
+"""Stream kinds per market, their datasets and USD-M routes: Binance's facts as data."""
+
+from __future__ import annotations
+
+import pytest
+
+from orderbook_collector.feed.streams import EVENT_DRIVEN, Kind, Market, parse_stream_name, spec, stream_kind
+
+SPOT, USDM = Market.SPOT, Market.USDM
+
+
+@pytest.mark.parametrize("market, kind, want", [
+    (SPOT, "depth20", (Kind.PARTIAL_DEPTH, 20, 1_000_000)),
+    (SPOT, "depth5@100ms", (Kind.PARTIAL_DEPTH, 5, 100_000)),
+    (SPOT, "depth", (Kind.DIFF_DEPTH, 0, 1_000_000)),
+    (SPOT, "depth@100ms", (Kind.DIFF_DEPTH, 0, 100_000)),
+    (USDM, "depth10", (Kind.PARTIAL_DEPTH, 10, 250_000)),
+    (USDM, "depth20@500ms", (Kind.PARTIAL_DEPTH, 20, 500_000)),
+    (USDM, "depth@100ms", (Kind.DIFF_DEPTH, 0, 100_000)),
+    (USDM, "depth@250ms", (Kind.DIFF_DEPTH, 0, 250_000)),
+    (SPOT, "trade", (Kind.TRADE, 0, EVENT_DRIVEN)),
+    (USDM, "aggTrade", (Kind.AGG_TRADE, 0, EVENT_DRIVEN)),
+    (SPOT, "bookTicker", (Kind.BOOK_TICKER, 0, EVENT_DRIVEN)),
+])
+def test_kinds_each_market_offers(market, kind, want):
+    assert tuple(stream_kind(kind, market)) == want
+
+
+@pytest.mark.parametrize("market, kind", [
+    (SPOT, "depth20@250ms"), (SPOT, "depth@500ms"), (SPOT, "depth20@1000ms"), (USDM, "depth20@1000ms"),
+    (SPOT, "depth7"), (SPOT, "kline_1m"), (SPOT, "Trade"),
+])
+def test_kinds_a_market_does_not_offer(market, kind):
+    assert stream_kind(kind, market) is None
+
+
+def test_datasets_and_usdm_routes():
+    assert spec("btcusdt", "depth@100ms", USDM).dataset == "depth_update"
+    assert spec("btcusdt", "depth20", USDM).route == "public"
+    assert spec("btcusdt", "bookTicker", USDM).route == "public"
+    assert spec("btcusdt", "aggTrade", USDM).route == "market"
+    assert spec("btcusdt", "trade", USDM).route == "market"
+    assert spec("btcusdt", "trade", SPOT).route is None
+    assert {k.dataset for k in Kind} == {"depth_snapshot", "depth_update", "trade", "agg_trade", "book_ticker"}
+
+
+def test_full_names():
+    s = parse_stream_name("ethusdt@depth20@100ms")
+    assert (s.symbol, s.kind, s.levels, s.name) == ("ethusdt", "depth20@100ms", 20, "ethusdt@depth20@100ms")
+    assert parse_stream_name("ETHUSDT@trade") is None  # stream names are lower case
+    assert parse_stream_name("ethusdt") is None
