@@ -60,7 +60,10 @@ class Stop(NamedTuple):
 
 
 class DepthRecord(NamedTuple):
-    """A validated partial-depth snapshot, ready for the ``depth_snapshot`` table."""
+    """A validated partial-depth snapshot, ready for the ``depth_snapshot`` table.
+
+    Exchange times are ms as Binance sends them; the USD-M fields are None on spot.
+    """
 
     stream: str
     recv_us: int
@@ -70,11 +73,82 @@ class DepthRecord(NamedTuple):
     n_bids: int
     levels: bytes  # see buffer.levels
     wide_values: int  # values with more than 15 significant digits
+    event_time_ms: int | None = None
+    transaction_time_ms: int | None = None
+    first_update_id: int | None = None
+    prev_update_id: int | None = None
 
 
-Item = Union[Frame, DepthRecord, Quarantined, SessionOpen, SessionClose, Event, Stop]
+class DepthUpdateRecord(NamedTuple):
+    """A validated diff-depth event (``depth_update``): changed levels, qty 0 removes one."""
+
+    stream: str
+    recv_us: int
+    session_id: int
+    seq: int
+    event_time_ms: int
+    transaction_time_ms: int | None  # USD-M only
+    first_update_id: int  # U
+    last_update_id: int  # u
+    prev_update_id: int | None  # pu, USD-M only
+    n_bids: int
+    levels: bytes
+    wide_values: int
+
+
+class TradeRecord(NamedTuple):
+    stream: str
+    recv_us: int
+    session_id: int
+    seq: int
+    event_time_ms: int
+    trade_time_ms: int
+    trade_id: int
+    price: float
+    qty: float
+    is_buyer_maker: bool
+    wide_values: int
+
+
+class AggTradeRecord(NamedTuple):
+    stream: str
+    recv_us: int
+    session_id: int
+    seq: int
+    event_time_ms: int
+    trade_time_ms: int
+    agg_trade_id: int
+    first_trade_id: int
+    last_trade_id: int
+    price: float
+    qty: float
+    is_buyer_maker: bool
+    wide_values: int
+
+
+class BookTickerRecord(NamedTuple):
+    stream: str
+    recv_us: int
+    session_id: int
+    seq: int
+    update_id: int
+    best_bid: float
+    best_bid_qty: float
+    best_ask: float
+    best_ask_qty: float
+    event_time_ms: int | None  # USD-M only
+    transaction_time_ms: int | None  # USD-M only
+    wide_values: int
+
+
+#: A decoded market-data row, one type per dataset.
+Row = Union[DepthRecord, DepthUpdateRecord, TradeRecord, AggTradeRecord, BookTickerRecord]
+Item = Union[Frame, Row, Quarantined, SessionOpen, SessionClose, Event, Stop]
 #: The spill's type tags: append only, never reorder (spilled files name types by index).
-_SPILLED: tuple[type, ...] = (Frame, Quarantined, SessionOpen, SessionClose, Event, Stop, DepthRecord)
+_SPILLED: tuple[type, ...] = (
+    Frame, Quarantined, SessionOpen, SessionClose, Event, Stop, DepthRecord,
+    DepthUpdateRecord, TradeRecord, AggTradeRecord, BookTickerRecord,
+)
 _TAG = {t: i for i, t in enumerate(_SPILLED)}
 
 
