@@ -32,7 +32,11 @@ def main(argv: list[str] | None = None) -> int:
         collector.install_signal_handlers()
         await collector.run()
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    except ConfigError as exc:  # found once running: the buffer's lock, the metrics address
+        print(f"orderbook-collector: {exc}", file=sys.stderr)
+        return 2
     if collector.fatal:
         print(f"orderbook-collector: {collector.fatal}", file=sys.stderr)
         return 1
