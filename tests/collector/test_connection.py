@@ -90,6 +90,8 @@ def test_reconnects_after_clean_and_abrupt_disconnects_without_duplicates(tmp_pa
                 await until(lambda: c.metrics.duplicates >= 60, what="second replay dropped")
                 n = c.metrics.messages
                 await until(lambda: c.metrics.messages > n + 20, what="data flowing again")
+                # Two connections lost, two opened again; no attempt failed on the way.
+                assert (c.metrics.reconnects, c.metrics.connect_failures) == (2, 0)
 
     asyncio.run(main())
     sessions = query(buffer, "SELECT close_reason, duplicates FROM sessions ORDER BY session_id")
