@@ -46,10 +46,12 @@ def test_a_lock_left_by_a_killed_collector_never_blocks_the_restart(tmp_path):
     buffer = tmp_path / "buffer.sqlite3"
     with SimulatorProcess("--symbols", "btcusdt", "--rate", "50") as sim:
         victim = start_collector(buffer, sim.ws_url, symbols="btcusdt")
-        wait_for(lambda: stored_count(buffer) > 10, what="the collector storing rows")
-        assert f"PID {victim.pid}" in (tmp_path / "buffer.sqlite3.lock").read_text()
-        os.kill(victim.pid, signal.SIGKILL)
-        victim.wait()
+        try:
+            wait_for(lambda: stored_count(buffer) > 10, what="the collector storing rows")
+            assert f"PID {victim.pid}" in (tmp_path / "buffer.sqlite3.lock").read_text()
+        finally:
+            os.kill(victim.pid, signal.SIGKILL)
+            victim.wait()
 
         again = start_collector(buffer, sim.ws_url, symbols="btcusdt")
         try:
