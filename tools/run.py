@@ -182,9 +182,17 @@ def main(argv: list[str] | None = None) -> int:
     # dagster dev stops its webserver and daemon on SIGINT (its Ctrl-C path) only. It runs in
     # DAGSTER_HOME: started beside the repository's dagster.yaml it warns that the file is not
     # used, which is true but moot, as the copy in DAGSTER_HOME is the same file.
-    children.append(("dagster dev", _spawn(dagster, env, death_signal=signal.SIGINT, cwd=env["DAGSTER_HOME"])))
+    children.append(("dagster dev", _spawn(dagster, _quiet_dagster(env), death_signal=signal.SIGINT,
+                                           cwd=env["DAGSTER_HOME"])))
     _say(f"Dagster UI on http://127.0.0.1:{dagster_port} — Ctrl-C stops everything")
     return _supervise(children, requested)
+
+
+def _quiet_dagster(env: dict[str, str]) -> dict[str, str]:
+    """dagster dev's own FutureWarning that ``dagster dev`` is superseded by ``dg dev`` (a CLI
+    this project does not install) says nothing a user of ``make run`` can act on."""
+    quiet = "ignore:Function `dev_command` is superseded:FutureWarning"
+    return dict(env, PYTHONWARNINGS=",".join(filter(None, [env.get("PYTHONWARNINGS"), quiet])))
 
 
 def _supervise(children: list[tuple[str, subprocess.Popen]], requested: list[int]) -> int:

@@ -4,7 +4,8 @@ Pure core: :func:`bars_1s` turns snapshots (an Arrow table in the ``depth_snapsh
 schema, or Parquet paths) into bars; :func:`plot_png` and :func:`plot_markdown` draw
 what the Dagster UI shows. The shell: :func:`materialize_hour` reads one archived
 hour, writes ``<archive>/top_of_book_1s/date=YYYY-MM-DD/hour=HH/bars.parquet``, and
-the asset :data:`top_of_book_1s` (built by :func:`build_top_of_book_1s`) calls it.
+the asset :data:`top_of_book_1s` (built by :func:`build_top_of_book_1s`) calls it; an
+hour with no archived snapshots gets no file.
 
 One bar per symbol and second that has at least one snapshot with both sides
 (seconds without a snapshot have no row). Deterministic: rows ordered by
@@ -197,22 +198,22 @@ def bars_key(hour_us: int) -> str:
 
 def materialize_hour(
     archive_url: str, hour_us: int, s3: views.S3Settings | None = None, store: ArchiveStore | None = None
-) -> tuple[pa.Table, str]:
+) -> tuple[pa.Table, str | None]:
     """Read the hour's ``depth_snapshot`` files, write its bars; returns (bars, URL written).
 
-    An hour without archived files gives an empty bars file, so the partition is
-    complete and readers see "no data" rather than "not computed". ``store`` is where
-    the bars go (the pipeline's archive store); by default one is opened for the URL.
+    An hour without archived files writes nothing (URL None): a derived file must not
+    claim an hour that holds no data, and readers already see "no rows" for it.
+    ``store`` is where the bars go (the pipeline's archive store); by default one is
+    opened for the URL.
     """
     archive = views.Archive.parse(archive_url)
     con = _duck(archive, s3)
     try:
         pattern = archive.hour_glob(SOURCE, hour_us)
-        if views.count_files(con, pattern):
-            con.execute(f"CREATE VIEW src AS SELECT * FROM read_parquet({views._lit(pattern)})")
-            bars = con.execute(BARS_SQL).to_arrow_table().cast(BARS_SCHEMA)
-        else:
-            bars = BARS_SCHEMA.empty_table()
+        if not views.count_files(con, pattern):
+            return BARS_SCHEMA.empty_table(), None
+        con.execute(f"CREATE VIEW src AS SELECT * FROM read_parquet({views._lit(pattern)})")
+        bars = con.execute(BARS_SQL).to_arrow_table().cast(BARS_SCHEMA)
     finally:
         con.close()
     write_parquet(bars, store or _open_store(archive, s3), bars_key(hour_us))
@@ -299,7 +300,7 @@ def build_top_of_book_1s(partitions_def=None, deps=(SOURCE,), group_name: str | 
         return dg.MaterializeResult(metadata={
             "rows": dg.MetadataValue.int(bars.num_rows),
             "symbols": dg.MetadataValue.text(", ".join(symbols) or "none"),
-            "path": dg.MetadataValue.path(url),
+            "path": dg.MetadataValue.path(url) if url else dg.MetadataValue.text("nothing written: no snapshots archived"),
             "hour": dg.MetadataValue.text(datetime.fromtimestamp(hour_us / 1e6, timezone.utc).isoformat()),
             "mid_and_spread": dg.MetadataValue.md(plot_metadata_markdown(bars) if bars.num_rows
                                                   else "_No snapshots archived for this hour._"),

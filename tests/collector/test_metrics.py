@@ -125,3 +125,23 @@ def test_a_taken_metrics_port_is_one_sentence_and_exit_2(tmp_path):
             assert proc.returncode == 2, proc.stderr
             lines = proc.stderr.strip().splitlines()
             assert len(lines) == 1 and lines[0].startswith(f"orderbook-collector: {setting}: "), proc.stderr
+
+
+def test_a_host_that_does_not_resolve_is_named_with_what_to_do(tmp_path):
+    """``make run`` without Binance: the log names the host and suggests ``make demo``."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orderbook_collector"],
+        env=child_env(ORDERBOOK_WS_URL="wss://stream.binance.invalid:9443", ORDERBOOK_METRICS_PORT="-1",
+                      ORDERBOOK_BUFFER=str(tmp_path / "b.sqlite3")),
+        stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        line = proc.stderr.readline()
+        deadline = time.monotonic() + 30
+        while "cannot connect" not in line and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+    assert "WARNING" in line and "stream.binance.invalid:9443" in line, line
+    assert "does not resolve" in line and "make demo" in line, line

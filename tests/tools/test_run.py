@@ -66,6 +66,8 @@ def test_run_starts_everything_and_ctrl_c_stops_everything(tmp_path):
     assert "Dagster UI on" in out
     # Started next to the repository's dagster.yaml, dagster dev used to say the file "will not be used".
     assert "will not be used" not in out
+    # Warnings that are ours to quiet: Dagster's preview and "dg dev supersedes dagster dev".
+    assert "PreviewWarning" not in out and "superseded" not in out
     # Nothing is left running: the collector closed its session, dagster dev its services.
     assert query(buffer, "SELECT close_reason FROM sessions")[-1][0] == "collector stopped"
     left = subprocess.run(["pgrep", "-f", f"-p {port}"], capture_output=True, text=True).stdout.split()
