@@ -72,8 +72,8 @@ def _spawn(cmd: list[str], env: dict[str, str], death_signal: int = signal.SIGTE
     return subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=_child_setup(death_signal), **kw)
 
 
-def check_port(host: str, port: int, setting: str) -> None:
-    """Raise PortTaken (one sentence naming ``setting``) unless ``host:port`` can be bound now."""
+def check_port(host: str, port: int, setting: str, host_setting: str | None = None) -> None:
+    """Raise PortTaken (one sentence naming the setting at fault) unless ``host:port`` can be bound now."""
     if port == 0:
         return
     if not 0 < port < 65536:
@@ -82,6 +82,9 @@ def check_port(host: str, port: int, setting: str) -> None:
         try:
             s.bind((host, port))
         except OSError as exc:
+            if host_setting and (isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL):
+                raise PortTaken(f"{host_setting}: {host} is not an address of this machine "
+                                f"({exc.strerror or exc}); use one such as 127.0.0.1.") from None
             why = "is already in use" if exc.errno == errno.EADDRINUSE else f"cannot be used ({exc.strerror or exc})"
             raise PortTaken(
                 f"{setting}: port {port} on {host} {why}; stop what holds it or set {setting} to a free port."
@@ -146,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         metrics_port = _int_env("ORDERBOOK_METRICS_PORT", 9108)
         check_port("127.0.0.1", dagster_port, "DAGSTER_PORT")
         if metrics_port > 0:
-            check_port(env.get("ORDERBOOK_METRICS_HOST") or "127.0.0.1", metrics_port, "ORDERBOOK_METRICS_PORT")
+            check_port(env.get("ORDERBOOK_METRICS_HOST") or "127.0.0.1", metrics_port, "ORDERBOOK_METRICS_PORT",
+                       "ORDERBOOK_METRICS_HOST")
         if args.simulator:
             check_port("127.0.0.1", sim_port, "ORDERBOOK_SIMULATOR_PORT")
     except PortTaken as exc:

@@ -131,3 +131,12 @@ def test_a_taken_port_is_one_sentence_exit_2_and_starts_nothing(tmp_path, settin
     lines = (result.stdout + result.stderr).strip().splitlines()
     assert len(lines) == 1 and f"{setting}: port {taken}" in lines[0] and "in use" in lines[0], lines
     assert not (cwd / "data").exists()  # nothing started, nothing recorded
+
+
+def test_a_metrics_host_that_is_not_ours_is_one_sentence_naming_it(tmp_path):
+    cwd = demo_folder(tmp_path)
+    result = subprocess.run([sys.executable, "-m", "tools.run"], cwd=cwd, capture_output=True, text=True, timeout=60,
+                            env=child_env(DAGSTER_PORT="0", ORDERBOOK_METRICS_HOST="no-such-host.invalid"))
+    assert result.returncode == 2
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("make run: ORDERBOOK_METRICS_HOST: "), lines
