@@ -74,32 +74,43 @@ class Session:
 class Collector:
     """Runs connection groups until :meth:`stop`; owns the writer thread.
 
+    Holds the buffer's single-instance lock from construction until :meth:`run` returns.
+
     Args:
         settings: validated settings.
         metrics: where counters go (a fresh one by default).
         writer_options: extra keyword arguments for :class:`~.writer.Writer` (tests).
+
+    Raises:
+        BufferInUse: another collector holds the buffer (the message names its PID and host).
     """
 
     def __init__(self, settings: Settings, metrics: Metrics | None = None, **writer_options) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.metrics.add_streams(s.name for s in settings.stream_specs())
-        self.writer = Writer(
-            settings.buffer,
-            settings.stream_specs(),
-            metrics=self.metrics,
-            synchronous=settings.synchronous,
-            queue_size=settings.queue_size,
-            max_batch=settings.max_batch,
-            commit_interval=settings.commit_interval,
-            **writer_options,
-        )
+        # Before the writer: opening the spill folder truncates torn segment tails, which
+        # would cut into the segment another live collector is writing.
+        self.lock = BufferLock.acquire(settings.buffer)
+        try:
+            self.writer = Writer(
+                settings.buffer,
+                settings.stream_specs(),
+                metrics=self.metrics,
+                synchronous=settings.synchronous,
+                queue_size=settings.queue_size,
+                max_batch=settings.max_batch,
+                commit_interval=settings.commit_interval,
+                **writer_options,
+            )
+        except BaseException:
+            self.lock.release()
+            raise
         self._stopping = asyncio.Event()
         self._last_session_id = 0
         self._open_sessions: set[Session] = set()
         self.metrics_server: asyncio.Server | None = None
         self.fatal: str | None = None
-        self.lock: BufferLock | None = None
 
     # Public ---------------------------------------------------------------------------
 
@@ -109,8 +120,8 @@ class Collector:
         # interval the loop could wait that long for every hand-back, twice per
         # scheduling round. 1 ms keeps receive stamps and pongs prompt.
         sys.setswitchinterval(0.001)
-        self._prepare_buffer()
         try:
+            self._prepare_buffer()
             await self._run_locked()
         finally:
             self.lock.release()
@@ -166,22 +177,17 @@ class Collector:
     def _prepare_buffer(self) -> None:
         """Close sessions a crash left open, before the writer thread takes the connection.
 
-        Raises:
-            BufferInUse: another collector holds the buffer; its sessions are live, not orphans.
+        Only with the buffer's lock held (taken in ``__init__``): another live collector's
+        sessions are live, not orphans.
         """
-        self.lock = BufferLock.acquire(self.settings.buffer)
+        conn = buffer.connect(self.settings.buffer, synchronous=self.settings.synchronous)
         try:
-            conn = buffer.connect(self.settings.buffer, synchronous=self.settings.synchronous)
-            try:
-                n = buffer.close_orphan_sessions(conn)
-                if n:
-                    log.warning("closed %d session(s) left open by a previous crash", n)
-                self._last_session_id = buffer.next_session_id(conn, 0) - 1
-            finally:
-                conn.close()
-        except BaseException:
-            self.lock.release()
-            raise
+            n = buffer.close_orphan_sessions(conn)
+            if n:
+                log.warning("closed %d session(s) left open by a previous crash", n)
+            self._last_session_id = buffer.next_session_id(conn, 0) - 1
+        finally:
+            conn.close()
 
     # Connection groups ----------------------------------------------------------------------
 

@@ -64,3 +64,20 @@ def test_a_lock_left_by_a_killed_collector_never_blocks_the_restart(tmp_path):
         finally:
             again.send_signal(signal.SIGTERM)
             assert again.wait(30) == 0
+
+
+def test_a_refused_collector_leaves_the_spill_of_the_live_one_untouched(tmp_path):
+    """The lock comes before the spill folder is opened, which cuts what looks like a torn tail:
+    a segment the live collector is in the middle of writing looks exactly like one."""
+    from orderbook_collector.buffer.lock import BufferLock
+
+    buffer = tmp_path / "buffer.sqlite3"
+    with BufferLock.acquire(buffer):  # the live collector (here: this test) holds the buffer
+        spill = tmp_path / "buffer.sqlite3.spill"
+        spill.mkdir()
+        segment = spill / "spill-00000000.bin"
+        segment.write_bytes(b"\x00\x00\x10\x00half a record being written")
+        second = start_collector(buffer, "ws://127.0.0.1:9")
+        _out, err = second.communicate(timeout=60)
+        assert second.returncode == 2, err
+        assert segment.read_bytes() == b"\x00\x00\x10\x00half a record being written"
