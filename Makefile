@@ -18,14 +18,15 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	@touch $(STAMP)
 
+# Ports: DAGSTER_PORT (UI, 3000), ORDERBOOK_METRICS_PORT (9108), e.g. `make run DAGSTER_PORT=3001`.
 run: venv
 	@mkdir -p $(DAGSTER_HOME) data
 	$(BIN)/python -m tools.run
 
-# The same, recording from the local simulated exchange instead of Binance.
+# The same, recording from the local simulated exchange instead of Binance, into data/demo/
+# (its own buffer, archive and Dagster instance). ORDERBOOK_SIMULATOR_PORT (9443) too.
 demo: venv
-	@mkdir -p $(DAGSTER_HOME) data
-	$(BIN)/python -m tools.run --simulator
+	DAGSTER_HOME=$(CURDIR)/data/demo/dagster_home $(BIN)/python -m tools.run --simulator
 
 # Chromium (Debian package) is what the real-browser test drives; without it that one test skips.
 test: venv
@@ -37,7 +38,7 @@ test-fast: venv
 	$(BIN)/python -m pytest -q -m "not slow and not browser"
 
 simulator: venv
-	$(BIN)/python -m tools.simulator --port 9443
+	$(BIN)/python -m tools.simulator --port $${ORDERBOOK_SIMULATOR_PORT:-9443}
 
 # The whole system under faults, checked by a never-killed oracle (RELIABILITY.md).
 # A 45 s version runs in `make test`; this is the long one: make chaos DURATION=600

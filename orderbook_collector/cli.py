@@ -26,13 +26,17 @@ def main(argv: list[str] | None = None) -> int:
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    collector = Collector(settings)
 
     async def run() -> None:
         collector.install_signal_handlers()
         await collector.run()
 
-    asyncio.run(run())
+    try:
+        collector = Collector(settings)  # takes the buffer's lock
+        asyncio.run(run())
+    except ConfigError as exc:  # the buffer's lock, the metrics address
+        print(f"orderbook-collector: {exc}", file=sys.stderr)
+        return 2
     if collector.fatal:
         print(f"orderbook-collector: {collector.fatal}", file=sys.stderr)
         return 1

@@ -1,22 +1,52 @@
-"""Prometheus text metrics, served on a local port.
+"""Prometheus metrics, served on a local port by ``prometheus_client``.
 
 Counters and gauges are plain attributes updated from the event loop and the
 writer thread; reads of ints are atomic under the GIL and a scrape that sees a
-value one batch old is fine. The HTTP endpoint is a tiny asyncio server so it
-needs no extra dependency and never blocks the loop.
+value one batch old is fine. Plain attributes keep the per-frame cost at one
+integer add; :class:`Exposition` turns them into metric families at scrape time
+(``prometheus_client`` writes the text format), next to the process metrics.
+
+Every labelled family has all its series from the start, so an alert such as
+"last message age > 30 s" also fires for a stream that never delivered anything:
+``orderbook_last_message_age_seconds`` counts from the collector's start until a
+stream's first frame. The archive's progress is read from the buffer's export ledger
+(read-only), so one scrape target tells whether the archive keeps up.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections import defaultdict
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 log = logging.getLogger(__name__)
 
-# Commit latency buckets in seconds.
+# Commit latency and event-loop lag buckets in seconds.
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+HOUR_S = 3600
+
+#: Quarantine reasons by class; the label takes only these values (see :func:`quarantine_class`).
+QUARANTINE_CLASSES = ("not_json", "binary", "oversize", "error_reply", "unknown_stream", "invalid", "unexpected")
+#: Write failure kinds (``writer.thread.classify_sqlite_error``).
+WRITER_ERROR_KINDS = ("locked", "disk_full", "io", "other")
+
+
+def quarantine_class(reason: str) -> str:
+    """The metric label of a quarantine reason: one of :data:`QUARANTINE_CLASSES`."""
+    text = reason.lower()
+    for prefix, cls in (("not json", "not_json"), ("not a json", "not_json"), ("binary", "binary"),
+                        ("oversize", "oversize"), ("error reply", "error_reply"),
+                        ("unknown stream", "unknown_stream"), ("unexpected", "unexpected")):
+        if text.startswith(prefix):
+            return cls
+    return "invalid"
 
 
 class Histogram:
@@ -33,105 +63,178 @@ class Histogram:
         self.sum += value
         self.count += 1
 
-    def lines(self, name: str) -> list[str]:
+    def buckets(self) -> list[tuple[str, int]]:
         out, acc = [], 0
         for bound, n in zip(_BUCKETS, self.counts):
             acc += n
-            out.append(f'{name}_bucket{{le="{bound}"}} {acc}')
-        out.append(f'{name}_bucket{{le="+Inf"}} {self.count}')
-        out.append(f"{name}_sum {self.sum:.6f}")
-        out.append(f"{name}_count {self.count}")
+            out.append((str(bound), acc))
+        out.append(("+Inf", self.count))
         return out
 
 
 class Metrics:
-    """Everything the collector exposes. Names are part of the interface."""
+    """Everything the collector exposes. Names are part of the interface.
 
-    def __init__(self) -> None:
+    Args:
+        streams: the stream names recorded; each gets its age series at once.
+    """
+
+    def __init__(self, streams: list[str] = ()) -> None:
+        self.started_us = time.time_ns() // 1000
         self.messages = 0  # stored in the buffer
         self.frames = 0  # received
         self.duplicates = 0
-        self.quarantined: dict[str, int] = defaultdict(int)  # by reason class
-        self.reconnects = 0
+        self.quarantined: dict[str, int] = {c: 0 for c in QUARANTINE_CLASSES}
+        self.reconnects = 0  # connections opened again after one was lost
+        self.connect_failures = 0  # attempts to connect that failed
         self.rotations = 0
+        self.duplicate_sessions = 0  # sessions that dropped nearly everything as duplicates
         self.lost = 0  # refused with disk and memory full: never acknowledged
         self.wide_values = 0  # values with more than 15 significant digits
         self.queue_depth = 0
         self.queue_capacity = 1
         self.spill_bytes = 0
         self.spilled_items = 0
-        self.writer_errors: dict[str, int] = defaultdict(int)
+        self.writer_errors: dict[str, int] = defaultdict(int, {k: 0 for k in WRITER_ERROR_KINDS})
         self.writer_degraded = 0  # 1 while writes fail (disk full, locked)
         self.loop_lag = Histogram()
         self.loop_lag_samples: list[float] | None = None  # set to a list to keep raw samples (benchmarks)
         self.commit_latency = Histogram()
         self.last_message_us: dict[str, int] = {}
         self.connected = 0
+        self.add_streams(streams)
 
-    def render(self) -> str:
+    def add_streams(self, streams) -> None:
+        """Give each stream its age series now: until its first frame it ages from the start."""
+        for name in streams:
+            self.last_message_us.setdefault(name, self.started_us)
+
+
+class Exposition:
+    """A ``prometheus_client`` collector reading :class:`Metrics` (and the buffer) at scrape time.
+
+    Args:
+        metrics: the collector's counters.
+        buffer: the SQLite buffer, opened read-only per scrape for the archive's progress.
+    """
+
+    def __init__(self, metrics: Metrics, buffer: str | Path | None = None) -> None:
+        self.metrics = metrics
+        self.buffer = Path(buffer) if buffer is not None else None
+
+    def registry(self) -> CollectorRegistry:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(self)
+        ProcessCollector(registry=registry)
+        return registry
+
+    def collect(self):
+        m = self.metrics
         now_us = time.time_ns() // 1000
-        lines = [
-            "# HELP orderbook_messages_total Messages committed to the buffer.",
-            "# TYPE orderbook_messages_total counter",
-            f"orderbook_messages_total {self.messages}",
-            "# TYPE orderbook_frames_received_total counter",
-            f"orderbook_frames_received_total {self.frames}",
-            "# HELP orderbook_duplicates_total Messages dropped by the dedup key.",
-            "# TYPE orderbook_duplicates_total counter",
-            f"orderbook_duplicates_total {self.duplicates}",
-            "# HELP orderbook_quarantined_total Frames quarantined, by reason.",
-            "# TYPE orderbook_quarantined_total counter",
-        ]
-        lines += [f'orderbook_quarantined_total{{reason="{r}"}} {n}' for r, n in sorted(self.quarantined.items())]
-        lines += [
-            "# TYPE orderbook_reconnects_total counter",
-            f"orderbook_reconnects_total {self.reconnects}",
-            "# TYPE orderbook_rotations_total counter",
-            f"orderbook_rotations_total {self.rotations}",
-            "# HELP orderbook_lost_total Frames refused while disk and memory were full (never acknowledged).",
-            "# TYPE orderbook_lost_total counter",
-            f"orderbook_lost_total {self.lost}",
-            "# TYPE orderbook_wide_values_total counter",
-            f"orderbook_wide_values_total {self.wide_values}",
-            "# TYPE orderbook_queue_depth gauge",
-            f"orderbook_queue_depth {self.queue_depth}",
-            "# TYPE orderbook_queue_utilization gauge",
-            f"orderbook_queue_utilization {self.queue_depth / max(self.queue_capacity, 1):.4f}",
-            "# TYPE orderbook_spill_bytes gauge",
-            f"orderbook_spill_bytes {self.spill_bytes}",
-            "# TYPE orderbook_spilled_items_total counter",
-            f"orderbook_spilled_items_total {self.spilled_items}",
-            "# TYPE orderbook_writer_degraded gauge",
-            f"orderbook_writer_degraded {self.writer_degraded}",
-            "# TYPE orderbook_writer_errors_total counter",
-        ]
-        lines += [f'orderbook_writer_errors_total{{kind="{k}"}} {n}' for k, n in sorted(self.writer_errors.items())]
-        lines += ["# TYPE orderbook_commit_latency_seconds histogram"]
-        lines += self.commit_latency.lines("orderbook_commit_latency_seconds")
-        lines += ["# TYPE orderbook_event_loop_lag_seconds histogram"]
-        lines += self.loop_lag.lines("orderbook_event_loop_lag_seconds")
-        lines += [
-            "# TYPE orderbook_connected gauge",
-            f"orderbook_connected {self.connected}",
-            "# HELP orderbook_last_message_age_seconds Time since the last frame of each stream.",
-            "# TYPE orderbook_last_message_age_seconds gauge",
-        ]
-        lines += [
-            f'orderbook_last_message_age_seconds{{stream="{s}"}} {(now_us - t) / 1e6:.3f}'
-            for s, t in sorted(self.last_message_us.items())
-        ]
-        return "\n".join(lines) + "\n"
+
+        def counter(name: str, doc: str, value: float):
+            c = CounterMetricFamily(name, doc)
+            c.add_metric([], value)
+            return c
+
+        def gauge(name: str, doc: str, value: float):
+            return GaugeMetricFamily(name, doc, value=value)
+
+        yield counter("orderbook_messages", "Messages committed to the buffer.", m.messages)
+        yield counter("orderbook_frames_received", "WebSocket frames received.", m.frames)
+        yield counter("orderbook_duplicates", "Messages dropped by the dedup key.", m.duplicates)
+        q = CounterMetricFamily("orderbook_quarantined", "Frames quarantined, by reason class.", labels=["reason"])
+        for reason, n in sorted(m.quarantined.items()):
+            q.add_metric([reason], n)
+        yield q
+        yield counter("orderbook_reconnects", "Connections opened again after a connection was lost.", m.reconnects)
+        yield counter("orderbook_connect_failures", "Connection attempts that failed (each is retried with backoff).",
+                      m.connect_failures)
+        yield counter("orderbook_rotations", "Make-before-break rotations (24 h cut, serverShutdown).", m.rotations)
+        yield counter("orderbook_duplicate_sessions",
+                      "Sessions that dropped nearly all their messages as duplicates (a feed replaying old ids).",
+                      m.duplicate_sessions)
+        yield counter("orderbook_lost", "Frames refused while disk and memory were full (never acknowledged).", m.lost)
+        yield counter("orderbook_wide_values", "Prices or quantities with more than 15 significant digits.", m.wide_values)
+        yield gauge("orderbook_queue_depth", "Items waiting for the writer thread.", m.queue_depth)
+        yield gauge("orderbook_queue_utilization", "Queue depth over capacity.", m.queue_depth / max(m.queue_capacity, 1))
+        yield gauge("orderbook_spill_bytes", "Bytes spilled to disk and not yet replayed.", m.spill_bytes)
+        yield counter("orderbook_spilled_items", "Items that went through the spill files.", m.spilled_items)
+        yield gauge("orderbook_writer_degraded", "1 while buffer writes fail (disk full, locked).", m.writer_degraded)
+        e = CounterMetricFamily("orderbook_writer_errors", "Failed buffer commits, by kind.", labels=["kind"])
+        for kind, n in sorted(m.writer_errors.items()):
+            e.add_metric([kind], n)
+        yield e
+        yield _histogram("orderbook_commit_latency_seconds", "Time to commit one batch.", m.commit_latency)
+        yield _histogram("orderbook_event_loop_lag_seconds", "Event-loop scheduling delay.", m.loop_lag)
+        yield gauge("orderbook_connected", "Open WebSocket connections.", m.connected)
+        age = GaugeMetricFamily("orderbook_last_message_age_seconds",
+                                "Time since the last frame of each stream (since start until its first one).",
+                                labels=["stream"])
+        for stream, t in sorted(m.last_message_us.items()):
+            age.add_metric([stream], round((now_us - t) / 1e6, 3))
+        yield age
+        yield from self._archive(now_us)
+
+    def _archive(self, now_us: int):
+        newest, oldest_waiting = _archive_progress(self.buffer) if self.buffer else (None, None)
+        yield GaugeMetricFamily(
+            "orderbook_archive_newest_hour_timestamp_seconds",
+            "Start of the newest hour with an archived part (0 before the first).",
+            value=(newest or 0) / 1e6,
+        )
+        # Behind = the end of the newest archived hour; before any, the oldest buffered hour's end.
+        since = newest if newest is not None else oldest_waiting
+        lag = 0.0 if since is None else max(now_us / 1e6 - (since / 1e6 + HOUR_S), 0.0)
+        yield GaugeMetricFamily(
+            "orderbook_archive_lag_seconds",
+            "Seconds since the end of the newest archived hour (or of the oldest buffered hour before any).",
+            value=round(lag, 3),
+        )
 
 
-async def serve(metrics: Metrics, host: str, port: int) -> asyncio.Server:
-    """Serve ``GET /metrics`` (any path, really) as Prometheus text."""
+def _histogram(name: str, doc: str, h: Histogram) -> HistogramMetricFamily:
+    return HistogramMetricFamily(name, doc, buckets=h.buckets(), sum_value=h.sum)
+
+
+def _archive_progress(path: Path) -> tuple[int | None, int | None]:
+    """(newest archived hour, oldest buffered hour) in µs, read-only; (None, None) if unreadable."""
+    if not path.exists():
+        return None, None
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=0.5)
+        try:
+            newest = conn.execute("SELECT max(hour_us) FROM export_parts WHERE state = 'archived'").fetchone()[0]
+            oldest = conn.execute("SELECT min(hour_us) FROM buffer_hours").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:  # a scrape must never fail because the archive side is busy
+        log.debug("archive progress unavailable: %s", exc)
+        return None, None
+    return newest, oldest
+
+
+def render(metrics: Metrics, buffer: str | Path | None = None) -> bytes:
+    """The Prometheus text exposition of everything (process metrics included)."""
+    return generate_latest(Exposition(metrics, buffer).registry())
+
+
+async def serve(metrics: Metrics, host: str, port: int, buffer: str | Path | None = None) -> asyncio.Server:
+    """Serve ``GET /metrics`` (any path, really) as Prometheus text.
+
+    Raises:
+        OSError: the address cannot be bound (taken port, unknown host).
+    """
+    registry = Exposition(metrics, buffer).registry()
+    loop = asyncio.get_running_loop()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
-            body = metrics.render().encode()
+            # Off the loop: the scrape reads /proc and the buffer.
+            body = await loop.run_in_executor(None, generate_latest, registry)
             writer.write(
-                b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
+                f"HTTP/1.1 200 OK\r\nContent-Type: {CONTENT_TYPE_LATEST}\r\n".encode()
                 + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
                 + body
             )

@@ -1,37 +1,94 @@
 """``make run``: the collector and ``dagster dev`` together, stopped together.
 
-Both run as child processes in their own process groups. Ctrl-C or SIGTERM is
-passed on: SIGTERM to the collector (it drains its queue and closes its session),
-SIGINT to dagster dev (it stops its daemon and webserver), and we wait for both.
-If either child dies on its own, the other is stopped too, so nothing keeps
-running half-configured.
+Both run as child processes in their own process groups. Ctrl-C, SIGTERM or a
+closed terminal (SIGHUP) is passed on: SIGTERM to the collector (it drains its
+queue and closes its session), SIGINT to dagster dev (it stops its daemon and
+webserver), and we wait for both; anything left in a child's process group is then
+stopped too. If either child dies on its own, the other is stopped too, so nothing
+keeps running half-configured. If the launcher itself is killed (SIGKILL, OOM),
+each child gets its stop signal from the kernel (``PR_SET_PDEATHSIG``), so nothing
+records forever without a parent.
 
-``--simulator`` also starts the local simulated exchange and points the
-collector at it: the way to try the product without reaching Binance.
+``--simulator`` (``make demo``) also starts the local simulated exchange and points
+the collector at it, with its own data folder (``data/demo/``) so simulated books
+never mix with real ones, and an archive marked as simulated.
+
+Ports (each checked before anything starts; a taken one is one sentence, exit 2):
+``DAGSTER_PORT`` (UI, 3000), ``ORDERBOOK_METRICS_PORT`` (collector, 9108) and, for
+the demo, ``ORDERBOOK_SIMULATOR_PORT`` (9443).
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import errno
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 
+from orderbook_assets.archive.source import SIMULATED, SOURCE_ENV
+
 STOP_TIMEOUT = 30.0
+DEMO_DIR = os.path.join("data", "demo")
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_PR_SET_PDEATHSIG = 1
 
 
-def _default_sigint() -> None:
-    # A shell starts background jobs with SIGINT ignored and children inherit that;
-    # dagster dev only shuts its services down through KeyboardInterrupt.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+class PortTaken(Exception):
+    """A port we need is in use or cannot be bound; ``str(err)`` is one sentence."""
 
 
-def _spawn(cmd: list[str], env: dict[str, str], **kw) -> subprocess.Popen:
-    return subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=_default_sigint, **kw)
+def _say(text: str, err: bool = False) -> None:
+    # After SIGHUP the terminal is gone and writes fail with EIO: stopping must go on.
+    try:
+        print(text, file=sys.stderr if err else sys.stdout, flush=True)
+    except OSError:
+        pass
+
+
+def _child_setup(death_signal: int):
+    parent = os.getpid()
+
+    def setup() -> None:
+        # A shell starts background jobs with SIGINT ignored and children inherit that;
+        # dagster dev only shuts its services down through KeyboardInterrupt.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if sys.platform.startswith("linux"):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, int(death_signal), 0, 0, 0)
+            if os.getppid() != parent:  # the launcher died before prctl took effect
+                os.kill(os.getpid(), death_signal)
+
+    return setup
+
+
+def _spawn(cmd: list[str], env: dict[str, str], death_signal: int = signal.SIGTERM, **kw) -> subprocess.Popen:
+    return subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=_child_setup(death_signal), **kw)
+
+
+def check_port(host: str, port: int, setting: str, host_setting: str | None = None) -> None:
+    """Raise PortTaken (one sentence naming the setting at fault) unless ``host:port`` can be bound now."""
+    if port == 0:
+        return
+    if not 0 < port < 65536:
+        raise PortTaken(f"{setting}: {port} is not a port; use a number from 1 to 65535.")
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            if host_setting and (isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL):
+                raise PortTaken(f"{host_setting}: {host} is not an address of this machine "
+                                f"({exc.strerror or exc}); use one such as 127.0.0.1.") from None
+            why = "is already in use" if exc.errno == errno.EADDRINUSE else f"cannot be used ({exc.strerror or exc})"
+            raise PortTaken(
+                f"{setting}: port {port} on {host} {why}; stop what holds it or set {setting} to a free port."
+            ) from None
 
 
 def _start_simulator(env: dict[str, str], port: int) -> tuple[subprocess.Popen, str]:
@@ -49,53 +106,119 @@ def _start_simulator(env: dict[str, str], port: int) -> tuple[subprocess.Popen, 
     return proc, m.group(0)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _int_env(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise PortTaken(f"{name}: {value!r} is not a port number; use e.g. {default}.") from None
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="make run", description=__doc__.splitlines()[0])
     p.add_argument("--simulator", action="store_true", help="also start the simulated exchange and record from it")
-    p.add_argument("--simulator-port", type=int, default=9443)
-    p.add_argument("--dagster-port", type=int, default=int(os.environ.get("DAGSTER_PORT", "3000")))
-    args = p.parse_args(argv)
+    p.add_argument("--simulator-port", type=int, default=None, help="[ORDERBOOK_SIMULATOR_PORT, default 9443]")
+    p.add_argument("--dagster-port", type=int, default=None, help="[DAGSTER_PORT, default 3000]")
+    return p.parse_args(argv)
 
+
+def _environment(args: argparse.Namespace) -> dict[str, str]:
     env = dict(os.environ)
-    env.setdefault("DAGSTER_HOME", os.path.abspath(".dagster_home"))
+    if args.simulator:
+        # The demo's own folder: simulated books never land in the real buffer or archive.
+        env.setdefault("ORDERBOOK_BUFFER", os.path.join(DEMO_DIR, "buffer.sqlite3"))
+        env.setdefault("ORDERBOOK_ARCHIVE_URL", os.path.join(DEMO_DIR, "archive"))
+        env[SOURCE_ENV] = SIMULATED  # the demo's archive says it is simulated
+    # Absolute, because dagster dev runs in DAGSTER_HOME (see main) and its runs inherit that folder.
+    for name, default in (("ORDERBOOK_BUFFER", "data/buffer.sqlite3"), ("ORDERBOOK_ARCHIVE_URL", "data/archive")):
+        value = env.get(name) or default
+        if "://" not in value:
+            env[name] = os.path.abspath(value)
+    env.setdefault("DAGSTER_HOME", os.path.abspath(os.path.join(DEMO_DIR, "dagster_home") if args.simulator else ".dagster_home"))
+    return env
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    env = _environment(args)
+    try:
+        dagster_port = args.dagster_port if args.dagster_port is not None else _int_env("DAGSTER_PORT", 3000)
+        sim_port = args.simulator_port if args.simulator_port is not None else _int_env("ORDERBOOK_SIMULATOR_PORT", 9443)
+        metrics_port = _int_env("ORDERBOOK_METRICS_PORT", 9108)
+        check_port("127.0.0.1", dagster_port, "DAGSTER_PORT")
+        if metrics_port > 0:
+            check_port(env.get("ORDERBOOK_METRICS_HOST") or "127.0.0.1", metrics_port, "ORDERBOOK_METRICS_PORT",
+                       "ORDERBOOK_METRICS_HOST")
+        if args.simulator:
+            check_port("127.0.0.1", sim_port, "ORDERBOOK_SIMULATOR_PORT")
+    except PortTaken as exc:
+        _say(f"make run: {exc}", err=True)
+        return 2
+    if dagster_port == 0:  # dagster dev needs a real number to print and serve
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            dagster_port = s.getsockname()[1]
+
     os.makedirs(env["DAGSTER_HOME"], exist_ok=True)
     # Dagster reads dagster.yaml only from DAGSTER_HOME: the repository's copy is the source.
     shutil.copyfile("dagster.yaml", os.path.join(env["DAGSTER_HOME"], "dagster.yaml"))
+    requested: list[int] = []
+
+    def request_stop(signum, _frame) -> None:
+        requested.append(signum)
+
+    # Installed before the first child starts: a signal during start-up stops what started.
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, request_stop)
+
     children: list[tuple[str, subprocess.Popen]] = []
     if args.simulator:
-        sim, url = _start_simulator(env, args.simulator_port)
+        sim, url = _start_simulator(env, sim_port)
         children.append(("simulator", sim))
         env["ORDERBOOK_WS_URL"] = url
         env["ORDERBOOK_REST_URL"] = url.replace("ws://", "http://")
-        print(f"simulated exchange at {url}", flush=True)
+        _say(f"simulated exchange at {url}; demo data in {DEMO_DIR}/ (marked simulated)")
     children.append(("collector", _spawn([sys.executable, "-m", "orderbook_collector"], env)))
-    dagster = [os.path.join(os.path.dirname(sys.executable), "dagster"), "dev", "-h", "127.0.0.1", "-p", str(args.dagster_port), "-w", "workspace.yaml"]
-    children.append(("dagster dev", _spawn(dagster, env)))
-    print(f"Dagster UI on http://127.0.0.1:{args.dagster_port} — Ctrl-C stops everything", flush=True)
+    dagster = [os.path.join(os.path.dirname(sys.executable), "dagster"), "dev", "-h", "127.0.0.1",
+               "-p", str(dagster_port), "-w", os.path.abspath("workspace.yaml")]
+    # dagster dev stops its webserver and daemon on SIGINT (its Ctrl-C path) only. It runs in
+    # DAGSTER_HOME: started beside the repository's dagster.yaml it warns that the file is not
+    # used, which is true but moot, as the copy in DAGSTER_HOME is the same file.
+    children.append(("dagster dev", _spawn(dagster, _quiet_dagster(env), death_signal=signal.SIGINT,
+                                           cwd=env["DAGSTER_HOME"])))
+    _say(f"Dagster UI on http://127.0.0.1:{dagster_port} — Ctrl-C stops everything")
+    return _supervise(children, requested)
 
-    stopping = False
 
-    def request_stop(signum, _frame) -> None:
-        nonlocal stopping
-        stopping = True
+def _quiet_dagster(env: dict[str, str]) -> dict[str, str]:
+    """dagster dev's own FutureWarning that ``dagster dev`` is superseded by ``dg dev`` (a CLI
+    this project does not install) says nothing a user of ``make run`` can act on."""
+    quiet = "ignore:Function `dev_command` is superseded:FutureWarning"
+    return dict(env, PYTHONWARNINGS=",".join(filter(None, [env.get("PYTHONWARNINGS"), quiet])))
 
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+
+def _supervise(children: list[tuple[str, subprocess.Popen]], requested: list[int]) -> int:
     status = 0
-    while not stopping:
+    while not requested:
         for name, proc in children:
             if proc.poll() is not None:
-                print(f"{name} exited with status {proc.returncode}; stopping the rest", file=sys.stderr)
+                _say(f"{name} exited with status {proc.returncode}; stopping the rest", err=True)
                 status = proc.returncode or 1
-                stopping = True
+                requested.append(0)
                 break
         time.sleep(0.2)
+    return _stop_all(children) or status
+
+
+def _stop_all(children: list[tuple[str, subprocess.Popen]]) -> int:
+    status = 0
     # Collector first, so its last session closes while the exchange is still up.
     ordered = sorted(children, key=lambda c: c[0] != "collector")
     for name, proc in ordered:
         if proc.poll() is None:
-            # dagster dev stops its webserver and daemon on SIGINT (its Ctrl-C path) only.
-            os.kill(proc.pid, signal.SIGINT if name == "dagster dev" else signal.SIGTERM)
+            _signal_group(proc.pid, signal.SIGINT if name == "dagster dev" else signal.SIGTERM, only_leader=True)
         if name == "collector":
             try:
                 proc.wait(STOP_TIMEOUT)
@@ -106,10 +229,22 @@ def main(argv: list[str] | None = None) -> int:
         try:
             proc.wait(max(deadline - time.monotonic(), 0.1))
         except subprocess.TimeoutExpired:
-            print(f"{name} did not stop within {STOP_TIMEOUT:.0f} s; killing it", file=sys.stderr)
-            os.killpg(proc.pid, signal.SIGKILL)
+            _say(f"{name} did not stop within {STOP_TIMEOUT:.0f} s; killing it", err=True)
             status = status or 1
+        # What a child started and left behind (its process group) goes too.
+        _signal_group(proc.pid, signal.SIGKILL)
+        proc.wait()
     return status
+
+
+def _signal_group(pgid: int, sig: int, only_leader: bool = False) -> None:
+    try:
+        if only_leader:
+            os.kill(pgid, sig)
+        else:
+            os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
 
 
 if __name__ == "__main__":

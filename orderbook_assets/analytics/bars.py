@@ -3,7 +3,8 @@
 Pure core: :func:`bars_1s` turns snapshots (an Arrow table in the ``depth_snapshot``
 schema, or Parquet paths) into bars; :func:`plot_png` and :func:`plot_markdown` draw
 what the Dagster UI shows. The shell: :func:`materialize_hour` reads one archived
-hour and writes ``<archive>/top_of_book_1s/date=YYYY-MM-DD/hour=HH/bars.parquet``.
+hour and writes ``<archive>/top_of_book_1s/date=YYYY-MM-DD/hour=HH/bars.parquet``; an
+hour with no archived snapshots gets no file.
 
 One bar per symbol and second that has at least one snapshot with both sides
 (seconds without a snapshot have no row). Deterministic: rows ordered by
@@ -191,14 +192,14 @@ def bars_key(hour_us: int) -> str:
 def materialize_hour(
     archive_url: str, hour_us: int, s3: views.S3Settings | None = None, store: ArchiveStore | None = None,
     sources: list[str] | None = None,
-) -> tuple[pa.Table, str]:
+) -> tuple[pa.Table, str | None]:
     """Read the hour's ``depth_snapshot`` files, write its bars; returns (bars, URL written).
 
-    An hour without archived files gives an empty bars file, so the partition is
-    complete and readers see "no data" rather than "not computed". ``store`` is where
-    the bars go (the pipeline's archive store); by default one is opened for the URL.
-    ``sources``: the hour's depth files when the caller has them locally (the pipeline's
-    staged parts), instead of reading the archive again.
+    An hour without archived files writes nothing (URL None): a derived file must not
+    claim an hour that holds no data, and readers already see "no rows" for it.
+    ``store`` is where the bars go (the pipeline's archive store); by default one is
+    opened for the URL. ``sources``: the hour's depth files when the caller has them
+    locally (the pipeline's staged parts), instead of reading the archive again.
     """
     archive = views.Archive.parse(archive_url)
     con = _duck(archive, s3)
@@ -206,7 +207,9 @@ def materialize_hour(
         if sources is None:
             pattern = archive.hour_glob(SOURCE, hour_us)
             sources = [pattern] if views.count_files(con, pattern) else []
-        bars = _bars_of_files(con, sources) if sources else BARS_SCHEMA.empty_table()
+        if not sources:
+            return BARS_SCHEMA.empty_table(), None
+        bars = _bars_of_files(con, sources)
     finally:
         con.close()
     write_parquet(bars, store or _open_store(archive, s3), bars_key(hour_us))

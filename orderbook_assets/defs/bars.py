@@ -62,7 +62,7 @@ def build_top_of_book_1s(partitions_def=None, deps=(bars.SOURCE,), group_name: s
         return dg.MaterializeResult(metadata={
             "rows": dg.MetadataValue.int(table.num_rows),
             "symbols": dg.MetadataValue.text(", ".join(symbols) or "none"),
-            "path": dg.MetadataValue.path(url),
+            "path": dg.MetadataValue.path(url) if url else dg.MetadataValue.text("nothing written: no snapshots archived"),
             "hour": dg.MetadataValue.text(datetime.fromtimestamp(hour_us / 1e6, timezone.utc).isoformat()),
             "mid_and_spread": dg.MetadataValue.md(bars.plot_metadata_markdown(table) if table.num_rows
                                                   else "_No snapshots archived for this hour._"),

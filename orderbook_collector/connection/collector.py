@@ -17,10 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import errno
 import logging
 import signal
+import socket
 import sys
 import time
+from urllib.parse import urlparse
 from dataclasses import dataclass, field
 
 import orjson
@@ -28,6 +31,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from orderbook_collector import buffer
+from orderbook_collector.buffer.lock import BufferLock
 
 from orderbook_collector import metrics as metrics_mod
 from orderbook_collector.config import Settings
@@ -81,25 +85,38 @@ class Session:
 class Collector:
     """Runs connection groups until :meth:`stop`; owns the writer thread.
 
+    Holds the buffer's single-instance lock from construction until :meth:`run` returns.
+
     Args:
         settings: validated settings.
         metrics: where counters go (a fresh one by default).
         writer_options: extra keyword arguments for :class:`~.writer.Writer` (tests).
+
+    Raises:
+        BufferInUse: another collector holds the buffer (the message names its PID and host).
     """
 
     def __init__(self, settings: Settings, metrics: Metrics | None = None, **writer_options) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
-        self.writer = Writer(
-            settings.buffer,
-            settings.stream_specs(),
-            metrics=self.metrics,
-            synchronous=settings.synchronous,
-            queue_size=settings.queue_size,
-            max_batch=settings.max_batch,
-            commit_interval=settings.commit_interval,
-            **writer_options,
-        )
+        self.metrics.add_streams(s.name for s in settings.stream_specs())
+        # Before the writer: opening the spill folder truncates torn segment tails, which
+        # would cut into the segment another live collector is writing.
+        self.lock = BufferLock.acquire(settings.buffer)
+        try:
+            self.writer = Writer(
+                settings.buffer,
+                settings.stream_specs(),
+                metrics=self.metrics,
+                synchronous=settings.synchronous,
+                queue_size=settings.queue_size,
+                max_batch=settings.max_batch,
+                commit_interval=settings.commit_interval,
+                **writer_options,
+            )
+        except BaseException:
+            self.lock.release()
+            raise
         self._stopping = asyncio.Event()
         self._last_session_id = 0
         self._open_sessions: set[Session] = set()
@@ -114,12 +131,16 @@ class Collector:
         # interval the loop could wait that long for every hand-back, twice per
         # scheduling round. 1 ms keeps receive stamps and pongs prompt.
         sys.setswitchinterval(0.001)
-        self._prepare_buffer()
-        await asyncio.get_running_loop().run_in_executor(None, self.writer.start)
+        try:
+            self._prepare_buffer()
+            await self._run_locked()
+        finally:
+            self.lock.release()
+
+    async def _run_locked(self) -> None:
         if self.settings.metrics_port >= 0:
-            self.metrics_server = await metrics_mod.serve(self.metrics, self.settings.metrics_host, self.settings.metrics_port)
-            port = self.metrics_server.sockets[0].getsockname()[1]
-            log.info("metrics on http://%s:%d/metrics", self.settings.metrics_host, port)
+            self.metrics_server = await self._serve_metrics()
+        await asyncio.get_running_loop().run_in_executor(None, self.writer.start)
         lag = asyncio.create_task(self._watch_loop_lag())
         groups = [asyncio.create_task(self._run_group(g)) for g in self.settings.connection_groups()]
         try:
@@ -136,6 +157,22 @@ class Collector:
             if not done:
                 log.error("writer did not finish within 60 s; what is spilled on disk is replayed at the next start")
 
+    async def _serve_metrics(self) -> asyncio.Server:
+        host, port = self.settings.metrics_host, self.settings.metrics_port
+        try:
+            server = await metrics_mod.serve(self.metrics, host, port, self.settings.buffer)
+        except OSError as exc:
+            # A host that does not resolve or is not ours is the host's fault; anything else the port's.
+            bad_host = isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL
+            setting = "ORDERBOOK_METRICS_HOST" if bad_host else "ORDERBOOK_METRICS_PORT"
+            why = "is already in use" if exc.errno == errno.EADDRINUSE else f"cannot be used ({exc.strerror or exc})"
+            fix = "use an address of this machine such as 127.0.0.1" if bad_host else \
+                "choose a free port, 0 for any free port, or -1 to turn metrics off"
+            raise ConfigError(setting, f"the metrics address {host}:{port} {why}; {fix}.") from exc
+        bound = server.sockets[0].getsockname()[1]
+        log.info("metrics on http://%s:%d/metrics", host, bound)
+        return server
+
     def stop(self, reason: str = "stop requested") -> None:
         if not self._stopping.is_set():
             log.info("stopping: %s", reason)
@@ -149,7 +186,11 @@ class Collector:
     # Start-up ---------------------------------------------------------------------------
 
     def _prepare_buffer(self) -> None:
-        """Close sessions a crash left open, before the writer thread takes the connection."""
+        """Close sessions a crash left open, before the writer thread takes the connection.
+
+        Only with the buffer's lock held (taken in ``__init__``): another live collector's
+        sessions are live, not orphans.
+        """
         conn = buffer.connect(self.settings.buffer, synchronous=self.settings.synchronous)
         try:
             n = buffer.close_orphan_sessions(conn)
@@ -163,6 +204,7 @@ class Collector:
 
     async def _run_group(self, streams: list[StreamSpec]) -> None:
         current: Session | None = None
+        opened = False  # a connection of this group was open before: the next one is a reconnect
         delays = full_jitter(self.settings.backoff_initial, self.settings.backoff_max)
         try:
             while not self._stopping.is_set():
@@ -170,6 +212,9 @@ class Collector:
                     current = await self._open_with_retry(streams, delays)
                     if current is None:
                         return
+                    if opened:
+                        self.metrics.reconnects += 1
+                    opened = True
                 rotate_at = current.opened_mono + self.settings.rotate_after
                 reason = await self._wait_session(current, rotate_at)
                 if reason is SessionOutcome.ENDED:
@@ -224,6 +269,7 @@ class Collector:
         return new
 
     async def _open_with_retry(self, streams: list[StreamSpec], delays) -> Session | None:
+        failures = 0
         while not self._stopping.is_set():
             try:
                 return await self._open(streams)
@@ -235,8 +281,10 @@ class Collector:
                     self.stop(decision.reason)
                     return None
                 delay = max(next(delays), decision.min_delay)
-                self.metrics.reconnects += 1
-                log.warning("connect failed (%s); retrying in %.2f s", decision.reason, delay)
+                self.metrics.connect_failures += 1
+                failures += 1
+                log.warning("cannot connect to %s (%s); retrying in %.2f s%s", _host_port(self.settings.ws_url),
+                            decision.reason, delay, _hint(exc) if failures in (1, 10) or failures % 100 == 0 else "")
                 await self._sleep(delay)
         return None
 
@@ -351,6 +399,21 @@ class Collector:
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
+
+
+def _host_port(url: str) -> str:
+    parsed = urlparse(url)
+    return f"{parsed.hostname}:{parsed.port or (443 if parsed.scheme == 'wss' else 80)}"
+
+
+def _hint(exc: BaseException) -> str:
+    """What a newcomer can do about a failure to reach the exchange (said on the 1st and 10th failure)."""
+    if isinstance(exc, socket.gaierror):
+        return (" — the name does not resolve: no network or DNS here? "
+                "Without access to Binance, `make demo` records from the local simulated exchange")
+    if isinstance(exc, OSError):
+        return " — without access to Binance, `make demo` records from the local simulated exchange"
+    return ""
 
 
 def check_startable(settings: Settings) -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from orderbook_collector import buffer
 from orderbook_collector.errors import StorageError
-from orderbook_collector.metrics import Metrics
+from orderbook_collector.metrics import Metrics, quarantine_class
 from orderbook_collector.buffer.records import (
     DepthRecord, Event, Frame, Item, Quarantined, SessionClose, SessionOpen, Stop,
 )
@@ -38,6 +38,16 @@ log = logging.getLogger(__name__)
 
 DATASET = "depth_snapshot"
 
+#: A session whose messages are at least this share duplicates, over at least
+#: DUPLICATE_ALARM_MIN messages, is reported once (log WARNING and a metric). On a real
+#: feed that means the exchange replays ids we already have (a simulator restarted
+#: with old ids, a wrong URL pointing at a replay), not the overlap of a rotation.
+DUPLICATE_ALARM_SHARE = 0.95
+DUPLICATE_ALARM_MIN = 100
+#: Judged only once the session is this old (its id is its opening time in µs): a
+#: make-before-break rotation starts with a second or so of nothing but duplicates.
+DUPLICATE_ALARM_AFTER_US = 30_000_000
+
 
 @dataclass
 class BatchResult:
@@ -45,6 +55,8 @@ class BatchResult:
     duplicates: int = 0
     quarantined: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     wide_values: int = 0
+    #: session_id -> (messages stored, duplicates dropped, newest recv_us) in this batch
+    sessions: dict[int, tuple[int, int, int]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -63,11 +75,6 @@ class SessionTally:
             self.max_seq = seq
         self.first_recv_us = recv_us if self.first_recv_us is None else min(self.first_recv_us, recv_us)
         self.last_recv_us = recv_us if self.last_recv_us is None else max(self.last_recv_us, recv_us)
-
-
-def _reason_class(reason: str) -> str:
-    """A short label for metrics: the text before the first colon or parenthesis."""
-    return reason.split(":")[0].split("(")[0].strip().replace(" ", "_")[:40]
 
 
 def store_records(
@@ -129,7 +136,8 @@ def store_records(
                 s = per_session[q.session_id]
                 s.quarantined += 1
                 s.touch(q.seq, q.recv_us)
-                result.quarantined[_reason_class(q.reason)] += 1
+                result.quarantined[quarantine_class(q.reason)] += 1
+        result.sessions = {sid: (t.messages, t.duplicates, t.last_recv_us) for sid, t in per_session.items()}
         conn.executemany(
             "UPDATE sessions SET messages = messages + ?, duplicates = duplicates + ?, quarantined = quarantined + ?, "
             "frames = max(frames, ? + 1), first_recv_us = coalesce(first_recv_us, ?), "
@@ -224,6 +232,8 @@ class Writer:
         self._ready = threading.Event()
         self._failure: BaseException | None = None
         self.committed_batches = 0
+        self._session_counts: dict[int, list[int]] = {}  # session_id -> [messages, duplicates]
+        self._duplicate_alarms: set[int] = set()
 
     # Event-loop side ----------------------------------------------------------------------
 
@@ -366,11 +376,30 @@ class Writer:
         self.metrics.wide_values += result.wide_values
         for reason, n in result.quarantined.items():
             self.metrics.quarantined[reason] += n
+        self._watch_duplicates(result.sessions)
         self.committed_batches += 1
         if position is not None:
             with self._spill_lock:
                 self._finish_spill(position)
             self.metrics.spill_bytes = self.spill.pending_bytes
+
+    def _watch_duplicates(self, sessions: dict[int, tuple[int, int, int]]) -> None:
+        """Say once, loudly, when a session stores (nearly) nothing because all it gets are duplicates."""
+        for sid, (stored, dups, last_us) in sessions.items():
+            counts = self._session_counts.setdefault(sid, [0, 0])
+            counts[0] += stored
+            counts[1] += dups
+            total = counts[0] + counts[1]
+            if (sid in self._duplicate_alarms or total < DUPLICATE_ALARM_MIN
+                    or last_us - sid < DUPLICATE_ALARM_AFTER_US or counts[1] < DUPLICATE_ALARM_SHARE * total):
+                continue
+            self._duplicate_alarms.add(sid)
+            self.metrics.duplicate_sessions += 1
+            log.warning(
+                "session %d dropped %d of its %d messages as duplicates: the feed is sending update ids "
+                "already in the buffer (an exchange or simulator replaying old data?); nothing new is being stored",
+                sid, counts[1], total,
+            )
 
     def _finish_spill(self, position: tuple[str, int] | None) -> None:
         """Leave spill mode if everything spilled is committed; the episode's end is data too."""

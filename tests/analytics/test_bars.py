@@ -57,9 +57,9 @@ def test_materialize_hour_writes_the_partition_and_same_bytes_twice(tmp_path):
     first = path.read_bytes()
     bars.materialize_hour(str(tmp_path), T0)
     assert path.read_bytes() == first
-    empty, _ = bars.materialize_hour(str(tmp_path), T0 + HOUR_US)  # no snapshots archived that hour
-    assert empty.num_rows == 0
-    assert pq.read_table(tmp_path / bars.bars_key(T0 + HOUR_US)).schema.names == bars.BARS_SCHEMA.names
+    empty, written = bars.materialize_hour(str(tmp_path), T0 + HOUR_US)  # no snapshots archived that hour
+    assert empty.num_rows == 0 and written is None
+    assert not (tmp_path / bars.bars_key(T0 + HOUR_US)).exists()  # nothing derived from nothing
 
 
 def test_plot_png_draws_both_panels_on_a_time_axis_scaled_to_the_data():

@@ -90,6 +90,8 @@ def test_reconnects_after_clean_and_abrupt_disconnects_without_duplicates(tmp_pa
                 await until(lambda: c.metrics.duplicates >= 60, what="second replay dropped")
                 n = c.metrics.messages
                 await until(lambda: c.metrics.messages > n + 20, what="data flowing again")
+                # Two connections lost, two opened again; no attempt failed on the way.
+                assert (c.metrics.reconnects, c.metrics.connect_failures) == (2, 0)
 
     asyncio.run(main())
     sessions = query(buffer, "SELECT close_reason, duplicates FROM sessions ORDER BY session_id")
@@ -225,7 +227,7 @@ def test_rate_limited_handshakes_honour_retry_after(tmp_path):
             async with running(settings_for(ex, buffer)) as c:
                 await until(lambda: c.metrics.messages > 0, what="connected after 429s")
                 waited = loop.time() - t0
-                assert c.metrics.reconnects == 2
+                assert c.metrics.connect_failures == 2 and c.metrics.reconnects == 0
             assert waited >= 2.0  # two Retry-After: 1 honoured, although backoff_max is 0.2 s
 
     asyncio.run(main())
@@ -252,5 +254,5 @@ def test_metrics_endpoint_serves_prometheus_text(tmp_path):
         'orderbook_last_message_age_seconds{stream="btcusdt@depth20@100ms"}', "orderbook_spill_bytes",
     ]:
         assert name in body, name
-    messages = int(next(line.split()[1] for line in body.splitlines() if line.startswith("orderbook_messages_total ")))
+    messages = float(next(line.split()[1] for line in body.splitlines() if line.startswith("orderbook_messages_total ")))
     assert messages > 10

@@ -113,7 +113,7 @@ def test_disk_full_holds_the_batch_and_resumes_when_space_returns(small_fs, fram
             pass
     feed(w, frame, 1, range(1000, 1400), start_seq=100)
     deadline = time.monotonic() + 10
-    while not w.metrics.writer_errors and time.monotonic() < deadline:
+    while not any(w.metrics.writer_errors.values()) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert w.metrics.writer_errors["disk_full"] >= 1  # a real ENOSPC reached SQLite
     filler.unlink()
@@ -121,3 +121,25 @@ def test_disk_full_holds_the_batch_and_resumes_when_space_returns(small_fs, fram
     assert rows(path, "SELECT count(*), count(DISTINCT update_id) FROM depth_snapshot") == [(500, 500)]
     assert rows(path, "PRAGMA integrity_check") == [("ok",)]
     assert any("disk_full" in d for (d,) in rows(path, "SELECT detail FROM events WHERE kind = 'write_failures'"))
+
+
+def test_a_session_of_nothing_but_duplicates_is_reported_once_and_a_rotation_overlap_is_not(buffer_path, frame, caplog):
+    w = Writer(buffer_path, STREAMS, commit_interval=0.01)
+    w.start()
+    first, replay, rotated = 1_700_000_000_000_000, 1_700_000_100_000_000, 1_700_000_200_000_000
+
+    def session(sid, uids, start_s=0.0):
+        w.submit(SessionOpen(sid, "ws://x", "[]", sid))
+        for i, uid in enumerate(uids):
+            w.submit(Frame(frame(uid), sid + int((start_s + i * 0.1) * 1e6), sid, i))
+
+    session(first, range(1, 401))
+    # A feed that starts its ids again (a restarted simulator, a replay): nothing new is stored.
+    session(replay, range(1, 401))
+    # A rotation's replacement: its first second repeats the old connection, then all is new.
+    session(rotated, list(range(391, 401)) + list(range(401, 801)))
+    with caplog.at_level("WARNING"):
+        assert w.stop()
+    warnings = [r.getMessage() for r in caplog.records if "duplicates" in r.getMessage()]
+    assert len(warnings) == 1 and f"session {replay} " in warnings[0], warnings
+    assert w.metrics.duplicate_sessions == 1

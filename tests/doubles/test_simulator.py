@@ -491,3 +491,18 @@ def _drive_cli(proc: subprocess.Popen, log_path: Path) -> None:
     assert proc.wait(timeout=10) == 0
     assert proc.stdout.read() == ""  # exactly one line on stdout
     assert any(b'"last_update_id"' in x for x in log_path.read_bytes().splitlines())
+
+
+def test_a_restarted_simulator_never_repeats_update_ids():
+    """``make demo`` restarted: the same seed, yet only ids above those of the last run."""
+    from support.procs import SimulatorProcess
+
+    async def ids(ws_url: str, n: int) -> list[int]:
+        async with ws_connect(ws_url + "/stream?streams=btcusdt@depth20@100ms") as ws:
+            return [m["data"]["lastUpdateId"] for m in await recv_data(ws, n)]
+
+    with SimulatorProcess("--seed", "0", "--rate", "50") as sim:
+        before = asyncio.run(ids(sim.ws_url, 20))
+    with SimulatorProcess("--seed", "0", "--rate", "50") as again:
+        after = asyncio.run(ids(again.ws_url, 5))
+    assert before == sorted(before) and min(after) > max(before)

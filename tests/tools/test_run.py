@@ -1,8 +1,10 @@
-"""The README's run command: collector + dagster dev (+ simulator) start together and stop together."""
+"""The README's run command: collector + dagster dev (+ simulator) start together and stop together,
+whatever stops the launcher (Ctrl-C, SIGTERM, a closed terminal, SIGKILL)."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -10,7 +12,9 @@ import sys
 import time
 import urllib.request
 
-from support.procs import ROOT, child_env, query, wait_for
+import pytest
+
+from support.procs import ROOT, child_env, descendants, query, running, wait_for
 
 
 def free_port() -> int:
@@ -19,29 +23,37 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def ui_up(port: int) -> bool:
+    try:
+        return urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2).status == 200
+    except OSError:
+        return False
+
+
+def launch(cwd, port: int, *args: str, **env: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tools.run", "--dagster-port", str(port), *args],
+        cwd=cwd, env=child_env(ORDERBOOK_METRICS_PORT="0", **env),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+
+
+def demo_folder(tmp_path):
+    """A folder laid out like the repository root for the launcher (it reads both YAML files there)."""
+    for name in ("dagster.yaml", "workspace.yaml"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    return tmp_path
+
+
 def test_run_starts_everything_and_ctrl_c_stops_everything(tmp_path):
     port = free_port()
     buffer = tmp_path / "buffer.sqlite3"
-    env = child_env(
-        DAGSTER_HOME=str(tmp_path / "dagster_home"), ORDERBOOK_BUFFER=str(buffer),
-        ORDERBOOK_ARCHIVE_URL=str(tmp_path / "archive"), ORDERBOOK_METRICS_PORT="0",
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tools.run", "--simulator", "--simulator-port", "0",
-         "--dagster-port", str(port)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )
+    proc = launch(ROOT, port, "--simulator", "--simulator-port", "0", DAGSTER_HOME=str(tmp_path / "dagster_home"),
+                  ORDERBOOK_BUFFER=str(buffer), ORDERBOOK_ARCHIVE_URL=str(tmp_path / "archive"))
     try:
         wait_for(lambda: buffer.exists() and query(buffer, "SELECT count(*) FROM depth_snapshot")[0][0] > 10,
                  timeout=60, what="the collector storing the simulator's books")
-
-        def ui_up():
-            try:
-                return urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2).status == 200
-            except OSError:
-                return False
-
-        wait_for(ui_up, timeout=90, interval=0.5, what="the Dagster UI")
+        wait_for(lambda: ui_up(port), timeout=90, interval=0.5, what="the Dagster UI")
         assert (tmp_path / "dagster_home" / "dagster.yaml").exists()  # the repository's instance settings
         t0 = time.monotonic()
         os.kill(proc.pid, signal.SIGINT)  # what Ctrl-C sends
@@ -52,7 +64,79 @@ def test_run_starts_everything_and_ctrl_c_stops_everything(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
     out = proc.stdout.read()
     assert "Dagster UI on" in out
+    # Started next to the repository's dagster.yaml, dagster dev used to say the file "will not be used".
+    assert "will not be used" not in out
+    # Warnings that are ours to quiet: Dagster's preview and "dg dev supersedes dagster dev".
+    assert "PreviewWarning" not in out and "superseded" not in out
     # Nothing is left running: the collector closed its session, dagster dev its services.
     assert query(buffer, "SELECT close_reason FROM sessions")[-1][0] == "collector stopped"
     left = subprocess.run(["pgrep", "-f", f"-p {port}"], capture_output=True, text=True).stdout.split()
     assert not [p for p in left if int(p) != os.getpid()]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGTERM], ids=["SIGHUP", "SIGTERM"])
+def test_the_demo_records_in_its_own_folder_and_any_stop_signal_stops_the_whole_tree(tmp_path, sig):
+    cwd = demo_folder(tmp_path)
+    port, sim_port = free_port(), free_port()
+    proc = launch(cwd, port, "--simulator", ORDERBOOK_SIMULATOR_PORT=str(sim_port))
+    demo_buffer = cwd / "data" / "demo" / "buffer.sqlite3"
+    try:
+        wait_for(lambda: demo_buffer.exists() and query(demo_buffer, "SELECT count(*) FROM depth_snapshot")[0][0] > 10,
+                 timeout=60, what="the demo storing books in data/demo/")
+        wait_for(lambda: ui_up(port), timeout=90, interval=0.5, what="the Dagster UI")
+        tree = descendants(proc.pid)
+        assert len(tree) >= 5  # simulator, collector, dagster dev, its webserver and daemon
+        os.kill(proc.pid, sig)  # SIGHUP: the terminal was closed
+        assert proc.wait(45) == 0
+        wait_for(lambda: not running(tree), timeout=30, what="every process of the tree to stop")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert f"ws://127.0.0.1:{sim_port}" in proc.stdout.read()  # the simulator port is configurable
+    assert not (cwd / "data" / "buffer.sqlite3").exists()  # the real buffer is untouched
+    assert query(demo_buffer, "SELECT close_reason FROM sessions")[-1][0] == "collector stopped"
+
+
+def test_a_launcher_killed_with_sigkill_leaves_nothing_recording(tmp_path):
+    cwd = demo_folder(tmp_path)
+    port = free_port()
+    proc = launch(cwd, port, "--simulator", "--simulator-port", "0")
+    demo_buffer = cwd / "data" / "demo" / "buffer.sqlite3"
+    try:
+        wait_for(lambda: ui_up(port), timeout=90, interval=0.5, what="the Dagster UI")
+        tree = descendants(proc.pid)
+        assert len(tree) >= 5
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        wait_for(lambda: not running(tree), timeout=45, what="every child to stop after the launcher died")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    # The collector was told (SIGTERM from the kernel), so it closed its session itself.
+    assert query(demo_buffer, "SELECT count(*) FROM sessions WHERE closed_us IS NULL")[0][0] == 0
+
+
+@pytest.mark.parametrize("setting", ["DAGSTER_PORT", "ORDERBOOK_METRICS_PORT", "ORDERBOOK_SIMULATOR_PORT"])
+def test_a_taken_port_is_one_sentence_exit_2_and_starts_nothing(tmp_path, setting):
+    cwd = demo_folder(tmp_path)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        ports = {"DAGSTER_PORT": str(free_port()), "ORDERBOOK_METRICS_PORT": "0", "ORDERBOOK_SIMULATOR_PORT": "0"}
+        ports[setting] = str(taken)
+        result = subprocess.run([sys.executable, "-m", "tools.run", "--simulator"], cwd=cwd,
+                                env=child_env(**ports), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    assert len(lines) == 1 and f"{setting}: port {taken}" in lines[0] and "in use" in lines[0], lines
+    assert not (cwd / "data").exists()  # nothing started, nothing recorded
+
+
+def test_a_metrics_host_that_is_not_ours_is_one_sentence_naming_it(tmp_path):
+    cwd = demo_folder(tmp_path)
+    result = subprocess.run([sys.executable, "-m", "tools.run"], cwd=cwd, capture_output=True, text=True, timeout=60,
+                            env=child_env(DAGSTER_PORT="0", ORDERBOOK_METRICS_HOST="no-such-host.invalid"))
+    assert result.returncode == 2
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("make run: ORDERBOOK_METRICS_HOST: "), lines

@@ -24,7 +24,8 @@ Choices where Binance is undocumented or where a simulator must pick:
 * Books are global: one ticker task per stream generates each message once and the same
   bytes go to every subscriber, so overlapping connections see identical messages.
   All streams of a symbol sample one book on a base clock (``rate`` or 10 steps/s);
-  every step raises ``lastUpdateId`` by 1..50, so it never repeats within a stream.
+  every step raises ``lastUpdateId`` by 1..50, so it never repeats within a stream; ids
+  start at the wall clock in µs (:func:`clock_id_base`), so they never repeat across starts.
 * ``stall(s)``: messages generated during the stall are dropped for the stalled
   connections (Binance does not queue forever); control replies and pings go on.
 * A connection whose outbox exceeds ``max_outbox`` messages (a client that stopped
@@ -176,14 +177,15 @@ class Book:
 
     MIN_LEVELS = 30
 
-    def __init__(self, symbol: str, seed: int = 0, levels: int = 100):
+    def __init__(self, symbol: str, seed: int = 0, levels: int = 100, id_base: int | None = None):
         self.symbol = symbol
         self.rng = random.Random(f"{seed}/{symbol}")  # str seeds hash with sha512: stable
         mid, self.tick, self.lot = market_params(symbol)
         self.mean_lots = max(1, 5_000 * E8 * E8 // (self.lot * mid))  # ~5000 quote units a level
         self.levels = levels
         self.step = 0
-        self.last_id = 40_000_000_000 + self.rng.randrange(10**9)
+        seeded_id = 40_000_000_000 + self.rng.randrange(10**9)  # drawn either way: same seed, same books
+        self.last_id = seeded_id if id_base is None else id_base
         self.bids, self.asks = _Side(True), _Side(False)
         self.bids.set(mid // self.tick, self._fresh())
         self.asks.set(mid // self.tick + 1, self._fresh())
@@ -377,7 +379,7 @@ class Exchange:
         ping_interval: float | None = 20.0, ping_timeout: float | None = 60.0,
         max_incoming_per_sec: float | None = 5, shutdown_grace: float = 2.0,
         ring_size: int = 1000, book_levels: int = 100, max_outbox: int = 10_000,
-        compression: str | None = None, control_http: bool = True,
+        compression: str | None = None, control_http: bool = True, id_base: int | None = None,
     ):
         self.symbols = [s.strip().lower() for s in symbols if s.strip()]
         self.host, self.port = host, port
@@ -389,7 +391,9 @@ class Exchange:
         self.shutdown_grace = shutdown_grace
         self.ring_size, self.max_outbox = ring_size, max_outbox
         self.compression, self.control_enabled = compression, control_http
-        self.books = {s: Book(s, seed, book_levels) for s in self.symbols}
+        if id_base is None:
+            id_base = clock_id_base()
+        self.books = {s: Book(s, seed, book_levels, id_base) for s in self.symbols}
         self.streams: dict[str, _Stream] = {}
         self.conns: dict[int, _Conn] = {}
         self.connections_accepted = 0
@@ -857,6 +861,16 @@ class Exchange:
         await asyncio.gather(*(c.ws.close(1001, "server shutdown") for c in conns), return_exceptions=True)
 
 
+def clock_id_base() -> int:
+    """The first update id of a start: the wall clock in µs.
+
+    Ids grow by at most 50 a step, far slower than a µs clock at any rate we serve
+    (under 20,000 steps/s), so a restarted simulator always continues above the ids it
+    sent before: a collector recording across restarts never sees its ids again.
+    """
+    return time.time_ns() // 1000
+
+
 # ---- CLI ---------------------------------------------------------------------------------
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -865,7 +879,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0, help="0 picks a free port")
     p.add_argument("--symbols", default="btcusdt,ethusdt", help="comma-separated, lower case")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the books' random seed (update ids start at the clock)")
     p.add_argument("--sent-log", default=None, help="append NDJSON of every frame sent")
     p.add_argument("--ping-interval", type=float, default=20.0)
     p.add_argument("--rate", type=float, default=None,

@@ -1,0 +1,48 @@
+"""Where the archived books came from: Binance, or the simulated exchange of ``make demo``.
+
+``ORDERBOOK_DATA_SOURCE=simulated`` (set by ``make demo``) makes the archive say so where an
+analyst looks: a ``SIMULATED.txt`` object at the archive's root, written with every archived
+hour, and a ``data_source`` entry in the Dagster materialization metadata. Unset, or
+``binance``, the archive is real data and carries no marker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+from orderbook_collector.errors import ConfigError
+
+SOURCE_ENV = "ORDERBOOK_DATA_SOURCE"
+BINANCE, SIMULATED = "binance", "simulated"
+MARKER_KEY = "SIMULATED.txt"
+MARKER_TEXT = (
+    "Every dataset in this archive was recorded from the simulated exchange of `make demo`\n"
+    "(tools/simulator), not from Binance: the books are synthetic.\n"
+)
+
+
+def data_source(environ=None) -> str:
+    """``binance`` or ``simulated``. Raises ConfigError for anything else."""
+    value = (os.environ if environ is None else environ).get(SOURCE_ENV, "").strip().lower() or BINANCE
+    if value not in (BINANCE, SIMULATED):
+        raise ConfigError(SOURCE_ENV, f"{value!r} is neither {BINANCE} nor {SIMULATED}; unset it for real data.")
+    return value
+
+
+def describe(source: str) -> str:
+    """What the Dagster UI shows as ``data_source``."""
+    return "simulated exchange (make demo): synthetic books, not Binance" if source == SIMULATED else "Binance"
+
+
+def mark(store) -> None:
+    """Write the SIMULATED.txt marker at the archive's root unless it is there (verified like derived data)."""
+    if store.head(MARKER_KEY) is not None:
+        return
+    data = MARKER_TEXT.encode()
+    with tempfile.TemporaryDirectory(prefix="marker-") as tmp:
+        path = Path(tmp) / MARKER_KEY
+        path.write_bytes(data)
+        store.put_derived(MARKER_KEY, path, hashlib.sha256(data).hexdigest())
