@@ -76,11 +76,15 @@ def connect(
     return conn
 
 
-def stream_ids(conn: sqlite3.Connection, streams: list[tuple[str, str, str]]) -> dict[str, int]:
-    """Register (name, symbol, kind) triples and return name → stream_id."""
+def stream_ids(conn: sqlite3.Connection, streams: list[tuple]) -> dict[str, int]:
+    """Register (key, symbol, kind[, market]) streams and return key → stream_id.
+
+    The key is ``StreamSpec.key``: the stream name, prefixed on markets other than spot.
+    """
     with transaction(conn):
         conn.executemany(
-            "INSERT OR IGNORE INTO streams (name, symbol, kind) VALUES (?, ?, ?)", streams
+            "INSERT OR IGNORE INTO streams (name, symbol, kind, market) VALUES (?, ?, ?, ?)",
+            [(*s, "spot") if len(s) == 3 else s for s in streams],
         )
     return dict(conn.execute("SELECT name, stream_id FROM streams"))
 

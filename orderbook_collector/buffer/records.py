@@ -33,10 +33,13 @@ class Quarantined(NamedTuple):
 
 
 class SessionOpen(NamedTuple):
+    """A connection opened; its frames follow it through the queue (and the spill)."""
+
     session_id: int
     url: str
     streams_json: str
     opened_us: int
+    market: str = "spot"  # the writer decodes the session's frames with this market's streams
 
 
 class SessionClose(NamedTuple):

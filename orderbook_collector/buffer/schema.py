@@ -48,6 +48,11 @@ OWNER = {
     "events": "collector",
     "spill_state": "collector",
     "export_parts": "archive",
+    "depth_update": "collector",
+    "trade": "collector",
+    "agg_trade": "collector",
+    "book_ticker": "collector",
+    "depth_rest_snapshot": "collector",
 }
 
 _COLLECTOR_TABLES = """
@@ -145,9 +150,99 @@ CREATE TABLE IF NOT EXISTS export_parts (
 ) WITHOUT ROWID;
 """
 
+#: Step 2: every stream kind on both markets. A stream's ``name`` in ``streams`` is its key
+#: (``StreamSpec.key``: the stream name, prefixed ``usdm:`` on USD-M, so both markets can
+#: hold the same stream name). Each dataset has its table, its AUTOINCREMENT ids (the
+#: archive's parts are id ranges) and its dedup key as a unique index. ``dropped.key``
+#: holds the dropped row's dedup key value, whatever the dataset.
+_EVERY_KIND = """
+ALTER TABLE streams ADD COLUMN market TEXT NOT NULL DEFAULT 'spot';
+ALTER TABLE sessions ADD COLUMN market TEXT NOT NULL DEFAULT 'spot';
+ALTER TABLE depth_snapshot ADD COLUMN event_ms INTEGER;
+ALTER TABLE depth_snapshot ADD COLUMN transaction_ms INTEGER;
+ALTER TABLE depth_snapshot ADD COLUMN first_update_id INTEGER;
+ALTER TABLE depth_snapshot ADD COLUMN prev_update_id INTEGER;
+ALTER TABLE dropped ADD COLUMN dataset TEXT NOT NULL DEFAULT 'depth_snapshot';
+CREATE TABLE depth_update (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    stream_id       INTEGER NOT NULL,
+    recv_us         INTEGER NOT NULL,
+    session_id      INTEGER NOT NULL,
+    seq             INTEGER NOT NULL,
+    event_ms        INTEGER NOT NULL,
+    transaction_ms  INTEGER,
+    first_update_id INTEGER NOT NULL,
+    last_update_id  INTEGER NOT NULL,
+    prev_update_id  INTEGER,
+    n_bids          INTEGER NOT NULL,
+    levels          BLOB NOT NULL
+);
+CREATE UNIQUE INDEX depth_update_dedup ON depth_update (stream_id, last_update_id);
+CREATE TABLE trade (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    stream_id       INTEGER NOT NULL,
+    recv_us         INTEGER NOT NULL,
+    session_id      INTEGER NOT NULL,
+    seq             INTEGER NOT NULL,
+    event_ms        INTEGER NOT NULL,
+    trade_ms        INTEGER NOT NULL,
+    trade_id        INTEGER NOT NULL,
+    price           REAL NOT NULL,
+    qty             REAL NOT NULL,
+    is_buyer_maker  INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX trade_dedup ON trade (stream_id, trade_id);
+CREATE TABLE agg_trade (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    stream_id       INTEGER NOT NULL,
+    recv_us         INTEGER NOT NULL,
+    session_id      INTEGER NOT NULL,
+    seq             INTEGER NOT NULL,
+    event_ms        INTEGER NOT NULL,
+    trade_ms        INTEGER NOT NULL,
+    agg_trade_id    INTEGER NOT NULL,
+    first_trade_id  INTEGER NOT NULL,
+    last_trade_id   INTEGER NOT NULL,
+    price           REAL NOT NULL,
+    qty             REAL NOT NULL,
+    is_buyer_maker  INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX agg_trade_dedup ON agg_trade (stream_id, agg_trade_id);
+CREATE TABLE book_ticker (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    stream_id       INTEGER NOT NULL,
+    recv_us         INTEGER NOT NULL,
+    session_id      INTEGER NOT NULL,
+    seq             INTEGER NOT NULL,
+    update_id       INTEGER NOT NULL,
+    best_bid        REAL NOT NULL,
+    best_bid_qty    REAL NOT NULL,
+    best_ask        REAL NOT NULL,
+    best_ask_qty    REAL NOT NULL,
+    event_ms        INTEGER,
+    transaction_ms  INTEGER
+);
+CREATE UNIQUE INDEX book_ticker_dedup ON book_ticker (stream_id, update_id);
+CREATE TABLE depth_rest_snapshot (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    stream_id       INTEGER NOT NULL,
+    market          TEXT NOT NULL,
+    symbol          TEXT NOT NULL,
+    recv_us         INTEGER NOT NULL,
+    last_update_id  INTEGER NOT NULL,
+    n_bids          INTEGER NOT NULL,
+    levels          BLOB NOT NULL,
+    reason          TEXT NOT NULL,
+    event_ms        INTEGER,
+    transaction_ms  INTEGER
+);
+CREATE UNIQUE INDEX depth_rest_snapshot_dedup ON depth_rest_snapshot (market, symbol, last_update_id);
+"""
+
 #: (version, statements): step N takes a buffer from user_version N-1 to N.
 MIGRATIONS: tuple[tuple[int, str], ...] = (
     (1, _COLLECTOR_TABLES + _ARCHIVE_TABLES),
+    (2, _EVERY_KIND),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 #: Every statement of every step, in order: what a new buffer runs (benchmarks build one with it).

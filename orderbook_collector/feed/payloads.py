@@ -99,7 +99,7 @@ def pack_sides(bids: object, asks: object, limit: int) -> tuple[bytes, int]:
 def _spot_partial(spec, data, recv_us, sid, seq, wide) -> DepthRecord:
     uid = _uint(data, "lastUpdateId", "last update id")
     levels, n_bids = pack_sides(data.get("bids"), data.get("asks"), spec.levels)
-    return DepthRecord(spec.name, recv_us, sid, seq, uid, n_bids, levels, wide)
+    return DepthRecord(spec.key, recv_us, sid, seq, uid, n_bids, levels, wide)
 
 
 def _usdm_partial(spec, data, recv_us, sid, seq, wide) -> DepthRecord:
@@ -109,7 +109,7 @@ def _usdm_partial(spec, data, recv_us, sid, seq, wide) -> DepthRecord:
     if first > last:
         raise FrameError(f"first update id {first} is after the last {last}")
     levels, n_bids = pack_sides(data.get("b"), data.get("a"), spec.levels)
-    return DepthRecord(spec.name, recv_us, sid, seq, last, n_bids, levels, wide,
+    return DepthRecord(spec.key, recv_us, sid, seq, last, n_bids, levels, wide,
                        _uint(data, "E", "event time"), _uint(data, "T", "transaction time"),
                        first, _uint(data, "pu", "previous update id"))
 
@@ -123,7 +123,7 @@ def _diff(spec, data, recv_us, sid, seq, wide) -> DepthUpdateRecord:
     usdm = spec.market is Market.USDM
     levels, n_bids = pack_sides(data.get("b"), data.get("a"), MAX_DIFF_LEVELS)
     return DepthUpdateRecord(
-        spec.name, recv_us, sid, seq, _uint(data, "E", "event time"),
+        spec.key, recv_us, sid, seq, _uint(data, "E", "event time"),
         _uint(data, "T", "transaction time") if usdm else None, first, last,
         _uint(data, "pu", "previous update id") if usdm else None, n_bids, levels, wide,
     )
@@ -133,7 +133,7 @@ def _trade(spec, data, recv_us, sid, seq, wide) -> TradeRecord:
     _event(data, "trade")
     _symbol(spec, data)
     return TradeRecord(
-        spec.name, recv_us, sid, seq, _uint(data, "E", "event time"), _uint(data, "T", "trade time"),
+        spec.key, recv_us, sid, seq, _uint(data, "E", "event time"), _uint(data, "T", "trade time"),
         _uint(data, "t", "trade id"), _number(data, "p", "price", positive=True),
         _number(data, "q", "quantity", positive=False), _bool(data, "m", "buyer is maker"), wide,
     )
@@ -146,7 +146,7 @@ def _agg_trade(spec, data, recv_us, sid, seq, wide) -> AggTradeRecord:
     if first > last:
         raise FrameError(f"first trade id {first} is after the last {last}")
     return AggTradeRecord(
-        spec.name, recv_us, sid, seq, _uint(data, "E", "event time"), _uint(data, "T", "trade time"),
+        spec.key, recv_us, sid, seq, _uint(data, "E", "event time"), _uint(data, "T", "trade time"),
         _uint(data, "a", "aggregate trade id"), first, last, _number(data, "p", "price", positive=True),
         _number(data, "q", "quantity", positive=False), _bool(data, "m", "buyer is maker"), wide,
     )
@@ -158,7 +158,7 @@ def _book_ticker(spec, data, recv_us, sid, seq, wide) -> BookTickerRecord:
     if usdm:
         _event(data, "bookTicker")
     return BookTickerRecord(
-        spec.name, recv_us, sid, seq, _uint(data, "u", "update id"),
+        spec.key, recv_us, sid, seq, _uint(data, "u", "update id"),
         _number(data, "b", "best bid", positive=False), _number(data, "B", "best bid quantity", positive=False),
         _number(data, "a", "best ask", positive=False), _number(data, "A", "best ask quantity", positive=False),
         _uint(data, "E", "event time") if usdm else None, _uint(data, "T", "transaction time") if usdm else None,

@@ -180,7 +180,10 @@ class Decoder:
             uid = data["lastUpdateId"]
             bids = data["bids"]
             asks = data["asks"]
-            limit = streams[stream].levels
+            spec = streams[stream]
+            if spec.type is not Kind.PARTIAL_DEPTH or spec.market is not Market.SPOT:
+                raise FrameError("not a spot snapshot: the strict path decodes it")
+            limit = spec.levels
             if (
                 type(uid) is not int or not 0 <= uid < 1 << 63 or type(bids) is not list or type(asks) is not list
                 or len(bids) > limit or len(asks) > limit
@@ -201,7 +204,7 @@ class Decoder:
         for raw, stream, recv_us, session_id, seq, uid, n_bids, n in meta:
             end = off + 16 * n
             wide = _count_wide(raw) if check_wide and _WIDE_RE.search(raw) else 0
-            out.append(DepthRecord(stream, recv_us, session_id, seq, uid, n_bids, packed[off:end], wide))
+            out.append(DepthRecord(streams[stream].key, recv_us, session_id, seq, uid, n_bids, packed[off:end], wide))
             off = end
         return out
 

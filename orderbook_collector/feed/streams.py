@@ -76,6 +76,12 @@ class StreamSpec:
         return f"{self.symbol}@{self.kind}"
 
     @property
+    def key(self) -> str:
+        """The stream's key in the buffer and in records: its name, prefixed ``usdm:`` on USD-M
+        (both markets have a ``btcusdt@depth@100ms``)."""
+        return self.name if self.market is Market.SPOT else f"{self.market.value}:{self.name}"
+
+    @property
     def dataset(self) -> str:
         return self.type.dataset
 

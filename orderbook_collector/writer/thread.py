@@ -29,14 +29,13 @@ from orderbook_collector import buffer
 from orderbook_collector.errors import StorageError
 from orderbook_collector.metrics import Metrics, quarantine_class
 from orderbook_collector.buffer.records import (
-    DepthRecord, Event, Frame, Item, Quarantined, SessionClose, SessionOpen, Stop,
+    Event, Frame, Item, Quarantined, Row, SessionClose, SessionOpen, Stop,
 )
-from orderbook_collector.feed.protocol import Decoder, StreamSpec, raw_bytes
+from orderbook_collector.buffer.rows import ROW_TABLES, RowTable
+from orderbook_collector.feed.protocol import Decoder, Market, StreamSpec, raw_bytes
 from orderbook_collector.writer.spill import Spill
 
 log = logging.getLogger(__name__)
-
-DATASET = "depth_snapshot"
 
 #: A session whose messages are at least this share duplicates, over at least
 #: DUPLICATE_ALARM_MIN messages, is reported once (log WARNING and a metric). On a real
@@ -80,7 +79,7 @@ class SessionTally:
 def store_records(
     conn: sqlite3.Connection,
     stream_ids: dict[str, int],
-    records: list[DepthRecord],
+    records: list[Row],
     quarantined: list[Quarantined] = (),
     ops: list[SessionOpen | SessionClose | Event] = (),
     spill_position: tuple[str, int] | None = None,
@@ -97,29 +96,15 @@ def store_records(
         for op in ops:
             if type(op) is SessionOpen:
                 conn.execute(
-                    "INSERT OR IGNORE INTO sessions (session_id, url, streams, opened_us) VALUES (?, ?, ?, ?)", op
+                    "INSERT OR IGNORE INTO sessions (session_id, url, streams, opened_us, market) VALUES (?, ?, ?, ?, ?)",
+                    op,
                 )
-        if records:
-            before_id = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'depth_snapshot'").fetchone()
-            before_id = before_id[0] if before_id else 0
-            before = conn.total_changes
-            conn.executemany(
-                "INSERT OR IGNORE INTO depth_snapshot "
-                "(stream_id, session_id, seq, recv_us, update_id, n_bids, levels) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(stream_ids[r.stream], r.session_id, r.seq, r.recv_us, r.update_id, r.n_bids, r.levels) for r in records],
-            )
-            result.stored = conn.total_changes - before
-            dups = _record_duplicates(conn, before_id, records) if result.stored < len(records) else set()
-            result.duplicates = len(dups)
-            conn.execute(
-                "INSERT INTO buffer_hours (dataset, hour_us, min_id, max_id, rows) "
-                "SELECT ?, recv_us - recv_us % ?, min(id), max(id), count(*) FROM depth_snapshot WHERE id > ? "
-                "GROUP BY 2 ORDER BY 2 "
-                "ON CONFLICT (dataset, hour_us) DO UPDATE SET min_id = min(min_id, excluded.min_id), "
-                "max_id = max(max_id, excluded.max_id), rows = rows + excluded.rows",
-                (DATASET, buffer.HOUR_US, before_id),
-            )
-            for r in records:
+        groups: dict[type, list[Row]] = {}
+        for r in records:
+            groups.setdefault(type(r), []).append(r)
+        for rtype, rows in groups.items():
+            dups = _store_rows(conn, stream_ids, ROW_TABLES[rtype], rows, result)
+            for r in rows:
                 s = per_session[r.session_id]
                 if (r.session_id, r.seq) in dups:
                     s.duplicates += 1
@@ -162,16 +147,39 @@ def store_records(
     return result
 
 
-def _record_duplicates(conn: sqlite3.Connection, before_id: int, records: list[DepthRecord]) -> set[tuple[int, int]]:
-    stored = set(conn.execute("SELECT session_id, seq FROM depth_snapshot WHERE id > ?", (before_id,)))
-    dups = [r for r in records if (r.session_id, r.seq) not in stored]
-    ids = dict(conn.execute("SELECT name, stream_id FROM streams"))
+def _store_rows(conn: sqlite3.Connection, stream_ids: dict[str, int], t: RowTable, rows: list[Row],
+                result: BatchResult) -> set[tuple[int, int]]:
+    """Insert one dataset's rows; keep ``buffer_hours`` and ``dropped``; return the dropped (session, seq)."""
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (t.table,)).fetchone()
+    before_id = row[0] if row else 0
+    before = conn.total_changes
+    values = t.values
     conn.executemany(
-        "INSERT OR IGNORE INTO dropped (session_id, seq, stream_id, update_id, recv_us, reason) "
-        "VALUES (?, ?, ?, ?, ?, 'duplicate')",
-        [(r.session_id, r.seq, ids[r.stream], r.update_id, r.recv_us) for r in dups],
+        f"INSERT OR IGNORE INTO {t.table} (stream_id, {', '.join(t.columns)}) VALUES ({', '.join('?' * (len(t.columns) + 1))})",
+        [(stream_ids[r.stream], *values(r)) for r in rows],
     )
-    return {(r.session_id, r.seq) for r in dups}
+    stored = conn.total_changes - before
+    result.stored += stored
+    dups: set[tuple[int, int]] = set()
+    if stored < len(rows):
+        kept = set(conn.execute(f"SELECT session_id, seq FROM {t.table} WHERE id > ?", (before_id,)))
+        dropped = [r for r in rows if (r.session_id, r.seq) not in kept]
+        conn.executemany(
+            "INSERT OR IGNORE INTO dropped (session_id, seq, stream_id, update_id, recv_us, reason, dataset) "
+            "VALUES (?, ?, ?, ?, ?, 'duplicate', ?)",
+            [(r.session_id, r.seq, stream_ids[r.stream], t.key(r), r.recv_us, t.table) for r in dropped],
+        )
+        dups = {(r.session_id, r.seq) for r in dropped}
+        result.duplicates += len(dups)
+    conn.execute(
+        "INSERT INTO buffer_hours (dataset, hour_us, min_id, max_id, rows) "
+        f"SELECT ?, recv_us - recv_us % ?, min(id), max(id), count(*) FROM {t.table} WHERE id > ? "
+        "GROUP BY 2 ORDER BY 2 "
+        "ON CONFLICT (dataset, hour_us) DO UPDATE SET min_id = min(min_id, excluded.min_id), "
+        "max_id = max(max_id, excluded.max_id), rows = rows + excluded.rows",
+        (t.table, buffer.HOUR_US, before_id),
+    )
+    return dups
 
 
 def classify_sqlite_error(exc: BaseException) -> str:
@@ -281,10 +289,16 @@ class Writer:
     def _run(self) -> None:
         try:
             conn = buffer.connect(self.path, synchronous=self.synchronous, busy_timeout_ms=self.busy_timeout_ms)
-            self.stream_ids = buffer.stream_ids(conn, [(s.name, s.symbol, s.kind) for s in self.streams])
+            self.stream_ids = buffer.stream_ids(conn, [(s.key, s.symbol, s.kind, s.market.value) for s in self.streams])
             row = conn.execute("SELECT segment, offset FROM spill_state").fetchone()
             self.spill.seek(tuple(row) if row else None)
-            self.decoder = Decoder(self.streams)
+            # A connection carries one market; both markets may name a stream alike, so each
+            # session's frames are decoded with its market's streams (sessions still open in the
+            # buffer come back from a restart with their frames in the spill).
+            self.decoders = {m: Decoder([s for s in self.streams if s.market is m]) for m in Market}
+            self.session_market: dict[int, Market] = {
+                sid: Market(m) for sid, m in conn.execute("SELECT session_id, market FROM sessions WHERE closed_us IS NULL")
+            }
         except BaseException as exc:  # reported to start()
             self._failure = exc
             self._ready.set()
@@ -407,8 +421,8 @@ class Writer:
             log.info("spill replayed; back to the queue")
             self.queue.put_nowait(Event(buffer.now_us(), None, None, "spill_end", "spill replayed"))
 
-    def _decode(self, items: list[Item]) -> tuple[list[DepthRecord], list[Quarantined], list]:
-        records: list[DepthRecord] = []
+    def _decode(self, items: list[Item]) -> tuple[list[Row], list[Quarantined], list]:
+        records: list[Row] = []
         quarantined: list[Quarantined] = []
         ops: list[SessionOpen | SessionClose | Event] = []
         frames: list[Frame] = []
@@ -416,17 +430,27 @@ class Writer:
             kind = type(it)
             if kind is Frame:
                 frames.append(it)
-            elif kind is DepthRecord:
+            elif kind in ROW_TABLES:
                 records.append(it)
             elif kind is Quarantined:
                 quarantined.append(it)
             else:
                 ops.append(it)
-        for (raw, recv_us, sid, seq), rec in zip(frames, self.decoder.decode_many(frames)):
-            if type(rec) is DepthRecord:
+        for op in ops:
+            if type(op) is SessionOpen:
+                self.session_market[op.session_id] = Market(op.market)
+        by_market: dict[Market, list[Frame]] = {}
+        for f in frames:
+            by_market.setdefault(self.session_market.get(f.session_id, Market.SPOT), []).append(f)
+        decoded = [(f, rec) for m, fs in by_market.items() for f, rec in zip(fs, self.decoders[m].decode_many(fs))]
+        for (raw, recv_us, sid, seq), rec in decoded:
+            if type(rec) in ROW_TABLES:
                 records.append(rec)
             elif type(rec) is Quarantined:
                 quarantined.append(rec)
             else:  # a control frame that looked like data: keep it, explained
                 quarantined.append(Quarantined(recv_us, sid, seq, f"unexpected {type(rec).__name__}", raw_bytes(raw)))
+        for op in ops:
+            if type(op) is SessionClose:
+                self.session_market.pop(op.session_id, None)
         return records, quarantined, ops
