@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: venv run demo test test-fast chaos bench lock simulator clean
+.PHONY: venv system-deps run demo test test-fast chaos bench lock simulator clean
 
 venv: $(STAMP)
 
@@ -28,7 +28,11 @@ demo: venv
 	$(BIN)/python -m tools.run --simulator
 
 # Chromium (Debian package) is what the real-browser test drives; without it that one test skips.
-test: venv
+# Debian packages for the real-server tests (Ceph RGW): installed once, idempotently.
+system-deps:
+	sh tools/system-deps.sh
+
+test: venv system-deps
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
 		|| echo "chromium could not be installed: the browser test will be skipped"
 	$(BIN)/python -m pytest -q
