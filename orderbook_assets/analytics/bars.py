@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from orderbook_collector.fsutil import sha256_file
 
 from orderbook_assets.analytics import views
-from orderbook_assets.archive.store import ArchiveStore, LocalStore, S3Store
+from orderbook_assets.archive.store import ArchiveStore, open_store
 
 DATASET = "top_of_book_1s"
 SOURCE = "depth_snapshot"
@@ -215,7 +215,7 @@ def materialize_hour(
             bars = BARS_SCHEMA.empty_table()
     finally:
         con.close()
-    write_parquet(bars, store or _open_store(archive, s3), bars_key(hour_us))
+    write_parquet(bars, store or open_store(archive, s3), bars_key(hour_us))
     return bars, f"{archive.url}/{bars_key(hour_us)}"
 
 
@@ -226,22 +226,6 @@ def write_parquet(table: pa.Table, store: ArchiveStore, key: str) -> None:
         pq.write_table(table, path, **WRITER_OPTIONS)
         _size, sha = sha256_file(path)
         store.put_derived(key, path, sha)
-
-
-def _open_store(archive: views.Archive, s3: views.S3Settings | None) -> ArchiveStore:
-    if not archive.is_s3:
-        return LocalStore(archive.url)
-    import boto3
-    from botocore.config import Config
-
-    s3 = s3 or views.S3Settings.from_env()
-    client = boto3.session.Session().client(
-        "s3", region_name=s3.region, endpoint_url=s3.endpoint_url,
-        aws_access_key_id=s3.key_id, aws_secret_access_key=s3.secret, aws_session_token=s3.session_token,
-        config=Config(retries={"mode": "standard", "total_max_attempts": 5},
-                      s3={"addressing_style": "path"} if s3.endpoint_url else {}),
-    )
-    return S3Store(client, archive.bucket, archive.url[len(f"s3://{archive.bucket}"):].strip("/"))
 
 
 # --------------------------------------------------------------------------- Dagster
@@ -255,23 +239,9 @@ def hourly_partitions():
 
 
 def s3_settings_from(archive_resource) -> views.S3Settings | None:
-    """DuckDB's S3 settings from the pipeline's ``ArchiveResource`` (None for a local archive),
-    so bars read and write exactly where and as the archive job does."""
-    if not archive_resource.resolved_url().startswith("s3://"):
-        return None
-    import boto3
-
-    res = archive_resource.s3
-    env = views.S3Settings.from_env()  # also fails with one sentence when no credentials exist
-    creds = None
-    if res.aws_access_key_id:
-        key, secret, token = res.aws_access_key_id, res.aws_secret_access_key, res.aws_session_token
-    else:
-        creds = boto3.session.Session(profile_name=res.profile_name).get_credentials()
-        frozen = creds.get_frozen_credentials() if creds else None
-        key, secret, token = (frozen.access_key, frozen.secret_key, frozen.token) if frozen else (
-            env.key_id, env.secret, env.session_token)
-    return views.S3Settings(res.region_name or env.region, res.endpoint_url or env.endpoint_url, key, secret, token)
+    """The pipeline's S3 settings (None for a local archive), so bars read and write exactly
+    where and as the archive job does."""
+    return archive_resource.s3_settings()
 
 
 def build_top_of_book_1s(partitions_def=None, deps=(SOURCE,), group_name: str | None = "archive"):
