@@ -218,3 +218,21 @@ class Rgw:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def rgw_fixture():
+    """The session fixture (``from support.rgw import rgw`` in a test module): one RGW for
+    the whole session, started on first use, stopped by PID at the end."""
+    import pytest
+
+    @pytest.fixture(scope="session")
+    def rgw(tmp_path_factory):
+        server = Rgw(tmp_path_factory.mktemp("rgw"))
+        with server:
+            print(f"\nCeph RGW up at {server.url} in {server.startup_seconds:.1f} s")
+            yield server
+
+    return rgw
+
+
+rgw = rgw_fixture()
