@@ -211,7 +211,7 @@ def probe(client, bucket: str, prefix: str, *, writers: int = 4, rounds: int = 3
         # SHA-256: a wrong one must be refused, a right one returned on HEAD.
         k3 = key("sha")
         try:
-            put(k3, one, ChecksumSHA256=_b64(hashlib.sha256(two).digest()))
+            put(k3, one, ChecksumAlgorithm="SHA256", ChecksumSHA256=_b64(hashlib.sha256(two).digest()))
             facts["sha256_put"] = "ignored"
         except ClientError as exc:
             if code_of(exc) in DIGEST_MISMATCH:
@@ -223,7 +223,7 @@ def probe(client, bucket: str, prefix: str, *, writers: int = 4, rounds: int = 3
         facts["sha256_head"] = "none"
         if not facts["sha256_put"].startswith("rejected"):
             try:
-                put(k3, one, ChecksumSHA256=_b64(hashlib.sha256(one).digest()))
+                put(k3, one, ChecksumAlgorithm="SHA256", ChecksumSHA256=_b64(hashlib.sha256(one).digest()))
                 head = client.head_object(Bucket=bucket, Key=k3, ChecksumMode="ENABLED")
                 got = head.get("ChecksumSHA256")
                 if got == _b64(hashlib.sha256(one).digest()):

@@ -331,7 +331,7 @@ class S3Store:
                         ContentMD5=base64.b64encode(md5.digest()).decode(),
                         Metadata={"sha256": sha256, "md5": md5.hexdigest()})
         if caps.send_sha256:
-            kw["ChecksumSHA256"] = _b64(sha256)
+            kw.update(ChecksumAlgorithm="SHA256", ChecksumSHA256=_b64(sha256))
         if condition == "if-none-match":
             kw["IfNoneMatch"] = "*"
         if condition == "generation-match":
@@ -363,7 +363,7 @@ class S3Store:
                         raise ArchiveError(f"PUT {where}: another write of this key is in flight (409); retry later") from exc
                     raise
 
-            exists = self._call(f"PUT {where}", put)
+            exists = self._call(f"PUT {where} with {caps.create}", put)
         if not exists:
             return "created"
         # Maybe our own earlier write (a lost response, a crash): compare, never overwrite.
