@@ -157,21 +157,21 @@ class S3Settings:
             ep = urllib.parse.urlsplit(endpoint)
             if ep.scheme not in ("http", "https") or not ep.netloc:
                 raise ConfigError("AWS_ENDPOINT_URL_S3", f"{endpoint!r} is not an http(s) URL such as http://127.0.0.1:9000.")
+        if not (key_id and secret):
+            creds = session.get_credentials()
+            frozen = creds.get_frozen_credentials() if creds is not None else None
+            if frozen is None or not frozen.access_key:
+                raise ConfigError(
+                    "AWS credentials",
+                    "none found for the S3 archive; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE).",
+                )
+            key_id, secret, session_token = frozen.access_key, frozen.secret_key, frozen.token
         region = region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or session.region_name
         if not region:
             if not endpoint:
                 raise ConfigError("AWS_REGION", "is not set but the archive is on AWS S3; set it to the bucket's region, e.g. eu-west-1.")
             region = SELF_HOSTED_DEFAULT_REGION
-        if key_id and secret:
-            return cls(region, endpoint, key_id, secret, session_token)
-        creds = session.get_credentials()
-        frozen = creds.get_frozen_credentials() if creds is not None else None
-        if frozen is None or not frozen.access_key:
-            raise ConfigError(
-                "AWS credentials",
-                "none found for the S3 archive; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE).",
-            )
-        return cls(region, endpoint, frozen.access_key, frozen.secret_key, frozen.token)
+        return cls(region, endpoint, key_id, secret, session_token)
 
     def client(self, *, max_attempts: int = 5, connect_timeout: float = 5.0, read_timeout: float = 30.0):
         """The boto3 S3 client every part of orderbook uses.
