@@ -25,7 +25,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 
-from orderbook_collector.errors import ConfigError
+from orderbook_collector.errors import ArchiveError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,10 @@ VERIFICATIONS = {
     "md5-etag": "the store's ETag, the MD5 of a single-part PUT, against our MD5",
     "download": "the object downloaded and hashed (the store returns no usable digest)",
 }
+
+
+class ProbeInconclusive(ArchiveError):
+    """The store's answers contradict each other (a fault on the way): nothing is recorded."""
 
 
 def _b64(raw: bytes) -> str:
@@ -197,8 +201,9 @@ def probe(client, bucket: str, prefix: str, *, writers: int = 4, rounds: int = 3
     one, two = f"probe {run} one".encode(), f"probe {run} two, longer".encode()
     try:
         k1 = key("a")
-        resp = put(k1, one)  # a store refusing this refuses everything: let it raise
-        etag = str(resp.get("ETag", "")).strip('"')
+        put(k1, one)  # a store refusing this refuses everything: let it raise
+        # The ETag as stored (not as answered: a gateway may answer 200 and store nothing).
+        etag = str(client.head_object(Bucket=bucket, Key=k1).get("ETag", "")).strip('"')
         facts["etag_is_md5"] = "yes" if etag == hashlib.md5(one).hexdigest() else "no"
 
         # Content-MD5: a wrong one must be refused.
@@ -258,13 +263,17 @@ def _conditional(client, bucket: str, existing: str, body: bytes, **kw) -> str:
 
     try:
         client.put_object(Bucket=bucket, Key=existing, Body=body, ContentMD5=_b64(hashlib.md5(body).digest()), **kw)
-        return "ignored (overwrote)"
     except ClientError as exc:
         if is_precondition_failed(exc):
             return "honoured"
         if status_of(exc) in (400, 501):
             return f"unsupported ({code_of(exc) or status_of(exc)})"
         raise
+    # 200: only a changed object proves the condition was ignored; anything else (a 412 lost on
+    # the way, a write acknowledged and dropped) leaves the question open: probe again later.
+    if client.get_object(Bucket=bucket, Key=existing)["Body"].read() != body:
+        raise ProbeInconclusive(f"a conditional PUT of s3://{bucket}/{existing} answered 200 but changed nothing")
+    return "ignored (overwrote)"
 
 
 def _race(client, bucket: str, key, writers: int, rounds: int, **kw) -> str:
