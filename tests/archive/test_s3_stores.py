@@ -175,3 +175,24 @@ def test_missing_credentials_fail_once_with_one_sentence(monkeypatch, tmp_path):
     assert len(failures) == 1 and not retries
     message = failures[0].step_failure_data.error.message
     assert "AWS credentials: none found for the S3 archive; set AWS_ACCESS_KEY_ID" in message
+
+
+CREATE_RANK = {"if-none-match": 2, "generation-match": 1, "head-then-put": 0}
+VERIFY_RANK = {"sha256": 2, "md5-etag": 1, "download": 0}
+
+
+@pytest.mark.parametrize("kind", ["lost_response", "silent_put_loss"])
+@pytest.mark.parametrize("nth", range(8))
+def test_a_fault_during_the_probe_never_records_a_stronger_capability(moto, kind, nth):
+    """Garage overwrites despite If-None-Match: a fault on any probe PUT must never make the
+    record claim create-only (which would let the archive overwrite without noticing)."""
+    moto.reset()
+    with FaultProxy(moto.url, store="garage") as proxy:
+        proxy.inject(kind, method="PUT", path_contains="/_orderbook/probe-", skip=nth)
+        try:
+            caps = provisioned(proxy.url).capabilities
+        except ArchiveError:
+            caps = provisioned(proxy.url).capabilities  # the step's retry: a fresh probe
+        assert CREATE_RANK[caps.create] <= CREATE_RANK["head-then-put"]
+        assert VERIFY_RANK[caps.verify] <= VERIFY_RANK["sha256"]
+        assert caps.facts["if_none_match"] == "ignored (overwrote)"

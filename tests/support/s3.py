@@ -331,13 +331,14 @@ class RequestRecord(NamedTuple):
 
 
 class _Fault:
-    __slots__ = ("kind", "remaining", "method", "path_contains")
+    __slots__ = ("kind", "remaining", "method", "path_contains", "skip")
 
-    def __init__(self, kind: str, count: int, method: str | None, path_contains: str | None):
+    def __init__(self, kind: str, count: int, method: str | None, path_contains: str | None, skip: int = 0):
         self.kind = kind
         self.remaining = count
         self.method = method.upper() if method else None
         self.path_contains = path_contains
+        self.skip = skip
 
     def matches(self, method: str, path: str) -> bool:
         if self.method is not None and self.method != method:
@@ -668,16 +669,17 @@ class FaultProxy:
     # ---------------------------------------------------------------- injection API
 
     def inject(self, kind: str, count: int = 1, method: str | None = None,
-               path_contains: str | None = None) -> None:
+               path_contains: str | None = None, skip: int = 0) -> None:
         """Queue ``count`` faults of ``kind`` for the next requests whose method equals
-        ``method`` (any if None) and whose target (path + query) contains ``path_contains``.
+        ``method`` (any if None) and whose target (path + query) contains ``path_contains``,
+        after letting ``skip`` such requests pass untouched.
         Queued faults are consumed in the order they were injected."""
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}; expected one of {FAULT_KINDS}")
         if count < 1:
             raise ValueError("count must be >= 1")
         with self._lock:
-            self._faults.append(_Fault(kind, count, method, path_contains))
+            self._faults.append(_Fault(kind, count, method, path_contains, skip))
 
     def clear(self) -> None:
         """Drop all pending faults (counters and the request log are kept)."""
@@ -693,6 +695,9 @@ class FaultProxy:
         with self._lock:
             for fault in self._faults:
                 if fault.matches(method, target):
+                    if fault.skip > 0:
+                        fault.skip -= 1
+                        continue
                     fault.remaining -= 1
                     if fault.remaining <= 0:
                         self._faults.remove(fault)
