@@ -196,3 +196,24 @@ def test_a_fault_during_the_probe_never_records_a_stronger_capability(moto, kind
         assert CREATE_RANK[caps.create] <= CREATE_RANK["head-then-put"]
         assert VERIFY_RANK[caps.verify] <= VERIFY_RANK["sha256"]
         assert caps.facts["if_none_match"] == "ignored (overwrote)"
+
+
+HOW = {"aws": "sha256", "rgw16": "md5-etag", "garage": "sha256", "gcs": "md5-etag", "b2": "md5-etag"}
+
+
+def test_derived_bars_are_verified_by_the_strongest_means_on_each_store(proxy, row):
+    from orderbook_assets.analytics import bars
+    from support.synthetic import T0, synthetic_depth
+
+    st = provisioned(proxy.url)
+    key = bars.bars_key(T0)
+    table = bars.bars_1s(synthetic_depth(start_us=T0, seconds=5))
+    bars.write_parquet(table, st, key)
+    got = st.head_detail(key)
+    assert got.how == HOW[row] and got.size > 0
+    assert hashlib.sha256(st.get(key)).hexdigest() == got.sha256
+    # a rewrite acknowledged but lost is caught, not taken for the new bars
+    proxy.inject("silent_put_loss", method="PUT", path_contains="top_of_book_1s")
+    with pytest.raises(ArchiveError, match="HEAD shows"):
+        bars.write_parquet(table.slice(0, 3), st, key)
+    assert st.head_detail(key) == got
