@@ -78,7 +78,12 @@ def test_hour_archived_end_to_end_to_moto(env, monkeypatch):
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
         rows = fill_buffer(env / "buffer.sqlite3", ["btcusdt", "ethusdt"], BASE_HOUR_US, 300)
-        assert run_hour().success
+        result = run_hour()
+        assert result.success
+        # what the store honours, shown in the UI with every depth_snapshot materialization
+        store = result.asset_materializations_for_node("depth_snapshot")[0].metadata["store"].value
+        assert store["create"] == "if-none-match" and store["verify"].startswith("md5-etag")
+        assert store["hardening.public_access_block"] == "on"
         client = s3_client(moto.url, "eu-west-1")
         assert client.get_bucket_location(Bucket="books")["LocationConstraint"] == "eu-west-1"
         keys = [o["Key"] for o in client.list_objects_v2(Bucket="books")["Contents"]
