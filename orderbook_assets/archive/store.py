@@ -252,7 +252,7 @@ class S3Store:
     @property
     def capabilities(self) -> Capabilities:
         if self._caps is None:
-            self._caps = self._load_or_probe(created=False, hardening={})
+            self._caps = self._load_or_probe(hardening={})
         return self._caps
 
     def describe(self) -> dict[str, str]:
@@ -263,16 +263,18 @@ class S3Store:
         create the bucket if missing (hardened), probe the store and store the record."""
         from botocore.exceptions import BotoCoreError, ClientError
 
-        if self._caps is not None:
-            return self._caps
         try:
+            if self._caps is not None:
+                if self._caps.source == caps_mod.SETTING:  # stated, not probed: the bucket may still be missing
+                    _created, self._caps.hardening = self.ensure_bucket(region, custom_endpoint=custom_endpoint)
+                return self._caps
             if self.setting.strip() != "probe":
                 recorded = self._read_record()
                 if recorded is not None:
                     self._caps = recorded
                     return recorded
-            created, hardening = self.ensure_bucket(region, custom_endpoint=custom_endpoint)
-            self._caps = self._load_or_probe(created=created, hardening=hardening, force=True)
+            _created, hardening = self.ensure_bucket(region, custom_endpoint=custom_endpoint)
+            self._caps = self._load_or_probe(hardening=hardening, force=True)
         except (ClientError, BotoCoreError) as exc:
             raise self._error(f"preparing {self.url}", exc) from exc
         return self._caps
@@ -299,7 +301,7 @@ class S3Store:
         log.info("%s: S3 capabilities from the bucket's record: %s", self.url, caps.summary())
         return caps
 
-    def _load_or_probe(self, *, created: bool, hardening: dict[str, str], force: bool = False) -> Capabilities:
+    def _load_or_probe(self, *, hardening: dict[str, str], force: bool = False) -> Capabilities:
         if not force and self.setting.strip() != "probe":
             recorded = self._read_record()
             if recorded is not None:
@@ -480,7 +482,7 @@ class S3Store:
             custom_endpoint = not self.endpoint.endswith("amazonaws.com")
         try:
             self.client.head_bucket(Bucket=self.bucket)
-            return False, {}
+            return False, {"bucket": "existed: left as its owner configured it"}
         except ClientError as exc:
             if caps_mod.status_of(exc) not in (404, 400) and caps_mod.code_of(exc) not in ("404", "NoSuchBucket", "NotFound"):
                 raise self._error(f"HEAD bucket {self.bucket}", exc) from exc

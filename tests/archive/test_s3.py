@@ -43,7 +43,7 @@ def test_bucket_created_with_location_constraint_from_region(moto, region):
     assert st.client.get_bucket_location(Bucket=BUCKET).get("LocationConstraint") in (
         (None, "us-east-1") if region == "us-east-1" else (region,)
     )
-    assert st.ensure_bucket(region) == (False, {})  # exists: nothing to do
+    assert st.ensure_bucket(region) == (False, {"bucket": "existed: left as its owner configured it"})
     enc = st.client.get_bucket_encryption(Bucket=BUCKET)["ServerSideEncryptionConfiguration"]
     assert enc["Rules"][0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
     assert st.client.get_public_access_block(Bucket=BUCKET)["PublicAccessBlockConfiguration"]["BlockPublicAcls"]

@@ -217,3 +217,20 @@ def test_derived_bars_are_verified_by_the_strongest_means_on_each_store(proxy, r
     with pytest.raises(ArchiveError, match="HEAD shows"):
         bars.write_parquet(table.slice(0, 3), st, key)
     assert st.head_detail(key) == got
+
+
+def test_the_setting_states_the_mechanisms_and_skips_the_probe(moto, monkeypatch, tmp_path):
+    moto.reset()
+    monkeypatch.setenv("ORDERBOOK_S3_CAPABILITIES", "create=head-then-put,verify=download")
+    with FaultProxy(moto.url, store="aws") as proxy:
+        client = s3_client(proxy.url, REGION, request_checksum_calculation="when_required",
+                           response_checksum_validation="when_required")
+        st = S3Store(client, BUCKET, "books")
+        caps = st.provision(REGION, custom_endpoint=True)  # creates the missing bucket
+        assert (caps.create, caps.verify, caps.source) == ("head-then-put", "download", "ORDERBOOK_S3_CAPABILITIES")
+        assert caps.guarantee.startswith("WEAKER") and caps.hardening["public_access_block"] == "on"
+        f = tmp_path / "p"
+        f.write_bytes(b"x" * 10)
+        sha = hashlib.sha256(f.read_bytes()).hexdigest()
+        assert st.put_if_absent("k", f, sha) == "created" and st.head_detail("k").how == "download"
+        assert not [r for r in proxy.requests if "/_orderbook/" in r.path and r.method == "PUT" and "write-check" not in r.path]
