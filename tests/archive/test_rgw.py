@@ -144,7 +144,12 @@ def test_an_hour_archived_end_to_end_rerun_idempotent_read_back_with_duckdb(rgw,
     assert read_back(rgw, bucket) == sorted((r.session_id, r.seq) for r in rows)
 
 
-@pytest.mark.parametrize("point", ["after_parquet", "after_upload", "after_head", "before_archive"])
+@pytest.mark.parametrize("point", [
+    pytest.param("after_parquet", marks=pytest.mark.slow),
+    "after_upload",
+    pytest.param("after_head", marks=pytest.mark.slow),
+    pytest.param("before_archive", marks=pytest.mark.slow),
+])
 def test_kill_9_of_an_archive_run_then_rerun(rgw, tmp_path, point):
     bucket = fresh_bucket()
     rows = fill_buffer(tmp_path / "buffer.sqlite3", ["btcusdt"], BASE_HOUR_US, 300)
