@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from orderbook_collector.fsutil import sha256_file
 
 from orderbook_assets.analytics import views
-from orderbook_assets.archive.store import ArchiveStore, LocalStore, S3Store
+from orderbook_assets.archive.store import ArchiveStore, open_store
 
 DATASET = "top_of_book_1s"
 SOURCE = "depth_snapshot"
@@ -212,7 +212,7 @@ def materialize_hour(
         bars = _bars_of_files(con, sources)
     finally:
         con.close()
-    write_parquet(bars, store or _open_store(archive, s3), bars_key(hour_us))
+    write_parquet(bars, store or open_store(archive, s3), bars_key(hour_us))
     return bars, f"{archive.url}/{bars_key(hour_us)}"
 
 
@@ -225,17 +225,3 @@ def write_parquet(table: pa.Table, store: ArchiveStore, key: str) -> None:
         store.put_derived(key, path, sha)
 
 
-def _open_store(archive: views.Archive, s3: views.S3Settings | None) -> ArchiveStore:
-    if not archive.is_s3:
-        return LocalStore(archive.url)
-    import boto3
-    from botocore.config import Config
-
-    s3 = s3 or views.S3Settings.from_env()
-    client = boto3.session.Session().client(
-        "s3", region_name=s3.region, endpoint_url=s3.endpoint_url,
-        aws_access_key_id=s3.key_id, aws_secret_access_key=s3.secret, aws_session_token=s3.session_token,
-        config=Config(retries={"mode": "standard", "total_max_attempts": 5},
-                      s3={"addressing_style": "path"} if s3.endpoint_url else {}),
-    )
-    return S3Store(client, archive.bucket, archive.url[len(f"s3://{archive.bucket}"):].strip("/"))

@@ -27,6 +27,7 @@ import duckdb
 from orderbook_collector.errors import OrderbookError
 
 from orderbook_assets.analytics import views
+from orderbook_assets.archive.location import Location
 
 USER_ERROR = 2
 VIEWS_HELP = "depth_snapshot, top_of_book, coverage and the macro book_at(symbol, time)"
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    archive_url = args.archive or os.environ.get("ORDERBOOK_ARCHIVE_URL") or "data/archive"
+    archive_url = Location.from_env(args.archive).url  # the archive job's own parser and default
     buffer_path = (args.buffer or os.environ.get("ORDERBOOK_BUFFER") or "data/buffer.sqlite3") if args.with_tail else None
     con, info = open_connection(archive_url, buffer_path, args.write_db)
     interactive = args.sql is None and (args.write_db or sys.stdin.isatty())

@@ -1,7 +1,7 @@
 """The analysts' DuckDB views over the archive, and the not-yet-archived tail.
 
 Everything here works on a caller's ``duckdb`` connection; nothing is global.
-:func:`register_views` creates, with stable names (docs/analysts.md):
+:func:`register_views` creates, with stable names (see DESIGN.md, "Contracts"):
 
 ``depth_snapshot_archived``  the Parquet dataset ``<archive>/depth_snapshot/``
 ``depth_snapshot_tail``      buffer rows no archived part covers (only with a buffer)
@@ -14,8 +14,9 @@ Everything here works on a caller's ``duckdb`` connection; nothing is global.
 
 How S3 is reached: DuckDB's ``httpfs`` extension, loaded from the file the PyPI
 package ``duckdb-extension-httpfs`` ships (no download from DuckDB's extension
-repository), with a ``CREATE SECRET`` built from the boto3 credential chain,
-``AWS_REGION`` and ``AWS_ENDPOINT_URL_S3``. See docs/analysts.md.
+repository), with a ``CREATE SECRET`` built by :class:`~orderbook_assets.archive.location.S3Settings`
+(the archive job's own recipe: boto3 credential chain, ``AWS_REGION``, ``AWS_ENDPOINT_URL_S3``).
+See docs/analysts.md.
 
 The tail is read with Python's ``sqlite3`` (DuckDB's sqlite extension is not
 available offline), read-only, in one read transaction, and decoded into the
@@ -24,9 +25,7 @@ archive's shape with numpy, without per-row Python loops.
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,9 +33,11 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from orderbook_assets.archive import datasets
-from orderbook_collector.buffer import HOUR_US, hour_folder, levels, reads  # noqa: F401
+from orderbook_collector.buffer import HOUR_US, levels, reads  # noqa: F401
 from orderbook_collector.errors import ArchiveError, ConfigError, StorageError
+
+from orderbook_assets.archive import datasets
+from orderbook_assets.archive.location import Location, S3Settings, hour_path
 
 DATASET = datasets.DEPTH
 DEPTH_SCHEMA = datasets.DEPTH_SCHEMA
@@ -49,111 +50,11 @@ TOP_OF_BOOK_COLUMNS = [
 _DUCK_TYPES = {f.name: datasets.duckdb_type(f.type) for f in (*DEPTH_SCHEMA, *datasets.HIVE_COLUMNS)}
 
 
-# --------------------------------------------------------------------------- locations
+# --------------------------------------------------------------------------- locations and S3
 
-
-@dataclass(frozen=True)
-class Archive:
-    """Where the archive lives: ``s3://bucket/prefix`` or a local folder."""
-
-    url: str
-
-    @classmethod
-    def parse(cls, url: str) -> Archive:
-        """Validate and normalise an archive URL (local paths become absolute).
-
-        Raises:
-            ConfigError: an S3 URL without a bucket, or an unsupported scheme.
-        """
-        url = (url or "").strip()
-        if not url:
-            raise ConfigError("ORDERBOOK_ARCHIVE_URL", "is empty; set it to s3://bucket/prefix or a folder.")
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme == "s3":
-            if not parts.netloc:
-                raise ConfigError("ORDERBOOK_ARCHIVE_URL", f"{url!r} names no bucket; use s3://bucket/prefix.")
-            return cls(f"s3://{parts.netloc}/{parts.path.strip('/')}".rstrip("/"))
-        if parts.scheme and len(parts.scheme) > 1:  # a Windows drive letter is not a scheme
-            raise ConfigError(
-                "ORDERBOOK_ARCHIVE_URL", f"scheme {parts.scheme!r} is not supported; use s3:// or a local folder."
-            )
-        return cls(str(Path(url).expanduser().resolve()))
-
-    @property
-    def is_s3(self) -> bool:
-        return self.url.startswith("s3://")
-
-    @property
-    def bucket(self) -> str:
-        return urllib.parse.urlsplit(self.url).netloc
-
-    def dataset(self, name: str) -> str:
-        return f"{self.url}/{name}"
-
-    def glob(self, name: str) -> str:
-        return f"{self.dataset(name)}/**/*.parquet"
-
-    def hour_glob(self, name: str, hour_us: int) -> str:
-        return f"{self.dataset(name)}/{hour_path(hour_us)}/*.parquet"
-
-
-hour_path = hour_folder
-
-
-# --------------------------------------------------------------------------- S3
-
-
-@dataclass(frozen=True)
-class S3Settings:
-    """What DuckDB needs to reach S3; :meth:`from_env` follows the archive's configuration."""
-
-    region: str = "us-east-1"
-    endpoint_url: str | None = None
-    key_id: str | None = None
-    secret: str | None = field(default=None, repr=False)
-    session_token: str | None = field(default=None, repr=False)
-
-    @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> S3Settings:
-        """Region and endpoint from the environment, credentials from the boto3 chain.
-
-        Raises:
-            ConfigError: no credentials anywhere in the chain.
-        """
-        env = os.environ if environ is None else environ
-        import boto3  # the chain: env vars, shared files, SSO, container and instance roles
-
-        session = boto3.session.Session()
-        creds = session.get_credentials()
-        if creds is None:
-            raise ConfigError(
-                "AWS credentials",
-                "none found for the S3 archive; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
-                "(or AWS_PROFILE) the same way as for the archive job.",
-            )
-        frozen = creds.get_frozen_credentials()
-        region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or session.region_name or "us-east-1"
-        endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
-        return cls(region, endpoint, frozen.access_key, frozen.secret_key, frozen.token)
-
-    def secret_sql(self, scope: str | None = None) -> str:
-        """The ``CREATE SECRET`` statement (contains the credentials: never log it)."""
-        opts = [("TYPE", "s3"), ("KEY_ID", self.key_id or ""), ("SECRET", self.secret or ""),
-                ("REGION", self.region)]
-        if self.session_token:
-            opts.append(("SESSION_TOKEN", self.session_token))
-        if self.endpoint_url:
-            ep = urllib.parse.urlsplit(self.endpoint_url)
-            if ep.scheme not in ("http", "https") or not ep.netloc:
-                raise ConfigError("AWS_ENDPOINT_URL_S3", f"{self.endpoint_url!r} is not an http(s) URL.")
-            opts += [("ENDPOINT", ep.netloc), ("URL_STYLE", "path")]
-            use_ssl = "true" if ep.scheme == "https" else "false"
-        else:
-            use_ssl = "true"
-        if scope:
-            opts.append(("SCOPE", scope))
-        body = ", ".join(f"{k} {_lit(v) if k != 'TYPE' else v}" for k, v in opts)
-        return f"CREATE OR REPLACE SECRET orderbook_s3 ({body}, USE_SSL {use_ssl})"
+# One parser of archive URLs and one S3 recipe for the whole project (archive/location.py):
+# the views accept exactly the URLs the archive job writes to, and read the same settings.
+Archive = Location
 
 
 def httpfs_path() -> Path:

@@ -71,6 +71,8 @@ def depth_snapshot(context: AssetExecutionContext, buffer: BufferResource, archi
             "last_recv_time": _iso(max(lasts) if lasts else None),
             "compression_ratio_vs_json": MetadataValue.float(round(json_bytes / fresh_bytes, 2) if fresh_bytes else 0.0),
             "estimated_json_bytes": json_bytes,
+            # What the store honours and therefore how strong "exactly once" is here.
+            "store": MetadataValue.json(store.describe()),
         }
     )
 

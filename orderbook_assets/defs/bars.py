@@ -13,23 +13,9 @@ from orderbook_assets.defs.partitions import hourly
 
 
 def s3_settings_from(archive_resource) -> views.S3Settings | None:
-    """DuckDB's S3 settings from the pipeline's ``ArchiveResource`` (None for a local archive),
-    so bars read and write exactly where and as the archive job does."""
-    if not archive_resource.resolved_url().startswith("s3://"):
-        return None
-    import boto3
-
-    res = archive_resource.s3
-    env = views.S3Settings.from_env()  # also fails with one sentence when no credentials exist
-    creds = None
-    if res.aws_access_key_id:
-        key, secret, token = res.aws_access_key_id, res.aws_secret_access_key, res.aws_session_token
-    else:
-        creds = boto3.session.Session(profile_name=res.profile_name).get_credentials()
-        frozen = creds.get_frozen_credentials() if creds else None
-        key, secret, token = (frozen.access_key, frozen.secret_key, frozen.token) if frozen else (
-            env.key_id, env.secret, env.session_token)
-    return views.S3Settings(res.region_name or env.region, res.endpoint_url or env.endpoint_url, key, secret, token)
+    """The pipeline's S3 settings (None for a local archive), so bars read and write exactly
+    where and as the archive job does."""
+    return archive_resource.s3_settings()
 
 
 def build_top_of_book_1s(partitions_def=None, deps=(bars.SOURCE,), group_name: str | None = "archive"):

@@ -2,10 +2,10 @@
 
 ``ORDERBOOK_BUFFER`` (default ``data/buffer.sqlite3``), ``ORDERBOOK_ARCHIVE_URL`` (default
 ``data/archive``) and ``ORDERBOOK_RETENTION_HOURS`` (default 24) are read when a run starts,
-so the same definitions serve every deployment. S3 goes through dagster-aws's
-:class:`~dagster_aws.s3.S3Resource` with nothing set: boto3 reads ``AWS_REGION``,
-``AWS_ENDPOINT_URL_S3`` and the credentials chain itself, so no secret is ever in code,
-config files or the UI.
+so the same definitions serve every deployment. S3 settings (``AWS_REGION``,
+``AWS_ENDPOINT_URL_S3``, the credentials chain) are resolved by
+:class:`orderbook_assets.archive.location.S3Settings`, the same recipe the query command,
+the views and the bars use, so no secret is ever in code, config files or the UI.
 """
 
 
@@ -13,18 +13,16 @@ import os
 import sqlite3
 from pathlib import Path
 
-import boto3
-from botocore.config import Config
 from dagster import ConfigurableResource, ResourceDependency
 from dagster_aws.s3 import S3Resource
 
 from orderbook_collector import buffer as buf
 from orderbook_collector.errors import ConfigError
 
-from orderbook_assets.archive.store import ArchiveStore, LocalStore, S3Store, parse_archive_url
+from orderbook_assets.archive.location import DEFAULT_ARCHIVE, Location, S3Settings
+from orderbook_assets.archive.store import ArchiveStore, open_store
 
 DEFAULT_BUFFER = "data/buffer.sqlite3"
-DEFAULT_ARCHIVE = "data/archive"
 DEFAULT_RETENTION_HOURS = 24.0
 
 
@@ -61,39 +59,27 @@ class BufferResource(ConfigurableResource):
 
 
 class ArchiveS3Resource(S3Resource):
-    """dagster-aws's S3Resource plus timeouts; retries in botocore's standard mode."""
+    """dagster-aws's S3Resource fields (all optional overrides of the environment), built
+    through :class:`S3Settings`: botocore standard-mode retries, timeouts, checksums only
+    when required."""
 
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
 
+    def settings(self) -> S3Settings:
+        """Raises ConfigError: no region for AWS S3, or no credentials."""
+        return S3Settings.from_env(
+            region=self.region_name, endpoint_url=self.endpoint_url, key_id=self.aws_access_key_id,
+            secret=self.aws_secret_access_key, session_token=self.aws_session_token, profile=self.profile_name,
+        )
+
     def get_client(self):
-        session = boto3.session.Session(profile_name=self.profile_name)
-        return session.client(
-            "s3",
-            region_name=self.region(),
-            endpoint_url=self.endpoint_url,
-            use_ssl=self.use_ssl,
-            verify=self.verify,
-            aws_access_key_id=self.aws_access_key_id,
-            aws_secret_access_key=self.aws_secret_access_key,
-            aws_session_token=self.aws_session_token,
-            config=Config(
-                retries={"mode": "standard", "max_attempts": self.max_attempts},
-                connect_timeout=self.connect_timeout,
-                read_timeout=self.read_timeout,
-            ),
+        return self.settings().client(
+            max_attempts=self.max_attempts, connect_timeout=self.connect_timeout, read_timeout=self.read_timeout
         )
 
     def region(self) -> str:
-        region = (
-            self.region_name
-            or os.environ.get("AWS_REGION")
-            or os.environ.get("AWS_DEFAULT_REGION")
-            or boto3.session.Session(profile_name=self.profile_name).region_name
-        )
-        if not region:
-            raise ConfigError("AWS_REGION", "is not set but the archive is on S3; set AWS_REGION, e.g. eu-west-1.")
-        return region
+        return self.settings().region
 
 
 class ArchiveResource(ConfigurableResource):
@@ -106,13 +92,21 @@ class ArchiveResource(ConfigurableResource):
     def resolved_url(self) -> str:
         return self.url or os.environ.get("ORDERBOOK_ARCHIVE_URL") or DEFAULT_ARCHIVE
 
+    def location(self) -> Location:
+        return Location.parse(self.resolved_url())
+
+    def s3_settings(self) -> S3Settings | None:
+        """None for a local archive."""
+        return self.s3.settings() if self.location().is_s3 else None
+
     def open_store(self) -> ArchiveStore:
-        kind, where, prefix = parse_archive_url(self.resolved_url())
-        if kind == "local":
-            return LocalStore(where)
-        region = self.s3.region()
-        client = self.s3.get_client()
-        store = S3Store(client, where, prefix)
-        if self.create_bucket:
-            store.ensure_bucket(region)
-        return store
+        """The store, ready: on S3 the bucket exists and its capabilities are known (the
+        bucket's record, read once per step; a probe only on first use of the bucket)."""
+        loc = self.location()
+        if not loc.is_s3:
+            return open_store(loc)
+        settings = self.s3.settings()
+        client = settings.client(
+            max_attempts=self.s3.max_attempts, connect_timeout=self.s3.connect_timeout, read_timeout=self.s3.read_timeout
+        )
+        return open_store(loc, settings, client=client, provision=self.create_bucket)

@@ -63,7 +63,8 @@ def objects(moto):
     client = s3_client(moto.url, "eu-west-1")
     out = {}
     for o in client.list_objects_v2(Bucket="crash").get("Contents", []):
-        out[o["Key"]] = client.head_object(Bucket="crash", Key=o["Key"], ChecksumMode="ENABLED")["ChecksumSHA256"]
+        if not o["Key"].startswith("archive/_orderbook/"):  # the store's capability record
+            out[o["Key"]] = client.head_object(Bucket="crash", Key=o["Key"])["ETag"]  # MD5 of the bytes
     return out
 
 

@@ -100,10 +100,16 @@ def test_hour_archived_end_to_end_to_moto(env, monkeypatch):
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
         rows = fill_buffer(env / "buffer.sqlite3", ["btcusdt", "ethusdt"], BASE_HOUR_US, 300)
-        assert run_hour().success
+        result = run_hour()
+        assert result.success
+        # what the store honours, shown in the UI with every depth_snapshot materialization
+        store = result.asset_materializations_for_node("depth_snapshot")[0].metadata["store"].value
+        assert store["create"] == "if-none-match" and store["verify"].startswith("md5-etag")
+        assert store["hardening.public_access_block"] == "on"
         client = s3_client(moto.url, "eu-west-1")
         assert client.get_bucket_location(Bucket="books")["LocationConstraint"] == "eu-west-1"
-        keys = [o["Key"] for o in client.list_objects_v2(Bucket="books")["Contents"]]
+        keys = [o["Key"] for o in client.list_objects_v2(Bucket="books")["Contents"]
+                if not o["Key"].startswith("archive/_orderbook/")]  # the store's capability record
         assert sorted(keys) == [
             "archive/coverage/date=2026-11-23/hour=10/part-0001-0-600.parquet",
             "archive/depth_snapshot/date=2026-11-23/hour=10/part-0001-0-600.parquet",
@@ -139,6 +145,10 @@ def test_s3_without_bucket_or_region_is_a_config_error(env, monkeypatch):
     for var in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE", "AWS_CONFIG_FILE"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(env / "none"))
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     with pytest.raises(ConfigError, match="AWS_REGION"):
         ArchiveResource(url="s3://b/p", s3=ArchiveS3Resource()).open_store()
 

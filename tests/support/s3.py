@@ -57,6 +57,11 @@ computes the checksum itself. The proxy nevertheless decodes HTTP chunked bodies
 aws-chunked bodies (with or without chunk signatures) and forwards a plain body with the
 trailer checksums moved into headers, so either form works.
 
+Store emulation (``FaultProxy(..., store=StoreBehaviour(...))`` or ``proxy.store = ...``):
+persistent behaviours, unlike the one-shot faults, that make moto answer like one row of
+docs/s3-compatible-stores.md -- see :data:`STORES` (``aws``, ``rgw16``, ``garage``, ``gcs``,
+``b2``) and :class:`StoreBehaviour`.
+
 Note: every ``ThreadedMotoServer`` in one process shares moto's global in-memory backend;
 use ``MotoServer.reset()`` (moto's ``/moto-api/reset``) between tests.
 """
@@ -66,6 +71,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import http.client
+import re
 import socket
 import struct
 import threading
@@ -75,6 +81,7 @@ import urllib.request
 import uuid
 import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import boto3
@@ -85,6 +92,8 @@ __all__ = [
     "FaultProxy",
     "MotoServer",
     "RequestRecord",
+    "STORES",
+    "StoreBehaviour",
     "s3_client",
 ]
 
@@ -262,6 +271,50 @@ def _s3_error_xml(code: str, message: str, request_id: str) -> bytes:
     ).encode()
 
 
+# --------------------------------------------------------------------------- store emulation
+
+
+@dataclass(frozen=True)
+class StoreBehaviour:
+    """How the emulated store treats what the archive relies on.
+
+    ``if_none_match``: ``honour`` (moto's own 412), ``ignore`` (the header is dropped: the PUT
+    overwrites, as Garage <= 2.0 and GCS do) or ``501`` (NotImplemented, as B2).
+    ``checksums``: ``verify`` (BadDigest on a mismatch, stored and returned on HEAD, as AWS),
+    ``ignore`` (accepted, neither checked nor stored, none on HEAD: Ceph RGW 16, GCS) or
+    ``reject`` (400 "Unsupported header", as B2). ``Content-MD5`` is always verified.
+    ``generation_match``: honour GCS's ``x-goog-if-generation-match: 0`` as create-only.
+    ``not_implemented``: bucket sub-resources (``publicAccessBlock``, ``encryption``) answered 501.
+    ``refused``: sub-resources answered 400 InvalidArgument (RGW 16's default encryption).
+    ``public_access_block_breaks_puts``: once a public access block is set, every object PUT is
+    403 AccessDenied until it is deleted (Ceph tracker 49135).
+    ``location_constraints``: ``any`` (moto checks them itself) or ``none`` (a constraint is 400
+    InvalidLocationConstraint, as a Ceph zonegroup named ``default``).
+    """
+
+    if_none_match: str = "honour"
+    checksums: str = "verify"
+    generation_match: bool = False
+    not_implemented: tuple[str, ...] = ()
+    refused: tuple[str, ...] = ()
+    public_access_block_breaks_puts: bool = False
+    location_constraints: str = "any"
+
+
+#: The rows of docs/s3-compatible-stores.md this proxy can play.
+STORES = {
+    "aws": StoreBehaviour(),
+    "rgw16": StoreBehaviour(checksums="ignore", refused=("encryption",), public_access_block_breaks_puts=True,
+                            location_constraints="none"),
+    "garage": StoreBehaviour(if_none_match="ignore", not_implemented=("publicAccessBlock", "encryption")),
+    "gcs": StoreBehaviour(if_none_match="ignore", checksums="ignore", generation_match=True,
+                          not_implemented=("publicAccessBlock", "encryption")),
+    "b2": StoreBehaviour(if_none_match="501", checksums="reject", not_implemented=("publicAccessBlock",)),
+}
+
+_CHECKSUM_REQUEST = ("x-amz-checksum-", "x-amz-sdk-checksum-algorithm")
+
+
 # --------------------------------------------------------------------------- proxy
 
 
@@ -278,13 +331,14 @@ class RequestRecord(NamedTuple):
 
 
 class _Fault:
-    __slots__ = ("kind", "remaining", "method", "path_contains")
+    __slots__ = ("kind", "remaining", "method", "path_contains", "skip")
 
-    def __init__(self, kind: str, count: int, method: str | None, path_contains: str | None):
+    def __init__(self, kind: str, count: int, method: str | None, path_contains: str | None, skip: int = 0):
         self.kind = kind
         self.remaining = count
         self.method = method.upper() if method else None
         self.path_contains = path_contains
+        self.skip = skip
 
     def matches(self, method: str, path: str) -> bool:
         if self.method is not None and self.method != method:
@@ -451,6 +505,48 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             conn.close()
 
+    def _emulate(self, method: str, target: str, headers: list[tuple[str, str]],
+                 body: bytes) -> list[tuple[str, str]] | tuple[int, str, str]:
+        """Apply the proxy's StoreBehaviour: the headers to forward, or an error (status, code, message)."""
+        b = self.server.proxy.store
+        split = urllib.parse.urlsplit(target)
+        query = urllib.parse.parse_qs(split.query, keep_blank_values=True)
+        lower = {k.lower(): v for k, v in headers}
+        segments = [p for p in split.path.split("/") if p]
+        is_object_put = method == "PUT" and len(segments) >= 2 and not query
+        for sub in b.not_implemented:
+            if sub in query:
+                return 501, "NotImplemented", f"{sub} is not implemented by this store."
+        for sub in b.refused:
+            if sub in query and method == "PUT":
+                return 400, "InvalidArgument", f"{sub} is not supported here."
+        if method == "PUT" and len(segments) == 1 and not query and b.location_constraints == "none":
+            if b"LocationConstraint" in body:
+                return 400, "InvalidLocationConstraint", "The specified location-constraint is not valid."
+            # moto takes the region from the signature's scope; a zonegroup store has none, so
+            # sign-scope us-east-1 (moto does not check signatures)
+            headers = [(k, re.sub(r"/\d{8}/[a-z0-9-]+/s3/", lambda m: m.group(0).split("/")[0] + "/"
+                                  + m.group(0).split("/")[1] + "/us-east-1/s3/", v) if k.lower() == "authorization" else v)
+                       for k, v in headers]
+        if is_object_put and b.public_access_block_breaks_puts and self.server.proxy.public_access_block:
+            return 403, "AccessDenied", "Access Denied"
+        if is_object_put and b.checksums == "reject" and any(k.startswith(_CHECKSUM_REQUEST) for k in lower):
+            name = next(k for k in lower if k.startswith(_CHECKSUM_REQUEST))
+            return 400, "InvalidArgument", f"Unsupported header '{name}' received for this API call."
+        if b.checksums == "ignore":
+            headers = [(k, v) for k, v in headers if not k.lower().startswith(_CHECKSUM_REQUEST)
+                       and k.lower() != "x-amz-checksum-mode"]
+        if method == "PUT" and "if-none-match" in lower:
+            if b.if_none_match == "501":
+                return 501, "NotImplemented", "A header you provided implies functionality that is not implemented."
+            if b.if_none_match == "ignore":
+                headers = [(k, v) for k, v in headers if k.lower() != "if-none-match"]
+        if method == "PUT" and "x-goog-if-generation-match" in lower:
+            headers = [(k, v) for k, v in headers if k.lower() != "x-goog-if-generation-match"]
+            if b.generation_match and lower["x-goog-if-generation-match"].strip() == "0":
+                headers.append(("If-None-Match", "*"))
+        return headers
+
     # ------------------------------------------------------------------ main
 
     def _proxy(self) -> None:
@@ -475,6 +571,13 @@ class _Handler(BaseHTTPRequestHandler):
             log(400)
             self._send_error_xml(400, "IncompleteBody", str(exc))
             return
+
+        emulated = self._emulate(method, target, headers, body)
+        if isinstance(emulated, tuple):
+            log(emulated[0])
+            self._send_error_xml(*emulated)
+            return
+        headers = emulated
 
         if fault == "status_500":
             log(fault)
@@ -522,6 +625,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._abort()
             return
         log(fault or status)
+        behaviour = proxy.store
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(target).query, keep_blank_values=True)
+        if "publicAccessBlock" in query and status < 300:
+            proxy.public_access_block = method == "PUT"
+        if behaviour.checksums != "verify":
+            up_headers = [(k, v) for k, v in up_headers if not k.lower().startswith("x-amz-checksum-")]
         self._send(status, up_headers, data, reason=reason, relay_length=(method == "HEAD"))
 
 
@@ -532,7 +641,10 @@ class FaultProxy:
     ``injected`` (dict kind -> times fired), ``requests`` (list of ``RequestRecord``).
     """
 
-    def __init__(self, upstream_url: str, port: int = 0, stall_seconds: float = 5.0) -> None:
+    def __init__(self, upstream_url: str, port: int = 0, stall_seconds: float = 5.0,
+                 store: StoreBehaviour | str = "aws") -> None:
+        self.store = STORES[store] if isinstance(store, str) else store
+        self.public_access_block = False
         self.upstream_url = upstream_url.rstrip("/")
         self._upstream = urllib.parse.urlsplit(self.upstream_url)
         if self._upstream.scheme != "http":
@@ -557,16 +669,17 @@ class FaultProxy:
     # ---------------------------------------------------------------- injection API
 
     def inject(self, kind: str, count: int = 1, method: str | None = None,
-               path_contains: str | None = None) -> None:
+               path_contains: str | None = None, skip: int = 0) -> None:
         """Queue ``count`` faults of ``kind`` for the next requests whose method equals
-        ``method`` (any if None) and whose target (path + query) contains ``path_contains``.
+        ``method`` (any if None) and whose target (path + query) contains ``path_contains``,
+        after letting ``skip`` such requests pass untouched.
         Queued faults are consumed in the order they were injected."""
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}; expected one of {FAULT_KINDS}")
         if count < 1:
             raise ValueError("count must be >= 1")
         with self._lock:
-            self._faults.append(_Fault(kind, count, method, path_contains))
+            self._faults.append(_Fault(kind, count, method, path_contains, skip))
 
     def clear(self) -> None:
         """Drop all pending faults (counters and the request log are kept)."""
@@ -582,6 +695,9 @@ class FaultProxy:
         with self._lock:
             for fault in self._faults:
                 if fault.matches(method, target):
+                    if fault.skip > 0:
+                        fault.skip -= 1
+                        continue
                     fault.remaining -= 1
                     if fault.remaining <= 0:
                         self._faults.remove(fault)
