@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from support.procs import SimulatorProcess, child_env, query, wait_for
+from support.requires import missing
 
 STREAMS = ["btcusdt@depth20@100ms", "ethusdt@depth20@100ms"]
 
@@ -139,8 +140,8 @@ def tiny_fs(tmp_path: Path):
     mnt.mkdir()
     res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mnt)], capture_output=True, text=True)
     if res.returncode:
-        pytest.skip(f"cannot mount a tmpfs here ({res.stderr.strip() or 'needs root'}); "
-                    "the disk-full test needs a real size-limited file system")
+        missing(f"cannot mount a tmpfs here ({res.stderr.strip() or 'needs root'}); "
+                "the disk-full test needs a real size-limited file system")
     try:
         yield mnt
     finally:
