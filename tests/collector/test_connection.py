@@ -12,6 +12,7 @@ import urllib.request
 
 from orderbook_collector.connection.collector import Collector
 from orderbook_collector.config import Settings
+from orderbook_collector.metrics import _BUCKETS as BUCKETS, Histogram
 from tools.simulator.exchange import Exchange
 from support.procs import query
 
@@ -169,6 +170,25 @@ def test_every_kind_of_malformed_frame_is_quarantined_and_collection_continues(t
     assert_contiguous(buffer, log)
 
 
+def histogram_quantile(h: Histogram, q: float) -> float:
+    """The upper bound of the bucket holding quantile ``q``, as Prometheus' histogram_quantile
+    rounds up: read from the collector's own metric, the one operators alert on."""
+    need, acc = q * h.count, 0
+    for bound, n in zip(BUCKETS, h.counts):
+        acc += n
+        if acc >= need:
+            return bound
+    return float("inf")
+
+
+# DESIGN/README: event-loop lag p99 <= 10 ms under the paced load (3.0 ms measured on an idle
+# machine). Here the simulator shares the loop and other test runs share the 2 cores, so the
+# bound is the next bucket up: a loop blocked by the writer (50 ms a commit here) lands in the
+# 50 ms bucket and fails it.
+LAG_P99_BOUND = 0.025
+LAG_SAMPLES = 200
+
+
 def test_slow_writer_spills_while_the_reader_keeps_up(tmp_path):
     buffer, log = tmp_path / "b.sqlite3", tmp_path / "sent.ndjson"
 
@@ -176,10 +196,21 @@ def test_slow_writer_spills_while_the_reader_keeps_up(tmp_path):
         async with Exchange(symbols=SYMBOLS, seed=5, rate=200, sent_log=log) as ex:
             s = settings_for(ex, buffer, queue_size=50, max_batch=20)
             async with running(s, slow_down=0.05) as c:
+                lag = c.metrics.loop_lag
                 await until(lambda: c.metrics.spilled_items > 500, timeout=20, what="spilling")
+                # The reader spills on the loop thread; the promise is that this keeps the loop free.
+                # Enough samples (one per 50 ms when the loop is free) that p99 is not just the worst
+                # one; a blocked loop yields fewer samples, and the bound below says so first.
+                deadline = asyncio.get_running_loop().time() + 30
+                while lag.count < LAG_SAMPLES and asyncio.get_running_loop().time() < deadline:
+                    await asyncio.sleep(0.05)
+                assert c.writer.spill.active  # still spilling: the samples cover the spill
                 assert c.metrics.connected == 1 and c.metrics.reconnects == 0
-                lag_p = c.metrics.loop_lag
-                assert lag_p.count > 0
+                p99 = histogram_quantile(lag, 0.99)
+                assert p99 <= LAG_P99_BOUND, (
+                    f"event-loop lag p99 {p99 * 1000:g} ms > {LAG_P99_BOUND * 1000:g} ms; "
+                    f"samples per bucket {dict(zip(BUCKETS + ('+Inf',), lag.counts))}")
+                assert lag.count >= LAG_SAMPLES, f"only {lag.count} loop-lag samples in 30 s: the loop was blocked"
                 c.writer.slow_down = 0.0
                 await until(lambda: not c.writer.spill.active, timeout=30, what="spill drained")
             assert ex.connections_accepted == 1  # no keepalive timeout, no reconnect
@@ -207,9 +238,15 @@ def test_receive_stamps_are_integer_microseconds_after_the_send(tmp_path):
         sent[rec["last_update_id"]] = rec["send_us"]
     rows = query(buffer, "SELECT update_id, recv_us, typeof(recv_us) FROM depth_snapshot ORDER BY id")
     assert all(t == "integer" for _, _, t in rows)
+    assert len(rows) >= 10
     stamps = [r for _, r, _ in rows]
-    assert len(set(stamps)) == len(stamps)
-    assert all(b - a > 50_000 for a, b in zip(stamps, stamps[1:]))  # 100 ms apart, clearly distinct
+    # One stamp per frame, in the order the frames were sent: strictly increasing, never shared
+    # (a stamp taken per batch or per queue hand-off would repeat or run out of order).
+    uids = [u for u, _, _ in rows]
+    assert uids == sorted(uids)  # stored in the order sent (one stream)
+    assert all(b > a for a, b in zip(stamps, stamps[1:])), stamps
+    # Microseconds, not milliseconds scaled up: a ms clock gives only multiples of 1,000.
+    assert any(t % 1000 for t in stamps), stamps
     assert all(recv >= sent[uid] for uid, recv, _ in rows)
     assert all(recv - sent[uid] < 1_000_000 for uid, recv, _ in rows)
 
