@@ -95,7 +95,7 @@ def test_reconnects_after_clean_and_abrupt_disconnects_without_duplicates(tmp_pa
     asyncio.run(main())
     sessions = query(buffer, "SELECT close_reason, duplicates FROM sessions ORDER BY session_id")
     assert len(sessions) == 3
-    assert "code 1000" in sessions[0][0] or "code 1001" in sessions[0][0]
+    assert sessions[0][0].startswith("closed by server: code 1000"), sessions[0][0]  # the simulator's clean close
     assert "1006" in sessions[1][0]
     assert sum(d for _, d in sessions) >= 60
     dropped = query(buffer, "SELECT count(*) FROM dropped WHERE reason = 'duplicate'")[0][0]
@@ -182,9 +182,10 @@ def histogram_quantile(h: Histogram, q: float) -> float:
 
 
 # DESIGN/README: event-loop lag p99 <= 10 ms under the paced load (3.0 ms measured on an idle
-# machine). Here the simulator shares the loop and other test runs share the 2 cores, so the
-# bound is the next bucket up: a loop blocked by the writer (50 ms a commit here) lands in the
-# 50 ms bucket and fails it.
+# machine). Here the simulator shares the collector's loop, and on a shared 2-core machine other
+# runs take CPU: measured p99 within 5 ms alone, within 10 ms beside one CPU-bound process. The
+# bound is the histogram's next bucket up, 25 ms, which still fails a loop that blocks: fsyncing
+# each spilled frame on the loop measured p99 250 ms, a writer commit on the loop 2.5 s.
 LAG_P99_BOUND = 0.025
 LAG_SAMPLES = 200
 
