@@ -104,6 +104,10 @@ def test_reconnects_after_clean_and_abrupt_disconnects_without_duplicates(tmp_pa
     assert len(rows) == len(set(rows))
 
 
+def rotated(buffer) -> int:
+    return query(buffer, "SELECT count(*) FROM sessions WHERE close_reason LIKE '%rotated%'")[0][0]
+
+
 def test_make_before_break_rotation_loses_and_duplicates_nothing(tmp_path):
     buffer, log = tmp_path / "b.sqlite3", tmp_path / "sent.ndjson"
 
@@ -111,8 +115,8 @@ def test_make_before_break_rotation_loses_and_duplicates_nothing(tmp_path):
         async with Exchange(symbols=SYMBOLS, seed=2, rate=50, sent_log=log) as ex:
             s = settings_for(ex, buffer, rotate_after=1.0, rotate_overlap=0.5)
             async with running(s) as c:
-                await until(lambda: c.metrics.rotations >= 4, timeout=20, what="three finished rotations")
-                await asyncio.sleep(0.3)
+                await until(lambda: c.metrics.rotations >= 4, timeout=20, what="four rotations begun")
+                await until(lambda: rotated(buffer) >= 3, timeout=20, what="three rotated sessions closed")
             assert ex.connections_accepted >= 4
 
     asyncio.run(main())
