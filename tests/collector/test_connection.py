@@ -7,12 +7,14 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import subprocess
+import sys
 import urllib.request
 
 
 from orderbook_collector.connection.collector import Collector
 from orderbook_collector.config import Settings
-from orderbook_collector.metrics import _BUCKETS as BUCKETS, Histogram
+from orderbook_collector.metrics import _BUCKETS as BUCKETS
 from tools.simulator.exchange import Exchange
 from support.procs import query
 
@@ -174,24 +176,34 @@ def test_every_kind_of_malformed_frame_is_quarantined_and_collection_continues(t
     assert_contiguous(buffer, log)
 
 
-def histogram_quantile(h: Histogram, q: float) -> float:
-    """The upper bound of the bucket holding quantile ``q``, as Prometheus' histogram_quantile
-    rounds up: read from the collector's own metric, the one operators alert on."""
-    need, acc = q * h.count, 0
-    for bound, n in zip(BUCKETS, h.counts):
-        acc += n
-        if acc >= need:
-            return bound
-    return float("inf")
-
-
 # DESIGN/README: event-loop lag p99 <= 10 ms under the paced load (3.0 ms measured on an idle
-# machine). Here the simulator shares the collector's loop, and on a shared 2-core machine other
-# runs take CPU: measured p99 within 5 ms alone, within 10 ms beside one CPU-bound process. The
-# bound is the histogram's next bucket up, 25 ms, which still fails a loop that blocks: fsyncing
-# each spilled frame on the loop measured p99 250 ms, a writer commit on the loop 2.5 s.
-LAG_P99_BOUND = 0.025
+# machine). On a shared 2-core machine other runs take the CPU and delay every process's timers,
+# the collector's or not: at a load average of 8 a bare asyncio loop alone in its process measured
+# p99 10-24 ms, the collector's 20-28 ms. So a control loop samples the machine's own scheduling
+# lag at the same time, and the collector's p99 may exceed it by at most LAG_P99_EXCESS, what its
+# own work may add. A loop that blocks fails it by far: an fsync of every spilled frame on the
+# loop measured p99 800 ms, a writer's batch commit on the loop 1.6 s.
+LAG_P99_EXCESS = 0.025
 LAG_SAMPLES = 200
+
+
+def p99(values: list[float]) -> float:
+    """Nearest-rank 99th percentile."""
+    return sorted(values)[-(-99 * len(values) // 100) - 1]
+
+
+# The collector's lag watcher, alone in a process: sleep 50 ms, record the overshoot.
+CONTROL_LOOP = """
+import asyncio, sys, time
+async def main(n):
+    lags = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        await asyncio.sleep(0.05)
+        lags.append(max(time.perf_counter() - t0 - 0.05, 0.0))
+    print(sorted(lags)[-(-99 * n // 100) - 1])
+asyncio.run(main(int(sys.argv[1])))
+"""
 
 
 def test_slow_writer_spills_while_the_reader_keeps_up(tmp_path):
@@ -204,18 +216,25 @@ def test_slow_writer_spills_while_the_reader_keeps_up(tmp_path):
                 lag = c.metrics.loop_lag
                 await until(lambda: c.metrics.spilled_items > 500, timeout=20, what="spilling")
                 # The reader spills on the loop thread; the promise is that this keeps the loop free.
-                # Enough samples (one per 50 ms when the loop is free) that p99 is not just the worst
-                # one; a blocked loop yields fewer samples, and the bound below says so first.
+                # From now on the lag watcher keeps its raw samples (one per 50 ms when the loop is
+                # free): all taken while spilling, beside the control loop; enough that p99 is not
+                # just the single worst one.
+                c.metrics.loop_lag_samples = samples = []
+                control = subprocess.Popen([sys.executable, "-c", CONTROL_LOOP, str(LAG_SAMPLES)],
+                                           stdout=subprocess.PIPE, text=True)
                 deadline = asyncio.get_running_loop().time() + 30
-                while lag.count < LAG_SAMPLES and asyncio.get_running_loop().time() < deadline:
+                while len(samples) < LAG_SAMPLES and asyncio.get_running_loop().time() < deadline:
                     await asyncio.sleep(0.05)
                 assert c.writer.spill.active  # still spilling: the samples cover the spill
                 assert c.metrics.connected == 1 and c.metrics.reconnects == 0
-                p99 = histogram_quantile(lag, 0.99)
-                assert p99 <= LAG_P99_BOUND, (
-                    f"event-loop lag p99 {p99 * 1000:g} ms > {LAG_P99_BOUND * 1000:g} ms; "
-                    f"samples per bucket {dict(zip(BUCKETS + ('+Inf',), lag.counts))}")
-                assert lag.count >= LAG_SAMPLES, f"only {lag.count} loop-lag samples in 30 s: the loop was blocked"
+                out, _ = await asyncio.to_thread(control.communicate, timeout=60)
+                machine = float(out)
+                collector = p99(samples) if samples else float("inf")
+                assert collector <= machine + LAG_P99_EXCESS, (
+                    f"event-loop lag p99 {collector * 1000:.1f} ms > the machine's own {machine * 1000:.1f} ms "
+                    f"+ {LAG_P99_EXCESS * 1000:g} ms; samples per bucket {dict(zip(BUCKETS + ('+Inf',), lag.counts))}")
+                # a blocked loop also takes fewer samples: the bound above says so first
+                assert len(samples) >= LAG_SAMPLES, f"only {len(samples)} loop-lag samples in 30 s"
                 c.writer.slow_down = 0.0
                 await until(lambda: not c.writer.spill.active, timeout=30, what="spill drained")
             assert ex.connections_accepted == 1  # no keepalive timeout, no reconnect
