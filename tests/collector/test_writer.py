@@ -127,7 +127,6 @@ def test_disk_full_holds_the_batch_and_resumes_when_space_returns(small_fs, fram
     feed(w, frame, 1, range(1000, 1400), start_seq=100)
     wait_for(lambda: w.metrics.writer_errors, timeout=30, what="a commit to fail on the full disk")
     assert dict(w.metrics.writer_errors).keys() == {"disk_full"}  # a real ENOSPC reached SQLite, as such
-    assert w.metrics.writer_degraded == 1 and w.metrics.messages == 100
     filler.unlink()
     assert w.stop(30)
     assert rows(path, "SELECT count(*), count(DISTINCT update_id) FROM depth_snapshot") == [(500, 500)]
