@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from support.frames import depth_frame
+from support.requires import missing
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -41,8 +42,10 @@ def small_fs(tmp_path: Path):
     """A real 8 MiB tmpfs, so disk-full tests get a real ENOSPC (needs root to mount)."""
     mnt = tmp_path / "small_fs"
     mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here (needs root); the disk-full test needs a real small filesystem")
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if res.returncode:
+        missing(f"cannot mount a tmpfs here ({res.stderr.strip() or 'needs root'}); "
+                "the disk-full test needs a real small file system")
     try:
         yield mnt
     finally:

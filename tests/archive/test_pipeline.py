@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import threading
-import time
+import multiprocessing
 from pathlib import Path
 
 import duckdb
@@ -16,7 +15,9 @@ from orderbook_assets.archive.store import LocalStore, parse_archive_url
 from orderbook_collector import buffer
 from orderbook_collector.errors import ConfigError, IntegrityError
 
-from support.buffer_rows import BASE_HOUR_US, HOUR_US, fill_buffer, make_rows, open_buffer, record, store
+from support.procs import wait_for
+from support.buffer_rows import (BASE_HOUR_US, HOUR_US, commit_loop, fill_buffer, make_rows, open_buffer,
+                                 realistic_hour, record, store)
 
 SYMBOLS = ["btcusdt", "ethusdt"]
 
@@ -77,7 +78,6 @@ def test_hour_archived_to_local_folder_reads_back_equal(env):
     got = read_back(st.root)
     assert [g[:8] for g in sorted(got)] == expected(rows)
     assert {(str(g[8]), g[9]) for g in got} == {("2026-11-23", 10)}
-    assert out.exported[1].compression_ratio > 3
     assert ledger.parts(conn, "depth_snapshot", BASE_HOUR_US)[0].state == "archived"
     assert checks.result("rows_reconciled").detail["parquet_rows"] == len(rows)
     cov = duckdb.connect().execute(
@@ -86,6 +86,23 @@ def test_hour_archived_to_local_folder_reads_back_equal(env):
     assert dict(cov)["session"] == 1
     archive(conn, st, staging, BASE_HOUR_US + HOUR_US)
     assert len(read_back(st.root)) == len(rows) + len(nxt)
+
+
+# README/DESIGN: Parquet at least 40x smaller than the raw Binance JSON on realistic books (54x
+# measured on a 360,000-row hour; a 3,600-row part, smaller so compressing less well, gives 48x).
+MIN_RATIO_VS_JSON = 40
+
+
+def test_parquet_is_at_least_40x_smaller_than_the_binance_json_of_realistic_books(env):
+    conn, path, st, staging = env
+    json_bytes = realistic_hour(path, 3_600)
+    out, _ = archive(conn, st, staging)
+    (exported,) = out.exported.values()
+    assert exported.rows == 3_600
+    ratio = json_bytes / exported.bytes
+    assert ratio >= MIN_RATIO_VS_JSON, f"Parquet only {ratio:.1f}x smaller than the JSON ({exported.bytes:,} bytes)"
+    # the figure the asset reports is an estimate from the values: it must tell the truth
+    assert exported.compression_ratio == pytest.approx(ratio, rel=0.1)
 
 
 def test_export_is_deterministic_bytes_and_order(env, tmp_path):
@@ -209,39 +226,59 @@ def test_late_hours_lists_hours_with_rows_beyond_their_last_part(env):
 
 
 def test_collector_keeps_committing_during_export_and_cleanup(tmp_path):
-    """Writer commits stay under 100 ms while an export and a cleanup run on the same buffer."""
+    """Writer commit p99 stays under 100 ms (the README's promise) while exports and cleanups
+    run on the same buffer; the writer is another process, as the collector is."""
     path = tmp_path / "buffer.sqlite3"
     fill_buffer(path, SYMBOLS, BASE_HOUR_US, 10_000)  # 20k rows
     conn = buffer.connect(path, synchronous="FULL")
     st, staging = LocalStore(tmp_path / "archive"), tmp_path / "staging"
-    stop = threading.Event()
-    latencies: list[float] = []
+    ctx = multiprocessing.get_context("spawn")
+    busy, stop, out = ctx.Event(), ctx.Event(), ctx.Queue()
+    far_hour = BASE_HOUR_US + 100 * HOUR_US  # the writer's rows stay out of the archived hours
+    proc = ctx.Process(target=commit_loop, args=(str(path), far_hour, busy, stop, out), daemon=True)
+    proc.start()
+    during: list[float] = []  # latencies of the commits that overlapped an export or cleanup
+    commits = 0
 
-    def writer():
-        wconn = buffer.connect(path, synchronous="NORMAL", busy_timeout_ms=5000)
-        k = 0
-        while not stop.is_set():
-            rows = make_rows(SYMBOLS, BASE_HOUR_US + 2 * HOUR_US + k * 10_000_000, 25, session_id=99,
-                             first_seq=k * 50, first_update_id=10**8 + k * 100, seed=k)
-            t = time.perf_counter()
-            store(wconn, rows, open_session=k == 0)
-            latencies.append(time.perf_counter() - t)
-            k += 1
-            time.sleep(0.02)
-        wconn.close()
+    def drain() -> None:
+        nonlocal commits
+        while not out.empty():
+            msg = out.get()
+            if msg is not None:
+                commits += 1
+                if msg[2]:
+                    during.append(msg[1])
 
-    th = threading.Thread(target=writer)
-    th.start()
     try:
-        time.sleep(0.1)
-        archive(conn, st, staging)
-        cleanup.run(conn, 0)
+        wait_for(lambda: drain() or commits >= 3, timeout=60, what="the writer process to commit")
+        # Export and clean hour after hour until enough commits overlapped them for a p99.
+        hours = 0
+        while len(during) < COMMITS_FOR_P99 and hours < 30:
+            h = BASE_HOUR_US + hours * HOUR_US
+            if hours:
+                fill_buffer(path, SYMBOLS, h, 2_500, session_id=1000 + hours, first_update_id=10**9 * hours)
+            busy.set()
+            archive(conn, st, staging, h)
+            cleanup.run(conn, 0)
+            busy.clear()
+            hours += 1
+            drain()
     finally:
         stop.set()
-        th.join()
-    assert len(latencies) > 5
-    assert max(latencies) < 0.1, sorted(latencies)[-5:]
-    assert conn.execute("SELECT count(*) FROM depth_snapshot WHERE recv_us < ?", (BASE_HOUR_US + HOUR_US,)).fetchone()[0] == 0
+        msgs = []
+        while (msg := out.get(timeout=60)) is not None:
+            msgs.append(msg)
+        proc.join(30)
+    during += [m[1] for m in msgs if m[2]]
+    assert len(during) >= COMMITS_FOR_P99, f"only {len(during)} commits overlapped {hours} exports"
+    during.sort()
+    p99 = during[int(0.99 * len(during)) - 1]
+    assert p99 < 0.1, f"commit p99 {p99 * 1000:.1f} ms during export and cleanup; worst {during[-5:]}"
+    left = conn.execute("SELECT count(*) FROM depth_snapshot WHERE recv_us < ?", (BASE_HOUR_US + hours * HOUR_US,))
+    assert left.fetchone()[0] == 0
+
+
+COMMITS_FOR_P99 = 200
 
 
 def test_a_later_part_measures_silence_from_the_archived_parts_not_the_hour_start(env):
@@ -252,11 +289,14 @@ def test_a_later_part_measures_silence_from_the_archived_parts_not_the_hour_star
                 first_seq=100, first_update_id=10_000, open_session=False)  # continues seamlessly
     pipeline.export_and_upload(conn, st, staging, BASE_HOUR_US)
     cov = pipeline.upload_coverage(conn, st, staging, BASE_HOUR_US)
-    # Only the silence after the newest row (19.9 s) to the hour's end remains, never the first 10 s.
-    assert [(g.start_us, g.end_us) for g in cov.gaps] == [(BASE_HOUR_US + 19_900_000, BASE_HOUR_US + HOUR_US)], cov.gaps
+    # Only the silence after the newest row (19.9 s) to the end of the (past) hour remains;
+    # never the first 10 s, which part 1's rows cover.
+    assert [tuple(g) for g in cov.gaps] == [
+        ("btcusdt@depth20@100ms", BASE_HOUR_US + 19_900_000, BASE_HOUR_US + HOUR_US)], cov.gaps
     pipeline.mark_archived(conn, staging, BASE_HOUR_US)
     table = duckdb.connect().execute(
         f"SELECT part, count(*) FILTER (WHERE record = 'gap' AND start_time < make_timestamptz({BASE_HOUR_US + 10_000_000})) "
         f"FROM read_parquet('{st.root}/coverage/**/*.parquet') GROUP BY part ORDER BY part"
     ).fetchall()
+    assert [p for p, _ in table] == [1, 2]
     assert table[-1] == (2, 0)  # part 2 repeats no gap that part 1 already covered

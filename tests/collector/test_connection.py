@@ -7,11 +7,14 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import subprocess
+import sys
 import urllib.request
 
 
 from orderbook_collector.connection.collector import Collector
 from orderbook_collector.config import Settings
+from orderbook_collector.metrics import _BUCKETS as BUCKETS
 from tools.simulator.exchange import Exchange
 from support.procs import query
 
@@ -96,13 +99,17 @@ def test_reconnects_after_clean_and_abrupt_disconnects_without_duplicates(tmp_pa
     asyncio.run(main())
     sessions = query(buffer, "SELECT close_reason, duplicates FROM sessions ORDER BY session_id")
     assert len(sessions) == 3
-    assert "code 1000" in sessions[0][0] or "code 1001" in sessions[0][0]
+    assert sessions[0][0].startswith("closed by server: code 1000"), sessions[0][0]  # the simulator's clean close
     assert "1006" in sessions[1][0]
     assert sum(d for _, d in sessions) >= 60
     dropped = query(buffer, "SELECT count(*) FROM dropped WHERE reason = 'duplicate'")[0][0]
     assert dropped == sum(d for _, d in sessions)
     rows = stored(buffer)
     assert len(rows) == len(set(rows))
+
+
+def rotated(buffer) -> int:
+    return query(buffer, "SELECT count(*) FROM sessions WHERE close_reason LIKE '%rotated%'")[0][0]
 
 
 def test_make_before_break_rotation_loses_and_duplicates_nothing(tmp_path):
@@ -112,8 +119,8 @@ def test_make_before_break_rotation_loses_and_duplicates_nothing(tmp_path):
         async with Exchange(symbols=SYMBOLS, seed=2, rate=50, sent_log=log) as ex:
             s = settings_for(ex, buffer, rotate_after=1.0, rotate_overlap=0.5)
             async with running(s) as c:
-                await until(lambda: c.metrics.rotations >= 4, timeout=20, what="three finished rotations")
-                await asyncio.sleep(0.3)
+                await until(lambda: c.metrics.rotations >= 4, timeout=20, what="four rotations begun")
+                await until(lambda: rotated(buffer) >= 3, timeout=20, what="three rotated sessions closed")
             assert ex.connections_accepted >= 4
 
     asyncio.run(main())
@@ -171,6 +178,36 @@ def test_every_kind_of_malformed_frame_is_quarantined_and_collection_continues(t
     assert_contiguous(buffer, log)
 
 
+# DESIGN/README: event-loop lag p99 <= 10 ms under the paced load (3.0 ms measured on an idle
+# machine). On a shared 2-core machine other runs take the CPU and delay every process's timers,
+# the collector's or not: at a load average of 8 a bare asyncio loop alone in its process measured
+# p99 10-24 ms, the collector's 20-28 ms. So a control loop samples the machine's own scheduling
+# lag at the same time, and the collector's p99 may exceed it by at most LAG_P99_EXCESS, what its
+# own work may add. A loop that blocks fails it by far: an fsync of every spilled frame on the
+# loop measured p99 800 ms, a writer's batch commit on the loop 1.6 s.
+LAG_P99_EXCESS = 0.025
+LAG_SAMPLES = 200
+
+
+def p99(values: list[float]) -> float:
+    """Nearest-rank 99th percentile."""
+    return sorted(values)[-(-99 * len(values) // 100) - 1]
+
+
+# The collector's lag watcher, alone in a process: sleep 50 ms, record the overshoot.
+CONTROL_LOOP = """
+import asyncio, sys, time
+async def main(n):
+    lags = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        await asyncio.sleep(0.05)
+        lags.append(max(time.perf_counter() - t0 - 0.05, 0.0))
+    print(sorted(lags)[-(-99 * n // 100) - 1])
+asyncio.run(main(int(sys.argv[1])))
+"""
+
+
 def test_slow_writer_spills_while_the_reader_keeps_up(tmp_path):
     buffer, log = tmp_path / "b.sqlite3", tmp_path / "sent.ndjson"
 
@@ -178,10 +215,28 @@ def test_slow_writer_spills_while_the_reader_keeps_up(tmp_path):
         async with Exchange(symbols=SYMBOLS, seed=5, rate=200, sent_log=log) as ex:
             s = settings_for(ex, buffer, queue_size=50, max_batch=20)
             async with running(s, slow_down=0.05) as c:
+                lag = c.metrics.loop_lag
                 await until(lambda: c.metrics.spilled_items > 500, timeout=20, what="spilling")
+                # The reader spills on the loop thread; the promise is that this keeps the loop free.
+                # From now on the lag watcher keeps its raw samples (one per 50 ms when the loop is
+                # free): all taken while spilling, beside the control loop; enough that p99 is not
+                # just the single worst one.
+                c.metrics.loop_lag_samples = samples = []
+                control = subprocess.Popen([sys.executable, "-c", CONTROL_LOOP, str(LAG_SAMPLES)],
+                                           stdout=subprocess.PIPE, text=True)
+                deadline = asyncio.get_running_loop().time() + 30
+                while len(samples) < LAG_SAMPLES and asyncio.get_running_loop().time() < deadline:
+                    await asyncio.sleep(0.05)
+                assert c.writer.spill.active  # still spilling: the samples cover the spill
                 assert c.metrics.connected == 1 and c.metrics.reconnects == 0
-                lag_p = c.metrics.loop_lag
-                assert lag_p.count > 0
+                out, _ = await asyncio.to_thread(control.communicate, timeout=60)
+                machine = float(out)
+                collector = p99(samples) if samples else float("inf")
+                assert collector <= machine + LAG_P99_EXCESS, (
+                    f"event-loop lag p99 {collector * 1000:.1f} ms > the machine's own {machine * 1000:.1f} ms "
+                    f"+ {LAG_P99_EXCESS * 1000:g} ms; samples per bucket {dict(zip(BUCKETS + ('+Inf',), lag.counts))}")
+                # a blocked loop also takes fewer samples: the bound above says so first
+                assert len(samples) >= LAG_SAMPLES, f"only {len(samples)} loop-lag samples in 30 s"
                 c.writer.slow_down = 0.0
                 await until(lambda: not c.writer.spill.active, timeout=30, what="spill drained")
             assert ex.connections_accepted == 1  # no keepalive timeout, no reconnect
@@ -209,9 +264,15 @@ def test_receive_stamps_are_integer_microseconds_after_the_send(tmp_path):
         sent[rec["last_update_id"]] = rec["send_us"]
     rows = query(buffer, "SELECT update_id, recv_us, typeof(recv_us) FROM depth_snapshot ORDER BY id")
     assert all(t == "integer" for _, _, t in rows)
+    assert len(rows) >= 10
     stamps = [r for _, r, _ in rows]
-    assert len(set(stamps)) == len(stamps)
-    assert all(b - a > 50_000 for a, b in zip(stamps, stamps[1:]))  # 100 ms apart, clearly distinct
+    # One stamp per frame, in the order the frames were sent: strictly increasing, never shared
+    # (a stamp taken per batch or per queue hand-off would repeat or run out of order).
+    uids = [u for u, _, _ in rows]
+    assert uids == sorted(uids)  # stored in the order sent (one stream)
+    assert all(b > a for a, b in zip(stamps, stamps[1:])), stamps
+    # Microseconds, not milliseconds scaled up: a ms clock gives only multiples of 1,000.
+    assert any(t % 1000 for t in stamps), stamps
     assert all(recv >= sent[uid] for uid, recv, _ in rows)
     assert all(recv - sent[uid] < 1_000_000 for uid, recv, _ in rows)
 

@@ -117,3 +117,46 @@ def fill_buffer(
     finally:
         conn.close()
     return rows
+
+
+def commit_loop(path: str, start_us: int, busy, stop, out) -> None:
+    """A collector's writer in a process of its own (as in production, so no GIL is shared with
+    the archive): commits 50 rows every few ms from ``start_us`` on and sends ``out`` the
+    latency of each commit that overlapped ``busy``, then ``None`` when ``stop`` is set."""
+    import time
+
+    conn = buffer.connect(path, synchronous="NORMAL", busy_timeout_ms=5000)
+    streams = ["btcusdt@depth20@100ms", "ethusdt@depth20@100ms"]
+    ids = buffer.stream_ids(conn, [(s, s.split("@")[0], s.split("@", 1)[1]) for s in streams])
+    store_records(conn, ids, [], ops=[SessionOpen(99, "wss://test", json.dumps(streams), start_us)])
+    k = 0
+    try:
+        while not stop.is_set():
+            rows = make_rows(["btcusdt", "ethusdt"], start_us + k * 10_000_000, 25, session_id=99,
+                             first_seq=k * 50, first_update_id=10**8 + k * 100, seed=k)
+            records = [record(r) for r in rows]
+            overlapping = busy.is_set()
+            t = time.perf_counter()
+            store_records(conn, ids, records)  # the writer's whole transaction, as the collector times it
+            elapsed = time.perf_counter() - t
+            out.put(("commit", elapsed, overlapping or busy.is_set()))
+            k += 1
+            time.sleep(0.005)  # a collector's commit cadence, not synchronisation
+    finally:
+        conn.close()
+        out.put(None)
+
+
+def realistic_hour(path: str | Path, n_rows: int = 3_600, n_symbols: int = 10) -> int:
+    """Store ``n_rows`` depth20 messages of simulator books (slowly changing, on a tick grid, in
+    Binance's decimal text) through the collector's decoder and writer function, in the hour at
+    ``BASE_HOUR_US``; returns the exact byte size of those messages as Binance JSON frames.
+
+    The same books as ``benchmarks/archive.py`` measures the README's figures on.
+    """
+    from benchmarks import archive_data
+
+    assert archive_data.BASE_HOUR_US == BASE_HOUR_US
+    msgs = archive_data.generate(n_rows, n_symbols)
+    archive_data.store_messages(Path(path), msgs)
+    return msgs.json_bytes

@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from html.parser import HTMLParser
 from pathlib import Path
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -90,3 +91,36 @@ def wait_for_definitions(base: str, proc: subprocess.Popen, log_path: Path) -> d
         time.sleep(0.5)
     raise AssertionError(f"dagster dev did not serve definitions in {STARTUP_TIMEOUT:.0f} s ({last}):\n"
                          f"{log_path.read_text()[-3000:]}")
+
+
+class _TextNodes(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.open: list[str] = []
+        self.texts: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag not in _VOID:
+            self.open.append(tag)
+
+    def handle_endtag(self, tag):
+        if tag in self.open:
+            while self.open.pop() != tag:
+                pass
+
+    def handle_data(self, data):
+        if data.strip() and "body" in self.open and not {"script", "style", "template", "noscript"} & set(self.open):
+            self.texts.append(data.strip())
+
+
+_VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+
+
+def rendered_texts(dom: str) -> set[str]:
+    """The text nodes a user sees in a `--dump-dom` page: inside <body>, outside scripts and styles,
+    each whole. A name counts as shown only as a text node of its own, not as a substring of
+    a longer name, an attribute, a URL or a JSON blob."""
+    parser = _TextNodes()
+    parser.feed(dom)
+    parser.close()
+    return set(parser.texts)

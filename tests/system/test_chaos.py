@@ -59,6 +59,13 @@ def test_chaos_short_run_keeps_every_promise(tmp_path):
     assert r["integrity_check"] == "ok" and r["buffer_rows_left"] == 0 and r["orphan_objects"] == 0
     assert r["coverage"]["kills_recorded"] + r["coverage"]["kills_before_any_session"] == r["collector_kills"]
     assert r["coverage"]["stalls_uncovered"] == 0
-    assert all(n > 0 for n in r["archived_after_faults_stopped"].values())
-    if sum(r["malformed_sent"].values()):
-        assert r["quarantined"] > 0
+    # every stream, not just those that happen to appear, reached the archive after the faults
+    after = r["archived_after_faults_stopped"]
+    assert r["streams"] and sorted(after) == sorted(r["streams"]) and min(after.values()) > 0, after
+    # bad input: the fixed seed sends malformed frames, so quarantine is checked on every run
+    malformed = sum(r["malformed_sent"].values())
+    assert malformed >= 1, f"the run sent no malformed frame: {r['feed_faults']}"
+    # each one quarantined, except one that a kill -9 caught in its crash window
+    assert malformed - r["malformed_in_crash_windows"] <= r["quarantined"] <= malformed, (
+        r["quarantined"], r["malformed_sent"], r["malformed_in_crash_windows"])
+    assert r["quarantined"] >= 1
