@@ -22,7 +22,8 @@ import pytest
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK, InvalidStatus
 
-from tools.simulator.exchange import MALFORMED_KINDS, OVERSIZE_BYTES, Book, Exchange
+from orderbook_collector.feed.streams import Market
+from tools.simulator.exchange import MALFORMED_KINDS, OVERSIZE_BYTES, Book, Exchange, StreamKey
 
 REPO = Path(__file__).resolve().parents[2]
 DECIMAL8 = re.compile(r"^\d+\.\d{8}$")
@@ -343,7 +344,7 @@ def test_stall_pauses_data_without_queueing_it():
                 while time.monotonic() < end:  # the connection stays open throughout
                     msg = (await recv_data(ws, 1))[0]  # await before reading the clock
                     got.append((time.monotonic(), msg["data"]["lastUpdateId"]))
-                ring_ids = [m.last_update_id for m in ex.streams["btcusdt@depth5"].ring]
+                ring_ids = [m.last_update_id for m in ex.streams[StreamKey(Market.SPOT, "btcusdt@depth5")].ring]
         return got, ring_ids
 
     got, ring_ids = run(main())
@@ -380,7 +381,7 @@ def test_sent_log_matches_what_clients_received(tmp_path):
         send_us = [x["send_us"] for x in mine]
         assert send_us == sorted(send_us) and abs(send_us[0] / 1e6 - time.time()) < 60
     assert stats["connections_accepted"] == 2
-    assert sum(stats["sent"].values()) == sum(1 for x in lines if "data" in x)
+    assert sum(stats["sent"]["spot"].values()) == sum(1 for x in lines if "data" in x)
 
 
 def test_books_change_slowly_and_stay_uncrossed():
