@@ -237,7 +237,7 @@ class Step:
     time_ms: int
     bids: dict[int, int]  # price -> new quantity, 0 deletes the level
     asks: dict[int, int]
-    undo_bids: dict[int, int]  # price -> quantity before the step, 0 if absent
+    undo_bids: dict[int, int]  # price -> quantity before the step, 0 if absent (every price touched)
     undo_asks: dict[int, int]
     trades: list[Trade]
     aggs: list[AggTrade]
@@ -310,10 +310,11 @@ class Book:
         aggs: list[AggTrade] = []
         if rng.random() < 0.4:
             self._take(rng.random() < 0.5, 1 + int(rng.expovariate(1.0) * self.mean_lots * 0.4), trades, aggs)
-        for _ in range(rng.randint(1, 3)):
-            self._touch(self.bids if rng.random() < 0.5 else self.asks)
         if rng.random() < 0.06:
             self._shift(rng.random() < 0.5, trades, aggs)
+        # quotes change after the trades, so every trade meets the book as the step found it
+        for _ in range(rng.randint(1, 3)):
+            self._touch(self.bids if rng.random() < 0.5 else self.asks)
         if self.asks.best() - self.bids.best() > 3 and rng.random() < 0.3:
             side = self.bids if rng.random() < 0.5 else self.asks  # a wide spread attracts an order inside it
             side.set(side.away(side.best(), -1), self._fresh())
@@ -329,7 +330,7 @@ class Book:
         first = self.last_id + 1
         self.last_id += rng.randint(1, 50)
         self.diffs.append(Step(self.step, first, self.last_id, time_ms, cb, ca,
-                               {p: ub[p] for p in cb}, {p: ua[p] for p in ca}, trades, aggs,
+                               ub, ua, trades, aggs,
                                after if after != before else None))
 
     def _touch(self, side: _Side) -> None:
