@@ -1,8 +1,8 @@
-"""A simulated Binance spot market-data exchange on loopback.
+"""A simulated Binance market-data exchange (spot and USD-M futures) on loopback.
 
-Serves the WebSocket market streams and the REST depth snapshot on one port, with
-books that evolve slowly and reproducibly, plus fault switches for tests, chaos runs,
-benchmarks and offline demos::
+Serves the WebSocket market streams and the REST market data of both markets on one
+port, with books that evolve slowly and reproducibly, plus fault switches for tests,
+chaos runs, benchmarks and offline demos::
 
     python -m tools.simulator --port 9443      # prints one line, then serves
 
@@ -12,10 +12,30 @@ benchmarks and offline demos::
 Binance's protocol: ``/stream?streams=a/b`` (combined wrapper
 ``{"stream":..,"data":..}``), ``/ws/<name>`` (bare payloads), bare ``/ws`` or ``/stream`` plus
 SUBSCRIBE / UNSUBSCRIBE / LIST_SUBSCRIPTIONS / SET_PROPERTY / GET_PROPERTY with Binance's
-nested error replies (codes 0-3). Streams: ``<sym>@depth5|10|20[@100ms]`` (partial depth)
-and ``<sym>@depth[@100ms]`` (diff depth). More than ``max_incoming_per_sec`` client
-frames in one second closes the connection with 1008 "Too many requests".
-REST: ``GET /api/v3/depth``, ``/api/v3/time``, ``/api/v3/ping``.
+nested error replies (codes 0-3). More than ``max_incoming_per_sec`` client frames in one
+second closes the connection with 1008 "Too many requests". Stream names are parsed with
+``orderbook_collector.feed.streams`` (the product's facts).
+
+* Spot on ``/stream`` and ``/ws``: ``<sym>@depth5|10|20[@100ms]`` (``lastUpdateId,bids,asks``),
+  ``<sym>@depth[@100ms]`` (``e,E,s,U,u,b,a``), ``@trade`` (``e,E,s,t,p,q,T,m,M``),
+  ``@aggTrade`` (``e,E,s,a,p,q,f,l,T,m,M``), ``@bookTicker`` (``u,s,b,B,a,A``).
+* USD-M on the routed paths ``/public/stream|ws`` (depth, bookTicker) and
+  ``/market/stream|ws`` (trade, aggTrade): ``@depth5|10|20[@100ms|@500ms]`` (full top N as
+  ``e,E,T,s,U,u,pu,b,a``), ``@depth[@100ms|@500ms]`` (the same fields, ``pu`` = previous
+  ``u``), ``@bookTicker`` (adds ``e,E,T``), trade and aggTrade without ``M``. A stream on
+  the other route is accepted and listed but delivers nothing, as on Binance.
+* One book per market and symbol makes every stream agree: each book step that changes
+  the book raises the update id and is kept (changes, undo, trades, top of book), so a
+  REST snapshot plus diff events rebuild exactly :meth:`Exchange.book_state` at any kept
+  id; trades are fills of taker orders against the best levels (they move the book),
+  consecutive trade and aggTrade ids per symbol; bookTicker at every top-of-book change.
+* REST: ``GET /api/v3/depth|time|ping|exchangeInfo`` and ``/fapi/v1/depth|time|ping|exchangeInfo``
+  (USD-M depth limits 5..1000, with ``E`` and ``T``). Each market has Binance's weight
+  budget (6000 and 2400 per minute; ``weight_budget`` overrides it): every answer carries
+  ``X-MBX-USED-WEIGHT-1M``; over budget 429 with ``Retry-After`` until the window ends; a
+  request before then is banned: 418 with ``Retry-After`` for ``ban_seconds``.
+  ``exchangeInfo`` lists every symbol ever listed with ``status`` TRADING, or BREAK (spot) /
+  SETTLING (USD-M) once delisted.
 
 Choices where Binance is undocumented or where a simulator must pick:
 
@@ -32,11 +52,22 @@ Choices where Binance is undocumented or where a simulator must pick:
 * "Sent" means handed to the transport: an abrupt disconnect can lose the last frames
   that the sent log lists, exactly as a real network can.
 * permessage-deflate is off by default (``compression=None``): cheaper for benchmarks.
+* Spot and USD-M books of a symbol are separate (different seeds), as on Binance.
+* USD-M trade and aggTrade carry no ``M`` (Binance's futures examples show none).
+* A delisted symbol's streams go quiet and its book stands still; subscriptions to it stay
+  valid. A listed symbol gets a fresh book; a relisted one resumes where it stood.
+* An unchanged book sends no depth message, so ``lastUpdateId`` never repeats in a stream.
 
 Fault switches (``Exchange`` methods; the same over HTTP as ``POST /control/<name>?..``):
 ``disconnect(abrupt)``, ``stall(seconds)``, ``replay_on_next_connect(n)``,
 ``inject_malformed(kind)``, ``reject_connections(status, retry_after, count)``,
-``server_shutdown(grace)``; ``GET /control/stats`` returns the counters. Malformed kinds,
+``server_shutdown(grace)``, ``drop_diff(stream, market)`` (the next diff event goes to
+nobody: clients see ``U`` > previous ``u`` + 1, or ``pu`` != previous ``u``),
+``drop_trades(stream, n, market)`` (the next ``n`` trade or aggTrade messages: an id gap),
+``list_symbol(symbol, market)``, ``delist_symbol(symbol, market)``. ``GET /control/stats``
+returns the counters: connections, messages sent and dropped per market and stream,
+silent (wrong-route) subscriptions, and per market REST ``requests``, ``weight``, ``used``,
+``429`` and ``418`` (a test fails on any 429 its client caused). Malformed kinds,
 each one frame to every current connection (``S`` = its first stream; the wrapper is
 left out for a raw connection where noted):
 
@@ -51,9 +82,12 @@ left out for a raw connection where noted):
 * ``missing_fields``: ``{"stream":S,"data":{"bids":[..],"asks":[..]}}`` (wrapper optional)
 
 Sent log (``sent_log``): NDJSON, one line per frame handed to a connection. Data lines:
-``{"conn":N,"stream":..,"send_us":..,"last_update_id":..,"data":{..}}`` (plus
-``"replay":true`` for replayed copies). Other lines carry ``"malformed":<kind>`` or
-``"event":"serverShutdown"`` instead of ``last_update_id``/``data``.
+``{"conn":N,"market":"spot"|"usdm","stream":..,"kind":<dataset>,"send_us":..,"id":..,
+"last_update_id":..,"data":{..}}``: ``id`` is the dataset's dedup id (``lastUpdateId`` or
+``u``, trade ``t``, aggTrade ``a``, bookTicker ``u``); ``last_update_id`` only on depth
+kinds; plus ``"replay":true`` for replayed copies. Other lines carry ``"malformed":<kind>``
+or ``"event":"serverShutdown"`` instead of ``last_update_id``/``data``; a dropped message
+is a line ``{"market":..,"stream":..,"kind":..,"id":..,"fault":"dropped"}`` without ``conn``.
 """
 
 from __future__ import annotations
@@ -1353,6 +1387,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="messages/s per stream (default: Binance cadence, 10/s @100ms, else 1/s)")
     p.add_argument("--max-incoming-per-sec", type=float, default=5.0, help="0 disables the 1008 limit")
     p.add_argument("--shutdown-grace", type=float, default=2.0)
+    p.add_argument("--spot-weight-budget", type=int, default=REST_WEIGHT_PER_MINUTE[Market.SPOT],
+                   help="REST weight per window on /api (Binance: 6000/min)")
+    p.add_argument("--usdm-weight-budget", type=int, default=REST_WEIGHT_PER_MINUTE[Market.USDM],
+                   help="REST weight per window on /fapi (Binance: 2400/min)")
+    p.add_argument("--weight-window", type=float, default=60.0, help="seconds per weight window")
+    p.add_argument("--ban-seconds", type=float, default=120.0, help="418 ban after a request inside a 429's Retry-After")
     return p.parse_args(argv)
 
 
@@ -1365,6 +1405,8 @@ async def _amain(args: argparse.Namespace) -> None:
         args.symbols.split(","), host=args.host, port=args.port, seed=args.seed, rate=args.rate,
         sent_log=args.sent_log, ping_interval=args.ping_interval,
         max_incoming_per_sec=args.max_incoming_per_sec or None, shutdown_grace=args.shutdown_grace,
+        weight_budget={Market.SPOT: args.spot_weight_budget, Market.USDM: args.usdm_weight_budget},
+        weight_window=args.weight_window, ban_seconds=args.ban_seconds,
     )
     async with ex:
         print(f"simulator listening on {ex.ws_url}", flush=True)
