@@ -44,6 +44,8 @@ USDM_ROUTE = {
     Kind.PARTIAL_DEPTH: "public", Kind.DIFF_DEPTH: "public", Kind.BOOK_TICKER: "public",
     Kind.TRADE: "market", Kind.AGG_TRADE: "market",
 }
+#: Incoming messages (control frames, pings, pongs) a connection may send per second.
+MAX_INCOMING_PER_SEC = {Market.SPOT: 5, Market.USDM: 10}
 #: REST ``REQUEST_WEIGHT`` budget per IP and minute (``X-MBX-USED-WEIGHT-1M`` counts against it).
 REST_WEIGHT_PER_MINUTE = {Market.SPOT: 6000, Market.USDM: 2400}
 #: REST depth-snapshot path per market.

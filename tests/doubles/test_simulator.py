@@ -881,3 +881,38 @@ def test_sent_log_records_every_kind_on_both_markets(tmp_path):
                 assert ("last_update_id" in line) == line["kind"].startswith("depth")
                 kinds.add((market, line["kind"]))
     assert kinds == {(m, k.dataset) for m in ("spot", "usdm") for k in Kind}
+
+
+def test_control_book_equals_rest_snapshots_of_both_markets():
+    async def main():
+        async with Exchange(**FAST) as ex:
+            out = []
+            for rest, market in (("/api/v3/depth?symbol=ETHUSDT&limit=20", "spot"),
+                                 ("/fapi/v1/depth?symbol=ETHUSDT&limit=20", "usdm")):
+                snap = (await asyncio.to_thread(http_get, ex.rest_url + rest))[2]
+                book = await asyncio.to_thread(http_get, ex.rest_url + (
+                    f"/control/book?symbol=ethusdt&market={market}&update_id={snap['lastUpdateId']}&limit=20"))
+                out.append((snap, book))
+            missing = await asyncio.to_thread(http_get, ex.rest_url + "/control/book?symbol=ethusdt&update_id=5")
+        return out, missing
+
+    out, missing = run(main())
+    for snap, (status, _, book) in out:
+        assert status == 200 and book == {k: snap[k] for k in ("lastUpdateId", "bids", "asks")}
+    assert out[0][0]["lastUpdateId"] != out[1][0]["lastUpdateId"] or out[0][0]["bids"] != out[1][0]["bids"]
+    assert missing[0] == 404
+
+
+def test_usdm_allows_ten_messages_per_second_then_1008():
+    async def main():
+        async with Exchange(**FAST) as ex:
+            async with connect(ex.ws_url + "/public/ws") as ws:
+                for i in range(10):
+                    await ws.send(orjson.dumps({"method": "LIST_SUBSCRIPTIONS", "id": i}).decode())
+                for i in range(10):
+                    assert await reply(ws, i) == {"result": [], "id": i}
+                await ws.send(orjson.dumps({"method": "LIST_SUBSCRIPTIONS", "id": 99}).decode())
+                with pytest.raises(ConnectionClosedError) as info:
+                    await reply(ws, 99)
+        assert info.value.rcvd.code == 1008
+    run(main())

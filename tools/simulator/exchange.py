@@ -13,7 +13,7 @@ Binance's protocol: ``/stream?streams=a/b`` (combined wrapper
 ``{"stream":..,"data":..}``), ``/ws/<name>`` (bare payloads), bare ``/ws`` or ``/stream`` plus
 SUBSCRIBE / UNSUBSCRIBE / LIST_SUBSCRIPTIONS / SET_PROPERTY / GET_PROPERTY with Binance's
 nested error replies (codes 0-3). More than ``max_incoming_per_sec`` client frames in one
-second closes the connection with 1008 "Too many requests". Stream names are parsed with
+second (5 on spot, 10 on USD-M by default) closes the connection with 1008 "Too many requests". Stream names are parsed with
 ``orderbook_collector.feed.streams`` (the product's facts).
 
 * Spot on ``/stream`` and ``/ws``: ``<sym>@depth5|10|20[@100ms]`` (``lastUpdateId,bids,asks``),
@@ -64,7 +64,9 @@ Fault switches (``Exchange`` methods; the same over HTTP as ``POST /control/<nam
 ``server_shutdown(grace)``, ``drop_diff(stream, market)`` (the next diff event goes to
 nobody: clients see ``U`` > previous ``u`` + 1, or ``pu`` != previous ``u``),
 ``drop_trades(stream, n, market)`` (the next ``n`` trade or aggTrade messages: an id gap),
-``list_symbol(symbol, market)``, ``delist_symbol(symbol, market)``. ``GET /control/stats``
+``list_symbol(symbol, market)``, ``delist_symbol(symbol, market)``.
+``GET /control/book?symbol=S&market=M&update_id=N&limit=N`` returns the simulator's own
+book at a kept id (default: now), best first: the oracle for processes. ``GET /control/stats``
 returns the counters: connections, messages sent and dropped per market and stream,
 silent (wrong-route) subscriptions, and per market REST ``requests``, ``weight``, ``used``,
 ``429`` and ``418`` (a test fails on any 429 its client caused). Malformed kinds,
@@ -117,6 +119,7 @@ from websockets.protocol import State
 
 from orderbook_collector.feed.streams import (
     DEPTH_DEFAULT_LIMIT,
+    MAX_INCOMING_PER_SEC,
     MAX_STREAMS,
     REST_WEIGHT_PER_MINUTE,
     USDM_ROUTE,
@@ -662,7 +665,8 @@ class Exchange:
 
     ``rate``: messages per second per stream (default: the Binance cadence, 10/s for
     ``@100ms`` streams and 1/s otherwise; event streams follow the book clock).
-    ``max_incoming_per_sec=None`` lifts the 1008 limit. ``control_http`` serves
+    ``max_incoming_per_sec=None`` lifts the 1008 limit (a number sets the spot limit;
+    USD-M keeps Binance's proportion, twice as many). ``control_http`` serves
     ``POST /control/<name>`` (see :meth:`_control_http`). ``weight_budget`` overrides
     Binance's REST budgets per market (small ones for tests), ``weight_window`` the
     budget's window (60 s) and ``ban_seconds`` the 418 ban after an ignored 429.
@@ -672,7 +676,7 @@ class Exchange:
         self, symbols=("btcusdt", "ethusdt"), *, host: str = "127.0.0.1", port: int = 0,
         seed: int = 0, rate: float | None = None, sent_log: str | None = None,
         ping_interval: float | None = 20.0, ping_timeout: float | None = 60.0,
-        max_incoming_per_sec: float | None = 5, shutdown_grace: float = 2.0,
+        max_incoming_per_sec: float | None = MAX_INCOMING_PER_SEC[Market.SPOT], shutdown_grace: float = 2.0,
         ring_size: int = 1000, book_levels: int = 100, max_outbox: int = 10_000,
         compression: str | None = None, control_http: bool = True,
         weight_budget: dict[Market, int] | None = None, weight_window: float = 60.0,
@@ -894,6 +898,20 @@ class Exchange:
         return {"timezone": "UTC", "serverTime": now_ms, "rateLimits": limits, "exchangeFilters": [],
                 "symbols": symbols}
 
+    def _control_book(self, q: dict, market: Market) -> Response:
+        book = self.books[market].get(q.get("symbol", "").lower())
+        if book is None:
+            return _http(400, {"ok": False, "error": f"unknown symbol {q.get('symbol')!r} on {market.value}"})
+        uid = q.get("update_id")
+        try:
+            state = book.state_at(book.last_id if uid is None else int(uid))
+        except LookupError as exc:
+            return _http(404, {"ok": False, "error": str(exc)})
+        limit = int(q.get("limit", 5000))
+        bids = sorted(state.bids.items(), key=lambda lv: -float(lv[0]))[:limit]
+        asks = sorted(state.asks.items(), key=lambda lv: float(lv[0]))[:limit]
+        return _http(200, {"lastUpdateId": state.last_update_id, "bids": bids, "asks": asks})
+
     def _control_http(self, name: str, q: dict) -> Response:
         """``POST /control/<name>?arg=..`` (or named args) runs a fault switch; 200 {"ok":true}.
 
@@ -902,12 +920,16 @@ class Exchange:
         server_shutdown?grace=S  drop_diff?stream=NAME&market=spot|usdm
         drop_trades?stream=NAME&n=N&market=..  list_symbol?symbol=S&market=..  (no market: both)
         delist_symbol?symbol=S&market=..  stats (GET or POST: the counters)
+        book?symbol=S&market=..&update_id=N&limit=N (the simulator's book, best first; 404 if
+        that id is not kept)
         """
         arg = q.get("arg")
         try:
             markets = [Market(q["market"])] if "market" in q else list(Market)
             if name == "stats":
                 return _http(200, self.stats())
+            if name == "book":
+                return self._control_book(q, markets[0])
             if name == "disconnect":
                 abrupt = q.get("abrupt", arg or "0").lower() in ("1", "true", "yes")
                 self._spawn(self.disconnect(abrupt=abrupt))
@@ -968,13 +990,16 @@ class Exchange:
 
     def _over_limit(self, conn: _Conn) -> bool:
         """Sliding one-second window over client frames (pings are not visible here)."""
-        if self.max_incoming_per_sec is None:
+        limit = self.max_incoming_per_sec
+        if limit is None:
             return False
         now, times = time.monotonic(), conn.recv_times
         times.append(now)
         while now - times[0] >= 1.0:
             times.popleft()
-        return len(times) > self.max_incoming_per_sec
+        if conn.market is not Market.SPOT:
+            limit *= MAX_INCOMING_PER_SEC[conn.market] / MAX_INCOMING_PER_SEC[Market.SPOT]
+        return len(times) > limit
 
     def _enqueue(self, conn: _Conn, item: tuple) -> None:
         if conn.dropped:
