@@ -329,6 +329,7 @@ class Book:
         return Top(b, self.bids.qty[b], a, self.asks.qty[a])
 
     def advance_to(self, step: int, time_ms: int | None = None) -> None:
+        """Run the book to ``step``; the steps made now are stamped ``time_ms`` (default: now)."""
         if self.step >= step:
             return
         now = time.time_ns() // 1_000_000 if time_ms is None else time_ms
@@ -356,13 +357,17 @@ class Book:
             side = self.bids if rng.random() < 0.5 else self.asks  # a wide spread attracts an order inside it
             side.set(side.away(side.best(), -1), self._fresh())
         self._refill()
-        self.step += 1
         ub, ua = self.bids.journal, self.asks.journal
+        while True:
+            cb = {p: self.bids.qty.get(p, 0) for p, q in ub.items() if self.bids.qty.get(p, 0) != q}
+            ca = {p: self.asks.qty.get(p, 0) for p, q in ua.items() if self.asks.qty.get(p, 0) != q}
+            if cb or ca:
+                break
+            # every step changes the book, so every step has its own update ids (an id never
+            # moves without a change, and a step never leaves the id where it was)
+            self._touch(self.bids if rng.random() < 0.5 else self.asks)
         self.bids.journal = self.asks.journal = None
-        cb = {p: self.bids.qty.get(p, 0) for p, q in ub.items() if self.bids.qty.get(p, 0) != q}
-        ca = {p: self.asks.qty.get(p, 0) for p, q in ua.items() if self.asks.qty.get(p, 0) != q}
-        if not cb and not ca:
-            return  # nothing changed: the update id stays, as on Binance
+        self.step += 1
         after = self.top()
         first = self.last_id + 1
         self.last_id += rng.randint(1, 50)
