@@ -13,8 +13,9 @@ Binance's protocol: ``/stream?streams=a/b`` (combined wrapper
 ``{"stream":..,"data":..}``), ``/ws/<name>`` (bare payloads), bare ``/ws`` or ``/stream`` plus
 SUBSCRIBE / UNSUBSCRIBE / LIST_SUBSCRIPTIONS / SET_PROPERTY / GET_PROPERTY with Binance's
 nested error replies (codes 0-3). More than ``max_incoming_per_sec`` client frames in one
-second (5 on spot, 10 on USD-M by default) closes the connection with 1008 "Too many requests". Stream names are parsed with
-``orderbook_collector.feed.streams`` (the product's facts).
+second (5 on spot, 10 on USD-M by default) closes the connection with 1008 "Too many
+requests". Stream names are parsed with ``orderbook_collector.feed.streams`` (the
+product's facts).
 
 * Spot on ``/stream`` and ``/ws``: ``<sym>@depth5|10|20[@100ms]`` (``lastUpdateId,bids,asks``),
   ``<sym>@depth[@100ms]`` (``e,E,s,U,u,b,a``), ``@trade`` (``e,E,s,t,p,q,T,m,M``),
@@ -24,8 +25,8 @@ second (5 on spot, 10 on USD-M by default) closes the connection with 1008 "Too 
   ``e,E,T,s,U,u,pu,b,a``), ``@depth[@100ms|@500ms]`` (the same fields, ``pu`` = previous
   ``u``), ``@bookTicker`` (adds ``e,E,T``), trade and aggTrade without ``M``. A stream on
   the other route is accepted and listed but delivers nothing, as on Binance.
-* One book per market and symbol makes every stream agree: each book step that changes
-  the book raises the update id and is kept (changes, undo, trades, top of book), so a
+* One book per market and symbol makes every stream agree: each book step changes the
+  book, raises the update id and is kept (changes, undo, trades, top of book), so a
   REST snapshot plus diff events rebuild exactly :meth:`Exchange.book_state` at any kept
   id; trades are fills of taker orders against the best levels (they move the book),
   consecutive trade and aggTrade ids per symbol; bookTicker at every top-of-book change.
@@ -57,6 +58,8 @@ Choices where Binance is undocumented or where a simulator must pick:
 * A delisted symbol's streams go quiet and its book stands still; subscriptions to it stay
   valid. A listed symbol gets a fresh book; a relisted one resumes where it stood.
 * An unchanged book sends no depth message, so ``lastUpdateId`` never repeats in a stream.
+* USD-M's retired unrouted ``/ws`` and ``/stream`` are not simulated: on this server
+  they are spot's.
 
 Fault switches (``Exchange`` methods; the same over HTTP as ``POST /control/<name>?..``):
 ``disconnect(abrupt)``, ``stall(seconds)``, ``replay_on_next_connect(n)``,
@@ -169,7 +172,8 @@ def market_params(symbol: str) -> tuple[int, int, int]:
 SERVED_KINDS = tuple(Kind)
 #: USD-M routes: the path segment before ``/stream`` or ``/ws``.
 ROUTES = frozenset(USDM_ROUTE.values())
-#: REST weight of the endpoints other than depth (whose weight depends on the limit).
+#: REST weight of the endpoints other than depth (whose weight depends on the limit), from
+#: Binance's endpoint docs (time is in the fact sheet; exchangeInfo is 20 on spot, 1 on USD-M).
 REST_WEIGHT = {
     "/api/v3/ping": 1, "/api/v3/time": 1, "/api/v3/exchangeInfo": 20,
     "/fapi/v1/ping": 1, "/fapi/v1/time": 1, "/fapi/v1/exchangeInfo": 1,
@@ -505,7 +509,8 @@ class Book:
                         book.pop(p, None)
             at = s.first_id - 1
         if at != update_id:
-            raise LookupError(f"{self.symbol}: update id {update_id} is not a kept step boundary (book at {self.last_id})")
+            raise LookupError(
+                f"{self.symbol}: update id {update_id} is not a kept step boundary (book at {self.last_id})")
         return BookState(at, {self.px(p): fmt_e8(q) for p, q in bids.items()},
                          {self.px(p): fmt_e8(q) for p, q in asks.items()})
 
@@ -515,7 +520,7 @@ class SymbolStatus(str, Enum):
 
     TRADING = "TRADING"
     BREAK = "BREAK"  # spot: halted or delisted
-    SETTLING = "SETTLING"  # USD-M: a contract being delisted
+    SETTLING = "SETTLING"  # USD-M: a delisted perpetual
 
 
 #: The status a delisted symbol shows on each market.
@@ -854,13 +859,14 @@ class Exchange:
         verdict = self.limiters[market].admit(weight, time.monotonic())
         used = (("X-MBX-USED-WEIGHT-1M", str(verdict.used)),)
         if verdict.status == 429:
-            msg = "Too much request weight used; current limit is %d request weight per 1 MINUTE. Please use WebSocket Streams for live updates to avoid polling the API."
-            return _http(429, {"code": -1003, "msg": msg % self.limiters[market].budget},
-                         (("Retry-After", str(verdict.retry_after)), *used))
+            msg = (f"Too much request weight used; current limit is {self.limiters[market].budget} request "
+                   "weight per 1 MINUTE. Please use WebSocket Streams for live updates to avoid polling the API.")
+            return _http(429, {"code": -1003, "msg": msg}, (("Retry-After", str(verdict.retry_after)), *used))
         if verdict.status == 418:
             until = (time.time_ns() // 1_000_000) + verdict.retry_after * 1000
-            return _http(418, {"code": -1003, "msg": f"Way too much request weight used; IP banned until {until}. Please use WebSocket Streams for live updates to avoid bans."},
-                         (("Retry-After", str(verdict.retry_after)), *used))
+            msg = (f"Way too much request weight used; IP banned until {until}. "
+                   "Please use WebSocket Streams for live updates to avoid bans.")
+            return _http(418, {"code": -1003, "msg": msg}, (("Retry-After", str(verdict.retry_after)), *used))
         now_ms = time.time_ns() // 1_000_000
         if path.endswith("/ping"):
             return _http(200, {}, used)
