@@ -916,3 +916,23 @@ def test_usdm_allows_ten_messages_per_second_then_1008():
                     await reply(ws, 99)
         assert info.value.rcvd.code == 1008
     run(main())
+
+
+def test_handshake_checks_names_per_market_and_the_usdm_stream_limit():
+    many = "/".join(f"s{i:03d}usdt@depth" for i in range(201))
+
+    async def main():
+        async with Exchange(symbols=["btcusdt"] + [f"s{i:03d}usdt" for i in range(201)], seed=1, rate=50) as ex:
+            statuses = {}
+            for path in ("/stream?streams=btcusdt@depth@500ms", "/public/stream?streams=btcusdt@depth@500ms",
+                         "/public/stream?streams=" + many, "/stream?streams=" + many, "/private/stream"):
+                try:
+                    async with connect(ex.ws_url + path) as ws:
+                        statuses[path] = 101
+                        if "500ms" in path:
+                            await recv_data(ws, 1)
+                except InvalidStatus as exc:
+                    statuses[path] = exc.response.status_code
+        return list(statuses.values())
+
+    assert run(main()) == [400, 101, 400, 101, 404]  # 500 ms is USD-M only; USD-M allows 200 streams
