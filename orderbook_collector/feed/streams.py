@@ -44,6 +44,21 @@ USDM_ROUTE = {
     Kind.PARTIAL_DEPTH: "public", Kind.DIFF_DEPTH: "public", Kind.BOOK_TICKER: "public",
     Kind.TRADE: "market", Kind.AGG_TRADE: "market",
 }
+#: Incoming messages (control frames, pings, pongs) a connection may send per second.
+MAX_INCOMING_PER_SEC = {Market.SPOT: 5, Market.USDM: 10}
+#: REST ``REQUEST_WEIGHT`` budget per IP and minute (``X-MBX-USED-WEIGHT-1M`` counts against it).
+REST_WEIGHT_PER_MINUTE = {Market.SPOT: 6000, Market.USDM: 2400}
+#: REST depth-snapshot path per market.
+DEPTH_PATH = {Market.SPOT: "/api/v3/depth", Market.USDM: "/fapi/v1/depth"}
+#: The ``limit`` values ``/fapi/v1/depth`` accepts (spot takes any 1..5000).
+USDM_DEPTH_LIMITS = (5, 10, 20, 50, 100, 500, 1000)
+#: Default ``limit`` of a depth snapshot per market.
+DEPTH_DEFAULT_LIMIT = {Market.SPOT: 100, Market.USDM: 500}
+#: Depth-snapshot weight by limit: (highest limit, weight) steps, lowest first.
+_DEPTH_WEIGHT = {
+    Market.SPOT: ((100, 5), (500, 25), (1000, 50), (5000, 250)),  # since 2023-10-19
+    Market.USDM: ((50, 2), (100, 5), (500, 10), (1000, 20)),
+}
 #: Event-driven streams (trades, bookTicker) have no nominal cadence.
 EVENT_DRIVEN = 0
 
@@ -89,6 +104,15 @@ class StreamSpec:
     def route(self) -> str | None:
         """The USD-M path segment this stream must be subscribed on; None on spot."""
         return USDM_ROUTE[self.type] if self.market is Market.USDM else None
+
+
+def depth_weight(market: Market, limit: int) -> int | None:
+    """The REST weight of a depth snapshot of ``limit`` levels, or None if the market refuses that limit."""
+    if limit < 1 or market is Market.USDM and limit not in USDM_DEPTH_LIMITS:
+        return None
+    if market is Market.SPOT:
+        limit = min(limit, 5000)  # a larger limit is answered (and weighed) as 5000
+    return next((w for top, w in _DEPTH_WEIGHT[market] if limit <= top), None)
 
 
 def parse_symbol(symbol: str, setting: str = "ORDERBOOK_SYMBOLS") -> str:

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from orderbook_collector.feed.streams import EVENT_DRIVEN, Kind, Market, parse_stream_name, spec, stream_kind
+from orderbook_collector.feed.streams import (
+    EVENT_DRIVEN,
+    REST_WEIGHT_PER_MINUTE,
+    Kind,
+    Market,
+    depth_weight,
+    parse_stream_name,
+    spec,
+    stream_kind,
+)
 
 SPOT, USDM = Market.SPOT, Market.USDM
 
@@ -49,3 +58,11 @@ def test_full_names():
     assert (s.symbol, s.kind, s.levels, s.name) == ("ethusdt", "depth20@100ms", 20, "ethusdt@depth20@100ms")
     assert parse_stream_name("ETHUSDT@trade") is None  # stream names are lower case
     assert parse_stream_name("ethusdt") is None
+
+
+def test_depth_snapshot_weights_and_limits_per_market():
+    spot = [depth_weight(Market.SPOT, n) for n in (1, 100, 101, 500, 501, 1000, 1001, 5000, 6000, 0)]
+    assert spot == [5, 5, 25, 25, 50, 50, 250, 250, 250, None]  # above 5000 is answered as 5000
+    usdm = [depth_weight(Market.USDM, n) for n in (5, 10, 20, 50, 100, 500, 1000, 7, 5000)]
+    assert usdm == [2, 2, 2, 2, 5, 10, 20, None, None]
+    assert REST_WEIGHT_PER_MINUTE == {Market.SPOT: 6000, Market.USDM: 2400}

@@ -22,7 +22,8 @@ import pytest
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK, InvalidStatus
 
-from tools.simulator.exchange import MALFORMED_KINDS, OVERSIZE_BYTES, Book, Exchange
+from orderbook_collector.feed.streams import Kind, Market
+from tools.simulator.exchange import MALFORMED_KINDS, OVERSIZE_BYTES, Admission, Book, Exchange, StreamKey, WeightLimiter
 
 REPO = Path(__file__).resolve().parents[2]
 DECIMAL8 = re.compile(r"^\d+\.\d{8}$")
@@ -343,7 +344,7 @@ def test_stall_pauses_data_without_queueing_it():
                 while time.monotonic() < end:  # the connection stays open throughout
                     msg = (await recv_data(ws, 1))[0]  # await before reading the clock
                     got.append((time.monotonic(), msg["data"]["lastUpdateId"]))
-                ring_ids = [m.last_update_id for m in ex.streams["btcusdt@depth5"].ring]
+                ring_ids = [m.last_update_id for m in ex.streams[StreamKey(Market.SPOT, "btcusdt@depth5")].ring]
         return got, ring_ids
 
     got, ring_ids = run(main())
@@ -380,7 +381,7 @@ def test_sent_log_matches_what_clients_received(tmp_path):
         send_us = [x["send_us"] for x in mine]
         assert send_us == sorted(send_us) and abs(send_us[0] / 1e6 - time.time()) < 60
     assert stats["connections_accepted"] == 2
-    assert sum(stats["sent"].values()) == sum(1 for x in lines if "data" in x)
+    assert sum(stats["sent"]["spot"].values()) == sum(1 for x in lines if "data" in x)
 
 
 def test_books_change_slowly_and_stay_uncrossed():
@@ -506,3 +507,447 @@ def test_a_restarted_simulator_never_repeats_update_ids():
     with SimulatorProcess("--seed", "0", "--rate", "50") as again:
         after = asyncio.run(ids(again.ws_url, 5))
     assert before == sorted(before) and min(after) > max(before)
+
+
+# ---- every kind on both markets (issue 12) ------------------------------------------------
+
+TRADE_KEYS = {"e", "E", "s", "t", "p", "q", "T", "m", "M"}
+AGG_KEYS = {"e", "E", "s", "a", "p", "q", "f", "l", "T", "m", "M"}
+TICKER_KEYS = {"u", "s", "b", "B", "a", "A"}
+SPOT_DIFF_KEYS = {"e", "E", "s", "U", "u", "b", "a"}
+USDM_DEPTH_KEYS = {"e", "E", "T", "s", "U", "u", "pu", "b", "a"}
+
+
+async def collect(ws, enough, timeout: float = 8.0) -> dict[str, list[dict]]:
+    """Combined data messages by stream until ``enough(by_stream)`` holds."""
+    by_stream: dict[str, list[dict]] = {}
+
+    async def loop():
+        while not enough(by_stream):
+            msg = await recv_json(ws)
+            if "data" in msg and not msg["stream"].startswith("!"):
+                by_stream.setdefault(msg["stream"], []).append(msg["data"])
+    await asyncio.wait_for(loop(), timeout)
+    return by_stream
+
+
+def at_least(**counts):
+    """``enough`` for :func:`collect`: stream (with "@" written "__") -> minimum count."""
+    want = {k.replace("__", "@"): v for k, v in counts.items()}
+    return lambda got: all(len(got.get(s, ())) >= n for s, n in want.items())
+
+
+def check_trades(trades: list[dict], aggs: list[dict], keys_t: set, keys_a: set, symbol: str) -> None:
+    for t in trades:
+        assert set(t) == keys_t and t["e"] == "trade" and t["s"] == symbol
+        assert DECIMAL8.match(t["p"]) and DECIMAL8.match(t["q"]) and float(t["q"]) > 0
+        assert type(t["m"]) is bool and t["T"] <= t["E"]
+    for a in aggs:
+        assert set(a) == keys_a and a["e"] == "aggTrade" and a["s"] == symbol and a["f"] <= a["l"]
+    ids = [t["t"] for t in trades]
+    assert ids == list(range(ids[0], ids[0] + len(ids)))  # consecutive per symbol
+    agg_ids = [a["a"] for a in aggs]
+    assert agg_ids == list(range(agg_ids[0], agg_ids[0] + len(agg_ids)))
+    firsts = [a["f"] for a in aggs]
+    assert all(b["f"] == a["l"] + 1 for a, b in zip(aggs, aggs[1:]))  # aggTrades tile the trade ids
+    # an aggTrade is its trades: same price and side, quantities add up
+    by_id = {t["t"]: t for t in trades}
+    covered = [a for a in aggs if a["f"] in by_id and a["l"] in by_id]
+    assert len(covered) >= 3, firsts
+    for a in covered:
+        parts = [by_id[i] for i in range(a["f"], a["l"] + 1)]
+        assert {(p["p"], p["m"], p["T"]) for p in parts} == {(a["p"], a["m"], a["T"])}
+        assert round(sum(float(p["q"]) for p in parts), 8) == float(a["q"])
+
+
+def test_spot_trade_aggtrade_and_bookticker_payloads():
+    async def main():
+        async with Exchange(**FAST) as ex:
+            url = ex.ws_url + "/stream?streams=btcusdt@trade/btcusdt@aggTrade/btcusdt@bookTicker"
+            async with connect(url) as ws:
+                return await collect(ws, at_least(btcusdt__trade=30, btcusdt__aggTrade=12, btcusdt__bookTicker=10))
+
+    got = run(main())
+    check_trades(got["btcusdt@trade"], got["btcusdt@aggTrade"], TRADE_KEYS, AGG_KEYS, "BTCUSDT")
+    assert all(t["M"] is True for t in got["btcusdt@trade"])
+    tickers = got["btcusdt@bookTicker"]
+    for t in tickers:
+        assert set(t) == TICKER_KEYS and t["s"] == "BTCUSDT" and float(t["b"]) < float(t["a"])
+    us = [t["u"] for t in tickers]
+    assert us == sorted(set(us))
+    # every bookTicker is a change of the top of book
+    assert all((a["b"], a["B"], a["a"], a["A"]) != (b["b"], b["B"], b["a"], b["A"]) for a, b in zip(tickers, tickers[1:]))
+
+
+def test_usdm_payloads_on_the_public_and_market_routes():
+    async def main():
+        async with Exchange(**FAST) as ex:
+            pub = ex.ws_url + "/public/stream?streams=ethusdt@depth@100ms/ethusdt@depth10@100ms/ethusdt@bookTicker"
+            mkt = ex.ws_url + "/market/stream?streams=ethusdt@trade/ethusdt@aggTrade"
+            async with connect(pub) as p, connect(mkt) as m:
+                a = await collect(p, at_least(ethusdt__depth__100ms=15, ethusdt__depth10__100ms=15, ethusdt__bookTicker=5))
+                b = await collect(m, at_least(ethusdt__trade=20, ethusdt__aggTrade=8))
+        return a, b
+
+    pub, mkt = run(main())
+    no_m = {"e", "E", "s", "t", "p", "q", "T", "m"}
+    check_trades(mkt["ethusdt@trade"], mkt["ethusdt@aggTrade"], no_m, AGG_KEYS - {"M"}, "ETHUSDT")
+    for name in ("ethusdt@depth@100ms", "ethusdt@depth10@100ms"):
+        events = pub[name]
+        for d in events:
+            assert set(d) == USDM_DEPTH_KEYS and d["e"] == "depthUpdate" and d["s"] == "ETHUSDT"
+            assert d["U"] <= d["u"] and d["T"] <= d["E"]
+        assert all(b["pu"] == a["u"] for a, b in zip(events, events[1:]))  # the USD-M continuity rule
+    for d in pub["ethusdt@depth10@100ms"]:  # full top 10, not a diff
+        check_depth({"lastUpdateId": d["u"], "bids": d["b"], "asks": d["a"]}, 10)
+    for t in pub["ethusdt@bookTicker"]:
+        assert set(t) == TICKER_KEYS | {"e", "E", "T"} and t["e"] == "bookTicker"
+
+
+def test_usdm_wrong_route_is_accepted_but_delivers_nothing():
+    async def main():
+        async with Exchange(**FAST, max_incoming_per_sec=None) as ex:
+            pub = ex.ws_url + "/public/stream?streams=btcusdt@aggTrade/btcusdt@depth@100ms"
+            async with connect(pub) as p, connect(ex.ws_url + "/market/ws") as m:
+                await m.send(orjson.dumps({"method": "SUBSCRIBE", "params": ["btcusdt@bookTicker", "btcusdt@trade"], "id": 1}).decode())
+                assert await reply(m, 1) == {"result": None, "id": 1}
+                await m.send(orjson.dumps({"method": "LIST_SUBSCRIPTIONS", "id": 2}).decode())
+                listed = await reply(m, 2)
+                got_p = await collect(p, at_least(btcusdt__depth__100ms=20))
+                got_m = []  # raw endpoint: bare payloads
+                while len(got_m) < 20:
+                    if "e" in (msg := await recv_json(m)):
+                        got_m.append(msg)
+            stats = ex.stats()
+        return listed, got_p, got_m, stats
+
+    listed, got_p, got_m, stats = run(main())
+    assert listed["result"] == ["btcusdt@bookTicker", "btcusdt@trade"]
+    assert set(got_p) == {"btcusdt@depth@100ms"}  # the aggTrade on /public never arrives
+    assert {m["e"] for m in got_m} == {"trade"}  # nor bookTicker on /market
+    assert stats["silent_subscriptions"] == 2
+    assert "btcusdt@aggTrade" not in stats["sent"]["usdm"] and "btcusdt@bookTicker" not in stats["sent"]["usdm"]
+
+
+def _rebuild(market: Market, snap: dict, events: list[dict]) -> tuple[dict, dict[int, tuple[dict, dict]]]:
+    """Binance's local-book procedure for ``market``; returns the final book and the book after each id."""
+    book = {"b": dict(snap["bids"]), "a": dict(snap["asks"])}
+    book_id, prev_u, states = snap["lastUpdateId"], None, {}
+    for d in events:
+        if prev_u is not None:  # a gap would mean a resync: the simulator must not cause one
+            assert d["pu"] == prev_u if market is Market.USDM else d["U"] == prev_u + 1
+        prev_u = d["u"]
+        if d["u"] <= book_id:
+            continue
+        assert d["U"] <= book_id + 1
+        for side in ("b", "a"):
+            for p, q in d[side]:
+                book[side].pop(p, None) if float(q) == 0 else book[side].__setitem__(p, q)
+        book_id = d["u"]
+        states[book_id] = ({**book["b"]}, {**book["a"]})
+    return book, states
+
+
+@pytest.mark.parametrize("market", list(Market))
+def test_rest_snapshot_plus_diffs_rebuilds_the_simulators_book(market):
+    """Every stream of a symbol is cut from one book: the rebuilt book equals the simulator's
+    whole book at every id, and partial depth and bookTicker agree with it at their ids."""
+    if market is Market.SPOT:
+        path, streams, rest = "/stream", "btcusdt@depth@100ms/btcusdt@depth20@100ms/btcusdt@bookTicker", "/api/v3/depth?symbol=BTCUSDT&limit=5000"
+    else:
+        path, streams, rest = "/public/stream", "btcusdt@depth@100ms/btcusdt@depth20@100ms/btcusdt@bookTicker", "/fapi/v1/depth?symbol=BTCUSDT&limit=1000"
+
+    async def main():
+        async with Exchange(**FAST) as ex:
+            async with connect(ex.ws_url + path + "?streams=" + streams) as ws:
+                first = await collect(ws, at_least(btcusdt__depth__100ms=2))
+                _, headers, snap = await asyncio.to_thread(http_get, ex.rest_url + rest)
+                more = await collect(ws, at_least(btcusdt__depth__100ms=40, btcusdt__bookTicker=10))
+                diffs = first["btcusdt@depth@100ms"] + more["btcusdt@depth@100ms"]
+                book, states = _rebuild(market, snap, diffs)
+                oracle = {i: ex.book_state("btcusdt", i, market) for i in states}
+        return snap, headers, more, book, states, oracle
+
+    snap, headers, more, book, states, oracle = run(main())
+    assert int(headers["X-MBX-USED-WEIGHT-1M"]) == (250 if market is Market.SPOT else 20)
+    if market is Market.USDM:
+        assert {"lastUpdateId", "E", "T", "bids", "asks"} == set(snap)
+    assert len(states) >= 30
+    for i, (bids, asks) in states.items():
+        assert (bids, asks) == (oracle[i].bids, oracle[i].asks), i
+    def top(side, n, bid):
+        return sorted(side.items(), key=lambda x: -float(x[0]) if bid else float(x[0]))[:n]
+    key_u = "lastUpdateId" if market is Market.SPOT else "u"
+    partial = [d for d in more["btcusdt@depth20@100ms"] if d[key_u] in states]
+    assert len(partial) >= 10
+    for d in partial:
+        bids, asks = states[d[key_u]]
+        side_b, side_a = ("bids", "asks") if market is Market.SPOT else ("b", "a")
+        assert [list(x) for x in top(bids, 20, True)] == d[side_b] and [list(x) for x in top(asks, 20, False)] == d[side_a]
+    tickers = [t for t in more["btcusdt@bookTicker"] if t["u"] in states]
+    assert len(tickers) >= 5
+    for t in tickers:
+        bids, asks = states[t["u"]]
+        assert [[t["b"], t["B"]]] == [list(x) for x in top(bids, 1, True)]
+        assert [[t["a"], t["A"]]] == [list(x) for x in top(asks, 1, False)]
+
+
+def test_trades_move_the_book():
+    """A taker's first fill is at the best level of the book before its step (asks for a buy,
+    bids for a sell) and takes at most what that level held, changing it; the book
+    history rewinds to any kept id, and no further."""
+    book = Book("btcusdt", 3)
+    book.advance_to(400)
+    steps = [s for s in book.diffs if s.trades]
+    assert len(steps) >= 100
+    for s in steps:
+        before = book.state_at(s.first_id - 1)
+        first = s.trades[0]
+        side = before.bids if first.buyer_maker else before.asks
+        best = max(side, key=float) if first.buyer_maker else min(side, key=float)
+        assert book.px(first.price) == best
+        agg = s.aggs[0]  # the first level the taker reached: its trades, at most what the level held
+        assert (agg.first, agg.price) == (first.id, first.price) and int(side[best].replace(".", "")) >= agg.qty
+        assert agg.qty == sum(t.qty for t in s.trades if agg.first <= t.id <= agg.last)
+        assert first.price in (s.undo_bids if first.buyer_maker else s.undo_asks)  # the level moved
+    with pytest.raises(LookupError):
+        book.state_at(book.last_id + 1)
+
+
+def _rest_many(url: str, n: int) -> list[tuple[int, dict, dict]]:
+    return [http_get(url) for _ in range(n)]
+
+
+def test_rest_weights_429_then_418_with_retry_after():
+    async def main():
+        async with Exchange(**FAST, weight_budget={Market.SPOT: 30, Market.USDM: 10}, ban_seconds=90) as ex:
+            spot = await asyncio.to_thread(_rest_many, ex.rest_url + "/api/v3/depth?symbol=BTCUSDT&limit=100", 8)
+            fut = await asyncio.to_thread(_rest_many, ex.rest_url + "/fapi/v1/depth?symbol=BTCUSDT&limit=5", 6)
+            bad = await asyncio.to_thread(http_get, ex.rest_url + "/fapi/v1/depth?symbol=BTCUSDT&limit=7")
+            info = await asyncio.to_thread(http_get, ex.rest_url + "/fapi/v1/exchangeInfo")
+            return spot, fut, bad, info, ex.stats()["rest"]
+
+    spot, fut, bad, info, stats = run(main())
+    assert [s for s, _, _ in spot] == [200] * 6 + [429, 418]
+    assert [int(h["X-MBX-USED-WEIGHT-1M"]) for _, h, _ in spot] == [5, 10, 15, 20, 25, 30, 30, 30]
+    assert 0 < int(spot[6][1]["Retry-After"]) <= 60 and spot[6][2]["code"] == -1003
+    assert int(spot[7][1]["Retry-After"]) == 90
+    # USD-M has its own budget: weight 2 for limit 5
+    assert [s for s, _, _ in fut] == [200] * 5 + [429]
+    assert [int(h["X-MBX-USED-WEIGHT-1M"]) for _, h, _ in fut] == [2, 4, 6, 8, 10, 10]
+    assert bad[0] == 418  # still limited: a request inside the Retry-After is banned
+    assert info[0] == 418
+    assert stats["spot"]["429"] == 1 and stats["spot"]["418"] == 1 and stats["spot"]["requests"] == 8
+    assert stats["usdm"]["429"] == 1 and stats["usdm"]["418"] == 2
+
+
+def test_weight_limiter_window_ban_and_recovery():
+    lim = WeightLimiter(budget=10, window=60, ban=120)
+    assert [lim.admit(4, t).status for t in (0, 1, 2)] == [200, 200, 429]
+    assert lim.admit(4, 30).status == 418 and lim.admit(1, 149).status == 418  # banned 30..150
+    assert lim.admit(4, 151) == Admission(200, 0, 4)  # a new window, the ban over
+    lim = WeightLimiter(budget=10, window=60, ban=120)
+    assert lim.admit(8, 0).status == 200 and lim.admit(8, 10) == Admission(429, 50, 8)
+    assert lim.admit(8, 61) == Admission(200, 0, 8)  # honouring Retry-After avoids the ban
+
+
+def test_usdm_rest_depth_limits_and_spot_exchange_info():
+    async def main():
+        async with Exchange(**FAST) as ex:
+            rows = []
+            for limit in (5, 10, 20, 50, 100, 500, 1000, 7, 5000):
+                rows.append(await asyncio.to_thread(http_get, ex.rest_url + f"/fapi/v1/depth?symbol=ETHUSDT&limit={limit}"))
+            dflt = await asyncio.to_thread(http_get, ex.rest_url + "/fapi/v1/depth?symbol=ETHUSDT")
+            info = await asyncio.to_thread(http_get, ex.rest_url + "/api/v3/exchangeInfo")
+        return rows, dflt, info
+
+    rows, dflt, info = run(main())
+    weights = [int(h["X-MBX-USED-WEIGHT-1M"]) for _, h, _ in rows]
+    assert [b - a for a, b in zip([0] + weights, weights)][:7] == [2, 2, 2, 2, 5, 10, 20]
+    assert [s for s, _, _ in rows] == [200] * 7 + [400, 400] and rows[7][2]["code"] == -1130
+    for (s, _, body), n in zip(rows, (5, 10, 20, 50)):
+        assert len(body["bids"]) == len(body["asks"]) == n and body["T"] <= body["E"]
+    assert dflt[0] == 200 and len(dflt[2]["bids"]) >= 100  # default 500: the whole simulated book
+    st, headers, body = info
+    assert st == 200 and int(headers["X-MBX-USED-WEIGHT-1M"]) == 20
+    assert [(s["symbol"], s["status"]) for s in body["symbols"]] == [("BTCUSDT", "TRADING"), ("ETHUSDT", "TRADING")]
+    assert body["rateLimits"][0] == {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": 6000}
+
+
+def test_exchange_info_follows_listings_and_delistings():
+    async def main():
+        async with Exchange(**FAST, max_incoming_per_sec=None) as ex:
+            def info(market_path):
+                return http_get(ex.rest_url + market_path)[2]["symbols"]
+
+            def control(query):
+                return post(urllib.request.Request(ex.rest_url + "/control/" + query, method="POST"))
+
+            before = await asyncio.to_thread(info, "/api/v3/exchangeInfo")
+            assert await asyncio.to_thread(control, "list_symbol?symbol=solusdt") == {"ok": True}  # both markets
+            assert await asyncio.to_thread(control, "delist_symbol?symbol=ethusdt&market=spot") == {"ok": True}
+            spot = await asyncio.to_thread(info, "/api/v3/exchangeInfo")
+            fut = await asyncio.to_thread(info, "/fapi/v1/exchangeInfo")
+            url = ex.ws_url + "/stream?streams=solusdt@trade/ethusdt@depth@100ms/btcusdt@depth@100ms"
+            async with connect(url) as ws:
+                got = await collect(ws, at_least(solusdt__trade=10, btcusdt__depth__100ms=20))
+                ex.delist_symbol("solusdt")
+                quiet_from = ex.streams[StreamKey(Market.SPOT, "solusdt@trade")].ring[-1].id
+                after = await collect(ws, at_least(btcusdt__depth__100ms=20))
+                ex.list_symbol("ethusdt")  # relisted: its book resumes where it stood
+                back = await collect(ws, at_least(ethusdt__depth__100ms=5))
+            bad = await asyncio.to_thread(post_status, ex.rest_url + "/control/delist_symbol?symbol=nopeusdt")
+        return before, spot, fut, got, quiet_from, after, back, bad
+
+    before, spot, fut, got, quiet_from, after, back, bad = run(main())
+    assert [(s["symbol"], s["status"]) for s in before] == [("BTCUSDT", "TRADING"), ("ETHUSDT", "TRADING")]
+    assert [(s["symbol"], s["status"], s["baseAsset"], s["quoteAsset"]) for s in spot] == [
+        ("BTCUSDT", "TRADING", "BTC", "USDT"), ("ETHUSDT", "BREAK", "ETH", "USDT"), ("SOLUSDT", "TRADING", "SOL", "USDT")]
+    assert [(s["symbol"], s["status"], s["contractType"]) for s in fut] == [
+        ("BTCUSDT", "TRADING", "PERPETUAL"), ("ETHUSDT", "TRADING", "PERPETUAL"), ("SOLUSDT", "TRADING", "PERPETUAL")]
+    assert "ethusdt@depth@100ms" not in got  # a halted symbol's streams are quiet
+    assert all(t["t"] <= quiet_from for t in after.get("solusdt@trade", []))
+    assert all(d["e"] == "depthUpdate" for d in back["ethusdt@depth@100ms"])
+    assert bad == 400
+
+
+def post_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=5) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+@pytest.mark.parametrize("market", list(Market))
+def test_drop_diff_leaves_exactly_one_gap(market, tmp_path):
+    path = "/stream" if market is Market.SPOT else "/public/stream"
+    log = tmp_path / "sent.ndjson"
+
+    async def main():
+        async with Exchange(**FAST, sent_log=str(log)) as ex:
+            async with connect(ex.ws_url + path + "?streams=btcusdt@depth@100ms") as ws:
+                events = (await collect(ws, at_least(btcusdt__depth__100ms=5)))["btcusdt@depth@100ms"]
+                status = await asyncio.to_thread(
+                    post_status, ex.rest_url + f"/control/drop_diff?stream=btcusdt@depth@100ms&market={market.value}")
+                events += (await collect(ws, at_least(btcusdt__depth__100ms=15)))["btcusdt@depth@100ms"]
+            return status, events, ex.stats()["dropped"]
+
+    status, events, dropped = run(main())
+    assert status == 200
+    if market is Market.SPOT:
+        gaps = [(a["u"], b["U"]) for a, b in zip(events, events[1:]) if b["U"] != a["u"] + 1]
+    else:
+        gaps = [(a["u"], b["pu"]) for a, b in zip(events, events[1:]) if b["pu"] != a["u"]]
+    assert len(gaps) == 1
+    assert dropped[market.value] == {"btcusdt@depth@100ms": 1}
+    lost = [orjson.loads(x) for x in log.read_bytes().splitlines() if b'"fault"' in x]
+    assert [(x["market"], x["stream"], x["fault"]) for x in lost] == [(market.value, "btcusdt@depth@100ms", "dropped")]
+    prev_u, next_first = gaps[0]
+    assert prev_u < lost[0]["id"]  # the dropped event's u lies in the hole the client sees
+    assert lost[0]["id"] == (next_first - 1 if market is Market.SPOT else next_first)
+
+
+def test_drop_trades_leaves_an_id_gap_of_n():
+    async def main():
+        async with Exchange(**FAST) as ex:
+            async with connect(ex.ws_url + "/stream?streams=btcusdt@trade/btcusdt@aggTrade") as ws:
+                got = await collect(ws, at_least(btcusdt__trade=3, btcusdt__aggTrade=2))
+                ex.drop_trades("btcusdt@trade", 5)
+                ex.drop_trades("btcusdt@aggTrade", 2)
+                with pytest.raises(ValueError):
+                    ex.drop_trades("btcusdt@depth5", 1)
+                more = await collect(ws, at_least(btcusdt__trade=30, btcusdt__aggTrade=12))
+            return got, more, ex.stats()["dropped"]["spot"]
+
+    got, more, dropped = run(main())
+    for name, key, n in (("btcusdt@trade", "t", 5), ("btcusdt@aggTrade", "a", 2)):
+        ids = [m[key] for m in got[name] + more[name]]
+        steps = [b - a for a, b in zip(ids, ids[1:])]
+        assert sorted(steps)[-1] == n + 1 and steps.count(1) == len(steps) - 1, steps
+        assert dropped[name] == n
+
+
+def test_sent_log_records_every_kind_on_both_markets(tmp_path):
+    path = tmp_path / "sent.ndjson"
+    spot = "btcusdt@depth5/btcusdt@depth@100ms/btcusdt@trade/btcusdt@aggTrade/btcusdt@bookTicker"
+
+    async def main():
+        async with Exchange(**FAST, sent_log=str(path)) as ex:
+            async with connect(ex.ws_url + "/stream?streams=" + spot) as a, \
+                    connect(ex.ws_url + "/public/stream?streams=ethusdt@depth10@100ms/ethusdt@depth@100ms/ethusdt@bookTicker") as b, \
+                    connect(ex.ws_url + "/market/stream?streams=ethusdt@trade/ethusdt@aggTrade") as c:
+                got = [await collect(a, at_least(btcusdt__depth5=3, btcusdt__trade=5, btcusdt__aggTrade=3, btcusdt__bookTicker=3)),
+                       await collect(b, at_least(ethusdt__bookTicker=3, ethusdt__depth10__100ms=3)),
+                       await collect(c, at_least(ethusdt__trade=5, ethusdt__aggTrade=3))]
+        return got
+
+    got = run(main())
+    lines = [orjson.loads(x) for x in path.read_bytes().splitlines()]
+    logged = {(x["conn"], x["stream"], x["id"]): x for x in lines if "data" in x}
+    ids = {"depth_snapshot": lambda d: d.get("lastUpdateId", d.get("u")), "depth_update": lambda d: d["u"],
+           "trade": lambda d: d["t"], "agg_trade": lambda d: d["a"], "book_ticker": lambda d: d["u"]}
+    kinds = set()
+    for conn, (market, by_stream) in enumerate(zip(("spot", "usdm", "usdm"), got), 1):
+        for stream, datas in by_stream.items():
+            for d in datas:
+                line = next(x for (c, s, _), x in logged.items() if c == conn and s == stream and x["data"] == d)
+                assert line["market"] == market and ids[line["kind"]](d) == line["id"]
+                assert ("last_update_id" in line) == line["kind"].startswith("depth")
+                kinds.add((market, line["kind"]))
+    assert kinds == {(m, k.dataset) for m in ("spot", "usdm") for k in Kind}
+
+
+def test_control_book_equals_rest_snapshots_of_both_markets():
+    async def main():
+        async with Exchange(**FAST) as ex:
+            out = []
+            for rest, market in (("/api/v3/depth?symbol=ETHUSDT&limit=20", "spot"),
+                                 ("/fapi/v1/depth?symbol=ETHUSDT&limit=20", "usdm")):
+                snap = (await asyncio.to_thread(http_get, ex.rest_url + rest))[2]
+                book = await asyncio.to_thread(http_get, ex.rest_url + (
+                    f"/control/book?symbol=ethusdt&market={market}&update_id={snap['lastUpdateId']}&limit=20"))
+                out.append((snap, book))
+            missing = await asyncio.to_thread(http_get, ex.rest_url + "/control/book?symbol=ethusdt&update_id=5")
+        return out, missing
+
+    out, missing = run(main())
+    for snap, (status, _, book) in out:
+        assert status == 200 and book == {k: snap[k] for k in ("lastUpdateId", "bids", "asks")}
+    assert out[0][0]["lastUpdateId"] != out[1][0]["lastUpdateId"] or out[0][0]["bids"] != out[1][0]["bids"]
+    assert missing[0] == 404
+
+
+def test_usdm_allows_ten_messages_per_second_then_1008():
+    async def main():
+        async with Exchange(**FAST) as ex:
+            async with connect(ex.ws_url + "/public/ws") as ws:
+                for i in range(10):
+                    await ws.send(orjson.dumps({"method": "LIST_SUBSCRIPTIONS", "id": i}).decode())
+                for i in range(10):
+                    assert await reply(ws, i) == {"result": [], "id": i}
+                await ws.send(orjson.dumps({"method": "LIST_SUBSCRIPTIONS", "id": 99}).decode())
+                with pytest.raises(ConnectionClosedError) as info:
+                    await reply(ws, 99)
+        assert info.value.rcvd.code == 1008
+    run(main())
+
+
+def test_handshake_checks_names_per_market_and_the_usdm_stream_limit():
+    many = "/".join(f"s{i:03d}usdt@depth" for i in range(201))
+
+    async def main():
+        async with Exchange(symbols=["btcusdt"] + [f"s{i:03d}usdt" for i in range(201)], seed=1, rate=50) as ex:
+            statuses = {}
+            for path in ("/stream?streams=btcusdt@depth@500ms", "/public/stream?streams=btcusdt@depth@500ms",
+                         "/public/stream?streams=" + many, "/stream?streams=" + many, "/private/stream"):
+                try:
+                    async with connect(ex.ws_url + path) as ws:
+                        statuses[path] = 101
+                        if "500ms" in path:
+                            await recv_data(ws, 1)
+                except InvalidStatus as exc:
+                    statuses[path] = exc.response.status_code
+        return list(statuses.values())
+
+    assert run(main()) == [400, 101, 400, 101, 404]  # 500 ms is USD-M only; USD-M allows 200 streams

@@ -1,8 +1,8 @@
-"""A simulated Binance spot market-data exchange on loopback.
+"""A simulated Binance market-data exchange (spot and USD-M futures) on loopback.
 
-Serves the WebSocket market streams and the REST depth snapshot on one port, with
-books that evolve slowly and reproducibly, plus fault switches for tests, chaos runs,
-benchmarks and offline demos::
+Serves the WebSocket market streams and the REST market data of both markets on one
+port, with books that evolve slowly and reproducibly, plus fault switches for tests,
+chaos runs, benchmarks and offline demos::
 
     python -m tools.simulator --port 9443      # prints one line, then serves
 
@@ -12,10 +12,31 @@ benchmarks and offline demos::
 Binance's protocol: ``/stream?streams=a/b`` (combined wrapper
 ``{"stream":..,"data":..}``), ``/ws/<name>`` (bare payloads), bare ``/ws`` or ``/stream`` plus
 SUBSCRIBE / UNSUBSCRIBE / LIST_SUBSCRIPTIONS / SET_PROPERTY / GET_PROPERTY with Binance's
-nested error replies (codes 0-3). Streams: ``<sym>@depth5|10|20[@100ms]`` (partial depth)
-and ``<sym>@depth[@100ms]`` (diff depth). More than ``max_incoming_per_sec`` client
-frames in one second closes the connection with 1008 "Too many requests".
-REST: ``GET /api/v3/depth``, ``/api/v3/time``, ``/api/v3/ping``.
+nested error replies (codes 0-3). More than ``max_incoming_per_sec`` client frames in one
+second (5 on spot, 10 on USD-M by default) closes the connection with 1008 "Too many
+requests". Stream names are parsed with ``orderbook_collector.feed.streams`` (the
+product's facts).
+
+* Spot on ``/stream`` and ``/ws``: ``<sym>@depth5|10|20[@100ms]`` (``lastUpdateId,bids,asks``),
+  ``<sym>@depth[@100ms]`` (``e,E,s,U,u,b,a``), ``@trade`` (``e,E,s,t,p,q,T,m,M``),
+  ``@aggTrade`` (``e,E,s,a,p,q,f,l,T,m,M``), ``@bookTicker`` (``u,s,b,B,a,A``).
+* USD-M on the routed paths ``/public/stream|ws`` (depth, bookTicker) and
+  ``/market/stream|ws`` (trade, aggTrade): ``@depth5|10|20[@100ms|@500ms]`` (full top N as
+  ``e,E,T,s,U,u,pu,b,a``), ``@depth[@100ms|@500ms]`` (the same fields, ``pu`` = previous
+  ``u``), ``@bookTicker`` (adds ``e,E,T``), trade and aggTrade without ``M``. A stream on
+  the other route is accepted and listed but delivers nothing, as on Binance.
+* One book per market and symbol makes every stream agree: each book step changes the
+  book, raises the update id and is kept (changes, undo, trades, top of book), so a
+  REST snapshot plus diff events rebuild exactly :meth:`Exchange.book_state` at any kept
+  id; trades are fills of taker orders against the best levels (they move the book),
+  consecutive trade and aggTrade ids per symbol; bookTicker at every top-of-book change.
+* REST: ``GET /api/v3/depth|time|ping|exchangeInfo`` and ``/fapi/v1/depth|time|ping|exchangeInfo``
+  (USD-M depth limits 5..1000, with ``E`` and ``T``). Each market has Binance's weight
+  budget (6000 and 2400 per minute; ``weight_budget`` overrides it): every answer carries
+  ``X-MBX-USED-WEIGHT-1M``; over budget 429 with ``Retry-After`` until the window ends; a
+  request before then is banned: 418 with ``Retry-After`` for ``ban_seconds``.
+  ``exchangeInfo`` lists every symbol ever listed with ``status`` TRADING, or BREAK (spot) /
+  SETTLING (USD-M) once delisted.
 
 Choices where Binance is undocumented or where a simulator must pick:
 
@@ -33,11 +54,26 @@ Choices where Binance is undocumented or where a simulator must pick:
 * "Sent" means handed to the transport: an abrupt disconnect can lose the last frames
   that the sent log lists, exactly as a real network can.
 * permessage-deflate is off by default (``compression=None``): cheaper for benchmarks.
+* Spot and USD-M books of a symbol are separate (different seeds), as on Binance.
+* USD-M trade and aggTrade carry no ``M`` (Binance's futures examples show none).
+* A delisted symbol's streams go quiet and its book stands still; subscriptions to it stay
+  valid. A listed symbol gets a fresh book; a relisted one resumes where it stood.
+* An unchanged book sends no depth message, so ``lastUpdateId`` never repeats in a stream.
+* USD-M's retired unrouted ``/ws`` and ``/stream`` are not simulated: on this server
+  they are spot's.
 
 Fault switches (``Exchange`` methods; the same over HTTP as ``POST /control/<name>?..``):
 ``disconnect(abrupt)``, ``stall(seconds)``, ``replay_on_next_connect(n)``,
 ``inject_malformed(kind)``, ``reject_connections(status, retry_after, count)``,
-``server_shutdown(grace)``; ``GET /control/stats`` returns the counters. Malformed kinds,
+``server_shutdown(grace)``, ``drop_diff(stream, market)`` (the next diff event goes to
+nobody: clients see ``U`` > previous ``u`` + 1, or ``pu`` != previous ``u``),
+``drop_trades(stream, n, market)`` (the next ``n`` trade or aggTrade messages: an id gap),
+``list_symbol(symbol, market)``, ``delist_symbol(symbol, market)``.
+``GET /control/book?symbol=S&market=M&update_id=N&limit=N`` returns the simulator's own
+book at a kept id (default: now), best first: the oracle for processes. ``GET /control/stats``
+returns the counters: connections, messages sent and dropped per market and stream,
+silent (wrong-route) subscriptions, and per market REST ``requests``, ``weight``, ``used``,
+``429`` and ``418`` (a test fails on any 429 its client caused). Malformed kinds,
 each one frame to every current connection (``S`` = its first stream; the wrapper is
 left out for a raw connection where noted):
 
@@ -52,9 +88,12 @@ left out for a raw connection where noted):
 * ``missing_fields``: ``{"stream":S,"data":{"bids":[..],"asks":[..]}}`` (wrapper optional)
 
 Sent log (``sent_log``): NDJSON, one line per frame handed to a connection. Data lines:
-``{"conn":N,"stream":..,"send_us":..,"last_update_id":..,"data":{..}}`` (plus
-``"replay":true`` for replayed copies). Other lines carry ``"malformed":<kind>`` or
-``"event":"serverShutdown"`` instead of ``last_update_id``/``data``.
+``{"conn":N,"market":"spot"|"usdm","stream":..,"kind":<dataset>,"send_us":..,"id":..,
+"last_update_id":..,"data":{..}}``: ``id`` is the dataset's dedup id (``lastUpdateId`` or
+``u``, trade ``t``, aggTrade ``a``, bookTicker ``u``); ``last_update_id`` only on depth
+kinds; plus ``"replay":true`` for replayed copies. Other lines carry ``"malformed":<kind>``
+or ``"event":"serverShutdown"`` instead of ``last_update_id``/``data``; a dropped message
+is a line ``{"market":..,"stream":..,"kind":..,"id":..,"fault":"dropped"}`` without ``conn``.
 """
 
 from __future__ import annotations
@@ -72,7 +111,8 @@ import urllib.parse
 import zlib
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any
+from enum import Enum
+from typing import Any, NamedTuple
 
 import orjson
 from websockets.asyncio.server import ServerConnection, serve
@@ -81,7 +121,18 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
-from orderbook_collector.feed.streams import MAX_STREAMS_PER_CONNECTION, Kind, Market, StreamSpec, parse_stream_name
+from orderbook_collector.feed.streams import (
+    DEPTH_DEFAULT_LIMIT,
+    MAX_INCOMING_PER_SEC,
+    MAX_STREAMS,
+    REST_WEIGHT_PER_MINUTE,
+    USDM_ROUTE,
+    Kind,
+    Market,
+    StreamSpec,
+    depth_weight,
+    parse_stream_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -118,13 +169,21 @@ def market_params(symbol: str) -> tuple[int, int, int]:
     return mid, tick, lot
 
 
-#: The kinds the simulator serves today.
-SERVED_KINDS = (Kind.PARTIAL_DEPTH, Kind.DIFF_DEPTH)
+#: The kinds the simulator serves, on both markets.
+SERVED_KINDS = tuple(Kind)
+#: USD-M routes: the path segment before ``/stream`` or ``/ws``.
+ROUTES = frozenset(USDM_ROUTE.values())
+#: REST weight of the endpoints other than depth (whose weight depends on the limit), from
+#: Binance's endpoint docs (time is in the fact sheet; exchangeInfo is 20 on spot, 1 on USD-M).
+REST_WEIGHT = {
+    "/api/v3/ping": 1, "/api/v3/time": 1, "/api/v3/exchangeInfo": 20,
+    "/fapi/v1/ping": 1, "/fapi/v1/time": 1, "/fapi/v1/exchangeInfo": 1,
+}
 
 
-def parse_stream(name: str, symbols: Any) -> StreamSpec | None:
-    """The spec of a served stream name on a listed symbol, else None (names are lower case)."""
-    spec = parse_stream_name(name, Market.SPOT)
+def parse_stream(name: str, symbols: Any, market: Market = Market.SPOT) -> StreamSpec | None:
+    """The spec of a served stream name on a known symbol of ``market``, else None (names are lower case)."""
+    spec = parse_stream_name(name, market)
     if spec is None or spec.symbol not in symbols or spec.type not in SERVED_KINDS:
         return None
     return spec
@@ -137,6 +196,8 @@ class _Side:
         self.bid = bid
         self.prices: list[int] = []  # ascending for both sides
         self.qty: dict[int, int] = {}
+        #: price -> quantity before the current step's first change of it (0: absent); None outside a step
+        self.journal: dict[int, int] | None = None
 
     def __len__(self) -> int:
         return len(self.prices)
@@ -159,11 +220,15 @@ class _Side:
         return price < other_best if self.bid else price > other_best
 
     def set(self, price: int, qty: int) -> None:
+        if self.journal is not None:
+            self.journal.setdefault(price, self.qty.get(price, 0))
         if price not in self.qty:
             bisect.insort(self.prices, price)
         self.qty[price] = qty
 
     def remove(self, price: int) -> None:
+        if self.journal is not None:
+            self.journal.setdefault(price, self.qty[price])
         del self.qty[price]
         self.prices.pop(bisect.bisect_left(self.prices, price))
 
@@ -172,12 +237,76 @@ class _Side:
         return [(p, self.qty[p]) for p in prices]
 
 
+@dataclass(frozen=True, slots=True)
+class Trade:
+    """One fill: a taker order against one maker order at one price (prices in ticks, qty in 1e-8)."""
+
+    id: int
+    price: int
+    qty: int
+    buyer_maker: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AggTrade:
+    """The fills of one taker order at one price: trade ids ``first``..``last``."""
+
+    id: int
+    price: int
+    qty: int
+    first: int
+    last: int
+    buyer_maker: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Top:
+    """Best bid and ask with their quantities: what bookTicker carries."""
+
+    bid: int
+    bid_qty: int
+    ask: int
+    ask_qty: int
+
+
+@dataclass(slots=True)
+class Step:
+    """What one book step changed: update ids ``first_id``..``last_id`` cover exactly these changes."""
+
+    step: int
+    first_id: int
+    last_id: int
+    time_ms: int
+    bids: dict[int, int]  # price -> new quantity, 0 deletes the level
+    asks: dict[int, int]
+    undo_bids: dict[int, int]  # price -> quantity before the step, 0 if absent (every price touched)
+    undo_asks: dict[int, int]
+    trades: list[Trade]
+    aggs: list[AggTrade]
+    top: Top | None  # the new top of book, if the step changed it
+
+
+@dataclass(frozen=True, slots=True)
+class BookState:
+    """A whole book at one update id, as Binance's decimal strings (price -> quantity)."""
+
+    last_update_id: int
+    bids: dict[str, str]
+    asks: dict[str, str]
+
+
 class Book:
-    """One symbol's book on a tick grid. ``step()`` changes it a little; same seed, same books."""
+    """One symbol's book on a tick grid. ``step()`` changes it a little; same seed, same books.
+
+    Every step that changes the book raises the update id and is kept as a :class:`Step`
+    (changes, their undo, trades, top-of-book), so every stream of the symbol is cut from
+    the same history and a past book can be rebuilt (:meth:`state_at`).
+    """
 
     MIN_LEVELS = 30
+    HISTORY = 2000  # steps kept: 200 s at the default 10 steps/s
 
-    def __init__(self, symbol: str, seed: int = 0, levels: int = 100, id_base: int | None = None):
+    def __init__(self, symbol: str, seed: int | str = 0, levels: int = 100, id_base: int | None = None):
         self.symbol = symbol
         self.rng = random.Random(f"{seed}/{symbol}")  # str seeds hash with sha512: stable
         mid, self.tick, self.lot = market_params(symbol)
@@ -186,127 +315,235 @@ class Book:
         self.step = 0
         seeded_id = 40_000_000_000 + self.rng.randrange(10**9)  # drawn either way: same seed, same books
         self.last_id = seeded_id if id_base is None else id_base
+        # trade ids follow the update ids' base, so they do not repeat across starts either;
+        # they grow far slower than update ids, so a later start begins above an earlier run
+        self.next_trade_id = self.last_id // 16
+        self.next_agg_id = self.last_id // 32
         self.bids, self.asks = _Side(True), _Side(False)
         self.bids.set(mid // self.tick, self._fresh())
         self.asks.set(mid // self.tick + 1, self._fresh())
-        self._refill({}, {})
-        #: (step, U, u, bid changes, ask changes) per step, for the diff-depth streams
-        self.diffs: deque[tuple[int, int, int, dict, dict]] = deque(maxlen=2000)
+        self._refill()
+        self.diffs: deque[Step] = deque(maxlen=self.HISTORY)
         self._cache: dict[int, tuple[int, bytes]] = {}
         self._px: dict[int, str] = {}
 
     def _fresh(self) -> int:
         return (1 + int(self.rng.expovariate(1.0) * self.mean_lots)) * self.lot
 
-    def advance_to(self, step: int) -> None:
-        while self.step < step:
-            self._step()
+    def top(self) -> Top:
+        b, a = self.bids.best(), self.asks.best()
+        return Top(b, self.bids.qty[b], a, self.asks.qty[a])
 
-    def _step(self) -> None:
-        rng, cb, ca = self.rng, {}, {}
-        for _ in range(rng.randint(1, 3)):
-            bid = rng.random() < 0.5
-            self._touch(self.bids if bid else self.asks, cb if bid else ca)
+    def advance_to(self, step: int, time_ms: int | None = None) -> None:
+        """Run the book to ``step``; the steps made now are stamped ``time_ms`` (default: now)."""
+        if self.step >= step:
+            return
+        now = time.time_ns() // 1_000_000 if time_ms is None else time_ms
+        while self.step < step:
+            self._step(now)
+
+    def skip_to(self, step: int) -> None:
+        """Jump the clock without changing the book (a halted symbol resumes here)."""
+        self.step = max(self.step, step)
+
+    def _step(self, time_ms: int) -> None:
+        rng = self.rng
+        before = self.top()
+        self.bids.journal, self.asks.journal = {}, {}
+        trades: list[Trade] = []
+        aggs: list[AggTrade] = []
+        if rng.random() < 0.4:
+            self._take(rng.random() < 0.5, 1 + int(rng.expovariate(1.0) * self.mean_lots * 0.4), trades, aggs)
         if rng.random() < 0.06:
-            self._shift(rng.random() < 0.5, cb, ca)
+            self._shift(rng.random() < 0.5, trades, aggs)
+        # quotes change after the trades, so every trade meets the book as the step found it
+        for _ in range(rng.randint(1, 3)):
+            self._touch(self.bids if rng.random() < 0.5 else self.asks)
         if self.asks.best() - self.bids.best() > 3 and rng.random() < 0.3:
-            bid = rng.random() < 0.5  # a wide spread attracts a new order inside it
-            side = self.bids if bid else self.asks
-            p = side.away(side.best(), -1)
-            side.set(p, self._fresh())
-            (cb if bid else ca)[p] = side.qty[p]
-        self._refill(cb, ca)
+            side = self.bids if rng.random() < 0.5 else self.asks  # a wide spread attracts an order inside it
+            side.set(side.away(side.best(), -1), self._fresh())
+        self._refill()
+        ub, ua = self.bids.journal, self.asks.journal
+        while True:
+            cb = {p: self.bids.qty.get(p, 0) for p, q in ub.items() if self.bids.qty.get(p, 0) != q}
+            ca = {p: self.asks.qty.get(p, 0) for p, q in ua.items() if self.asks.qty.get(p, 0) != q}
+            if cb or ca:
+                break
+            # every step changes the book, so every step has its own update ids (an id never
+            # moves without a change, and a step never leaves the id where it was)
+            self._touch(self.bids if rng.random() < 0.5 else self.asks)
+        self.bids.journal = self.asks.journal = None
+        self.step += 1
+        after = self.top()
         first = self.last_id + 1
         self.last_id += rng.randint(1, 50)
-        self.step += 1
-        self.diffs.append((self.step, first, self.last_id, cb, ca))
+        self.diffs.append(Step(self.step, first, self.last_id, time_ms, cb, ca,
+                               ub, ua, trades, aggs,
+                               after if after != before else None))
 
-    def _touch(self, side: _Side, changes: dict) -> None:
+    def _touch(self, side: _Side) -> None:
         """Change one level near the top: mostly its quantity, sometimes add or remove one."""
         rng = self.rng
         rank = min(int(rng.expovariate(1 / 6)), len(side) - 1)
         p, r = side.price_at(rank), rng.random()
         if r < 0.1 and len(side) > self.MIN_LEVELS:
             side.remove(p)
-            changes[p] = 0
         elif r < 0.2:
             q = side.away(p, 1)  # away from the spread: can never cross
             if q not in side.qty:
                 side.set(q, self._fresh())
-                changes[q] = side.qty[q]
         else:
-            lots = max(1, int(side.qty[p] // self.lot * rng.uniform(0.5, 1.5)))
-            side.set(p, lots * self.lot)
-            changes[p] = lots * self.lot
+            side.set(p, max(1, int(side.qty[p] // self.lot * rng.uniform(0.5, 1.5))) * self.lot)
 
-    def _shift(self, up: bool, cb: dict, ca: dict) -> None:
-        """The mid moves: the best level(s) of one side trade away, the other side follows."""
+    def _take(self, buy: bool, lots: int, trades: list[Trade], aggs: list[AggTrade],
+              whole_levels: int = 0) -> None:
+        """A taker order: ``lots`` (or ``whole_levels`` best levels) against the other side.
+
+        Each level it reaches fills as 1-3 maker orders (trades with consecutive ids) and
+        one aggTrade; the filled quantity leaves the book, so trades move the book.
+        """
+        side = self.asks if buy else self.bids
+        want = lots * self.lot
+        while len(side) > self.MIN_LEVELS and (want > 0 or whole_levels > 0):
+            p = side.best()
+            avail = side.qty[p]
+            fill = avail if whole_levels > 0 else min(want, avail)
+            makers = max(1, min(self.rng.randint(1, 3), fill // self.lot))
+            cut = sorted(self.rng.sample(range(1, fill // self.lot), makers - 1)) if makers > 1 else []
+            bounds = [0, *(c * self.lot for c in cut), fill]
+            first = self.next_trade_id
+            for lo, hi in zip(bounds, bounds[1:]):
+                trades.append(Trade(self.next_trade_id, p, hi - lo, not buy))
+                self.next_trade_id += 1
+            aggs.append(AggTrade(self.next_agg_id, p, fill, first, self.next_trade_id - 1, not buy))
+            self.next_agg_id += 1
+            if fill == avail:
+                side.remove(p)
+            else:
+                side.set(p, avail - fill)
+            want -= fill
+            whole_levels -= 1
+
+    def _shift(self, up: bool, trades: list[Trade], aggs: list[AggTrade]) -> None:
+        """The mid moves: a taker eats the best level(s) of one side, the other side follows."""
         eaten, follower = (self.asks, self.bids) if up else (self.bids, self.asks)
-        ce, cf = (ca, cb) if up else (cb, ca)
-        for _ in range(self.rng.randint(1, 2)):
-            if len(eaten) > self.MIN_LEVELS:
-                p = eaten.best()
-                eaten.remove(p)
-                ce[p] = 0
+        self._take(up, 0, trades, aggs, whole_levels=self.rng.randint(1, 2))
         p = follower.away(follower.best(), -1)
         if p not in follower.qty and follower.inside(p, eaten.best()):
             follower.set(p, self._fresh())
-            cf[p] = follower.qty[p]
 
-    def _refill(self, cb: dict, ca: dict) -> None:
+    def _refill(self) -> None:
         """Keep levels..levels+20 per side by adding or trimming at the deep end."""
-        for side, changes in ((self.bids, cb), (self.asks, ca)):
+        for side in (self.bids, self.asks):
             while len(side) < self.levels:
-                p = side.away(side.worst(), self.rng.randint(1, 3))
-                side.set(p, self._fresh())
-                changes[p] = side.qty[p]
+                side.set(side.away(side.worst(), self.rng.randint(1, 3)), self._fresh())
             while len(side) > self.levels + 20:
-                p = side.worst()
-                side.remove(p)
-                changes[p] = 0
+                side.remove(side.worst())
+
+    def px(self, price: int) -> str:
+        s = self._px.get(price)
+        if s is None:
+            if len(self._px) > 100_000:
+                self._px.clear()
+            s = self._px[price] = fmt_e8(price * self.tick)
+        return s
 
     def _levels(self, items) -> list[list[str]]:
-        out = []
-        for p, q in items:
-            s = self._px.get(p)
-            if s is None:
-                if len(self._px) > 100_000:
-                    self._px.clear()
-                s = self._px[p] = fmt_e8(p * self.tick)
-            out.append([s, fmt_e8(q)])
-        return out
+        return [[self.px(p), fmt_e8(q)] for p, q in items]
 
     def depth_payload(self, n: int) -> bytes:
         """Top-``n`` snapshot as Binance sends it; cached per step (all streams share it)."""
         hit = self._cache.get(n)
-        if hit and hit[0] == self.step:
+        if hit and hit[0] == self.last_id:
             return hit[1]
         data = orjson.dumps({
             "lastUpdateId": self.last_id,
             "bids": self._levels(self.bids.top(n)),
             "asks": self._levels(self.asks.top(n)),
         })
-        self._cache[n] = (self.step, data)
+        self._cache[n] = (self.last_id, data)
         return data
 
-    def diff_payload(self, since_step: int | None) -> bytes:
-        """A depthUpdate merging the steps after ``since_step`` (only the last if None)."""
+    def top_levels(self, n: int) -> tuple[list[list[str]], list[list[str]]]:
+        return self._levels(self.bids.top(n)), self._levels(self.asks.top(n))
+
+    def steps_since(self, since_step: int | None) -> list[Step]:
+        """The kept steps after ``since_step``, oldest first (only the last one if None)."""
+        if since_step is None:
+            return list(self.diffs)[-1:]
         picked = []
         for entry in reversed(self.diffs):
-            if since_step is None and picked or since_step is not None and entry[0] <= since_step:
+            if entry.step <= since_step:
                 break
             picked.append(entry)
+        return picked[::-1]
+
+    def merged_diff(self, steps: list[Step]) -> tuple[list[list[str]], list[list[str]]]:
+        """The bid and ask levels a depthUpdate covering ``steps`` carries (last value wins)."""
         bids: dict[int, int] = {}
         asks: dict[int, int] = {}
-        for _, _, _, cb, ca in reversed(picked):
-            bids.update(cb)
-            asks.update(ca)
+        for s in steps:
+            bids.update(s.bids)
+            asks.update(s.asks)
+        return self._levels(sorted(bids.items(), reverse=True)), self._levels(sorted(asks.items()))
+
+    def diff_payload(self, since_step: int | None) -> bytes:
+        """A spot depthUpdate merging the steps after ``since_step`` (only the last if None)."""
+        steps = self.steps_since(since_step)
+        b, a = self.merged_diff(steps)
         return orjson.dumps({
             "e": "depthUpdate", "E": time.time_ns() // 1_000_000, "s": self.symbol.upper(),
-            "U": picked[-1][1], "u": picked[0][2],
-            "b": self._levels(sorted(bids.items(), reverse=True)),
-            "a": self._levels(sorted(asks.items())),
+            "U": steps[0].first_id, "u": steps[-1].last_id, "b": b, "a": a,
         })
+
+    def state_at(self, update_id: int) -> BookState:
+        """The whole book right after update ``update_id`` (a step boundary still kept)."""
+        bids, asks = dict(self.bids.qty), dict(self.asks.qty)
+        at = self.last_id
+        for s in reversed(self.diffs):
+            if at <= update_id:
+                break
+            for book, undo in ((bids, s.undo_bids), (asks, s.undo_asks)):
+                for p, q in undo.items():
+                    if q:
+                        book[p] = q
+                    else:
+                        book.pop(p, None)
+            at = s.first_id - 1
+        if at != update_id:
+            raise LookupError(
+                f"{self.symbol}: update id {update_id} is not a kept step boundary (book at {self.last_id})")
+        return BookState(at, {self.px(p): fmt_e8(q) for p, q in bids.items()},
+                         {self.px(p): fmt_e8(q) for p, q in asks.items()})
+
+
+class SymbolStatus(str, Enum):
+    """A symbol's ``status`` in ``exchangeInfo``."""
+
+    TRADING = "TRADING"
+    BREAK = "BREAK"  # spot: halted or delisted
+    SETTLING = "SETTLING"  # USD-M: a delisted perpetual
+
+
+#: The status a delisted symbol shows on each market.
+DELISTED = {Market.SPOT: SymbolStatus.BREAK, Market.USDM: SymbolStatus.SETTLING}
+
+
+class StreamKey(NamedTuple):
+    """Stream names repeat across markets (``btcusdt@depth`` is on both), so streams are keyed by both."""
+
+    market: Market
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A WebSocket handshake path: which market, which USD-M route, wrapper or not, streams in the URL."""
+
+    market: Market
+    route: str | None  # "public" or "market" on USD-M, None on spot
+    combined: bool
+    streams: list[str]
 
 
 @dataclass(eq=False, slots=True)
@@ -314,9 +551,12 @@ class _Msg:
     """One generated stream message; the same object goes to every subscriber."""
 
     stream: str
-    last_update_id: int
+    last_update_id: int  # the book's update id once the event happened
     data: bytes
     combined: bytes
+    market: Market = Market.SPOT
+    kind: Kind = Kind.PARTIAL_DEPTH
+    id: int = 0  # the dataset's dedup id: u / lastUpdateId, trade t, aggTrade a, bookTicker u
 
 
 @dataclass(eq=False)
@@ -326,6 +566,8 @@ class _Stream:
     subs: dict = field(default_factory=dict)  # conn number -> _Conn
     task: asyncio.Task | None = None
     last_step: int = -1  # book step of the last message: ids never repeat, across restarts too
+    last_id: int = 0  # book update id of the last depth message: an unchanged book sends none
+    drop: int = 0  # the next ``drop`` messages are generated but sent to nobody (a fault)
 
 
 @dataclass(eq=False)
@@ -333,6 +575,8 @@ class _Conn:
     num: int
     ws: ServerConnection
     combined: bool
+    market: Market = Market.SPOT
+    route: str | None = None
     replay: int = 0
     stalled_until: float = 0.0
     dropped: bool = False  # aborted as a slow consumer; ignore it until cleanup
@@ -340,6 +584,69 @@ class _Conn:
     outbox: deque = field(default_factory=deque)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     recv_times: deque = field(default_factory=deque)
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """A weight limiter's verdict: 200, or 429/418 with ``Retry-After`` seconds."""
+
+    status: int
+    retry_after: int
+    used: int
+
+
+@dataclass
+class WeightLimiter:
+    """Binance's ``REQUEST_WEIGHT`` budget of one market (one IP here: loopback).
+
+    A fixed window (a minute on Binance). Over budget: 429 until the window ends. A request
+    inside that Retry-After earns a ban: 418 for ``ban`` seconds, as Binance escalates.
+    """
+
+    budget: int
+    window: float = 60.0
+    ban: float = 120.0
+    used: int = 0
+    window_start: float = 0.0
+    limited_until: float = 0.0
+    banned_until: float = 0.0
+    requests: int = 0
+    weight_total: int = 0
+    rejected_429: int = 0
+    rejected_418: int = 0
+
+    def admit(self, weight: int, now: float) -> Admission:
+        self.requests += 1
+        if now >= self.window_start + self.window:
+            self.window_start = now - (now - self.window_start) % self.window
+            self.used = 0
+        if now < self.banned_until:
+            self.rejected_418 += 1
+            return Admission(418, math.ceil(self.banned_until - now), self.used)
+        if now < self.limited_until:  # ignored a 429's Retry-After
+            self.banned_until = now + self.ban
+            self.rejected_418 += 1
+            return Admission(418, math.ceil(self.ban), self.used)
+        if self.used + weight > self.budget:
+            self.limited_until = self.window_start + self.window
+            self.rejected_429 += 1
+            return Admission(429, max(1, math.ceil(self.limited_until - now)), self.used)
+        self.used += weight
+        self.weight_total += weight
+        return Admission(200, 0, self.used)
+
+    def stats(self) -> dict:
+        return {"budget": self.budget, "used": self.used, "requests": self.requests,
+                "weight": self.weight_total, "429": self.rejected_429, "418": self.rejected_418}
+
+
+_QUOTES = ("usdt", "usdc", "fdusd", "busd", "btc", "eth", "bnb", "try", "eur")
+
+
+def _split_symbol(symbol: str) -> tuple[str, str]:
+    """(base, quote) assets of a symbol, upper case; an unknown quote splits off the last 4 letters."""
+    quote = next((q for q in _QUOTES if symbol.endswith(q) and len(symbol) > len(q)), symbol[-4:])
+    return symbol[: -len(quote)].upper(), quote.upper()
 
 
 def _error(code: int, msg: str, rid: Any) -> dict:
@@ -369,17 +676,23 @@ class Exchange:
     """The simulated exchange; ``async with Exchange(...) as ex`` starts and stops it.
 
     ``rate``: messages per second per stream (default: the Binance cadence, 10/s for
-    ``@100ms`` streams and 1/s otherwise). ``max_incoming_per_sec=None`` lifts the 1008
-    limit. ``control_http`` serves ``POST /control/<name>`` (see :meth:`_control_http`).
+    ``@100ms`` streams and 1/s otherwise; event streams follow the book clock).
+    ``max_incoming_per_sec=None`` lifts the 1008 limit (a number sets the spot limit;
+    USD-M keeps Binance's proportion, twice as many). ``control_http`` serves
+    ``POST /control/<name>`` (see :meth:`_control_http`). ``weight_budget`` overrides
+    Binance's REST budgets per market (small ones for tests), ``weight_window`` the
+    budget's window (60 s) and ``ban_seconds`` the 418 ban after an ignored 429.
     """
 
     def __init__(
         self, symbols=("btcusdt", "ethusdt"), *, host: str = "127.0.0.1", port: int = 0,
         seed: int = 0, rate: float | None = None, sent_log: str | None = None,
         ping_interval: float | None = 20.0, ping_timeout: float | None = 60.0,
-        max_incoming_per_sec: float | None = 5, shutdown_grace: float = 2.0,
+        max_incoming_per_sec: float | None = MAX_INCOMING_PER_SEC[Market.SPOT], shutdown_grace: float = 2.0,
         ring_size: int = 1000, book_levels: int = 100, max_outbox: int = 10_000,
         compression: str | None = None, control_http: bool = True, id_base: int | None = None,
+        weight_budget: dict[Market, int] | None = None, weight_window: float = 60.0,
+        ban_seconds: float = 120.0,
     ):
         self.symbols = [s.strip().lower() for s in symbols if s.strip()]
         self.host, self.port = host, port
@@ -391,13 +704,25 @@ class Exchange:
         self.shutdown_grace = shutdown_grace
         self.ring_size, self.max_outbox = ring_size, max_outbox
         self.compression, self.control_enabled = compression, control_http
-        if id_base is None:
-            id_base = clock_id_base()
-        self.books = {s: Book(s, seed, book_levels, id_base) for s in self.symbols}
-        self.streams: dict[str, _Stream] = {}
+        # ids start at the wall clock: a restarted simulator never repeats what it sent
+        self.id_base = clock_id_base() if id_base is None else id_base
+        self.seed, self.book_levels = seed, book_levels
+        # one book per market and symbol (spot and futures books differ, as on Binance);
+        # every stream and REST answer of a market is cut from that one book
+        self.books: dict[Market, dict[str, Book]] = {m: {} for m in Market}
+        self.listing: dict[Market, dict[str, SymbolStatus]] = {m: {} for m in Market}
+        for m in Market:
+            for sym in self.symbols:
+                self.books[m][sym] = self._new_book(m, sym)
+                self.listing[m][sym] = SymbolStatus.TRADING
+        budgets = {**REST_WEIGHT_PER_MINUTE, **(weight_budget or {})}
+        self.limiters = {m: WeightLimiter(budgets[m], weight_window, ban_seconds) for m in Market}
+        self.streams: dict[StreamKey, _Stream] = {}
         self.conns: dict[int, _Conn] = {}
         self.connections_accepted = 0
-        self.sent_count: Counter[str] = Counter()  # data messages handed out, per stream
+        self.sent_count: dict[Market, Counter[str]] = {m: Counter() for m in Market}  # per stream
+        self.dropped_count: dict[Market, Counter[str]] = {m: Counter() for m in Market}  # by drop faults
+        self.silent_subscriptions = 0  # USD-M streams subscribed on the wrong route: accepted, never fed
         self.malformed_sent = 0
         self.skipped_ticks = 0
         self._replay_next = 0
@@ -458,12 +783,26 @@ class Exchange:
         task.add_done_callback(self._tasks.discard)
         return task
 
+    def _new_book(self, market: Market, symbol: str) -> Book:
+        seed = self.seed if market is Market.SPOT else f"{self.seed}/{market.value}"
+        return Book(symbol, seed, self.book_levels, self.id_base)
+
     def stats(self) -> dict:
+        """Counters; ``rest.<market>`` has requests, weight and the 429 and 418 answers given."""
         return {
             "connections_accepted": self.connections_accepted, "connections_open": len(self.conns),
-            "sent": dict(self.sent_count), "malformed_sent": self.malformed_sent,
-            "skipped_ticks": self.skipped_ticks,
+            "sent": {m.value: dict(c) for m, c in self.sent_count.items()},
+            "dropped": {m.value: dict(c) for m, c in self.dropped_count.items()},
+            "silent_subscriptions": self.silent_subscriptions,
+            "malformed_sent": self.malformed_sent, "skipped_ticks": self.skipped_ticks,
+            "rest": {m.value: lim.stats() for m, lim in self.limiters.items()},
         }
+
+    def book_state(self, symbol: str, update_id: int | None = None, market: Market = Market.SPOT) -> BookState:
+        """The simulator's own whole book of ``symbol`` at ``update_id`` (default: now), the
+        oracle a rebuilt book must equal. LookupError if that id is not a kept step boundary."""
+        book = self.books[market][symbol]
+        return book.state_at(book.last_id if update_id is None else update_id)
 
     # ---- HTTP: REST, control, handshake checks ---------------------------------------
 
@@ -471,7 +810,9 @@ class Exchange:
         url = urllib.parse.urlsplit(request.path)
         query = dict(urllib.parse.parse_qsl(url.query))
         if url.path.startswith("/api/"):
-            return self._rest(url.path, query)
+            return self._rest(Market.SPOT, url.path, query)
+        if url.path.startswith("/fapi/"):
+            return self._rest(Market.USDM, url.path, query)
         if url.path.startswith("/control/") and self.control_enabled:
             return self._control_http(url.path[len("/control/"):], query)
         if self._reject:
@@ -479,57 +820,131 @@ class Exchange:
             self._reject = (status, retry_after, count - 1) if count > 1 else None
             body = {"code": -1003, "msg": "Too many requests; IP banned or rate limited."}
             return _http(status, body, (("Retry-After", str(retry_after)),))
-        streams = self._url_streams(url.path, query)
-        if streams is None:
+        ep = self._endpoint(url.path, query)
+        if ep is None:
             return _http(404, {"code": -1000, "msg": f"Unknown path {url.path}"})
-        bad = [s for s in streams if parse_stream(s, self.books) is None]
-        if bad or len(streams) > MAX_STREAMS_PER_CONNECTION:
+        bad = [s for s in ep.streams if parse_stream(s, self.books[ep.market], ep.market) is None]
+        if bad or len(ep.streams) > MAX_STREAMS[ep.market]:
             return _http(400, {"code": -1121, "msg": f"Invalid stream: {(bad or ['too many'])[0]}"})
         return None
 
     @staticmethod
-    def _url_streams(path: str, query: dict) -> list[str] | None:
-        """Stream names in a handshake path, or None if the path is not a stream endpoint."""
+    def _endpoint(path: str, query: dict) -> Endpoint | None:
+        """The endpoint of a handshake path, or None if the path is not a stream endpoint.
+
+        Spot: ``/stream``, ``/ws[/<names>]``. USD-M: the same under ``/public`` or ``/market``.
+        """
+        market, route = Market.SPOT, None
+        head, _, rest = path.lstrip("/").partition("/")
+        if head in ROUTES:
+            market, route, path = Market.USDM, head, "/" + rest
         if path == "/stream":
-            return [s for s in query.get("streams", "").split("/") if s]
+            return Endpoint(market, route, True, [s for s in query.get("streams", "").split("/") if s])
         if path == "/ws" or path.startswith("/ws/"):
-            return [s for s in path[4:].split("/") if s]
+            return Endpoint(market, route, False, [s for s in path[4:].split("/") if s])
         return None
 
-    def _rest(self, path: str, query: dict) -> Response:
-        if path == "/api/v3/ping":
-            return _http(200, {})
-        if path == "/api/v3/time":
-            return _http(200, {"serverTime": time.time_ns() // 1_000_000})
-        if path != "/api/v3/depth":
+    def _rest(self, market: Market, path: str, query: dict) -> Response:
+        """Binance's REST market data; every answer but 404 is weighed and carries the used weight."""
+        depth = path in ("/api/v3/depth", "/fapi/v1/depth")
+        if not depth and path not in REST_WEIGHT:
             return _http(404, {"code": -1000, "msg": f"Unknown path {path}"})
+        limit: int | None = None
+        if depth:
+            try:
+                limit = int(query.get("limit", DEPTH_DEFAULT_LIMIT[market]))
+            except ValueError:
+                limit = None
+            weight = depth_weight(market, limit or 0) if limit else None
+            # a refused limit still costs a request: weigh it as the default
+            weight = weight or depth_weight(market, DEPTH_DEFAULT_LIMIT[market])
+        else:
+            weight = REST_WEIGHT[path]
+        verdict = self.limiters[market].admit(weight, time.monotonic())
+        used = (("X-MBX-USED-WEIGHT-1M", str(verdict.used)),)
+        if verdict.status == 429:
+            msg = (f"Too much request weight used; current limit is {self.limiters[market].budget} request "
+                   "weight per 1 MINUTE. Please use WebSocket Streams for live updates to avoid polling the API.")
+            return _http(429, {"code": -1003, "msg": msg}, (("Retry-After", str(verdict.retry_after)), *used))
+        if verdict.status == 418:
+            until = (time.time_ns() // 1_000_000) + verdict.retry_after * 1000
+            msg = (f"Way too much request weight used; IP banned until {until}. "
+                   "Please use WebSocket Streams for live updates to avoid bans.")
+            return _http(418, {"code": -1003, "msg": msg}, (("Retry-After", str(verdict.retry_after)), *used))
+        now_ms = time.time_ns() // 1_000_000
+        if path.endswith("/ping"):
+            return _http(200, {}, used)
+        if path.endswith("/time"):
+            return _http(200, {"serverTime": now_ms}, used)
+        if path.endswith("/exchangeInfo"):
+            return _http(200, self._exchange_info(market, now_ms), used)
         symbol = query.get("symbol", "")
         if not symbol:
             msg = "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed."
-            return _http(400, {"code": -1102, "msg": msg})
-        book = self.books.get(symbol.lower())
+            return _http(400, {"code": -1102, "msg": msg}, used)
+        book = self.books[market].get(symbol.lower())
         if book is None:
-            return _http(400, {"code": -1121, "msg": "Invalid symbol."})
+            return _http(400, {"code": -1121, "msg": "Invalid symbol."}, used)
+        if limit is None or depth_weight(market, limit) is None:
+            if market is Market.USDM:
+                return _http(400, {"code": -1130, "msg": "Data sent for parameter 'limit' is not valid."}, used)
+            if limit is None or limit < 1:
+                return _http(400, {"code": -1100, "msg": "Illegal characters found in parameter 'limit'."}, used)
+        limit = min(5000, limit)
+        if self.listing[market][book.symbol] is SymbolStatus.TRADING:
+            book.advance_to(self._book_step_now())
+        if market is Market.SPOT:
+            return _http(200, book.depth_payload(limit), used)
+        bids, asks = book.top_levels(limit)
+        t = book.diffs[-1].time_ms if book.diffs else now_ms
+        return _http(200, {"lastUpdateId": book.last_id, "E": now_ms, "T": t, "bids": bids, "asks": asks}, used)
+
+    def _exchange_info(self, market: Market, now_ms: int) -> dict:
+        """Every symbol ever listed with its status (TRADING, or delisted: the list changes)."""
+        symbols = []
+        for sym, status in self.listing[market].items():
+            base, quote = _split_symbol(sym)
+            entry = {"symbol": sym.upper(), "status": status.value, "baseAsset": base, "quoteAsset": quote}
+            if market is Market.USDM:
+                entry.update(pair=sym.upper(), contractType="PERPETUAL")
+            symbols.append(entry)
+        limits = [{"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1,
+                   "limit": self.limiters[market].budget}]
+        return {"timezone": "UTC", "serverTime": now_ms, "rateLimits": limits, "exchangeFilters": [],
+                "symbols": symbols}
+
+    def _control_book(self, q: dict, market: Market) -> Response:
+        book = self.books[market].get(q.get("symbol", "").lower())
+        if book is None:
+            return _http(400, {"ok": False, "error": f"unknown symbol {q.get('symbol')!r} on {market.value}"})
+        uid = q.get("update_id")
         try:
-            limit = min(5000, int(query.get("limit", 100)))
-            if limit < 1:
-                raise ValueError
-        except ValueError:
-            return _http(400, {"code": -1100, "msg": "Illegal characters found in parameter 'limit'."})
-        book.advance_to(self._book_step_now())
-        return _http(200, book.depth_payload(limit), (("X-MBX-USED-WEIGHT-1M", "5"),))
+            state = book.state_at(book.last_id if uid is None else int(uid))
+        except LookupError as exc:
+            return _http(404, {"ok": False, "error": str(exc)})
+        limit = int(q.get("limit", 5000))
+        bids = sorted(state.bids.items(), key=lambda lv: -float(lv[0]))[:limit]
+        asks = sorted(state.asks.items(), key=lambda lv: float(lv[0]))[:limit]
+        return _http(200, {"lastUpdateId": state.last_update_id, "bids": bids, "asks": asks})
 
     def _control_http(self, name: str, q: dict) -> Response:
         """``POST /control/<name>?arg=..`` (or named args) runs a fault switch; 200 {"ok":true}.
 
         disconnect?abrupt=0|1  stall?seconds=S  replay_on_next_connect?n=N
         inject_malformed?kind=K  reject_connections?status=429&retry_after=S&count=N
-        server_shutdown?grace=S  stats (GET or POST: the counters)
+        server_shutdown?grace=S  drop_diff?stream=NAME&market=spot|usdm
+        drop_trades?stream=NAME&n=N&market=..  list_symbol?symbol=S&market=..  (no market: both)
+        delist_symbol?symbol=S&market=..  stats (GET or POST: the counters)
+        book?symbol=S&market=..&update_id=N&limit=N (the simulator's book, best first; 404 if
+        that id is not kept)
         """
         arg = q.get("arg")
         try:
+            markets = [Market(q["market"])] if "market" in q else list(Market)
             if name == "stats":
                 return _http(200, self.stats())
+            if name == "book":
+                return self._control_book(q, markets[0])
             if name == "disconnect":
                 abrupt = q.get("abrupt", arg or "0").lower() in ("1", "true", "yes")
                 self._spawn(self.disconnect(abrupt=abrupt))
@@ -545,9 +960,16 @@ class Exchange:
             elif name == "server_shutdown":
                 grace = q.get("grace", arg)
                 self._spawn(self.server_shutdown(None if grace is None else float(grace)))
+            elif name == "drop_diff":
+                self.drop_diff(q.get("stream", arg or ""), markets[0])
+            elif name == "drop_trades":
+                self.drop_trades(q.get("stream", arg or ""), int(q.get("n", 1)), markets[0])
+            elif name in ("list_symbol", "delist_symbol"):
+                for m in markets:
+                    (self.list_symbol if name == "list_symbol" else self.delist_symbol)(q.get("symbol", arg or ""), m)
             else:
                 return _http(404, {"ok": False, "error": f"unknown control {name!r}"})
-        except ValueError as exc:
+        except (ValueError, KeyError) as exc:
             return _http(400, {"ok": False, "error": str(exc)})
         return _http(200, {"ok": True})
 
@@ -555,21 +977,22 @@ class Exchange:
 
     async def _handler(self, ws: ServerConnection) -> None:
         url = urllib.parse.urlsplit(ws.request.path)
-        streams = self._url_streams(url.path, dict(urllib.parse.parse_qsl(url.query))) or []
+        ep = self._endpoint(url.path, dict(urllib.parse.parse_qsl(url.query)))
+        assert ep is not None  # _process_request refused every other path
         self.connections_accepted += 1
-        conn = _Conn(self.connections_accepted, ws, combined=url.path == "/stream")
+        conn = _Conn(self.connections_accepted, ws, ep.combined, ep.market, ep.route)
         conn.replay, self._replay_next = self._replay_next, 0
         self.conns[conn.num] = conn
         sender = asyncio.create_task(self._send_loop(conn))
         try:
-            self._subscribe(conn, [parse_stream(s, self.books) for s in streams])
+            self._subscribe(conn, [parse_stream(s, self.books[conn.market], conn.market) for s in ep.streams])
             await self._recv_loop(conn)
         except ConnectionClosed:
             pass
         finally:
             del self.conns[conn.num]
             for name in conn.streams:
-                self.streams[name].subs.pop(conn.num, None)
+                self._leave(conn, name)
             sender.cancel()
             await asyncio.gather(sender, return_exceptions=True)
 
@@ -582,13 +1005,16 @@ class Exchange:
 
     def _over_limit(self, conn: _Conn) -> bool:
         """Sliding one-second window over client frames (pings are not visible here)."""
-        if self.max_incoming_per_sec is None:
+        limit = self.max_incoming_per_sec
+        if limit is None:
             return False
         now, times = time.monotonic(), conn.recv_times
         times.append(now)
         while now - times[0] >= 1.0:
             times.popleft()
-        return len(times) > self.max_incoming_per_sec
+        if conn.market is not Market.SPOT:
+            limit *= MAX_INCOMING_PER_SEC[conn.market] / MAX_INCOMING_PER_SEC[Market.SPOT]
+        return len(times) > limit
 
     def _enqueue(self, conn: _Conn, item: tuple) -> None:
         if conn.dropped:
@@ -617,7 +1043,7 @@ class Exchange:
                         if conn.stalled_until > time.monotonic():
                             continue  # queued before the stall began: dropped all the same
                         self._log_data(conn.num, msg, send_us, replay)
-                        self.sent_count[msg.stream] += 1
+                        self.sent_count[msg.market][msg.stream] += 1
                         await ws.send(msg.combined if conn.combined else msg.data, text=True)
                     else:
                         _, frame, text, note = item
@@ -662,16 +1088,16 @@ class Exchange:
         return self._control_property(conn, method, params, rid)
 
     def _control_subscribe(self, conn: _Conn, method: str, params: list, rid: Any) -> None:
-        specs = [parse_stream(p, self.books) for p in params]
+        specs = [parse_stream(p, self.books[conn.market], conn.market) for p in params]
         if None in specs:  # the whole request is refused, nothing changes
             return self._reply(conn, _error(2, "Invalid request: invalid stream", rid))
         if method == "UNSUBSCRIBE":
             for spec in specs:
                 if spec.name in conn.streams:
                     del conn.streams[spec.name]
-                    self.streams[spec.name].subs.pop(conn.num, None)
+                    self._leave(conn, spec.name)
             return self._reply(conn, {"result": None, "id": rid})
-        if len(set(conn.streams) | {s.name for s in specs}) > MAX_STREAMS_PER_CONNECTION:
+        if len(set(conn.streams) | {s.name for s in specs}) > MAX_STREAMS[conn.market]:
             return self._reply(conn, _error(2, "Invalid request: too many streams", rid))
         self._reply(conn, {"result": None, "id": rid})  # the reply precedes any data
         self._subscribe(conn, specs)
@@ -689,18 +1115,35 @@ class Exchange:
         conn.combined = params[1]
         self._reply(conn, {"result": None, "id": rid})
 
+    def _stream(self, spec: StreamSpec) -> _Stream:
+        key = StreamKey(spec.market, spec.name)
+        st = self.streams.get(key)
+        if st is None:
+            st = self.streams[key] = _Stream(spec, deque(maxlen=self.ring_size))
+        return st
+
+    def _leave(self, conn: _Conn, name: str) -> None:
+        st = self.streams.get(StreamKey(conn.market, name))
+        if st is not None:
+            st.subs.pop(conn.num, None)
+
     def _subscribe(self, conn: _Conn, specs: list[StreamSpec]) -> None:
-        """Join the global streams; a pending replay first re-sends their recent history."""
+        """Join the global streams; a pending replay first re-sends their recent history.
+
+        On USD-M a stream subscribed on the other route is accepted and listed but never
+        fed, as Binance does since the 2026-04-23 split.
+        """
         for spec in specs:
             if spec.name in conn.streams:
                 continue
-            st = self.streams.get(spec.name)
-            if st is None:
-                st = self.streams[spec.name] = _Stream(spec, deque(maxlen=self.ring_size))
+            conn.streams[spec.name] = None
+            if spec.route != conn.route:
+                self.silent_subscriptions += 1
+                continue
+            st = self._stream(spec)
             if conn.replay:
                 for msg in list(st.ring)[-conn.replay:]:
                     self._enqueue(conn, ("d", msg, True))
-            conn.streams[spec.name] = None
             st.subs[conn.num] = conn
             if st.task is None:
                 st.task = asyncio.create_task(self._run_stream(st))
@@ -716,7 +1159,7 @@ class Exchange:
         More than one second behind, the oldest ticks are skipped (counted), as a
         timer-driven feed would. Stops when the last subscriber leaves.
         """
-        rate = self.rate or 1e6 / st.spec.cadence_us
+        rate = self.rate or (1e6 / st.spec.cadence_us if st.spec.cadence_us else self.base_rate)
         loop = asyncio.get_running_loop()
         nxt = math.floor((loop.time() - self._t0) * rate) + 1
         since: int | None = None  # last book step sent (diff streams merge from there)
@@ -735,29 +1178,99 @@ class Exchange:
             st.task = None
 
     def _emit(self, st: _Stream, step: int, since: int | None) -> int | None:
-        book = self.books[st.spec.symbol]
+        """Generate what ``st`` carries up to book ``step``; returns the last book step covered."""
+        spec = st.spec
+        if self.listing[spec.market][spec.symbol] is not SymbolStatus.TRADING:
+            return since  # a halted symbol's book stands still and its streams send nothing
+        book = self.books[spec.market][spec.symbol]
         book.advance_to(step)
         if book.step <= st.last_step:
             self.skipped_ticks += 1  # a REST snapshot moved the book ahead: never repeat an id
             return since
-        data = book.depth_payload(st.spec.levels) if st.spec.levels else book.diff_payload(since)
         st.last_step = book.step
-        name = st.spec.name
-        msg = _Msg(name, book.last_id, data, b'{"stream":"' + name.encode() + b'","data":' + data + b"}")
+        for msg in self._messages(st, book, since):
+            self._publish(st, msg)
+        return book.step
+
+    def _messages(self, st: _Stream, book: Book, since: int | None) -> list[_Msg]:
+        """The messages of ``st`` for the book steps after ``since``, in Binance's payloads."""
+        spec, usdm = st.spec, st.spec.market is Market.USDM
+        now_ms = time.time_ns() // 1_000_000
+        sym = book.symbol.upper()
+        steps = book.steps_since(since)
+        out: list[_Msg] = []
+
+        def msg(data: dict | bytes, last_id: int, key: int) -> None:
+            raw = data if isinstance(data, bytes) else orjson.dumps(data)
+            name = spec.name.encode()
+            out.append(_Msg(spec.name, last_id, raw, b'{"stream":"' + name + b'","data":' + raw + b"}",
+                            spec.market, spec.type, key))
+
+        if spec.type in (Kind.PARTIAL_DEPTH, Kind.DIFF_DEPTH):
+            if book.last_id == st.last_id or not steps:
+                return out  # the book did not change since the last message
+            prev_u = st.last_id or steps[0].first_id - 1
+            first = prev_u + 1 if spec.type is Kind.PARTIAL_DEPTH else steps[0].first_id
+            st.last_id = book.last_id
+            if spec.type is Kind.PARTIAL_DEPTH and not usdm:
+                msg(book.depth_payload(spec.levels), book.last_id, book.last_id)
+                return out
+            if spec.type is Kind.PARTIAL_DEPTH:
+                b, a = book.top_levels(spec.levels)
+            else:
+                b, a = book.merged_diff(steps)
+            head: dict = {"e": "depthUpdate", "E": now_ms}
+            if usdm:
+                head["T"] = steps[-1].time_ms
+            head.update(s=sym, U=first, u=book.last_id)
+            if usdm:
+                head["pu"] = first - 1 if spec.type is Kind.DIFF_DEPTH else prev_u
+            msg({**head, "b": b, "a": a}, book.last_id, book.last_id)
+            return out
+        # spot trade and aggTrade end with "M" (ignore); USD-M's have no "M"
+        tail = {} if usdm else {"M": True}
+        for s in steps:
+            if spec.type is Kind.TRADE:
+                for t in s.trades:
+                    msg({"e": "trade", "E": now_ms, "s": sym, "t": t.id, "p": book.px(t.price),
+                         "q": fmt_e8(t.qty), "T": s.time_ms, "m": t.buyer_maker, **tail}, s.last_id, t.id)
+            elif spec.type is Kind.AGG_TRADE:
+                for g in s.aggs:
+                    msg({"e": "aggTrade", "E": now_ms, "s": sym, "a": g.id, "p": book.px(g.price),
+                         "q": fmt_e8(g.qty), "f": g.first, "l": g.last, "T": s.time_ms, "m": g.buyer_maker,
+                         **tail}, s.last_id, g.id)
+            elif s.top is not None:  # bookTicker: every change of the best levels
+                body = {"u": s.last_id, "s": sym, "b": book.px(s.top.bid), "B": fmt_e8(s.top.bid_qty),
+                        "a": book.px(s.top.ask), "A": fmt_e8(s.top.ask_qty)}
+                if usdm:
+                    body = {"e": "bookTicker", "u": s.last_id, "E": now_ms, "T": s.time_ms, **body}
+                msg(body, s.last_id, s.last_id)
+        return out
+
+    def _publish(self, st: _Stream, msg: _Msg) -> None:
+        if st.drop > 0:  # a drop fault: generated (ids advance) but sent to nobody
+            st.drop -= 1
+            self.dropped_count[msg.market][msg.stream] += 1
+            self._log_line({"market": msg.market.value, "stream": msg.stream, "kind": msg.kind.dataset,
+                            "id": msg.id, "fault": "dropped"})
+            return
         st.ring.append(msg)
         now = time.monotonic()
         for conn in st.subs.values():
             if conn.stalled_until <= now:
                 self._enqueue(conn, ("d", msg, False))
-        return book.step
 
     # ---- sent log --------------------------------------------------------------------
 
     def _log_data(self, conn_num: int, msg: _Msg, send_us: int, replay: bool) -> None:
         if self._log_file is None:
             return
-        head = (f'{{"conn":{conn_num},"stream":"{msg.stream}","send_us":{send_us},'
-                f'"last_update_id":{msg.last_update_id},' + ('"replay":true,' if replay else ""))
+        # depth lines keep "last_update_id" (their dedup id); "id" is every kind's dedup id
+        depth = msg.kind in (Kind.PARTIAL_DEPTH, Kind.DIFF_DEPTH)
+        head = (f'{{"conn":{conn_num},"market":"{msg.market.value}","stream":"{msg.stream}",'
+                f'"kind":"{msg.kind.dataset}","send_us":{send_us},"id":{msg.id},'
+                + (f'"last_update_id":{msg.last_update_id},' if depth else "")
+                + ('"replay":true,' if replay else ""))
         self._log_buf.append(head.encode() + b'"data":' + msg.data + b"}\n")
 
     def _log_line(self, obj: dict) -> None:
@@ -813,7 +1326,8 @@ class Exchange:
 
     def _malformed_frame(self, conn: _Conn, kind: str) -> tuple[bytes, bool, str | None]:
         stream = next(iter(conn.streams), f"{self.symbols[0]}@depth20@100ms")
-        ring = self.streams[stream].ring if stream in self.streams else ()
+        st = self.streams.get(StreamKey(conn.market, stream))
+        ring = st.ring if st is not None else ()
         last_id = ring[-1].last_update_id if ring else 0
 
         def wrap(name: str, data: bytes) -> bytes:
@@ -860,6 +1374,43 @@ class Exchange:
         await asyncio.sleep(grace)
         await asyncio.gather(*(c.ws.close(1001, "server shutdown") for c in conns), return_exceptions=True)
 
+    def _fault_stream(self, name: str, market: Market, kinds: tuple[Kind, ...]) -> _Stream:
+        spec = parse_stream(name, self.books[market], market)
+        if spec is None or spec.type not in kinds:
+            raise ValueError(f"{name!r} is not a {'/'.join(k.value for k in kinds)} stream on {market.value}")
+        return self._stream(spec)  # created ahead of its first subscriber if need be
+
+    def drop_diff(self, stream: str, market: Market = Market.SPOT) -> None:
+        """Send the next diff event of ``stream`` to nobody: the next one a client sees has
+        ``U`` > previous ``u`` + 1 (and on USD-M ``pu`` != previous ``u``)."""
+        self._fault_stream(stream, market, (Kind.DIFF_DEPTH,)).drop += 1
+
+    def drop_trades(self, stream: str, n: int, market: Market = Market.SPOT) -> None:
+        """Send the next ``n`` messages of a trade or aggTrade stream to nobody: an id gap."""
+        if n < 1:
+            raise ValueError(f"n must be positive, not {n}")
+        self._fault_stream(stream, market, (Kind.TRADE, Kind.AGG_TRADE)).drop += n
+
+    def list_symbol(self, symbol: str, market: Market = Market.SPOT) -> None:
+        """List ``symbol`` (new: a fresh book; delisted: trading again, its book resumes)."""
+        sym = symbol.strip().lower()
+        if parse_stream_name(f"{sym}@trade", market) is None:
+            raise ValueError(f"{symbol!r} is not a symbol")
+        step = self._book_step_now()
+        book = self.books[market].get(sym)
+        if book is None:
+            book = self.books[market][sym] = self._new_book(market, sym)
+        book.skip_to(step)  # no history to make up for while it was not trading
+        self.listing[market][sym] = SymbolStatus.TRADING
+
+    def delist_symbol(self, symbol: str, market: Market = Market.SPOT) -> None:
+        """Halt ``symbol``: exchangeInfo shows BREAK (spot) or SETTLING (USD-M), its streams go
+        quiet; subscriptions stay valid (the symbol is still known)."""
+        sym = symbol.strip().lower()
+        if sym not in self.listing[market]:
+            raise ValueError(f"{symbol!r} is not listed on {market.value}")
+        self.listing[market][sym] = DELISTED[market]
+
 
 def clock_id_base() -> int:
     """The first update id of a start: the wall clock in µs.
@@ -886,6 +1437,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="messages/s per stream (default: Binance cadence, 10/s @100ms, else 1/s)")
     p.add_argument("--max-incoming-per-sec", type=float, default=5.0, help="0 disables the 1008 limit")
     p.add_argument("--shutdown-grace", type=float, default=2.0)
+    p.add_argument("--spot-weight-budget", type=int, default=REST_WEIGHT_PER_MINUTE[Market.SPOT],
+                   help="REST weight per window on /api (Binance: 6000/min)")
+    p.add_argument("--usdm-weight-budget", type=int, default=REST_WEIGHT_PER_MINUTE[Market.USDM],
+                   help="REST weight per window on /fapi (Binance: 2400/min)")
+    p.add_argument("--weight-window", type=float, default=60.0, help="seconds per weight window")
+    p.add_argument("--ban-seconds", type=float, default=120.0, help="418 ban after a request inside a 429's Retry-After")
     return p.parse_args(argv)
 
 
@@ -898,6 +1455,8 @@ async def _amain(args: argparse.Namespace) -> None:
         args.symbols.split(","), host=args.host, port=args.port, seed=args.seed, rate=args.rate,
         sent_log=args.sent_log, ping_interval=args.ping_interval,
         max_incoming_per_sec=args.max_incoming_per_sec or None, shutdown_grace=args.shutdown_grace,
+        weight_budget={Market.SPOT: args.spot_weight_budget, Market.USDM: args.usdm_weight_budget},
+        weight_window=args.weight_window, ban_seconds=args.ban_seconds,
     )
     async with ex:
         print(f"simulator listening on {ex.ws_url}", flush=True)
