@@ -231,7 +231,7 @@ def _require(what: str, ok: bool, how: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def spark(archive):
+def spark(archive, tmp_path_factory):
     _require("Java", shutil.which("java") is not None, "bash tools/system-deps.sh java")
     java = subprocess.run(["java", "-version"], capture_output=True, text=True)
     _require("Java 17+", java.returncode == 0 and re.search(r'version "(1[7-9]|[2-9]\d)', java.stderr) is not None,
@@ -250,7 +250,8 @@ def spark(archive):
             "--master local[1] --conf spark.ui.enabled=false --conf spark.ui.showConsoleProgress=false "
             "--conf spark.driver.bindAddress=127.0.0.1 --conf spark.driver.host=127.0.0.1 "
             "--conf spark.sql.shuffle.partitions=1 --conf spark.sql.adaptive.enabled=false "
-            "--conf spark.sql.codegen.wholeStage=false pyspark-shell"
+            "--conf spark.sql.codegen.wholeStage=false "
+            f"--conf spark.sql.warehouse.dir={tmp_path_factory.mktemp('spark-warehouse')} pyspark-shell"
         ),
     }
     saved = {k: os.environ.get(k) for k in env}
@@ -314,6 +315,28 @@ def test_spark_outside_utc_disagrees_with_the_folders(archive, spark):
         assert [spark.sql(q).collect()[0][0] for q in (q_hour, q_lit, q_off)] == [everything, 0, everything]
     finally:
         spark.conf.set("spark.sql.session.timeZone", "UTC")
+
+
+def test_a_spark_table_sees_an_hour_only_once_its_partition_is_synced(archive, spark, tmp_path):
+    """Catalog tables list their partitions: the documented MSCK REPAIR TABLE is what makes
+    hours visible, the first ones and each later one (REFRESH TABLE is not enough)."""
+    copy = tmp_path / "archive"
+    shutil.copytree(archive / "depth_snapshot" / "date=2026-11-30", copy / "depth_snapshot" / "date=2026-11-30")
+    spark.sql("DROP TABLE IF EXISTS orderbook.depth_snapshot")
+    spark.sql("CREATE DATABASE IF NOT EXISTS orderbook")
+    spark.sql(f"CREATE TABLE orderbook.depth_snapshot USING parquet LOCATION '{copy}/depth_snapshot'")
+    count = "SELECT count(*) FROM orderbook.depth_snapshot"
+    assert spark.sql(count).collect()[0][0] == 0  # no partition registered yet
+    snippet("spark-table", copy, spark=spark)
+    assert spark.sql(count).collect()[0][0] == len(SYMBOLS) * 200
+    # the next hour is archived: invisible until synced
+    shutil.copytree(archive / "depth_snapshot" / "date=2026-12-01", copy / "depth_snapshot" / "date=2026-12-01")
+    spark.sql("REFRESH TABLE orderbook.depth_snapshot")
+    assert spark.sql(count).collect()[0][0] == len(SYMBOLS) * 200
+    snippet("spark-table", copy, spark=spark)
+    assert spark.sql(count).collect()[0][0] == 2 * len(SYMBOLS) * 200
+    assert dict(spark.table("orderbook.depth_snapshot").dtypes)["hour"] == "int"
+    spark.sql("DROP TABLE orderbook.depth_snapshot")
 
 
 # --------------------------------------------------------------------------- Trino / Athena
