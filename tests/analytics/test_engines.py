@@ -255,6 +255,16 @@ def _require(what: str, ok: bool, how: str) -> None:
     pytest.skip(f"{what} is not installed here ({how})")
 
 
+def test_a_missing_engine_fails_on_ci_and_skips_elsewhere(monkeypatch):
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="missing on CI"):
+        _require("Java", False, "bash tools/system-deps.sh java")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception):
+        _require("Java", False, "bash tools/system-deps.sh java")
+    _require("Java", True, "")  # present: nothing happens
+
+
 @pytest.fixture(scope="module")
 def spark(archive, tmp_path_factory):
     _require("Java", shutil.which("java") is not None, "bash tools/system-deps.sh java")
