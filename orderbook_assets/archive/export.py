@@ -58,7 +58,10 @@ WRITER_OPTIONS = dict(
 #: part's version from the SHA-256 the ledger (or the store) already holds for it.
 #:
 #: 1: zstd level 1 with DELTA_BINARY_PACKED integers (recv_time, session_id, seq,
-#:    last_update_id). Readers before Spark 3.3 fail on that encoding.
+#:    last_update_id: they grow by small steps). Measured against the alternatives by
+#:    benchmarks/encodings.py (docs/benchmarks.md): without the encoding files are 17-22 %
+#:    larger, or need zstd 6 and 1.3x the write time for the same size. Spark 3.2's vectorized
+#:    reader cannot decode it (its row reader can: docs/engines.md).
 DEPTH_WRITER_VERSIONS: dict[int, dict] = {
     1: dict(
         WRITER_OPTIONS,
