@@ -234,7 +234,14 @@ def test_polars_reads_every_dataset_with_duckdbs_values(archive):
         got = frame.select(aggs).collect().row(0, named=True)
         assert_facts(got, duck_facts(archive, dataset))
 
-    depth = pl.scan_parquet(f"{archive}/depth_snapshot/**/*.parquet", hive_partitioning=True)
+    glob = f"{archive}/depth_snapshot/**/*.parquet"
+    # the two documented ways to other partition types
+    pinned = pl.scan_parquet(glob, hive_partitioning=True, hive_schema={"date": pl.Date, "hour": pl.Int32})
+    assert dict(pinned.select("date", "hour").collect_schema()) == {"date": pl.Date, "hour": pl.Int32}
+    assert pinned.select(pl.col("hour").unique().sort()).collect().to_series().to_list() == [0, 23]
+    as_text = pl.scan_parquet(glob, hive_partitioning=True, try_parse_hive_dates=False)
+    assert as_text.collect_schema()["date"] == pl.String
+    depth = pl.scan_parquet(glob, hive_partitioning=True)
     # A date written as a string does not compare with Polars' Date column: the docs say use date().
     with pytest.raises(pl.exceptions.InvalidOperationError, match="cannot compare"):
         depth.filter(pl.col("date") == "2026-11-30").collect()
