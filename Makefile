@@ -28,7 +28,7 @@ run: venv
 demo: venv
 	DAGSTER_HOME=$(CURDIR)/data/demo/dagster_home $(BIN)/python -m tools.run --simulator
 
-# The Debian packages the tests need (Ceph RGW, Chromium; more sections as real servers join):
+# The Debian packages the tests need (Ceph RGW, Chromium, Java for Spark; more as real servers join):
 # one named, idempotent step. In CI a test whose part is missing fails instead of skipping.
 system-deps:
 	sh tools/system-deps.sh
@@ -50,7 +50,7 @@ chaos: venv
 
 # Every benchmark script; each prints figure, target, measured, baseline, ratio.
 bench: venv
-	@for b in benchmarks/ingest.py benchmarks/archive.py; do \
+	@for b in benchmarks/ingest.py benchmarks/archive.py benchmarks/encodings.py; do \
 		[ -f $$b ] && { echo "== $$b"; $(BIN)/python $$b || exit 1; }; \
 	done
 

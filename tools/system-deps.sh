@@ -37,7 +37,15 @@ section_chromium() {
     apt_install chromium
 }
 
-sections="${*:-ceph chromium}"
+# java: Java 17 for PySpark 4 (tests/analytics/test_engines.py reads the archive with Spark).
+section_java() {
+    if command -v java >/dev/null 2>&1 && java -version 2>&1 | grep -Eq 'version "(1[7-9]|[2-9][0-9])'; then
+        return 0
+    fi
+    apt_install openjdk-17-jre-headless
+}
+
+sections="${*:-ceph chromium java}"
 for s in $sections; do
     "section_$s"
 done

@@ -28,26 +28,16 @@ import pyarrow.parquet as pq
 from orderbook_collector.fsutil import sha256_file
 
 from orderbook_assets.analytics import views
+from orderbook_assets.archive import datasets, export
+from orderbook_assets.archive.datasets import BARS_SCHEMA
 from orderbook_assets.archive.store import ArchiveStore, open_store
 
-DATASET = "top_of_book_1s"
+DATASET = datasets.TOP_OF_BOOK_1S
 SOURCE = "depth_snapshot"
 
-BARS_SCHEMA = pa.schema(
-    [
-        ("symbol", pa.string()),
-        ("bar_time", pa.timestamp("us", tz="UTC")),  # start of the second
-        ("first_mid", pa.float64()),
-        ("max_mid", pa.float64()),
-        ("min_mid", pa.float64()),
-        ("last_mid", pa.float64()),
-        ("last_best_bid", pa.float64()),
-        ("last_best_ask", pa.float64()),
-        ("mean_spread", pa.float64()),
-        ("snapshots", pa.int64()),
-    ]
-)
-WRITER_OPTIONS = dict(compression="zstd", compression_level=3, version="2.6", store_schema=False)
+#: The common writer conventions of every dataset (zstd, statistics, Parquet 2.6, the Arrow
+#: schema stored with its metadata and nullability); ``symbol`` is the one dictionary column.
+WRITER_OPTIONS = dict(export.WRITER_OPTIONS, use_dictionary=["symbol"])
 
 _ORDER = "(recv_time, session_id, seq)"
 #: ``{src}``: a registered table, or ``read_parquet($files)`` with the files as a parameter.

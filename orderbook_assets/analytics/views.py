@@ -258,13 +258,8 @@ def register_views(
             f"{_lit(archive.glob('top_of_book_1s'))}, hive_partitioning = true)"
         )
     else:
-        con.execute(
-            "CREATE OR REPLACE VIEW top_of_book_1s AS SELECT CAST(NULL AS VARCHAR) AS symbol, "
-            "CAST(NULL AS TIMESTAMPTZ) AS bar_time, " + ", ".join(
-                f"CAST(NULL AS DOUBLE) AS {c}" for c in (
-                    "first_mid", "max_mid", "min_mid", "last_mid", "last_best_bid", "last_best_ask", "mean_spread")
-            ) + ", CAST(NULL AS BIGINT) AS snapshots WHERE false"
-        )
+        typed = ", ".join(f"CAST(NULL AS {datasets.duckdb_type(f.type)}) AS {f.name}" for f in datasets.BARS_SCHEMA)
+        con.execute(f"CREATE OR REPLACE VIEW top_of_book_1s AS SELECT {typed} WHERE false")
     con.execute(BOOK_AT_SQL)
     return info
 

@@ -61,6 +61,24 @@ COVERAGE_SCHEMA = pa.schema(
     metadata=_meta(COVERAGE),
 )
 
+#: ``top_of_book_1s``: 1-second bars derived from ``depth_snapshot`` (written by ``analytics.bars``).
+#: Every column is non-null: a bar exists only for a second with at least one two-sided book.
+BARS_SCHEMA = pa.schema(
+    [
+        pa.field("symbol", pa.string(), nullable=False),
+        pa.field("bar_time", TS, nullable=False),  # start of the second
+        pa.field("first_mid", pa.float64(), nullable=False),
+        pa.field("max_mid", pa.float64(), nullable=False),
+        pa.field("min_mid", pa.float64(), nullable=False),
+        pa.field("last_mid", pa.float64(), nullable=False),
+        pa.field("last_best_bid", pa.float64(), nullable=False),
+        pa.field("last_best_ask", pa.float64(), nullable=False),
+        pa.field("mean_spread", pa.float64(), nullable=False),
+        pa.field("snapshots", pa.int64(), nullable=False),
+    ],
+    metadata=_meta(TOP_OF_BOOK_1S),
+)
+
 #: The Hive partition columns as DuckDB's ``hive_partitioning`` reads them in the views.
 HIVE_COLUMNS = pa.schema([pa.field("date", pa.date32()), pa.field("hour", pa.int32())])
 

@@ -52,15 +52,27 @@ WRITER_OPTIONS = dict(
     data_page_version="1.0",
 )
 
-#: The depth dataset's writer options (changing any changes the bytes of every future part).
-#: zstd level 1 is both faster and, on these pages, no larger than level 3; the integer
-#: columns are DELTA_BINARY_PACKED (receive times, seqs and update ids grow by small steps),
-#: which took the realistic-book ratio against raw JSON from ~44x to ~54x. See the README.
-DEPTH_WRITER_OPTIONS = dict(
-    WRITER_OPTIONS,
-    compression_level=1,
-    column_encoding={c: "DELTA_BINARY_PACKED" for c in ("recv_time", "session_id", "seq", "last_update_id")},
-)
+#: Every version of the depth dataset's writer options, by number; never edit a released one.
+#: A part's bytes follow from its rows *and* the options it was first written with, so a
+#: re-export must use that same version: :func:`write_part` takes it, and the pipeline finds a
+#: part's version from the SHA-256 the ledger (or the store) already holds for it.
+#:
+#: 1: zstd level 1 with DELTA_BINARY_PACKED integers (recv_time, session_id, seq,
+#:    last_update_id: they grow by small steps). Measured against the alternatives by
+#:    benchmarks/encodings.py (docs/benchmarks.md): without the encoding files are 17-22 %
+#:    larger, or need zstd 6 and 1.3x the write time for the same size. Spark 3.2's vectorized
+#:    reader cannot decode it (its row reader can: docs/engines.md).
+DEPTH_WRITER_VERSIONS: dict[int, dict] = {
+    1: dict(
+        WRITER_OPTIONS,
+        compression_level=1,
+        column_encoding={c: "DELTA_BINARY_PACKED" for c in ("recv_time", "session_id", "seq", "last_update_id")},
+    ),
+}
+#: The version new parts are written with.
+DEPTH_WRITER_VERSION = max(DEPTH_WRITER_VERSIONS)
+#: The depth dataset's writer options for new parts (changing them means adding a version).
+DEPTH_WRITER_OPTIONS = DEPTH_WRITER_VERSIONS[DEPTH_WRITER_VERSION]
 
 
 @dataclass(frozen=True)
@@ -74,6 +86,7 @@ class Exported:
     first_recv_us: int | None
     last_recv_us: int | None
     json_bytes: int  # estimated size of the same messages as Binance JSON
+    writer_version: int = 0  # the DEPTH_WRITER_VERSIONS entry it was written with
 
     @property
     def compression_ratio(self) -> float:
@@ -245,8 +258,17 @@ def _digits(values: np.ndarray) -> np.ndarray:
     return np.log10(np.maximum(values.astype(np.float32), np.float32(1.0))).astype(np.int64) + 1
 
 
-def write_part(conn: sqlite3.Connection, part: Part, path: Path) -> Exported:
-    """Write the part's rows as Parquet to ``path`` (temp file, fsync, rename) and hash it back."""
+def write_part(conn: sqlite3.Connection, part: Part, path: Path, version: int | None = None,
+               *, options: dict | None = None) -> Exported:
+    """Write the part's rows as Parquet to ``path`` (temp file, fsync, rename) and hash it back.
+
+    ``version``: which :data:`DEPTH_WRITER_VERSIONS` entry to write with (default: the current
+    :data:`DEPTH_WRITER_VERSION`; a re-export uses the one the part was first written with).
+    ``options``: explicit writer options instead, for benchmarks comparing candidates; the
+    product never passes them.
+    """
+    version = DEPTH_WRITER_VERSION if version is None else version
+    options = DEPTH_WRITER_VERSIONS[version] if options is None else options
     streams = stream_table(conn)
     keys = sort_keys(read_keys(conn, part), streams)
     cols = _StreamColumns(streams)
@@ -254,7 +276,7 @@ def write_part(conn: sqlite3.Connection, part: Part, path: Path) -> Exported:
     tmp = path.with_name(path.name + ".tmp")
     json_bytes = 0
     with open(tmp, "wb") as f:
-        with pq.ParquetWriter(f, DEPTH_SCHEMA, **DEPTH_WRITER_OPTIONS) as writer:
+        with pq.ParquetWriter(f, DEPTH_SCHEMA, **options) as writer:
             for start in range(0, len(keys), ROW_GROUP):
                 end = min(start + ROW_GROUP, len(keys))
                 uid, n_bids, blobs = fetch_levels(conn, keys.id[start:end])
@@ -272,4 +294,23 @@ def write_part(conn: sqlite3.Connection, part: Part, path: Path) -> Exported:
     size, digest = sha256_file(path)
     first = int(keys.recv_us.min()) if len(keys) else None
     last = int(keys.recv_us.max()) if len(keys) else None
-    return Exported(path, len(keys), size, digest, first, last, json_bytes)
+    return Exported(path, len(keys), size, digest, first, last, json_bytes, version)
+
+
+def write_part_as(conn: sqlite3.Connection, part: Part, path: Path, sha256: str,
+                  tried: int | None = None) -> Exported | None:
+    """Re-export a part whose bytes are already known (recorded in the ledger or stored):
+    the part written with the writer version that gives exactly ``sha256``, newest version
+    tried first (``tried``: a version already written and found different); None if no
+    version does (the export is then not deterministic).
+
+    A part first written under older writer options keeps those options for good, so it
+    still verifies against its recorded hash after the options changed.
+    """
+    for version in sorted(DEPTH_WRITER_VERSIONS, reverse=True):
+        if version == tried:
+            continue
+        exported = write_part(conn, part, path, version)
+        if exported.sha256 == sha256:
+            return exported
+    return None

@@ -34,7 +34,7 @@ from orderbook_assets.archive import ledger
 from orderbook_assets.archive import quality
 from orderbook_assets.archive.crash import crash_point
 
-from orderbook_assets.archive.export import Exported, object_key, write_part
+from orderbook_assets.archive.export import Exported, object_key, write_part, write_part_as
 from orderbook_assets.archive.ledger import COVERAGE, DEPTH, Part
 from orderbook_assets.archive.store import ArchiveStore
 
@@ -69,15 +69,29 @@ def export_and_upload(conn: sqlite3.Connection, store: ArchiveStore, staging: Pa
 
 def _export_one(conn: sqlite3.Connection, store: ArchiveStore, staging: Path, part: Part, out: HourExport) -> Part:
     key = object_key(DEPTH, part)
-    exported = write_part(conn, part, staged_path(staging, key))
+    path = staged_path(staging, key)
+    exported = write_part(conn, part, path)
     if part.sha256 is not None and part.sha256 != exported.sha256:
-        raise IntegrityError(
-            f"part {part.part} of hour {part.hour_us} re-exported with SHA-256 {exported.sha256}, "
-            f"but {part.sha256} was recorded: the export is not deterministic"
-        )
+        # Recorded before the writer options changed? Then the part keeps the version it was made with.
+        exported = write_part_as(conn, part, path, part.sha256, tried=exported.writer_version)
+        if exported is None:
+            raise IntegrityError(
+                f"part {part.part} of hour {part.hour_us} re-exported under every writer version, "
+                f"but none gives the recorded SHA-256 {part.sha256}: the export is not deterministic"
+            )
     out.exported[part.part] = exported
     crash_point("after_parquet")
-    out.uploads[part.part] = store.put_if_absent(key, exported.path, exported.sha256)
+    try:
+        out.uploads[part.part] = store.put_if_absent(key, exported.path, exported.sha256)
+    except IntegrityError:
+        # The key exists with other bytes: an upload whose ledger record a crash lost, made
+        # under older writer options, is this very part; any other difference is an error.
+        stored = store.head(key)
+        again = write_part_as(conn, part, path, stored[1], tried=exported.writer_version) if stored is not None else None
+        if again is None:
+            raise
+        exported = out.exported[part.part] = again
+        out.uploads[part.part] = store.put_if_absent(key, exported.path, exported.sha256)
     part = ledger.advance(
         conn, part, "uploaded", rows=exported.rows, bytes=exported.bytes, sha256=exported.sha256,
         object_key=key, first_recv_us=exported.first_recv_us, last_recv_us=exported.last_recv_us,

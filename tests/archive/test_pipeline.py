@@ -16,7 +16,7 @@ from orderbook_collector import buffer
 from orderbook_collector.errors import ConfigError, IntegrityError
 
 from support.procs import wait_for
-from support.buffer_rows import (BASE_HOUR_US, HOUR_US, commit_loop, fill_buffer, make_rows, open_buffer,
+from support.buffer_rows import (REALISTIC_ROWS, BASE_HOUR_US, HOUR_US, commit_loop, fill_buffer, make_rows, open_buffer,
                                  realistic_hour, record, store)
 
 SYMBOLS = ["btcusdt", "ethusdt"]
@@ -95,10 +95,10 @@ MIN_RATIO_VS_JSON = 40
 
 def test_parquet_is_at_least_40x_smaller_than_the_binance_json_of_realistic_books(env):
     conn, path, st, staging = env
-    json_bytes = realistic_hour(path, 3_600)
+    json_bytes = realistic_hour(path, REALISTIC_ROWS)
     out, _ = archive(conn, st, staging)
     (exported,) = out.exported.values()
-    assert exported.rows == 3_600
+    assert exported.rows == REALISTIC_ROWS
     ratio = json_bytes / exported.bytes
     assert ratio >= MIN_RATIO_VS_JSON, f"Parquet only {ratio:.1f}x smaller than the JSON ({exported.bytes:,} bytes)"
     # the figure the asset reports is an estimate from the values: it must tell the truth

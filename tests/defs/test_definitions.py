@@ -16,7 +16,7 @@ from orderbook_assets.definitions import defs
 from orderbook_assets.defs.partitions import hourly
 from orderbook_collector.errors import ConfigError
 
-from support.buffer_rows import BASE_HOUR_US, fill_buffer, open_buffer, realistic_hour
+from support.buffer_rows import REALISTIC_ROWS, BASE_HOUR_US, fill_buffer, open_buffer, realistic_hour
 from support.s3 import MotoServer, s3_client
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -94,11 +94,11 @@ def test_bars_read_the_staged_parts_not_the_archive(env, monkeypatch):
 def test_materialization_reports_the_true_ratio_vs_json_of_realistic_books(env):
     """README/DESIGN: Parquet >= 40x smaller than the raw Binance JSON on realistic books; the
     asset's metadata is what an operator reads, so it must state that figure truthfully."""
-    json_bytes = realistic_hour(env / "buffer.sqlite3", 3_600)
+    json_bytes = realistic_hour(env / "buffer.sqlite3", REALISTIC_ROWS)
     result = run_hour()
     assert result.success
     mat = result.asset_materializations_for_node("depth_snapshot")[0].metadata
-    assert mat["rows"].value == 3_600
+    assert mat["rows"].value == REALISTIC_ROWS
     (key,) = mat["object_keys"].value
     true_ratio = json_bytes / (env / "archive" / key).stat().st_size
     assert true_ratio >= 40, f"Parquet only {true_ratio:.1f}x smaller than the JSON"

@@ -147,7 +147,13 @@ def commit_loop(path: str, start_us: int, busy, stop, out) -> None:
         out.put(None)
 
 
-def realistic_hour(path: str | Path, n_rows: int = 3_600, n_symbols: int = 10) -> int:
+#: A part's compression is what the promise is about: 36,000 depth20 rows (an hour of one stream
+#: at 100 ms). Much smaller samples measure the file's fixed costs (footer, dictionaries, row
+#: group headers) as much as the books: 3,600 rows of the same books compress 39.6x, 36,000 43.3x.
+REALISTIC_ROWS = 36_000
+
+
+def realistic_hour(path: str | Path, n_rows: int = REALISTIC_ROWS, n_symbols: int = 10) -> int:
     """Store ``n_rows`` depth20 messages of simulator books (slowly changing, on a tick grid, in
     Binance's decimal text) through the collector's decoder and writer function, in the hour at
     ``BASE_HOUR_US``; returns the exact byte size of those messages as Binance JSON frames.

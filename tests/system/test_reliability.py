@@ -138,7 +138,7 @@ def quiesce(sim: SimulatorProcess, col: Collector) -> None:
     sim.control("stall", seconds=600)
 
     def all_received() -> bool:
-        sent = sum(json.loads(sim.control("stats"))["sent"].values())
+        sent = sum(json.loads(sim.control("stats"))["sent"]["spot"].values())  # the collector records spot
         return sent == col.metrics()["orderbook_frames_received_total"]
 
     wait_for(all_received, timeout=30, what="every frame sent to reach the collector")
