@@ -102,12 +102,18 @@ def _spot_partial(spec, data, recv_us, sid, seq, wide) -> DepthRecord:
     return DepthRecord(spec.key, recv_us, sid, seq, uid, n_bids, levels, wide)
 
 
-def _usdm_partial(spec, data, recv_us, sid, seq, wide) -> DepthRecord:
+def _depth_update_ids(spec: StreamSpec, data: dict) -> tuple[int, int]:
+    """(U, u) of a ``depthUpdate`` event of ``spec``'s symbol (diff depth, and USD-M partial depth)."""
     _event(data, "depthUpdate")
     _symbol(spec, data)
     first, last = _uint(data, "U", "first update id"), _uint(data, "u", "last update id")
     if first > last:
         raise FrameError(f"first update id {first} is after the last {last}")
+    return first, last
+
+
+def _usdm_partial(spec, data, recv_us, sid, seq, wide) -> DepthRecord:
+    first, last = _depth_update_ids(spec, data)
     levels, n_bids = pack_sides(data.get("b"), data.get("a"), spec.levels)
     return DepthRecord(spec.key, recv_us, sid, seq, last, n_bids, levels, wide,
                        _uint(data, "E", "event time"), _uint(data, "T", "transaction time"),
@@ -115,11 +121,7 @@ def _usdm_partial(spec, data, recv_us, sid, seq, wide) -> DepthRecord:
 
 
 def _diff(spec, data, recv_us, sid, seq, wide) -> DepthUpdateRecord:
-    _event(data, "depthUpdate")
-    _symbol(spec, data)
-    first, last = _uint(data, "U", "first update id"), _uint(data, "u", "last update id")
-    if first > last:
-        raise FrameError(f"first update id {first} is after the last {last}")
+    first, last = _depth_update_ids(spec, data)
     usdm = spec.market is Market.USDM
     levels, n_bids = pack_sides(data.get("b"), data.get("a"), MAX_DIFF_LEVELS)
     return DepthUpdateRecord(
