@@ -249,6 +249,10 @@ def run_child(path: Path, out: Path, mode: str) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+#: The spot snapshot's columns (the cached source may predate the buffer's later columns).
+_DEPTH_COLS = "id, stream_id, session_id, seq, recv_us, update_id, n_bids, levels"
+
+
 def bytes_per_message_at_page_size(src: Path, dst: Path, page_size: int) -> float:
     """The buffer's depth rows re-inserted in id order, 2,000 a transaction, into a buffer
     created with another page size: what that setting alone would change."""
@@ -263,7 +267,8 @@ def bytes_per_message_at_page_size(src: Path, dst: Path, page_size: int) -> floa
     top = conn.execute("SELECT max(id) FROM src.depth_snapshot").fetchone()[0]
     for lo in range(0, top, 2000):
         conn.execute("BEGIN")
-        conn.execute("INSERT INTO depth_snapshot SELECT * FROM src.depth_snapshot WHERE id > ? AND id <= ?", (lo, lo + 2000))
+        conn.execute(f"INSERT INTO depth_snapshot ({_DEPTH_COLS}) SELECT {_DEPTH_COLS} FROM src.depth_snapshot "
+                     "WHERE id > ? AND id <= ?", (lo, lo + 2000))
         conn.execute("COMMIT")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     n = conn.execute("SELECT count(*) FROM depth_snapshot").fetchone()[0]
