@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from support.frames import depth_frame
-from support.requires import missing
+from support.requires import tmpfs
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -40,16 +39,8 @@ def frame():
 @pytest.fixture
 def small_fs(tmp_path: Path):
     """A real 8 MiB tmpfs, so disk-full tests get a real ENOSPC (needs root to mount)."""
-    mnt = tmp_path / "small_fs"
-    mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if res.returncode:
-        missing(f"cannot mount a tmpfs here ({res.stderr.strip() or 'needs root'}); "
-                "the disk-full test needs a real small file system")
-    try:
+    with tmpfs(tmp_path / "small_fs", 8) as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -7,7 +7,11 @@ skip would hide that the promise went untested: the test fails instead.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -21,3 +25,18 @@ def missing(what: str) -> None:
     if in_ci():
         pytest.fail(f"CI is set but {what}: this test must run in CI, so fix the CI machine set-up", pytrace=False)
     pytest.skip(what)
+
+
+@contextlib.contextmanager
+def tmpfs(mnt: Path, size_mib: int) -> Iterator[Path]:
+    """A real size-limited tmpfs at ``mnt``, so disk-full tests get a real ENOSPC (mounting needs root)."""
+    mnt.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mib}m", "tmpfs", str(mnt)],
+                         capture_output=True, text=True)
+    if res.returncode:
+        missing(f"cannot mount a tmpfs here ({res.stderr.strip() or 'needs root'}); "
+                "the disk-full test needs a real size-limited file system")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)

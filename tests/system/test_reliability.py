@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from support.procs import SimulatorProcess, child_env, query, wait_for
-from support.requires import missing
+from support.requires import tmpfs
 
 STREAMS = ["btcusdt@depth20@100ms", "ethusdt@depth20@100ms"]
 
@@ -150,16 +150,8 @@ def quiesce(sim: SimulatorProcess, col: Collector) -> None:
 @pytest.fixture
 def tiny_fs(tmp_path: Path):
     """A real 24 MiB tmpfs: a full disk that answers ENOSPC (mounting needs root)."""
-    mnt = tmp_path / "tiny_fs"
-    mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if res.returncode:
-        missing(f"cannot mount a tmpfs here ({res.stderr.strip() or 'needs root'}); "
-                "the disk-full test needs a real size-limited file system")
-    try:
+    with tmpfs(tmp_path / "tiny_fs", 24) as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 def fill(path: Path) -> int:
