@@ -144,13 +144,66 @@ class BookTickerRecord(NamedTuple):
     wide_values: int
 
 
+class DepthRestSnapshotRecord(NamedTuple):
+    """A REST depth snapshot fetched to sync a diff stream (``depth_rest_snapshot``).
+
+    ``stream`` is the key of the diff stream it serves; no session or seq: it did not
+    come over a connection. ``reason`` is why it was fetched ('connect', 'gap').
+    """
+
+    stream: str
+    market: str
+    symbol: str  # upper case
+    recv_us: int
+    last_update_id: int
+    n_bids: int
+    levels: bytes
+    reason: str
+    event_time_ms: int | None  # USD-M only
+    transaction_time_ms: int | None  # USD-M only
+
+
+class DepthSyncRecord(NamedTuple):
+    """A diff stream's sync state changed (``depth_sync``; see buffer.schema step 3)."""
+
+    stream: str
+    session_id: int
+    recv_us: int
+    event: str  # 'break' | 'synced'
+    reason: str  # 'connect' | 'gap' | 'snapshot'
+    before_update_id: int | None
+    before_event_ms: int | None
+    after_first_update_id: int | None
+    after_last_update_id: int | None
+    after_prev_update_id: int | None
+    after_event_ms: int | None
+    snapshot_update_id: int | None
+
+
+class TradeGapRecord(NamedTuple):
+    """Trade or aggTrade ids that never arrived (``trade_gap``), inclusive range."""
+
+    stream: str
+    session_id: int
+    recv_us: int
+    dataset: str  # 'trade' | 'agg_trade'
+    first_missing_id: int
+    last_missing_id: int
+    before_event_ms: int | None
+    after_event_ms: int | None
+
+
 #: A decoded market-data row, one type per dataset.
 Row = Union[DepthRecord, DepthUpdateRecord, TradeRecord, AggTradeRecord, BookTickerRecord]
-Item = Union[Frame, Row, Quarantined, SessionOpen, SessionClose, Event, Stop]
+Item = Union[
+    Frame, Row, Quarantined, SessionOpen, SessionClose, Event, Stop,
+    DepthRestSnapshotRecord, DepthSyncRecord, TradeGapRecord,
+]
 #: The spill's type tags: append only, never reorder (spilled files name types by index).
 _SPILLED: tuple[type, ...] = (
     Frame, Quarantined, SessionOpen, SessionClose, Event, Stop, DepthRecord,
     DepthUpdateRecord, TradeRecord, AggTradeRecord, BookTickerRecord,
+    DepthRestSnapshotRecord, DepthSyncRecord, TradeGapRecord,
 )
 _TAG = {t: i for i, t in enumerate(_SPILLED)}
 

@@ -53,6 +53,8 @@ OWNER = {
     "agg_trade": "collector",
     "book_ticker": "collector",
     "depth_rest_snapshot": "collector",
+    "depth_sync": "collector",
+    "trade_gap": "collector",
 }
 
 _COLLECTOR_TABLES = """
@@ -239,10 +241,52 @@ CREATE TABLE depth_rest_snapshot (
 CREATE UNIQUE INDEX depth_rest_snapshot_dedup ON depth_rest_snapshot (market, symbol, last_update_id);
 """
 
+#: Step 3: continuity as data. ``depth_sync`` holds one row per change of a diff-depth
+#: stream's sync state: ``event`` 'break' when the book can no longer be rebuilt (reason
+#: 'connect' for the first event of a session that does not continue the stream's last
+#: stored event, 'gap' for spot ``U != previous u + 1`` or USD-M ``pu != previous u``;
+#: ``before_*`` is the last good event, null if none, ``after_*`` the first new one), and
+#: 'synced' when it can again (reason 'snapshot': ``snapshot_update_id`` is the REST
+#: snapshot's lastUpdateId, ``after_*`` the first event applied on top of it). ``trade_gap``
+#: holds one row per jump of a trade or aggTrade id: ``first_missing_id`` ..
+#: ``last_missing_id`` inclusive were never received. Both are written by the writer in
+#: the same transaction as the rows that reveal them; ``recv_us`` is the revealing frame's.
+_CONTINUITY = """
+CREATE TABLE depth_sync (
+    id                    INTEGER PRIMARY KEY AUTOINCREMENT,
+    stream_id             INTEGER NOT NULL,
+    session_id            INTEGER NOT NULL,
+    recv_us               INTEGER NOT NULL,
+    event                 TEXT NOT NULL CHECK (event IN ('break', 'synced')),
+    reason                TEXT NOT NULL,
+    before_update_id      INTEGER,
+    before_event_ms       INTEGER,
+    after_first_update_id INTEGER,
+    after_last_update_id  INTEGER,
+    after_prev_update_id  INTEGER,
+    after_event_ms        INTEGER,
+    snapshot_update_id    INTEGER
+);
+CREATE INDEX depth_sync_recv ON depth_sync (recv_us);
+CREATE TABLE trade_gap (
+    id                INTEGER PRIMARY KEY AUTOINCREMENT,
+    stream_id         INTEGER NOT NULL,
+    session_id        INTEGER NOT NULL,
+    recv_us           INTEGER NOT NULL,
+    dataset           TEXT NOT NULL CHECK (dataset IN ('trade', 'agg_trade')),
+    first_missing_id  INTEGER NOT NULL,
+    last_missing_id   INTEGER NOT NULL,
+    before_event_ms   INTEGER,
+    after_event_ms    INTEGER
+);
+CREATE INDEX trade_gap_recv ON trade_gap (recv_us);
+"""
+
 #: (version, statements): step N takes a buffer from user_version N-1 to N.
 MIGRATIONS: tuple[tuple[int, str], ...] = (
     (1, _COLLECTOR_TABLES + _ARCHIVE_TABLES),
     (2, _EVERY_KIND),
+    (3, _CONTINUITY),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 #: Every statement of every step, in order: what a new buffer runs (benchmarks build one with it).
