@@ -9,14 +9,36 @@ from __future__ import annotations
 
 import argparse
 import os
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import urlparse
 
 from orderbook_collector.errors import ConfigError
-from orderbook_collector.feed.protocol import MAX_STREAMS_PER_CONNECTION, StreamSpec, build_streams
+from orderbook_collector.feed.streams import (
+    MAX_STREAMS,
+    Market,
+    StreamSpec,
+    build_streams,
+)
 
-#: Binance allows 1024 streams per spot connection.
+#: ``symbols`` value meaning every symbol the market lists as TRADING (followed as it changes).
+ALL_SYMBOLS = "*"
+#: The file form's setting; the env form's stream settings are refused next to it.
+SUBSCRIPTIONS = "ORDERBOOK_SUBSCRIPTIONS"
+
+
+class Subscription(NamedTuple):
+    """Symbols times stream kinds on one market; ``symbols == ("*",)`` follows every TRADING symbol."""
+
+    market: Market
+    symbols: tuple[str, ...]
+    kinds: tuple[str, ...]
+
+    @property
+    def all_symbols(self) -> bool:
+        return self.symbols == (ALL_SYMBOLS,)
 
 
 @dataclass(frozen=True)
@@ -25,6 +47,13 @@ class Settings:
     streams: list[str] = field(default_factory=lambda: ["depth20@100ms"])
     ws_url: str = "wss://stream.binance.com:9443"
     rest_url: str = "https://api.binance.com"
+    usdm_symbols: list[str] = field(default_factory=list)  # empty: no futures
+    usdm_streams: list[str] = field(default_factory=lambda: ["depth@100ms"])
+    usdm_ws_url: str = "wss://fstream.binance.com"
+    usdm_rest_url: str = "https://fapi.binance.com"
+    #: The file form (ORDERBOOK_SUBSCRIPTIONS), parsed; when given it replaces the four settings above.
+    file_subscriptions: tuple[Subscription, ...] | None = None
+    symbols_refresh: float = 300.0  # seconds between exchangeInfo reads for ``*``
     buffer: Path = Path("data/buffer.sqlite3")
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9108  # 0 = any free port, -1 = no metrics server
@@ -38,23 +67,68 @@ class Settings:
     backoff_max: float = 30.0
     min_session: float = 5.0  # a session shorter than this still waits before reconnecting
     stall_cadences: int = 50  # no data for this many cadences -> reconnect
-    streams_per_connection: int = MAX_STREAMS_PER_CONNECTION
+    #: Streams per connection; None is Binance's limit of each market (1024 spot, 200 USD-M).
+    streams_per_connection: int | None = None
+
+    def subscriptions(self) -> list[Subscription]:
+        """What to record: the file's subscriptions, or the environment form's (spot, then USD-M)."""
+        if self.file_subscriptions is not None:
+            return list(self.file_subscriptions)
+        subs = [Subscription(Market.SPOT, tuple(self.symbols), tuple(self.streams))]
+        if self.usdm_symbols:
+            subs.append(Subscription(Market.USDM, tuple(self.usdm_symbols), tuple(self.usdm_streams)))
+        return subs
+
+    def markets(self) -> list[Market]:
+        return list(dict.fromkeys(s.market for s in self.subscriptions()))
 
     def stream_specs(self) -> list[StreamSpec]:
-        return build_streams(self.symbols, self.streams)
+        """Every stream of the named symbols (``*`` streams come from exchangeInfo at run time)."""
+        out: dict[StreamSpec, None] = {}
+        for sub in self.subscriptions():
+            if not sub.all_symbols:
+                out.update(dict.fromkeys(build_streams(list(sub.symbols), list(sub.kinds), sub.market)))
+        return list(out)
+
+    def all_symbols_kinds(self, market: Market) -> list[str]:
+        """The stream kinds recorded for every TRADING symbol of ``market`` (empty: no ``*``)."""
+        kinds = [k for s in self.subscriptions() if s.market is market and s.all_symbols for k in s.kinds]
+        return list(dict.fromkeys(kinds))
+
+    def ws_base(self, market: Market) -> str:
+        return self.ws_url if market is Market.SPOT else self.usdm_ws_url
+
+    def rest_base(self, market: Market) -> str:
+        return self.rest_url if market is Market.SPOT else self.usdm_rest_url
+
+    def max_streams(self, market: Market) -> int:
+        n = MAX_STREAMS[market]
+        return n if self.streams_per_connection is None else min(n, self.streams_per_connection)
 
     def connection_groups(self) -> list[list[StreamSpec]]:
-        specs = self.stream_specs()
-        n = self.streams_per_connection
-        return [specs[i : i + n] for i in range(0, len(specs), n)]
+        """The named streams split into connections: one market and route each, within its limit."""
+        by_route: dict[tuple[Market, str | None], list[StreamSpec]] = {}
+        for s in self.stream_specs():
+            by_route.setdefault((s.market, s.route), []).append(s)
+        out = []
+        for (market, _route), specs in by_route.items():
+            n = self.max_streams(market)
+            out += [specs[i : i + n] for i in range(0, len(specs), n)]
+        return out
 
 
-# setting name -> (env var, flag, type, help)
+# setting name -> (env var, flag, help)
 _FIELDS = {
-    "symbols": ("ORDERBOOK_SYMBOLS", "--symbols", "comma-separated symbols, e.g. btcusdt,ethusdt"),
-    "streams": ("ORDERBOOK_STREAMS", "--streams", "comma-separated stream kinds, e.g. depth20@100ms"),
-    "ws_url": ("ORDERBOOK_WS_URL", "--ws-url", "WebSocket base URL"),
-    "rest_url": ("ORDERBOOK_REST_URL", "--rest-url", "REST base URL"),
+    "symbols": ("ORDERBOOK_SYMBOLS", "--symbols", "spot: comma-separated symbols, e.g. btcusdt,ethusdt, or * for all"),
+    "streams": ("ORDERBOOK_STREAMS", "--streams", "spot: comma-separated stream kinds, e.g. depth20@100ms,trade"),
+    "ws_url": ("ORDERBOOK_WS_URL", "--ws-url", "spot WebSocket base URL"),
+    "rest_url": ("ORDERBOOK_REST_URL", "--rest-url", "spot REST base URL"),
+    "usdm_symbols": ("ORDERBOOK_USDM_SYMBOLS", "--usdm-symbols", "USD-M futures symbols or *; empty records no futures"),
+    "usdm_streams": ("ORDERBOOK_USDM_STREAMS", "--usdm-streams", "USD-M stream kinds, e.g. depth@100ms,aggTrade"),
+    "usdm_ws_url": ("ORDERBOOK_USDM_WS_URL", "--usdm-ws-url", "USD-M WebSocket base URL (without /public or /market)"),
+    "usdm_rest_url": ("ORDERBOOK_USDM_REST_URL", "--usdm-rest-url", "USD-M REST base URL"),
+    "subscriptions": (SUBSCRIPTIONS, "--subscriptions", "a TOML file of [[subscription]] tables (instead of the four symbol/stream settings)"),
+    "symbols_refresh": ("ORDERBOOK_SYMBOLS_REFRESH_SECONDS", "--symbols-refresh-seconds", "how often * reads exchangeInfo (s)"),
     "buffer": ("ORDERBOOK_BUFFER", "--buffer", "SQLite buffer path"),
     "metrics_host": ("ORDERBOOK_METRICS_HOST", "--metrics-host", "address for the metrics endpoint"),
     "metrics_port": ("ORDERBOOK_METRICS_PORT", "--metrics-port", "port for /metrics (0 any free port, -1 off)"),
@@ -63,6 +137,8 @@ _FIELDS = {
     "queue_size": ("ORDERBOOK_QUEUE_SIZE", "--queue-size", "frames held in memory before spilling to disk"),
     "rotate_after": ("ORDERBOOK_ROTATE_AFTER_S", "--rotate-after-s", "open a replacement connection after this many seconds"),
 }
+#: The environment form of what to record; ORDERBOOK_SUBSCRIPTIONS replaces all four.
+_ENV_FORM = ("symbols", "streams", "usdm_symbols", "usdm_streams")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,18 +169,28 @@ def load(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
 
 def _validate(raw: dict[str, str]) -> Settings:
     kw: dict = {}
-    if "symbols" in raw:
-        kw["symbols"] = [s for s in raw["symbols"].split(",") if s.strip()]
-        if not kw["symbols"]:
-            raise ConfigError("ORDERBOOK_SYMBOLS", "no symbol given; set it to e.g. btcusdt,ethusdt.")
-    if "streams" in raw:
-        kw["streams"] = [s.strip() for s in raw["streams"].split(",") if s.strip()]
-        if not kw["streams"]:
-            raise ConfigError("ORDERBOOK_STREAMS", "no stream kind given; set it to e.g. depth20@100ms.")
-    if "ws_url" in raw:
-        kw["ws_url"] = _url(raw["ws_url"], ("ws", "wss"), "ORDERBOOK_WS_URL", "wss://stream.binance.com:9443")
-    if "rest_url" in raw:
-        kw["rest_url"] = _url(raw["rest_url"], ("http", "https"), "ORDERBOOK_REST_URL", "https://api.binance.com")
+    if "subscriptions" in raw:
+        both = [_FIELDS[n][0] for n in _ENV_FORM if n in raw]
+        if both:
+            raise ConfigError(SUBSCRIPTIONS, f"is set together with {', '.join(both)}; "
+                              f"describe every subscription in the file, or unset {SUBSCRIPTIONS}.")
+        kw["file_subscriptions"] = read_subscriptions(Path(raw["subscriptions"]))
+    for name, market, example in (("symbols", Market.SPOT, "btcusdt,ethusdt"), ("usdm_symbols", Market.USDM, "btcusdt")):
+        if name in raw:
+            kw[name] = _symbols(raw[name].split(","), _FIELDS[name][0], example)
+    for name, market in (("streams", Market.SPOT), ("usdm_streams", Market.USDM)):
+        if name in raw:
+            kw[name] = _kinds(raw[name].split(","), market, _FIELDS[name][0])
+    for name, schemes, example in (
+        ("ws_url", ("ws", "wss"), "wss://stream.binance.com:9443"),
+        ("rest_url", ("http", "https"), "https://api.binance.com"),
+        ("usdm_ws_url", ("ws", "wss"), "wss://fstream.binance.com"),
+        ("usdm_rest_url", ("http", "https"), "https://fapi.binance.com"),
+    ):
+        if name in raw:
+            kw[name] = _url(raw[name], schemes, _FIELDS[name][0], example)
+    if "symbols_refresh" in raw:
+        kw["symbols_refresh"] = float(_int(raw["symbols_refresh"], "ORDERBOOK_SYMBOLS_REFRESH_SECONDS", 10, 86_400))
     if "buffer" in raw:
         kw["buffer"] = Path(raw["buffer"])
     kw["buffer"] = _writable(kw.get("buffer", Settings.buffer))
@@ -123,9 +209,83 @@ def _validate(raw: dict[str, str]) -> Settings:
         kw["queue_size"] = _int(raw["queue_size"], "ORDERBOOK_QUEUE_SIZE", 10, 10_000_000)
     if "rotate_after" in raw:
         kw["rotate_after"] = float(_int(raw["rotate_after"], "ORDERBOOK_ROTATE_AFTER_S", 10, 86_000))
-    settings = Settings(**kw)
-    settings.stream_specs()  # validates symbols and kinds
-    return settings
+    return Settings(**kw)
+
+
+def _symbols(items: list[str], setting: str, example: str) -> list[str]:
+    """Symbols as given, or ``["*"]``; each checked (a bad one names ``setting``)."""
+    symbols = [s.strip().lower() for s in items if s.strip()]
+    if not symbols:
+        raise ConfigError(setting, f"no symbol given; set it to e.g. {example}, or * for every trading symbol.")
+    if ALL_SYMBOLS in symbols:
+        if len(symbols) > 1:
+            raise ConfigError(setting, "* already means every trading symbol; give * alone or a list of symbols.")
+        return symbols
+    build_streams(symbols, [], symbols_setting=setting)  # validates the names
+    return list(dict.fromkeys(symbols))
+
+
+def _kinds(items: list[str], market: Market, setting: str) -> list[str]:
+    kinds = [k.strip() for k in items if k.strip()]
+    if not kinds:
+        raise ConfigError(setting, f"no stream kind given; set it to e.g. "
+                                   f"{'depth20@100ms' if market is Market.SPOT else 'depth@100ms'}.")
+    build_streams([], kinds, market, streams_setting=setting)  # validates the kinds on this market
+    return list(dict.fromkeys(kinds))
+
+
+_FILE_KEYS = {"market", "symbols", "streams"}
+
+
+def read_subscriptions(path: Path) -> tuple[Subscription, ...]:
+    """The ``[[subscription]]`` tables of a TOML file (see docs/configuration.md).
+
+    Raises:
+        ConfigError: naming ORDERBOOK_SUBSCRIPTIONS, the file, and the table at fault.
+    """
+    def bad(why: str) -> ConfigError:
+        return ConfigError(SUBSCRIPTIONS, f"{path}: {why}")
+
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise bad(f"cannot be read ({exc.strerror or exc}); point it to a readable TOML file.") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise bad(f"is not valid TOML ({exc}); fix the file.") from exc
+    tables = doc.get("subscription")
+    extra = set(doc) - {"subscription"}
+    if extra:
+        raise bad(f"unknown key {sorted(extra)[0]!r}; the file holds only [[subscription]] tables.")
+    if not isinstance(tables, list) or not tables or not all(isinstance(t, dict) for t in tables):
+        raise bad("has no [[subscription]] tables; add one with market, symbols and streams.")
+    out: list[Subscription] = []
+    for i, t in enumerate(tables, 1):
+        where = f"subscription {i}"
+        unknown = set(t) - _FILE_KEYS
+        missing = _FILE_KEYS - set(t)
+        if unknown or missing:
+            what = f"unknown key {sorted(unknown)[0]!r}" if unknown else f"no {sorted(missing)[0]!r}"
+            raise bad(f"{where} has {what}; give market, symbols and streams.")
+        try:
+            market = Market(t["market"])
+        except ValueError:
+            raise bad(f"{where}: market {t['market']!r} is not spot or usdm.") from None
+        symbols, kinds = t["symbols"], t["streams"]
+        if symbols == ALL_SYMBOLS:
+            symbols = [ALL_SYMBOLS]
+        if not _strings(symbols) or not _strings(kinds):
+            raise bad(f"{where}: symbols and streams must be lists of strings (symbols may be \"*\").")
+        try:
+            syms = _symbols(symbols, SUBSCRIPTIONS, "[\"btcusdt\"]")
+            ks = _kinds(kinds, market, SUBSCRIPTIONS)
+        except ConfigError as exc:
+            raise bad(f"{where}: {str(exc).removeprefix(SUBSCRIPTIONS + ': ')}") from None
+        out.append(Subscription(market, tuple(syms), tuple(ks)))
+    return tuple(out)
+
+
+def _strings(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
 def _url(value: str, schemes: tuple[str, ...], setting: str, example: str) -> str:

@@ -193,17 +193,26 @@ class TradeGapRecord(NamedTuple):
     after_event_ms: int | None
 
 
+class SessionStreams(NamedTuple):
+    """Streams added to a live session (a SUBSCRIBE for ``*``): the writer must know them
+    before their first frame, which follows this record through the queue (and the spill)."""
+
+    session_id: int
+    time_us: int
+    streams_json: str  # JSON list of the stream names added, on the session's market
+
+
 #: A decoded market-data row, one type per dataset.
 Row = Union[DepthRecord, DepthUpdateRecord, TradeRecord, AggTradeRecord, BookTickerRecord]
 Item = Union[
     Frame, Row, Quarantined, SessionOpen, SessionClose, Event, Stop,
-    DepthRestSnapshotRecord, DepthSyncRecord, TradeGapRecord,
+    DepthRestSnapshotRecord, DepthSyncRecord, TradeGapRecord, SessionStreams,
 ]
 #: The spill's type tags: append only, never reorder (spilled files name types by index).
 _SPILLED: tuple[type, ...] = (
     Frame, Quarantined, SessionOpen, SessionClose, Event, Stop, DepthRecord,
     DepthUpdateRecord, TradeRecord, AggTradeRecord, BookTickerRecord,
-    DepthRestSnapshotRecord, DepthSyncRecord, TradeGapRecord,
+    DepthRestSnapshotRecord, DepthSyncRecord, TradeGapRecord, SessionStreams,
 )
 _TAG = {t: i for i, t in enumerate(_SPILLED)}
 

@@ -38,8 +38,12 @@ from orderbook_collector.config import Settings
 from orderbook_collector.errors import ConfigError
 from orderbook_collector.metrics import Metrics
 from orderbook_collector.feed.protocol import ControlReply, Decoder, Quarantined, ServerShutdown, StreamSpec, raw_bytes
+from orderbook_collector.feed.streams import USDM_ROUTE, Market, spec as stream_spec
+from orderbook_collector.feed.symbols import AttemptLimiter, ControlPacer, control_message, plan_changes
 from orderbook_collector.connection.backoff import classify, full_jitter
-from orderbook_collector.buffer.records import DepthRecord, Event, Frame, SessionClose, SessionOpen
+from orderbook_collector.connection.symbols import ExchangeInfoError, RestError, fetch_trading_symbols
+from orderbook_collector.buffer.records import Event, Frame, SessionClose, SessionOpen, SessionStreams
+from orderbook_collector.buffer.rows import ROW_TABLES
 from orderbook_collector.writer.thread import Writer
 
 log = logging.getLogger(__name__)
@@ -50,6 +54,8 @@ OPEN_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 5.0
 PING_INTERVAL = 20.0
 PING_TIMEOUT = 20.0
+#: Seconds to wait for the reply to a SUBSCRIBE or UNSUBSCRIBE before giving it up.
+CONTROL_TIMEOUT = 10.0
 
 
 def now_us() -> int:
@@ -66,12 +72,31 @@ class SessionOutcome(enum.Enum):
 
 
 @dataclass(eq=False)
+class Group:
+    """The streams one connection carries: one market, one USD-M route, within the market's limit.
+
+    ``streams`` is what the group should carry now (``*`` changes it); each session opens
+    with it and :meth:`Collector._reconcile` brings a live session to it with control messages.
+    """
+
+    market: Market
+    route: str | None
+    streams: dict[str, StreamSpec]  # name -> spec, in subscription order
+    session: Session | None = None
+    dirty: asyncio.Event = field(default_factory=asyncio.Event)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    tasks: list[asyncio.Task] = field(default_factory=list)
+
+
+@dataclass(eq=False)
 class Session:
     """One WebSocket connection and its bookkeeping."""
 
     session_id: int
     ws: ClientConnection
-    streams: list[StreamSpec]
+    group: Group
+    streams: dict[str, StreamSpec]  # what this connection carries now (name -> spec)
+    decoder: Decoder
     opened_mono: float
     seq: int = 0
     data_frames: int = 0
@@ -80,6 +105,9 @@ class Session:
     shutdown_notice: asyncio.Event = field(default_factory=asyncio.Event)
     first_data: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task | None = None
+    keys: dict[str, str] = field(default_factory=dict)  # stream name -> key (metrics, records)
+    pacer: ControlPacer = field(default_factory=ControlPacer)
+    pending: dict[int, asyncio.Future] = field(default_factory=dict)  # control request id -> reply
 
 
 class Collector:
@@ -99,7 +127,7 @@ class Collector:
     def __init__(self, settings: Settings, metrics: Metrics | None = None, **writer_options) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
-        self.metrics.add_streams(s.name for s in settings.stream_specs())
+        self.metrics.add_streams(s.key for s in settings.stream_specs())
         # Before the writer: opening the spill folder truncates torn segment tails, which
         # would cut into the segment another live collector is writing.
         self.lock = BufferLock.acquire(settings.buffer)
@@ -120,6 +148,11 @@ class Collector:
         self._stopping = asyncio.Event()
         self._last_session_id = 0
         self._open_sessions: set[Session] = set()
+        self.groups: list[Group] = []
+        #: Binance counts connection attempts per IP: one limiter per market's servers.
+        self.attempts = {m: AttemptLimiter() for m in Market}
+        self.opened_urls: list[str] = []  # every URL a connection was opened with, in order
+        self._request_id = 0
         self.metrics_server: asyncio.Server | None = None
         self.fatal: str | None = None
 
@@ -142,13 +175,19 @@ class Collector:
             self.metrics_server = await self._serve_metrics()
         await asyncio.get_running_loop().run_in_executor(None, self.writer.start)
         lag = asyncio.create_task(self._watch_loop_lag())
-        groups = [asyncio.create_task(self._run_group(g)) for g in self.settings.connection_groups()]
+        for specs in self.settings.connection_groups():
+            self._start_group(specs[0].market, specs[0].route, specs)
+        followers = [asyncio.create_task(self._follow_symbols(m))
+                     for m in self.settings.markets() if self.settings.all_symbols_kinds(m)]
         try:
             await self._stopping.wait()
         finally:
-            for t in groups:
+            for t in followers:
                 t.cancel()
-            await asyncio.gather(*groups, return_exceptions=True)
+            tasks = [t for g in self.groups for t in g.tasks]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*followers, *tasks, return_exceptions=True)
             lag.cancel()
             if self.metrics_server is not None:
                 self.metrics_server.close()
@@ -202,14 +241,20 @@ class Collector:
 
     # Connection groups ----------------------------------------------------------------------
 
-    async def _run_group(self, streams: list[StreamSpec]) -> None:
+    def _start_group(self, market: Market, route: str | None, specs: list[StreamSpec]) -> Group:
+        g = Group(market, route, {s.name: s for s in specs})
+        self.groups.append(g)
+        g.tasks = [asyncio.create_task(self._run_group(g)), asyncio.create_task(self._reconcile(g))]
+        return g
+
+    async def _run_group(self, g: Group) -> None:
         current: Session | None = None
         opened = False  # a connection of this group was open before: the next one is a reconnect
         delays = full_jitter(self.settings.backoff_initial, self.settings.backoff_max)
         try:
             while not self._stopping.is_set():
                 if current is None:
-                    current = await self._open_with_retry(streams, delays)
+                    current = await self._open_with_retry(g, delays)
                     if current is None:
                         return
                     if opened:
@@ -226,10 +271,10 @@ class Collector:
                     await self._sleep(next(delays))
                     current = None
                     continue
-                current = await self._rotate(current, streams, delays, reason)
+                current = await self._rotate(current, g, delays, reason)
         finally:
             # Includes a replacement opened by a rotation that the stop interrupted.
-            for s in [x for x in self._open_sessions if x.streams is streams]:
+            for s in [x for x in self._open_sessions if x.group is g]:
                 await self._close_session(s, "collector stopped")
 
     async def _wait_session(self, s: Session, rotate_at: float) -> SessionOutcome:
@@ -250,13 +295,13 @@ class Collector:
             return SessionOutcome.STOPPING
         return SessionOutcome.ROTATION
 
-    async def _rotate(self, old: Session, streams: list[StreamSpec], delays, why: SessionOutcome) -> Session | None:
+    async def _rotate(self, old: Session, g: Group, delays, why: SessionOutcome) -> Session | None:
         if why is SessionOutcome.STOPPING:
             return old  # the finally block of _run_group closes it
         self.metrics.rotations += 1
         log.info("rotating session %d (%s): opening the replacement first", old.session_id, why.value)
         self._event(old.session_id, "rotation_start", why.value)
-        new = await self._open_with_retry(streams, delays)
+        new = await self._open_with_retry(g, delays)
         if new is None:
             return old
         # Overlap until the new connection delivers data (or a bounded time), so no
@@ -268,48 +313,187 @@ class Collector:
         self._event(new.session_id, "rotation_end", f"replaced session {old.session_id}")
         return new
 
-    async def _open_with_retry(self, streams: list[StreamSpec], delays) -> Session | None:
+    async def _open_with_retry(self, g: Group, delays) -> Session | None:
         failures = 0
         while not self._stopping.is_set():
             try:
-                return await self._open(streams)
+                return await self._open(g)
             except Exception as exc:
                 decision = classify(exc)
+                base = self.settings.ws_base(g.market)
                 if not decision.retry:
                     self.fatal = decision.reason
-                    log.error("cannot connect to %s: %s; stopping", self.settings.ws_url, decision.reason)
+                    log.error("cannot connect to %s: %s; stopping", base, decision.reason)
                     self.stop(decision.reason)
                     return None
                 delay = max(next(delays), decision.min_delay)
                 self.metrics.connect_failures += 1
                 failures += 1
-                log.warning("cannot connect to %s (%s); retrying in %.2f s%s", _host_port(self.settings.ws_url),
+                log.warning("cannot connect to %s (%s); retrying in %.2f s%s", _host_port(base),
                             decision.reason, delay, _hint(exc) if failures in (1, 10) or failures % 100 == 0 else "")
                 await self._sleep(delay)
         return None
 
-    async def _open(self, streams: list[StreamSpec]) -> Session:
-        url = f"{self.settings.ws_url}/stream?streams=" + "/".join(s.name for s in streams)
-        ws = await connect(
-            url,
-            open_timeout=OPEN_TIMEOUT,
-            close_timeout=CLOSE_TIMEOUT,
-            ping_interval=PING_INTERVAL,
-            ping_timeout=PING_TIMEOUT,
-            max_size=WS_MAX_SIZE,
-            max_queue=256,
-            compression=None,
-        )
-        sid = max(now_us(), self._last_session_id + 1)
-        self._last_session_id = sid
-        s = Session(sid, ws, streams, time.monotonic(), last_frame_mono=time.monotonic())
-        self.writer.submit(SessionOpen(sid, url, orjson.dumps([x.name for x in streams]).decode(), now_us()))
-        self.metrics.connected += 1
-        log.info("session %d connected: %d stream(s)", sid, len(streams))
-        s.task = asyncio.create_task(self._read(s, Decoder(streams)))
-        self._open_sessions.add(s)
-        s.task.add_done_callback(lambda _t: self._open_sessions.discard(s))
-        return s
+    def _url(self, g: Group) -> str:
+        route = f"/{g.route}" if g.route else ""
+        return f"{self.settings.ws_base(g.market)}{route}/stream?streams=" + "/".join(g.streams)
+
+    async def _attempt(self, market: Market) -> None:
+        """Wait until Binance's connection-attempt budget allows one more, and count it."""
+        limiter = self.attempts[market]
+        wait = limiter.delay(time.monotonic())
+        if wait > 0:
+            log.warning("%d connection attempts to %s in the last %.0f s; waiting %.1f s", limiter.limit,
+                        market.value, limiter.window, wait)
+            await self._sleep(wait)
+        limiter.record(time.monotonic())
+
+    async def _open(self, g: Group) -> Session:
+        # Under the group's lock: a change of its streams waits until the session carries
+        # what the URL said, so the reconciliation compares against the truth.
+        async with g.lock:
+            await self._attempt(g.market)
+            streams = dict(g.streams)
+            url = self._url(g)
+            self.opened_urls.append(url)
+            ws = await connect(
+                url,
+                open_timeout=OPEN_TIMEOUT,
+                close_timeout=CLOSE_TIMEOUT,
+                ping_interval=PING_INTERVAL,
+                ping_timeout=PING_TIMEOUT,
+                max_size=WS_MAX_SIZE,
+                max_queue=256,
+                compression=None,
+            )
+            sid = max(now_us(), self._last_session_id + 1)
+            self._last_session_id = sid
+            specs = list(streams.values())
+            s = Session(sid, ws, g, streams, Decoder(specs), time.monotonic(), last_frame_mono=time.monotonic(),
+                        keys={x.name: x.key for x in specs})
+            self.writer.submit(SessionOpen(sid, url, orjson.dumps(list(streams)).decode(), now_us(), g.market.value))
+            self.metrics.add_streams(s.keys.values())
+            self.metrics.connected += 1
+            log.info("session %d connected: %d %s stream(s)", sid, len(streams), g.market.value)
+            s.task = asyncio.create_task(self._read(s))
+            self._open_sessions.add(s)
+            s.task.add_done_callback(lambda _t: self._open_sessions.discard(s))
+            g.session = s
+            g.dirty.set()  # the streams may have changed while connecting
+            return s
+
+    # ``*``: following a market's listings on the live connections ------------------------
+
+    async def _follow_symbols(self, market: Market) -> None:
+        """Read exchangeInfo now and every ``symbols_refresh`` seconds; apply what changed."""
+        delays = full_jitter(self.settings.backoff_initial * 10, self.settings.symbols_refresh)
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                found = await fetch_trading_symbols(market, self.settings.rest_base(market))
+            except (RestError, ExchangeInfoError) as exc:
+                failures += 1
+                retry_after = getattr(exc, "retry_after", None) or 0.0
+                delay = max(next(delays), retry_after)
+                log.warning("%s exchangeInfo failed (%s); the current symbols stay, retrying in %.1f s",
+                            market.value, exc, delay)
+                if failures == 1:
+                    self._event(None, "symbols_failed", f"{market.value}: {exc}")
+                await self._sleep(delay)
+                continue
+            failures = 0
+            delays = full_jitter(self.settings.backoff_initial * 10, self.settings.symbols_refresh)
+            if found.skipped:
+                log.info("%s: %d trading symbol(s) cannot be stream names and are left out, e.g. %s",
+                         market.value, len(found.skipped), found.skipped[0])
+            self.apply_symbols(market, found.symbols)
+            await self._sleep(self.settings.symbols_refresh)
+
+    def apply_symbols(self, market: Market, symbols: frozenset[str]) -> None:
+        """Make ``market``'s groups carry the named streams plus every kind of ``*`` for ``symbols``.
+
+        Synchronous: the groups' wanted streams change at once (so the next plan starts from
+        them); each group's reconciler then sends the control messages, and new groups open.
+        """
+        kinds = self.settings.all_symbols_kinds(market)
+        wanted = {s.name: s for s in self.settings.stream_specs() if s.market is market}
+        for sym in sorted(symbols):
+            for k in kinds:
+                sp = stream_spec(sym, k, market)
+                if sp is not None:
+                    wanted.setdefault(sp.name, sp)
+        routes = [None] if market is Market.SPOT else sorted(set(USDM_ROUTE.values()))
+        for route in routes:
+            groups = [g for g in self.groups if g.market is market and g.route == route]
+            names = [n for n, sp in wanted.items() if sp.route == route]
+            plan = plan_changes([list(g.streams) for g in groups], names, self.settings.max_streams(market))
+            for i, gone in plan.unsubscribe.items():
+                for n in gone:
+                    del groups[i].streams[n]
+            for i, added in plan.subscribe.items():
+                groups[i].streams.update((n, wanted[n]) for n in added)
+            for i in {*plan.unsubscribe, *plan.subscribe}:
+                groups[i].dirty.set()
+            for names_new in plan.new:
+                self._start_group(market, route, [wanted[n] for n in names_new])
+            if not plan.empty:
+                log.info("%s%s: %d stream(s) to subscribe, %d to unsubscribe, %d new connection(s)",
+                         market.value, f"/{route}" if route else "", sum(map(len, plan.subscribe.values())),
+                         sum(map(len, plan.unsubscribe.values())), len(plan.new))
+
+    async def _reconcile(self, g: Group) -> None:
+        """Bring the group's live session to the group's streams with SUBSCRIBE and UNSUBSCRIBE."""
+        while True:
+            await g.dirty.wait()
+            g.dirty.clear()
+            async with g.lock:
+                s = g.session
+                if s is None or s.task is None or s.task.done():
+                    continue  # the next session opens with the group's streams
+                gone = [n for n in s.streams if n not in g.streams]
+                added = [g.streams[n] for n in g.streams if n not in s.streams]
+                if gone:
+                    await self._control(s, "UNSUBSCRIBE", gone, [])
+                if added:
+                    await self._control(s, "SUBSCRIBE", [x.name for x in added], added)
+
+    async def _control(self, s: Session, method: str, names: list[str], specs: list[StreamSpec]) -> None:
+        """Send one control request on ``s`` (paced), wait for its reply, record the change as events."""
+        if specs:
+            # Frames may follow the reply at once: the reader and the writer must know the streams first.
+            s.decoder.streams.update((x.name, x) for x in specs)
+            s.keys.update((x.name, x.key) for x in specs)
+            self.metrics.add_streams(x.key for x in specs)
+            self.writer.submit(SessionStreams(s.session_id, now_us(), orjson.dumps(names).decode()))
+        loop = asyncio.get_running_loop()
+        wait = s.pacer.delay(loop.time())
+        if wait > 0:
+            await asyncio.sleep(wait)
+        self._request_id += 1
+        rid = self._request_id
+        fut = s.pending[rid] = loop.create_future()
+        kind = method.lower()
+        try:
+            s.pacer.record(loop.time())
+            await s.ws.send(control_message(method, names, rid))
+            reply = await asyncio.wait_for(fut, CONTROL_TIMEOUT)
+        except (asyncio.TimeoutError, ConnectionClosed) as exc:
+            reply = ControlReply(rid, None, {"msg": f"no reply ({type(exc).__name__})"})
+        finally:
+            s.pending.pop(rid, None)
+        t = now_us()
+        if reply.error is not None:
+            log.warning("session %d: %s of %d stream(s) failed: %s", s.session_id, method, len(names), reply.error)
+            self._event(s.session_id, f"{kind}_failed", f"request {rid}: {orjson.dumps(reply.error).decode()}")
+            return
+        for n in names:
+            self.writer.submit(Event(t, s.session_id, s.keys.get(n, n), kind, f"request {rid}"))
+        if method == "SUBSCRIBE":
+            s.streams.update((x.name, x) for x in specs)
+        else:
+            for n in names:
+                s.streams.pop(n, None)
+        log.info("session %d: %s %d stream(s)", s.session_id, kind, len(names))
 
     async def _close_session(self, s: Session, reason: str) -> None:
         if s.close_reason is None:
@@ -322,10 +506,12 @@ class Collector:
 
     # The hot path -------------------------------------------------------------------------
 
-    async def _read(self, s: Session, decoder: Decoder) -> None:
+    async def _read(self, s: Session) -> None:
         submit = self.writer.submit
+        decoder = s.decoder
         peek = decoder.peek_stream
         last = self.metrics.last_message_us
+        keys = s.keys
         sid = s.session_id
         watchdog = asyncio.create_task(self._watch_stall(s))
         try:
@@ -336,7 +522,7 @@ class Collector:
                 if name is not None:
                     submit(Frame(raw, t, sid, s.seq))
                     s.seq += 1
-                    last[name] = t
+                    last[keys[name]] = t
                     s.data_frames += 1
                     if s.data_frames == 1:
                         s.first_data.set()
@@ -364,17 +550,39 @@ class Collector:
             self._event(s.session_id, "server_shutdown", raw if isinstance(raw, str) else None)
             s.shutdown_notice.set()
         elif type(decoded) is ControlReply:
-            log.info("session %d: control reply %r", s.session_id, decoded)
-        elif type(decoded) in (Quarantined, DepthRecord):
+            fut = s.pending.pop(decoded.id, None) if type(decoded.id) is int else None
+            if fut is not None and not fut.done():
+                fut.set_result(decoded)
+            else:
+                log.info("session %d: control reply %r", s.session_id, decoded)
+        elif type(decoded) is Quarantined or type(decoded) in ROW_TABLES:
             # Valid data written with another key order is handed over decoded: decoded once.
             self.writer.submit(decoded)
             s.seq += 1
+            if type(decoded) is Quarantined and s.pending:
+                self._control_error(s, raw)
+
+    def _control_error(self, s: Session, raw: str | bytes) -> None:
+        """An error reply to one of our control requests fails its waiter (it is quarantined as well)."""
+        try:
+            msg = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return
+        if isinstance(msg, dict) and "error" in msg:
+            fut = s.pending.pop(msg.get("id"), None) if type(msg.get("id")) is int else None
+            if fut is not None and not fut.done():
+                fut.set_result(ControlReply(msg["id"], None, msg["error"]))
 
     async def _watch_stall(self, s: Session) -> None:
         """Reconnect when a session goes silent for many cadences (Binance pushes on a timer)."""
-        limit = max(5.0, self.settings.stall_cadences * min(x.cadence_us for x in s.streams) / 1e6)
         while True:
+            # Only timer-driven streams (depth) must speak; trades and bookTicker may rightly be
+            # quiet for long, and the keepalive pings watch the connection itself.
+            cadences = [x.cadence_us for x in s.streams.values() if x.cadence_us]
+            limit = max(5.0, self.settings.stall_cadences * min(cadences) / 1e6) if cadences else 5.0
             await asyncio.sleep(limit / 5)
+            if not cadences:
+                continue
             silent = time.monotonic() - s.last_frame_mono
             if silent > limit:
                 log.warning("session %d: no frame for %.1f s; reconnecting", s.session_id, silent)

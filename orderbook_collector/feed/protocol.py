@@ -32,55 +32,20 @@ import orjson
 
 from orderbook_collector.buffer import levels as packed
 from orderbook_collector.buffer.records import DepthRecord, Quarantined, Row
-from orderbook_collector.errors import ConfigError, FrameError
+from orderbook_collector.errors import FrameError
 from orderbook_collector.feed.payloads import decode_payload
 from orderbook_collector.feed.streams import (  # noqa: F401  (re-exported: the feed's public face)
     MAX_STREAMS_PER_CONNECTION,
     Kind,
     Market,
     StreamSpec,
+    build_streams,
     parse_symbol,
     stream_kind,
 )
 
 #: Frames larger than this are quarantined instead of parsed.
 DEFAULT_MAX_FRAME_BYTES = 1 << 20
-
-#: The kinds the collector records today (the rest are defined in .streams and come next).
-RECORDED_KINDS = {Kind.PARTIAL_DEPTH}
-
-
-def parse_kind(kind: str) -> tuple[int, int]:
-    """Return ``(levels, cadence_us)`` of a spot stream kind the collector records, or raise :class:`ConfigError`."""
-    k = kind.strip()
-    sk = stream_kind(k, Market.SPOT)
-    if sk is not None and sk.type in RECORDED_KINDS:
-        return sk.levels, sk.cadence_us
-    if sk is not None:
-        raise ConfigError(
-            "ORDERBOOK_STREAMS",
-            f"stream kind {k!r} is not supported yet; use depth5, depth10 or depth20, "
-            "optionally with @100ms.",
-        )
-    raise ConfigError(
-        "ORDERBOOK_STREAMS",
-        f"unknown stream kind {k!r}; use depth5, depth10 or depth20, optionally with @100ms "
-        "(for example depth20@100ms).",
-    )
-
-
-def build_streams(symbols: list[str], kinds: list[str]) -> list[StreamSpec]:
-    """The cross product of symbols and kinds, validated, in a stable order."""
-    out: list[StreamSpec] = []
-    for sym in symbols:
-        s = parse_symbol(sym)
-        for kind in kinds:
-            levels, cadence = parse_kind(kind)
-            spec = StreamSpec(s, kind.strip(), levels, cadence)
-            if spec not in out:
-                out.append(spec)
-    return out
-
 
 class ControlReply(NamedTuple):
     """A reply to a control request: ``error`` is None on success."""

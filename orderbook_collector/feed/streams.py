@@ -37,8 +37,17 @@ class Kind(str, Enum):
 
 #: Binance's limit on streams per connection (USD-M documents 200 today; older copies 1024).
 MAX_STREAMS = {Market.SPOT: 1024, Market.USDM: 200}
-#: The spot limit, the one the collector enforces while it records spot only.
+#: The spot limit (kept for callers that record spot only).
 MAX_STREAMS_PER_CONNECTION = MAX_STREAMS[Market.SPOT]
+#: Binance's limit on connection attempts per IP: 300 per 5 minutes (spot; USD-M undocumented, same assumed).
+MAX_CONNECTION_ATTEMPTS = (300, 300.0)
+#: Shortest spacing of control messages (SUBSCRIBE, UNSUBSCRIBE) on one connection, seconds:
+#: 5 incoming messages a second close a spot connection (1008), pings and pongs count too.
+CONTROL_SPACING = 0.25
+#: ``exchangeInfo`` per market: (path, REST weight).
+EXCHANGE_INFO = {Market.SPOT: ("/api/v3/exchangeInfo", 20), Market.USDM: ("/fapi/v1/exchangeInfo", 1)}
+#: How each market is called in settings and messages.
+MARKET_TITLE = {Market.SPOT: "spot", Market.USDM: "USD-M"}
 #: USD-M routes by kind: ``wss://fstream.binance.com/<route>/stream?streams=...``.
 USDM_ROUTE = {
     Kind.PARTIAL_DEPTH: "public", Kind.DIFF_DEPTH: "public", Kind.BOOK_TICKER: "public",
@@ -138,6 +147,39 @@ def stream_kind(kind: str, market: Market = Market.SPOT) -> StreamKind | None:
     if m.group(1):
         return StreamKind(Kind.PARTIAL_DEPTH, int(m.group(1)), ms * 1000)
     return StreamKind(Kind.DIFF_DEPTH, 0, ms * 1000)
+
+
+def kinds_offered(market: Market) -> str:
+    """The stream kinds ``market`` offers, in words (for error messages)."""
+    speeds = sorted(_SPEEDS[market][1:] if market is Market.SPOT else _SPEEDS[market])
+    depth = f"depth5, depth10, depth20 or depth (each optionally {' or '.join(f'@{ms}ms' for ms in speeds)})"
+    return f"{depth}, trade, aggTrade or bookTicker"
+
+
+def build_streams(
+    symbols: list[str], kinds: list[str], market: Market = Market.SPOT, *,
+    symbols_setting: str = "ORDERBOOK_SYMBOLS", streams_setting: str = "ORDERBOOK_STREAMS",
+) -> list[StreamSpec]:
+    """The cross product of ``symbols`` and ``kinds`` on ``market``, validated, in a stable order.
+
+    Raises:
+        ConfigError: a symbol is not a Binance symbol, or ``market`` does not offer a kind
+            (the message names the setting given).
+    """
+    out: dict[StreamSpec, None] = {}
+    specs = [(k.strip(), stream_kind(k, market)) for k in kinds]
+    for k, sk in specs:
+        if sk is None:
+            raise ConfigError(
+                streams_setting,
+                f"{k!r} is not a {MARKET_TITLE[market]} stream kind; use {kinds_offered(market)} "
+                f"(for example {'depth20@100ms' if market is Market.SPOT else 'depth@100ms'}).",
+            )
+    for sym in symbols:
+        s = parse_symbol(sym, symbols_setting)
+        for k, sk in specs:
+            out.setdefault(StreamSpec(s, k, sk.levels, sk.cadence_us, market, sk.type), None)
+    return list(out)
 
 
 def spec(symbol: str, kind: str, market: Market = Market.SPOT) -> StreamSpec | None:

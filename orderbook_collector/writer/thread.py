@@ -25,14 +25,17 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import orjson
+
 from orderbook_collector import buffer
 from orderbook_collector.errors import StorageError
 from orderbook_collector.metrics import Metrics, quarantine_class
 from orderbook_collector.buffer.records import (
-    Event, Frame, Item, Quarantined, Row, SessionClose, SessionOpen, Stop,
+    Event, Frame, Item, Quarantined, Row, SessionClose, SessionOpen, SessionStreams, Stop,
 )
 from orderbook_collector.buffer.rows import ROW_TABLES, RowTable
 from orderbook_collector.feed.protocol import Decoder, Market, StreamSpec, raw_bytes
+from orderbook_collector.feed.streams import parse_stream_name, spec as stream_spec
 from orderbook_collector.writer.spill import Spill
 
 log = logging.getLogger(__name__)
@@ -295,7 +298,13 @@ class Writer:
             # A connection carries one market; both markets may name a stream alike, so each
             # session's frames are decoded with its market's streams (sessions still open in the
             # buffer come back from a restart with their frames in the spill).
-            self.decoders = {m: Decoder([s for s in self.streams if s.market is m]) for m in Market}
+            # Streams of earlier runs too (``*`` adds streams at run time): their frames may
+            # still be in the spill.
+            known = [stream_spec(sym, kind, Market(m)) for sym, kind, m in conn.execute(
+                "SELECT symbol, kind, market FROM streams")]
+            every = list(dict.fromkeys([*self.streams, *(s for s in known if s is not None)]))
+            self.decoders = {m: Decoder([s for s in every if s.market is m]) for m in Market}
+            self._unregistered: list[StreamSpec] = []
             self.session_market: dict[int, Market] = {
                 sid: Market(m) for sid, m in conn.execute("SELECT session_id, market FROM sessions WHERE closed_us IS NULL")
             }
@@ -367,6 +376,10 @@ class Writer:
             try:
                 if self.slow_down:
                     time.sleep(self.slow_down)
+                if self._unregistered:  # streams a session opened or subscribed: ids before rows
+                    self.stream_ids = buffer.stream_ids(
+                        conn, [(s.key, s.symbol, s.kind, s.market.value) for s in self._unregistered])
+                    self._unregistered = []
                 result = store_records(conn, self.stream_ids, records, quarantined, batch_ops, position)
                 break
             except (sqlite3.Error, StorageError) as exc:
@@ -439,6 +452,9 @@ class Writer:
         for op in ops:
             if type(op) is SessionOpen:
                 self.session_market[op.session_id] = Market(op.market)
+                self._learn(Market(op.market), op.streams_json)
+            elif type(op) is SessionStreams:
+                self._learn(self.session_market.get(op.session_id, Market.SPOT), op.streams_json)
         by_market: dict[Market, list[Frame]] = {}
         for f in frames:
             by_market.setdefault(self.session_market.get(f.session_id, Market.SPOT), []).append(f)
@@ -454,3 +470,18 @@ class Writer:
             if type(op) is SessionClose:
                 self.session_market.pop(op.session_id, None)
         return records, quarantined, ops
+
+    def _learn(self, market: Market, streams_json: str) -> None:
+        """Make the streams a session carries decodable (and registered) before their frames."""
+        try:
+            names = orjson.loads(streams_json)
+        except orjson.JSONDecodeError:
+            log.error("session streams are not a JSON list: %.80s", streams_json)
+            return
+        streams = self.decoders[market].streams
+        for name in names if isinstance(names, list) else ():
+            spec = parse_stream_name(name, market)
+            if spec is not None and name not in streams:
+                streams[name] = spec
+            if spec is not None and spec.key not in self.stream_ids:
+                self._unregistered.append(spec)

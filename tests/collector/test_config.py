@@ -15,8 +15,8 @@ from support.procs import child_env
 @pytest.mark.parametrize(
     "env, setting, words",
     [
-        ({"ORDERBOOK_STREAMS": "depth7"}, "ORDERBOOK_STREAMS", "unknown stream kind"),
-        ({"ORDERBOOK_STREAMS": "trade"}, "ORDERBOOK_STREAMS", "not supported yet"),
+        ({"ORDERBOOK_STREAMS": "depth7"}, "ORDERBOOK_STREAMS", "not a spot stream kind"),
+        ({"ORDERBOOK_STREAMS": "depth@250ms"}, "ORDERBOOK_STREAMS", "not a spot stream kind"),
         ({"ORDERBOOK_SYMBOLS": "btc-usdt"}, "ORDERBOOK_SYMBOLS", "not a Binance symbol"),
         ({"ORDERBOOK_SYMBOLS": ","}, "ORDERBOOK_SYMBOLS", "no symbol"),
         ({"ORDERBOOK_WS_URL": "http://example"}, "ORDERBOOK_WS_URL", "not a ws or wss URL"),

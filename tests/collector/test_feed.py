@@ -13,7 +13,6 @@ from orderbook_collector.feed.protocol import (
     Quarantined,
     ServerShutdown,
     build_streams,
-    parse_kind,
     unpack_levels,
 )
 
@@ -102,12 +101,11 @@ def test_values_beyond_double_precision_are_counted(decoder):
 
 
 def test_stream_kinds():
-    assert parse_kind("depth20@100ms") == (20, 100_000)
-    assert parse_kind("depth5") == (5, 1_000_000)
-    with pytest.raises(ConfigError, match="not supported yet"):
-        parse_kind("trade")
-    with pytest.raises(ConfigError, match="unknown stream kind"):
-        parse_kind("depth7")
+    assert [(x.levels, x.cadence_us) for x in build_streams(["btcusdt"], ["depth20@100ms", "depth5"])] == [
+        (20, 100_000), (5, 1_000_000)]
+    assert [x.type.dataset for x in build_streams(["btcusdt"], ["trade", "depth@100ms"])] == ["trade", "depth_update"]
+    with pytest.raises(ConfigError, match="not a spot stream kind"):
+        build_streams(["btcusdt"], ["depth7"])
 
 
 def test_batch_decode_equals_one_by_one_decode_for_good_and_bad_frames(decoder, frame):
