@@ -1,0 +1,124 @@
+"""``*`` follows listings on the live connections: a new listing is subscribed and a delisted
+symbol unsubscribed without reconnecting, the changes are events, and the writer decodes the
+new streams from the first frame (real simulator, real sockets, real buffer)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+
+from orderbook_collector.buffer.records import Frame, SessionOpen, SessionStreams, from_spill, to_spill
+from orderbook_collector.config import Settings
+from orderbook_collector.feed.streams import Market
+from orderbook_collector.writer.thread import Writer
+from support.procs import query
+from support.markets import key, quiet, running, sent_counts, stored_counts, until
+from tools.simulator.exchange import Exchange
+
+
+def settings_for(ex: Exchange, buffer, **kw) -> Settings:
+    base = Settings(
+        symbols=["*"], streams=["depth20@100ms", "trade"], ws_url=ex.ws_url, rest_url=ex.rest_url,
+        usdm_symbols=["*"], usdm_streams=["depth@100ms", "aggTrade"], usdm_ws_url=ex.ws_url,
+        usdm_rest_url=ex.rest_url, symbols_refresh=0.3, buffer=buffer, metrics_port=-1,
+        backoff_initial=0.05, backoff_max=0.2, min_session=0.0,
+    )
+    return dataclasses.replace(base, **kw)
+
+
+STREAMS = {Market.SPOT: ["depth20@100ms", "trade"], Market.USDM: ["depth@100ms", "aggTrade"]}
+
+
+def keys(symbol: str) -> list[str]:
+    return [key(m.value, f"{symbol}@{k}") for m, kinds in STREAMS.items() for k in kinds]
+
+
+def events(buffer, kind: str) -> dict[str, tuple[int, int]]:
+    return {stream: (sid, t) for stream, sid, t in query(
+        buffer, "SELECT stream, session_id, time_us FROM events WHERE kind = ? ORDER BY id", kind)}
+
+
+def test_star_subscribes_a_listing_and_unsubscribes_a_delisting_without_reconnecting(tmp_path):
+    buffer, log = tmp_path / "b.sqlite3", tmp_path / "sent.ndjson"
+
+    async def main():
+        async with Exchange(symbols=["btcusdt", "ethusdt"], seed=7, rate=20, sent_log=log) as ex:
+            async with running(settings_for(ex, buffer)) as c:
+                await until(lambda: all(stored_counts(buffer)[k] >= 3 for k in keys("btcusdt") + keys("ethusdt")),
+                            what="rows of both symbols on both markets")
+                sessions = query(buffer, "SELECT session_id, market, url FROM sessions ORDER BY 1")
+                for m in Market:
+                    ex.list_symbol("solusdt", m)
+                    ex.delist_symbol("ethusdt", m)
+                await until(lambda: all(stored_counts(buffer)[k] >= 3 for k in keys("solusdt")),
+                            what="rows of the new listing")
+                await until(lambda: set(keys("ethusdt")) <= set(events(buffer, "unsubscribe")),
+                            what="the delisted streams unsubscribed")
+                # Quiesce, then everything sent must be stored.
+                for m in Market:
+                    for sym in ("btcusdt", "solusdt"):
+                        ex.delist_symbol(sym, m)
+                await until(lambda: quiet(ex) and stored_counts(buffer) == sent_counts(ex), what="every sent message stored")
+                assert (c.metrics.reconnects, c.metrics.connect_failures) == (0, 0)
+                assert query(buffer, "SELECT session_id, market, url FROM sessions ORDER BY 1") == sessions
+                rest = ex.stats()["rest"]
+            return sessions, rest
+
+    sessions, rest = asyncio.run(main())
+    # One connection per market and route, never reopened; the URLs named the first symbols only.
+    by_route = {(m, "market" if "/market/" in url else "public" if "/public/" in url else None): sid
+                for sid, m, url in sessions}
+    assert set(by_route) == {("spot", None), ("usdm", "public"), ("usdm", "market")}
+    assert all("solusdt" not in url for _, _, url in sessions)
+    route_of = {"depth20@100ms": None, "trade": None, "depth@100ms": "public", "aggTrade": "market"}
+
+    subscribed, unsubscribed = events(buffer, "subscribe"), events(buffer, "unsubscribe")
+    assert set(subscribed) == set(keys("solusdt"))  # and nothing else was subscribed mid-session
+    assert set(unsubscribed) >= set(keys("ethusdt"))
+    for k in keys("solusdt") + keys("ethusdt"):
+        market = "usdm" if k.startswith("usdm:") else "spot"
+        sid = (subscribed.get(k) or unsubscribed[k])[0]
+        assert sid == by_route[(market, route_of[k.split("@", 1)[1]])], k  # on the live connection of its route
+
+    # The new listing's frames are all stored and decoded (the writer knew its streams in time).
+    sent = [json.loads(x) for x in log.read_text().splitlines()]
+    for k in keys("solusdt"):
+        market, name = ("usdm", k[5:]) if k.startswith("usdm:") else ("spot", k)
+        ids = sorted(x["id"] for x in sent if "data" in x and x["market"] == market and x["stream"] == name)
+        table, col = {"depth20@100ms": ("depth_snapshot", "update_id"), "trade": ("trade", "trade_id"),
+                      "depth@100ms": ("depth_update", "last_update_id"),
+                      "aggTrade": ("agg_trade", "agg_trade_id")}[name.split("@", 1)[1]]
+        got = [u for (u,) in query(buffer, f"SELECT {col} FROM {table} JOIN streams s USING (stream_id) "
+                                           f"WHERE s.name = ? ORDER BY {col}", k)]
+        assert got == ids and got, k
+    # Nothing of a delisted stream after its unsubscribe took effect.
+    for k in keys("ethusdt"):
+        table = {"depth20@100ms": "depth_snapshot", "trade": "trade", "depth@100ms": "depth_update",
+                 "aggTrade": "agg_trade"}[k.split("@", 1)[1]]
+        late = query(buffer, f"SELECT count(*) FROM {table} JOIN streams s USING (stream_id) "
+                             "WHERE s.name = ? AND recv_us > ?", k, unsubscribed[k][1])
+        assert late == [(0,)], k
+    assert query(buffer, "SELECT count(*) FROM quarantine")[0][0] == 0
+    assert query(buffer, "SELECT count(*) FROM events WHERE kind LIKE '%failed'")[0][0] == 0
+    # exchangeInfo was read on each market, repeatedly, with no 429 or 418.
+    assert rest["spot"]["requests"] >= 2 and rest["usdm"]["requests"] >= 2
+    assert (rest["spot"]["429"], rest["spot"]["418"], rest["usdm"]["429"], rest["usdm"]["418"]) == (0, 0, 0, 0)
+
+
+def test_the_writer_decodes_a_stream_added_mid_session_from_its_first_frame(buffer_path):
+    """SessionStreams travels the queue (and the spill) ahead of the frames it announces."""
+    sid = 1_700_000_000_000_000
+    frame = json.dumps({"stream": "solusdt@trade", "data": {
+        "e": "trade", "E": 5, "s": "SOLUSDT", "t": 1, "p": "150.5", "q": "2", "T": 4, "m": True, "M": True}})
+    added = SessionStreams(sid, sid + 1, '["solusdt@trade"]')
+    assert from_spill(to_spill(added)) == added
+    w = Writer(buffer_path, [], commit_interval=0.01)
+    w.start()
+    w.submit(SessionOpen(sid, "ws://x/stream?streams=btcusdt@trade", '["btcusdt@trade"]', sid, "spot"))
+    w.submit(added)
+    w.submit(Frame(frame, sid + 2, sid, 0))
+    assert w.stop(30)
+    assert query(buffer_path, "SELECT s.name, s.market, t.trade_id FROM trade t JOIN streams s USING (stream_id)") == [
+        ("solusdt@trade", "spot", 1)]
+    assert query(buffer_path, "SELECT count(*) FROM quarantine") == [(0,)]
