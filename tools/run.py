@@ -179,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
         children.append(("simulator", sim))
         env["ORDERBOOK_WS_URL"] = url
         env["ORDERBOOK_REST_URL"] = url.replace("ws://", "http://")
+        # The simulator serves USD-M on the same port (/public, /market, /fapi): demo futures never reach Binance.
+        env["ORDERBOOK_USDM_WS_URL"] = url
+        env["ORDERBOOK_USDM_REST_URL"] = url.replace("ws://", "http://")
         _say(f"simulated exchange at {url}; demo data in {DEMO_DIR}/ (marked simulated)")
     children.append(("collector", _spawn([sys.executable, "-m", "orderbook_collector"], env)))
     dagster = [os.path.join(os.path.dirname(sys.executable), "dagster"), "dev", "-h", "127.0.0.1",

@@ -432,8 +432,8 @@ class Collector:
                     del groups[i].streams[n]
             for i, added in plan.subscribe.items():
                 groups[i].streams.update((n, wanted[n]) for n in added)
-            for i in {*plan.unsubscribe, *plan.subscribe}:
-                groups[i].dirty.set()
+            for g in groups:  # in sync: a no-op; else it retries what a refused request left undone
+                g.dirty.set()
             for names_new in plan.new:
                 self._start_group(market, route, [wanted[n] for n in names_new])
             if not plan.empty:
@@ -493,6 +493,8 @@ class Collector:
         else:
             for n in names:
                 s.streams.pop(n, None)
+                # An unsubscribed stream has no age to report (it would look ever staler).
+                self.metrics.last_message_us.pop(s.keys.get(n, n), None)
         log.info("session %d: %s %d stream(s)", s.session_id, kind, len(names))
 
     async def _close_session(self, s: Session, reason: str) -> None:

@@ -122,3 +122,29 @@ def test_the_writer_decodes_a_stream_added_mid_session_from_its_first_frame(buff
     assert query(buffer_path, "SELECT s.name, s.market, t.trade_id FROM trade t JOIN streams s USING (stream_id)") == [
         ("solusdt@trade", "spot", 1)]
     assert query(buffer_path, "SELECT count(*) FROM quarantine") == [(0,)]
+
+
+def test_a_listing_that_does_not_fit_opens_one_more_connection_and_keeps_the_full_one(tmp_path):
+    buffer = tmp_path / "b.sqlite3"
+
+    async def main():
+        async with Exchange(symbols=["btcusdt", "ethusdt"], seed=8, rate=20) as ex:
+            s = settings_for(ex, buffer, streams=["trade"], usdm_symbols=[], streams_per_connection=2)
+            async with running(s) as c:
+                await until(lambda: all(stored_counts(buffer)[f"{x}@trade"] >= 2 for x in ("btcusdt", "ethusdt")),
+                            what="trades of both symbols")
+                first = query(buffer, "SELECT session_id, url FROM sessions")
+                ex.list_symbol("solusdt", Market.SPOT)
+                await until(lambda: stored_counts(buffer)["solusdt@trade"] >= 2, what="trades of the new listing")
+                assert (c.metrics.reconnects, c.metrics.connect_failures) == (0, 0)
+                urls = list(c.opened_urls)
+        return first, urls
+
+    first, urls = asyncio.run(main())
+    sessions = query(buffer, "SELECT session_id, url, close_reason FROM sessions ORDER BY 1")
+    assert len(first) == 1 and first[0][1].endswith("streams=btcusdt@trade/ethusdt@trade")
+    assert [(sid, url) for sid, url, _ in sessions[:1]] == first
+    assert len(sessions) == 2 and sessions[1][1].endswith("/stream?streams=solusdt@trade")
+    assert [reason for _, _, reason in sessions] == ["collector stopped"] * 2  # no connection ended before the stop
+    assert len(urls) == 2
+    assert query(buffer, "SELECT count(*) FROM events WHERE kind IN ('subscribe', 'unsubscribe')") == [(0,)]
