@@ -148,3 +148,25 @@ def test_a_listing_that_does_not_fit_opens_one_more_connection_and_keeps_the_ful
     assert [reason for _, _, reason in sessions] == ["collector stopped"] * 2  # no connection ended before the stop
     assert len(urls) == 2
     assert query(buffer, "SELECT count(*) FROM events WHERE kind IN ('subscribe', 'unsubscribe')") == [(0,)]
+
+
+def test_a_refused_exchange_info_keeps_the_symbols_and_waits_out_retry_after(tmp_path):
+    """Spot exchangeInfo weighs 20: a budget of 30 answers the second read with 429. The collector
+    keeps recording what it has, records the failure, and asks again only after Retry-After
+    (asking earlier would earn a 418 ban)."""
+    buffer = tmp_path / "b.sqlite3"
+
+    async def main():
+        async with Exchange(symbols=["btcusdt"], seed=9, rate=20, weight_budget={Market.SPOT: 30}) as ex:
+            s = settings_for(ex, buffer, streams=["depth20@100ms"], usdm_symbols=[])
+            async with running(s):
+                await until(lambda: ex.stats()["rest"]["spot"]["429"] == 1, what="the second read refused")
+                n = stored_counts(buffer)["btcusdt@depth20@100ms"]
+                # 40 more snapshots at 20 a second: two seconds, ~7 refresh intervals of 0.3 s.
+                await until(lambda: stored_counts(buffer)["btcusdt@depth20@100ms"] >= n + 40, what="recording goes on")
+                return ex.stats()["rest"]["spot"]
+
+    rest = asyncio.run(main())
+    assert (rest["requests"], rest["429"], rest["418"]) == (2, 1, 0)
+    failed = query(buffer, "SELECT session_id, detail FROM events WHERE kind = 'symbols_failed'")
+    assert len(failed) == 1 and failed[0][0] is None and "429" in failed[0][1]
