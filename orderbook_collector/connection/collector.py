@@ -461,7 +461,7 @@ class Collector:
         """Send one control request on ``s`` (paced), wait for its reply, record the change as events."""
         if specs:
             # Frames may follow the reply at once: the reader and the writer must know the streams first.
-            s.decoder.streams.update((x.name, x) for x in specs)
+            s.decoder.add_streams(specs)
             s.keys.update((x.name, x.key) for x in specs)
             self.metrics.add_streams(x.key for x in specs)
             self.writer.submit(SessionStreams(s.session_id, now_us(), orjson.dumps(names).decode()))

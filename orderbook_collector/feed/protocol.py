@@ -111,6 +111,10 @@ class Decoder:
         name = raw[len(_STREAM_PREFIX) : end]
         return name if name in self.streams else None
 
+    def add_streams(self, streams: list[StreamSpec]) -> None:
+        """Accept the frames of ``streams`` too (subscribed on a live connection)."""
+        self.streams.update((s.name, s) for s in streams)
+
     def decode(self, raw: str | bytes, recv_us: int, session_id: int, seq: int) -> Decoded:
         """Decode one frame. Never raises for bad input: bad frames come back quarantined."""
         try:

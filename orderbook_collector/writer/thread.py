@@ -478,10 +478,9 @@ class Writer:
         except orjson.JSONDecodeError:
             log.error("session streams are not a JSON list: %.80s", streams_json)
             return
-        streams = self.decoders[market].streams
-        for name in names if isinstance(names, list) else ():
-            spec = parse_stream_name(name, market)
-            if spec is not None and name not in streams:
-                streams[name] = spec
-            if spec is not None and spec.key not in self.stream_ids:
-                self._unregistered.append(spec)
+        decoder = self.decoders[market]
+        specs = [parse_stream_name(n, market) for n in (names if isinstance(names, list) else ())]
+        new = [s for s in specs if s is not None and s.name not in decoder.streams]
+        if new:
+            decoder.add_streams(new)
+        self._unregistered += [s for s in specs if s is not None and s.key not in self.stream_ids]
