@@ -226,6 +226,8 @@ class Resyncer:
         self.streams = {s.key: s for s in streams}
         self.pending: OrderedDict[str, str] = OrderedDict()  # stream key -> reason, oldest first
         self.in_flight: set[str] = set()
+        self._retry_delay: dict[str, float] = {}  # stream -> its next retry delay after a failure
+        self._retries: dict[str, asyncio.TimerHandle] = {}
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self.fetched = 0
@@ -233,7 +235,8 @@ class Resyncer:
     def request(self, stream: str, reason: str) -> None:
         """Ask for a snapshot of ``stream``; a stream already pending or being fetched is not asked twice
         (a snapshot that turns out too old is asked for again by the writer)."""
-        if stream not in self.streams or stream in self.pending or stream in self.in_flight:
+        if (stream not in self.streams or stream in self.pending or stream in self.in_flight
+                or stream in self._retries):
             return
         self.pending[stream] = reason
         self.client.metrics.resync_pending[self.client.market.value] = len(self.pending)
@@ -243,13 +246,14 @@ class Resyncer:
         self._tasks = [asyncio.create_task(self._worker()) for _ in range(self.client.concurrency)]
 
     async def stop(self) -> None:
+        for h in self._retries.values():
+            h.cancel()
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.client.close()
 
     async def _worker(self) -> None:
-        delay = RETRY_DELAY
         while True:
             while not self.pending:
                 self._wake.clear()
@@ -262,11 +266,16 @@ class Resyncer:
             finally:
                 self.in_flight.discard(stream)
             if ok:
-                delay = RETRY_DELAY
+                self._retry_delay.pop(stream, None)
                 continue
-            await asyncio.sleep(delay)  # the exchange or the network is unwell: ask again, slower
-            delay = min(delay * 2, RETRY_DELAY_MAX)
-            self.request(stream, reason)
+            # This stream's snapshot failed: ask again later, slower each time; the others go on.
+            delay = self._retry_delay.get(stream, RETRY_DELAY)
+            self._retry_delay[stream] = min(delay * 2, RETRY_DELAY_MAX)
+            self._retries[stream] = asyncio.get_running_loop().call_later(delay, self._retry, stream, reason)
+
+    def _retry(self, stream: str, reason: str) -> None:
+        self._retries.pop(stream, None)
+        self.request(stream, reason)
 
     async def _fetch(self, spec: StreamSpec, reason: str) -> bool:
         market = spec.market.value

@@ -90,6 +90,7 @@ class LastEvent(NamedTuple):
 
 
 Output = Union[DepthSyncRecord, TradeGapRecord, SnapshotRequest]
+_NOTHING: list = []  # shared empty answer of the per-row path (never appended to)
 
 
 class _Kept(NamedTuple):
@@ -112,33 +113,44 @@ class DiffDepthTracker:
             a stream with stored events but no recorded sync state is not.
     """
 
-    __slots__ = ("stream", "spot", "last", "synced", "sessions", "kept", "snapshot", "reason")
+    __slots__ = ("stream", "spot", "last_u", "last_ms", "last_sid", "synced", "sessions", "kept", "snapshot",
+                 "reason")
 
     def __init__(self, stream: str, market: Market, last: LastEvent | None = None, synced: bool = False) -> None:
         self.stream = stream
         self.spot = market is Market.SPOT
-        self.last = last
+        # the last stored event (plain attributes: this is the writer's per-row path)
+        self.last_u, self.last_ms, self.last_sid = last if last is not None else (None, None, None)
         self.synced = synced
-        self.sessions: set[int] = set() if last is None or last.session_id is None else {last.session_id}
+        self.sessions: set[int] = set() if self.last_sid is None else {self.last_sid}
         self.kept: deque[_Kept] = deque(maxlen=MAX_KEPT_EVENTS)  # events since the break, while broken
         self.snapshot: DepthRestSnapshotRecord | None = None  # waiting for its first event
         self.reason = SyncReason.CONNECT.value  # why it is broken (for the snapshot requests)
 
-    def clone(self) -> "DiffDepthTracker":
-        other = object.__new__(DiffDepthTracker)
-        other.stream, other.spot, other.last, other.synced = self.stream, self.spot, self.last, self.synced
-        other.sessions = set(self.sessions)
-        other.kept = deque(self.kept, maxlen=MAX_KEPT_EVENTS)
-        other.snapshot, other.reason = self.snapshot, self.reason
-        return other
+    @property
+    def last(self) -> LastEvent | None:
+        return None if self.last_u is None else LastEvent(self.last_u, self.last_ms, self.last_sid)
+
+    def state(self) -> tuple:
+        """Everything :meth:`restore` needs to undo what came after (cheap while in sync)."""
+        return (self.last_u, self.last_ms, self.last_sid, self.synced, set(self.sessions),
+                deque(self.kept, maxlen=MAX_KEPT_EVENTS) if self.kept else None, self.snapshot, self.reason)
+
+    def restore(self, state: tuple) -> None:
+        (self.last_u, self.last_ms, self.last_sid, self.synced, self.sessions, kept, self.snapshot,
+         self.reason) = state
+        self.kept = kept if kept is not None else deque(maxlen=MAX_KEPT_EVENTS)
 
     def _continues(self, r: DepthUpdateRecord) -> bool:
         if self.spot:
-            return r.first_update_id == self.last.last_update_id + 1
-        return r.prev_update_id == self.last.last_update_id
+            return r.first_update_id == self.last_u + 1
+        return r.prev_update_id == self.last_u
 
     def on_event(self, r: DepthUpdateRecord) -> list[Output]:
         """A stored diff event of this stream, in store order."""
+        if self.synced and r.session_id == self.last_sid and self._continues(r):  # the usual case
+            self.last_u, self.last_ms = r.last_update_id, r.event_time_ms
+            return _NOTHING
         first_of_session = r.session_id not in self.sessions
         last = self.last
         if last is not None and r.last_update_id <= last.last_update_id:
@@ -149,7 +161,7 @@ class DiffDepthTracker:
             return self._break(r, SyncReason.CONNECT if first_of_session else SyncReason.GAP)
         self._advance(r)
         if self.synced:
-            return []
+            return _NOTHING
         self.kept.append(_kept(r))
         out: list[Output] = []
         if first_of_session:  # a restart or reconnect while broken: nobody may be fetching for it
@@ -165,12 +177,12 @@ class DiffDepthTracker:
         return self._try_sync()
 
     def close_session(self, session_id: int) -> None:
-        if self.last is None or self.last.session_id != session_id:
+        if self.last_sid != session_id:
             self.sessions.discard(session_id)
 
     def _advance(self, r: DepthUpdateRecord) -> None:
         self.sessions.add(r.session_id)
-        self.last = LastEvent(r.last_update_id, r.event_time_ms, r.session_id)
+        self.last_u, self.last_ms, self.last_sid = r.last_update_id, r.event_time_ms, r.session_id
 
     def _break(self, r: DepthUpdateRecord, reason: SyncReason) -> list[Output]:
         before = self.last
@@ -231,8 +243,11 @@ class TradeIdTracker:
         self.last_id = last_id
         self.last_event_ms = last_event_ms
 
-    def clone(self) -> "TradeIdTracker":
-        return TradeIdTracker(self.stream, self.dataset, self.last_id, self.last_event_ms)
+    def state(self) -> tuple:
+        return self.last_id, self.last_event_ms
+
+    def restore(self, state: tuple) -> None:
+        self.last_id, self.last_event_ms = state
 
     def on_row(self, r: TradeRecord | AggTradeRecord) -> TradeGapRecord | None:
         tid = r.trade_id if type(r) is TradeRecord else r.agg_trade_id
@@ -286,7 +301,7 @@ class Continuity:
     def _depth(self, stream: str) -> DiffDepthTracker | None:
         t = self.depth.get(stream)
         if t is not None and stream not in self._undo:
-            self._undo[stream] = t.clone()
+            self._undo[stream] = t.state()
         return t
 
     def process(self, rows: list, snapshots: list[DepthRestSnapshotRecord]) -> tuple[list, list[SnapshotRequest]]:
@@ -298,12 +313,18 @@ class Continuity:
         records: list = []
         requests: list[SnapshotRequest] = []
         trades: dict[str, list] = {}
+        depth, undo = self.depth, self._undo
         for r in rows:
             kind = type(r)
             if kind is DepthUpdateRecord:
-                t = self._depth(r.stream)
-                if t is not None:
-                    self._route(t.on_event(r), records, requests)
+                t = depth.get(r.stream)
+                if t is None:
+                    continue
+                if r.stream not in undo:
+                    undo[r.stream] = t.state()
+                out = t.on_event(r)
+                if out:
+                    self._route(out, records, requests)
             elif kind is TradeRecord or kind is AggTradeRecord:
                 trades.setdefault(r.stream, []).append(r)
         for stream, rs in trades.items():
@@ -311,7 +332,7 @@ class Continuity:
             if t is None:
                 continue
             if stream not in self._undo:
-                self._undo[stream] = t.clone()
+                self._undo[stream] = t.state()
             rs.sort(key=trade_id)
             for r in rs:
                 gap = t.on_row(r)
@@ -332,11 +353,8 @@ class Continuity:
         self._undo.clear()
 
     def rollback(self) -> None:
-        for stream, t in self._undo.items():
-            if type(t) is DiffDepthTracker:
-                self.depth[stream] = t
-            else:
-                self.trades[stream] = t
+        for stream, state in self._undo.items():
+            (self.depth.get(stream) or self.trades[stream]).restore(state)
         self._undo.clear()
 
     def close_session(self, session_id: int) -> None:
@@ -345,4 +363,4 @@ class Continuity:
 
     def broken(self) -> list[SnapshotRequest]:
         """A snapshot request for every broken stream (what the loop should fetch now)."""
-        return [SnapshotRequest(k, t.reason) for k, t in self.depth.items() if not t.synced and t.last is not None]
+        return [SnapshotRequest(k, t.reason) for k, t in self.depth.items() if not t.synced and t.last_u is not None]

@@ -9,13 +9,17 @@ import dataclasses
 import json
 import sqlite3
 import time
+import urllib.error
+import urllib.request
 
 import pytest
+from websockets.asyncio.client import connect
 
 from orderbook_collector.buffer.levels import unpack
-from orderbook_collector.config import Settings
+from orderbook_collector.config import Settings, load
+from orderbook_collector.errors import ConfigError
 from orderbook_collector.connection.collector import Collector
-from orderbook_collector.connection.rest import RestClient, RestError, WeightBudget
+from orderbook_collector.connection.rest import RestClient, RestError, Resyncer, WeightBudget
 from orderbook_collector.feed.streams import Market, spec
 from support.procs import query
 from tools.simulator.exchange import Exchange
@@ -107,9 +111,8 @@ def test_429_and_418_retry_after_pause_the_market_for_the_stated_time():
             # A request inside a 429's Retry-After earns a 418 ban of 2 s: the client sits it out.
             ex.limiters[Market.SPOT].used = 10  # the window is full again
             for _ in range(2):  # a plain client without a budget: 429, then 418 (banned)
-                with contextlib.suppress(Exception):
-                    await asyncio.to_thread(__import__("urllib.request").request.urlopen,
-                                            ex.rest_url + "/api/v3/depth?symbol=BTCUSDT&limit=5")
+                with contextlib.suppress(urllib.error.HTTPError):
+                    await asyncio.to_thread(urllib.request.urlopen, ex.rest_url + "/api/v3/depth?symbol=BTCUSDT&limit=5")
             assert ex.stats()["rest"]["spot"]["418"] == 1
             t0 = time.monotonic()
             await client.get_json("/api/v3/depth", params, 5)
@@ -255,11 +258,13 @@ def test_a_restart_whose_data_continues_records_no_break_and_one_that_does_not_r
     buffer = tmp_path / "b.sqlite3"
 
     async def main():
-        async with Exchange(symbols=["btcusdt"], seed=7, rate=10) as ex:
+        async with Exchange(symbols=["btcusdt"], seed=7, rate=10) as ex, \
+                connect(ex.ws_url + "/stream?streams=btcusdt@depth@100ms/btcusdt@trade", max_queue=None):
+            # (another subscriber keeps the simulator's streams publishing while the collector is down)
             s = settings_for(ex, buffer, streams=["depth@100ms", "trade"])
             async with running(s):
                 await until(lambda: ("synced", "snapshot") in sync_events(buffer), what="synced")
-            # The next connection first replays the stream's recent history (the simulator's
+            # The next connection first replays the streams' recent history (the simulator's
             # ring): the events missed while the collector was down arrive, so the data continues.
             ex.replay_on_next_connect(100)
             async with running(s) as c:
@@ -267,14 +272,59 @@ def test_a_restart_whose_data_continues_records_no_break_and_one_that_does_not_r
             assert sync_events(buffer) == [("break", "connect"), ("synced", "snapshot")]
             assert query(buffer, "SELECT count(*) FROM trade_gap") == [(0,)]
             before = query(buffer, "SELECT max(last_update_id) FROM depth_update")[0][0]
-            await asyncio.sleep(0.5)  # a restart without replay misses events (the exchange moves on)
+            last_trade = query(buffer, "SELECT max(trade_id) FROM trade")[0][0]
+            book = ex.books[Market.SPOT]["btcusdt"]
+            # Without replay, what the exchange publishes while the collector is down is missed.
+            await until(lambda: book.last_id > before and book.next_trade_id - 1 > last_trade, what="the book moving on")
+            published = book.next_trade_id - 1  # at least this trade was missed
             async with running(s):
                 await until(lambda: len(sync_events(buffer)) == 4, what="a connect break and a sync")
-            return before
+                await until(lambda: query(buffer, "SELECT max(trade_id) FROM trade")[0][0] > published,
+                            what="a trade after the restart")
+            return before, last_trade
 
-    before = asyncio.run(main())
+    before, last_trade = asyncio.run(main())
     assert sync_events(buffer)[2:] == [("break", "connect"), ("synced", "snapshot")]
     (b,), = query(buffer, "SELECT before_update_id FROM depth_sync WHERE reason = 'connect' ORDER BY id DESC LIMIT 1")
     assert b == before
-    (gap,) = query(buffer, "SELECT count(*) FROM trade_gap")[0]
-    assert gap <= 1  # trades missed while down are a gap (if any traded), never more than one
+    assert query(buffer, "SELECT count(*), min(first_missing_id) FROM trade_gap") == [(1, last_trade + 1)]
+
+
+def test_a_failing_snapshot_is_retried_later_without_holding_up_the_others():
+    async def main():
+        async with Exchange(symbols=["btcusdt", "ethusdt"]) as ex:
+            got = []
+            client = RestClient(Market.SPOT, ex.rest_url, 0.5, concurrency=1)
+            specs = [spec("zzzusdt", "depth@100ms"), spec("btcusdt", "depth@100ms"), spec("ethusdt", "depth@100ms")]
+            r = Resyncer(client, specs, got.append, 5)
+            r.start()
+            for s in specs:
+                r.request(s.key, "connect")
+            r.request("btcusdt@depth@100ms", "gap")  # already pending: not asked twice
+            await until(lambda: client.metrics.rest_errors["spot"] >= 2, timeout=10, what="the unknown symbol retried")
+            await r.stop()
+            return got
+
+    got = asyncio.run(main())
+    # one worker: the unknown symbol failed first, yet both others were fetched, once each
+    assert sorted((g.symbol, g.reason) for g in got) == [("BTCUSDT", "connect"), ("ETHUSDT", "connect")]
+    assert all(g.n_bids == 5 and len(g.levels) == 10 * 16 and g.stream.endswith("@depth@100ms") for g in got)
+
+
+@pytest.mark.parametrize("env, setting, words", [
+    ({"ORDERBOOK_REST_WEIGHT_SHARE": "0"}, "ORDERBOOK_REST_WEIGHT_SHARE", "above 0 and at most 1"),
+    ({"ORDERBOOK_REST_WEIGHT_SHARE": "half"}, "ORDERBOOK_REST_WEIGHT_SHARE", "not a share"),
+    ({"ORDERBOOK_DEPTH_SNAPSHOT_LIMIT": "6000"}, "ORDERBOOK_DEPTH_SNAPSHOT_LIMIT", "out of range"),
+    ({"ORDERBOOK_USDM_DEPTH_SNAPSHOT_LIMIT": "200"}, "ORDERBOOK_USDM_DEPTH_SNAPSHOT_LIMIT", "5, 10, 20, 50, 100, 500, 1000"),
+])
+def test_bad_rest_settings_name_the_setting_and_the_fix(env, setting, words, tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load([], {"ORDERBOOK_BUFFER": str(tmp_path / "b.sqlite3"), **env})
+    assert err.value.setting == setting and words in str(err.value)
+
+
+def test_rest_settings_are_read_from_the_environment(tmp_path):
+    s, _ = load([], {"ORDERBOOK_BUFFER": str(tmp_path / "b.sqlite3"), "ORDERBOOK_REST_WEIGHT_SHARE": "0.25",
+                     "ORDERBOOK_DEPTH_SNAPSHOT_LIMIT": "1000", "ORDERBOOK_USDM_DEPTH_SNAPSHOT_LIMIT": "100"})
+    assert (s.rest_weight_share, s.snapshot_limit(Market.SPOT), s.snapshot_limit(Market.USDM)) == (0.25, 1000, 100)
+    assert load([], {"ORDERBOOK_BUFFER": str(tmp_path / "b.sqlite3")})[0].snapshot_limit(Market.USDM) == 500

@@ -156,4 +156,11 @@ def test_continuity_orders_a_batch_of_trades_by_id_and_undoes_a_failed_batch():
     assert c.process([ag(15)], []) == ([], [])
     out, requests = c.process([ev(1, 2)], [])
     assert [r.event for r in out] == ["break"] and requests == [SnapshotRequest(SPOT, "connect")]
+    c.commit()
     assert c.broken() == [SnapshotRequest(SPOT, "connect")]
+    batch = [ev(3, 4), ev(6, 7)]
+    first = c.process(batch, [snap(5)])
+    assert [(r.event, r.reason) for r in first[0]] == [("break", "gap"), ("synced", "snapshot")]
+    c.rollback()  # the diff tracker too comes back to where the batch found it
+    assert c.depth[SPOT].last.last_update_id == 2 and not c.depth[SPOT].synced
+    assert c.process(batch, [snap(5)]) == first
