@@ -328,3 +328,24 @@ def test_rest_settings_are_read_from_the_environment(tmp_path):
                      "ORDERBOOK_DEPTH_SNAPSHOT_LIMIT": "1000", "ORDERBOOK_USDM_DEPTH_SNAPSHOT_LIMIT": "100"})
     assert (s.rest_weight_share, s.snapshot_limit(Market.SPOT), s.snapshot_limit(Market.USDM)) == (0.25, 1000, 100)
     assert load([], {"ORDERBOOK_BUFFER": str(tmp_path / "b.sqlite3")})[0].snapshot_limit(Market.USDM) == 500
+
+
+def test_usdm_snapshots_come_from_fapi_with_their_exchange_times():
+    async def main():
+        async with Exchange(symbols=["btcusdt"]) as ex:
+            got = []
+            client = RestClient(Market.USDM, ex.rest_url, 0.5)
+            usdm = spec("btcusdt", "depth@100ms", Market.USDM)
+            r = Resyncer(client, [usdm], got.append, 50)
+            r.start()
+            r.request(usdm.key, "gap")
+            await until(lambda: got, timeout=10, what="the USD-M snapshot")
+            await r.stop()
+            book = ex.book_state("btcusdt", market=Market.USDM)
+            return got[0], book, ex.stats()["rest"]
+
+    rec, book, rest = asyncio.run(main())
+    assert (rec.stream, rec.market, rec.symbol, rec.reason) == ("usdm:btcusdt@depth@100ms", "usdm", "BTCUSDT", "gap")
+    assert rec.event_time_ms > 0 and rec.transaction_time_ms > 0 and rec.n_bids == 50
+    assert rec.last_update_id <= book.last_update_id
+    assert (rest["usdm"]["weight"], rest["spot"]["weight"]) == (2, 0)  # limit 50 weighs 2 on USD-M
