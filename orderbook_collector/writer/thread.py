@@ -150,7 +150,7 @@ def store_records(
             snapshots = _store_snapshots(conn, stream_ids, snapshots)
             result.snapshots = len(snapshots)
         derived = [o for o in others if type(o) is not DepthRestSnapshotRecord]
-        if continuity is not None:
+        if continuity is not None and (continuity.depth or continuity.trades):  # partial depth alone: nothing to track
             stored = [r for r in records if (r.session_id, r.seq) not in refused] if refused else records
             found, result.requests = continuity.process(stored, snapshots)
             derived += found

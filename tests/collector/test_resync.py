@@ -349,3 +349,17 @@ def test_usdm_snapshots_come_from_fapi_with_their_exchange_times():
     assert rec.event_time_ms > 0 and rec.transaction_time_ms > 0 and rec.n_bids == 50
     assert rec.last_update_id <= book.last_update_id
     assert (rest["usdm"]["weight"], rest["spot"]["weight"]) == (2, 0)  # limit 50 weighs 2 on USD-M
+
+
+def test_the_resync_and_continuity_metrics_are_exposed():
+    from orderbook_collector.metrics import Metrics, render
+
+    m = Metrics()
+    m.rest_weight["spot"] += 50
+    m.rest_rate_limited["usdm"] += 1
+    m.continuity["break"] += 2
+    text = render(m).decode()
+    for line in ('orderbook_rest_weight_total{market="spot"} 50.0', 'orderbook_rest_rate_limited_total{market="usdm"} 1.0',
+                 'orderbook_depth_sync_total{event="break"} 2.0', "orderbook_trade_gaps_total 0.0",
+                 'orderbook_rest_snapshots_total{market="spot"} 0.0', 'orderbook_resync_pending{market="spot"} 0.0'):
+        assert line in text, line
