@@ -8,7 +8,7 @@ stay within ``share`` of the market's budget (``REST_WEIGHT_PER_MINUTE``). A 429
 pauses every request of the market for its ``Retry-After``.
 
 :class:`RestClient` is one market's client: ``await get_json(path, params, weight)``,
-bounded concurrency, requests (a pooled ``requests.Session``) in worker threads so the
+bounded concurrency, requests (a pooled ``requests.Session`` per thread) in worker threads so the
 event loop never waits on the network. Anything else that calls Binance's REST API for
 this market (``exchangeInfo``) should go through the same client, so one budget counts it.
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections import OrderedDict, deque
 from typing import Callable
@@ -132,7 +133,9 @@ class RestClient:
         self.concurrency = concurrency
         self._slots = asyncio.Semaphore(concurrency)
         self._admit = asyncio.Lock()  # one request at a time is admitted: the budget check and spend are one step
-        self._session = requests.Session()
+        # requests does not promise that one Session is thread-safe: one per worker thread
+        self._local = threading.local()
+        self._sessions: list[requests.Session] = []
 
     async def get_json(self, path: str, params: dict, weight: int) -> object:
         """GET ``path`` once the budget allows ``weight``; the parsed JSON answer.
@@ -170,14 +173,19 @@ class RestClient:
                 raise RestError(status, f"{path}: HTTP {status}: {body[:200]!r}")
 
     def _get(self, path: str, params: dict) -> tuple[int, dict, bytes]:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+            self._sessions.append(session)
         try:
-            r = self._session.get(self.base_url + path, params=params, timeout=self.timeout)
+            r = session.get(self.base_url + path, params=params, timeout=self.timeout)
         except requests.RequestException as exc:
             raise RestError(None, f"{path}: {type(exc).__name__}: {exc}") from None
         return r.status_code, r.headers, r.content
 
     def close(self) -> None:
-        self._session.close()
+        for session in self._sessions:
+            session.close()
 
 
 def _seconds(value: str | None) -> float:
