@@ -148,8 +148,13 @@ class Collector:
         if self.settings.metrics_port >= 0:
             self.metrics_server = await self._serve_metrics()
         self._loop = asyncio.get_running_loop()
-        self._start_resyncers()
-        await asyncio.get_running_loop().run_in_executor(None, self.writer.start)
+        self._start_resyncers()  # before the writer: its first commits may already ask for snapshots
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self.writer.start)
+        except BaseException:
+            for r in self.resyncers.values():
+                await r.stop()
+            raise
         lag = asyncio.create_task(self._watch_loop_lag())
         groups = [asyncio.create_task(self._run_group(g)) for g in self.settings.connection_groups()]
         try:
