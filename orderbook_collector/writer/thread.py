@@ -147,8 +147,10 @@ def store_records(
         result.sessions = {sid: (t.messages, t.duplicates, t.last_recv_us) for sid, t in per_session.items()}
         snapshots = [o for o in others if type(o) is DepthRestSnapshotRecord]
         if snapshots:
-            snapshots = _store_snapshots(conn, stream_ids, snapshots)
-            result.snapshots = len(snapshots)
+            # A refused snapshot is the very book already stored (same market, symbol and
+            # lastUpdateId, maybe fetched for another diff stream of the symbol): it syncs
+            # the stream it was fetched for all the same, so every one goes to the trackers.
+            result.snapshots = _store_snapshots(conn, stream_ids, snapshots)
         derived = [o for o in others if type(o) is not DepthRestSnapshotRecord]
         if continuity is not None and (continuity.depth or continuity.trades):  # partial depth alone: nothing to track
             stored = [r for r in records if (r.session_id, r.seq) not in refused] if refused else records
@@ -183,20 +185,15 @@ def store_records(
 
 
 def _store_snapshots(conn: sqlite3.Connection, stream_ids: dict[str, int],
-                     snapshots: list[DepthRestSnapshotRecord]) -> list[DepthRestSnapshotRecord]:
-    """Insert REST snapshots one by one (few, and each must be known stored); return those stored.
-
-    A refused one (same market, symbol and lastUpdateId as a stored one) is the same book:
-    it changes nothing and moves no tracker.
-    """
+                     snapshots: list[DepthRestSnapshotRecord]) -> int:
+    """Insert REST snapshots (dedup key: market, symbol, lastUpdateId); return how many were new."""
     t = OTHER_TABLES[DepthRestSnapshotRecord]
     sql = (f"INSERT OR IGNORE INTO {t.table} (stream_id, {', '.join(t.columns)}) "
            f"VALUES ({', '.join('?' * (len(t.columns) + 1))})")
     before_id = _last_id(conn, t.table)
-    stored = []
-    for s in snapshots:
-        if conn.execute(sql, (stream_ids[s.stream], *t.values(s))).rowcount == 1:
-            stored.append(s)
+    before = conn.total_changes
+    conn.executemany(sql, [(stream_ids[s.stream], *t.values(s)) for s in snapshots])
+    stored = conn.total_changes - before
     if stored:
         _note_hours(conn, t.table, before_id)
     return stored

@@ -170,3 +170,19 @@ def test_the_continuity_records_survive_the_spill_format():
     import marshal
 
     assert [from_spill(marshal.loads(marshal.dumps(to_spill(it)))) for it in items] == items
+
+
+def test_a_snapshot_refused_as_the_same_book_still_syncs_the_stream_it_was_fetched_for(buffer_path):
+    slow = "btcusdt@depth"  # two diff streams of one symbol: one REST book can serve both
+    w = Writer(buffer_path, [spec("btcusdt", "depth@100ms"), spec("btcusdt", "depth")], commit_interval=0.01)
+    w.start()
+    f = Feed(w, T0)
+    f.send(diff(10, 12), diff(10, 12).replace(DIFF, slow))
+    w.submit(snapshot(11))
+    w.submit(snapshot(11)._replace(stream=slow))  # same market, symbol and lastUpdateId: refused
+    assert w.stop(30)
+    con = sqlite3.connect(buffer_path)
+    assert con.execute("SELECT count(*) FROM depth_rest_snapshot").fetchone() == (1,)
+    rows = con.execute("SELECT s.name, d.event, d.snapshot_update_id FROM depth_sync d JOIN streams s USING (stream_id) "
+                       "WHERE d.event = 'synced' ORDER BY s.name").fetchall()
+    assert rows == [(slow, "synced", 11), (DIFF, "synced", 11)]
