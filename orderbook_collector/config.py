@@ -17,10 +17,13 @@ from urllib.parse import urlparse
 
 from orderbook_collector.errors import ConfigError
 from orderbook_collector.feed.streams import (
+    DEPTH_DEFAULT_LIMIT,
     MAX_STREAMS,
+    USDM_DEPTH_LIMITS,
     Market,
     StreamSpec,
     build_streams,
+    depth_weight,
 )
 
 #: ``symbols`` value meaning every symbol the market lists as TRADING (followed as it changes).
@@ -82,6 +85,19 @@ class Settings:
     def markets(self) -> list[Market]:
         return list(dict.fromkeys(s.market for s in self.subscriptions()))
 
+    # REST depth snapshots for diff-depth sync (connection/rest.py): the share of each market's
+    # weight budget they may use, their depth limit, requests in flight per market; the budget
+    # (default Binance's, per market) and its window are overridable for tests.
+    rest_weight_share: float = 0.5
+    depth_snapshot_limit: int = DEPTH_DEFAULT_LIMIT[Market.SPOT]
+    usdm_depth_snapshot_limit: int = DEPTH_DEFAULT_LIMIT[Market.USDM]
+    rest_concurrency: int = 4
+    rest_weight_budget: dict | None = None
+    rest_weight_window: float = 60.0
+
+    def snapshot_limit(self, market: Market) -> int:
+        return self.depth_snapshot_limit if market is Market.SPOT else self.usdm_depth_snapshot_limit
+
     def stream_specs(self) -> list[StreamSpec]:
         """Every stream of the named symbols (``*`` streams come from exchangeInfo at run time)."""
         out: dict[StreamSpec, None] = {}
@@ -136,6 +152,12 @@ _FIELDS = {
     "commit_interval": ("ORDERBOOK_COMMIT_INTERVAL_MS", "--commit-interval-ms", "longest wait before a commit (ms)"),
     "queue_size": ("ORDERBOOK_QUEUE_SIZE", "--queue-size", "frames held in memory before spilling to disk"),
     "rotate_after": ("ORDERBOOK_ROTATE_AFTER_S", "--rotate-after-s", "open a replacement connection after this many seconds"),
+    "rest_weight_share": ("ORDERBOOK_REST_WEIGHT_SHARE", "--rest-weight-share",
+                          "share of each market's REST weight budget diff-depth snapshots may use (0-1]"),
+    "depth_snapshot_limit": ("ORDERBOOK_DEPTH_SNAPSHOT_LIMIT", "--depth-snapshot-limit",
+                             "levels per side of spot REST depth snapshots (1-5000)"),
+    "usdm_depth_snapshot_limit": ("ORDERBOOK_USDM_DEPTH_SNAPSHOT_LIMIT", "--usdm-depth-snapshot-limit",
+                                  "levels per side of USD-M REST depth snapshots (5, 10, 20, 50, 100, 500, 1000)"),
 }
 #: The environment form of what to record; ORDERBOOK_SUBSCRIPTIONS replaces all four.
 _ENV_FORM = ("symbols", "streams", "usdm_symbols", "usdm_streams")
@@ -209,6 +231,7 @@ def _validate(raw: dict[str, str]) -> Settings:
         kw["queue_size"] = _int(raw["queue_size"], "ORDERBOOK_QUEUE_SIZE", 10, 10_000_000)
     if "rotate_after" in raw:
         kw["rotate_after"] = float(_int(raw["rotate_after"], "ORDERBOOK_ROTATE_AFTER_S", 10, 86_000))
+    kw.update(_rest(raw))
     return Settings(**kw)
 
 
@@ -286,6 +309,30 @@ def read_subscriptions(path: Path) -> tuple[Subscription, ...]:
 
 def _strings(value: object) -> bool:
     return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _rest(raw: dict[str, str]) -> dict:
+    kw: dict = {}
+    if "rest_weight_share" in raw:
+        try:
+            share = float(raw["rest_weight_share"])
+        except ValueError:
+            share = -1.0
+        if not 0 < share <= 1:
+            raise ConfigError("ORDERBOOK_REST_WEIGHT_SHARE",
+                              f"{raw['rest_weight_share']!r} is not a share; use a number above 0 and at most 1, e.g. 0.5.")
+        kw["rest_weight_share"] = share
+    if "depth_snapshot_limit" in raw:
+        n = _int(raw["depth_snapshot_limit"], "ORDERBOOK_DEPTH_SNAPSHOT_LIMIT", 1, 5000)
+        kw["depth_snapshot_limit"] = n
+    if "usdm_depth_snapshot_limit" in raw:
+        n = _int(raw["usdm_depth_snapshot_limit"], "ORDERBOOK_USDM_DEPTH_SNAPSHOT_LIMIT", 1, 1000)
+        if depth_weight(Market.USDM, n) is None:
+            raise ConfigError("ORDERBOOK_USDM_DEPTH_SNAPSHOT_LIMIT",
+                              f"USD-M depth snapshots do not take limit={n}; use one of "
+                              f"{', '.join(map(str, USDM_DEPTH_LIMITS))}.")
+        kw["usdm_depth_snapshot_limit"] = n
+    return kw
 
 
 def _url(value: str, schemes: tuple[str, ...], setting: str, example: str) -> str:

@@ -102,6 +102,15 @@ class Metrics:
         self.commit_latency = Histogram()
         self.last_message_us: dict[str, int] = {}
         self.connected = 0
+        # Diff-depth sync and trade ids (writer thread): depth_sync rows by event, trade_gap rows.
+        self.continuity: dict[str, int] = {"break": 0, "synced": 0, "gap": 0}
+        self.rest_snapshots_stored = 0
+        # REST (event loop), per market: snapshots fetched, weight spent, 429/418 answers received.
+        self.rest_snapshots: dict[str, int] = defaultdict(int)
+        self.rest_weight: dict[str, int] = defaultdict(int)
+        self.rest_rate_limited: dict[str, int] = defaultdict(int)
+        self.rest_errors: dict[str, int] = defaultdict(int)
+        self.resync_pending: dict[str, int] = defaultdict(int)
         self.add_streams(streams)
 
     def add_streams(self, streams) -> None:
@@ -174,7 +183,36 @@ class Exposition:
         for stream, t in sorted(m.last_message_us.items()):
             age.add_metric([stream], round((now_us - t) / 1e6, 3))
         yield age
+        yield from self._continuity()
         yield from self._archive(now_us)
+
+    def _continuity(self):
+        m = self.metrics
+        c = CounterMetricFamily("orderbook_depth_sync", "Diff-depth sync changes stored (break, synced).",
+                                labels=["event"])
+        for event in ("break", "synced"):
+            c.add_metric([event], m.continuity[event])
+        yield c
+        yield CounterMetricFamily("orderbook_trade_gaps", "Trade or aggTrade id gaps recorded.",
+                                  value=m.continuity["gap"])
+        yield CounterMetricFamily("orderbook_rest_snapshots_stored", "REST depth snapshots stored in the buffer.",
+                                  value=m.rest_snapshots_stored)
+        for name, doc, values in (
+            ("orderbook_rest_snapshots", "REST depth snapshots fetched, by market.", m.rest_snapshots),
+            ("orderbook_rest_weight", "REST request weight spent, by market.", m.rest_weight),
+            ("orderbook_rest_rate_limited", "REST answers 429 or 418 (each pauses the market), by market.",
+             m.rest_rate_limited),
+            ("orderbook_rest_errors", "REST requests that failed otherwise (retried), by market.", m.rest_errors),
+        ):
+            f = CounterMetricFamily(name, doc, labels=["market"])
+            for market in ("spot", "usdm"):
+                f.add_metric([market], values.get(market, 0))
+            yield f
+        g = GaugeMetricFamily("orderbook_resync_pending", "Diff streams waiting for a REST snapshot, by market.",
+                              labels=["market"])
+        for market in ("spot", "usdm"):
+            g.add_metric([market], m.resync_pending.get(market, 0))
+        yield g
 
     def _archive(self, now_us: int):
         newest, oldest_waiting = _archive_progress(self.buffer) if self.buffer else (None, None)

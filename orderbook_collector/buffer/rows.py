@@ -14,8 +14,11 @@ from orderbook_collector.buffer.records import (
     AggTradeRecord,
     BookTickerRecord,
     DepthRecord,
+    DepthRestSnapshotRecord,
+    DepthSyncRecord,
     DepthUpdateRecord,
     Row,
+    TradeGapRecord,
     TradeRecord,
 )
 
@@ -61,3 +64,28 @@ ROW_TABLES: dict[type, RowTable] = {
 }
 #: The datasets whose rows the writer stores, in a fixed order (one transaction, this order).
 DATASETS = tuple(t.table for t in ROW_TABLES.values())
+
+
+#: Rows that did not come over a connection as a message (no ``seq`` of their own): REST
+#: snapshots, and the continuity rows the writer derives. Same shape as :data:`ROW_TABLES`;
+#: ``key`` is unused but for ``depth_rest_snapshot`` (its dedup key is (market, symbol,
+#: last_update_id), so a refused one leaves no seq gap to explain and goes to no ``dropped`` row).
+OTHER_TABLES: dict[type, RowTable] = {
+    DepthRestSnapshotRecord: _table("depth_rest_snapshot", {
+        "market": "market", "symbol": "symbol", "recv_us": "recv_us", "last_update_id": "last_update_id",
+        "n_bids": "n_bids", "levels": "levels", "reason": "reason", "event_ms": "event_time_ms",
+        "transaction_ms": "transaction_time_ms",
+    }, "last_update_id"),
+    DepthSyncRecord: _table("depth_sync", {
+        "session_id": "session_id", "recv_us": "recv_us", "event": "event", "reason": "reason",
+        "before_update_id": "before_update_id", "before_event_ms": "before_event_ms",
+        "after_first_update_id": "after_first_update_id", "after_last_update_id": "after_last_update_id",
+        "after_prev_update_id": "after_prev_update_id", "after_event_ms": "after_event_ms",
+        "snapshot_update_id": "snapshot_update_id",
+    }, "recv_us"),
+    TradeGapRecord: _table("trade_gap", {
+        "session_id": "session_id", "recv_us": "recv_us", "dataset": "dataset",
+        "first_missing_id": "first_missing_id", "last_missing_id": "last_missing_id",
+        "before_event_ms": "before_event_ms", "after_event_ms": "after_event_ms",
+    }, "first_missing_id"),
+}

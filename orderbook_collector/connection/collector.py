@@ -41,8 +41,11 @@ from orderbook_collector.feed.protocol import ControlReply, Decoder, Quarantined
 from orderbook_collector.feed.streams import USDM_ROUTE, Market, spec as stream_spec
 from orderbook_collector.feed.symbols import AttemptLimiter, ControlPacer, control_message, plan_changes
 from orderbook_collector.connection.backoff import classify, full_jitter
+from orderbook_collector.connection.rest import RestClient, Resyncer
 from orderbook_collector.connection.symbols import ExchangeInfoError, RestError, fetch_trading_symbols
-from orderbook_collector.buffer.records import Event, Frame, SessionClose, SessionOpen, SessionStreams
+from orderbook_collector.feed.streams import Kind, Market
+from orderbook_collector.feed.sync import SnapshotRequest
+from orderbook_collector.buffer.records import DepthRecord, Event, Frame, SessionClose, SessionOpen, SessionStreams
 from orderbook_collector.buffer.rows import ROW_TABLES
 from orderbook_collector.writer.thread import Writer
 
@@ -131,6 +134,10 @@ class Collector:
         # Before the writer: opening the spill folder truncates torn segment tails, which
         # would cut into the segment another live collector is writing.
         self.lock = BufferLock.acquire(settings.buffer)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.resyncers: dict[Market, Resyncer] = {}
+        self._resyncer_of: dict[str, Resyncer] = {}  # diff stream key -> its market's resyncer
+        writer_options.setdefault("on_snapshot_needed", self._snapshot_needed)
         try:
             self.writer = Writer(
                 settings.buffer,
@@ -173,7 +180,14 @@ class Collector:
     async def _run_locked(self) -> None:
         if self.settings.metrics_port >= 0:
             self.metrics_server = await self._serve_metrics()
-        await asyncio.get_running_loop().run_in_executor(None, self.writer.start)
+        self._loop = asyncio.get_running_loop()
+        self._start_resyncers()  # before the writer: its first commits may already ask for snapshots
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self.writer.start)
+        except BaseException:
+            for r in self.resyncers.values():
+                await r.stop()
+            raise
         lag = asyncio.create_task(self._watch_loop_lag())
         for specs in self.settings.connection_groups():
             self._start_group(specs[0].market, specs[0].route, specs)
@@ -189,6 +203,8 @@ class Collector:
                 t.cancel()
             await asyncio.gather(*followers, *tasks, return_exceptions=True)
             lag.cancel()
+            for r in self.resyncers.values():
+                await r.stop()
             if self.metrics_server is not None:
                 self.metrics_server.close()
             log.info("draining the writer queue and spill")
@@ -221,6 +237,37 @@ class Collector:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop, f"signal {sig.name}")
+
+    # Diff-depth resync ------------------------------------------------------------------
+
+    def _start_resyncers(self) -> None:
+        """One REST client and resync queue per market with diff streams."""
+        s = self.settings
+        for market in Market:
+            diff = [x for x in s.stream_specs() if x.type is Kind.DIFF_DEPTH and x.market is market]
+            if not diff:
+                continue
+            client = RestClient(market, s.rest_base(market), s.rest_weight_share,
+                                budget=(s.rest_weight_budget or {}).get(market), window=s.rest_weight_window,
+                                concurrency=s.rest_concurrency, metrics=self.metrics)
+            self.resyncers[market] = r = Resyncer(client, diff, self.writer.submit, s.snapshot_limit(market))
+            self._resyncer_of.update((x.key, r) for x in diff)
+            r.start()
+
+    def _snapshot_needed(self, requests: list[SnapshotRequest]) -> None:
+        """Called in the writer thread after a commit: streams that broke (a reconnect's first
+        event, a gap) or whose snapshot could not sync them. Handed to the loop."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is closing: the next start asks again
+            loop.call_soon_threadsafe(self._resync, requests)
+
+    def _resync(self, requests: list[SnapshotRequest]) -> None:
+        for req in requests:
+            r = self._resyncer_of.get(req.stream)
+            if r is not None:
+                r.request(req.stream, req.reason)
 
     # Start-up ---------------------------------------------------------------------------
 

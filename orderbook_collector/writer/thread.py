@@ -12,6 +12,15 @@ fails (database locked, disk full) the batch stays in memory and is retried
 with capped backoff; the reader keeps reading and spills meanwhile.
 
 Queue items are the typed records of :mod:`orderbook_collector.buffer.records`.
+
+Continuity is data (:mod:`orderbook_collector.feed.sync`): the writer runs the diff-depth
+and trade-id trackers on the rows it has just stored (rows the dedup key refused never
+move them) and stores the ``depth_sync`` and ``trade_gap`` rows they produce in the same
+transaction as the rows that reveal them; REST snapshots (``depth_rest_snapshot``) come
+through the queue like frames. At start the trackers are seeded from the buffer (each
+stream's last stored update or trade id and sync state), so a restart or a spill replay
+makes no false break or gap. Streams that need a REST snapshot are reported after each
+commit through ``on_snapshot_needed`` (called in the writer thread).
 """
 
 from __future__ import annotations
@@ -31,11 +40,13 @@ from orderbook_collector import buffer
 from orderbook_collector.errors import StorageError
 from orderbook_collector.metrics import Metrics, quarantine_class
 from orderbook_collector.buffer.records import (
-    Event, Frame, Item, Quarantined, Row, SessionClose, SessionOpen, SessionStreams, Stop,
+    DepthRestSnapshotRecord, DepthSyncRecord, Event, Frame, Item, Quarantined, Row, SessionClose, SessionOpen,
+    SessionStreams, Stop,
 )
-from orderbook_collector.buffer.rows import ROW_TABLES, RowTable
+from orderbook_collector.buffer.rows import OTHER_TABLES, ROW_TABLES, RowTable
 from orderbook_collector.feed.protocol import Decoder, Market, StreamSpec, raw_bytes
-from orderbook_collector.feed.streams import parse_stream_name, spec as stream_spec
+from orderbook_collector.feed.streams import Kind, parse_stream_name, spec as stream_spec
+from orderbook_collector.feed.sync import Continuity, LastEvent, SnapshotRequest
 from orderbook_collector.writer.spill import Spill
 
 log = logging.getLogger(__name__)
@@ -59,6 +70,10 @@ class BatchResult:
     wide_values: int = 0
     #: session_id -> (messages stored, duplicates dropped, newest recv_us) in this batch
     sessions: dict[int, tuple[int, int, int]] = field(default_factory=dict)
+    snapshots: int = 0  # REST snapshots stored
+    #: depth_sync rows by event ('break', 'synced') and trade_gap rows ('gap') stored
+    continuity: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    requests: list[SnapshotRequest] = field(default_factory=list)  # streams that need a REST snapshot
 
 
 @dataclass(slots=True)
@@ -86,12 +101,17 @@ def store_records(
     quarantined: list[Quarantined] = (),
     ops: list[SessionOpen | SessionClose | Event] = (),
     spill_position: tuple[str, int] | None = None,
+    others: list = (),
+    continuity: Continuity | None = None,
 ) -> BatchResult:
     """Commit one batch: records, quarantined frames, session/event ops, spill position.
 
     Everything lands in one transaction or nothing does. Duplicates (same stream
     and update id as a stored row) are not stored; each is recorded in
-    ``dropped`` so the seq gap it leaves is explained.
+    ``dropped`` so the seq gap it leaves is explained. ``others`` are rows without a
+    seq (:data:`~orderbook_collector.buffer.rows.OTHER_TABLES`: REST snapshots, continuity
+    rows); ``continuity`` turns the stored rows and snapshots into continuity rows, stored
+    here too (the caller commits or rolls back its state with the transaction).
     """
     result = BatchResult()
     per_session: dict[int, SessionTally] = defaultdict(SessionTally)
@@ -105,8 +125,10 @@ def store_records(
         groups: dict[type, list[Row]] = {}
         for r in records:
             groups.setdefault(type(r), []).append(r)
+        refused: set[tuple[int, int]] = set()
         for rtype, rows in groups.items():
             dups = _store_rows(conn, stream_ids, ROW_TABLES[rtype], rows, result)
+            refused |= dups
             for r in rows:
                 s = per_session[r.session_id]
                 if (r.session_id, r.seq) in dups:
@@ -126,6 +148,21 @@ def store_records(
                 s.touch(q.seq, q.recv_us)
                 result.quarantined[quarantine_class(q.reason)] += 1
         result.sessions = {sid: (t.messages, t.duplicates, t.last_recv_us) for sid, t in per_session.items()}
+        snapshots = [o for o in others if type(o) is DepthRestSnapshotRecord]
+        if snapshots:
+            # A refused snapshot is the very book already stored (same market, symbol and
+            # lastUpdateId, maybe fetched for another diff stream of the symbol): it syncs
+            # the stream it was fetched for all the same, so every one goes to the trackers.
+            result.snapshots = _store_snapshots(conn, stream_ids, snapshots)
+        derived = [o for o in others if type(o) is not DepthRestSnapshotRecord]
+        if continuity is not None and (continuity.depth or continuity.trades):  # partial depth alone: nothing to track
+            stored = [r for r in records if (r.session_id, r.seq) not in refused] if refused else records
+            found, result.requests = continuity.process(stored, snapshots)
+            derived += found
+        if derived:
+            _store_others(conn, stream_ids, derived)
+            for d in derived:
+                result.continuity[d.event if type(d) is DepthSyncRecord else "gap"] += 1
         conn.executemany(
             "UPDATE sessions SET messages = messages + ?, duplicates = duplicates + ?, quarantined = quarantined + ?, "
             "frames = max(frames, ? + 1), first_recv_us = coalesce(first_recv_us, ?), "
@@ -150,11 +187,55 @@ def store_records(
     return result
 
 
+def _store_snapshots(conn: sqlite3.Connection, stream_ids: dict[str, int],
+                     snapshots: list[DepthRestSnapshotRecord]) -> int:
+    """Insert REST snapshots (dedup key: market, symbol, lastUpdateId); return how many were new."""
+    t = OTHER_TABLES[DepthRestSnapshotRecord]
+    sql = (f"INSERT OR IGNORE INTO {t.table} (stream_id, {', '.join(t.columns)}) "
+           f"VALUES ({', '.join('?' * (len(t.columns) + 1))})")
+    before_id = _last_id(conn, t.table)
+    before = conn.total_changes
+    conn.executemany(sql, [(stream_ids[s.stream], *t.values(s)) for s in snapshots])
+    stored = conn.total_changes - before
+    if stored:
+        _note_hours(conn, t.table, before_id)
+    return stored
+
+
+def _store_others(conn: sqlite3.Connection, stream_ids: dict[str, int], rows: list) -> None:
+    """Insert continuity rows (``depth_sync``, ``trade_gap``): no dedup key, no seq."""
+    groups: dict[type, list] = {}
+    for r in rows:
+        groups.setdefault(type(r), []).append(r)
+    for rtype, rs in groups.items():
+        t = OTHER_TABLES[rtype]
+        conn.executemany(
+            f"INSERT INTO {t.table} (stream_id, {', '.join(t.columns)}) VALUES ({', '.join('?' * (len(t.columns) + 1))})",
+            [(stream_ids[r.stream], *t.values(r)) for r in rs],
+        )
+
+
+def _last_id(conn: sqlite3.Connection, table: str) -> int:
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (table,)).fetchone()
+    return row[0] if row else 0
+
+
+def _note_hours(conn: sqlite3.Connection, table: str, before_id: int) -> None:
+    """Add the rows inserted after ``before_id`` to ``buffer_hours``."""
+    conn.execute(
+        "INSERT INTO buffer_hours (dataset, hour_us, min_id, max_id, rows) "
+        f"SELECT ?, recv_us - recv_us % ?, min(id), max(id), count(*) FROM {table} WHERE id > ? "
+        "GROUP BY 2 ORDER BY 2 "
+        "ON CONFLICT (dataset, hour_us) DO UPDATE SET min_id = min(min_id, excluded.min_id), "
+        "max_id = max(max_id, excluded.max_id), rows = rows + excluded.rows",
+        (table, buffer.HOUR_US, before_id),
+    )
+
+
 def _store_rows(conn: sqlite3.Connection, stream_ids: dict[str, int], t: RowTable, rows: list[Row],
                 result: BatchResult) -> set[tuple[int, int]]:
     """Insert one dataset's rows; keep ``buffer_hours`` and ``dropped``; return the dropped (session, seq)."""
-    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (t.table,)).fetchone()
-    before_id = row[0] if row else 0
+    before_id = _last_id(conn, t.table)
     before = conn.total_changes
     values = t.values
     conn.executemany(
@@ -174,14 +255,7 @@ def _store_rows(conn: sqlite3.Connection, stream_ids: dict[str, int], t: RowTabl
         )
         dups = {(r.session_id, r.seq) for r in dropped}
         result.duplicates += len(dups)
-    conn.execute(
-        "INSERT INTO buffer_hours (dataset, hour_us, min_id, max_id, rows) "
-        f"SELECT ?, recv_us - recv_us % ?, min(id), max(id), count(*) FROM {t.table} WHERE id > ? "
-        "GROUP BY 2 ORDER BY 2 "
-        "ON CONFLICT (dataset, hour_us) DO UPDATE SET min_id = min(min_id, excluded.min_id), "
-        "max_id = max(max_id, excluded.max_id), rows = rows + excluded.rows",
-        (t.table, buffer.HOUR_US, before_id),
-    )
+    _note_hours(conn, t.table, before_id)
     return dups
 
 
@@ -208,6 +282,7 @@ class Writer:
         max_batch: most items in one transaction.
         commit_interval: longest time (s) an item waits for its batch to commit.
         spill_dir: where overflow files go.
+        on_snapshot_needed: called (in the writer thread) with the SnapshotRequests of a commit.
     """
 
     def __init__(
@@ -224,6 +299,7 @@ class Writer:
         busy_timeout_ms: int = 200,
         slow_down: float = 0.0,
         commit_observer=None,
+        on_snapshot_needed=None,
     ) -> None:
         self.path = Path(path)
         self.streams = streams
@@ -235,6 +311,10 @@ class Writer:
         self.slow_down = slow_down  # seconds added per commit: for backpressure tests only
         # Called in the writer thread after each commit with (records, commit_end_us): benchmarks.
         self.commit_observer = commit_observer
+        # Called in the writer thread with a list of SnapshotRequest after a commit that
+        # found streams needing a REST snapshot (the collector hands them to its loop).
+        self.on_snapshot_needed = on_snapshot_needed
+        self.continuity = Continuity(streams)
         self.queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self.metrics.queue_capacity = queue_size
         self.spill = Spill(spill_dir or self.path.with_name(self.path.name + ".spill"))
@@ -292,7 +372,6 @@ class Writer:
     def _run(self) -> None:
         try:
             conn = buffer.connect(self.path, synchronous=self.synchronous, busy_timeout_ms=self.busy_timeout_ms)
-            self.stream_ids = buffer.stream_ids(conn, [(s.key, s.symbol, s.kind, s.market.value) for s in self.streams])
             row = conn.execute("SELECT segment, offset FROM spill_state").fetchone()
             self.spill.seek(tuple(row) if row else None)
             # A connection carries one market; both markets may name a stream alike, so each
@@ -303,11 +382,14 @@ class Writer:
             known = [stream_spec(sym, kind, Market(m)) for sym, kind, m in conn.execute(
                 "SELECT symbol, kind, market FROM streams")]
             every = list(dict.fromkeys([*self.streams, *(s for s in known if s is not None)]))
+            self.stream_ids = buffer.stream_ids(conn, [(s.key, s.symbol, s.kind, s.market.value) for s in every])
             self.decoders = {m: Decoder([s for s in every if s.market is m]) for m in Market}
             self._unregistered: list[StreamSpec] = []
             self.session_market: dict[int, Market] = {
                 sid: Market(m) for sid, m in conn.execute("SELECT session_id, market FROM sessions WHERE closed_us IS NULL")
             }
+            self.continuity.add_streams(every)
+            seed_continuity(conn, self.stream_ids, every, self.continuity)
         except BaseException as exc:  # reported to start()
             self._failure = exc
             self._ready.set()
@@ -363,7 +445,7 @@ class Writer:
         return items, None, False
 
     def _commit(self, conn: sqlite3.Connection, items: list[Item], position: tuple[str, int] | None) -> None:
-        records, quarantined, ops = self._decode(items)
+        records, quarantined, ops, others = self._decode(items)
         delay = 0.05
         failures: list[str] = []
         failed_since = 0
@@ -377,12 +459,16 @@ class Writer:
                 if self.slow_down:
                     time.sleep(self.slow_down)
                 if self._unregistered:  # streams a session opened or subscribed: ids before rows
-                    self.stream_ids = buffer.stream_ids(
-                        conn, [(s.key, s.symbol, s.kind, s.market.value) for s in self._unregistered])
-                    self._unregistered = []
-                result = store_records(conn, self.stream_ids, records, quarantined, batch_ops, position)
+                    new, self._unregistered = self._unregistered, []
+                    self.stream_ids = buffer.stream_ids(conn, [(s.key, s.symbol, s.kind, s.market.value) for s in new])
+                    self.continuity.add_streams(new)
+                    seed_continuity(conn, self.stream_ids, new, self.continuity)
+                result = store_records(conn, self.stream_ids, records, quarantined, batch_ops, position,
+                                       others, self.continuity)
+                self.continuity.commit()
                 break
             except (sqlite3.Error, StorageError) as exc:
+                self.continuity.rollback()
                 kind = classify_sqlite_error(exc)
                 failed_since = failed_since or buffer.now_us()
                 failures.append(kind)
@@ -404,6 +490,17 @@ class Writer:
         for reason, n in result.quarantined.items():
             self.metrics.quarantined[reason] += n
         self._watch_duplicates(result.sessions)
+        self.metrics.rest_snapshots_stored += result.snapshots
+        for what, n in result.continuity.items():
+            self.metrics.continuity[what] += n
+        for op in ops:
+            if type(op) is SessionClose:
+                self.continuity.close_session(op.session_id)
+        if result.requests and self.on_snapshot_needed is not None:
+            try:
+                self.on_snapshot_needed(result.requests)
+            except Exception:  # the loop may be gone at shutdown; the rows are committed either way
+                log.exception("could not hand %d snapshot request(s) to the collector", len(result.requests))
         self.committed_batches += 1
         if position is not None:
             with self._spill_lock:
@@ -434,10 +531,11 @@ class Writer:
             log.info("spill replayed; back to the queue")
             self.queue.put_nowait(Event(buffer.now_us(), None, None, "spill_end", "spill replayed"))
 
-    def _decode(self, items: list[Item]) -> tuple[list[Row], list[Quarantined], list]:
+    def _decode(self, items: list[Item]) -> tuple[list[Row], list[Quarantined], list, list]:
         records: list[Row] = []
         quarantined: list[Quarantined] = []
         ops: list[SessionOpen | SessionClose | Event] = []
+        others: list = []
         frames: list[Frame] = []
         for it in items:
             kind = type(it)
@@ -447,6 +545,8 @@ class Writer:
                 records.append(it)
             elif kind is Quarantined:
                 quarantined.append(it)
+            elif kind in OTHER_TABLES:
+                others.append(it)
             else:
                 ops.append(it)
         for op in ops:
@@ -469,7 +569,7 @@ class Writer:
         for op in ops:
             if type(op) is SessionClose:
                 self.session_market.pop(op.session_id, None)
-        return records, quarantined, ops
+        return records, quarantined, ops, others
 
     def _learn(self, market: Market, streams_json: str) -> None:
         """Make the streams a session carries decodable (and registered) before their frames."""
@@ -484,3 +584,26 @@ class Writer:
         if new:
             decoder.add_streams(new)
         self._unregistered += [s for s in specs if s is not None and s.key not in self.stream_ids]
+
+
+def seed_continuity(conn: sqlite3.Connection, stream_ids: dict[str, int], streams: list[StreamSpec],
+                    continuity: Continuity) -> None:
+    """Start each tracker where the buffer stands: the last stored update or trade id, and
+    whether the diff stream's last recorded sync state is 'synced' (a stream with stored
+    events but no recorded state, e.g. after cleanup, counts as broken: one snapshot more)."""
+    for s in streams:
+        sid = stream_ids.get(s.key)
+        if sid is None:
+            continue
+        if s.type is Kind.DIFF_DEPTH:
+            row = conn.execute(
+                "SELECT last_update_id, event_ms, session_id FROM depth_update WHERE stream_id = ? "
+                "ORDER BY last_update_id DESC LIMIT 1", (sid,)).fetchone()
+            state = conn.execute("SELECT event FROM depth_sync WHERE stream_id = ? ORDER BY id DESC LIMIT 1",
+                                 (sid,)).fetchone()
+            continuity.seed_depth(s.key, LastEvent(*row) if row else None, bool(state) and state[0] == "synced")
+        elif s.type in (Kind.TRADE, Kind.AGG_TRADE):
+            col = "trade_id" if s.type is Kind.TRADE else "agg_trade_id"
+            row = conn.execute(f"SELECT {col}, event_ms FROM {s.type.dataset} WHERE stream_id = ? "
+                               f"ORDER BY {col} DESC LIMIT 1", (sid,)).fetchone()
+            continuity.seed_trades(s.key, *(row or (None, None)))

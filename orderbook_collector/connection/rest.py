@@ -1,0 +1,301 @@
+"""REST under Binance's weight budget, and the diff-depth resync queue that uses it.
+
+:class:`WeightBudget` (sans-I/O, the clock is passed in) decides when a request of a
+given weight may go: the weight we spent in the last window (sliding, so every fixed
+window Binance counts in holds no more) plus the weight *others* on this IP spent (what
+``X-MBX-USED-WEIGHT-1M`` reports beyond our own spending, forgotten after a window) must
+stay within ``share`` of the market's budget (``REST_WEIGHT_PER_MINUTE``). A 429 or 418
+pauses every request of the market for its ``Retry-After``.
+
+:class:`RestClient` is one market's client: ``await get_json(path, params, weight)``,
+bounded concurrency, requests (a pooled ``requests.Session`` per thread) in worker threads so the
+event loop never waits on the network. Anything else that calls Binance's REST API for
+this market (``exchangeInfo``) should go through the same client, so one budget counts it.
+
+:class:`Resyncer` holds at most one pending snapshot request per diff stream and fetches
+them as the budget allows: a storm of hundreds of streams after a reconnect is spread
+over the budget instead of tripping a ban. Each answer becomes a
+:class:`DepthRestSnapshotRecord` handed to the writer, which decides (feed.sync) whether
+it syncs the stream or another one is needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import OrderedDict, deque
+from typing import Callable
+
+import numpy as np
+import orjson
+import requests
+
+from orderbook_collector.buffer.levels import pack
+from orderbook_collector.buffer.records import DepthRestSnapshotRecord
+from orderbook_collector.feed.streams import DEPTH_PATH, REST_WEIGHT_PER_MINUTE, Market, StreamSpec, depth_weight
+from orderbook_collector.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+USED_WEIGHT_HEADER = "X-MBX-USED-WEIGHT-1M"
+#: Pause when a 429/418 carries no usable Retry-After.
+DEFAULT_RETRY_AFTER = 60.0
+#: 429/418 answers one get_json call sits out (pausing each time) before it gives up.
+MAX_RATE_LIMITED = 3
+RETRY_DELAY = 1.0  # a failed snapshot is asked again after this (doubling, capped)
+RETRY_DELAY_MAX = 30.0
+
+
+class RestError(Exception):
+    """A REST call failed: ``status`` is the HTTP status, None for a network error."""
+
+    def __init__(self, status: int | None, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class WeightBudget:
+    """When may a request of some weight go? (sans-I/O; ``now`` is ``time.monotonic()``)
+
+    Args:
+        limit: the weight per window we allow ourselves (share × the market's budget).
+        window: Binance's window in seconds (a minute).
+    """
+
+    def __init__(self, limit: int, window: float = 60.0) -> None:
+        self.limit = limit
+        self.window = window
+        self._spent: deque[tuple[float, int]] = deque()  # (time, weight) of our requests
+        self._own = 0  # sum of _spent
+        self._others = 0  # weight this IP spent that is not ours, as last reported
+        self._others_at = 0.0
+        self.paused_until = 0.0
+
+    def _expire(self, now: float) -> None:
+        while self._spent and self._spent[0][0] <= now - self.window:
+            self._own -= self._spent.popleft()[1]
+        if now - self._others_at >= self.window:
+            self._others = 0
+
+    def delay(self, weight: int, now: float) -> float:
+        """Seconds to wait before ``weight`` may be spent (0: now)."""
+        if now < self.paused_until:
+            return self.paused_until - now
+        self._expire(now)
+        others = self._others
+        if self._own + others + weight <= self.limit:
+            return 0.0
+        if others and others + weight > self.limit:
+            return self._others_at + self.window - now  # others alone fill our share: wait them out
+        excess = self._own + others + weight - self.limit
+        for t, w in self._spent:  # our oldest requests leave the window first
+            excess -= w
+            if excess <= 0:
+                return max(t + self.window - now, 0.0)
+        return self.window
+
+    def spend(self, weight: int, now: float) -> None:
+        self._spent.append((now, weight))
+        self._own += weight
+
+    def report(self, used: int, now: float) -> None:
+        """The exchange's count for this IP; what our own spending does not explain is others'."""
+        self._expire(now)
+        self._others = max(0, used - self._own)
+        self._others_at = now
+
+    def pause(self, seconds: float, now: float) -> None:
+        self.paused_until = max(self.paused_until, now + seconds)
+
+
+class RestClient:
+    """One market's REST client under its weight budget.
+
+    Args:
+        market: whose budget (``REST_WEIGHT_PER_MINUTE``) applies.
+        base_url: e.g. ``https://api.binance.com``.
+        share: the share of the budget we may use (0 < share <= 1).
+        budget: the market's budget per window (default: Binance's).
+        window: the budget's window in seconds.
+        concurrency: requests in flight at most.
+    """
+
+    def __init__(self, market: Market, base_url: str, share: float = 0.5, *, budget: int | None = None,
+                 window: float = 60.0, concurrency: int = 4, timeout: float = 10.0,
+                 metrics: Metrics | None = None) -> None:
+        self.market = market
+        self.base_url = base_url.rstrip("/")
+        self.budget = WeightBudget(int((budget or REST_WEIGHT_PER_MINUTE[market]) * share), window)
+        self.timeout = timeout
+        self.metrics = metrics or Metrics()
+        self.concurrency = concurrency
+        self._slots = asyncio.Semaphore(concurrency)
+        self._admit = asyncio.Lock()  # one request at a time is admitted: the budget check and spend are one step
+        # requests does not promise that one Session is thread-safe: one per worker thread
+        self._local = threading.local()
+        self._sessions: list[requests.Session] = []
+
+    async def get_json(self, path: str, params: dict, weight: int) -> object:
+        """GET ``path`` once the budget allows ``weight``; the parsed JSON answer.
+
+        Raises:
+            RestError: the answer was not 200 (after sitting out up to MAX_RATE_LIMITED 429/418s), or no answer.
+        """
+        limited = 0
+        async with self._slots:
+            while True:
+                async with self._admit:
+                    while (wait := self.budget.delay(weight, time.monotonic())) > 0:
+                        await asyncio.sleep(wait)
+                    self.budget.spend(weight, time.monotonic())
+                self.metrics.rest_weight[self.market.value] += weight
+                status, headers, body = await asyncio.to_thread(self._get, path, params)
+                now = time.monotonic()
+                used = headers.get(USED_WEIGHT_HEADER)
+                if used is not None and used.isdigit():
+                    self.budget.report(int(used), now)
+                if status == 200:
+                    try:
+                        return orjson.loads(body)
+                    except orjson.JSONDecodeError as exc:
+                        raise RestError(status, f"{path}: answer is not JSON ({exc})") from None
+                if status in (429, 418):
+                    retry_after = _seconds(headers.get("Retry-After"))
+                    self.budget.pause(retry_after, now)
+                    self.metrics.rest_rate_limited[self.market.value] += 1
+                    limited += 1
+                    log.warning("%s REST answered %d: pausing every %s request for %.0f s",
+                                self.market.value, status, self.market.value, retry_after)
+                    if limited < MAX_RATE_LIMITED:
+                        continue
+                raise RestError(status, f"{path}: HTTP {status}: {body[:200]!r}")
+
+    def _get(self, path: str, params: dict) -> tuple[int, dict, bytes]:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+            self._sessions.append(session)
+        try:
+            r = session.get(self.base_url + path, params=params, timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise RestError(None, f"{path}: {type(exc).__name__}: {exc}") from None
+        return r.status_code, r.headers, r.content
+
+    def close(self) -> None:
+        for session in self._sessions:
+            session.close()
+
+
+def _seconds(value: str | None) -> float:
+    try:
+        return max(float(value), 0.0) if value is not None else DEFAULT_RETRY_AFTER
+    except ValueError:
+        return DEFAULT_RETRY_AFTER
+
+
+def snapshot_record(spec: StreamSpec, answer: object, recv_us: int, reason: str) -> DepthRestSnapshotRecord:
+    """A depth answer → the record of the diff stream it serves.
+
+    Raises:
+        RestError: the answer is not a depth snapshot.
+    """
+    try:
+        last_id = answer["lastUpdateId"]
+        bids, asks = answer["bids"], answer["asks"]
+        if type(last_id) is not int or last_id < 0:
+            raise TypeError("lastUpdateId is not a non-negative integer")
+        pairs = np.array([(float(p), float(q)) for p, q in (*bids, *asks)], dtype=np.float64).reshape(-1, 2)
+        event_ms = answer.get("E") if spec.market is Market.USDM else None
+        transaction_ms = answer.get("T") if spec.market is Market.USDM else None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RestError(200, f"not a depth snapshot: {type(exc).__name__}: {exc}") from None
+    return DepthRestSnapshotRecord(spec.key, spec.market.value, spec.symbol.upper(), recv_us, last_id, len(bids),
+                                   pack(pairs), reason, event_ms, transaction_ms)
+
+
+class Resyncer:
+    """Fetches REST depth snapshots for one market's diff streams, one pending request per stream.
+
+    Args:
+        client: the market's REST client (its budget and concurrency).
+        streams: the market's diff streams.
+        submit: hands a record to the writer (never blocks).
+        limit: the snapshot's ``limit`` (levels per side).
+    """
+
+    def __init__(self, client: RestClient, streams: list[StreamSpec],
+                 submit: Callable[[DepthRestSnapshotRecord], bool], limit: int) -> None:
+        weight = depth_weight(client.market, limit)
+        if weight is None:
+            raise ValueError(f"{client.market.value} depth snapshots do not take limit={limit}")
+        self.client, self.submit, self.limit, self.weight = client, submit, limit, weight
+        self.streams = {s.key: s for s in streams}
+        self.pending: OrderedDict[str, str] = OrderedDict()  # stream key -> reason, oldest first
+        self.in_flight: set[str] = set()
+        self._retry_delay: dict[str, float] = {}  # stream -> its next retry delay after a failure
+        self._retries: dict[str, asyncio.TimerHandle] = {}
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self.fetched = 0
+
+    def request(self, stream: str, reason: str) -> None:
+        """Ask for a snapshot of ``stream``; a stream already pending or being fetched is not asked twice
+        (a snapshot that turns out too old is asked for again by the writer)."""
+        if (stream not in self.streams or stream in self.pending or stream in self.in_flight
+                or stream in self._retries):
+            return
+        self.pending[stream] = reason
+        self.client.metrics.resync_pending[self.client.market.value] = len(self.pending)
+        self._wake.set()
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._worker()) for _ in range(self.client.concurrency)]
+
+    async def stop(self) -> None:
+        for h in self._retries.values():
+            h.cancel()
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.client.close()
+
+    async def _worker(self) -> None:
+        while True:
+            while not self.pending:
+                self._wake.clear()
+                await self._wake.wait()
+            stream, reason = self.pending.popitem(last=False)
+            self.client.metrics.resync_pending[self.client.market.value] = len(self.pending)
+            self.in_flight.add(stream)
+            try:
+                ok = await self._fetch(self.streams[stream], reason)
+            finally:
+                self.in_flight.discard(stream)
+            if ok:
+                self._retry_delay.pop(stream, None)
+                continue
+            # This stream's snapshot failed: ask again later, slower each time; the others go on.
+            delay = self._retry_delay.get(stream, RETRY_DELAY)
+            self._retry_delay[stream] = min(delay * 2, RETRY_DELAY_MAX)
+            self._retries[stream] = asyncio.get_running_loop().call_later(delay, self._retry, stream, reason)
+
+    def _retry(self, stream: str, reason: str) -> None:
+        self._retries.pop(stream, None)
+        self.request(stream, reason)
+
+    async def _fetch(self, spec: StreamSpec, reason: str) -> bool:
+        market = spec.market.value
+        try:
+            answer = await self.client.get_json(
+                DEPTH_PATH[spec.market], {"symbol": spec.symbol.upper(), "limit": self.limit}, self.weight)
+            record = snapshot_record(spec, answer, time.time_ns() // 1000, reason)
+        except RestError as exc:
+            self.client.metrics.rest_errors[market] += 1
+            log.warning("%s: depth snapshot failed (%s); retrying", spec.key, exc)
+            return False
+        self.client.metrics.rest_snapshots[market] += 1
+        self.fetched += 1
+        self.submit(record)
+        return True
