@@ -38,7 +38,7 @@ from orderbook_collector.config import Settings
 from orderbook_collector.errors import ConfigError
 from orderbook_collector.metrics import Metrics
 from orderbook_collector.feed.protocol import ControlReply, Decoder, Quarantined, ServerShutdown, StreamSpec, raw_bytes
-from orderbook_collector.feed.streams import USDM_ROUTE, Market, spec as stream_spec
+from orderbook_collector.feed.streams import USDM_ROUTE, Market, spec as stream_spec, stream_kind
 from orderbook_collector.feed.symbols import AttemptLimiter, ControlPacer, control_message, plan_changes
 from orderbook_collector.connection.backoff import classify, full_jitter
 from orderbook_collector.connection.rest import RestClient, Resyncer
@@ -136,6 +136,7 @@ class Collector:
         self.lock = BufferLock.acquire(settings.buffer)
         self._loop: asyncio.AbstractEventLoop | None = None
         self.resyncers: dict[Market, Resyncer] = {}
+        self.rest_clients: dict[Market, RestClient] = {}
         self._resyncer_of: dict[str, Resyncer] = {}  # diff stream key -> its market's resyncer
         writer_options.setdefault("on_snapshot_needed", self._snapshot_needed)
         try:
@@ -205,6 +206,8 @@ class Collector:
             lag.cancel()
             for r in self.resyncers.values():
                 await r.stop()
+            for client in self.rest_clients.values():
+                client.close()
             if self.metrics_server is not None:
                 self.metrics_server.close()
             log.info("draining the writer queue and spill")
@@ -240,19 +243,37 @@ class Collector:
 
     # Diff-depth resync ------------------------------------------------------------------
 
+    def _rest_client(self, market: Market) -> RestClient:
+        """The market's one REST client: depth snapshots and exchangeInfo share its weight budget."""
+        client = self.rest_clients.get(market)
+        if client is None:
+            s = self.settings
+            client = self.rest_clients[market] = RestClient(
+                market, s.rest_base(market), s.rest_weight_share,
+                budget=(s.rest_weight_budget or {}).get(market), window=s.rest_weight_window,
+                concurrency=s.rest_concurrency, metrics=self.metrics)
+        return client
+
     def _start_resyncers(self) -> None:
-        """One REST client and resync queue per market with diff streams."""
+        """One resync queue per market with diff streams, named or to come from ``*``."""
         s = self.settings
         for market in Market:
             diff = [x for x in s.stream_specs() if x.type is Kind.DIFF_DEPTH and x.market is market]
-            if not diff:
+            star = any(stream_kind(k, market).type is Kind.DIFF_DEPTH for k in s.all_symbols_kinds(market))
+            if not diff and not star:
                 continue
-            client = RestClient(market, s.rest_base(market), s.rest_weight_share,
-                                budget=(s.rest_weight_budget or {}).get(market), window=s.rest_weight_window,
-                                concurrency=s.rest_concurrency, metrics=self.metrics)
-            self.resyncers[market] = r = Resyncer(client, diff, self.writer.submit, s.snapshot_limit(market))
+            self.resyncers[market] = r = Resyncer(self._rest_client(market), diff, self.writer.submit,
+                                                  s.snapshot_limit(market))
             self._resyncer_of.update((x.key, r) for x in diff)
             r.start()
+
+    def _resync_streams(self, market: Market, specs) -> None:
+        """Diff streams ``*`` added: their breaks are resynced like the named ones'."""
+        r = self.resyncers.get(market)
+        if r is not None:
+            diff = [x for x in specs if x.type is Kind.DIFF_DEPTH]
+            r.add_streams(diff)
+            self._resyncer_of.update((x.key, r) for x in diff)
 
     def _snapshot_needed(self, requests: list[SnapshotRequest]) -> None:
         """Called in the writer thread after a commit: streams that broke (a reconnect's first
@@ -437,11 +458,10 @@ class Collector:
         failures = 0
         while not self._stopping.is_set():
             try:
-                found = await fetch_trading_symbols(market, self.settings.rest_base(market))
+                found = await fetch_trading_symbols(self._rest_client(market))
             except (RestError, ExchangeInfoError) as exc:
                 failures += 1
-                retry_after = getattr(exc, "retry_after", None) or 0.0
-                delay = max(next(delays), retry_after)
+                delay = next(delays)  # a 429/418's Retry-After already pauses the market's REST client
                 log.warning("%s exchangeInfo failed (%s); the current symbols stay, retrying in %.1f s",
                             market.value, exc, delay)
                 if failures == 1:
@@ -469,6 +489,7 @@ class Collector:
                 sp = stream_spec(sym, k, market)
                 if sp is not None:
                     wanted.setdefault(sp.name, sp)
+        self._resync_streams(market, wanted.values())
         routes = [None] if market is Market.SPOT else sorted(set(USDM_ROUTE.values()))
         for route in routes:
             groups = [g for g in self.groups if g.market is market and g.route == route]

@@ -240,6 +240,10 @@ class Resyncer:
         self._tasks: list[asyncio.Task] = []
         self.fetched = 0
 
+    def add_streams(self, streams: list[StreamSpec]) -> None:
+        """Serve these diff streams too (``*`` subscribed them at run time)."""
+        self.streams.update((s.key, s) for s in streams)
+
     def request(self, stream: str, reason: str) -> None:
         """Ask for a snapshot of ``stream``; a stream already pending or being fetched is not asked twice
         (a snapshot that turns out too old is asked for again by the writer)."""
