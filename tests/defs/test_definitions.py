@@ -16,6 +16,7 @@ from orderbook_assets.definitions import defs
 from orderbook_assets.defs.partitions import hourly
 from orderbook_collector.errors import ConfigError
 
+from support.runs import checks_of, materialized
 from support.buffer_rows import REALISTIC_ROWS, BASE_HOUR_US, fill_buffer, open_buffer, realistic_hour
 from support.s3 import MotoServer, s3_client
 
@@ -54,11 +55,11 @@ def test_hour_archived_end_to_end_to_local_folder(env):
     result = run_hour()
     assert result.success
     assert sorted(read(str(env / "archive"))) == expected(rows)
-    mat = result.asset_materializations_for_node("depth_snapshot")[0].metadata
+    mat = materialized(result, "depth_snapshot")[0].metadata
     assert mat["rows"].value == len(rows)
     assert mat["object_keys"].value == ["depth_snapshot/date=2026-11-23/hour=10/part-0001-0-1000.parquet"]
     assert mat["first_recv_time"].value.startswith("2026-11-23T10:00:05")
-    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    checks = {**checks_of(result, "depth_snapshot"), **checks_of(result, "coverage")}
     assert set(checks) == {"no_duplicates", "no_seq_gaps", "update_id_monotonic", "coverage_gaps", "books_sane", "rows_reconciled"}
     assert checks["rows_reconciled"].passed and not checks["coverage_gaps"].passed  # the first 5 s are a gap
     assert result.asset_materializations_for_node("archived_hour")
@@ -97,7 +98,7 @@ def test_materialization_reports_the_true_ratio_vs_json_of_realistic_books(env):
     json_bytes = realistic_hour(env / "buffer.sqlite3", REALISTIC_ROWS)
     result = run_hour()
     assert result.success
-    mat = result.asset_materializations_for_node("depth_snapshot")[0].metadata
+    mat = materialized(result, "depth_snapshot")[0].metadata
     assert mat["rows"].value == REALISTIC_ROWS
     (key,) = mat["object_keys"].value
     true_ratio = json_bytes / (env / "archive" / key).stat().st_size
@@ -117,7 +118,7 @@ def test_hour_archived_end_to_end_to_moto(env, monkeypatch):
         result = run_hour()
         assert result.success
         # what the store honours, shown in the UI with every depth_snapshot materialization
-        store = result.asset_materializations_for_node("depth_snapshot")[0].metadata["store"].value
+        store = materialized(result, "depth_snapshot")[0].metadata["store"].value
         assert store["create"] == "if-none-match" and store["verify"].startswith("md5-etag")
         assert store["hardening.public_access_block"] == "on"
         client = s3_client(moto.url, "eu-west-1")
@@ -125,7 +126,7 @@ def test_hour_archived_end_to_end_to_moto(env, monkeypatch):
         keys = [o["Key"] for o in client.list_objects_v2(Bucket="books")["Contents"]
                 if not o["Key"].startswith("archive/_orderbook/")]  # the store's capability record
         assert sorted(keys) == [
-            "archive/coverage/date=2026-11-23/hour=10/part-0001-0-600.parquet",
+            "archive/coverage/date=2026-11-23/hour=10/part-0001-0-0.parquet",
             "archive/depth_snapshot/date=2026-11-23/hour=10/part-0001-0-600.parquet",
             "archive/top_of_book_1s/date=2026-11-23/hour=10/bars.parquet",
         ]
