@@ -188,7 +188,7 @@ def test_sensor_requests_a_further_part_for_late_rows(env):
     fill_buffer(path, ["btcusdt"], BASE_HOUR_US + 600_000_000, 5, session_id=3, first_update_id=10**6)
     with build_sensor_context(resources={"buffer": defs.resources["buffer"]}, repository_def=defs.get_repository_def()) as ctx:
         requests = sensor.evaluate_tick(ctx).run_requests
-    assert [(r.partition_key, r.run_key) for r in requests] == [(KEY, f"{KEY}@25")]
+    assert [(r.partition_key, r.run_key) for r in requests] == [(KEY, f"{KEY}@depth_snapshot=25")]
     assert run_hour().success
     conn = open_buffer(path)
     assert [p.part for p in ledger.parts(conn, "depth_snapshot", BASE_HOUR_US, ("archived",))] == [1, 2]
