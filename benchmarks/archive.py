@@ -173,8 +173,10 @@ def python_loop_baseline(packed: Path, n: int, out: Path) -> float:
 
     t0 = time.perf_counter()
     conn = sqlite3.connect(packed)
-    names = {sid: (name, sym.upper(), market)
-             for sid, name, sym, market in conn.execute("SELECT stream_id, name, symbol, market FROM streams")}
+    # a cached buffer may predate the market column (schema step 2): its streams are spot
+    has_market = "market" in {r[1] for r in conn.execute("PRAGMA table_info(streams)")}
+    names = {sid: (name, sym.upper(), market) for sid, name, sym, market in conn.execute(
+        f"SELECT stream_id, name, symbol, {'market' if has_market else chr(39) + 'spot' + chr(39)} FROM streams")}
     rows = conn.execute(
         "SELECT stream_id, recv_us, session_id, seq, update_id, n_bids, levels FROM depth_snapshot WHERE id <= ?", (n,)
     ).fetchall()

@@ -38,6 +38,7 @@ from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from orderbook_collector.buffer import hour_folder, levels, reads
@@ -309,8 +310,13 @@ def fetch_columns(conn: sqlite3.Connection, dataset: str, ids: np.ndarray) -> li
     del rows
     if np.array_equal(sorted_ids, ids):
         return columns
-    pos = np.searchsorted(sorted_ids, ids).tolist()
-    return [tuple(c[i] for i in pos) for c in columns]
+    pos = np.searchsorted(sorted_ids, ids)
+    out = []
+    for c in columns:  # reordered by numpy's fancy indexing (a C loop), not per value in Python
+        arr = np.empty(n, dtype=object)
+        arr[:] = c
+        out.append(arr[pos])
+    return out
 
 
 def own_arrays(dataset: str, columns: list[tuple], n: int) -> tuple[dict[str, pa.Array], int]:
@@ -340,7 +346,7 @@ def own_arrays(dataset: str, columns: list[tuple], n: int) -> tuple[dict[str, pa
         elif k is Kind.TEXT:
             arr = pa.array(values, pa.string())
         elif k is Kind.MS_NULL:
-            arr = pa.array([None if v is None else v * 1000 for v in values], pa.int64()).cast(ds.TS)
+            arr = pc.multiply(pa.array(values, pa.int64()), 1000).cast(ds.TS)
         else:  # INT_NULL
             arr = pa.array(values, pa.int64())
         out[src.column] = arr.cast(schema.field(src.column).type) if arr.type != schema.field(src.column).type else arr
