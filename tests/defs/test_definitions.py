@@ -218,3 +218,45 @@ def test_cleanup_job_runs(env, monkeypatch):
     monkeypatch.setenv("ORDERBOOK_RETENTION_HOURS", "soon")
     assert not defs.resolve_job_def("cleanup_buffer").execute_in_process(
         instance=DagsterInstance.ephemeral(), raise_on_error=False).success
+
+
+def test_every_dataset_archived_by_the_job_checked_and_cleaned(env, monkeypatch):
+    """archive_hour materializes every stream dataset of its hour with its checks, coverage and
+    archived_hour; late trades alone get a further run from the sensor; cleanup frees every table."""
+    from orderbook_assets.archive import datasets, quality
+    from orderbook_assets.defs.sensors import late_rows_sensor
+    from support.every_kind import fill
+
+    conn = open_buffer(env / "buffer.sqlite3")
+    want = fill(conn, BASE_HOUR_US)
+    result = run_hour()
+    assert result.success
+    for name in datasets.DATASETS:
+        (mat,) = materialized(result, name)
+        assert mat.metadata["rows"].value == len(want[name]) > 0, name
+        checks = checks_of(result, name)
+        assert set(checks) == set(quality.CHECKS[name]), name
+        assert all(c.passed for c in checks.values()), (name, [c for c in checks.values() if not c.passed])
+        assert read_rows(env / "archive", name) == len(want[name])
+    assert materialized(result, "coverage") and materialized(result, "archived_hour")
+    # late trades only: the sensor names the dataset, the run adds its part 2
+    late = fill(conn, BASE_HOUR_US, 3, offset_us=900_000_000, first_trade=70_000, session_base=20, first_update=40_000_000)
+    with build_sensor_context(resources={"buffer": defs.resources["buffer"]}, repository_def=defs.get_repository_def()) as ctx:
+        requests = late_rows_sensor.evaluate_tick(ctx).run_requests
+    assert [r.partition_key for r in requests] == [KEY] and "trade=" in requests[0].run_key
+    assert run_hour().success
+    assert read_rows(env / "archive", "trade") == len(want["trade"]) + len(late["trade"])
+    # cleanup with retention 0 frees every table the archive covers
+    conn.close()
+    monkeypatch.setenv("ORDERBOOK_RETENTION_HOURS", "0")
+    assert defs.resolve_job_def("cleanup_buffer").execute_in_process(instance=DagsterInstance.ephemeral()).success
+    conn = open_buffer(env / "buffer.sqlite3")
+    for table in (*datasets.DATASETS, "depth_sync", "trade_gap"):
+        assert conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == 0, table
+    conn.close()
+
+
+def read_rows(root, dataset: str) -> int:
+    return duckdb.connect().execute(
+        f"SELECT count(*) FROM read_parquet('{root}/{dataset}/**/*.parquet', hive_partitioning = true)"
+    ).fetchone()[0]
