@@ -33,14 +33,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
-import numpy as np
 import pyarrow as pa
 
 from orderbook_collector.buffer import HOUR_US, levels, reads  # noqa: F401
 from orderbook_collector.errors import ArchiveError, ConfigError, StorageError
 
 from orderbook_assets.archive import datasets, export
-from orderbook_assets.archive.location import Location, S3Settings, hour_path
+from orderbook_assets.archive.location import Location, S3Settings, hour_path  # noqa: F401  (tests build layouts with it)
 
 DATASET = datasets.DEPTH
 DEPTH_SCHEMA = datasets.DEPTH_SCHEMA
@@ -50,7 +49,6 @@ TOP_OF_BOOK_COLUMNS = [
     "symbol", "recv_time", "best_bid", "best_bid_qty", "best_ask", "best_ask_qty",
     "mid", "spread", "microprice",
 ]
-_DUCK_TYPES = {f.name: datasets.duckdb_type(f.type) for f in (*DEPTH_SCHEMA, *datasets.HIVE_COLUMNS)}
 #: The stream datasets that get views, their names stable (DESIGN.md).
 STREAM_VIEWS = tuple(datasets.DATASETS)
 
@@ -308,10 +306,6 @@ def archived_sql(con: duckdb.DuckDBPyConnection, archive: Archive, name: str, n_
         else:
             cols.append(c if c in have else f"CAST(NULL AS {types[c]}) AS {c}")
     return f"SELECT {', '.join(cols)} FROM {source}"
-
-
-def depth_archived_sql(archive: Archive, n_files: int, con: duckdb.DuckDBPyConnection | None = None) -> str:
-    return archived_sql(con or duckdb.connect(), archive, DATASET, n_files)
 
 
 def tail_sql(hours: list[tuple[str, int]], name: str = DATASET) -> str:

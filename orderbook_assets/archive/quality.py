@@ -142,10 +142,6 @@ def connect(paths: list[str], explained: pa.Table | None = None, earlier: list[s
     return con
 
 
-def columns(con: duckdb.DuckDBPyConnection) -> set[str]:
-    return {r[0] for r in con.execute("DESCRIBE books").fetchall()}
-
-
 def duplicates(con: duckdb.DuckDBPyConnection, dataset: ds.Dataset = ds.DATASETS[ds.DEPTH]) -> CheckResult:
     key = ", ".join(dataset.dedup)
     by_key = _rows(con.execute(f"SELECT {key}, count(*) AS n FROM books GROUP BY ALL HAVING n > 1 ORDER BY ALL"))

@@ -8,10 +8,10 @@ from __future__ import annotations
 import duckdb
 import pytest
 
-from orderbook_assets.archive import cleanup, datasets, ledger, pipeline
+from orderbook_assets.archive import cleanup, datasets, ledger, pipeline, quality
 from orderbook_assets.archive.store import LocalStore, S3Store
 
-from support.buffer_rows import BASE_HOUR_US, HOUR_US, open_buffer
+from support.buffer_rows import BASE_HOUR_US, open_buffer
 from support.every_kind import Defects, fill
 from support.s3 import MotoServer, s3_client
 
@@ -123,9 +123,9 @@ def _results(conn, st, staging, dataset):
 def test_clean_data_passes_every_check_of_every_dataset(env):
     conn, st, staging = env
     fill(conn, HOUR)
-    for dataset, names in {d: list(c) for d, c in __import__("orderbook_assets.archive.quality", fromlist=["CHECKS"]).CHECKS.items()}.items():
+    for dataset, checks in quality.CHECKS.items():
         got = _results(conn, st, staging, dataset)
-        assert list(got) == names
+        assert list(got) == list(checks)
         assert all(r.passed for r in got.values()), (dataset, [r for r in got.values() if not r.passed])
     breaks = _results(conn, st, staging, "depth_update")["depth_continuity"]
     assert breaks.detail["recorded_breaks"] == 1  # the premise: the data has a recorded break
@@ -161,8 +161,6 @@ def test_duplicates_and_unreconciled_rows_fail(env, tmp_path):
     """A part holding a row twice (a file that is not what the buffer holds) fails both checks."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-
-    from orderbook_assets.archive import quality
 
     conn, st, staging = env
     fill(conn, HOUR)
