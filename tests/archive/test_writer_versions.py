@@ -148,3 +148,36 @@ def test_an_object_no_version_reproduces_is_still_an_integrity_error(tmp_path, v
         pipeline.export_and_upload(conn, store, staging, HOUR)
     assert (store_root / key).read_bytes() == foreign.read_bytes()
     conn.close()
+
+
+def test_a_part_planned_and_uploaded_by_the_previous_release_finishes_under_this_one(tmp_path):
+    """The ledger of the release before rounds: a depth part uploaded in schema version 1 with its
+    coverage twin (same id range, same planned_us), the run killed before verification. This
+    release verifies it as it is, checks it (read by column name), writes the twin's coverage
+    under the twin's old key, and archives both."""
+    db, store_root, staging = tmp_path / "b.sqlite3", tmp_path / "archive", tmp_path / "staging"
+    fill_buffer(db, ["btcusdt", "ethusdt"], HOUR + 1_000, 100)
+    conn = open_buffer(db)
+    planned = 1_796_000_000_000_000
+    with conn:
+        for dataset in (DEPTH, "coverage"):
+            conn.execute(
+                "INSERT INTO export_parts (dataset, hour_us, part, id_lo, id_hi, state, planned_us, updated_us) "
+                "VALUES (?, ?, 1, 0, 200, 'planned', ?, ?)", (dataset, HOUR, planned, planned))
+    part = ledger.get_part(conn, DEPTH, HOUR, 1)
+    key = object_key(DEPTH, part)
+    v1 = write_part(conn, part, tmp_path / "v1.parquet", 1)
+    store = LocalStore(store_root)
+    store.put_if_absent(key, v1.path, v1.sha256)
+    ledger.advance(conn, part, "uploaded", rows=v1.rows, bytes=v1.bytes, sha256=v1.sha256, object_key=key)
+
+    out = pipeline.export_and_upload(conn, store, staging, HOUR)
+    assert out.round == [] and [(p.state, p.sha256) for p in out.parts] == [("verified", v1.sha256)]
+    checks = pipeline.check_parts(conn, store, staging, HOUR)
+    assert not checks.blocking_failures and checks.result("rows_reconciled").detail["parquet_rows"] == 200
+    cov = pipeline.upload_coverage(conn, store, staging, HOUR)
+    assert [p.object_key for p in cov.parts] == ["coverage/date=2026-11-23/hour=10/part-0001-0-200.parquet"]
+    done = pipeline.mark_archived(conn, staging, HOUR)
+    assert sorted((p.dataset, p.state) for p in done) == [("coverage", "archived"), (DEPTH, "archived")]
+    assert (store_root / key).read_bytes() == v1.path.read_bytes()  # never rewritten
+    conn.close()
