@@ -173,7 +173,10 @@ def python_loop_baseline(packed: Path, n: int, out: Path) -> float:
 
     t0 = time.perf_counter()
     conn = sqlite3.connect(packed)
-    names = {sid: (name, sym.upper()) for sid, name, sym in conn.execute("SELECT stream_id, name, symbol FROM streams")}
+    # a cached buffer may predate the market column (schema step 2): its streams are spot
+    has_market = "market" in {r[1] for r in conn.execute("PRAGMA table_info(streams)")}
+    names = {sid: (name, sym.upper(), market) for sid, name, sym, market in conn.execute(
+        f"SELECT stream_id, name, symbol, {'market' if has_market else chr(39) + 'spot' + chr(39)} FROM streams")}
     rows = conn.execute(
         "SELECT stream_id, recv_us, session_id, seq, update_id, n_bids, levels FROM depth_snapshot WHERE id <= ?", (n,)
     ).fetchall()
@@ -183,7 +186,7 @@ def python_loop_baseline(packed: Path, n: int, out: Path) -> float:
     for sid, recv, session, seq, uid, n_bids, levels in rows:
         vals = struct.unpack(f"<{len(levels) // 8}d", levels)
         lv = [{"price": vals[i], "qty": vals[i + 1]} for i in range(0, len(vals), 2)]
-        out_rows.append({"symbol": names[sid][1], "stream": names[sid][0], "recv_time": recv, "session_id": session,
+        out_rows.append({"market": names[sid][2], "symbol": names[sid][1], "stream": names[sid][0], "recv_time": recv, "session_id": session,
                          "seq": seq, "last_update_id": uid, "bids": lv[:n_bids], "asks": lv[n_bids:]})
     table = pa.Table.from_pylist(out_rows, schema=DEPTH_SCHEMA)
     pq.write_table(table, out, compression="zstd")

@@ -40,14 +40,14 @@ def candidates() -> dict[str, dict]:
     from orderbook_assets.archive.export import DEPTH_WRITER_VERSIONS, WRITER_OPTIONS
 
     dbp = {c: "DELTA_BINARY_PACKED" for c in INTS}
-    out = {"v1 shipped: zstd 1 + DBP (baseline)": DEPTH_WRITER_VERSIONS[1]}
+    out = {"v1 shipped: zstd 1 + DBP (baseline)": DEPTH_WRITER_VERSIONS[1].options}
     for level in (1, 3, 4, 6, 9):
         out[f"zstd {level}, no DBP"] = dict(WRITER_OPTIONS, compression_level=level)
     for level in (3, 6):
         out[f"zstd {level} + DBP"] = dict(WRITER_OPTIONS, compression_level=level, column_encoding=dbp)
     for v, opts in DEPTH_WRITER_VERSIONS.items():
         if v != 1:
-            out[f"v{v} (current)"] = opts
+            out[f"v{v} (current)"] = opts.options
     return out
 
 

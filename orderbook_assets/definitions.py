@@ -3,9 +3,9 @@
 
 from dagster import Definitions
 
-from orderbook_assets.defs.assets import archived_hour, coverage, depth_snapshot
+from orderbook_assets.defs.assets import archived_hour, coverage, stream_datasets
 from orderbook_assets.defs.bars import top_of_book_1s
-from orderbook_assets.defs.checks import depth_snapshot_checks
+from orderbook_assets.defs.checks import CHECKS
 from orderbook_assets.defs.jobs import archive_hour, cleanup_buffer
 from orderbook_assets.defs.resources import ArchiveResource, ArchiveS3Resource, BufferResource
 from orderbook_assets.defs.schedules import archive_hour_schedule, cleanup_buffer_schedule
@@ -18,8 +18,8 @@ def resources() -> dict:
 
 
 defs = Definitions(
-    assets=[depth_snapshot, coverage, archived_hour, top_of_book_1s],
-    asset_checks=[depth_snapshot_checks],
+    assets=[stream_datasets, coverage, archived_hour, top_of_book_1s],
+    asset_checks=list(CHECKS.values()),
     jobs=[archive_hour, cleanup_buffer],
     schedules=[archive_hour_schedule, cleanup_buffer_schedule],
     sensors=[late_rows_sensor],

@@ -30,7 +30,8 @@ from orderbook_assets.analytics import views
 from orderbook_assets.archive.location import Location
 
 USER_ERROR = 2
-VIEWS_HELP = "depth_snapshot, top_of_book, coverage and the macro book_at(symbol, time)"
+VIEWS_HELP = ("depth_snapshot, depth_update, depth_rest_snapshot, trade, agg_trade, book_ticker, top_of_book, coverage "
+              "and the macro book_at(symbol, time)")
 
 
 class QueryError(OrderbookError):
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--buffer", default=None,
                    help="SQLite buffer for --with-tail (default: $ORDERBOOK_BUFFER or data/buffer.sqlite3)")
     p.add_argument("--with-tail", action="store_true",
-                   help="add the buffer's not-yet-archived rows to depth_snapshot (data up to the last second)")
+                   help="add the buffer's not-yet-archived rows to every stream dataset's view (data up to the last second)")
     p.add_argument("--write-db", metavar="FILE", default=None,
                    help="write a DuckDB database file holding the views, then run SQL if given")
     p.add_argument("--format", choices=("box", "csv"), default="box", help="output format (default: box)")

@@ -3,9 +3,11 @@
 Everything here works on a caller's ``duckdb`` connection; nothing is global.
 :func:`register_views` creates, with stable names (see DESIGN.md, "Contracts"):
 
-``depth_snapshot_archived``  the Parquet dataset ``<archive>/depth_snapshot/``
-``depth_snapshot_tail``      buffer rows no archived part covers (only with a buffer)
-``depth_snapshot``           the archive, plus the tail when a buffer is given
+``<dataset>_archived``       the Parquet dataset ``<archive>/<dataset>/``, for each stream
+                             dataset: ``depth_snapshot``, ``depth_update``,
+                             ``depth_rest_snapshot``, ``trade``, ``agg_trade``, ``book_ticker``
+``<dataset>_tail``           buffer rows no archived part covers (only with a buffer)
+``<dataset>``                the archive, plus the tail when a buffer is given
 ``top_of_book``              ``symbol, recv_time, best_bid, best_bid_qty, best_ask,
                              best_ask_qty, mid, spread, microprice`` per snapshot
 ``coverage``                 the ``<archive>/coverage/`` dataset (sessions and gaps)
@@ -20,7 +22,8 @@ See docs/analysts.md.
 
 The tail is read with Python's ``sqlite3`` (DuckDB's sqlite extension is not
 available offline), read-only, in one read transaction, and decoded into the
-archive's shape with numpy, without per-row Python loops.
+archive's shape by the export's own conversion (``export.read_rows``), so tail rows and
+archived rows have the same columns and values.
 """
 
 from __future__ import annotations
@@ -30,14 +33,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
-import numpy as np
 import pyarrow as pa
 
 from orderbook_collector.buffer import HOUR_US, levels, reads  # noqa: F401
 from orderbook_collector.errors import ArchiveError, ConfigError, StorageError
 
-from orderbook_assets.archive import datasets
-from orderbook_assets.archive.location import Location, S3Settings, hour_path
+from orderbook_assets.archive import datasets, export
+from orderbook_assets.archive.location import Location, S3Settings, hour_path  # noqa: F401  (tests build layouts with it)
 
 DATASET = datasets.DEPTH
 DEPTH_SCHEMA = datasets.DEPTH_SCHEMA
@@ -47,7 +49,8 @@ TOP_OF_BOOK_COLUMNS = [
     "symbol", "recv_time", "best_bid", "best_bid_qty", "best_ask", "best_ask_qty",
     "mid", "spread", "microprice",
 ]
-_DUCK_TYPES = {f.name: datasets.duckdb_type(f.type) for f in (*DEPTH_SCHEMA, *datasets.HIVE_COLUMNS)}
+#: The stream datasets that get views, their names stable (DESIGN.md).
+STREAM_VIEWS = tuple(datasets.DATASETS)
 
 
 # --------------------------------------------------------------------------- locations and S3
@@ -94,12 +97,17 @@ def configure_s3(con: duckdb.DuckDBPyConnection, archive: Archive, s3: S3Setting
 # --------------------------------------------------------------------------- the tail
 
 
-def read_tail(buffer_path: str | Path) -> pa.Table:
-    """Buffer rows of ``depth_snapshot`` that no *archived* export part covers.
+def read_tail(buffer_path: str | Path, dataset: str = DATASET) -> pa.Table:
+    """Buffer rows of ``dataset`` that no *archived* export part covers (see :func:`read_tails`)."""
+    return read_tails(buffer_path, (dataset,))[dataset]
 
-    Per (dataset, hour): the hour's id range from ``buffer_hours`` minus the id ranges
-    of its parts in state 'archived'. Read in one read transaction, so the ledger and
-    the rows agree. Returned in the archive's schema (:data:`DEPTH_SCHEMA`), ordered by id.
+
+def read_tails(buffer_path: str | Path, names: tuple[str, ...] = STREAM_VIEWS) -> dict[str, pa.Table]:
+    """Per dataset, the buffer rows that no *archived* export part covers.
+
+    Per (dataset, hour): the hour's id range minus the id ranges of its parts in state
+    'archived'. Read in one read transaction, so the ledger and the rows agree. Returned in
+    the archive's schema of each dataset, ordered by id.
 
     Raises:
         ConfigError: the buffer file does not exist.
@@ -114,53 +122,15 @@ def read_tail(buffer_path: str | Path) -> pa.Table:
         raise StorageError(f"cannot open buffer {path} read-only: {exc}") from exc
     try:
         con.execute("BEGIN")  # one snapshot for ledger and rows (WAL readers never block the writer)
-        cols = "stream_id, session_id, seq, recv_us, update_id, n_bids, levels"
-        rows: list[tuple] = []
-        for rng in reads.unarchived(con, DATASET):
-            rows += con.execute(
-                f"SELECT {cols} FROM {DATASET} WHERE {reads.PART_ROWS} ORDER BY id", rng.params()
-            ).fetchall()
-        streams = con.execute("SELECT stream_id, name, symbol FROM streams").fetchall()
+        out = {name: export.read_rows(con, name, reads.unarchived(con, name)) for name in names}
         con.execute("COMMIT")
     except sqlite3.Error as exc:
         raise StorageError(f"cannot read buffer {path}: {exc}") from exc
+    except RuntimeError as exc:  # a row naming an unknown stream
+        raise StorageError(f"cannot read buffer {path}: {exc}") from exc
     finally:
         con.close()
-    return decode_rows(rows, streams)
-
-
-def decode_rows(rows: list[tuple], streams: list[tuple[int, str, str]]) -> pa.Table:
-    """Buffer rows ``(stream_id, session_id, seq, recv_us, update_id, n_bids, levels)`` → Arrow,
-    the levels through the buffer's codec (:func:`orderbook_collector.buffer.levels.to_arrow`)."""
-    if not rows:
-        return DEPTH_SCHEMA.empty_table()
-    stream_id, session_id, seq, recv_us, update_id, n_bids, blobs = zip(*rows)
-    bids, asks, _ = levels.to_arrow(list(blobs), np.asarray(n_bids, dtype=np.int64))
-    ids = np.asarray(stream_id, dtype=np.int64)
-    names = {sid: (name, symbol.upper()) for sid, name, symbol in streams}
-    uniq, inverse = np.unique(ids, return_inverse=True)
-    missing = [int(s) for s in uniq if int(s) not in names]
-    if missing:
-        raise StorageError(f"buffer rows refer to unknown stream ids {missing}")
-    stream_col = pa.DictionaryArray.from_arrays(
-        pa.array(inverse.astype(np.int32)), pa.array([names[int(s)][0] for s in uniq])
-    ).cast(pa.string())
-    symbol_col = pa.DictionaryArray.from_arrays(
-        pa.array(inverse.astype(np.int32)), pa.array([names[int(s)][1] for s in uniq])
-    ).cast(pa.string())
-    return pa.Table.from_arrays(
-        [
-            symbol_col,
-            stream_col,
-            pa.array(np.asarray(recv_us, dtype=np.int64)).cast(pa.timestamp("us", tz="UTC")),
-            pa.array(np.asarray(session_id, dtype=np.int64)),
-            pa.array(np.asarray(seq, dtype=np.int64)),
-            pa.array(np.asarray(update_id, dtype=np.int64)),
-            bids,
-            asks,
-        ],
-        schema=DEPTH_SCHEMA,
-    )
+    return out
 
 
 # --------------------------------------------------------------------------- the views
@@ -173,8 +143,10 @@ class ViewInfo:
     archive: Archive
     depth_files: int = 0
     coverage_files: int = 0
-    tail_rows: int | None = None  # None: no buffer was read
+    tail_rows: int | None = None  # depth_snapshot's; None: no buffer was read
     notes: list[str] = field(default_factory=list)
+    files: dict[str, int] = field(default_factory=dict)  # stream dataset → Parquet files
+    tails: dict[str, int] = field(default_factory=dict)  # stream dataset → tail rows (with a buffer)
 
     @property
     def empty(self) -> bool:
@@ -191,11 +163,12 @@ def register_views(
 ) -> ViewInfo:
     """Create the analysts' views on ``con`` (see the module docstring).
 
-    ``buffer_path`` (or an already read ``tail`` table) adds the not-yet-archived rows
-    to ``depth_snapshot``; duplicates with the archive are removed by the dedup key
-    (stream, last_update_id), so a part archived while we read is never counted twice.
-    The tail is stored as the table ``buffer_unarchived`` on ``con``: a snapshot taken
-    now (re-run to refresh). An archive without files gives empty, typed views and a note.
+    ``buffer_path`` adds the not-yet-archived rows to every stream dataset's view (an
+    already read ``tail`` table: to ``depth_snapshot``); duplicates with the archive are
+    removed by the dataset's dedup key, so a part archived while we read is never counted
+    twice. Each tail is stored as the table ``<dataset>_unarchived`` on ``con``
+    (``buffer_unarchived`` for depth_snapshot): a snapshot taken now (re-run to refresh).
+    An archive without files gives empty, typed views and a note.
 
     Raises:
         ConfigError: bad archive URL, missing credentials or buffer, a local archive folder
@@ -212,31 +185,27 @@ def register_views(
             "ORDERBOOK_ARCHIVE_URL",
             f"the archive folder {archive.url} does not exist; point --archive at the folder the archive job writes.",
         )
-    info.depth_files = count_files(con, archive.glob(DATASET))
     info.coverage_files = count_files(con, archive.glob("coverage"))
-
-    con.execute(f"CREATE OR REPLACE VIEW depth_snapshot_archived AS {depth_archived_sql(archive, info.depth_files)}")
-    if info.depth_files == 0:
-        info.notes.append(f"The archive at {archive.url} holds no depth_snapshot Parquet files yet.")
-    if buffer_path is not None or tail is not None:
-        tail = read_tail(buffer_path) if tail is None else tail
-        info.tail_rows = tail.num_rows
-        con.register("_orderbook_tail_arrow", tail)
-        try:
-            con.execute(
-                "CREATE OR REPLACE TABLE buffer_unarchived AS "
-                "SELECT *, CAST(timezone('UTC', recv_time) AS DATE) AS date, "
-                "CAST(hour(timezone('UTC', recv_time)) AS INTEGER) AS hour FROM _orderbook_tail_arrow"
-            )
-        finally:
-            con.unregister("_orderbook_tail_arrow")
-        con.execute(f"CREATE OR REPLACE VIEW depth_snapshot_tail AS {tail_sql(_tail_hours(con))}")
-        con.execute(
-            "CREATE OR REPLACE VIEW depth_snapshot AS "
-            "SELECT * FROM depth_snapshot_archived UNION ALL SELECT * FROM depth_snapshot_tail"
-        )
-    else:
-        con.execute("CREATE OR REPLACE VIEW depth_snapshot AS SELECT * FROM depth_snapshot_archived")
+    tails: dict[str, pa.Table] = {}
+    if buffer_path is not None:
+        tails = read_tails(buffer_path)
+    if tail is not None:
+        tails[DATASET] = tail
+    for name in STREAM_VIEWS:
+        n_files = count_files(con, archive.glob(name))
+        info.files[name] = n_files
+        con.execute(f"CREATE OR REPLACE VIEW {name}_archived AS {archived_sql(con, archive, name, n_files)}")
+        if name == DATASET and n_files == 0:
+            info.notes.append(f"The archive at {archive.url} holds no depth_snapshot Parquet files yet.")
+        if name in tails:
+            _register_tail(con, name, tails[name])
+            info.tails[name] = tails[name].num_rows
+            con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM {name}_archived UNION ALL SELECT * FROM {name}_tail")
+        else:
+            con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM {name}_archived")
+    info.depth_files = info.files[DATASET]
+    if tails:
+        info.tail_rows = info.tails[DATASET]
     con.execute(f"CREATE OR REPLACE VIEW top_of_book AS {TOP_OF_BOOK_SQL}")
     if info.coverage_files:
         # The files carry their own `hour` column (a timestamp): no Hive columns on top.
@@ -282,19 +251,65 @@ def count_files(con: duckdb.DuckDBPyConnection, pattern: str) -> int:
         raise ArchiveError(f"cannot list {pattern}: {one_line(exc)}") from exc
 
 
-def depth_archived_sql(archive: Archive, n_files: int) -> str:
-    cols = DEPTH_COLUMNS + ["date", "hour"]
+def _unarchived_table(name: str) -> str:
+    return "buffer_unarchived" if name == DATASET else f"{name}_unarchived"
+
+
+def conform(tail: pa.Table, name: str) -> pa.Table:
+    """A tail table in its dataset's schema: columns it lacks (a table made for depth schema
+    version 1) become nulls, ``market`` 'spot' (every row before version 2 was spot)."""
+    schema = datasets.DATASETS[name].schema
+    cols = []
+    for f in schema:
+        if f.name in tail.column_names:
+            cols.append(tail[f.name].cast(f.type))
+        elif f.name == "market":
+            cols.append(pa.array(["spot"] * tail.num_rows, pa.string()))
+        else:
+            cols.append(pa.nulls(tail.num_rows, f.type))
+    return pa.Table.from_arrays(cols, schema=pa.schema([f.with_nullable(True) for f in schema]))
+
+
+def _register_tail(con: duckdb.DuckDBPyConnection, name: str, tail: pa.Table) -> None:
+    con.register("_orderbook_tail_arrow", conform(tail, name))
+    try:
+        con.execute(
+            f"CREATE OR REPLACE TABLE {_unarchived_table(name)} AS "
+            "SELECT *, CAST(timezone('UTC', recv_time) AS DATE) AS date, "
+            "CAST(hour(timezone('UTC', recv_time)) AS INTEGER) AS hour FROM _orderbook_tail_arrow"
+        )
+    finally:
+        con.unregister("_orderbook_tail_arrow")
+    con.execute(f"CREATE OR REPLACE VIEW {name}_tail AS {tail_sql(_tail_hours(con, name), name)}")
+
+
+def _columns(name: str) -> list[str]:
+    return datasets.DATASETS[name].schema.names + ["date", "hour"]
+
+
+def archived_sql(con: duckdb.DuckDBPyConnection, archive: Archive, name: str, n_files: int) -> str:
+    """The archived dataset with exactly its schema's columns: read by name, so parts written
+    under an older schema (``depth_snapshot`` version 1: spot only, no market nor USD-M
+    columns) read with ``market`` 'spot' and nulls for what they lack."""
+    schema = datasets.DATASETS[name].schema
+    types = {f.name: datasets.duckdb_type(f.type) for f in (*schema, *datasets.HIVE_COLUMNS)}
     if n_files == 0:
-        typed = ", ".join(f"CAST(NULL AS {_DUCK_TYPES[c]}) AS {c}" for c in cols)
+        typed = ", ".join(f"CAST(NULL AS {types[c]}) AS {c}" for c in _columns(name))
         return f"SELECT {typed} WHERE false"
-    return (
-        f"SELECT {', '.join(cols)} FROM read_parquet({_lit(archive.glob(DATASET))}, "
-        "hive_partitioning = true, hive_types = {'date': DATE, 'hour': INTEGER})"
-    )
+    source = (f"read_parquet({_lit(archive.glob(name))}, hive_partitioning = true, union_by_name = true, "
+              "hive_types = {'date': DATE, 'hour': INTEGER})")
+    have = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
+    cols = []
+    for c in _columns(name):
+        if c == "market":
+            cols.append("coalesce(market, 'spot') AS market" if c in have else "'spot' AS market")
+        else:
+            cols.append(c if c in have else f"CAST(NULL AS {types[c]}) AS {c}")
+    return f"SELECT {', '.join(cols)} FROM {source}"
 
 
-def tail_sql(hours: list[tuple[str, int]]) -> str:
-    """Tail rows minus any row already in the archive (same stream and update id).
+def tail_sql(hours: list[tuple[str, int]], name: str = DATASET) -> str:
+    """Tail rows minus any row already in the archive (same dedup key).
 
     The archive side is restricted to the tail's hours with literal partition values,
     so DuckDB prunes every other hour's files instead of scanning the whole archive.
@@ -303,15 +318,17 @@ def tail_sql(hours: list[tuple[str, int]]) -> str:
         prune = " OR ".join(f"(a.date = DATE '{d}' AND a.hour = {h})" for d, h in hours)
     else:
         prune = "false"
+    same = " AND ".join(f"a.{c} = t.{c}" for c in datasets.DATASETS[name].dedup)
     return (
-        f"SELECT {', '.join('t.' + c for c in DEPTH_COLUMNS + ['date', 'hour'])} FROM buffer_unarchived t "
-        "WHERE NOT EXISTS (SELECT 1 FROM depth_snapshot_archived a "
-        f"WHERE ({prune}) AND a.stream = t.stream AND a.last_update_id = t.last_update_id)"
+        f"SELECT {', '.join('t.' + c for c in _columns(name))} FROM {_unarchived_table(name)} t "
+        f"WHERE NOT EXISTS (SELECT 1 FROM {name}_archived a WHERE ({prune}) AND {same})"
     )
 
 
-def _tail_hours(con: duckdb.DuckDBPyConnection) -> list[tuple[str, int]]:
-    rows = con.execute("SELECT DISTINCT CAST(date AS VARCHAR), hour FROM buffer_unarchived ORDER BY 1, 2").fetchall()
+def _tail_hours(con: duckdb.DuckDBPyConnection, name: str = DATASET) -> list[tuple[str, int]]:
+    rows = con.execute(
+        f"SELECT DISTINCT CAST(date AS VARCHAR), hour FROM {_unarchived_table(name)} ORDER BY 1, 2"
+    ).fetchall()
     return [(d, int(h)) for d, h in rows]
 
 

@@ -1,6 +1,8 @@
 """Free the buffer: delete rows of archived parts older than the retention period.
 
-Only parts in state ``archived`` (uploaded, verified by HEAD, checks passed) are touched;
+Every buffer table archived in parts (each dataset, and ``depth_sync``/``trade_gap``, whose rows
+the coverage objects hold). Only parts in state ``archived`` (uploaded, verified by HEAD,
+checks passed) are touched;
 rows of any other part are never deleted. Each DELETE removes at most ``batch`` rows in its
 own short transaction, because one large DELETE (with Debian's ``secure_delete``) stalls
 the collector's writer for seconds. The WAL is checkpointed (PASSIVE, never waiting for the
@@ -20,7 +22,7 @@ from pathlib import Path
 from orderbook_collector.buffer import HOUR_US, now_us, reads, transaction
 
 from orderbook_assets.archive.crash import crash_point
-from orderbook_assets.archive.ledger import DEPTH
+from orderbook_assets.archive.ledger import DEPTH, ROUND_TABLES
 
 log = logging.getLogger(__name__)
 
@@ -38,38 +40,39 @@ class CleanupResult:
     wal_bytes: int = 0
 
 
-def eligible_parts(conn: sqlite3.Connection, retention_hours: float, now: int) -> list[tuple[int, int, int]]:
-    """(hour_us, id_lo, id_hi) of archived depth parts whose rows are all older than the retention.
-
-    ``retention_hours == 0`` means as soon as the part is archived.
+def eligible_parts(conn: sqlite3.Connection, retention_hours: float, now: int,
+                   dataset: str = DEPTH) -> list[tuple[int, int, int]]:
+    """(hour_us, id_lo, id_hi) of archived parts of a buffer table whose rows are all older than
+    the retention. ``retention_hours == 0`` means as soon as the part is archived.
     """
     cutoff = now - int(retention_hours * HOUR_US)
     return conn.execute(
         "SELECT hour_us, id_lo, id_hi FROM export_parts WHERE dataset = ? AND state = 'archived' "
         "AND (? = 0 OR hour_us + ? <= ?) ORDER BY hour_us, part",
-        (DEPTH, retention_hours, HOUR_US, cutoff),
+        (dataset, retention_hours, HOUR_US, cutoff),
     ).fetchall()
 
 
-def delete_part_rows(conn: sqlite3.Connection, hour_us: int, id_lo: int, id_hi: int, batch: int = BATCH) -> int:
+def delete_part_rows(conn: sqlite3.Connection, hour_us: int, id_lo: int, id_hi: int, batch: int = BATCH,
+                     dataset: str = DEPTH) -> int:
     """Delete one batch of a part's rows; returns how many were deleted (0 when done)."""
     if batch > BATCH:
         raise ValueError(f"batch must be at most {BATCH} rows")
     with transaction(conn):
         # The state is re-checked inside the write transaction: never a row of an unarchived part.
         cur = conn.execute(
-            f"DELETE FROM {DEPTH} WHERE id IN ("
-            f" SELECT id FROM {DEPTH} WHERE {reads.PART_ROWS}"
+            f"DELETE FROM {dataset} WHERE id IN ("
+            f" SELECT id FROM {dataset} WHERE {reads.PART_ROWS}"
             " AND EXISTS (SELECT 1 FROM export_parts p WHERE p.dataset = ? AND p.hour_us = ? AND p.state = 'archived'"
             "             AND p.id_lo = ? AND p.id_hi = ?)"
             " LIMIT ?)",
-            (*reads.IdRange(hour_us, id_lo, id_hi).params(), DEPTH, hour_us, id_lo, id_hi, batch),
+            (*reads.IdRange(hour_us, id_lo, id_hi).params(), dataset, hour_us, id_lo, id_hi, batch),
         )
     return cur.rowcount
 
 
-def has_rows(conn: sqlite3.Connection, hour_us: int, id_lo: int, id_hi: int) -> bool:
-    return reads.has_rows(conn, DEPTH, reads.IdRange(hour_us, id_lo, id_hi))
+def has_rows(conn: sqlite3.Connection, hour_us: int, id_lo: int, id_hi: int, dataset: str = DEPTH) -> bool:
+    return reads.has_rows(conn, dataset, reads.IdRange(hour_us, id_lo, id_hi))
 
 
 def _drop_staged(conn: sqlite3.Connection, staging: Path, hour_us: int) -> None:
@@ -105,15 +108,16 @@ def run(
     now = now_us() if now is None else now
     conn.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT_BYTES}")
     result = CleanupResult()
-    for hour_us, id_lo, id_hi in eligible_parts(conn, retention_hours, now):
+    eligible = [(d, *p) for d in ROUND_TABLES for p in eligible_parts(conn, retention_hours, now, d)]
+    for dataset, hour_us, id_lo, id_hi in eligible:
         if staging is not None:
             # Staged files a killed bars step left behind go with the rows they came from.
             _drop_staged(conn, staging, hour_us)
-        if not has_rows(conn, hour_us, id_lo, id_hi):
+        if not has_rows(conn, hour_us, id_lo, id_hi, dataset):
             continue  # cleaned by an earlier run
         result.parts += 1
         while True:
-            n = delete_part_rows(conn, hour_us, id_lo, id_hi, batch)
+            n = delete_part_rows(conn, hour_us, id_lo, id_hi, batch, dataset)
             if n == 0:
                 break
             result.deleted += n

@@ -1,10 +1,14 @@
-"""The ``coverage`` dataset: sessions and gaps per archived part, without Dagster.
+"""The ``coverage`` dataset: sessions, gaps and continuity per archived round, without Dagster.
 
-One Parquet object per depth part, beside it:
-``coverage/date=YYYY-MM-DD/hour=HH/part-NNNN-<id_lo>-<id_hi>.parquet``. Two kinds of rows
-(column ``record``): ``session`` (one per connection session overlapping the hour) and
-``gap`` (one per interval of more than 5 cadences without a message of a stream, found
-in the rows archived by the same run). Schema and usage: docs/datasets.md.
+One Parquet object per round of an hour (the parts planned together, see ``ledger``):
+``coverage/date=YYYY-MM-DD/hour=HH/part-NNNN-0-0.parquet`` (older ones carry their depth
+twin's id range). Kinds of rows (column ``record``): ``session`` (one per connection session
+overlapping the hour), ``gap`` (an interval of more than 5 cadences without a message of a
+depth stream, found in the rows archived by the same run), and the continuity the collector
+recorded as data in the round's rows: ``break`` and ``synced`` (a diff-depth stream lost and
+regained continuity, from ``depth_sync``), ``resync`` (a REST snapshot fetched for a diff
+stream, from ``depth_rest_snapshot``) and ``trade_gap`` (trade or aggTrade ids never
+received, from ``trade_gap``). Schema and usage: docs/datasets.md.
 
 Session counters (duplicates, quarantined, lost, close) are a snapshot taken when the
 part is exported, so unlike depth parts a coverage object is not a pure function of its
@@ -22,12 +26,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from orderbook_collector.buffer import HOUR_US
+from orderbook_collector.buffer import HOUR_US, reads
 
 from orderbook_collector.fsutil import fsync_dir, sha256_file
 
 from orderbook_assets.archive.export import WRITER_OPTIONS
-from orderbook_assets.archive.datasets import COVERAGE_SCHEMA, TS  # noqa: F401
+from orderbook_assets.archive.datasets import (COVERAGE_SCHEMA, DEPTH_REST, DEPTH_SYNC, DEPTH_UPDATE, TRADE_GAP,  # noqa: F401
+                                               TS)
 from orderbook_assets.archive.ledger import Part
 from orderbook_assets.archive.quality import Gap
 
@@ -42,13 +47,63 @@ def session_rows(conn: sqlite3.Connection, hour_us: int) -> list[tuple]:
     ).fetchall()
 
 
-def per_session_stats(con: duckdb.DuckDBPyConnection) -> dict[int, tuple]:
-    """session_id → (first_us, last_us, messages, min_seq, max_seq) over the step's ``books``."""
+def per_session_stats(con: duckdb.DuckDBPyConnection, view: str = "books") -> dict[int, tuple]:
+    """session_id → (first_us, last_us, messages, min_seq, max_seq) over the step's rows in ``view``."""
     rows = con.execute(
         "SELECT session_id, epoch_us(min(recv_time)), epoch_us(max(recv_time)), count(*), min(seq), max(seq) "
-        "FROM books GROUP BY session_id"
+        f"FROM {view} WHERE session_id IS NOT NULL GROUP BY session_id"
     ).fetchall()
     return {r[0]: r[1:] for r in rows}
+
+
+def _ms(value: int | None) -> int | None:
+    return None if value is None else value * 1000
+
+
+def continuity_rows(conn: sqlite3.Connection, parts: list[Part], streams: dict) -> list[dict]:
+    """The ``break``, ``synced``, ``resync`` and ``trade_gap`` rows of a round's parts, read from
+    the buffer (the parts are not archived yet, so their rows are there), in id order per table.
+
+    ``streams``: ``export.stream_table`` (stream names as subscribed, and markets).
+    """
+    out: list[dict] = []
+    for part in parts:
+        params = reads.IdRange(part.hour_us, part.id_lo, part.id_hi).params()
+        if part.dataset == DEPTH_SYNC:
+            for (sid, session, recv, event, reason, before_u, before_ms, after_first, after_last, _after_prev,
+                 after_ms, snapshot) in conn.execute(
+                "SELECT stream_id, session_id, recv_us, event, reason, before_update_id, before_event_ms, "
+                "after_first_update_id, after_last_update_id, after_prev_update_id, after_event_ms, snapshot_update_id "
+                f"FROM {DEPTH_SYNC} WHERE {reads.PART_ROWS} ORDER BY id", params,
+            ):
+                s = streams[sid]
+                if event == "break":
+                    out.append(dict(record="break", market=s.market, stream=s.name, session_id=session,
+                                    start_time=_ms(before_ms), end_time=_ms(after_ms), first_recv_time=recv,
+                                    reason=reason, first_id=before_u, last_id=after_first, dataset=DEPTH_UPDATE))
+                else:
+                    out.append(dict(record="synced", market=s.market, stream=s.name, session_id=session,
+                                    start_time=_ms(after_ms), end_time=_ms(after_ms), first_recv_time=recv,
+                                    reason=reason, first_id=after_first, last_id=after_last, snapshot_id=snapshot,
+                                    dataset=DEPTH_UPDATE))
+        elif part.dataset == TRADE_GAP:
+            for sid, session, recv, dataset, first, last, before_ms, after_ms in conn.execute(
+                "SELECT stream_id, session_id, recv_us, dataset, first_missing_id, last_missing_id, before_event_ms, "
+                f"after_event_ms FROM {TRADE_GAP} WHERE {reads.PART_ROWS} ORDER BY id", params,
+            ):
+                s = streams[sid]
+                out.append(dict(record="trade_gap", market=s.market, stream=s.name, session_id=session,
+                                start_time=_ms(before_ms), end_time=_ms(after_ms), first_recv_time=recv,
+                                first_id=first, last_id=last, messages=last - first + 1, dataset=dataset))
+        elif part.dataset == DEPTH_REST:
+            for sid, recv, uid, reason, event_ms in conn.execute(
+                f"SELECT stream_id, recv_us, last_update_id, reason, event_ms FROM {DEPTH_REST} "
+                f"WHERE {reads.PART_ROWS} ORDER BY id", params,
+            ):
+                s = streams[sid]
+                out.append(dict(record="resync", market=s.market, stream=s.name, start_time=_ms(event_ms),
+                                first_recv_time=recv, reason=reason, snapshot_id=uid, dataset=DEPTH_REST))
+    return out
 
 
 def build_table(
@@ -56,8 +111,10 @@ def build_table(
     sessions: list[tuple],
     stats: dict[int, tuple],
     gaps: list[Gap],
+    continuity: list[dict] = (),
 ) -> pa.Table:
-    """The coverage rows of a part, in a fixed order (sessions by id, then gaps by stream and start)."""
+    """The coverage rows of a part, in a fixed order (sessions by id, gaps by stream and start,
+    then the round's continuity records as :func:`continuity_rows` lists them)."""
     cols: dict[str, list] = {f.name: [] for f in COVERAGE_SCHEMA}
 
     def add(**values: object) -> None:
@@ -73,20 +130,24 @@ def build_table(
             seconds=max(0, end - start) / 1e6, first_recv_time=first, last_recv_time=last,
             messages=messages, min_seq=min_seq, max_seq=max_seq, duplicates=dups, quarantined=quar,
             lost=lost, close_reason=reason, **common)
-    for stream, lo, hi in sorted(gaps):
-        add(record="gap", stream=stream, start_time=lo, end_time=hi, seconds=(hi - lo) / 1e6, **common)
+    for stream, lo, hi, market in sorted(gaps):
+        add(record="gap", market=market, stream=stream, start_time=lo, end_time=hi, seconds=(hi - lo) / 1e6, **common)
+    for row in continuity:
+        add(**row, **common)
     return pa.Table.from_pydict(cols, schema=COVERAGE_SCHEMA)
 
 
 def gaps_of(table: pa.Table) -> list[Gap]:
     """The gaps a coverage object records, back as typed data."""
     g = table.filter(pc.equal(table["record"], "gap"))
+    markets = g["market"].to_pylist() if "market" in g.column_names else [None] * g.num_rows
     return [
-        Gap(stream, lo, hi)
-        for stream, lo, hi in zip(
+        Gap(stream, lo, hi, market or "spot")
+        for stream, lo, hi, market in zip(
             g["stream"].to_pylist(),
             g["start_time"].cast(pa.int64()).to_pylist(),
             g["end_time"].cast(pa.int64()).to_pylist(),
+            markets,
         )
     ]
 
@@ -95,7 +156,7 @@ def write_table(table: pa.Table, path: Path) -> tuple[int, str]:
     """Write coverage Parquet atomically (temp, fsync, rename); return (size, sha256)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    options = dict(WRITER_OPTIONS, use_dictionary=["record", "stream", "close_reason"])
+    options = dict(WRITER_OPTIONS, use_dictionary=["record", "stream", "close_reason", "market", "dataset", "reason"])
     with open(tmp, "wb") as f:
         pq.write_table(table, f, **options)
         f.flush()

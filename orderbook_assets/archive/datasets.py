@@ -7,23 +7,57 @@ The DuckDB types of the analysts' views and empty typed views are derived from h
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import pyarrow as pa
 
 from orderbook_collector.buffer.levels import LEVEL, LEVELS  # noqa: F401  (the levels' Arrow form)
 
-SCHEMA_VERSION = "1"
 TS = pa.timestamp("us", tz="UTC")
 
 DEPTH = "depth_snapshot"
+DEPTH_UPDATE = "depth_update"
+DEPTH_REST = "depth_rest_snapshot"
+TRADE = "trade"
+AGG_TRADE = "agg_trade"
+BOOK_TICKER = "book_ticker"
 COVERAGE = "coverage"
 TOP_OF_BOOK_1S = "top_of_book_1s"
 
+#: The schema version of each dataset's newest schema (stored in every file's metadata).
+SCHEMA_VERSIONS = {DEPTH: "2", COVERAGE: "2"}
 
-def _meta(dataset: str) -> dict[str, str]:
-    return {"orderbook.dataset": dataset, "orderbook.schema_version": SCHEMA_VERSION}
+
+def _meta(dataset: str, version: str | None = None) -> dict[str, str]:
+    return {"orderbook.dataset": dataset, "orderbook.schema_version": version or SCHEMA_VERSIONS.get(dataset, "1")}
 
 
-DEPTH_SCHEMA = pa.schema(
+def _f(name: str, t: pa.DataType, nullable: bool = False) -> pa.Field:
+    return pa.field(name, t, nullable=nullable)
+
+
+#: The columns every stream dataset starts with (DESIGN.md, "Datasets"). ``session_id`` and
+#: ``seq`` are null only in ``depth_rest_snapshot``, which did not come over a connection.
+COMMON = (
+    _f("market", pa.string()),
+    _f("symbol", pa.string()),
+    _f("stream", pa.string()),
+    _f("recv_time", TS),
+    _f("session_id", pa.int64()),
+    _f("seq", pa.int64()),
+)
+_NO_SESSION = (*COMMON[:4], _f("session_id", pa.int64(), True), _f("seq", pa.int64(), True))
+
+
+def _schema(dataset: str, own: list[pa.Field], common=COMMON) -> pa.Schema:
+    return pa.schema([*common, *own], metadata=_meta(dataset))
+
+
+_USDM_TIMES = [_f("event_time", TS, True), _f("transaction_time", TS, True)]
+
+#: Schema version 1 of ``depth_snapshot`` (spot only, no market nor USD-M columns): parts
+#: archived before version 2 keep it; readers use ``union_by_name`` (docs/datasets.md).
+DEPTH_SCHEMA_V1 = pa.schema(
     [
         pa.field("symbol", pa.string(), nullable=False),
         pa.field("stream", pa.string(), nullable=False),
@@ -34,8 +68,65 @@ DEPTH_SCHEMA = pa.schema(
         pa.field("bids", LEVELS, nullable=False),
         pa.field("asks", LEVELS, nullable=False),
     ],
-    metadata=_meta(DEPTH),
+    metadata=_meta(DEPTH, "1"),
 )
+
+DEPTH_SCHEMA = _schema(DEPTH, [
+    _f("last_update_id", pa.int64()), _f("bids", LEVELS), _f("asks", LEVELS),
+    *_USDM_TIMES, _f("first_update_id", pa.int64(), True), _f("prev_update_id", pa.int64(), True),
+])
+DEPTH_UPDATE_SCHEMA = _schema(DEPTH_UPDATE, [
+    _f("event_time", TS), _f("transaction_time", TS, True), _f("first_update_id", pa.int64()),
+    _f("last_update_id", pa.int64()), _f("prev_update_id", pa.int64(), True), _f("bids", LEVELS), _f("asks", LEVELS),
+])
+DEPTH_REST_SCHEMA = _schema(DEPTH_REST, [
+    _f("last_update_id", pa.int64()), _f("bids", LEVELS), _f("asks", LEVELS), _f("reason", pa.string()), *_USDM_TIMES,
+], common=_NO_SESSION)
+TRADE_SCHEMA = _schema(TRADE, [
+    _f("event_time", TS), _f("trade_time", TS), _f("trade_id", pa.int64()), _f("price", pa.float64()),
+    _f("qty", pa.float64()), _f("is_buyer_maker", pa.bool_()),
+])
+AGG_TRADE_SCHEMA = _schema(AGG_TRADE, [
+    _f("event_time", TS), _f("trade_time", TS), _f("agg_trade_id", pa.int64()), _f("first_trade_id", pa.int64()),
+    _f("last_trade_id", pa.int64()), _f("price", pa.float64()), _f("qty", pa.float64()), _f("is_buyer_maker", pa.bool_()),
+])
+BOOK_TICKER_SCHEMA = _schema(BOOK_TICKER, [
+    _f("update_id", pa.int64()), _f("best_bid", pa.float64()), _f("best_bid_qty", pa.float64()),
+    _f("best_ask", pa.float64()), _f("best_ask_qty", pa.float64()), *_USDM_TIMES,
+])
+
+
+class Dataset(NamedTuple):
+    """An archived stream dataset: its name (also its buffer table and folder), its newest
+    schema, its dedup key (DESIGN.md) and the id that must never go backwards in a session."""
+
+    name: str
+    schema: pa.Schema
+    dedup: tuple[str, ...]
+    ordered_id: str | None  # None: no session order (REST snapshots)
+
+    @property
+    def has_session(self) -> bool:
+        return not self.schema.field("session_id").nullable
+
+    @property
+    def has_levels(self) -> bool:
+        return "bids" in self.schema.names
+
+
+#: Every archived stream dataset, in the order an hour is exported.
+DATASETS: dict[str, Dataset] = {d.name: d for d in (
+    Dataset(DEPTH, DEPTH_SCHEMA, ("market", "stream", "last_update_id"), "last_update_id"),
+    Dataset(DEPTH_UPDATE, DEPTH_UPDATE_SCHEMA, ("market", "stream", "last_update_id"), "last_update_id"),
+    Dataset(DEPTH_REST, DEPTH_REST_SCHEMA, ("market", "symbol", "last_update_id"), None),
+    Dataset(TRADE, TRADE_SCHEMA, ("market", "stream", "trade_id"), "trade_id"),
+    Dataset(AGG_TRADE, AGG_TRADE_SCHEMA, ("market", "stream", "agg_trade_id"), "agg_trade_id"),
+    Dataset(BOOK_TICKER, BOOK_TICKER_SCHEMA, ("market", "stream", "update_id"), "update_id"),
+)}
+
+#: Buffer tables whose rows are archived inside ``coverage`` (continuity as data), not as datasets.
+DEPTH_SYNC, TRADE_GAP = "depth_sync", "trade_gap"
+CONTINUITY = (DEPTH_SYNC, TRADE_GAP)
 
 COVERAGE_SCHEMA = pa.schema(
     [
@@ -57,6 +148,13 @@ COVERAGE_SCHEMA = pa.schema(
         pa.field("lost", pa.int64()),
         pa.field("close_reason", pa.string()),
         pa.field("as_of", TS, nullable=False),
+        # schema version 2: continuity records (break, synced, resync, trade_gap)
+        pa.field("market", pa.string()),
+        pa.field("dataset", pa.string()),
+        pa.field("reason", pa.string()),
+        pa.field("first_id", pa.int64()),
+        pa.field("last_id", pa.int64()),
+        pa.field("snapshot_id", pa.int64()),
     ],
     metadata=_meta(COVERAGE),
 )

@@ -1,4 +1,9 @@
-"""Buffer rows → Arrow → deterministic Parquet, without Dagster.
+"""Buffer rows → Arrow → deterministic Parquet, without Dagster, for every stream dataset.
+
+One code path serves every dataset: :data:`SOURCES` says, per dataset, which buffer
+columns give each of its own Parquet columns and how they convert (ms → µs timestamps,
+0/1 → bool, packed levels → ``list<struct>``); the common columns (market, symbol,
+stream, recv_time, session_id, seq) come from the pass-1 keys and the ``streams`` table.
 
 The bytes follow from the rows alone: rows sorted by (symbol, recv_time, session_id,
 seq), fixed row groups, fixed writer options, fixed schema metadata. A re-run after a
@@ -11,8 +16,8 @@ immutable: ids are never reused and cleanup only deletes archived parts):
 1. the sort keys of every row (five integers a row), in id-range chunks → sorted once
    with ``np.lexsort`` into the global order and kept as numpy columns (40 bytes a row:
    200 MB for a 5,000,000-row hour);
-2. per row group, only what pass 1 does not already hold: ``update_id``, ``n_bids`` and
-   the packed ``levels`` blob, fetched by a rowid range when the group's ids are
+2. per row group, only what pass 1 does not already hold (the dataset's own columns, e.g.
+   ``update_id``, ``n_bids`` and the packed ``levels`` blob of a depth snapshot), fetched by a rowid range when the group's ids are
    contiguous, else by a rowid list; turned into Arrow columns with numpy (blobs joined
    and reinterpreted as float64 pairs, fixed-shape books split by a reshape, no per-row
    Python loop, zero-copy ``Array.from_buffers``) and written as one row group.
@@ -27,15 +32,19 @@ import json
 import os
 import sqlite3
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from orderbook_collector.buffer import hour_folder, levels, reads
 from orderbook_collector.fsutil import fsync_dir, sha256_file
 
+from orderbook_assets.archive import datasets as ds
 from orderbook_assets.archive.datasets import DEPTH_SCHEMA, LEVEL, LEVELS  # noqa: F401
 from orderbook_assets.archive.ledger import Part
 
@@ -52,27 +61,105 @@ WRITER_OPTIONS = dict(
     data_page_version="1.0",
 )
 
-#: Every version of the depth dataset's writer options, by number; never edit a released one.
-#: A part's bytes follow from its rows *and* the options it was first written with, so a
-#: re-export must use that same version: :func:`write_part` takes it, and the pipeline finds a
-#: part's version from the SHA-256 the ledger (or the store) already holds for it.
+
+
+class WriterVersion(NamedTuple):
+    """What fixes a part's bytes besides its rows: the schema it was written in and the options."""
+
+    schema: pa.Schema
+    options: dict
+
+
+def _delta(*columns: str) -> dict[str, str]:
+    return {c: "DELTA_BINARY_PACKED" for c in columns}
+
+
+_DEPTH_V1_OPTIONS = dict(WRITER_OPTIONS, compression_level=1,
+                         column_encoding=_delta("recv_time", "session_id", "seq", "last_update_id"))
+
+
+def _options(dataset: ds.Dataset) -> dict:
+    """The options of a dataset's first version: zstd 1, dictionaries for the repeated strings,
+    DELTA_BINARY_PACKED for the integers that grow by small steps (as measured for depth)."""
+    strings = [f.name for f in dataset.schema if f.name in ("market", "symbol", "stream", "reason")]
+    ints = [f.name for f in dataset.schema
+            if f.type in (pa.int64(), ds.TS) and f.name not in ("event_time", "trade_time", "transaction_time")]
+    return dict(WRITER_OPTIONS, compression_level=1, use_dictionary=strings, column_encoding=_delta(*ints))
+
+
+#: Every writer version of every dataset, by number; never edit a released one. A part's bytes
+#: follow from its rows *and* the version it was first written with, so a re-export must use
+#: that same version: :func:`write_part` takes it, and the pipeline finds a part's version from
+#: the SHA-256 the ledger (or the store) already holds for it.
 #:
-#: 1: zstd level 1 with DELTA_BINARY_PACKED integers (recv_time, session_id, seq,
-#:    last_update_id: they grow by small steps). Measured against the alternatives by
-#:    benchmarks/encodings.py (docs/benchmarks.md): without the encoding files are 17-22 %
-#:    larger, or need zstd 6 and 1.3x the write time for the same size. Spark 3.2's vectorized
-#:    reader cannot decode it (its row reader can: docs/engines.md).
-DEPTH_WRITER_VERSIONS: dict[int, dict] = {
-    1: dict(
-        WRITER_OPTIONS,
-        compression_level=1,
-        column_encoding={c: "DELTA_BINARY_PACKED" for c in ("recv_time", "session_id", "seq", "last_update_id")},
-    ),
+#: ``depth_snapshot`` 1: schema version 1 (no market, no USD-M columns); zstd level 1 with
+#: DELTA_BINARY_PACKED integers (recv_time, session_id, seq, last_update_id: they grow by small
+#: steps). Measured by benchmarks/encodings.py (docs/benchmarks.md): without the encoding files
+#: are 17-22 % larger, or need zstd 6 and 1.3x the write time. Spark 3.2's vectorized reader
+#: cannot decode it (its row reader can: docs/engines.md).
+#: ``depth_snapshot`` 2: schema version 2 (``market`` and the USD-M columns), same encodings.
+#: Every other dataset 1: its first schema, :func:`_options`.
+WRITER_VERSIONS: dict[str, dict[int, WriterVersion]] = {
+    name: {1: WriterVersion(d.schema, _options(d))} for name, d in ds.DATASETS.items()
 }
-#: The version new parts are written with.
-DEPTH_WRITER_VERSION = max(DEPTH_WRITER_VERSIONS)
+WRITER_VERSIONS[ds.DEPTH] = {
+    1: WriterVersion(ds.DEPTH_SCHEMA_V1, _DEPTH_V1_OPTIONS),
+    2: WriterVersion(ds.DEPTH_SCHEMA, dict(_DEPTH_V1_OPTIONS, use_dictionary=["market", "symbol", "stream"])),
+}
+#: The depth dataset's versions (the name benchmarks and older tests know).
+DEPTH_WRITER_VERSIONS = WRITER_VERSIONS[ds.DEPTH]
+
+
+def current_version(dataset: str) -> int:
+    """The version new parts of ``dataset`` are written with: its newest."""
+    return max(WRITER_VERSIONS[dataset])
+
+
 #: The depth dataset's writer options for new parts (changing them means adding a version).
-DEPTH_WRITER_OPTIONS = DEPTH_WRITER_VERSIONS[DEPTH_WRITER_VERSION]
+DEPTH_WRITER_OPTIONS = DEPTH_WRITER_VERSIONS[current_version(ds.DEPTH)].options
+
+
+class Kind(str, Enum):
+    """How a buffer column becomes a Parquet column."""
+
+    INT = "int"  # int64, never null
+    INT_NULL = "int?"
+    MS = "ms"  # exchange ms → timestamp[us, UTC]
+    MS_NULL = "ms?"
+    FLOAT = "float"
+    BOOL = "bool"  # SQLite 0/1
+    TEXT = "text"
+    LEVELS = "levels"  # ``n_bids, levels`` → the columns ``bids`` and ``asks``
+
+
+class Source(NamedTuple):
+    column: str  # Parquet column (``bids`` for LEVELS, which also gives ``asks``)
+    sql: str  # buffer expression(s)
+    kind: Kind
+
+
+def _src(*spec: tuple[str, str, str]) -> tuple[Source, ...]:
+    return tuple(Source(c, sql or c, Kind(k)) for c, sql, k in spec)
+
+
+_LEVELS = ("bids", "n_bids, levels", "levels")
+_EXCH = (("event_time", "event_ms", "ms?"), ("transaction_time", "transaction_ms", "ms?"))
+#: Per dataset: its buffer table (same name) → its own Parquet columns.
+SOURCES: dict[str, tuple[Source, ...]] = {
+    ds.DEPTH: _src(("last_update_id", "update_id", "int"), _LEVELS, *_EXCH,
+                   ("first_update_id", "", "int?"), ("prev_update_id", "", "int?")),
+    ds.DEPTH_UPDATE: _src(("event_time", "event_ms", "ms"), ("transaction_time", "transaction_ms", "ms?"),
+                          ("first_update_id", "", "int"), ("last_update_id", "", "int"),
+                          ("prev_update_id", "", "int?"), _LEVELS),
+    ds.DEPTH_REST: _src(("last_update_id", "", "int"), _LEVELS, ("reason", "", "text"), *_EXCH),
+    ds.TRADE: _src(("event_time", "event_ms", "ms"), ("trade_time", "trade_ms", "ms"), ("trade_id", "", "int"),
+                   ("price", "", "float"), ("qty", "", "float"), ("is_buyer_maker", "", "bool")),
+    ds.AGG_TRADE: _src(("event_time", "event_ms", "ms"), ("trade_time", "trade_ms", "ms"),
+                       ("agg_trade_id", "", "int"), ("first_trade_id", "", "int"), ("last_trade_id", "", "int"),
+                       ("price", "", "float"), ("qty", "", "float"), ("is_buyer_maker", "", "bool")),
+    ds.BOOK_TICKER: _src(("update_id", "", "int"), ("best_bid", "", "float"), ("best_bid_qty", "", "float"),
+                         ("best_ask", "", "float"), ("best_ask_qty", "", "float"), *_EXCH),
+}
 
 
 @dataclass(frozen=True)
@@ -86,7 +173,7 @@ class Exported:
     first_recv_us: int | None
     last_recv_us: int | None
     json_bytes: int  # estimated size of the same messages as Binance JSON
-    writer_version: int = 0  # the DEPTH_WRITER_VERSIONS entry it was written with
+    writer_version: int = 0  # the WRITER_VERSIONS entry of its dataset it was written with
 
     @property
     def compression_ratio(self) -> float:
@@ -100,9 +187,19 @@ def object_key(dataset: str, part: Part) -> str:
 
 
 
-def stream_table(conn: sqlite3.Connection) -> dict[int, tuple[str, str]]:
-    """stream_id → (stream name, upper-case symbol)."""
-    return {sid: (name, symbol.upper()) for sid, name, symbol in conn.execute("SELECT stream_id, name, symbol FROM streams")}
+class StreamInfo(NamedTuple):
+    name: str  # as subscribed, e.g. ``btcusdt@depth@100ms`` (the buffer key without ``usdm:``)
+    symbol: str  # upper case
+    market: str
+
+
+def stream_table(conn: sqlite3.Connection) -> dict[int, StreamInfo]:
+    """stream_id → (stream name as subscribed, upper-case symbol, market), from ``streams``."""
+    out = {}
+    for sid, key, symbol, market in conn.execute("SELECT stream_id, name, symbol, market FROM streams"):
+        prefix = f"{market}:"
+        out[sid] = StreamInfo(key[len(prefix):] if key.startswith(prefix) else key, symbol.upper(), market)
+    return out
 
 
 class Keys:
@@ -117,16 +214,23 @@ class Keys:
         return len(self.id)
 
 
+def _key_sql(dataset: str) -> str:
+    session = "session_id, seq" if ds.DATASETS[dataset].has_session else "0, 0"
+    return f"SELECT id, stream_id, recv_us, {session} FROM {dataset}"
+
+
 def read_keys(conn: sqlite3.Connection, part: Part) -> np.ndarray:
-    """Pass 1: (id, stream_id, recv_us, session_id, seq) of the part's rows as an int64 array (id order)."""
+    """Pass 1: (id, stream_id, recv_us, session_id, seq) of the part's rows as an int64 array (id order).
+
+    Rows without a session (REST snapshots) get 0 for both: their order is then by symbol,
+    receive time and id.
+    """
     out = []
     lo = part.id_lo
+    sql = f"{_key_sql(part.dataset)} WHERE {reads.PART_ROWS}"
     while lo < part.id_hi:
         hi = min(lo + KEY_CHUNK, part.id_hi)
-        rows = conn.execute(
-            f"SELECT id, stream_id, recv_us, session_id, seq FROM {part.dataset} WHERE {reads.PART_ROWS}",
-            reads.IdRange(part.hour_us, lo, hi).params(),
-        ).fetchall()
+        rows = conn.execute(sql, reads.IdRange(part.hour_us, lo, hi).params()).fetchall()
         if rows:
             out.append(np.array(rows, dtype=np.int64))
         del rows
@@ -134,8 +238,9 @@ def read_keys(conn: sqlite3.Connection, part: Part) -> np.ndarray:
     return np.concatenate(out) if out else np.empty((0, 5), dtype=np.int64)
 
 
-def sort_keys(keys: np.ndarray, streams: dict[int, tuple[str, str]]) -> Keys:
-    """The keys in the archive's fixed order: symbol, recv_time, session_id, seq (ties: id).
+def sort_keys(keys: np.ndarray, streams: dict[int, StreamInfo]) -> Keys:
+    """The keys in the archive's fixed order: symbol, recv_time, session_id, seq (ties: id,
+    the order pass 1 reads them in).
 
     ``lexsort`` is stable and its keys are total up to (session_id, seq), which is unique
     in the buffer, so the order follows from the rows alone. Columns are reordered one at
@@ -144,42 +249,44 @@ def sort_keys(keys: np.ndarray, streams: dict[int, tuple[str, str]]) -> Keys:
     if len(keys) == 0:
         e = np.empty(0, dtype=np.int64)
         return Keys(e, e, e, e, e)
-    symbols = sorted({sym for _, sym in streams.values()})
+    symbols = sorted({s.symbol for s in streams.values()})
     rank = np.zeros(max(streams) + 1, dtype=np.int64)
-    for sid, (_, sym) in streams.items():
-        rank[sid] = symbols.index(sym)
+    for sid, s in streams.items():
+        rank[sid] = symbols.index(s.symbol)
     sym_rank = rank[keys[:, 1]]
     order = np.lexsort((keys[:, 4], keys[:, 3], keys[:, 2], sym_rank))
     del sym_rank
     return Keys(*(np.ascontiguousarray(keys[order, c]) for c in range(5)))
 
 
-def sort_order(keys: np.ndarray, streams: dict[int, tuple[str, str]]) -> np.ndarray:
+def sort_order(keys: np.ndarray, streams: dict[int, StreamInfo]) -> np.ndarray:
     """Ids in the archive's fixed order: symbol, recv_time, session_id, seq."""
     return sort_keys(keys, streams).id
 
 
 class _StreamColumns:
-    """stream_id → the symbol and stream columns, built by Arrow's ``take`` (no Python strings per row)."""
+    """stream_id → the market, symbol and stream columns, built by Arrow's ``take`` (no Python strings per row)."""
 
-    def __init__(self, streams: dict[int, tuple[str, str]]):
+    def __init__(self, streams: dict[int, StreamInfo]):
         sids = sorted(streams)
         self.index = np.full(max(sids) + 1 if sids else 1, -1, dtype=np.int32)
         self.index[sids] = np.arange(len(sids), dtype=np.int32)
-        self.names = _strings([streams[s][0] for s in sids])
-        self.symbols = _strings([streams[s][1] for s in sids])
-        self.name_len = np.array([len(streams[s][0]) for s in sids], dtype=np.int64)
+        self.names = _strings([streams[s].name for s in sids])
+        self.symbols = _strings([streams[s].symbol for s in sids])
+        self.markets = _strings([streams[s].market for s in sids])
+        self.name_len = np.array([len(streams[s].name) for s in sids], dtype=np.int64)
 
-    def take(self, stream_id: np.ndarray) -> tuple[pa.Array, pa.Array, np.ndarray]:
-        idx = self.index[stream_id]
-        if len(idx) and idx.min() < 0:
+    def take(self, stream_id: np.ndarray) -> tuple[pa.Array, pa.Array, pa.Array, np.ndarray]:
+        if len(stream_id) and (stream_id.max() >= len(self.index) or self.index[stream_id].min() < 0):
             raise RuntimeError("a buffer row names a stream missing from the streams table")
+        idx = self.index[stream_id]
         ix = levels.as_arrow(idx, pa.int32())
-        return self.symbols.take(ix), self.names.take(ix), self.name_len[idx]
+        return self.markets.take(ix), self.symbols.take(ix), self.names.take(ix), self.name_len[idx]
 
 
-def fetch_levels(conn: sqlite3.Connection, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[bytes]]:
-    """(update_id, n_bids, levels) of the rows with these ids, in the order of ``ids``.
+def fetch_columns(conn: sqlite3.Connection, dataset: str, ids: np.ndarray) -> list[tuple]:
+    """The dataset's own buffer columns (:data:`SOURCES`) of the rows with these ids, in the
+    order of ``ids``, one tuple per SQL column.
 
     One statement: a plain rowid range when the ids are contiguous (the common case of a
     single-symbol stretch), else a rowid lookup list; both return rows in id order, which
@@ -188,49 +295,83 @@ def fetch_levels(conn: sqlite3.Connection, ids: np.ndarray) -> tuple[np.ndarray,
     sorted_ids = np.sort(ids)
     n = len(ids)
     lo, hi = int(sorted_ids[0]), int(sorted_ids[-1])
+    cols = ", ".join(src.sql for src in SOURCES[dataset])
     if hi - lo + 1 == n:
-        cur = conn.execute(
-            "SELECT update_id, n_bids, levels FROM depth_snapshot WHERE id >= ? AND id <= ?", (lo, hi)
-        )
+        cur = conn.execute(f"SELECT {cols} FROM {dataset} WHERE id >= ? AND id <= ?", (lo, hi))
     else:
         cur = conn.execute(
-            "SELECT update_id, n_bids, levels FROM depth_snapshot "
-            "WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id",
+            f"SELECT {cols} FROM {dataset} WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id",
             (json.dumps(sorted_ids.tolist()),),
         )
     rows = cur.fetchall()
     if len(rows) != n:
         raise RuntimeError(f"{n - len(rows)} rows of a planned part vanished from the buffer")
-    uid_t, nb_t, blobs_t = zip(*rows)
+    columns = list(zip(*rows))
     del rows
-    uid = np.fromiter(uid_t, dtype=np.int64, count=n)
-    n_bids = np.fromiter(nb_t, dtype=np.int64, count=n)
     if np.array_equal(sorted_ids, ids):
-        return uid, n_bids, list(blobs_t)
+        return columns
     pos = np.searchsorted(sorted_ids, ids)
-    return uid[pos], n_bids[pos], [blobs_t[i] for i in pos.tolist()]
+    out = []
+    for c in columns:  # reordered by numpy's fancy indexing (a C loop), not per value in Python
+        arr = np.empty(n, dtype=object)
+        arr[:] = c
+        out.append(arr[pos])
+    return out
 
 
-def build_batch(keys: Keys, start: int, end: int, uid: np.ndarray, n_bids: np.ndarray, blobs: list[bytes],
+def own_arrays(dataset: str, columns: list[tuple], n: int) -> tuple[dict[str, pa.Array], int]:
+    """The dataset's own Parquet columns from :func:`fetch_columns`, and the estimated JSON
+    bytes of their levels (0 without levels)."""
+    out: dict[str, pa.Array] = {}
+    json_bytes = 0
+    i = 0
+    schema = ds.DATASETS[dataset].schema
+    for src in SOURCES[dataset]:
+        k = src.kind
+        if k is Kind.LEVELS:
+            n_bids = np.fromiter(columns[i], dtype=np.int64, count=n)
+            out["bids"], out["asks"], json_bytes = levels_arrays(list(columns[i + 1]), n_bids)
+            i += 2
+            continue
+        values = columns[i]
+        i += 1
+        if k is Kind.INT:
+            arr = levels.as_arrow(np.fromiter(values, dtype=np.int64, count=n), pa.int64())
+        elif k is Kind.MS:
+            arr = levels.as_arrow(np.fromiter(values, dtype=np.int64, count=n) * 1000, ds.TS)
+        elif k is Kind.FLOAT:
+            arr = levels.as_arrow(np.fromiter(values, dtype=np.float64, count=n), pa.float64())
+        elif k is Kind.BOOL:
+            arr = pa.array(np.fromiter(values, dtype=np.bool_, count=n))
+        elif k is Kind.TEXT:
+            arr = pa.array(values, pa.string())
+        elif k is Kind.MS_NULL:
+            arr = pc.multiply(pa.array(values, pa.int64()), 1000).cast(ds.TS)
+        else:  # INT_NULL
+            arr = pa.array(values, pa.int64())
+        out[src.column] = arr.cast(schema.field(src.column).type) if arr.type != schema.field(src.column).type else arr
+    return out, json_bytes
+
+
+def build_batch(dataset: str, schema: pa.Schema, keys: Keys, start: int, end: int, columns: list[tuple],
                 cols: _StreamColumns) -> tuple[pa.RecordBatch, int]:
-    """One row group's Arrow batch (archive order) and the estimated JSON bytes of its messages."""
-    symbol, stream, name_len = cols.take(keys.stream_id[start:end])
-    bids, asks, json_bytes = levels_arrays(blobs, n_bids)
-    json_bytes += int((60 + name_len + _digits(uid)).sum())
-    batch = pa.RecordBatch.from_arrays(
-        [
-            symbol,
-            stream,
-            levels.as_arrow(keys.recv_us[start:end], DEPTH_SCHEMA.field("recv_time").type),
-            levels.as_arrow(keys.session_id[start:end], pa.int64()),
-            levels.as_arrow(keys.seq[start:end], pa.int64()),
-            levels.as_arrow(uid, pa.int64()),
-            bids,
-            asks,
-        ],
-        schema=DEPTH_SCHEMA,
-    )
-    return batch, json_bytes
+    """One row group's Arrow batch (archive order, in ``schema``) and the estimated JSON bytes of its messages."""
+    n = end - start
+    market, symbol, stream, name_len = cols.take(keys.stream_id[start:end])
+    own, json_bytes = own_arrays(dataset, columns, n)
+    if json_bytes and "last_update_id" in own:
+        uid = np.asarray(own["last_update_id"])
+        json_bytes += int((60 + name_len + _digits(uid)).sum())
+    if ds.DATASETS[dataset].has_session:
+        session = levels.as_arrow(keys.session_id[start:end], pa.int64())
+        seq = levels.as_arrow(keys.seq[start:end], pa.int64())
+    else:
+        session = seq = pa.nulls(n, pa.int64())
+    arrays = {
+        "market": market, "symbol": symbol, "stream": stream,
+        "recv_time": levels.as_arrow(keys.recv_us[start:end], ds.TS), "session_id": session, "seq": seq, **own,
+    }
+    return pa.RecordBatch.from_arrays([arrays[f.name] for f in schema], schema=schema), json_bytes
 
 
 def levels_arrays(blobs: list[bytes], n_bids: np.ndarray) -> tuple[pa.ListArray, pa.ListArray, int]:
@@ -258,17 +399,39 @@ def _digits(values: np.ndarray) -> np.ndarray:
     return np.log10(np.maximum(values.astype(np.float32), np.float32(1.0))).astype(np.int64) + 1
 
 
+def read_rows(conn: sqlite3.Connection, dataset: str, ranges: list[reads.IdRange],
+              schema: pa.Schema | None = None) -> pa.Table:
+    """The buffer rows of ``ranges`` as one Arrow table in the dataset's schema, in id order
+    (the analysts' tail: the same conversion as the export, so tail and archive agree)."""
+    schema = ds.DATASETS[dataset].schema if schema is None else schema
+    streams = stream_table(conn)
+    cols = _StreamColumns(streams)
+    batches = []
+    for rng in ranges:
+        keys = np.array(conn.execute(f"{_key_sql(dataset)} WHERE {reads.PART_ROWS} ORDER BY id", rng.params()).fetchall(),
+                        dtype=np.int64)
+        if len(keys) == 0:
+            continue
+        k = Keys(*(np.ascontiguousarray(keys[:, c]) for c in range(5)))
+        for start in range(0, len(k), ROW_GROUP):
+            end = min(start + ROW_GROUP, len(k))
+            batch, _ = build_batch(dataset, schema, k, start, end, fetch_columns(conn, dataset, k.id[start:end]), cols)
+            batches.append(batch)
+    return pa.Table.from_batches(batches, schema=schema)
+
+
 def write_part(conn: sqlite3.Connection, part: Part, path: Path, version: int | None = None,
                *, options: dict | None = None) -> Exported:
     """Write the part's rows as Parquet to ``path`` (temp file, fsync, rename) and hash it back.
 
-    ``version``: which :data:`DEPTH_WRITER_VERSIONS` entry to write with (default: the current
-    :data:`DEPTH_WRITER_VERSION`; a re-export uses the one the part was first written with).
+    ``version``: which :data:`WRITER_VERSIONS` entry of the part's dataset to write with
+    (default: its newest; a re-export uses the one the part was first written with).
     ``options``: explicit writer options instead, for benchmarks comparing candidates; the
     product never passes them.
     """
-    version = DEPTH_WRITER_VERSION if version is None else version
-    options = DEPTH_WRITER_VERSIONS[version] if options is None else options
+    version = current_version(part.dataset) if version is None else version
+    schema, chosen = WRITER_VERSIONS[part.dataset][version]
+    options = chosen if options is None else options
     streams = stream_table(conn)
     keys = sort_keys(read_keys(conn, part), streams)
     cols = _StreamColumns(streams)
@@ -276,17 +439,17 @@ def write_part(conn: sqlite3.Connection, part: Part, path: Path, version: int | 
     tmp = path.with_name(path.name + ".tmp")
     json_bytes = 0
     with open(tmp, "wb") as f:
-        with pq.ParquetWriter(f, DEPTH_SCHEMA, **options) as writer:
+        with pq.ParquetWriter(f, schema, **options) as writer:
             for start in range(0, len(keys), ROW_GROUP):
                 end = min(start + ROW_GROUP, len(keys))
-                uid, n_bids, blobs = fetch_levels(conn, keys.id[start:end])
-                batch, jb = build_batch(keys, start, end, uid, n_bids, blobs, cols)
-                del blobs
+                columns = fetch_columns(conn, part.dataset, keys.id[start:end])
+                batch, jb = build_batch(part.dataset, schema, keys, start, end, columns, cols)
+                del columns
                 json_bytes += jb
                 writer.write_batch(batch, row_group_size=ROW_GROUP)
                 del batch
             if len(keys) == 0:
-                writer.write_table(DEPTH_SCHEMA.empty_table())
+                writer.write_table(schema.empty_table())
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -304,10 +467,10 @@ def write_part_as(conn: sqlite3.Connection, part: Part, path: Path, sha256: str,
     tried first (``tried``: a version already written and found different); None if no
     version does (the export is then not deterministic).
 
-    A part first written under older writer options keeps those options for good, so it
-    still verifies against its recorded hash after the options changed.
+    A part first written under older writer options (or an older schema) keeps them for
+    good, so it still verifies against its recorded hash after they changed.
     """
-    for version in sorted(DEPTH_WRITER_VERSIONS, reverse=True):
+    for version in sorted(WRITER_VERSIONS[part.dataset], reverse=True):
         if version == tried:
             continue
         exported = write_part(conn, part, path, version)

@@ -11,8 +11,12 @@ hence the very same bytes and key. States only move forward::
 ``verified``: a HEAD of the object showed that size and SHA-256.
 ``archived``: the checks passed; cleanup may now delete the part's buffer rows.
 
-Every depth part has a twin ``coverage`` part (same hour, number and id range), planned
-in the same transaction.
+Parts are planned in *rounds*: one ``BEGIN IMMEDIATE`` plans, for every dataset and every
+continuity table (``depth_sync``, ``trade_gap``: archived inside ``coverage``) with new rows
+in the hour, its next part, plus one ``coverage`` part for the round (id range 0-0: it has
+no rows of its own). A round's parts share their ``planned_us``, which is what links them;
+the round is archived as a whole, once all its parts and its coverage are verified.
+(Older ledgers: a coverage part with the id range of its depth twin; same link.)
 
 Ids are AUTOINCREMENT, so never reused; the collector's writer, the only other writer,
 assigns ids inside its own transactions, so when our ``BEGIN IMMEDIATE`` holds the write
@@ -27,8 +31,11 @@ from enum import Enum
 
 from orderbook_collector.buffer import HOUR_US, now_us, reads, transaction
 
-DEPTH = "depth_snapshot"
-COVERAGE = "coverage"
+from orderbook_assets.archive.datasets import CONTINUITY, COVERAGE, DATASETS, DEPTH  # noqa: F401
+
+#: The buffer tables whose rows parts hold, in the order a round plans them.
+ROUND_TABLES = (*DATASETS, *CONTINUITY)
+
 class PartState(str, Enum):
     """A part's state in the ledger; it only moves forward, in this order."""
 
@@ -79,32 +86,56 @@ class Part:
         return STATES.index(self.state) >= STATES.index(PartState(state))
 
 
-def plan_part(conn: sqlite3.Connection, hour_us: int, now: int | None = None) -> Part | None:
-    """Plan the next depth part (and its coverage twin) of an hour; None if no new rows.
+def plan_round(conn: sqlite3.Connection, hour_us: int, now: int | None = None) -> list[Part]:
+    """Plan the next round of an hour: a part per table with new rows, and its coverage part.
 
-    One ``BEGIN IMMEDIATE``: next part number, ``id_lo`` = previous part's ``id_hi``
-    (or 0), ``id_hi`` = ``buffer_hours.max_id`` for the hour.
+    One ``BEGIN IMMEDIATE``: per table, next part number, ``id_lo`` = its previous part's
+    ``id_hi`` (or 0), ``id_hi`` = the hour's largest id. Returns the planned parts (coverage
+    last), or ``[]`` if no table has new rows.
     """
     now = now_us() if now is None else now
+    planned = []
     with transaction(conn):
-        row = conn.execute(
-            "SELECT max_id FROM buffer_hours WHERE dataset = ? AND hour_us = ?", (DEPTH, hour_us)
-        ).fetchone()
-        last = conn.execute(
-            "SELECT part, id_hi FROM export_parts WHERE dataset = ? AND hour_us = ? ORDER BY part DESC LIMIT 1",
-            (DEPTH, hour_us),
-        ).fetchone()
-        number, id_lo = (last[0] + 1, last[1]) if last else (1, 0)
-        if row is None or row[0] <= id_lo:
-            return None
-        id_hi = row[0]
-        for dataset in (DEPTH, COVERAGE):
+        last_round = conn.execute("SELECT max(planned_us) FROM export_parts WHERE hour_us = ?", (hour_us,)).fetchone()[0]
+        if last_round is not None:
+            now = max(now, last_round + 1)  # a round is its planned_us: never two with one
+        for table in ROUND_TABLES:
+            whole = reads.hour_bounds(conn, table, hour_us)
+            last = conn.execute(
+                "SELECT part, id_hi FROM export_parts WHERE dataset = ? AND hour_us = ? ORDER BY part DESC LIMIT 1",
+                (table, hour_us),
+            ).fetchone()
+            number, id_lo = (last[0] + 1, last[1]) if last else (1, 0)
+            if whole is None or whole.id_hi <= id_lo:
+                continue
+            planned.append((table, number, id_lo, whole.id_hi))
+        if planned:
+            last = conn.execute(
+                "SELECT max(part) FROM export_parts WHERE dataset = ? AND hour_us = ?", (COVERAGE, hour_us)
+            ).fetchone()[0]
+            planned.append((COVERAGE, (last or 0) + 1, 0, 0))
+        for table, number, id_lo, id_hi in planned:
             conn.execute(
                 "INSERT INTO export_parts (dataset, hour_us, part, id_lo, id_hi, state, planned_us, updated_us) "
                 "VALUES (?, ?, ?, ?, ?, 'planned', ?, ?)",
-                (dataset, hour_us, number, id_lo, id_hi, now, now),
+                (table, hour_us, number, id_lo, id_hi, now, now),
             )
-    return get_part(conn, DEPTH, hour_us, number)
+    return [get_part(conn, table, hour_us, number) for table, number, _, _ in planned]
+
+
+def plan_part(conn: sqlite3.Connection, hour_us: int, now: int | None = None, dataset: str = DEPTH) -> Part | None:
+    """Plan the hour's next round (:func:`plan_round`) and return its part of ``dataset``, if any."""
+    return next((p for p in plan_round(conn, hour_us, now) if p.dataset == dataset), None)
+
+
+def round_parts(conn: sqlite3.Connection, cover: Part) -> list[Part]:
+    """The parts (every table but coverage) of the round a coverage part belongs to."""
+    rows = conn.execute(
+        f"SELECT {_COLUMNS} FROM export_parts WHERE hour_us = ? AND planned_us = ? AND dataset != ? "
+        "ORDER BY dataset, part",
+        (cover.hour_us, cover.planned_us, COVERAGE),
+    ).fetchall()
+    return [Part(*r) for r in rows]
 
 
 def get_part(conn: sqlite3.Connection, dataset: str, hour_us: int, part: int) -> Part | None:
@@ -166,18 +197,25 @@ def record_object(conn: sqlite3.Connection, part: Part, **fields: object) -> Par
 
 def buffer_rows(conn: sqlite3.Connection, part: Part) -> int:
     """How many buffer rows belong to the part (its id range, within its hour)."""
-    return reads.count_rows(conn, DEPTH, part.rows_range)
+    return reads.count_rows(conn, part.dataset, part.rows_range)
 
 
-def late_hours(conn: sqlite3.Connection, before_us: int) -> list[tuple[int, int]]:
-    """Hours ending at or before ``before_us`` that have parts and rows beyond the last one.
+def late_hours(conn: sqlite3.Connection, before_us: int) -> list[tuple[int, str]]:
+    """Hours ending at or before ``before_us`` that have parts and rows beyond them in some dataset.
 
-    Returns ``(hour_us, buffer max_id)`` pairs: the sensor's work list.
+    Returns ``(hour_us, high-water mark)`` pairs, the mark naming each late dataset's buffer
+    max id (``trade=812,depth_update=90331``): the sensor's work list and run keys.
+    (REST snapshots are not in ``buffer_hours``; they come with diff-depth rows, which are.)
     """
-    return conn.execute(
-        "SELECT b.hour_us, b.max_id FROM buffer_hours b "
-        "JOIN (SELECT hour_us, max(id_hi) AS hi FROM export_parts WHERE dataset = ? GROUP BY hour_us) p "
-        "ON p.hour_us = b.hour_us "
-        "WHERE b.dataset = ? AND b.max_id > p.hi AND b.hour_us + ? <= ? ORDER BY b.hour_us",
-        (DEPTH, DEPTH, HOUR_US, before_us),
+    rows = conn.execute(
+        "SELECT b.hour_us, b.dataset, b.max_id FROM buffer_hours b "
+        "JOIN (SELECT DISTINCT hour_us FROM export_parts) h ON h.hour_us = b.hour_us "
+        "LEFT JOIN (SELECT dataset, hour_us, max(id_hi) AS hi FROM export_parts GROUP BY dataset, hour_us) p "
+        "ON p.hour_us = b.hour_us AND p.dataset = b.dataset "
+        "WHERE b.max_id > coalesce(p.hi, 0) AND b.hour_us + ? <= ? ORDER BY b.hour_us, b.dataset",
+        (HOUR_US, before_us),
     ).fetchall()
+    marks: dict[int, list[str]] = {}
+    for hour_us, dataset, max_id in rows:
+        marks.setdefault(hour_us, []).append(f"{dataset}={max_id}")
+    return [(hour_us, ",".join(m)) for hour_us, m in marks.items()]

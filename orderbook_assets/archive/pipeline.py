@@ -4,12 +4,14 @@ The Dagster assets in :mod:`.assets` are thin wrappers around these. Each step r
 ledger, does its work and records the outcome; re-running any step after a crash (kill -9
 included) finds the ledger where it was left and continues:
 
-1. :func:`export_and_upload` - plan a part for new rows, then for every part not yet
-   verified: write the Parquet (deterministic), upload it if absent, HEAD it, mark verified.
-2. :func:`check_parts` - the DuckDB checks over the verified, not yet archived parts.
-3. :func:`upload_coverage` - the coverage objects of those parts.
-4. :func:`mark_archived` - after the checks passed: the parts become ``archived`` and
-   cleanup may free their rows.
+1. :func:`export_and_upload` - plan a round of parts for new rows (every dataset at once),
+   then for every part not yet verified, dataset by dataset: write the Parquet
+   (deterministic), upload it if absent, HEAD it, mark verified.
+2. :func:`check_parts` - a dataset's DuckDB checks over its verified, not yet archived parts.
+3. :func:`upload_coverage` - the coverage object of each round whose parts are verified
+   (sessions, gaps, and the round's continuity rows: breaks, resyncs, trade-id gaps).
+4. :func:`mark_archived` - after the checks passed: each complete round's parts become
+   ``archived`` and cleanup may free their rows.
 
 No SQLite transaction is open while Parquet is written or objects move: every read is a
 single statement fetched in full, every write a short ``BEGIN IMMEDIATE``.
@@ -30,11 +32,12 @@ from orderbook_collector.buffer import HOUR_US, reads
 from orderbook_collector.errors import ArchiveError, IntegrityError
 
 from orderbook_assets.archive import coverage as cov
+from orderbook_assets.archive import datasets as ds
 from orderbook_assets.archive import ledger
 from orderbook_assets.archive import quality
 from orderbook_assets.archive.crash import crash_point
 
-from orderbook_assets.archive.export import Exported, object_key, write_part, write_part_as
+from orderbook_assets.archive.export import Exported, object_key, stream_table, write_part, write_part_as
 from orderbook_assets.archive.ledger import COVERAGE, DEPTH, Part
 from orderbook_assets.archive.store import ArchiveStore
 
@@ -42,14 +45,45 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class HourExport:
-    """What step 1 did for an hour: the parts now verified and what was written."""
+class DatasetExport:
+    """What step 1 did for one dataset of an hour: its parts now verified and what was written."""
 
-    hour_us: int
-    planned: Part | None
+    dataset: str
     parts: list[Part] = field(default_factory=list)
     exported: dict[int, Exported] = field(default_factory=dict)  # part number → fresh export
     uploads: dict[int, str] = field(default_factory=dict)  # part number → created | existed
+
+
+@dataclass
+class HourExport:
+    """What step 1 did for an hour, per dataset (``parts``, ``exported``, ``uploads`` and
+    ``planned`` without a dataset name are ``depth_snapshot``'s)."""
+
+    hour_us: int
+    round: list[Part]  # the round planned by this call (coverage last), [] if no new rows
+    datasets: dict[str, DatasetExport] = field(default_factory=dict)
+
+    def of(self, dataset: str) -> DatasetExport:
+        return self.datasets.setdefault(dataset, DatasetExport(dataset))
+
+    def planned_part(self, dataset: str) -> Part | None:
+        return next((p for p in self.round if p.dataset == dataset), None)
+
+    @property
+    def planned(self) -> Part | None:
+        return self.planned_part(DEPTH)
+
+    @property
+    def parts(self) -> list[Part]:
+        return self.of(DEPTH).parts
+
+    @property
+    def exported(self) -> dict[int, Exported]:
+        return self.of(DEPTH).exported
+
+    @property
+    def uploads(self) -> dict[int, str]:
+        return self.of(DEPTH).uploads
 
 
 def staged_path(staging: Path, key: str) -> Path:
@@ -57,18 +91,21 @@ def staged_path(staging: Path, key: str) -> Path:
 
 
 def export_and_upload(conn: sqlite3.Connection, store: ArchiveStore, staging: Path, hour_us: int) -> HourExport:
-    planned = ledger.plan_part(conn, hour_us)
+    """Plan the hour's next round (if new rows) and bring every pending part of every dataset to verified."""
+    planned = ledger.plan_round(conn, hour_us)
     crash_point("after_plan")
     out = HourExport(hour_us, planned)
-    for part in ledger.pending(conn, DEPTH, hour_us):
-        if not part.reached("verified"):
-            part = _export_one(conn, store, staging, part, out)
-        out.parts.append(part)
+    for dataset in ds.DATASETS:
+        done = out.of(dataset)
+        for part in ledger.pending(conn, dataset, hour_us):
+            if not part.reached("verified"):
+                part = _export_one(conn, store, staging, part, done)
+            done.parts.append(part)
     return out
 
 
-def _export_one(conn: sqlite3.Connection, store: ArchiveStore, staging: Path, part: Part, out: HourExport) -> Part:
-    key = object_key(DEPTH, part)
+def _export_one(conn: sqlite3.Connection, store: ArchiveStore, staging: Path, part: Part, out: DatasetExport) -> Part:
+    key = object_key(part.dataset, part)
     path = staged_path(staging, key)
     exported = write_part(conn, part, path)
     if part.sha256 is not None and part.sha256 != exported.sha256:
@@ -76,7 +113,7 @@ def _export_one(conn: sqlite3.Connection, store: ArchiveStore, staging: Path, pa
         exported = write_part_as(conn, part, path, part.sha256, tried=exported.writer_version)
         if exported is None:
             raise IntegrityError(
-                f"part {part.part} of hour {part.hour_us} re-exported under every writer version, "
+                f"{part.dataset} part {part.part} of hour {part.hour_us} re-exported under every writer version, "
                 f"but none gives the recorded SHA-256 {part.sha256}: the export is not deterministic"
             )
     out.exported[part.part] = exported
@@ -131,9 +168,11 @@ def local_copy(store: ArchiveStore, staging: Path, part: Part) -> Path:
     return path
 
 
-def explained_seqs(conn: sqlite3.Connection, hour_us: int, checked: list[Part]) -> pa.Table:
-    """(session_id, seq) pairs that explain seq gaps: duplicates dropped, frames quarantined,
-    and the hour's buffer rows outside the checked parts (late rows in other parts)."""
+def explained_seqs(conn: sqlite3.Connection, hour_us: int, checked: list[Part], dataset: str = DEPTH) -> pa.Table:
+    """(session_id, seq) pairs that explain seq gaps in ``dataset``'s checked parts: duplicates
+    dropped, frames quarantined, the hour's rows of the dataset outside the checked parts (late
+    rows in other parts), and the hour's rows of every other dataset (one session carries
+    every stream kind it subscribed, and seq counts its frames across them)."""
     sessions = [r[0] for r in cov.session_rows(conn, hour_us)]
     pairs: list[tuple[int, int]] = []
     if sessions:
@@ -143,14 +182,45 @@ def explained_seqs(conn: sqlite3.Connection, hour_us: int, checked: list[Part]) 
         "SELECT session_id, seq FROM quarantine WHERE recv_us >= ? AND recv_us < ?",
         (hour_us - HOUR_US, hour_us + 2 * HOUR_US),
     ).fetchall()
-    whole = reads.hour_bounds(conn, DEPTH, hour_us)
-    if whole is not None:
-        for rng in reads.gaps_between(whole, [p.rows_range for p in checked]):
-            pairs += conn.execute(f"SELECT session_id, seq FROM {DEPTH} WHERE {reads.PART_ROWS}", rng.params()).fetchall()
+    for other, d in ds.DATASETS.items():
+        if not d.has_session:
+            continue
+        whole = reads.hour_bounds(conn, other, hour_us)
+        if whole is None:
+            continue
+        ranges = reads.gaps_between(whole, [p.rows_range for p in checked]) if other == dataset else [whole]
+        for rng in ranges:
+            pairs += conn.execute(f"SELECT session_id, seq FROM {other} WHERE {reads.PART_ROWS}", rng.params()).fetchall()
     return pa.table({
         "session_id": pa.array([p[0] for p in pairs], pa.int64()),
         "seq": pa.array([p[1] for p in pairs], pa.int64()),
     })
+
+
+def recorded_continuity(conn: sqlite3.Connection, hour_us: int) -> tuple[pa.Table, pa.Table]:
+    """The hour's recorded diff-depth breaks and trade-id gaps (buffer ``depth_sync`` and
+    ``trade_gap``), streams named as in the archive: what the continuity checks match against."""
+    streams = stream_table(conn)
+    window = (hour_us, hour_us + HOUR_US)
+    breaks = conn.execute(
+        "SELECT stream_id, session_id, after_last_update_id FROM depth_sync "
+        "WHERE event = 'break' AND recv_us >= ? AND recv_us < ?", window,
+    ).fetchall()
+    gaps = conn.execute(
+        "SELECT stream_id, dataset, first_missing_id, last_missing_id FROM trade_gap WHERE recv_us >= ? AND recv_us < ?",
+        window,
+    ).fetchall()
+    return (
+        pa.Table.from_pylist([
+            {"market": streams[sid].market, "stream": streams[sid].name, "session_id": session, "after_last_update_id": u}
+            for sid, session, u in breaks
+        ], schema=quality.SYNC_BREAKS),
+        pa.Table.from_pylist([
+            {"market": streams[sid].market, "stream": streams[sid].name, "dataset": d, "first_missing_id": lo,
+             "last_missing_id": hi}
+            for sid, d, lo, hi in gaps
+        ], schema=quality.TRADE_GAPS),
+    )
 
 
 @dataclass
@@ -173,14 +243,19 @@ def check_window(hour_us: int, parts: list[Part]) -> tuple[int, int]:
     return hour_us, end
 
 
-def check_parts(conn: sqlite3.Connection, store: ArchiveStore, staging: Path, hour_us: int) -> HourChecks:
-    parts = ledger.parts(conn, DEPTH, hour_us, ("verified",))
+def check_parts(conn: sqlite3.Connection, store: ArchiveStore, staging: Path, hour_us: int,
+                dataset: str = DEPTH) -> HourChecks:
+    """Run ``dataset``'s checks (``quality.CHECKS``) over its verified, not yet archived parts of the hour."""
+    parts = ledger.parts(conn, dataset, hour_us, ("verified",))
     paths = [str(local_copy(store, staging, p)) for p in parts]
     buffer_rows = sum(ledger.buffer_rows(conn, p) for p in parts)
+    checks = quality.CHECKS[dataset]
+    explained = explained_seqs(conn, hour_us, parts, dataset) if "no_seq_gaps" in checks else None
+    breaks, gaps = recorded_continuity(conn, hour_us)
     results = quality.run_all(
         paths, buffer_rows=buffer_rows,
         archived_rows={f"part-{p.part:04d}": p.rows or 0 for p in parts},
-        explained=explained_seqs(conn, hour_us, parts),
+        explained=explained, dataset=dataset, breaks=breaks, trade_gaps=gaps,
     )
     return HourChecks(parts, results)
 
@@ -197,42 +272,62 @@ class HourCoverage:
         return quality.gaps_result(self.gaps)
 
 
-def upload_coverage(conn: sqlite3.Connection, store: ArchiveStore, staging: Path, hour_us: int) -> HourCoverage:
-    """Write, upload and verify the coverage object of every verified depth part of the hour.
+def _copies(conn, store, staging, hour_us: int, names, states) -> list[str]:
+    return [str(local_copy(store, staging, p)) for d in names for p in ledger.parts(conn, d, hour_us, states)]
 
-    The hour's gaps since its last archived part are computed once, in one DuckDB
-    connection with the session statistics, and go into the newest part's object only,
-    so parts exported together do not repeat each other's gaps. A re-run that finds the
-    coverage already verified reads the gaps back from the newest object.
+
+def upload_coverage(conn: sqlite3.Connection, store: ArchiveStore, staging: Path, hour_us: int) -> HourCoverage:
+    """Write, upload and verify the coverage object of every round of the hour whose parts are verified.
+
+    The hour's gaps since its last archived parts are computed once, in one DuckDB
+    connection with the session statistics, and go into the newest round's object only,
+    so rounds exported together do not repeat each other's gaps. A re-run that finds the
+    coverage already verified reads the gaps back from the newest object. Each round's
+    continuity parts (``depth_sync``, ``trade_gap``) have no object of their own: their rows
+    are in the coverage object, and they are verified with it.
     """
-    depth = {p.part: p for p in ledger.parts(conn, DEPTH, hour_us, ("verified",))}
-    pending = [p for p in ledger.pending(conn, COVERAGE, hour_us) if p.part in depth]
+    pending = [p for p in ledger.pending(conn, COVERAGE, hour_us)
+               if all(q.reached("verified") or q.dataset in ds.CONTINUITY for q in ledger.round_parts(conn, p))]
     newest = max((p.part for p in pending), default=None)
     todo = [p for p in pending if not p.reached("verified")]
     done = [p for p in pending if p.reached("verified")]
     gaps: list[quality.Gap] = []
     if todo:
-        earlier = [str(local_copy(store, staging, p)) for p in ledger.parts(conn, DEPTH, hour_us, ("archived",))]
-        con = quality.connect([str(local_copy(store, staging, p)) for p in depth.values()], earlier=earlier)
+        sessions_files = _copies(conn, store, staging, hour_us, [d for d, x in ds.DATASETS.items() if x.has_session],
+                                 ("verified",))
+        con = quality.connect(_copies(conn, store, staging, hour_us, quality.GAP_DATASETS, ("verified",)),
+                              earlier=_copies(conn, store, staging, hour_us, quality.GAP_DATASETS, ("archived",)))
         try:
-            gaps = quality.find_gaps(con, check_window(hour_us, list(depth.values())))
-            stats = cov.per_session_stats(con)
+            verified = [p for d in quality.GAP_DATASETS for p in ledger.parts(conn, d, hour_us, ("verified",))]
+            gaps = quality.find_gaps(con, check_window(hour_us, verified or todo))
+            if sessions_files:
+                con.read_parquet(sessions_files, union_by_name=True).create_view("session_rows")
+                stats = cov.per_session_stats(con, "session_rows")
+            else:
+                stats = {}
         finally:
             con.close()
         sessions = cov.session_rows(conn, hour_us)
+        streams = stream_table(conn)
         for part in todo:
-            done.append(_coverage_one(conn, store, staging, part, sessions, stats, gaps if part.part == newest else []))
+            events = cov.continuity_rows(conn, ledger.round_parts(conn, part), streams)
+            done.append(_coverage_one(conn, store, staging, part, sessions, stats,
+                                      gaps if part.part == newest else [], events))
     elif newest is not None:
         newest_part = next(p for p in done if p.part == newest)
         gaps = cov.gaps_of(pq.read_table(local_copy(store, staging, newest_part)))
+    for part in done:
+        for q in ledger.round_parts(conn, part):
+            if q.dataset in ds.CONTINUITY and not q.reached("verified"):
+                ledger.advance(conn, q, "verified", rows=ledger.buffer_rows(conn, q), object_key=part.object_key)
     return HourCoverage(sorted(done, key=lambda p: p.part), gaps)
 
 
-def _coverage_one(conn, store: ArchiveStore, staging: Path, part: Part, sessions, stats, gaps) -> Part:
+def _coverage_one(conn, store: ArchiveStore, staging: Path, part: Part, sessions, stats, gaps, events=()) -> Part:
     key = object_key(COVERAGE, part)
     if part.state == "uploaded" and store.head(key) == (part.bytes, part.sha256):
         return ledger.advance(conn, part, "verified")
-    table = cov.build_table(part, sessions, stats, gaps)
+    table = cov.build_table(part, sessions, stats, gaps, events)
     path = staged_path(staging, key)
     size, sha = cov.write_table(table, path)
     try:
@@ -257,28 +352,34 @@ def _coverage_one(conn, store: ArchiveStore, staging: Path, part: Part, sessions
 
 
 def mark_archived(conn: sqlite3.Connection, staging: Path, hour_us: int) -> list[Part]:
-    """Mark the hour's verified parts (both datasets) archived.
+    """Mark archived every round of the hour whose coverage and parts are all verified.
 
-    Their staged files stay for the derived datasets built next (bars read them instead of
-    downloading what was just uploaded); :func:`drop_staged` removes them.
+    A round is archived as a whole, so no part is freed before the coverage that records its
+    sessions and continuity. The staged files stay for the derived datasets built next (bars
+    read them instead of downloading what was just uploaded); :func:`drop_staged` removes them.
     """
     crash_point("before_archive")
     done = []
-    for dataset in (DEPTH, COVERAGE):
-        for part in ledger.parts(conn, dataset, hour_us, ("verified",)):
-            done.append(ledger.advance(conn, part, "archived"))
+    for cover in ledger.parts(conn, COVERAGE, hour_us, ("verified",)):
+        members = ledger.round_parts(conn, cover)
+        if not all(p.reached("verified") for p in members):
+            continue
+        for part in [*members, cover]:
+            if not part.reached("archived"):
+                done.append(ledger.advance(conn, part, "archived"))
     return done
 
 
-def archived_copies(conn: sqlite3.Connection, store: ArchiveStore, staging: Path, hour_us: int) -> list[str]:
-    """Local files of the hour's archived depth parts: staged ones as they are, others downloaded."""
-    return [str(local_copy(store, staging, p)) for p in ledger.parts(conn, DEPTH, hour_us, ("archived",))]
+def archived_copies(conn: sqlite3.Connection, store: ArchiveStore, staging: Path, hour_us: int,
+                    dataset: str = DEPTH) -> list[str]:
+    """Local files of the hour's archived parts of a dataset: staged ones as they are, others downloaded."""
+    return [str(local_copy(store, staging, p)) for p in ledger.parts(conn, dataset, hour_us, ("archived",))]
 
 
 def drop_staged(conn: sqlite3.Connection, staging: Path, hour_us: int) -> int:
     """Remove the staged files of the hour's archived parts; returns how many were there."""
     n = 0
-    for dataset in (DEPTH, COVERAGE):
+    for dataset in (*ds.DATASETS, COVERAGE):
         for part in ledger.parts(conn, dataset, hour_us, ("archived",)):
             path = staged_path(staging, part.object_key)
             if path.exists():

@@ -1,22 +1,33 @@
-"""Data-quality checks of archived depth parts, in DuckDB, without Dagster.
+"""Data-quality checks of archived parts of every stream dataset, in DuckDB, without Dagster.
 
-Each check reads the verified Parquet files of the parts being archived and returns a
-:class:`CheckResult` with a count and a few examples. ERROR checks block marking the
-parts archived; WARN checks are reported only.
+Each check reads the verified Parquet files of the parts of one dataset being archived and
+returns a :class:`CheckResult` with a count and a few examples. ERROR checks block marking
+the parts archived; WARN checks are reported only. Which checks a dataset has: :data:`CHECKS`.
 
-========================  ========  =====================================================
-check                     severity  fails when
-========================  ========  =====================================================
-``no_duplicates``         ERROR     a (stream, last_update_id) or (session_id, seq) repeats
-``no_seq_gaps``           ERROR     a seq is missing inside a session and neither a
-                                    recorded duplicate, a quarantined frame nor another
-                                    buffer row of the hour explains it
-``update_id_monotonic``   ERROR     last_update_id goes backwards within a session+stream
-``coverage_gaps``         WARN      no message of a stream for more than 5 cadences (computed
-                                    once by the coverage step, which stores the gaps)
-``books_sane``            WARN      a book is crossed (best bid >= best ask) or a side unsorted
-``rows_reconciled``       ERROR     the archived rows differ from the buffer's rows of the part
-========================  ========  =====================================================
+==========================  ========  =====================================================
+check                       severity  fails when
+==========================  ========  =====================================================
+``no_duplicates``           ERROR     a dedup key (market, stream and the dataset's id; REST
+                                      snapshots: market, symbol, last_update_id) or a
+                                      (session_id, seq) repeats
+``no_seq_gaps``             ERROR     a seq is missing inside a session and neither a
+                                      recorded duplicate, a quarantined frame, another
+                                      dataset's row nor another buffer row of the hour
+                                      explains it
+``update_id_monotonic``     ERROR     the dataset's update (or trade) id goes backwards
+                                      within a session and stream
+``depth_continuity``        ERROR     diff depth: an event does not continue the stream's
+                                      previous one (spot ``U != u + 1``, USD-M
+                                      ``pu != u``) and no ``depth_sync`` 'break' row
+                                      records it
+``trade_id_continuity``     ERROR     trade/aggTrade: ids skipped that no ``trade_gap`` row
+                                      records
+``coverage_gaps``           WARN      no depth message of a stream for more than 5 cadences
+                                      (computed once by the coverage step, which stores them)
+``books_sane``              WARN      a book is crossed (best bid >= best ask) or a side
+                                      unsorted; bookTicker: crossed
+``rows_reconciled``         ERROR     the archived rows differ from the buffer's rows of the part
+==========================  ========  =====================================================
 """
 
 from __future__ import annotations
@@ -29,7 +40,8 @@ from typing import NamedTuple
 import duckdb
 import pyarrow as pa
 
-from orderbook_assets.archive.datasets import DEPTH_SCHEMA
+from orderbook_assets.archive import datasets as ds
+
 
 class Severity(str, Enum):
     """ERROR blocks marking the hour archived; WARN is reported and does not."""
@@ -42,16 +54,28 @@ ERROR, WARN = Severity.ERROR, Severity.WARN
 GAP_CADENCES = 5
 EXAMPLES = 5
 
-#: The checks of the depth parts (run by the check step, on the verified parts).
-CHECKS = {
-    "no_duplicates": ERROR,
-    "no_seq_gaps": ERROR,
-    "update_id_monotonic": ERROR,
-    "books_sane": WARN,
-    "rows_reconciled": ERROR,
+_BASE = {"no_duplicates": ERROR, "no_seq_gaps": ERROR, "update_id_monotonic": ERROR}
+#: The checks of each dataset's parts (run by the check step, on the verified parts).
+CHECKS: dict[str, dict[str, Severity]] = {
+    ds.DEPTH: {**_BASE, "books_sane": WARN, "rows_reconciled": ERROR},
+    ds.DEPTH_UPDATE: {**_BASE, "depth_continuity": ERROR, "rows_reconciled": ERROR},
+    ds.DEPTH_REST: {"no_duplicates": ERROR, "books_sane": WARN, "rows_reconciled": ERROR},
+    ds.TRADE: {**_BASE, "trade_id_continuity": ERROR, "rows_reconciled": ERROR},
+    ds.AGG_TRADE: {**_BASE, "trade_id_continuity": ERROR, "rows_reconciled": ERROR},
+    ds.BOOK_TICKER: {**_BASE, "books_sane": WARN, "rows_reconciled": ERROR},
 }
 #: The checks of the hour's coverage (computed once by the coverage step, which stores them).
 COVERAGE_CHECKS = {"coverage_gaps": WARN}
+#: The datasets whose silences are gaps (periodic depth streams; trades and bookTicker are
+#: event-driven: a quiet market is not a gap, the sessions say whether we were connected).
+GAP_DATASETS = (ds.DEPTH, ds.DEPTH_UPDATE)
+
+#: The recorded continuity events the checks match against (from the buffer's ``depth_sync``
+#: and ``trade_gap``, streams named as in the archive).
+SYNC_BREAKS = pa.schema([("market", pa.string()), ("stream", pa.string()), ("session_id", pa.int64()),
+                         ("after_last_update_id", pa.int64())])
+TRADE_GAPS = pa.schema([("market", pa.string()), ("stream", pa.string()), ("dataset", pa.string()),
+                        ("first_missing_id", pa.int64()), ("last_missing_id", pa.int64())])
 
 
 class Gap(NamedTuple):
@@ -60,6 +84,7 @@ class Gap(NamedTuple):
     stream: str
     start_us: int
     end_us: int
+    market: str = "spot"
 
 
 @dataclass
@@ -88,33 +113,45 @@ def _rows(cur: duckdb.DuckDBPyConnection) -> list[dict]:
     return [{n: _iso(v) for n, v in zip(names, row)} for row in cur.fetchall()]
 
 
-def connect(paths: list[str], explained: pa.Table | None = None, earlier: list[str] = ()) -> duckdb.DuckDBPyConnection:
+def connect(paths: list[str], explained: pa.Table | None = None, earlier: list[str] = (),
+            schema: pa.Schema = ds.DEPTH_SCHEMA, breaks: pa.Table | None = None,
+            trade_gaps: pa.Table | None = None) -> duckdb.DuckDBPyConnection:
     """One DuckDB connection for a step: view ``books`` over the files, ``earlier`` over the
-    hour's parts archived by earlier runs, and table ``explained`` (session_id, seq) of seqs
-    accounted for outside the books."""
+    hour's parts archived by earlier runs, table ``explained`` (session_id, seq) of seqs
+    accounted for outside the books, and the recorded ``breaks`` and ``trade_gaps``.
+
+    Files are read by column name: parts written under an older schema (``depth_snapshot``
+    version 1 has no ``market``) read with nulls for the columns they lack.
+    """
     con = duckdb.connect()
     for name, files in (("books", paths), ("earlier", earlier)):
         if files:
-            con.read_parquet(list(files)).create_view(name)
+            con.read_parquet(list(files), union_by_name=True).create_view(f"{name}_files")
+            have = {r[0] for r in con.execute(f"DESCRIBE {name}_files").fetchall()}
+            # Parts of depth_snapshot schema version 1 predate USD-M: every one of them is spot.
+            market = "* REPLACE (coalesce(market, 'spot') AS market)" if "market" in have else "'spot' AS market, *"
+            con.execute(f"CREATE VIEW {name} AS SELECT {market} FROM {name}_files")
         else:
-            con.register(name, DEPTH_SCHEMA.empty_table())
+            con.register(name, schema.empty_table())
     if explained is None:
         explained = pa.table({"session_id": pa.array([], pa.int64()), "seq": pa.array([], pa.int64())})
     con.register("explained_arrow", explained)
     con.execute("CREATE TABLE explained AS SELECT DISTINCT session_id, seq FROM explained_arrow")
+    con.register("breaks", SYNC_BREAKS.empty_table() if breaks is None else breaks)
+    con.register("trade_gaps", TRADE_GAPS.empty_table() if trade_gaps is None else trade_gaps)
     return con
 
 
-def duplicates(con: duckdb.DuckDBPyConnection) -> CheckResult:
-    by_uid = _rows(con.execute(
-        "SELECT stream, last_update_id, count(*) AS n FROM books GROUP BY ALL HAVING n > 1 ORDER BY ALL"
-    ))
+def duplicates(con: duckdb.DuckDBPyConnection, dataset: ds.Dataset = ds.DATASETS[ds.DEPTH]) -> CheckResult:
+    key = ", ".join(dataset.dedup)
+    by_key = _rows(con.execute(f"SELECT {key}, count(*) AS n FROM books GROUP BY ALL HAVING n > 1 ORDER BY ALL"))
     by_seq = _rows(con.execute(
-        "SELECT session_id, seq, count(*) AS n FROM books GROUP BY ALL HAVING n > 1 ORDER BY ALL"
+        "SELECT session_id, seq, count(*) AS n FROM books WHERE session_id IS NOT NULL "
+        "GROUP BY ALL HAVING n > 1 ORDER BY ALL"
     ))
-    count = sum(r["n"] - 1 for r in by_uid) + sum(r["n"] - 1 for r in by_seq)
-    return CheckResult("no_duplicates", ERROR, count == 0, count, (by_uid + by_seq)[:EXAMPLES],
-                       {"by_update_id": len(by_uid), "by_session_seq": len(by_seq)})
+    count = sum(r["n"] - 1 for r in by_key) + sum(r["n"] - 1 for r in by_seq)
+    return CheckResult("no_duplicates", ERROR, count == 0, count, (by_key + by_seq)[:EXAMPLES],
+                       {"dedup_key": list(dataset.dedup), "by_dedup_key": len(by_key), "by_session_seq": len(by_seq)})
 
 
 def seq_gaps(con: duckdb.DuckDBPyConnection) -> CheckResult:
@@ -139,16 +176,66 @@ def seq_gaps(con: duckdb.DuckDBPyConnection) -> CheckResult:
                        {"gaps": len(gaps), "explained_gaps": len(gaps) - len(bad)})
 
 
-def update_id_backwards(con: duckdb.DuckDBPyConnection) -> CheckResult:
+def update_id_backwards(con: duckdb.DuckDBPyConnection, dataset: ds.Dataset = ds.DATASETS[ds.DEPTH]) -> CheckResult:
+    uid = dataset.ordered_id
     rows = _rows(con.execute(
-        """
-        SELECT session_id, stream, seq, recv_time, last_update_id, prev_update_id FROM (
-            SELECT *, lag(last_update_id) OVER (PARTITION BY session_id, stream ORDER BY seq) AS prev_update_id
+        f"""
+        SELECT session_id, stream, seq, recv_time, {uid}, prev_id FROM (
+            SELECT *, lag({uid}) OVER (PARTITION BY session_id, market, stream ORDER BY seq) AS prev_id
             FROM books)
-        WHERE last_update_id < prev_update_id ORDER BY session_id, stream, seq
+        WHERE {uid} < prev_id ORDER BY session_id, stream, seq
         """
     ))
-    return CheckResult("update_id_monotonic", ERROR, not rows, len(rows), rows[:EXAMPLES])
+    return CheckResult("update_id_monotonic", ERROR, not rows, len(rows), rows[:EXAMPLES], {"id_column": uid})
+
+
+def depth_continuity(con: duckdb.DuckDBPyConnection) -> CheckResult:
+    """Diff-depth events that do not continue their stream's previous event (by update id, over
+    every session: overlapping sessions store each event once) and that no recorded 'break'
+    (same stream, first new event) accounts for."""
+    rows = _rows(con.execute(
+        """
+        WITH s AS (
+            SELECT market, stream, session_id, seq, recv_time, first_update_id, last_update_id, prev_update_id,
+                   lag(last_update_id) OVER (PARTITION BY market, stream ORDER BY last_update_id) AS previous_u
+            FROM books
+        )
+        SELECT * FROM s
+        WHERE previous_u IS NOT NULL
+          AND CASE WHEN market = 'usdm' THEN prev_update_id IS DISTINCT FROM previous_u
+                   ELSE first_update_id <> previous_u + 1 END
+          AND NOT EXISTS (SELECT 1 FROM breaks b WHERE b.market = s.market AND b.stream = s.stream
+                          AND b.after_last_update_id = s.last_update_id)
+        ORDER BY market, stream, last_update_id
+        """
+    ))
+    recorded = con.execute("SELECT count(*) FROM breaks").fetchone()[0]
+    return CheckResult("depth_continuity", ERROR, not rows, len(rows), rows[:EXAMPLES], {"recorded_breaks": recorded})
+
+
+def trade_id_continuity(con: duckdb.DuckDBPyConnection, dataset: ds.Dataset) -> CheckResult:
+    """Trade (or aggTrade) ids skipped within a stream that no recorded ``trade_gap`` covers."""
+    uid = dataset.ordered_id
+    gaps = _rows(con.execute(
+        f"""
+        WITH s AS (
+            SELECT market, stream, {uid} AS id, lag({uid}) OVER (PARTITION BY market, stream ORDER BY {uid}) AS prev
+            FROM books
+        ), g AS (
+            SELECT market, stream, prev + 1 AS first_missing, id - 1 AS last_missing FROM s WHERE id > prev + 1
+        )
+        SELECT g.*, g.last_missing - g.first_missing + 1 - coalesce((
+            SELECT sum(least(t.last_missing_id, g.last_missing) - greatest(t.first_missing_id, g.first_missing) + 1)
+            FROM trade_gaps t
+            WHERE t.dataset = '{dataset.name}' AND t.market = g.market AND t.stream = g.stream
+              AND t.first_missing_id <= g.last_missing AND t.last_missing_id >= g.first_missing), 0) AS unexplained
+        FROM g ORDER BY market, stream, first_missing
+        """
+    ))
+    bad = [g for g in gaps if g["unexplained"] > 0]
+    count = sum(g["unexplained"] for g in bad)
+    return CheckResult("trade_id_continuity", ERROR, count == 0, count, bad[:EXAMPLES],
+                       {"id_gaps": len(gaps), "recorded_gaps": len(gaps) - len(bad), "id_column": uid})
 
 
 def find_gaps(con: duckdb.DuckDBPyConnection, window: tuple[int, int]) -> list[Gap]:
@@ -161,22 +248,25 @@ def find_gaps(con: duckdb.DuckDBPyConnection, window: tuple[int, int]) -> list[G
     lo, hi = window
     rows = con.execute(
         f"""
-        WITH t AS (SELECT stream, epoch_us(recv_time) AS us FROM books),
-        s AS (SELECT stream, max(epoch_us(recv_time)) AS us FROM earlier GROUP BY stream),
-        streams AS (SELECT DISTINCT stream FROM t UNION SELECT stream FROM s),
+        WITH t AS (SELECT coalesce(market, 'spot') AS market, stream, epoch_us(recv_time) AS us FROM books),
+        s AS (SELECT coalesce(market, 'spot') AS market, stream, max(epoch_us(recv_time)) AS us
+              FROM earlier GROUP BY ALL),
+        streams AS (SELECT DISTINCT market, stream FROM t UNION SELECT market, stream FROM s),
         edges AS (
-            SELECT stream, us FROM t
-            UNION ALL SELECT st.stream, coalesce(s.us, {lo}) FROM streams st LEFT JOIN s USING (stream)
-            UNION ALL SELECT stream, {hi} FROM streams
+            SELECT market, stream, us FROM t
+            UNION ALL SELECT st.market, st.stream, coalesce(s.us, {lo}) FROM streams st LEFT JOIN s USING (market, stream)
+            UNION ALL SELECT market, stream, {hi} FROM streams
         ),
         d AS (
-            SELECT stream, us AS gap_start_us, lead(us) OVER (PARTITION BY stream ORDER BY us) AS gap_end_us,
-                   CASE WHEN stream LIKE '%@100ms' THEN 100000 ELSE 1000000 END AS cadence_us
+            SELECT market, stream, us AS gap_start_us,
+                   lead(us) OVER (PARTITION BY market, stream ORDER BY us) AS gap_end_us,
+                   CASE WHEN stream LIKE '%@100ms' THEN 100000 WHEN stream LIKE '%@250ms' THEN 250000
+                        WHEN stream LIKE '%@500ms' THEN 500000 ELSE 1000000 END AS cadence_us
             FROM edges
         )
-        SELECT stream, gap_start_us, gap_end_us
+        SELECT stream, gap_start_us, gap_end_us, market
         FROM d WHERE gap_end_us - gap_start_us > {GAP_CADENCES} * cadence_us
-        ORDER BY stream, gap_start_us
+        ORDER BY stream, gap_start_us, market
         """
     ).fetchall()
     return [Gap(*r) for r in rows]
@@ -185,7 +275,7 @@ def find_gaps(con: duckdb.DuckDBPyConnection, window: tuple[int, int]) -> list[G
 def gaps_result(gaps: list[Gap]) -> CheckResult:
     """The ``coverage_gaps`` check of an hour's gaps (WARN: an outage is data, not an error)."""
     intervals = [
-        {"stream": g.stream, "gap_start": _iso(_ts(g.start_us)), "gap_end": _iso(_ts(g.end_us)),
+        {"market": g.market, "stream": g.stream, "gap_start": _iso(_ts(g.start_us)), "gap_end": _iso(_ts(g.end_us)),
          "seconds": (g.end_us - g.start_us) / 1e6}
         for g in gaps
     ]
@@ -196,9 +286,9 @@ def _ts(us: int) -> datetime:
     return datetime.fromtimestamp(us / 1e6, tz=timezone.utc)
 
 
-def books_sane(con: duckdb.DuckDBPyConnection) -> CheckResult:
-    rows = _rows(con.execute(
-        """
+def books_sane(con: duckdb.DuckDBPyConnection, dataset: ds.Dataset = ds.DATASETS[ds.DEPTH]) -> CheckResult:
+    if dataset.has_levels:
+        sql = """
         WITH b AS (
             SELECT stream, session_id, seq, recv_time,
                    len(bids) > 0 AND len(asks) > 0 AND bids[1].price >= asks[1].price AS crossed,
@@ -208,9 +298,15 @@ def books_sane(con: duckdb.DuckDBPyConnection) -> CheckResult:
                    bids[1].price AS best_bid, asks[1].price AS best_ask
             FROM books
         )
-        SELECT * FROM b WHERE crossed OR unsorted ORDER BY stream, session_id, seq
+        SELECT * FROM b WHERE crossed OR unsorted ORDER BY stream, session_id, seq, recv_time
         """
-    ))
+    else:  # bookTicker: one level a side
+        sql = """
+        SELECT stream, session_id, seq, recv_time, best_bid >= best_ask AS crossed, false AS unsorted,
+               best_bid, best_ask
+        FROM books WHERE best_bid >= best_ask ORDER BY stream, session_id, seq
+        """
+    rows = _rows(con.execute(sql))
     crossed = sum(1 for r in rows if r["crossed"])
     unsorted = sum(1 for r in rows if r["unsorted"])
     return CheckResult("books_sane", WARN, not rows, len(rows), rows[:EXAMPLES],
@@ -234,15 +330,23 @@ def run_all(
     buffer_rows: int,
     archived_rows: dict[str, int],
     explained: pa.Table | None = None,
+    dataset: str = ds.DEPTH,
+    breaks: pa.Table | None = None,
+    trade_gaps: pa.Table | None = None,
 ) -> list[CheckResult]:
-    con = connect(paths, explained)
+    """Every check of ``dataset`` (:data:`CHECKS`) over the files, in that order."""
+    d = ds.DATASETS[dataset]
+    con = connect(paths, explained, schema=d.schema, breaks=breaks, trade_gaps=trade_gaps)
+    run = {
+        "no_duplicates": lambda: duplicates(con, d),
+        "no_seq_gaps": lambda: seq_gaps(con),
+        "update_id_monotonic": lambda: update_id_backwards(con, d),
+        "depth_continuity": lambda: depth_continuity(con),
+        "trade_id_continuity": lambda: trade_id_continuity(con, d),
+        "books_sane": lambda: books_sane(con, d),
+        "rows_reconciled": lambda: reconciled(con, buffer_rows, archived_rows),
+    }
     try:
-        return [
-            duplicates(con),
-            seq_gaps(con),
-            update_id_backwards(con),
-            books_sane(con),
-            reconciled(con, buffer_rows, archived_rows),
-        ]
+        return [run[name]() for name in CHECKS[dataset]]
     finally:
         con.close()

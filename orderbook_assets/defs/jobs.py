@@ -10,15 +10,16 @@ from contextlib import closing
 from dagster import AssetSelection, OpExecutionContext, define_asset_job, in_process_executor, job, op
 
 from orderbook_assets.archive import cleanup
-from orderbook_assets.defs.assets import archived_hour, coverage, depth_snapshot
+from orderbook_assets.defs.assets import archived_hour, coverage, stream_datasets
 from orderbook_assets.defs.bars import top_of_book_1s
 from orderbook_assets.defs.resources import BufferResource
 
 archive_hour = define_asset_job(
     "archive_hour",
-    selection=AssetSelection.assets(depth_snapshot, coverage, archived_hour, top_of_book_1s),
+    selection=AssetSelection.assets(stream_datasets, coverage, archived_hour, top_of_book_1s),
     executor_def=in_process_executor,
-    description="Export, upload, verify and check one UTC hour of the buffer, mark it archived, then build its 1 s bars.",
+    description="Export, upload, verify and check every dataset of one UTC hour of the buffer, store its coverage, "
+                "mark it archived, then build its 1 s bars.",
 )
 
 

@@ -19,10 +19,10 @@ GRACE_US = 10 * 60 * 1_000_000
 
 @sensor(job=archive_hour, minimum_interval_seconds=60, default_status=DefaultSensorStatus.RUNNING)
 def late_rows_sensor(context: SensorEvaluationContext, buffer: BufferResource):
-    """Requests ``archive_hour`` for every ended hour whose buffer rows go beyond its last part.
+    """Requests ``archive_hour`` for every ended hour whose buffer rows, in any dataset, go beyond its last part.
 
-    The run key holds the hour and the buffer's high-water mark (max id), so each new batch
-    of late rows gets exactly one run.
+    The run key holds the hour and the high-water mark of each late dataset (its buffer max
+    id), so each new batch of late rows gets exactly one run.
     """
     try:
         conn = buffer.connect()
@@ -35,7 +35,7 @@ def late_rows_sensor(context: SensorEvaluationContext, buffer: BufferResource):
     if not late:
         return SkipReason("no late rows")
     requests = []
-    for hour_us, max_id in late:
+    for hour_us, mark in late:
         key = hourly.get_partition_key_for_timestamp(datetime.fromtimestamp(hour_us / 1e6, tz=timezone.utc).timestamp())
-        requests.append(RunRequest(run_key=f"{key}@{max_id}", partition_key=key, tags={"orderbook/high_water_id": str(max_id)}))
+        requests.append(RunRequest(run_key=f"{key}@{mark}", partition_key=key, tags={"orderbook/high_water": mark}))
     return requests

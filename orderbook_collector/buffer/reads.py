@@ -13,6 +13,7 @@ import sqlite3
 from typing import NamedTuple
 
 from orderbook_collector.buffer.hours import HOUR_US
+from orderbook_collector.buffer.rows import DATASETS as _KEPT_IN_BUFFER_HOURS
 
 #: The WHERE clause of a part's rows; parameters from :meth:`IdRange.params`.
 PART_ROWS = "id > ? AND id <= ? AND recv_us >= ? AND recv_us < ?"
@@ -38,11 +39,30 @@ def has_rows(conn: sqlite3.Connection, table: str, rng: IdRange) -> bool:
 
 
 def hour_bounds(conn: sqlite3.Connection, dataset: str, hour_us: int) -> IdRange | None:
-    """All of an hour's rows as one range (from ``buffer_hours``), or None if it has none."""
-    row = conn.execute(
-        "SELECT min_id, max_id FROM buffer_hours WHERE dataset = ? AND hour_us = ?", (dataset, hour_us)
-    ).fetchone()
+    """All of an hour's rows of a table as one range, or None if it has none.
+
+    From ``buffer_hours`` for the tables the writer keeps there (:data:`rows.DATASETS`); for
+    the others (REST snapshots, ``depth_sync``, ``trade_gap``: few rows) from the table itself.
+    """
+    if dataset in _KEPT_IN_BUFFER_HOURS:
+        row = conn.execute(
+            "SELECT min_id, max_id FROM buffer_hours WHERE dataset = ? AND hour_us = ?", (dataset, hour_us)
+        ).fetchone()
+    else:
+        row = conn.execute(
+            f"SELECT min(id), max(id) FROM {dataset} WHERE recv_us >= ? AND recv_us < ?", (hour_us, hour_us + HOUR_US)
+        ).fetchone()
+        row = row if row[0] is not None else None
     return IdRange(hour_us, row[0] - 1, row[1]) if row else None
+
+
+def hours(conn: sqlite3.Connection, dataset: str) -> list[int]:
+    """The hours holding rows of a table, in order."""
+    if dataset in _KEPT_IN_BUFFER_HOURS:
+        sql = "SELECT hour_us FROM buffer_hours WHERE dataset = ? ORDER BY hour_us"
+        return [h for (h,) in conn.execute(sql, (dataset,))]
+    sql = f"SELECT DISTINCT recv_us - recv_us % {HOUR_US} FROM {dataset} ORDER BY 1"
+    return [h for (h,) in conn.execute(sql)]
 
 
 def gaps_between(whole: IdRange, covered: list[IdRange]) -> list[IdRange]:
@@ -68,9 +88,7 @@ def unarchived(conn: sqlite3.Connection, dataset: str) -> list[IdRange]:
     ):
         archived.setdefault(hour_us, []).append(IdRange(hour_us, lo, hi))
     out: list[IdRange] = []
-    for (hour_us,) in conn.execute(
-        "SELECT hour_us FROM buffer_hours WHERE dataset = ? ORDER BY hour_us", (dataset,)
-    ).fetchall():
+    for hour_us in hours(conn, dataset):
         whole = hour_bounds(conn, dataset, hour_us)
         if whole is not None:
             out += gaps_between(whole, archived.get(hour_us, []))

@@ -143,7 +143,8 @@ def test_every_dataset_is_written_with_the_common_conventions(archive):
             f = pq.ParquetFile(path)
             meta = f.metadata.metadata
             assert b"ARROW:schema" in meta, path
-            assert meta[b"orderbook.dataset"] == dataset.encode() and meta[b"orderbook.schema_version"] == b"1"
+            assert meta[b"orderbook.dataset"] == dataset.encode()
+            assert meta[b"orderbook.schema_version"] == want.metadata[b"orderbook.schema_version"]
             got = f.schema_arrow
             assert got.equals(want, check_metadata=False), (path, got)
             assert [fl.nullable for fl in got] == [fl.nullable for fl in want]

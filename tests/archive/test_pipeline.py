@@ -61,7 +61,8 @@ def test_plan_part_takes_id_range_and_late_rows_become_a_further_part(env):
     fill_buffer(path, SYMBOLS, BASE_HOUR_US + 1_000_000, 50)
     p1 = ledger.plan_part(conn, BASE_HOUR_US)
     assert (p1.part, p1.id_lo, p1.id_hi, p1.state) == (1, 0, 100, "planned")
-    assert ledger.get_part(conn, "coverage", BASE_HOUR_US, 1).id_hi == 100
+    cover = ledger.get_part(conn, "coverage", BASE_HOUR_US, 1)  # the round's coverage: same planned_us
+    assert ledger.round_parts(conn, cover) == [p1] and (cover.id_lo, cover.id_hi) == (0, 0)
     assert ledger.plan_part(conn, BASE_HOUR_US) is None
     assert ledger.plan_part(conn, BASE_HOUR_US + HOUR_US) is None  # no rows there
     fill_buffer(path, SYMBOLS, BASE_HOUR_US + 60_000_000, 10, session_id=7, first_update_id=10**6)
@@ -221,7 +222,7 @@ def test_late_hours_lists_hours_with_rows_beyond_their_last_part(env):
     archive(conn, st, staging)
     assert ledger.late_hours(conn, BASE_HOUR_US + 2 * HOUR_US) == []
     fill_buffer(path, SYMBOLS, BASE_HOUR_US + 5_000_000, 3, session_id=3, first_update_id=10**6)
-    assert ledger.late_hours(conn, BASE_HOUR_US + 2 * HOUR_US) == [(BASE_HOUR_US, 26)]
+    assert ledger.late_hours(conn, BASE_HOUR_US + 2 * HOUR_US) == [(BASE_HOUR_US, "depth_snapshot=26")]
     assert ledger.late_hours(conn, BASE_HOUR_US + HOUR_US // 2) == []  # hour not over yet
 
 
@@ -292,7 +293,7 @@ def test_a_later_part_measures_silence_from_the_archived_parts_not_the_hour_star
     # Only the silence after the newest row (19.9 s) to the end of the (past) hour remains;
     # never the first 10 s, which part 1's rows cover.
     assert [tuple(g) for g in cov.gaps] == [
-        ("btcusdt@depth20@100ms", BASE_HOUR_US + 19_900_000, BASE_HOUR_US + HOUR_US)], cov.gaps
+        ("btcusdt@depth20@100ms", BASE_HOUR_US + 19_900_000, BASE_HOUR_US + HOUR_US, "spot")], cov.gaps
     pipeline.mark_archived(conn, staging, BASE_HOUR_US)
     table = duckdb.connect().execute(
         f"SELECT part, count(*) FILTER (WHERE record = 'gap' AND start_time < make_timestamptz({BASE_HOUR_US + 10_000_000})) "

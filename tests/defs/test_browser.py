@@ -31,7 +31,7 @@ from support.webserver import (CHROMIUM, chromium, free_port, graphql, rendered_
 REPO = Path(__file__).resolve().parents[2]
 DEFINITIONS_MODULE = "orderbook_assets.definitions"
 # Names the UI must show. The archive pipeline owns most of them; keep in step with definitions.py.
-EXPECTED_ASSETS = ["depth_snapshot", "coverage", "archived_hour", "top_of_book_1s"]
+EXPECTED_ASSETS = ["depth_snapshot", "depth_update", "depth_rest_snapshot", "trade", "agg_trade", "book_ticker", "coverage", "archived_hour", "top_of_book_1s"]
 EXPECTED_CHECKS = ["no_duplicates", "no_seq_gaps", "update_id_monotonic", "coverage_gaps", "books_sane",
                    "rows_reconciled"]
 EXPECTED_SCHEDULES = ["archive_hour_schedule", "cleanup_buffer_schedule"]

@@ -7,6 +7,7 @@ from dagster import DagsterInstance
 from orderbook_assets.archive import source
 from orderbook_assets.definitions import defs
 
+from support.runs import checks_of, materialized
 from support.buffer_rows import BASE_HOUR_US, fill_buffer
 
 KEY = "2026-11-23-10:00"
@@ -30,7 +31,7 @@ def test_a_simulated_archive_carries_a_marker_and_says_so_in_the_metadata(tmp_pa
     marker = tmp_path / "archive" / source.MARKER_KEY
     assert "simulated exchange" in marker.read_text()
     for node in ("depth_snapshot", "archived_hour"):
-        meta = result.asset_materializations_for_node(node)[0].metadata
+        meta = materialized(result, node)[0].metadata
         assert "simulated" in meta["data_source"].value
 
 
@@ -38,7 +39,7 @@ def test_real_data_has_no_marker(tmp_path, monkeypatch):
     result = run_hour(tmp_path, monkeypatch, None)
     assert result.success
     assert not (tmp_path / "archive" / source.MARKER_KEY).exists()
-    assert result.asset_materializations_for_node("depth_snapshot")[0].metadata["data_source"].value == "Binance"
+    assert materialized(result, "depth_snapshot")[0].metadata["data_source"].value == "Binance"
 
 
 def test_an_hour_without_rows_archives_nothing_at_all(tmp_path, monkeypatch):

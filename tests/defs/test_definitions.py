@@ -16,6 +16,7 @@ from orderbook_assets.definitions import defs
 from orderbook_assets.defs.partitions import hourly
 from orderbook_collector.errors import ConfigError
 
+from support.runs import checks_of, materialized
 from support.buffer_rows import REALISTIC_ROWS, BASE_HOUR_US, fill_buffer, open_buffer, realistic_hour
 from support.s3 import MotoServer, s3_client
 
@@ -54,11 +55,11 @@ def test_hour_archived_end_to_end_to_local_folder(env):
     result = run_hour()
     assert result.success
     assert sorted(read(str(env / "archive"))) == expected(rows)
-    mat = result.asset_materializations_for_node("depth_snapshot")[0].metadata
+    mat = materialized(result, "depth_snapshot")[0].metadata
     assert mat["rows"].value == len(rows)
     assert mat["object_keys"].value == ["depth_snapshot/date=2026-11-23/hour=10/part-0001-0-1000.parquet"]
     assert mat["first_recv_time"].value.startswith("2026-11-23T10:00:05")
-    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    checks = {**checks_of(result, "depth_snapshot"), **checks_of(result, "coverage")}
     assert set(checks) == {"no_duplicates", "no_seq_gaps", "update_id_monotonic", "coverage_gaps", "books_sane", "rows_reconciled"}
     assert checks["rows_reconciled"].passed and not checks["coverage_gaps"].passed  # the first 5 s are a gap
     assert result.asset_materializations_for_node("archived_hour")
@@ -97,7 +98,7 @@ def test_materialization_reports_the_true_ratio_vs_json_of_realistic_books(env):
     json_bytes = realistic_hour(env / "buffer.sqlite3", REALISTIC_ROWS)
     result = run_hour()
     assert result.success
-    mat = result.asset_materializations_for_node("depth_snapshot")[0].metadata
+    mat = materialized(result, "depth_snapshot")[0].metadata
     assert mat["rows"].value == REALISTIC_ROWS
     (key,) = mat["object_keys"].value
     true_ratio = json_bytes / (env / "archive" / key).stat().st_size
@@ -117,7 +118,7 @@ def test_hour_archived_end_to_end_to_moto(env, monkeypatch):
         result = run_hour()
         assert result.success
         # what the store honours, shown in the UI with every depth_snapshot materialization
-        store = result.asset_materializations_for_node("depth_snapshot")[0].metadata["store"].value
+        store = materialized(result, "depth_snapshot")[0].metadata["store"].value
         assert store["create"] == "if-none-match" and store["verify"].startswith("md5-etag")
         assert store["hardening.public_access_block"] == "on"
         client = s3_client(moto.url, "eu-west-1")
@@ -125,7 +126,7 @@ def test_hour_archived_end_to_end_to_moto(env, monkeypatch):
         keys = [o["Key"] for o in client.list_objects_v2(Bucket="books")["Contents"]
                 if not o["Key"].startswith("archive/_orderbook/")]  # the store's capability record
         assert sorted(keys) == [
-            "archive/coverage/date=2026-11-23/hour=10/part-0001-0-600.parquet",
+            "archive/coverage/date=2026-11-23/hour=10/part-0001-0-0.parquet",
             "archive/depth_snapshot/date=2026-11-23/hour=10/part-0001-0-600.parquet",
             "archive/top_of_book_1s/date=2026-11-23/hour=10/bars.parquet",
         ]
@@ -187,7 +188,7 @@ def test_sensor_requests_a_further_part_for_late_rows(env):
     fill_buffer(path, ["btcusdt"], BASE_HOUR_US + 600_000_000, 5, session_id=3, first_update_id=10**6)
     with build_sensor_context(resources={"buffer": defs.resources["buffer"]}, repository_def=defs.get_repository_def()) as ctx:
         requests = sensor.evaluate_tick(ctx).run_requests
-    assert [(r.partition_key, r.run_key) for r in requests] == [(KEY, f"{KEY}@25")]
+    assert [(r.partition_key, r.run_key) for r in requests] == [(KEY, f"{KEY}@depth_snapshot=25")]
     assert run_hour().success
     conn = open_buffer(path)
     assert [p.part for p in ledger.parts(conn, "depth_snapshot", BASE_HOUR_US, ("archived",))] == [1, 2]
@@ -217,3 +218,45 @@ def test_cleanup_job_runs(env, monkeypatch):
     monkeypatch.setenv("ORDERBOOK_RETENTION_HOURS", "soon")
     assert not defs.resolve_job_def("cleanup_buffer").execute_in_process(
         instance=DagsterInstance.ephemeral(), raise_on_error=False).success
+
+
+def test_every_dataset_archived_by_the_job_checked_and_cleaned(env, monkeypatch):
+    """archive_hour materializes every stream dataset of its hour with its checks, coverage and
+    archived_hour; late trades alone get a further run from the sensor; cleanup frees every table."""
+    from orderbook_assets.archive import datasets, quality
+    from orderbook_assets.defs.sensors import late_rows_sensor
+    from support.every_kind import fill
+
+    conn = open_buffer(env / "buffer.sqlite3")
+    want = fill(conn, BASE_HOUR_US)
+    result = run_hour()
+    assert result.success
+    for name in datasets.DATASETS:
+        (mat,) = materialized(result, name)
+        assert mat.metadata["rows"].value == len(want[name]) > 0, name
+        checks = checks_of(result, name)
+        assert set(checks) == set(quality.CHECKS[name]), name
+        assert all(c.passed for c in checks.values()), (name, [c for c in checks.values() if not c.passed])
+        assert read_rows(env / "archive", name) == len(want[name])
+    assert materialized(result, "coverage") and materialized(result, "archived_hour")
+    # late trades only: the sensor names the dataset, the run adds its part 2
+    late = fill(conn, BASE_HOUR_US, 3, offset_us=900_000_000, first_trade=70_000, session_base=20, first_update=40_000_000)
+    with build_sensor_context(resources={"buffer": defs.resources["buffer"]}, repository_def=defs.get_repository_def()) as ctx:
+        requests = late_rows_sensor.evaluate_tick(ctx).run_requests
+    assert [r.partition_key for r in requests] == [KEY] and "trade=" in requests[0].run_key
+    assert run_hour().success
+    assert read_rows(env / "archive", "trade") == len(want["trade"]) + len(late["trade"])
+    # cleanup with retention 0 frees every table the archive covers
+    conn.close()
+    monkeypatch.setenv("ORDERBOOK_RETENTION_HOURS", "0")
+    assert defs.resolve_job_def("cleanup_buffer").execute_in_process(instance=DagsterInstance.ephemeral()).success
+    conn = open_buffer(env / "buffer.sqlite3")
+    for table in (*datasets.DATASETS, "depth_sync", "trade_gap"):
+        assert conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == 0, table
+    conn.close()
+
+
+def read_rows(root, dataset: str) -> int:
+    return duckdb.connect().execute(
+        f"SELECT count(*) FROM read_parquet('{root}/{dataset}/**/*.parquet', hive_partitioning = true)"
+    ).fetchone()[0]

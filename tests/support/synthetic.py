@@ -1,4 +1,8 @@
-"""Synthetic archives for the analysts' tests: realistic partial-depth books in the Hive layout."""
+"""Synthetic archives for the analysts' tests: realistic partial-depth books in the Hive layout.
+
+The books are in ``depth_snapshot`` schema version 1 (spot, before USD-M), as parts archived
+before the schema change are: the views must read them as well as new ones.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from orderbook_assets.analytics import views
+from orderbook_assets.archive import datasets
 from orderbook_collector import buffer
 
 HOUR_US = buffer.HOUR_US
@@ -63,7 +68,7 @@ def synthetic_depth(
                 pa.array(10_000_000 * (k + 1) + np.arange(n, dtype=np.int64) * 3),
                 lists(bid_px, bid_q), lists(ask_px, ask_q),
             ],
-            schema=views.DEPTH_SCHEMA,
+            schema=datasets.DEPTH_SCHEMA_V1,
         ))
     return pa.concat_tables(tables)
 
@@ -128,6 +133,6 @@ def one_book(symbol: str, t_us: int, bids, asks, seq: int, uid: int, session_id:
 
 
 def books(rows: list[dict]) -> pa.Table:
-    cols = {k: [r[k] for r in rows] for k in views.DEPTH_COLUMNS}
+    cols = {k: [r[k] for r in rows] for k in datasets.DEPTH_SCHEMA_V1.names}
     cols["recv_time"] = pa.array(cols["recv_time"], pa.int64()).cast(pa.timestamp("us", tz="UTC"))
-    return pa.Table.from_pydict(cols, schema=views.DEPTH_SCHEMA)
+    return pa.Table.from_pydict(cols, schema=datasets.DEPTH_SCHEMA_V1)
