@@ -27,6 +27,7 @@ The collector records all four kinds here whatever ``ORDERBOOK_STREAMS`` accepts
 
 Usage: python benchmarks/ingest_vs_client.py [--count 60000] [--rounds 3] [--paced-seconds 15]
        [--feeds depth20,mix] [--profile-collector FEED]  (run only the collector, e.g. under py-spy)
+       --rounds 0 runs only the paced run
 """
 
 from __future__ import annotations
@@ -197,9 +198,9 @@ def main() -> None:
             work = Path(tmp)
             if args.profile_collector:
                 r = asyncio.run(run_collector(port, args.profile_collector, args.count, 0, work / "p.sqlite3", False))
-                print(f"collector {args.profile_collector}: {r['rate']:,.0f} msg/s")
+                print(f"collector {args.profile_collector}: {r['rate']:,.0f} msg/s, {r['cpu_us']:.1f} CPU µs a message")
                 return
-            for feed in args.feeds.split(","):
+            for feed in args.feeds.split(",") if args.rounds else ():
                 client, coll, ratios, cpu_c, cpu_k, sizes = [], [], [], [], [], []
                 for i in range(args.rounds):
                     rate, cpu = asyncio.run(receive_only(port, feed, args.count))
