@@ -9,9 +9,13 @@ significant digits (longer ones are counted as ``wide_values``, not rejected).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable
+from decimal import Decimal, InvalidOperation
+from typing import NamedTuple
 
 import numpy as np
+import orjson
 
 from orderbook_collector.buffer import levels as packed
 from orderbook_collector.buffer.records import (
@@ -28,6 +32,25 @@ from orderbook_collector.feed.streams import Kind, Market, StreamSpec
 _U63 = 1 << 63
 #: A diff event carries the levels that changed; more than this on a side is not a book.
 MAX_DIFF_LEVELS = 10_000
+
+
+# 16 characters hold 15 significant digits and a point: only longer number texts need a look.
+_WIDE_RE = re.compile(r'"[0-9.]{17,}"')
+
+
+def count_wide(raw: str) -> int:
+    """How many quoted numbers in ``raw`` have more than 15 significant digits (float64 rounds them)."""
+    if not _WIDE_RE.search(raw):
+        return 0
+    return sum(1 for m in _WIDE_RE.finditer(raw) if _significant_digits(m.group()[1:-1]) > 15)
+
+
+def _significant_digits(text: str) -> int:
+    try:
+        digits = Decimal(text).normalize().as_tuple().digits
+    except InvalidOperation:
+        return 0
+    return len(digits)
 
 
 def decode_payload(spec: StreamSpec, data: dict, recv_us: int, session_id: int, seq: int, wide: int) -> Row:
@@ -180,3 +203,202 @@ _DECODERS: dict[tuple[Kind, Market], Callable[..., Row]] = {
     (Kind.BOOK_TICKER, Market.SPOT): _book_ticker,
     (Kind.BOOK_TICKER, Market.USDM): _book_ticker,
 }
+
+
+# The batch fast path ---------------------------------------------------------------------
+#
+# Most of a depth frame is its levels: 40 pairs of decimal strings in a depth20 snapshot.
+# Parsing them into 80 ``str`` objects and 42 lists, then converting each string, costs far
+# more than the rest of the collector. The fast path never makes those objects: it parses
+# the frame's head (everything before the levels) with orjson, checks that the levels'
+# tail has exactly the shape ``"bids":[["d","d"],...],"asks":[...]}}`` (with only digits
+# and points inside the quotes), and turns the numbers of a whole batch into float64 with
+# one orjson parse of ``[d,d,d,...]``. JSON numbers made of digits and one point are read
+# exactly as ``float()`` reads them (correctly rounded), so the blob is byte for byte what
+# the strict path packs. The numbers are read from the tail with its quotes turned into
+# spaces and the rest of its punctuation dropped: a digit outside a value slot then stands
+# next to a value with no comma between them, which the parse refuses. Anything else (other whitespace, key order, signs, exponents,
+# malformed numbers, a zero price, an unknown key in the message) is left to the strict
+# decoder, frame by frame: the fast path only ever accepts what the strict one accepts,
+# and returns the same record.
+
+_DIGITS = b"0123456789."
+_TO_X = bytes.maketrans(_DIGITS, b"x" * len(_DIGITS))
+_X17 = b"x" * 17  # a number text of 17+ characters may be wide: count_wide() decides
+_QUOTE_TO_SPACE = bytes.maketrans(b'"', b" ")
+_PAIR = b'["",""]'
+_MAX_SHAPES = 4096
+
+
+class _Tail(NamedTuple):
+    """The levels part of one kind's frames: its separator and what is not a number in it."""
+
+    sep: bytes  # from the comma before the bids key
+    asks_key: bytes
+    strip: bytes  # every byte of the tail that is not a digit, point, comma or quote
+
+    @classmethod
+    def of(cls, bids: str, asks: str) -> _Tail:
+        return cls(f',"{bids}":['.encode(), f'"{asks}":'.encode(), bytes(set(f'[]}}:{bids}{asks}'.encode())))
+
+    def skeleton(self, n_bids: int, n_asks: int) -> bytes:
+        return (self.sep[1:] + b",".join([_PAIR] * n_bids) + b"]," + self.asks_key + b"["
+                + b",".join([_PAIR] * n_asks) + b"]}}")
+
+
+_SNAPSHOT_TAIL = _Tail.of("bids", "asks")
+_EVENT_TAIL = _Tail.of("b", "a")
+
+
+class _Route(NamedTuple):
+    """How the fast path treats one subscribed stream."""
+
+    spec: StreamSpec
+    key: str
+    symbol: str  # upper case, as in payloads
+    tail: _Tail | None  # None: a small event, parsed whole
+    limit: int  # most levels a side
+
+
+def _u(v: object) -> bool:
+    return type(v) is int and 0 <= v < _U63
+
+
+class FastPath:
+    """Batch decoding of plain frames (see the comment above); everything else is left to the strict path."""
+
+    def __init__(self, streams: Iterable[StreamSpec], max_frame_bytes: int):
+        self.max_frame_bytes = max_frame_bytes
+        self.routes: dict[str, _Route] = {}
+        self._shapes: dict[bytes, tuple[int, int] | None] = {}
+        self.add_streams(streams)
+
+    def add_streams(self, streams: Iterable[StreamSpec]) -> None:
+        for s in streams:
+            if s.type is Kind.PARTIAL_DEPTH:
+                tail, limit = (_SNAPSHOT_TAIL if s.market is Market.SPOT else _EVENT_TAIL), s.levels
+            elif s.type is Kind.DIFF_DEPTH:
+                tail, limit = _EVENT_TAIL, MAX_DIFF_LEVELS
+            else:
+                tail, limit = None, 0
+            self.routes[s.name] = _Route(s, s.key, s.symbol.upper(), tail, limit)
+
+    def _shape(self, tail: _Tail, skeleton: bytes) -> tuple[int, int] | None:
+        """(bids, asks) of a levels tail's skeleton, or None if it is not exactly the plain shape."""
+        shape = self._shapes.get(skeleton, False)
+        if shape is not False:
+            return shape
+        pairs = skeleton.count(_PAIR)
+        n_bids = skeleton[: max(skeleton.find(tail.asks_key), 0)].count(_PAIR)
+        shape = (n_bids, pairs - n_bids) if tail.skeleton(n_bids, pairs - n_bids) == skeleton else None
+        if len(self._shapes) >= _MAX_SHAPES:
+            self._shapes.clear()
+        self._shapes[skeleton] = shape
+        return shape
+
+    def decode_into(self, frames: list[tuple[str | bytes, int, int, int]], out: list) -> list[int]:
+        """Fill ``out[i]`` for the frames the fast path takes; return the indexes of the others."""
+        slow: list[int] = []
+        routes = self.routes
+        loads = orjson.loads
+        # Levels frames wait for the batch's number conversion: (index, type, head, after, n_bids, start, n).
+        waiting: list[tuple] = []
+        numbers: list[bytes] = []
+        texts: list[bytes] = []  # the rest of the taken frames' text, screened for wide numbers with the numbers
+        n_values = 0
+        for i, (raw, recv_us, sid, seq) in enumerate(frames):
+            try:
+                if type(raw) is not str or len(raw) > self.max_frame_bytes or not raw.startswith('{"stream":"'):
+                    raise FrameError("strict")
+                route = routes[raw[11 : raw.index('"', 11)]]
+                b = raw.encode()
+                tail = route.tail
+                if tail is None:
+                    msg = loads(b)
+                    if len(msg) != 2 or msg["stream"] != route.spec.name:
+                        raise FrameError("strict")
+                    data = msg["data"]
+                    spec = route.spec
+                    if type(data) is not dict or ("e" in data and spec.type is Kind.BOOK_TICKER
+                                                  and spec.market is Market.SPOT):
+                        raise FrameError("strict")
+                    out[i] = _DECODERS[spec.type, spec.market](spec, data, recv_us, sid, seq, 0)
+                    texts.append(b)
+                    continue
+                cut = b.find(tail.sep)
+                if cut < 0:
+                    raise FrameError("strict")
+                head_text = b[:cut]
+                msg = loads(head_text + b"}}")
+                if len(msg) != 2 or msg["stream"] != route.spec.name:
+                    raise FrameError("strict")
+                levels_tail = b[cut + 1 :]
+                shape = self._shape(tail, levels_tail.translate(None, _DIGITS))
+                if shape is None or shape[0] > route.limit or shape[1] > route.limit:
+                    raise FrameError("strict")
+                head, ctor, post = self._head(route, msg["data"], recv_us, sid, seq)
+                n = 2 * (shape[0] + shape[1])
+                if n:
+                    nums = levels_tail.translate(_QUOTE_TO_SPACE, tail.strip)
+                    numbers.append(nums if shape[0] and shape[1] else nums.strip(b" ,"))
+                waiting.append((i, ctor, head, post, shape[0], n_values, n))
+                n_values += n
+                texts.append(head_text)
+            except Exception:  # noqa: BLE001  (any surprise: the strict path decides, with its reason)
+                slow.append(i)
+        joined = b"[" + b",".join(numbers) + b"]"
+        if waiting:
+            slow += self._finish_levels(waiting, joined, n_values, out)
+        if _X17 in joined.translate(_TO_X) or _X17 in b"".join(texts).translate(_TO_X):
+            for i in set(range(len(frames))).difference(slow):
+                wide = count_wide(frames[i][0])
+                if wide:
+                    out[i] = out[i]._replace(wide_values=wide)
+        return slow
+
+    @staticmethod
+    def _head(route: _Route, data: dict, recv_us: int, sid: int, seq: int) -> tuple[tuple, type, tuple]:
+        """Validate a levels frame's fields other than the levels: (fields before the levels, record type, after)."""
+        spec = route.spec
+        if spec.type is Kind.PARTIAL_DEPTH and spec.market is Market.SPOT:
+            uid = data["lastUpdateId"]
+            if "e" in data or not _u(uid):
+                raise FrameError("strict")
+            return (route.key, recv_us, sid, seq, uid), DepthRecord, ()
+        first, last, event = data["U"], data["u"], data["E"]
+        if (data["e"] != "depthUpdate" or data["s"] != route.symbol or not _u(first) or not _u(last)
+                or first > last or not _u(event)):
+            raise FrameError("strict")
+        if spec.market is Market.USDM:
+            txn, prev = data["T"], data["pu"]
+            if not _u(txn) or not _u(prev):
+                raise FrameError("strict")
+        else:
+            txn = prev = None
+        if spec.type is Kind.PARTIAL_DEPTH:
+            return (route.key, recv_us, sid, seq, last), DepthRecord, (event, txn, first, prev)
+        return (route.key, recv_us, sid, seq, event, txn, first, last, prev), DepthUpdateRecord, ()
+
+    @staticmethod
+    def _finish_levels(waiting: list[tuple], numbers: bytes, n_values: int, out: list) -> list[int]:
+        """Convert the batch's numbers at once and build the levels records; return the frames left to the strict path."""
+        try:
+            values = orjson.loads(numbers)
+            if len(values) != n_values:
+                raise FrameError("strict")
+            arr = np.array(values, dtype=np.float64)
+        except Exception:  # noqa: BLE001  (a malformed number somewhere: every frame of it goes the strict way)
+            return [w[0] for w in waiting]
+        slow: list[int] = []
+        bad = np.zeros(0, dtype=np.int64)
+        if not np.isfinite(arr).all() or not (arr[0::2] > 0).all():  # prices are the even values
+            bad = np.flatnonzero(~np.isfinite(arr) | (np.arange(len(arr)) % 2 == 0) & (arr <= 0))
+        starts = np.fromiter((w[5] for w in waiting), dtype=np.int64, count=len(waiting)) if len(bad) else None
+        bad_frames = set(np.searchsorted(starts, bad, side="right") - 1) if len(bad) else ()
+        blob = arr.tobytes()
+        for k, (i, ctor, head, post, n_bids, start, n) in enumerate(waiting):
+            if k in bad_frames:
+                slow.append(i)
+                continue
+            out[i] = ctor(*head, n_bids, blob[8 * start : 8 * (start + n)], 0, *post)
+        return slow

@@ -60,6 +60,8 @@ DUPLICATE_ALARM_MIN = 100
 #: Judged only once the session is this old (its id is its opening time in µs): a
 #: make-before-break rotation starts with a second or so of nothing but duplicates.
 DUPLICATE_ALARM_AFTER_US = 30_000_000
+#: How often a batch being gathered looks at the queue again (s).
+_GATHER_POLL = 0.002
 
 
 @dataclass
@@ -430,6 +432,13 @@ class Writer:
                 stop = any(type(it) is Stop for it in batch)
                 return [it for it in batch if type(it) is not Stop], position, stop
             timeout = self.commit_interval if deadline is None else deadline - time.monotonic()
+            if deadline is not None and self.queue.empty():
+                # Blocking in get() would wake this thread (and take the GIL from the event
+                # loop) once per frame; polling lets the batch gather in between.
+                if timeout <= 0:
+                    break
+                time.sleep(min(timeout, _GATHER_POLL))
+                continue
             try:
                 item = self.queue.get(timeout=max(timeout, 0))
             except queue.Empty:

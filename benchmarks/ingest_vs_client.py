@@ -1,0 +1,243 @@
+"""The collector against a receive-only ``websockets`` client on the same feed, in the same run.
+
+Issue 12's measure. A feed server (``benchmarks/feed.py``, its own process) serves the
+same fixed frames over a real loopback WebSocket to each connection. For each feed
+(``depth20`` alone; the ``mix``: 40 % diff depth, 30 % depth20, 20 % trades, 10 %
+bookTicker by count) the script alternates rounds of
+
+  1. a receive-only client: ``websockets`` with the collector's connection options, that
+     only counts frames (first frame to last frame);
+  2. the real collector (receive, stamp, queue, decode, validate, commit with
+     ``synchronous=FULL``): first frame received to last message committed;
+
+and prints each one's median msg/s and the median of the rounds' ratios (target >= 0.34,
+stretch 0.5), and the CPU time each spends a message (process time over the run: on a
+shared machine the steadier figure). Every
+collector run is then checked: every frame stored once in its dataset's table, nothing
+quarantined or dropped. A paced run of the mix at 10,000 msg/s measures receive-to-commit
+and event-loop lag (p99 targets 100 ms and 10 ms); buffer bytes per message are
+measured on the checkpointed buffers of the flat-out runs (target <= 800).
+
+The writer queue holds the whole run, so a flat-out run measures what receiving, decoding
+and committing cost, not the spill's disk path (a feed faster than the collector is not a
+steady state: the spill exists to survive one, not to sustain it).
+
+The collector records all four kinds here whatever ``ORDERBOOK_STREAMS`` accepts today
+(the settings are given their stream specs directly).
+
+Usage: python benchmarks/ingest_vs_client.py [--count 60000] [--rounds 3] [--paced-seconds 15]
+       [--feeds depth20,mix] [--profile-collector FEED]  (run only the collector, e.g. under py-spy)
+       --rounds 0 runs only the paced run
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).parent))
+
+from websockets.asyncio.client import connect  # noqa: E402
+
+import feed as feedmod  # noqa: E402
+from orderbook_collector import buffer  # noqa: E402
+from orderbook_collector.config import Settings  # noqa: E402
+from orderbook_collector.connection import collector as collector_mod  # noqa: E402
+from orderbook_collector.feed.streams import Kind  # noqa: E402
+
+TABLE_OF = {"D": Kind.DIFF_DEPTH.dataset, "S": Kind.PARTIAL_DEPTH.dataset, "T": Kind.TRADE.dataset,
+            "B": Kind.BOOK_TICKER.dataset}
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(p / 100 * len(values)))]
+
+
+def start_feed() -> tuple[subprocess.Popen, int]:
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).parent / "feed.py")], stdout=subprocess.PIPE, text=True)
+    port = int(re.search(r"ws://127\.0\.0\.1:(\d+)", proc.stdout.readline()).group(1))
+    return proc, port
+
+
+_runs = iter(range(1, 1 << 30))
+
+
+def feed_url(port: int, feed: str, count: int, rate: float) -> str:
+    """A URL of its own for each run: the feed server serves a run's frames once."""
+    return f"ws://127.0.0.1:{port}/{next(_runs)}/{feed}/{count}/{rate:g}"
+
+
+async def receive_only(port: int, feed: str, count: int) -> tuple[float, float]:
+    """(msg/s, CPU µs a message) of a client that only receives and counts, connected as the collector connects."""
+    cpu0 = time.process_time()
+    names = "/".join(f"{s}@{k}" for s in feedmod.SYMBOLS for k in feedmod.feed_streams(feed))
+    async with connect(
+        f"{feed_url(port, feed, count, 0)}/stream?streams={names}",
+        open_timeout=collector_mod.OPEN_TIMEOUT, close_timeout=collector_mod.CLOSE_TIMEOUT,
+        ping_interval=collector_mod.PING_INTERVAL, ping_timeout=collector_mod.PING_TIMEOUT,
+        max_size=collector_mod.WS_MAX_SIZE, max_queue=256, compression=None,
+    ) as ws:
+        n = 0
+        t0 = 0.0
+        async for _raw in ws:
+            if n == 0:
+                t0 = time.perf_counter()
+            n += 1
+            if n == count:
+                break
+        return count / (time.perf_counter() - t0), (time.process_time() - cpu0) / count * 1e6
+
+
+async def run_collector(port: int, feed: str, count: int, rate: float, path: Path, observe: bool) -> dict:
+    """Run the real collector on ``count`` frames of ``feed``; msg/s from first receive to last commit."""
+    latencies: list[int] = []
+    committed = 0
+    first_recv = [None]
+    last_commit = [0]
+    done = threading.Event()
+
+    def observer(records, commit_us):
+        nonlocal committed
+        if not records:
+            return
+        if first_recv[0] is None:
+            first_recv[0] = min(r.recv_us for r in records)
+        committed += len(records)
+        last_commit[0] = commit_us
+        if observe:
+            latencies.extend(commit_us - r.recv_us for r in records)
+        if committed >= count:
+            done.set()
+
+    settings = Settings(
+        symbols=feedmod.SYMBOLS, streams=feedmod.feed_streams(feed), ws_url=feed_url(port, feed, count, rate),
+        buffer=path, metrics_port=-1, stall_cadences=10_000, queue_size=count + 1000,
+    )
+    cpu0 = time.process_time()
+    c = collector_mod.Collector(settings, commit_observer=observer)
+    c.metrics.loop_lag_samples = []
+    task = asyncio.create_task(c.run())
+    deadline = time.monotonic() + 60 + count / 1000
+    while not done.is_set():
+        await asyncio.sleep(0.02)
+        if task.done():
+            raise RuntimeError(f"collector stopped early: {c.fatal}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"collector committed {committed} of {count} frames before the deadline")
+    cpu = time.process_time() - cpu0
+    c.stop("benchmark done")
+    await task
+    q = dict(c.metrics.quarantined)
+    return {
+        "rate": count / ((last_commit[0] - first_recv[0]) / 1e6),
+        "cpu_us": cpu / count * 1e6,
+        "spilled": c.metrics.spilled_items,
+        "quarantined": {k: v for k, v in q.items() if v},
+        "lat_p50_ms": pct(latencies, 50) / 1000,
+        "lat_p99_ms": pct(latencies, 99) / 1000,
+        "lag_p99_ms": pct(c.metrics.loop_lag_samples, 99) * 1000,
+        "lag_max_ms": max(c.metrics.loop_lag_samples or [0]) * 1000,
+    }
+
+
+def check_buffer(path: Path, feed: str, count: int) -> int:
+    """Every frame stored once in its table, nothing quarantined or dropped; returns bytes a message."""
+    expected = Counter(TABLE_OF[feedmod.FEEDS[feed][n % len(feedmod.FEEDS[feed])]] for n in range(count))
+    conn = sqlite3.connect(path)
+    try:
+        for table, n in expected.items():
+            got = conn.execute(f"SELECT count(*), count(DISTINCT seq) FROM {table}").fetchone()
+            if got != (n, n):
+                raise AssertionError(f"{table}: {got} rows (distinct seqs) stored, {n} sent")
+        for table in ("quarantine", "dropped"):
+            bad = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+            if bad:
+                raise AssertionError(f"{bad} rows in {table}")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # count the database, not a transient WAL
+    finally:
+        conn.close()
+    return os.path.getsize(path) // count
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--count", type=int, default=60_000)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--feeds", default="depth20,mix")
+    p.add_argument("--paced-rate", type=float, default=10_000)
+    p.add_argument("--paced-seconds", type=float, default=15)
+    p.add_argument("--profile-collector", metavar="FEED", help="only run the collector flat out on FEED, once")
+    args = p.parse_args()
+    proc, port = start_feed()
+    rows = []
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(tmp)
+            if args.profile_collector:
+                r = asyncio.run(run_collector(port, args.profile_collector, args.count, 0, work / "p.sqlite3", False))
+                print(f"collector {args.profile_collector}: {r['rate']:,.0f} msg/s, {r['cpu_us']:.1f} CPU µs a message")
+                return
+            for feed in args.feeds.split(",") if args.rounds else ():
+                client, coll, ratios, cpu_c, cpu_k, sizes = [], [], [], [], [], []
+                for i in range(args.rounds):
+                    rate, cpu = asyncio.run(receive_only(port, feed, args.count))
+                    client.append(rate)
+                    cpu_c.append(cpu)
+                    path = work / f"{feed}-{i}.sqlite3"
+                    r = asyncio.run(run_collector(port, feed, args.count, 0, path, False))
+                    coll.append(r["rate"])
+                    cpu_k.append(r["cpu_us"])
+                    ratios.append(r["rate"] / rate)
+                    sizes.append(check_buffer(path, feed, args.count))
+                    print(f"  {feed} round {i + 1}: client {rate:,.0f} msg/s ({cpu:.1f} CPU µs/msg), collector "
+                          f"{r['rate']:,.0f} msg/s ({r['cpu_us']:.1f} CPU µs/msg): {ratios[-1]:.3f}", flush=True)
+                    path.unlink()
+                c_med, k_med = statistics.median(client), statistics.median(coll)
+                cc, ck = statistics.median(cpu_c), statistics.median(cpu_k)
+                rows += [
+                    (f"{feed}: receive-only client", "-", f"{c_med:,.0f} msg/s", "", ""),
+                    (f"{feed}: collector, committed", "-", f"{k_med:,.0f} msg/s", f"{c_med:,.0f}", f"{k_med / c_med:.3f}"),
+                    (f"{feed}: share of receive-only (per round)", ">= 0.34", f"{statistics.median(ratios):.3f}",
+                     "", " ".join(f"{x:.2f}" for x in ratios)),
+                    (f"{feed}: CPU µs a message, client/collector", "-", f"{cc:.1f} / {ck:.1f}", "", f"{cc / ck:.3f}"),
+                    (f"{feed}: buffer bytes per message", "<= 800" if feed == "depth20" else "-", f"{max(sizes):,}", "", ""),
+                ]
+            n_paced = int(args.paced_rate * args.paced_seconds)
+            paced = asyncio.run(run_collector(port, "mix", n_paced, args.paced_rate, work / "paced.sqlite3", True))
+            check_buffer(work / "paced.sqlite3", "mix", n_paced)
+            rate = f"{args.paced_rate:,.0f}/s mix"
+            rows += [
+                (f"receive-to-commit p50 @ {rate}", "-", f"{paced['lat_p50_ms']:.1f} ms", "", ""),
+                (f"receive-to-commit p99 @ {rate}", "<= 100 ms", f"{paced['lat_p99_ms']:.1f} ms", "", ""),
+                (f"event-loop lag p99 @ {rate}", "<= 10 ms", f"{paced['lag_p99_ms']:.1f} ms", "", ""),
+                (f"event-loop lag max @ {rate}", "-", f"{paced['lag_max_ms']:.1f} ms", "", ""),
+                (f"frames spilled @ {rate}", "-", f"{paced['spilled']:,}", "", ""),
+            ]
+    finally:
+        proc.kill()
+    load = os.getloadavg()
+    print(f"\n{args.rounds} rounds of {args.count:,} frames, medians; load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} "
+          f"on {os.cpu_count()} CPUs")
+    print(f"{'figure':50} {'target':>9} {'measured':>16} {'baseline':>12} {'ratio':>6}")
+    for r in rows:
+        print(f"{r[0]:50} {r[1]:>9} {r[2]:>16} {r[3]:>12} {r[4]:>6}")
+
+
+if __name__ == "__main__":
+    main()
