@@ -204,6 +204,12 @@ class BookBuilder:
             return self._result(Outcome.BUFFERED)
         return self._event_known(ev)
 
+    def continues(self, ev: DiffEvent) -> bool:
+        """Whether ``ev`` would continue the known book without a break (nothing is applied)."""
+        if self.status is not Status.KNOWN:
+            return False
+        return ev.last_update_id <= self._id or self._continues(ev)  # type: ignore[operator]
+
     def reset(self) -> None:
         """Forget everything (the book becomes unknown, the tail and snapshot are dropped)."""
         self._break()

@@ -40,13 +40,15 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from orderbook_collector.buffer.hours import HOUR_US
+from orderbook_collector.buffer.hours import HOUR_US, hour_folder
 from orderbook_collector.buffer.levels import LEVEL, LEVELS, as_arrow
 
 from orderbook_assets.archive.datasets import TS
 from orderbook_assets.books.builder import BookBuilder, DiffEvent, Level, Outcome, Rule, Snapshot, Status
 
 BOOK_SNAPSHOT = "book_snapshot"
+#: Where an hour's end state lives, relative to the archive root (:func:`state_key`).
+BOOK_STATE = "book_state"
 STATE_VERSION = 1
 DEFAULT_DEPTH = 25
 DEFAULT_INTERVAL_US = 1_000_000
@@ -136,6 +138,11 @@ class HourState:
                                 [tuple(x) for x in e["asks"]]) for e in s["tail"]],
             )
         return cls(obj["hour_end_us"], streams)
+
+
+def state_key(hour_us: int) -> str:
+    """The archive key of the end state of the hour starting at ``hour_us``."""
+    return f"{BOOK_STATE}/{hour_folder(hour_us)}/state.json"
 
 
 def _state_json(key: StreamKey, s: StreamState) -> dict:
@@ -237,7 +244,7 @@ def build_hour(
     state = HourState(end)
     prior = dict(previous.streams) if previous is not None else {}
     proof = Proof()
-    probes = _partials_by_symbol(partial) if partial is not None else {}
+    probes = partials_by_symbol(partial) if partial is not None else {}
     updates = _sorted(updates, ["market", "stream", "last_update_id", "recv_time"])
     snapshots = _sorted(snapshots, ["market", "stream", "last_update_id"])
     upd_groups = dict(_groups(updates))
@@ -253,7 +260,7 @@ def build_hour(
                                 probes.get((key.market, symbol)), proof)
             stream.run(ev, sn)
         elif sn is not None:
-            for snap in _snapshot_rows(sn):
+            for snap in snapshot_rows(sn):
                 builder.snapshot(snap)
         state.streams[key] = _end_state(symbol, builder)
     return HourBooks(out.table(), state, proof)
@@ -287,9 +294,9 @@ class _StreamRun:
         self.visible = hour_start_us - 1
 
     def run(self, events: pa.Table, snaps: pa.Table | None) -> None:
-        snap_iter = iter(_snapshot_rows(snaps)) if snaps is not None else iter(())
+        snap_iter = iter(snapshot_rows(snaps)) if snaps is not None else iter(())
         snap = next(snap_iter, None)
-        for recv_us, ev in _event_rows(events):
+        for recv_us, ev in event_rows(events):
             while snap is not None and snap.last_update_id <= ev.last_update_id:
                 self.b.snapshot(snap)
                 snap = next(snap_iter, None)
@@ -449,7 +456,7 @@ def _pairs(offsets: np.ndarray, prices: list[float], qtys: list[float], i: int) 
     return list(zip(prices[a:b], qtys[a:b]))
 
 
-def _event_rows(t: pa.Table) -> Iterator[tuple[int, DiffEvent]]:
+def event_rows(t: pa.Table) -> Iterator[tuple[int, DiffEvent]]:
     """(recv_time µs, event) in the table's order, a chunk at a time; repeated ``u`` once."""
     last_u = None
     for start in range(0, t.num_rows, CHUNK):
@@ -467,7 +474,7 @@ def _event_rows(t: pa.Table) -> Iterator[tuple[int, DiffEvent]]:
             yield recv[i], DiffEvent(U[i], u[i], pu[i], _pairs(bo, bp, bq, i), _pairs(ao, ap, aq, i))
 
 
-def _snapshot_rows(t: pa.Table) -> Iterator[Snapshot]:
+def snapshot_rows(t: pa.Table) -> Iterator[Snapshot]:
     last = None
     for start in range(0, t.num_rows, 64):  # REST snapshots are big (up to 5000 levels a side)
         c = t.slice(start, 64)
@@ -484,7 +491,7 @@ def _snapshot_rows(t: pa.Table) -> Iterator[Snapshot]:
 _DEPTH_N = re.compile(r"@depth(\d+)")
 
 
-def _partials_by_symbol(t: pa.Table) -> dict[tuple[str, str], dict[int, list[_Partial]]]:
+def partials_by_symbol(t: pa.Table) -> dict[tuple[str, str], dict[int, list[_Partial]]]:
     """(market, symbol) → last_update_id → the partial snapshots with that id."""
     out: dict[tuple[str, str], dict[int, list[_Partial]]] = {}
     if t.num_rows == 0:
