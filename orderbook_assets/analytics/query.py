@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``orderbook`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "replay":  # `orderbook replay ...`
+        from orderbook_assets.analytics import replay
+
+        return replay.main(argv[1:])
     if argv and argv[0] == "query":  # `orderbook query ...`; `python -m orderbook_assets.analytics.query ...` too
         argv = argv[1:]
     args = build_parser().parse_args(argv)

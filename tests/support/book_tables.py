@@ -111,3 +111,34 @@ def partial(rows: Sequence[Part], market: str = "spot", symbol: str = "BTCUSDT",
 
 def empty(schema: pa.Schema) -> pa.Table:
     return schema.empty_table()
+
+
+class Trd(NamedTuple):
+    recv_us: int
+    trade_id: int
+    price: float
+    qty: float
+    is_buyer_maker: bool = False
+    session_id: int = 1
+    seq: int = 0
+
+
+TRADE_SCHEMA = pa.schema([
+    ("market", pa.string()), ("symbol", pa.string()), ("stream", pa.string()), ("recv_time", TS),
+    ("session_id", pa.int64()), ("seq", pa.int64()), ("event_time", TS), ("trade_time", TS),
+    ("trade_id", pa.int64()), ("price", pa.float64()), ("qty", pa.float64()), ("is_buyer_maker", pa.bool_()),
+])
+
+
+def trades(rows: Sequence[Trd], market: str = "spot", symbol: str = "BTCUSDT", stream: str | None = None) -> pa.Table:
+    stream = stream or f"{symbol.lower()}@trade"
+    n = len(rows)
+    return pa.table([
+        pa.array([market] * n), pa.array([symbol] * n), pa.array([stream] * n),
+        pa.array([r.recv_us for r in rows], pa.int64()).cast(TS),
+        pa.array([r.session_id for r in rows], pa.int64()), pa.array([r.seq for r in rows], pa.int64()),
+        pa.array([r.recv_us // 1000 * 1000 for r in rows], pa.int64()).cast(TS),
+        pa.array([r.recv_us // 1000 * 1000 - 1000 for r in rows], pa.int64()).cast(TS),
+        pa.array([r.trade_id for r in rows], pa.int64()), pa.array([r.price for r in rows], pa.float64()),
+        pa.array([r.qty for r in rows], pa.float64()), pa.array([r.is_buyer_maker for r in rows], pa.bool_()),
+    ], schema=TRADE_SCHEMA)
