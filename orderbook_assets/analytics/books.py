@@ -77,11 +77,13 @@ class ArchivedRow(NamedTuple):
 
 
 def to_us(t: datetime | str | int) -> int:
-    """µs since the epoch from a datetime (naive = UTC), ISO 8601 text or an int."""
+    """µs since the epoch from a datetime (naive = UTC), ISO 8601 text, or an int (or digits)."""
     if isinstance(t, bool):
         raise TypeError("a time must be a datetime, ISO text or µs since the epoch")
     if isinstance(t, int):
         return t
+    if isinstance(t, str) and t.strip().isdigit():
+        return int(t)
     if isinstance(t, str):
         t = datetime.fromisoformat(t.strip().replace("Z", "+00:00"))
     if t.tzinfo is None:

@@ -138,8 +138,8 @@ class Message:
 
 def messages(rows: Iterator[ArchivedRow]) -> Iterator[Message]:
     for r in rows:
-        yield Message(r.recv_time_us, r.row["market"], r.row["stream"],
-                      orjson.dumps(payload(r.dataset, r.row["market"], r.row)))
+        market = r.row.get("market") or "spot"  # depth_snapshot parts written before it had the column
+        yield Message(r.recv_time_us, market, r.row["stream"], orjson.dumps(payload(r.dataset, market, r.row)))
 
 
 def outages(reader: ArchiveReader, start_us: int, end_us: int, gap_us: int) -> list[int]:

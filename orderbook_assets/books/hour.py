@@ -511,3 +511,32 @@ def partials_by_symbol(t: pa.Table) -> dict[tuple[str, str], dict[int, list[_Par
         out.setdefault((market[i], symbol[i]), {}).setdefault(lid[i], []).append(
             _Partial(stream[i], recv[i], bids, asks, depth))
     return out
+
+
+# ---- checks over a built hour --------------------------------------------------------------
+
+
+class CrossedRows(NamedTuple):
+    """Known ``book_snapshot`` rows whose best bid is at or above the best ask (a WARN: the
+    exchange's own books are not crossed), with the first few as examples."""
+
+    count: int
+    examples: list[dict]
+
+
+def crossed_rows(table: pa.Table, examples: int = 5) -> CrossedRows:
+    """The crossed known rows of a ``book_snapshot`` table."""
+    if table.num_rows == 0:
+        return CrossedRows(0, [])
+    two_sided = pc.and_(pc.greater(pc.list_value_length(table["bids"]), 0),
+                        pc.greater(pc.list_value_length(table["asks"]), 0))
+    t = table.filter(pc.and_(table["known"], two_sided))
+    if t.num_rows == 0:
+        return CrossedRows(0, [])
+    bid = pc.struct_field(pc.list_element(t["bids"], 0), "price")
+    ask = pc.struct_field(pc.list_element(t["asks"], 0), "price")
+    crossed = t.filter(pc.greater_equal(bid, ask))
+    rows = crossed.slice(0, examples).to_pylist()
+    return CrossedRows(crossed.num_rows, [
+        {"market": r["market"], "stream": r["stream"], "time": r["time"], "last_update_id": r["last_update_id"],
+         "best_bid": r["bids"][0]["price"], "best_ask": r["asks"][0]["price"]} for r in rows])

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from orderbook_assets.books.builder import Status
-from orderbook_assets.books.hour import SCHEMA, HourState, Settings, StreamKey, build_hour
+from orderbook_assets.books.hour import SCHEMA, HourState, Settings, StreamKey, build_hour, crossed_rows
 from support.book_tables import REST_SCHEMA, UPDATE_SCHEMA, Part, Rest, Upd, empty, partial, rest, updates
 
 H = 1_795_514_400_000_000  # 2026-11-24 10:00 UTC... any hour: a multiple of 3600 s
@@ -175,3 +175,13 @@ def test_proof_warns_where_the_rebuilt_book_is_crossed_and_the_exchanges_is_not(
     proof = build_hour(H, ups, rest([BOOK]), None, TEN, partial=partial([exch], stream="btcusdt@depth1@100ms")).proof
     assert (proof.comparable, proof.matched) == (1, 0)
     assert [(c.last_update_id, c.best_bid, c.best_ask) for c in proof.crossed] == [(101, 11.5, 11.0)]
+
+
+def test_crossed_rows_counts_known_crossed_points_with_examples():
+    ups = updates([Upd(H + 15 * S, 101, 101, bids=[(11.5, 1.0)]), Upd(H + 35 * S, 102, 102, bids=[(11.5, 0.0)])])
+    t = build_hour(H, ups, rest([BOOK]), None, TEN).table
+    c = crossed_rows(t, examples=1)
+    assert c.count == 2  # the points at 20 s and 30 s
+    assert [(e["last_update_id"], e["best_bid"], e["best_ask"]) for e in c.examples] == [(101, 11.5, 11.0)]
+    assert crossed_rows(t.slice(0, 0)) == (0, [])
+    assert crossed_rows(build_hour(H, updates([Upd(H + 15 * S, 101, 101)]), rest([BOOK]), None, TEN).table).count == 0
