@@ -205,7 +205,9 @@ class ReplayServer:
         self._first_client = asyncio.Event()
         self._server: Server | None = None
         self._pump: asyncio.Task | None = None
-        self._t0: float | None = None  # loop time when the clock started
+        self._t0: float | None = None  # time.monotonic() when the clock started
+        self._served_us = start_us  # the last row's time (the clock at speed 0)
+        self._tasks: set[asyncio.Task] = set()
         self._rest = self._load_rest()
 
     @property
@@ -224,10 +226,7 @@ class ReplayServer:
             return self._served_us
         return self.start_us + int((time.monotonic() - self._t0) * self.speed * 1e6)
 
-    _served_us = 0
-
     async def start(self) -> "ReplayServer":
-        self._served_us = self.start_us
         self._server = await serve(self._handler, self.host, self.port, process_request=self._process_request,
                                    compression=None, max_size=None)
         self.port = self._server.sockets[0].getsockname()[1]
@@ -328,8 +327,7 @@ class ReplayServer:
             msg = orjson.loads(raw)
             method, rid = msg["method"], msg.get("id")
         except (orjson.JSONDecodeError, KeyError, TypeError):
-            asyncio.ensure_future(self._send(client, orjson.dumps(
-                {"error": {"code": 3, "msg": "Invalid JSON"}, "id": None})))
+            self._spawn(self._send(client, orjson.dumps({"error": {"code": 3, "msg": "Invalid JSON"}, "id": None})))
             return
         params = msg.get("params") or []
         if method == "SUBSCRIBE":
@@ -342,7 +340,12 @@ class ReplayServer:
             reply = {"result": sorted(client.streams), "id": rid}
         else:
             reply = {"error": {"code": 2, "msg": "Invalid request: unknown method"}, "id": rid}
-        asyncio.ensure_future(self._send(client, orjson.dumps(reply)))
+        self._spawn(self._send(client, orjson.dumps(reply)))
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)  # asyncio keeps tasks weakly
+        task.add_done_callback(self._tasks.discard)
 
     async def _send(self, client: _Client, data: bytes) -> None:
         try:

@@ -163,3 +163,24 @@ def _get(url: str) -> dict:
             return orjson.loads(resp.read())
     except urllib.error.HTTPError as exc:
         return orjson.loads(exc.read())
+
+
+def test_usdm_on_its_route_with_binance_futures_fields_and_apart_from_spot(tmp_path: Path):
+    folder = tmp_path / "depth_update" / hour_folder(H)
+    folder.mkdir(parents=True)
+    spot = updates([Upd(H + 100 * MS, 1, 2, bids=[(1.0, 1.0)])], market="spot", stream="btcusdt@depth@100ms")
+    fut = updates([Upd(H + 200 * MS, 50, 60, bids=[(65000.1, 0.003)], asks=[(65000.2, 0.0)], pu=49)],
+                  market="usdm", stream="btcusdt@depth@100ms")
+    pq.write_table(spot, folder / "part-0001.parquet")
+    pq.write_table(fut, folder / "part-0002.parquet")
+
+    async def scenario():
+        async with ReplayServer(str(tmp_path), H, H + 2 * S, speed=1, port=0) as r:
+            async with connect(f"{r.ws_url}/public/stream?streams=btcusdt@depth@100ms") as ws:
+                return orjson.loads(await asyncio.wait_for(ws.recv(), DEADLINE))
+
+    frame = asyncio.run(scenario())
+    ms = (H + 200 * MS) // MS
+    assert frame == {"stream": "btcusdt@depth@100ms", "data": {
+        "e": "depthUpdate", "E": ms, "T": ms, "s": "BTCUSDT", "U": 50, "u": 60, "pu": 49,
+        "b": [["65000.1", "0.003"]], "a": [["65000.2", "0"]]}}
