@@ -196,6 +196,10 @@ class ReplayServer:
         if speed < 0:
             raise ReplayError("--speed must be 0 (as fast as possible) or positive, e.g. 1 or 10.")
         self.reader = ArchiveReader(archive)
+        if not any(self.reader.has(d) for d in STREAM_DATASETS):
+            self.reader.close()
+            raise ReplayError(f"the archive at {self.reader.location.url} holds none of the stream datasets "
+                              f"({', '.join(STREAM_DATASETS)}); check --archive or ORDERBOOK_ARCHIVE_URL.")
         self.start_us, self.end_us, self.speed = start_us, end_us, speed
         self.host, self.port, self.gap_us = host, port, int(gap_seconds * 1e6)
         self.clients: set[_Client] = set()

@@ -18,7 +18,7 @@ from websockets.exceptions import ConnectionClosedError
 
 from orderbook_collector.buffer.hours import hour_folder
 
-from orderbook_assets.analytics.replay import ReplayServer, dec
+from orderbook_assets.analytics.replay import ReplayError, ReplayServer, dec
 from support.book_tables import Part, Rest, Trd, Upd, partial, rest, trades, updates
 
 H = 1_795_514_400_000_000
@@ -184,3 +184,8 @@ def test_usdm_on_its_route_with_binance_futures_fields_and_apart_from_spot(tmp_p
     assert frame == {"stream": "btcusdt@depth@100ms", "data": {
         "e": "depthUpdate", "E": ms, "T": ms, "s": "BTCUSDT", "U": 50, "u": 60, "pu": 49,
         "b": [["65000.1", "0.003"]], "a": [["65000.2", "0"]]}}
+
+
+def test_an_archive_without_stream_data_is_refused_in_one_sentence(tmp_path: Path):
+    with pytest.raises(ReplayError, match=r"holds none of the stream datasets .*; check --archive"):
+        ReplayServer(str(tmp_path), H, H + S)
