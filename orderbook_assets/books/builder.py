@@ -83,7 +83,7 @@ class Result(NamedTuple):
     outcome: Outcome
     status: Status
     last_update_id: int | None  # None while unknown
-    synced: tuple[Outcome, ...] = ()  # outcomes of tail events a snapshot replayed
+    replayed: tuple[Outcome, ...] = ()  # outcomes of the tail events a snapshot replayed
 
 
 class Side:
@@ -231,8 +231,8 @@ class BookBuilder:
 
     # ---- private ------------------------------------------------------------------------
 
-    def _result(self, outcome: Outcome, synced: tuple[Outcome, ...] = ()) -> Result:
-        return Result(outcome, self.status, self.last_update_id, synced)
+    def _result(self, outcome: Outcome, replayed: tuple[Outcome, ...] = ()) -> Result:
+        return Result(outcome, self.status, self.last_update_id, replayed)
 
     def _continues(self, ev: DiffEvent) -> bool:
         if self.rule is Rule.USDM:
@@ -275,7 +275,7 @@ class BookBuilder:
         return self._result(Outcome.SNAPSHOT_TOO_OLD)
 
     def _event_known(self, ev: DiffEvent) -> Result:
-        # a known book with a snapshot ahead of it: the event continues the book as usual
+        # the known book: stale, a break, or the next change
         assert self._id is not None
         if ev.last_update_id <= self._id:
             return self._result(Outcome.STALE)

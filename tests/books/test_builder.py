@@ -50,7 +50,7 @@ def test_stale_snapshot_stays_unknown_until_a_usable_one():
     assert b.top(5) == ([], [])
     # a fresh snapshot inside the buffered chain syncs at once from the tail
     r = b.snapshot(Snapshot(110, [(10.0, 7.0)], [(11.0, 1.0)]))
-    assert r.outcome is Outcome.SYNCED and r.synced == (Outcome.STALE, Outcome.SYNCED)
+    assert r.outcome is Outcome.SYNCED and r.replayed == (Outcome.STALE, Outcome.SYNCED)
     assert b.last_update_id == 112 and b.top(1) == ([(10.0, 7.0)], [(11.0, 1.0)])
 
 
@@ -61,7 +61,7 @@ def test_snapshot_after_the_events_it_covers_receive_order():
                spot(102, 102, asks=[(11.0, 0.0)])):
         assert b.event(ev).outcome is Outcome.BUFFERED
     r = b.snapshot(SNAP)
-    assert r.outcome is Outcome.SYNCED and r.synced == (Outcome.STALE, Outcome.STALE, Outcome.SYNCED,
+    assert r.outcome is Outcome.SYNCED and r.replayed == (Outcome.STALE, Outcome.STALE, Outcome.SYNCED,
                                                          Outcome.APPLIED)
     assert b.last_update_id == 102
     assert b.top(3) == ([(10.0, 6.0), (9.0, 2.0), (8.0, 3.0)], [(12.0, 2.0)])
@@ -195,5 +195,5 @@ def test_usdm_tail_chain_follows_pu():
     b.event(usdm(99, 103, 98, bids=[(10.0, 4.0)]))
     b.event(usdm(110, 115, 103))
     r = b.snapshot(SNAP)
-    assert r.outcome is Outcome.SYNCED and r.synced == (Outcome.STALE, Outcome.SYNCED, Outcome.APPLIED)
+    assert r.outcome is Outcome.SYNCED and r.replayed == (Outcome.STALE, Outcome.SYNCED, Outcome.APPLIED)
     assert b.last_update_id == 115 and b.top(1)[0] == [(10.0, 4.0)]
