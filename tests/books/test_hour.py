@@ -185,3 +185,14 @@ def test_crossed_rows_counts_known_crossed_points_with_examples():
     assert [(e["last_update_id"], e["best_bid"], e["best_ask"]) for e in c.examples] == [(101, 11.5, 11.0)]
     assert crossed_rows(t.slice(0, 0)) == (0, [])
     assert crossed_rows(build_hour(H, updates([Upd(H + 15 * S, 101, 101)]), rest([BOOK]), None, TEN).table).count == 0
+
+
+def test_settings_from_the_environment():
+    from orderbook_collector.errors import ConfigError
+
+    assert Settings.from_env({}) == Settings(depth=25, interval_us=1_000_000)
+    assert Settings.from_env({"ORDERBOOK_BOOK_DEPTH": "50", "ORDERBOOK_BOOK_INTERVAL_MS": "100"}) == Settings(50, 100_000)
+    with pytest.raises(ConfigError, match=r"^ORDERBOOK_BOOK_DEPTH: is 'x'; set a whole number"):
+        Settings.from_env({"ORDERBOOK_BOOK_DEPTH": "x"})
+    with pytest.raises(ConfigError, match=r"^ORDERBOOK_BOOK_INTERVAL_MS: is 7; set a number of ms that divides an hour"):
+        Settings.from_env({"ORDERBOOK_BOOK_INTERVAL_MS": "7"})
