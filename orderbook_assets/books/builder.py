@@ -26,7 +26,7 @@ part after a snapshot's id when the snapshot comes.
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections import deque
 from enum import Enum
 from typing import Iterable, NamedTuple, Sequence
@@ -86,6 +86,72 @@ class Result(NamedTuple):
     replayed: tuple[Outcome, ...] = ()  # outcomes of the tail events a snapshot replayed
 
 
+class SortedKeys:
+    """Sorted floats kept in blocks of a few hundred: an insert or delete moves one block, not
+    the whole side (a day's book can hold tens of thousands of levels), and the first ``n``
+    come from the first blocks."""
+
+    __slots__ = ("_blocks", "_firsts", "_len")
+    BLOCK = 512
+
+    def __init__(self) -> None:
+        self._blocks: list[list[float]] = []
+        self._firsts: list[float] = []  # each block's smallest key, for bisect
+        self._len = 0
+
+    def __len__(self) -> int:
+        return self._len
+
+    def clear(self) -> None:
+        self._blocks, self._firsts, self._len = [], [], 0
+
+    def load(self, keys: list[float]) -> None:
+        """Replace the contents with ``keys`` (sorted ascending, unique)."""
+        n = self.BLOCK
+        self._blocks = [keys[i:i + n] for i in range(0, len(keys), n)]
+        self._firsts = [b[0] for b in self._blocks]
+        self._len = len(keys)
+
+    def add(self, k: float) -> None:
+        """Insert ``k`` (not present)."""
+        if not self._blocks:
+            self._blocks, self._firsts, self._len = [[k]], [k], 1
+            return
+        i = max(bisect_right(self._firsts, k) - 1, 0)
+        b = self._blocks[i]
+        b.insert(bisect_left(b, k), k)
+        self._firsts[i] = b[0]
+        self._len += 1
+        if len(b) > 2 * self.BLOCK:
+            half = len(b) // 2
+            self._blocks[i:i + 1] = [b[:half], b[half:]]
+            self._firsts[i:i + 1] = [b[0], b[half]]
+
+    def remove(self, k: float) -> None:
+        """Delete ``k`` (present)."""
+        i = bisect_right(self._firsts, k) - 1
+        b = self._blocks[i]
+        del b[bisect_left(b, k)]
+        self._len -= 1
+        if b:
+            self._firsts[i] = b[0]
+        else:
+            del self._blocks[i]
+            del self._firsts[i]
+
+    def head(self, n: int) -> list[float]:
+        """The ``n`` smallest keys."""
+        out: list[float] = []
+        for b in self._blocks:
+            if len(out) >= n:
+                break
+            out.extend(b[: n - len(out)])
+        return out
+
+    def first(self) -> float | None:
+        return self._blocks[0][0] if self._blocks else None
+
+
 class Side:
     """One side of a book: price → qty plus the prices kept sorted best first.
 
@@ -97,7 +163,7 @@ class Side:
     def __init__(self, bid: bool):
         self._sign = -1.0 if bid else 1.0
         self._qty: dict[float, float] = {}
-        self._keys: list[float] = []  # sign * price, ascending = best first
+        self._keys = SortedKeys()  # sign * price, ascending = best first
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -110,7 +176,7 @@ class Side:
         """Replace the side (a snapshot's side; any order, zero quantities skipped)."""
         s = self._sign
         self._qty = {p: q for p, q in levels if q != 0.0}
-        self._keys = sorted(s * p for p in self._qty)
+        self._keys.load(sorted(s * p for p in self._qty))
 
     def update(self, levels: Iterable[Level]) -> None:
         """Set absolute quantities; 0 removes the level (an unknown one too)."""
@@ -118,18 +184,17 @@ class Side:
         for p, q in levels:
             if q == 0.0:
                 if qty.pop(p, None) is not None:
-                    del keys[bisect_left(keys, s * p)]
+                    keys.remove(s * p)
             else:
                 if p not in qty:
-                    k = s * p
-                    keys.insert(bisect_left(keys, k), k)
+                    keys.add(s * p)
                 qty[p] = q
 
     def top(self, n: int) -> list[Level]:
         """The best ``n`` levels, best first."""
         s, qty = self._sign, self._qty
         out = []
-        for k in self._keys[:n]:
+        for k in self._keys.head(n):
             p = s * k
             out.append((p, qty[p]))
         return out
@@ -138,7 +203,8 @@ class Side:
         return self.top(len(self._keys))
 
     def best(self) -> float | None:
-        return self._sign * self._keys[0] if self._keys else None
+        k = self._keys.first()
+        return None if k is None else self._sign * k
 
 
 class BookBuilder:

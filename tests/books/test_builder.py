@@ -197,3 +197,33 @@ def test_usdm_tail_chain_follows_pu():
     r = b.snapshot(SNAP)
     assert r.outcome is Outcome.SYNCED and r.replayed == (Outcome.STALE, Outcome.SYNCED, Outcome.APPLIED)
     assert b.last_update_id == 115 and b.top(1)[0] == [(10.0, 4.0)]
+
+
+def test_sorted_keys_against_a_plain_sorted_list():
+    """The blocked sorted keys behave as one sorted list through many inserts and deletes."""
+    import random
+
+    from orderbook_assets.books.builder import SortedKeys
+
+    rng = random.Random(5)
+    keys, model = SortedKeys(), set()
+    SortedKeys.BLOCK, old = 4, SortedKeys.BLOCK  # tiny blocks: splits and empty blocks happen
+    try:
+        keys.load(sorted(float(x) for x in range(0, 40, 3)))
+        model.update(float(x) for x in range(0, 40, 3))
+        for _ in range(3000):
+            k = float(rng.randrange(-50, 90))
+            if k in model:
+                keys.remove(k)
+                model.discard(k)
+            else:
+                keys.add(k)
+                model.add(k)
+            assert len(keys) == len(model)
+        want = sorted(model)
+        assert keys.head(len(want) + 5) == want and keys.head(7) == want[:7] and keys.first() == want[0]
+        for k in want:
+            keys.remove(k)
+        assert len(keys) == 0 and keys.first() is None and keys.head(3) == []
+    finally:
+        SortedKeys.BLOCK = old
