@@ -3,7 +3,7 @@
 Layers, top to bottom (a module may import its own layer and those below it):
 
     orderbook_assets.definitions → orderbook_assets.defs → orderbook_assets.analytics
-        → orderbook_assets.archive → orderbook_collector.buffer
+        → orderbook_assets.books → orderbook_assets.archive → orderbook_collector.buffer
     orderbook_collector (cli, config) → connection → writer → feed → buffer
 
 ``orderbook_collector.errors`` and ``orderbook_collector.fsutil`` are the floor. Only
@@ -33,8 +33,10 @@ ALLOWED = {
     "orderbook_collector.cli": {"orderbook_collector.connection", "orderbook_collector.config"},
     "orderbook_collector.__main__": {"orderbook_collector.cli"},
     "orderbook_assets.archive": {"orderbook_collector.buffer"},
-    "orderbook_assets.analytics": {"orderbook_collector.buffer", "orderbook_assets.archive"},
-    "orderbook_assets.defs": {"orderbook_collector.buffer", "orderbook_assets.archive", "orderbook_assets.analytics"},
+    "orderbook_assets.books": {"orderbook_collector.buffer", "orderbook_assets.archive"},
+    "orderbook_assets.analytics": {"orderbook_collector.buffer", "orderbook_assets.archive", "orderbook_assets.books"},
+    "orderbook_assets.defs": {"orderbook_collector.buffer", "orderbook_assets.archive", "orderbook_assets.books",
+                              "orderbook_assets.analytics"},
     "orderbook_assets.definitions": {"orderbook_assets.defs"},
 }
 DAGSTER_OK = {"orderbook_assets.defs", "orderbook_assets.definitions"}

@@ -13,6 +13,8 @@ for any DuckDB client. Configuration as for the archive: ``ORDERBOOK_ARCHIVE_URL
 
 A user error (bad SQL, unknown symbol, empty archive, missing credentials or files)
 prints one sentence on stderr and exits with status 2; no traceback.
+
+``orderbook replay ...`` is the other subcommand of the console script (``analytics.replay``).
 """
 
 from __future__ import annotations
@@ -60,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``orderbook`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "replay":  # `orderbook replay ...`
+        from orderbook_assets.analytics import replay
+
+        return replay.main(argv[1:])
     if argv and argv[0] == "query":  # `orderbook query ...`; `python -m orderbook_assets.analytics.query ...` too
         argv = argv[1:]
     args = build_parser().parse_args(argv)

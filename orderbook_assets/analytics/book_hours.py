@@ -1,0 +1,190 @@
+"""The shell of ``book_snapshot``: read an archived hour, build it, write it and its end state.
+
+:func:`materialize_hour` is what the hourly job calls after the hour's ``depth_update``,
+``depth_rest_snapshot`` and ``depth_snapshot`` parts are archived (the core is
+:func:`orderbook_assets.books.hour.build_hour`). It reads the previous hour's end state from
+``book_state/`` (none: every stream starts unknown), reads the hour's diff events one stream at a
+time in update-id order (DuckDB sorts, spilling to disk if it must; memory holds one stream's
+hour), proves each stream against the partial snapshots of its market and symbol, and writes
+
+* ``book_snapshot/date=YYYY-MM-DD/hour=HH/books.parquet`` (a derived object: replaced when the
+  hour is rebuilt after late parts, then verified), and
+* ``book_state/date=YYYY-MM-DD/hour=HH/state.json``, which the next hour starts from.
+
+The same archived rows give the same bytes. An hour without diff events and without a previous
+state writes nothing.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from orderbook_collector.buffer.hours import HOUR_US
+from orderbook_collector.fsutil import sha256_file
+
+from orderbook_assets.analytics.books import ArchiveReader
+from orderbook_assets.archive import export
+from orderbook_assets.archive.location import Location, S3Settings, hour_path
+from orderbook_assets.archive.store import ArchiveStore, open_store
+from orderbook_assets.books.hour import (BOOK_SNAPSHOT, SCHEMA, CrossedRows, HourState, Proof, Settings, StreamKey,
+                                         build_hour, crossed_rows, state_key)
+
+WRITER_OPTIONS = dict(export.WRITER_OPTIONS, use_dictionary=["market", "symbol", "stream"])
+SOURCES = ("depth_update", "depth_rest_snapshot", "depth_snapshot")
+
+
+def books_key(hour_us: int) -> str:
+    return f"{BOOK_SNAPSHOT}/{hour_path(hour_us)}/books.parquet"
+
+
+@dataclass
+class BookHour:
+    """What :func:`materialize_hour` built and wrote."""
+
+    hour_us: int
+    rows: int = 0
+    streams: list[StreamKey] = field(default_factory=list)
+    known_rows: int = 0
+    proof: Proof = field(default_factory=Proof)
+    crossed: CrossedRows = CrossedRows(0, [])
+    started_from_state: bool = False
+    books_url: str | None = None  # None: nothing written
+    state_url: str | None = None
+
+
+def materialize_hour(archive: str | Location, hour_us: int, settings: Settings = Settings(),
+                     store: ArchiveStore | None = None, s3: S3Settings | None = None) -> BookHour:
+    """Build and write the ``book_snapshot`` hour starting at ``hour_us`` (see the module)."""
+    loc = archive if isinstance(archive, Location) else Location.parse(str(archive))
+    store = store or open_store(loc, s3)
+    out = BookHour(hour_us)
+    prev_key = state_key(hour_us - HOUR_US)
+    previous = HourState.from_bytes(store.get(prev_key)) if store.head(prev_key) else None
+    out.started_from_state = previous is not None
+    with ArchiveReader(loc, s3) as r:
+        snaps = _hour(r, "depth_rest_snapshot", hour_us, "market, stream, last_update_id")
+        snap_groups = _split(snaps)
+        tables, state = [], HourState(hour_us + HOUR_US)
+        seen: set[StreamKey] = set()
+        for key, ups in _streams(r, hour_us):
+            seen.add(key)
+            out.streams.append(key)
+            part = _partial(r, hour_us, key.market, ups.column("symbol")[0].as_py())
+            built = _build(hour_us, key, ups, snap_groups.get(key), previous, settings, part)
+            tables.append(built.table)
+            state.streams.update(built.state.streams)
+            _add_proof(out.proof, built.proof)
+        # streams with a state or snapshots but no diff event this hour: their state carries on
+        for key in sorted((set(previous.streams) if previous else set()) | set(snap_groups)):
+            if key not in seen:
+                empty = _empty_updates()
+                built = _build(hour_us, key, empty, snap_groups.get(key), previous, settings, None)
+                state.streams.update(built.state.streams)
+    if not tables and previous is None and not state.streams:
+        return out
+    table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
+    if table.num_rows:
+        table = table.take(pc.sort_indices(table, [(c, "ascending") for c in ("market", "symbol", "stream", "time")]))
+    out.rows, out.known_rows = table.num_rows, int(pc.sum(table["known"]).as_py() or 0)
+    out.crossed = crossed_rows(table)
+    with tempfile.TemporaryDirectory(prefix="books-") as tmp:
+        path = Path(tmp) / "books.parquet"
+        pq.write_table(table, path, **WRITER_OPTIONS)
+        store.put_derived(books_key(hour_us), path, sha256_file(path)[1])
+        spath = Path(tmp) / "state.json"
+        spath.write_bytes(state.to_bytes())
+        store.put_derived(state_key(hour_us), spath, sha256_file(spath)[1])
+    out.books_url = f"{loc.url}/{books_key(hour_us)}"
+    out.state_url = f"{loc.url}/{state_key(hour_us)}"
+    return out
+
+
+def _build(hour_us, key, ups, snaps, previous, settings, part):
+    prev = None
+    if previous is not None and key in previous.streams:
+        prev = HourState(hour_us, {key: previous.streams[key]})
+    snaps = snaps if snaps is not None else _empty_like_snapshots()
+    return build_hour(hour_us, ups, snaps, prev, settings, partial=part)
+
+
+def _hour(r: ArchiveReader, dataset: str, hour_us: int, order: str, where: str = "true", params=()) -> pa.Table:
+    if not r.has(dataset):
+        return pa.table({})
+    glob = r.location.hour_glob(dataset, hour_us).replace("'", "''")
+    if not r.con.execute("SELECT count(*) FROM glob(?)", [glob]).fetchone()[0]:
+        return pa.table({})
+    return r.con.execute(f"SELECT * FROM read_parquet('{glob}', union_by_name = true) WHERE {where} ORDER BY {order}",
+                         list(params)).to_arrow_table()
+
+
+def _split(t: pa.Table) -> dict[StreamKey, pa.Table]:
+    if t.num_rows == 0:
+        return {}
+    out: dict[StreamKey, pa.Table] = {}
+    market, stream = t.column("market").to_pylist(), t.column("stream").to_pylist()
+    start = 0
+    for i in range(1, t.num_rows + 1):
+        if i == t.num_rows or (market[i], stream[i]) != (market[start], stream[start]):
+            out[StreamKey(market[start], stream[start])] = t.slice(start, i - start)
+            start = i
+    return out
+
+
+def _streams(r: ArchiveReader, hour_us: int):
+    """(key, the stream's hour of ``depth_update``) one stream at a time, in key order."""
+    if not r.has("depth_update"):
+        return
+    glob = r.location.hour_glob("depth_update", hour_us).replace("'", "''")
+    if not r.con.execute("SELECT count(*) FROM glob(?)", [glob]).fetchone()[0]:
+        return
+    cur = r.con.cursor()
+    try:
+        reader = cur.execute(f"SELECT * FROM read_parquet('{glob}', union_by_name = true) "
+                             "ORDER BY market, stream, last_update_id, recv_time").to_arrow_reader(65_536)
+        pending: list[pa.RecordBatch] = []
+        current: StreamKey | None = None
+        for batch in reader:
+            for key, piece in _split(pa.Table.from_batches([batch])).items():
+                if current is not None and key != current:
+                    yield current, pa.concat_tables(pending)
+                    pending = []
+                current = key
+                pending.append(piece)
+        if current is not None:
+            yield current, pa.concat_tables(pending)
+    finally:
+        cur.close()
+
+
+def _partial(r: ArchiveReader, hour_us: int, market: str, symbol: str) -> pa.Table | None:
+    t = _hour(r, "depth_snapshot", hour_us, "stream, last_update_id", "market = ? AND symbol = ?", (market, symbol))
+    return t if t.num_rows else None
+
+
+def _empty_updates() -> pa.Table:
+    from orderbook_collector.buffer.levels import LEVELS
+
+    ts = pa.timestamp("us", tz="UTC")
+    return pa.schema([("market", pa.string()), ("symbol", pa.string()), ("stream", pa.string()), ("recv_time", ts),
+                      ("first_update_id", pa.int64()), ("last_update_id", pa.int64()),
+                      ("prev_update_id", pa.int64()), ("bids", LEVELS), ("asks", LEVELS)]).empty_table()
+
+
+def _empty_like_snapshots() -> pa.Table:
+    from orderbook_collector.buffer.levels import LEVELS
+
+    return pa.schema([("market", pa.string()), ("symbol", pa.string()), ("stream", pa.string()),
+                      ("last_update_id", pa.int64()), ("bids", LEVELS), ("asks", LEVELS)]).empty_table()
+
+
+def _add_proof(total: Proof, part: Proof) -> None:
+    total.comparable += part.comparable
+    total.matched += part.matched
+    total.mismatches.extend(part.mismatches)
+    total.crossed.extend(part.crossed)

@@ -1,0 +1,464 @@
+"""``orderbook replay``: serve an archived time range as Binance's own streams, as if live.
+
+Usage::
+
+    orderbook replay [--archive URL] --start TIME --end TIME [--speed X] [--port N]
+                     [--host 127.0.0.1] [--gap SECONDS]
+
+Serves on one port (default 9443):
+
+* WebSocket, Binance's combined-stream protocol: spot on ``/stream?streams=a/b`` and
+  ``/ws/<name>``, USD-M on the routed ``/public/...`` and ``/market/...`` paths; frames
+  ``{"stream":..,"data":..}`` whose payloads carry Binance's field names per kind, rebuilt
+  from the dataset columns (prices and quantities as decimal strings, times in ms);
+  SUBSCRIBE / UNSUBSCRIBE / LIST_SUBSCRIPTIONS are answered.
+* REST depth for the archived diff-depth snapshots: ``/api/v3/depth`` and ``/fapi/v1/depth``
+  (``symbol``, ``limit``) answer with the first ``depth_rest_snapshot`` received at or after
+  the replay clock (else the last before it), cut to ``limit``; ``/api/v3/time``, ``/ping``.
+
+The replay clock starts at ``--start`` when the first client connects and runs ``--speed``
+times real time (0: as fast as the clients read). Each archived row is sent at its
+``recv_time`` to every connection subscribed to its stream and market. Archived gaps become
+disconnects: where a connection session ended with no other session overlapping it, and
+where no replayed row arrived for more than ``--gap`` seconds, every connection is dropped
+without a close frame (as a network loss looks); clients reconnect as they would live and
+receive what comes after. Rows sent while no client is connected are lost, as live.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http
+import sys
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+import orjson
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from orderbook_collector.errors import OrderbookError
+
+from orderbook_assets.analytics.books import ArchiveReader, ArchivedRow, iter_events, to_us
+
+#: The stream datasets a replay sends, in tie order.
+STREAM_DATASETS = ("depth_snapshot", "depth_update", "trade", "agg_trade", "book_ticker")
+USDM_ROUTES = ("public", "market")
+DEFAULT_PORT = 9443
+USER_ERROR = 2
+
+
+class ReplayError(OrderbookError):
+    """The replay cannot start; the message is one sentence."""
+
+
+# ---- payloads ------------------------------------------------------------------------------
+
+
+def dec(x: float) -> str:
+    """A price or quantity as Binance-style decimal text (no exponent; parses back to ``x``)."""
+    return np.format_float_positional(x, trim="-")
+
+
+def _ms(us: int | None) -> int | None:
+    return None if us is None else us // 1000
+
+
+def _levels(side: list[dict]) -> list[list[str]]:
+    return [[dec(lv["price"]), dec(lv["qty"])] for lv in side]
+
+
+def _us(t: Any) -> int | None:
+    return None if t is None else to_us(t)
+
+
+def payload(dataset: str, market: str, row: dict) -> dict:
+    """The Binance payload of one archived row (``row`` as ``pyarrow`` ``to_pylist`` gives it)."""
+    usdm = market == "usdm"
+    sym = row["symbol"]
+    if dataset == "depth_snapshot" and not usdm:
+        return {"lastUpdateId": row["last_update_id"], "bids": _levels(row["bids"]), "asks": _levels(row["asks"])}
+    if dataset in ("depth_snapshot", "depth_update"):
+        head: dict = {"e": "depthUpdate", "E": _ms(_us(row["event_time"]))}
+        if usdm:
+            head["T"] = _ms(_us(row["transaction_time"]))
+        head.update(s=sym, U=row["first_update_id"], u=row["last_update_id"])
+        if usdm:
+            head["pu"] = row["prev_update_id"]
+        return {**head, "b": _levels(row["bids"]), "a": _levels(row["asks"])}
+    tail = {} if usdm else {"M": True}  # spot trades end with "M" (ignore), USD-M's have none
+    if dataset == "trade":
+        return {"e": "trade", "E": _ms(_us(row["event_time"])), "s": sym, "t": row["trade_id"],
+                "p": dec(row["price"]), "q": dec(row["qty"]), "T": _ms(_us(row["trade_time"])),
+                "m": row["is_buyer_maker"], **tail}
+    if dataset == "agg_trade":
+        return {"e": "aggTrade", "E": _ms(_us(row["event_time"])), "s": sym, "a": row["agg_trade_id"],
+                "p": dec(row["price"]), "q": dec(row["qty"]), "f": row["first_trade_id"],
+                "l": row["last_trade_id"], "T": _ms(_us(row["trade_time"])), "m": row["is_buyer_maker"], **tail}
+    if dataset == "book_ticker":
+        body = {"u": row["update_id"], "s": sym, "b": dec(row["best_bid"]), "B": dec(row["best_bid_qty"]),
+                "a": dec(row["best_ask"]), "A": dec(row["best_ask_qty"])}
+        if usdm:
+            body = {"e": "bookTicker", "u": row["update_id"], "E": _ms(_us(row["event_time"])),
+                    "T": _ms(_us(row["transaction_time"])), **body}
+        return body
+    raise ValueError(f"no Binance payload for dataset {dataset!r}")
+
+
+def rest_depth(market: str, row: dict, limit: int | None) -> dict:
+    """A REST depth answer from a ``depth_rest_snapshot`` row, cut to ``limit`` levels a side."""
+    n = limit or max(len(row["bids"]), len(row["asks"]))
+    out: dict = {"lastUpdateId": row["last_update_id"]}
+    if market == "usdm":
+        out["E"] = _ms(_us(row["event_time"]))
+        out["T"] = _ms(_us(row["transaction_time"]))
+    out["bids"] = _levels(row["bids"][:n])
+    out["asks"] = _levels(row["asks"][:n])
+    return out
+
+
+# ---- the timeline --------------------------------------------------------------------------
+
+
+class Message:
+    __slots__ = ("recv_us", "market", "stream", "data")
+
+    def __init__(self, recv_us: int, market: str, stream: str, data: bytes):
+        self.recv_us, self.market, self.stream, self.data = recv_us, market, stream, data
+
+    def frame(self) -> bytes:
+        return b'{"stream":"' + self.stream.encode() + b'","data":' + self.data + b"}"
+
+
+def messages(rows: Iterator[ArchivedRow]) -> Iterator[Message]:
+    for r in rows:
+        market = r.row.get("market") or "spot"  # depth_snapshot parts written before it had the column
+        yield Message(r.recv_time_us, market, r.row["stream"], orjson.dumps(payload(r.dataset, market, r.row)))
+
+
+def outages(reader: ArchiveReader, start_us: int, end_us: int, gap_us: int) -> list[int]:
+    """Receive times after which every client is dropped: the ends of connection sessions no
+    other session overlaps, and the starts of silences longer than ``gap_us``."""
+    parts = [f"SELECT recv_time, session_id FROM {reader._from(d)} WHERE recv_time >= {reader.ts()} "
+             f"AND recv_time < {reader.ts()}" for d in STREAM_DATASETS if reader.has(d)]
+    if not parts:
+        return []
+    params = [start_us, end_us] * len(parts)
+    union = " UNION ALL ".join(parts)
+    sessions = reader.con.execute(
+        f"SELECT session_id, epoch_us(min(recv_time)), epoch_us(max(recv_time)) FROM ({union}) "
+        "GROUP BY session_id ORDER BY 2", params).fetchall()
+    cuts = set()
+    for sid, _first, last in sessions:
+        covered = any(o != sid and f <= last < l for o, f, l in sessions)
+        later = any(f > last for _o, f, _l in sessions)
+        if not covered and later:  # the last session's end is the range's end, not an outage
+            cuts.add(last)
+    silent = reader.con.execute(
+        f"SELECT t FROM (SELECT epoch_us(recv_time) AS t, epoch_us(lead(recv_time) OVER (ORDER BY recv_time)) AS n "
+        f"FROM ({union})) WHERE n - t > ?", params + [gap_us]).fetchall()
+    cuts.update(t for (t,) in silent)
+    return sorted(cuts)
+
+
+# ---- the server ----------------------------------------------------------------------------
+
+
+def _http(status: int, obj: Any) -> Response:
+    body = obj if isinstance(obj, bytes) else orjson.dumps(obj)
+    st = http.HTTPStatus(status)
+    hdrs = Headers([("Content-Type", "application/json;charset=UTF-8"), ("Content-Length", str(len(body))),
+                    ("Connection", "close")])
+    return Response(st.value, st.phrase, hdrs, body)
+
+
+@dataclass(eq=False)
+class _Client:
+    ws: ServerConnection
+    market: str
+    combined: bool
+    streams: set[str] = field(default_factory=set)
+
+
+class ReplayServer:
+    """Serves ``[start_us, end_us)`` of ``archive``; ``async with ReplayServer(...) as r``."""
+
+    def __init__(self, archive: str, start_us: int, end_us: int, speed: float = 1.0, host: str = "127.0.0.1",
+                 port: int = DEFAULT_PORT, gap_seconds: float = 5.0):
+        if end_us <= start_us:
+            raise ReplayError("--end must be after --start.")
+        if speed < 0:
+            raise ReplayError("--speed must be 0 (as fast as possible) or positive, e.g. 1 or 10.")
+        self.reader = ArchiveReader(archive)
+        if not any(self.reader.has(d) for d in STREAM_DATASETS):
+            self.reader.close()
+            raise ReplayError(f"the archive at {self.reader.location.url} holds none of the stream datasets "
+                              f"({', '.join(STREAM_DATASETS)}); check --archive or ORDERBOOK_ARCHIVE_URL.")
+        self.start_us, self.end_us, self.speed = start_us, end_us, speed
+        self.host, self.port, self.gap_us = host, port, int(gap_seconds * 1e6)
+        self.clients: set[_Client] = set()
+        self.sent = 0
+        self.disconnects = 0
+        self.finished = asyncio.Event()
+        self._first_client = asyncio.Event()
+        self._server: Server | None = None
+        self._pump: asyncio.Task | None = None
+        self._t0: float | None = None  # time.monotonic() when the clock started
+        self._served_us = start_us  # the last row's time (the clock at speed 0)
+        self._tasks: set[asyncio.Task] = set()
+        self._rest = self._load_rest()
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.host}:{self.port}"
+
+    @property
+    def rest_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def clock_us(self) -> int:
+        """The replay clock: the archived time being served now."""
+        if self._t0 is None:
+            return self.start_us
+        if self.speed == 0:
+            return self._served_us
+        return self.start_us + int((time.monotonic() - self._t0) * self.speed * 1e6)
+
+    async def start(self) -> "ReplayServer":
+        self._server = await serve(self._handler, self.host, self.port, process_request=self._process_request,
+                                   compression=None, max_size=None)
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._pump = asyncio.create_task(self._run())
+        return self
+
+    async def stop(self) -> None:
+        if self._pump is not None:
+            self._pump.cancel()
+            await asyncio.gather(self._pump, return_exceptions=True)
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        self.reader.close()
+
+    async def __aenter__(self) -> "ReplayServer":
+        return await self.start()
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
+
+    # ---- REST ----
+
+    def _load_rest(self) -> dict[tuple[str, str], list[dict]]:
+        r = self.reader
+        t = r.query("depth_rest_snapshot", f"recv_time < {r.ts()}", [self.end_us], "recv_time, last_update_id")
+        out: dict[tuple[str, str], list[dict]] = {}
+        for row in t.to_pylist():
+            row["recv_us"] = to_us(row["recv_time"])
+            out.setdefault((row["market"], row["symbol"]), []).append(row)
+        return out
+
+    def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
+        url = urllib.parse.urlsplit(request.path)
+        q = dict(urllib.parse.parse_qsl(url.query))
+        if url.path in ("/api/v3/depth", "/fapi/v1/depth"):
+            return self._depth("spot" if url.path.startswith("/api/") else "usdm", q)
+        if url.path in ("/api/v3/time", "/fapi/v1/time"):
+            return _http(200, {"serverTime": self.clock_us() // 1000})
+        if url.path in ("/api/v3/ping", "/fapi/v1/ping"):
+            return _http(200, {})
+        if self._endpoint(url.path) is None:
+            return _http(404, {"code": -1000, "msg": f"Unknown path {url.path}"})
+        return None
+
+    def _depth(self, market: str, q: dict) -> Response:
+        symbol = q.get("symbol", "").upper()
+        if not symbol:
+            return _http(400, {"code": -1102, "msg": "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed."})
+        rows = self._rest.get((market, symbol))
+        if not rows:
+            return _http(400, {"code": -1121, "msg": "Invalid symbol."})
+        try:
+            limit = int(q["limit"]) if "limit" in q else None
+        except ValueError:
+            return _http(400, {"code": -1100, "msg": "Illegal characters found in parameter 'limit'."})
+        now = self.clock_us()
+        # the snapshot the recording collector got next: its id is at or ahead of the events now sent
+        row = next((r for r in rows if r["recv_us"] >= now), rows[-1])
+        return _http(200, rest_depth(market, row, limit))
+
+    # ---- WebSocket ----
+
+    @staticmethod
+    def _endpoint(path: str) -> tuple[str, bool, list[str]] | None:
+        market = "spot"
+        head, _, rest = path.lstrip("/").partition("/")
+        if head in USDM_ROUTES:
+            market, path = "usdm", "/" + rest
+        if path == "/stream":
+            return market, True, []
+        if path == "/ws" or path.startswith("/ws/"):
+            return market, False, [s for s in path[4:].split("/") if s]
+        return None
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        url = urllib.parse.urlsplit(ws.request.path)
+        ep = self._endpoint(url.path)
+        assert ep is not None
+        market, combined, names = ep
+        if combined:
+            names = [s for s in dict(urllib.parse.parse_qsl(url.query)).get("streams", "").split("/") if s]
+        client = _Client(ws, market, combined, set(names))
+        self.clients.add(client)
+        if self._t0 is None:
+            self._t0 = time.monotonic()
+            self._first_client.set()
+        try:
+            async for raw in ws:
+                self._control(client, raw)
+        except ConnectionClosed:
+            pass
+        finally:
+            self.clients.discard(client)
+
+    def _control(self, client: _Client, raw: str | bytes) -> None:
+        try:
+            msg = orjson.loads(raw)
+            method, rid = msg["method"], msg.get("id")
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            self._spawn(self._send(client, orjson.dumps({"error": {"code": 3, "msg": "Invalid JSON"}, "id": None})))
+            return
+        params = msg.get("params") or []
+        if method == "SUBSCRIBE":
+            client.streams.update(params)
+            reply: dict = {"result": None, "id": rid}
+        elif method == "UNSUBSCRIBE":
+            client.streams.difference_update(params)
+            reply = {"result": None, "id": rid}
+        elif method == "LIST_SUBSCRIPTIONS":
+            reply = {"result": sorted(client.streams), "id": rid}
+        else:
+            reply = {"error": {"code": 2, "msg": "Invalid request: unknown method"}, "id": rid}
+        self._spawn(self._send(client, orjson.dumps(reply)))
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)  # asyncio keeps tasks weakly
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, client: _Client, data: bytes) -> None:
+        try:
+            await client.ws.send(data.decode())
+        except ConnectionClosed:
+            self.clients.discard(client)
+
+    async def _drop_all(self) -> None:
+        """A network loss: no close frame; clients see an abnormal closure (1006) after every
+        frame already sent (the write buffer drains into the socket first)."""
+        self.disconnects += 1
+        clients, self.clients = list(self.clients), set()
+        deadline = time.monotonic() + 2.0
+        for c in clients:
+            while c.ws.transport.get_write_buffer_size() and time.monotonic() < deadline:
+                await asyncio.sleep(0.001)  # flushing to the kernel, not synchronising a test
+            c.ws.transport.abort()
+
+    async def _run(self) -> None:
+        await self._first_client.wait()
+        cuts = await asyncio.to_thread(outages, self.reader, self.start_us, self.end_us, self.gap_us)
+        rows = iter_events(self.reader, STREAM_DATASETS, self.start_us, self.end_us)
+        source = messages(rows)
+        cut_i = 0
+        while True:
+            chunk = await asyncio.to_thread(_take, source, 2000)
+            if not chunk:
+                break
+            for m in chunk:
+                while cut_i < len(cuts) and cuts[cut_i] < m.recv_us:
+                    await self._wait_until(cuts[cut_i])
+                    await self._drop_all()
+                    cut_i += 1
+                await self._wait_until(m.recv_us)
+                self._served_us = m.recv_us
+                await self._deliver(m)
+        self.finished.set()
+
+    async def _wait_until(self, recv_us: int) -> None:
+        if self.speed == 0:
+            await asyncio.sleep(0)
+            return
+        assert self._t0 is not None
+        due = self._t0 + (recv_us - self.start_us) / 1e6 / self.speed
+        delay = due - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)  # the server's own pacing (real time × speed)
+
+    async def _deliver(self, m: Message) -> None:
+        targets = [c for c in self.clients if c.market == m.market and m.stream in c.streams]
+        for c in targets:
+            await self._send(c, m.frame() if c.combined else m.data)
+            self.sent += 1
+
+
+def _take(it: Iterator[Message], n: int) -> list[Message]:
+    out = []
+    for m in it:
+        out.append(m)
+        if len(out) >= n:
+            break
+    return out
+
+
+# ---- the command ---------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="orderbook replay",
+                                description="Serve an archived time range as Binance's combined streams and REST depth.")
+    p.add_argument("--archive", default=None, help="s3://bucket/prefix or a folder (default: $ORDERBOOK_ARCHIVE_URL or data/archive)")
+    p.add_argument("--start", required=True, help="first receive time served (ISO 8601, UTC if no zone)")
+    p.add_argument("--end", required=True, help="end of the range (exclusive)")
+    p.add_argument("--speed", type=float, default=1.0, help="times real time; 0 = as fast as possible (default: 1)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port on 127.0.0.1 (default: {DEFAULT_PORT})")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--gap", type=float, default=5.0, help="a silence longer than this many seconds is a disconnect (default: 5)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from orderbook_assets.archive.location import Location
+
+    args = build_parser().parse_args(argv)
+    try:
+        start, end = to_us(args.start), to_us(args.end)
+    except ValueError as exc:
+        print(f"orderbook replay: --start/--end must be ISO 8601 times such as 2026-11-24T10:00:00Z ({exc}).",
+              file=sys.stderr)
+        return USER_ERROR
+    try:
+        return asyncio.run(_serve(Location.from_env(args.archive).url, start, end, args))
+    except OSError as exc:
+        print(f"orderbook replay: cannot listen on {args.host}:{args.port} ({exc.strerror}); "
+              "pass another --port.", file=sys.stderr)
+        return USER_ERROR
+    except OrderbookError as exc:
+        print(f"orderbook replay: {exc}", file=sys.stderr)
+        return USER_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _serve(archive: str, start: int, end: int, args: argparse.Namespace) -> int:
+    async with ReplayServer(archive, start, end, args.speed, args.host, args.port, args.gap) as r:
+        print(f"replaying {archive} from {args.start} to {args.end} at {args.speed:g}x on {r.ws_url} "
+              f"(REST {r.rest_url}); the clock starts at the first connection. Ctrl-C stops.", file=sys.stderr)
+        await r.finished.wait()
+        print(f"replay finished: {r.sent} messages sent, {r.disconnects} disconnects; still serving REST. "
+              "Ctrl-C stops.", file=sys.stderr)
+        await asyncio.Event().wait()
+    return 0

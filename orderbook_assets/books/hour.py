@@ -1,0 +1,565 @@
+"""``book_snapshot``: the top-N book of every diff-depth stream at fixed interval points, built
+one UTC hour at a time from that hour's ``depth_update`` and ``depth_rest_snapshot`` rows plus
+the previous hour's end state (pure: Arrow tables in, an Arrow table and a state out).
+
+Order and time:
+
+* A stream's events are processed in update-id order (the archive holds each ``u`` once, so
+  this is the exchange's order, whatever the receive order across overlapping sessions), each
+  REST snapshot placed before the first event whose ``u`` exceeds its id. A snapshot fetched
+  seconds after the events it bridges therefore makes the book known from the bridging event
+  on: no hole at each resync.
+* An event becomes visible at its ``recv_time`` (the running maximum within the stream, so
+  time never goes back). The book at interval point ``t`` is the state after every event
+  visible at or before ``t``.
+* A point is decided by the next event that is not stale: known at the current id if that
+  event continues the chain, unknown if it reveals a break (the missed changes happened at
+  some unknown moment in between, so no point of that stretch is claimed). Points after the
+  hour's last event of a stream take the state as it stands (the next hour cannot revise an
+  immutable hour; coverage records any outage there).
+* A stream with no diff event in the hour has no rows in it; its state carries over.
+
+The end state (:class:`HourState`) holds per stream the full book and its id, or "unknown"
+with the bounded unbroken tail of events and any snapshot still waiting, so the next hour
+continues exactly. Without a previous state an hour starts unknown and syncs at its first
+usable snapshot. Output rows are sorted by ``market, symbol, stream, time``; the same inputs
+give the same table (and the same state bytes).
+
+Memory: one stream at a time, its events converted to Python values in chunks; a stream's
+builder holds its full book (a few thousand levels a side) and at most ``max_tail`` events.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Iterator, Mapping, NamedTuple
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from orderbook_collector.buffer.hours import HOUR_US, hour_folder
+from orderbook_collector.buffer.levels import LEVEL, LEVELS, as_arrow
+from orderbook_collector.errors import ConfigError
+
+from orderbook_assets.archive.datasets import TS
+from orderbook_assets.books.builder import BookBuilder, DiffEvent, Level, Outcome, Rule, Snapshot, Status
+
+BOOK_SNAPSHOT = "book_snapshot"
+#: Where an hour's end state lives, relative to the archive root (:func:`state_key`).
+BOOK_STATE = "book_state"
+STATE_VERSION = 1
+DEFAULT_DEPTH = 25
+DEFAULT_INTERVAL_US = 1_000_000
+CHUNK = 4096  # events converted to Python values at a time
+
+#: ``book_snapshot`` (DESIGN.md "Datasets"). ``last_update_id`` is null while unknown, and
+#: ``bids``/``asks`` are then empty.
+SCHEMA = pa.schema(
+    [
+        pa.field("market", pa.string(), nullable=False),
+        pa.field("symbol", pa.string(), nullable=False),
+        pa.field("stream", pa.string(), nullable=False),
+        pa.field("time", TS, nullable=False),
+        pa.field("last_update_id", pa.int64()),
+        pa.field("known", pa.bool_(), nullable=False),
+        pa.field("bids", LEVELS, nullable=False),
+        pa.field("asks", LEVELS, nullable=False),
+    ],
+    metadata={"orderbook.dataset": BOOK_SNAPSHOT, "orderbook.schema_version": "1"},
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How ``book_snapshot`` samples: top ``depth`` levels every ``interval_us``."""
+
+    depth: int = DEFAULT_DEPTH
+    interval_us: int = DEFAULT_INTERVAL_US
+    max_tail: int = 2000
+
+    def __post_init__(self) -> None:
+        if self.depth < 1:
+            raise ValueError(f"book_snapshot depth must be at least 1, not {self.depth}")
+        if self.interval_us < 1 or HOUR_US % self.interval_us:
+            raise ValueError(f"book_snapshot interval must divide an hour, not {self.interval_us} µs")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        """``ORDERBOOK_BOOK_DEPTH`` (levels a side, default 25) and ``ORDERBOOK_BOOK_INTERVAL_MS``
+        (default 1000; must divide an hour).
+
+        Raises:
+            ConfigError: a value that is not a whole number or out of range, naming the setting.
+        """
+        env = os.environ if environ is None else environ
+        values = {}
+        for name, default, field_ in (("ORDERBOOK_BOOK_DEPTH", DEFAULT_DEPTH, "depth"),
+                                      ("ORDERBOOK_BOOK_INTERVAL_MS", DEFAULT_INTERVAL_US // 1000, "interval")):
+            raw = (env.get(name) or "").strip() or str(default)
+            if not raw.isdigit() or int(raw) < 1:
+                raise ConfigError(name, f"is {raw!r}; set a whole number of at least 1 (default {default}).")
+            values[field_] = int(raw)
+        if HOUR_US % (values["interval"] * 1000):
+            raise ConfigError("ORDERBOOK_BOOK_INTERVAL_MS", f"is {values['interval']}; set a number of ms that "
+                              "divides an hour, such as 100, 1000 or 60000.")
+        return cls(depth=values["depth"], interval_us=values["interval"] * 1000)
+
+
+class StreamKey(NamedTuple):
+    """Stream names repeat across markets (``btcusdt@depth`` on both), so a stream is keyed by both."""
+
+    market: str
+    stream: str
+
+
+@dataclass
+class StreamState:
+    """One stream's book as an hour ended (serializable)."""
+
+    symbol: str
+    status: Status
+    last_update_id: int | None = None
+    bids: list[Level] = field(default_factory=list)
+    asks: list[Level] = field(default_factory=list)
+    pending: Snapshot | None = None
+    tail: list[DiffEvent] = field(default_factory=list)
+
+
+@dataclass
+class HourState:
+    """Every stream's :class:`StreamState` at ``hour_end_us`` (the next hour's start)."""
+
+    hour_end_us: int
+    streams: dict[StreamKey, StreamState] = field(default_factory=dict)
+
+    def to_bytes(self) -> bytes:
+        """Deterministic JSON (floats round-trip exactly)."""
+        return orjson.dumps({
+            "version": STATE_VERSION,
+            "hour_end_us": self.hour_end_us,
+            "streams": [_state_json(k, s) for k, s in sorted(self.streams.items())],
+        })
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "HourState":
+        obj = orjson.loads(data)
+        if obj.get("version") != STATE_VERSION:
+            raise ValueError(f"book state version {obj.get('version')} is not {STATE_VERSION}")
+        streams = {}
+        for s in obj["streams"]:
+            pending = s["pending"]
+            streams[StreamKey(s["market"], s["stream"])] = StreamState(
+                symbol=s["symbol"], status=Status(s["status"]), last_update_id=s["last_update_id"],
+                bids=[tuple(x) for x in s["bids"]], asks=[tuple(x) for x in s["asks"]],
+                pending=None if pending is None else Snapshot(
+                    pending["u"], [tuple(x) for x in pending["bids"]], [tuple(x) for x in pending["asks"]]),
+                tail=[DiffEvent(e["U"], e["u"], e["pu"], [tuple(x) for x in e["bids"]],
+                                [tuple(x) for x in e["asks"]]) for e in s["tail"]],
+            )
+        return cls(obj["hour_end_us"], streams)
+
+
+def state_key(hour_us: int) -> str:
+    """The archive key of the end state of the hour starting at ``hour_us``."""
+    return f"{BOOK_STATE}/{hour_folder(hour_us)}/state.json"
+
+
+def _state_json(key: StreamKey, s: StreamState) -> dict:
+    return {
+        "market": key.market, "stream": key.stream, "symbol": s.symbol, "status": s.status.value,
+        "last_update_id": s.last_update_id, "bids": s.bids, "asks": s.asks,
+        "pending": None if s.pending is None else {
+            "u": s.pending.last_update_id, "bids": list(s.pending.bids), "asks": list(s.pending.asks)},
+        "tail": [{"U": e.first_update_id, "u": e.last_update_id, "pu": e.prev_update_id,
+                  "bids": list(e.bids), "asks": list(e.asks)} for e in s.tail],
+    }
+
+
+# ---- the proof against the exchange's partial snapshots ------------------------------------
+
+
+class Mismatch(NamedTuple):
+    """A partial snapshot that differs from the rebuilt top-N at the same update id."""
+
+    market: str
+    symbol: str
+    stream: str  # the partial-depth stream
+    recv_time_us: int
+    last_update_id: int
+    exchange_bids: list[Level]
+    exchange_asks: list[Level]
+    rebuilt_bids: list[Level]
+    rebuilt_asks: list[Level]
+
+
+class CrossedExample(NamedTuple):
+    """The rebuilt book crossed (best bid >= best ask) at an id where the exchange's was not."""
+
+    market: str
+    symbol: str
+    stream: str  # the diff stream
+    last_update_id: int
+    best_bid: float
+    best_ask: float
+
+
+@dataclass
+class Proof:
+    """Partial snapshots compared with the rebuilt book at equal update ids."""
+
+    comparable: int = 0
+    matched: int = 0
+    mismatches: list[Mismatch] = field(default_factory=list)
+    crossed: list[CrossedExample] = field(default_factory=list)  # the WARN: rebuilt crossed, exchange not
+
+    @property
+    def ok(self) -> bool:
+        return self.comparable == self.matched
+
+
+class _Partial(NamedTuple):
+    stream: str
+    recv_us: int
+    bids: list[Level]
+    asks: list[Level]
+    depth: int
+
+
+class HourBooks(NamedTuple):
+    table: pa.Table
+    state: HourState
+    proof: Proof
+
+
+# ---- building an hour ----------------------------------------------------------------------
+
+
+def build_hour(
+    hour_start_us: int,
+    updates: pa.Table,
+    snapshots: pa.Table,
+    previous: HourState | None = None,
+    settings: Settings = Settings(),
+    partial: pa.Table | None = None,
+) -> HourBooks:
+    """The hour's ``book_snapshot`` table, its end state and the proof against ``partial``.
+
+    Args:
+        hour_start_us: the UTC hour (µs since the epoch, on the hour).
+        updates: the hour's ``depth_update`` rows (``market, symbol, stream, recv_time,
+            first_update_id, last_update_id, prev_update_id, bids, asks`` are read).
+        snapshots: the hour's ``depth_rest_snapshot`` rows (``market, symbol, stream,
+            last_update_id, bids, asks``).
+        previous: the previous hour's end state, or None (every stream starts unknown).
+        partial: the hour's ``depth_snapshot`` rows (``market, symbol, stream, recv_time,
+            last_update_id, bids, asks``) to prove the rebuilt books against, or None.
+    """
+    if hour_start_us % HOUR_US:
+        raise ValueError(f"hour_start_us {hour_start_us} is not on the hour")
+    if previous is not None and previous.hour_end_us != hour_start_us:
+        raise ValueError("the previous state ends at "
+                         f"{previous.hour_end_us}, not at this hour's start {hour_start_us}")
+    end = hour_start_us + HOUR_US
+    state = HourState(end)
+    prior = dict(previous.streams) if previous is not None else {}
+    proof = Proof()
+    probes = partials_by_symbol(partial) if partial is not None else {}
+    updates = _sorted(updates, ["market", "stream", "last_update_id", "recv_time"])
+    snapshots = _sorted(snapshots, ["market", "stream", "last_update_id"])
+    upd_groups = dict(_groups(updates))
+    snap_groups = dict(_groups(snapshots))
+    out = _Columns()
+    for key in sorted(set(upd_groups) | set(snap_groups) | set(prior)):
+        ev = upd_groups.get(key)
+        sn = snap_groups.get(key)
+        symbol = _symbol(ev if ev is not None else sn) if (ev is not None or sn is not None) else prior[key].symbol
+        builder = _resume(key, prior.get(key), settings)
+        if ev is not None:
+            stream = _StreamRun(key, symbol, builder, settings, hour_start_us, out,
+                                probes.get((key.market, symbol)), proof)
+            stream.run(ev, sn)
+        elif sn is not None:
+            for snap in snapshot_rows(sn):
+                builder.snapshot(snap)
+        state.streams[key] = _end_state(symbol, builder)
+    return HourBooks(out.table(), state, proof)
+
+
+def _resume(key: StreamKey, prev: StreamState | None, settings: Settings) -> BookBuilder:
+    b = BookBuilder(Rule(key.market), max_tail=settings.max_tail)
+    if prev is not None:
+        if prev.status is Status.KNOWN and prev.last_update_id is not None:
+            b.load_known(prev.last_update_id, prev.bids, prev.asks)
+        b.load_pending(prev.pending, prev.tail)
+    return b
+
+
+def _end_state(symbol: str, b: BookBuilder) -> StreamState:
+    if b.status is Status.KNOWN:
+        return StreamState(symbol, Status.KNOWN, b.last_update_id, b.bids.levels(), b.asks.levels(), b.pending)
+    return StreamState(symbol, Status.UNKNOWN, None, [], [], b.pending, list(b.tail))
+
+
+class _StreamRun:
+    """One stream through one hour: feed the builder, resolve interval points, probe partials."""
+
+    def __init__(self, key: StreamKey, symbol: str, builder: BookBuilder, settings: Settings,
+                 hour_start_us: int, out: "_Columns", probes: dict[int, list[_Partial]] | None, proof: Proof):
+        self.key, self.symbol, self.b, self.s = key, symbol, builder, settings
+        self.out, self.probes, self.proof = out, probes, proof
+        self.next_point = hour_start_us
+        self.end = hour_start_us + HOUR_US
+        self.pending_points: list[int] = []
+        self.visible = hour_start_us - 1
+
+    def run(self, events: pa.Table, snaps: pa.Table | None) -> None:
+        snap_iter = iter(snapshot_rows(snaps)) if snaps is not None else iter(())
+        snap = next(snap_iter, None)
+        for recv_us, ev in event_rows(events):
+            while snap is not None and snap.last_update_id <= ev.last_update_id:
+                self.b.snapshot(snap)
+                snap = next(snap_iter, None)
+            self._event(recv_us, ev)
+        while snap is not None:
+            self.b.snapshot(snap)
+            snap = next(snap_iter, None)
+        self._points_before(self.end)
+        self._emit(self._row())  # after the hour's last event: the book as it stands
+
+    def _event(self, recv_us: int, ev: DiffEvent) -> None:
+        self.visible = max(self.visible, recv_us)
+        self._points_before(self.visible)  # a point at the event's own time includes it
+        pre = self._row() if self.pending_points else None
+        res = self.b.event(ev)
+        if res.outcome is Outcome.STALE:
+            return
+        # points before this event saw the true book only if the chain continued through it
+        self._emit(pre if res.outcome is Outcome.APPLIED else None)
+        if self.probes and res.status is Status.KNOWN:
+            self._probe(res.last_update_id)
+
+    def _points_before(self, t: int) -> None:
+        """Queue the interval points before ``t`` (exclusive) for the next decision."""
+        stop = min(t, self.end)
+        if self.next_point >= stop:
+            return
+        if self.pending_points and self.b.status is not Status.KNOWN:
+            self._emit(None)  # unknown whatever comes next: no need to hold them
+        step = self.s.interval_us
+        first = self.next_point
+        n = (stop - 1 - first) // step + 1
+        self.pending_points.extend(range(first, first + n * step, step))
+        self.next_point = first + n * step
+
+    def _row(self) -> tuple[int, list[Level], list[Level]] | None:
+        """The book as it stands, or None while unknown."""
+        if self.b.status is not Status.KNOWN:
+            return None
+        bids, asks = self.b.top(self.s.depth)
+        return self.b.last_update_id, bids, asks  # type: ignore[return-value]
+
+    def _emit(self, row: tuple[int, list[Level], list[Level]] | None) -> None:
+        if not self.pending_points:
+            return
+        lid, bids, asks = row if row is not None else (None, [], [])
+        self.out.add(self.key, self.symbol, self.pending_points, lid, bids, asks)
+        self.pending_points = []
+
+    def _probe(self, lid: int | None) -> None:
+        found = self.probes.get(lid) if (self.probes and lid is not None) else None
+        if not found:
+            return
+        for p in found:
+            bids, asks = self.b.bids.top(p.depth), self.b.asks.top(p.depth)
+            self.proof.comparable += 1
+            if bids == p.bids and asks == p.asks:
+                self.proof.matched += 1
+            else:
+                self.proof.mismatches.append(Mismatch(self.key.market, self.symbol, p.stream, p.recv_us, lid,
+                                                      p.bids, p.asks, bids, asks))
+            exch_crossed = bool(p.bids and p.asks and p.bids[0][0] >= p.asks[0][0])
+            if self.b.crossed() and not exch_crossed:
+                self.proof.crossed.append(CrossedExample(self.key.market, self.symbol, self.key.stream, lid,
+                                                         self.b.bids.best(), self.b.asks.best()))
+
+
+class _Columns:
+    """The output rows, kept as flat columns."""
+
+    def __init__(self) -> None:
+        self.market: list[str] = []
+        self.symbol: list[str] = []
+        self.stream: list[str] = []
+        self.time: list[int] = []
+        self.lid: list[int | None] = []
+        self.bid_n: list[int] = []
+        self.ask_n: list[int] = []
+        self.bid_vals: list[float] = []
+        self.ask_vals: list[float] = []
+
+    def add(self, key: StreamKey, symbol: str, times: list[int], lid: int | None,
+            bids: list[Level], asks: list[Level]) -> None:
+        n = len(times)
+        self.market += [key.market] * n
+        self.symbol += [symbol] * n
+        self.stream += [key.stream] * n
+        self.time += times
+        self.lid += [lid] * n
+        self.bid_n += [len(bids)] * n
+        self.ask_n += [len(asks)] * n
+        flat_b = [v for lv in bids for v in lv]
+        flat_a = [v for lv in asks for v in lv]
+        for _ in range(n):
+            self.bid_vals += flat_b
+            self.ask_vals += flat_a
+
+    def table(self) -> pa.Table:
+        known = [x is not None for x in self.lid]
+        t = pa.table([
+            pa.array(self.market, pa.string()), pa.array(self.symbol, pa.string()),
+            pa.array(self.stream, pa.string()), pa.array(self.time, pa.int64()).cast(TS),
+            pa.array(self.lid, pa.int64()), pa.array(known, pa.bool_()),
+            _levels(self.bid_vals, self.bid_n), _levels(self.ask_vals, self.ask_n),
+        ], schema=SCHEMA)
+        if t.num_rows:
+            t = t.take(pc.sort_indices(t, [("market", "ascending"), ("symbol", "ascending"),
+                                           ("stream", "ascending"), ("time", "ascending")]))
+        return t
+
+
+def _levels(flat: list[float], counts: list[int]) -> pa.ListArray:
+    vals = np.asarray(flat, dtype=np.float64).reshape(-1, 2)
+    offsets = np.zeros(len(counts) + 1, dtype=np.int32)
+    np.cumsum(np.asarray(counts, dtype=np.int32), out=offsets[1:])
+    struct = pa.StructArray.from_arrays([as_arrow(np.ascontiguousarray(vals[:, 0]), pa.float64()),
+                                         as_arrow(np.ascontiguousarray(vals[:, 1]), pa.float64())],
+                                        fields=list(LEVEL))
+    return pa.ListArray.from_arrays(as_arrow(offsets, pa.int32()), struct, type=LEVELS)
+
+
+# ---- reading the input tables --------------------------------------------------------------
+
+
+def _sorted(t: pa.Table, keys: list[str]) -> pa.Table:
+    if t.num_rows == 0:
+        return t
+    return t.take(pc.sort_indices(t, [(k, "ascending") for k in keys]))
+
+
+def _groups(t: pa.Table) -> Iterator[tuple[StreamKey, pa.Table]]:
+    """Consecutive rows of one (market, stream) of a table sorted by them."""
+    if t.num_rows == 0:
+        return
+    market = t.column("market").to_pylist()
+    stream = t.column("stream").to_pylist()
+    start = 0
+    for i in range(1, len(market) + 1):
+        if i == len(market) or market[i] != market[start] or stream[i] != stream[start]:
+            yield StreamKey(market[start], stream[start]), t.slice(start, i - start)
+            start = i
+
+
+def _symbol(t: pa.Table) -> str:
+    return t.column("symbol")[0].as_py()
+
+
+def _side_values(col: pa.ChunkedArray | pa.ListArray) -> tuple[np.ndarray, list[float], list[float]]:
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    offsets = arr.offsets.to_numpy() - arr.offsets[0].as_py()
+    values = arr.flatten()
+    return offsets, values.field("price").to_pylist(), values.field("qty").to_pylist()
+
+
+def _pairs(offsets: np.ndarray, prices: list[float], qtys: list[float], i: int) -> list[Level]:
+    a, b = offsets[i], offsets[i + 1]
+    return list(zip(prices[a:b], qtys[a:b]))
+
+
+def event_rows(t: pa.Table) -> Iterator[tuple[int, DiffEvent]]:
+    """(recv_time µs, event) in the table's order, a chunk at a time; repeated ``u`` once."""
+    last_u = None
+    for start in range(0, t.num_rows, CHUNK):
+        c = t.slice(start, CHUNK)
+        recv = c.column("recv_time").cast(pa.int64()).to_pylist()
+        U = c.column("first_update_id").to_pylist()
+        u = c.column("last_update_id").to_pylist()
+        pu = c.column("prev_update_id").to_pylist()
+        bo, bp, bq = _side_values(c.column("bids"))
+        ao, ap, aq = _side_values(c.column("asks"))
+        for i in range(c.num_rows):
+            if u[i] == last_u:
+                continue
+            last_u = u[i]
+            yield recv[i], DiffEvent(U[i], u[i], pu[i], _pairs(bo, bp, bq, i), _pairs(ao, ap, aq, i))
+
+
+def snapshot_rows(t: pa.Table) -> Iterator[Snapshot]:
+    last = None
+    for start in range(0, t.num_rows, 64):  # REST snapshots are big (up to 5000 levels a side)
+        c = t.slice(start, 64)
+        u = c.column("last_update_id").to_pylist()
+        bo, bp, bq = _side_values(c.column("bids"))
+        ao, ap, aq = _side_values(c.column("asks"))
+        for i in range(c.num_rows):
+            if u[i] == last:
+                continue
+            last = u[i]
+            yield Snapshot(u[i], _pairs(bo, bp, bq, i), _pairs(ao, ap, aq, i))
+
+
+_DEPTH_N = re.compile(r"@depth(\d+)")
+
+
+def partials_by_symbol(t: pa.Table) -> dict[tuple[str, str], dict[int, list[_Partial]]]:
+    """(market, symbol) → last_update_id → the partial snapshots with that id."""
+    out: dict[tuple[str, str], dict[int, list[_Partial]]] = {}
+    if t.num_rows == 0:
+        return out
+    t = _sorted(t, ["market", "symbol", "stream", "last_update_id", "recv_time"])
+    market = t.column("market").to_pylist()
+    symbol = t.column("symbol").to_pylist()
+    stream = t.column("stream").to_pylist()
+    recv = t.column("recv_time").cast(pa.int64()).to_pylist()
+    lid = t.column("last_update_id").to_pylist()
+    bo, bp, bq = _side_values(t.column("bids"))
+    ao, ap, aq = _side_values(t.column("asks"))
+    for i in range(t.num_rows):
+        bids, asks = _pairs(bo, bp, bq, i), _pairs(ao, ap, aq, i)
+        m = _DEPTH_N.search(stream[i])
+        depth = int(m.group(1)) if m else max(len(bids), len(asks))
+        out.setdefault((market[i], symbol[i]), {}).setdefault(lid[i], []).append(
+            _Partial(stream[i], recv[i], bids, asks, depth))
+    return out
+
+
+# ---- checks over a built hour --------------------------------------------------------------
+
+
+class CrossedRows(NamedTuple):
+    """Known ``book_snapshot`` rows whose best bid is at or above the best ask (a WARN: the
+    exchange's own books are not crossed), with the first few as examples."""
+
+    count: int
+    examples: list[dict]
+
+
+def crossed_rows(table: pa.Table, examples: int = 5) -> CrossedRows:
+    """The crossed known rows of a ``book_snapshot`` table."""
+    if table.num_rows == 0:
+        return CrossedRows(0, [])
+    two_sided = pc.and_(pc.greater(pc.list_value_length(table["bids"]), 0),
+                        pc.greater(pc.list_value_length(table["asks"]), 0))
+    t = table.filter(pc.and_(table["known"], two_sided))
+    if t.num_rows == 0:
+        return CrossedRows(0, [])
+    bid = pc.struct_field(pc.list_element(t["bids"], 0), "price")
+    ask = pc.struct_field(pc.list_element(t["asks"], 0), "price")
+    crossed = t.filter(pc.greater_equal(bid, ask))
+    rows = crossed.slice(0, examples).to_pylist()
+    return CrossedRows(crossed.num_rows, [
+        {"market": r["market"], "stream": r["stream"], "time": r["time"], "last_update_id": r["last_update_id"],
+         "best_bid": r["bids"][0]["price"], "best_ask": r["asks"][0]["price"]} for r in rows])

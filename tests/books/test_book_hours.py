@@ -1,0 +1,70 @@
+"""materialize_hour: an archived hour of diff depth in, book_snapshot and the end state out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from orderbook_collector.buffer.hours import HOUR_US, hour_folder
+from orderbook_collector.fsutil import sha256_file
+
+from orderbook_assets.analytics.book_hours import books_key, materialize_hour
+from orderbook_assets.archive.store import LocalStore
+from orderbook_assets.books.hour import HourState, Settings, StreamKey, state_key
+from support.book_tables import Part, Rest, Upd, partial, rest, updates
+
+H = 1_795_514_400_000_000
+S = 1_000_000
+MIN = Settings(depth=5, interval_us=60 * S)
+BOOK = Rest(H + 1 * S, 100, [(10.0, 1.0), (9.0, 2.0)], [(11.0, 1.0), (12.0, 2.0)])
+KEY = StreamKey("spot", "btcusdt@depth@100ms")
+
+
+def put(root: Path, dataset: str, table: pa.Table, hour_us: int, name: str = "part-0001.parquet") -> None:
+    folder = root / dataset / hour_folder(hour_us)
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, folder / name)
+
+
+def test_two_hours_chained_by_the_state_deterministic_and_proven(tmp_path: Path):
+    a = tmp_path / "archive"
+    put(a, "depth_update", updates([Upd(H + 2 * S, 99, 101, bids=[(10.0, 3.0)]), Upd(H + 90 * S, 102, 102)]), H)
+    put(a, "depth_update", updates([Upd(H + 100 * S, 103, 103, asks=[(11.0, 0.0)])], symbol="ETHUSDT"), H, "part-0002.parquet")
+    put(a, "depth_rest_snapshot", rest([BOOK]), H)
+    put(a, "depth_snapshot", partial([Part(H + 2 * S, 101, [(10.0, 3.0)], [(11.0, 1.0)])],
+                                     stream="btcusdt@depth1@100ms"), H)
+    H2 = H + HOUR_US
+    put(a, "depth_update", updates([Upd(H2 + 30 * S, 103, 103, bids=[(9.5, 1.0)])]), H2)
+    store = LocalStore(a)
+
+    one = materialize_hour(a, H, MIN, store)
+    assert one.streams == [KEY, StreamKey("spot", "ethusdt@depth@100ms")]
+    assert (one.rows, one.known_rows) == (120, 59)  # 60 points a stream; ETHUSDT never synced
+    assert (one.proof.comparable, one.proof.matched, one.crossed.count) == (1, 1, 0)
+    assert not one.started_from_state
+    books = pq.read_table(a / books_key(H))
+    assert books.num_rows == 120 and books.schema.metadata[b"orderbook.dataset"] == b"book_snapshot"
+    first_bytes = sha256_file(a / books_key(H)), sha256_file(a / state_key(H))
+
+    again = materialize_hour(a, H, MIN, store)  # a re-run (late parts: the same here) rewrites the same bytes
+    assert (sha256_file(a / books_key(H)), sha256_file(a / state_key(H))) == first_bytes
+    assert again.rows == one.rows
+
+    two = materialize_hour(a, H2, MIN, store)
+    assert two.started_from_state and two.streams == [KEY]
+    rows = [r for r in pq.read_table(a / books_key(H2)).to_pylist() if r["stream"] == KEY.stream]
+    assert rows[0]["known"] and rows[0]["last_update_id"] == 102  # carried over, decided by 103
+    assert rows[1]["last_update_id"] == 103 and rows[1]["bids"][1] == {"price": 9.5, "qty": 1.0}
+    state = HourState.from_bytes((a / state_key(H2)).read_bytes())
+    assert state.streams[KEY].last_update_id == 103
+    assert StreamKey("spot", "ethusdt@depth@100ms") in state.streams  # carried although silent this hour
+
+
+def test_an_hour_without_diffs_or_state_writes_nothing(tmp_path: Path):
+    a = tmp_path / "archive"
+    put(a, "depth_snapshot", partial([Part(H + 2 * S, 101, [(10.0, 3.0)], [(11.0, 1.0)])]), H)
+    out = materialize_hour(a, H, MIN, LocalStore(a))
+    assert out.books_url is None and out.rows == 0
+    assert not (a / books_key(H)).exists() and not (a / state_key(H)).exists()
