@@ -14,6 +14,7 @@ from orderbook_assets.archive import pipeline
 
 from orderbook_assets.archive import quality
 from orderbook_assets.defs.assets import depth_snapshot
+from orderbook_assets.defs.hosts import running_key
 from orderbook_assets.defs.partitions import hour_us_of, hourly
 from orderbook_assets.defs.resources import ArchiveResource, BufferResource
 
@@ -48,7 +49,7 @@ def depth_snapshot_checks(context: AssetCheckExecutionContext, buffer: BufferRes
         metadata.update(r.detail)
         yield AssetCheckResult(
             check_name=r.name,
-            asset_key=depth_snapshot.key,
+            asset_key=running_key(context, depth_snapshot.key),
             passed=r.passed,
             severity=SEVERITY[r.severity],
             metadata=metadata,
