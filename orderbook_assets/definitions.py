@@ -13,6 +13,7 @@ from orderbook_assets.defs.assets import archived_hour, coverage, depth_snapshot
 from orderbook_assets.defs.bars import top_of_book_1s
 from orderbook_assets.defs.checks import depth_snapshot_checks
 from orderbook_assets.defs.fleet import fleet_definitions
+from orderbook_assets.defs.freshness import check_freshness, check_freshness_schedule, collector, collector_fresh
 from orderbook_assets.defs.hosts import fleet_hosts, host_id, hosted
 from orderbook_assets.defs.jobs import archive_hour, cleanup_buffer
 from orderbook_assets.defs.resources import ArchiveResource, ArchiveS3Resource, BufferResource
@@ -28,10 +29,10 @@ def resources() -> dict:
 def host_definitions(res: dict) -> Definitions:
     """One collector's archive (the single-host definitions)."""
     return Definitions(
-        assets=[depth_snapshot, coverage, archived_hour, top_of_book_1s],
-        asset_checks=[depth_snapshot_checks],
-        jobs=[archive_hour, cleanup_buffer],
-        schedules=[archive_hour_schedule, cleanup_buffer_schedule],
+        assets=[depth_snapshot, coverage, archived_hour, top_of_book_1s, collector],
+        asset_checks=[depth_snapshot_checks, collector_fresh],
+        jobs=[archive_hour, cleanup_buffer, check_freshness],
+        schedules=[archive_hour_schedule, cleanup_buffer_schedule, check_freshness_schedule],
         sensors=[late_rows_sensor],
         resources=res,
     )

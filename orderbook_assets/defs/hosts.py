@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import warnings
 
-from dagster import AssetKey, BetaWarning, AssetSelection, Definitions, JobDefinition, define_asset_job
+from dagster import AssetCheckKey, AssetKey, AssetSpec, BetaWarning, AssetSelection, Definitions, JobDefinition, define_asset_job
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from orderbook_assets.archive.merge import check_host_id
@@ -71,15 +71,23 @@ def hosted(defs: Definitions, host: str | None) -> Definitions:
 def _hosted(defs: Definitions, host: str) -> Definitions:
     graph = defs.resolve_asset_graph()
     keys = {k: hosted_key(k, host) for k in graph.get_all_asset_keys()}
-    assets = [a.with_attributes(asset_key_replacements=keys) for a in defs.assets or []]
+    assets = [a.replace_attributes(key=keys[a.key], deps=[d._replace(asset_key=keys.get(d.asset_key, d.asset_key))
+                                                          for d in a.deps])
+              if isinstance(a, AssetSpec) else a.with_attributes(asset_key_replacements=keys)
+              for a in defs.assets or []]
     checks = [c.with_attributes(asset_key_replacements=keys) for c in defs.asset_checks or []]
     jobs = {}
     for job in defs.jobs or []:
         new_name = job_name(job.name, host)
         if isinstance(job, UnresolvedAssetJobDefinition):
             selected = job.selection.resolve(graph)
+            if selected:  # the assets' checks come with them
+                selection = AssetSelection.assets(*sorted((keys[k] for k in selected), key=str))
+            else:
+                selection = AssetSelection.checks(*sorted(
+                    (AssetCheckKey(keys[c.asset_key], c.name) for c in job.selection.resolve_checks(graph)), key=str))
             jobs[job.name] = define_asset_job(
-                new_name, selection=AssetSelection.assets(*sorted((keys[k] for k in selected), key=str)),
+                new_name, selection=selection,
                 description=job.description, tags=job.tags, run_tags=job.run_tags, partitions_def=job.partitions_def,
                 executor_def=job.executor_def, op_retry_policy=job.op_retry_policy, config=job.config,
             )
