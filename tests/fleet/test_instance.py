@@ -9,6 +9,8 @@ from dagster import DagsterInstance
 
 from orderbook_assets.definitions import build
 from support.buffer_rows import BASE_HOUR_US, fill_buffer
+from support.procs import ROOT
+from support.s3 import MotoServer, s3_client
 
 KEY = "2026-11-23-10:00"
 S = 1_000_000
@@ -74,3 +76,36 @@ def test_two_hosts_and_their_merge_on_postgres(tmp_path, fleet_home, postgres, p
         "WHERE record = 'gap'").fetchall()
     # host_a's 30-45 s outage is covered by host_b: the one gap is the hour's rest, from host_b's last copy
     assert [g[0] for g in gaps] == [60 * S - 50_000]
+
+
+def test_the_deploy_instance_stores_runs_in_postgres_and_compute_logs_in_s3(tmp_path, pg_url, postgres, monkeypatch):
+    """deploy/dagster.yaml as shipped: runs and events in PostgreSQL, the run's stdout/stderr uploaded to
+    the compute-log bucket (where the webserver reads them whichever host ran the run), artifacts where
+    ORDERBOOK_DAGSTER_ARTIFACTS says."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text((ROOT / "deploy" / "dagster.yaml").read_text())
+    buffer = tmp_path / "buffer.sqlite3"
+    fill_buffer(buffer, ["btcusdt"], BASE_HOUR_US, 50, session_id=1)
+    with MotoServer() as moto:
+        for k, v in {"DAGSTER_PG_URL": pg_url, "ORDERBOOK_DAGSTER_ARTIFACTS": str(tmp_path / "artifacts"),
+                     "ORDERBOOK_COMPUTE_LOG_BUCKET": "dagster-logs", "ORDERBOOK_COMPUTE_LOG_DIR": str(tmp_path / "logs"),
+                     "AWS_ENDPOINT_URL_S3": moto.url, "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1",
+                     "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                     "AWS_CONFIG_FILE": str(tmp_path / "none"), "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+                     "ORDERBOOK_ARCHIVE_URL": str(tmp_path / "archive")}.items():
+            monkeypatch.setenv(k, v)
+        s3 = s3_client(moto.url)
+        s3.create_bucket(Bucket="dagster-logs")
+        instance = DagsterInstance.from_config(str(home))
+        try:
+            assert type(instance.compute_log_manager).__name__ == "S3ComputeLogManager"
+            assert instance.root_directory == str(tmp_path / "artifacts")
+            result = run(instance, {"ORDERBOOK_HOST_ID": "host_a", "ORDERBOOK_BUFFER": str(buffer)},
+                         "archive_hour_host_a", monkeypatch)
+            assert result.success
+            keys = [o["Key"] for o in s3.list_objects_v2(Bucket="dagster-logs").get("Contents", [])]
+            assert keys and all(k.startswith("dagster-compute-logs/") for k in keys), keys
+            assert int(postgres.psql("SELECT count(*) FROM runs", database=pg_url.rsplit("/", 1)[1])) == 1
+        finally:
+            instance.dispose()
