@@ -7,6 +7,7 @@ their own buffers recording the same stream, a code server per collector and one
 - host_b is SIGKILLed for 20 s and restarted: the merged hour holds every message the simulator
   sent (host_a was up throughout), each once, and no coverage gap while host_a was up, while
   host_b's own coverage shows its outage.
+- The merge of each hour is requested by ``fleet_merge_sensor`` (the daemon) once both hosts archived it.
 - host_b's code server is killed (its process group, as a host crash would) in the middle of its
   archive run and started again: run monitoring marks the run failed once over its maximum
   runtime, run retries start it again on the new server, and the host's parts hold each of its
@@ -28,7 +29,7 @@ from pathlib import Path
 import duckdb
 import orjson
 import pytest
-from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
+from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 
 from support.procs import SimulatorProcess, child_env, descendants, query, wait_for
 from support.webserver import free_port, graphql
@@ -248,10 +249,17 @@ def test_fleet_on_one_machine(tmp_path, postgres, pg_url, monkeypatch):
                 rid = launch(base, "host_b", "archive_hour_host_b", key)
                 assert wait_run(instance, rid, 120, what="host_b's run") == DagsterRunStatus.SUCCESS
 
-            # ---- the merge of each hour (fleet location)
-            for key in partitions:
-                rid = launch(base, "fleet", "merge_fleet_hour", key)
-                assert wait_run(instance, rid, 120, what="the merge") == DagsterRunStatus.SUCCESS
+            # ---- the merge of each hour: requested by fleet_merge_sensor once both hosts archived it
+            archived_at = max(r.end_time for r in instance.get_run_records(RunsFilter(job_name="archive_hour_host_b")))
+
+            def merged_by_sensor() -> bool:
+                done = instance.get_run_records(RunsFilter(job_name="merge_fleet_hour",
+                                                           statuses=[DagsterRunStatus.SUCCESS],
+                                                           tags={"dagster/sensor_name": "fleet_merge_sensor"}))
+                keys = {r.dagster_run.tags["dagster/partition"] for r in done if r.start_time > archived_at}
+                return keys == set(partitions)
+
+            wait_for(merged_by_sensor, timeout=180, interval=1, what="the sensor's merge of every hour")
         finally:
             for p in reversed(procs):
                 p.stop(signal.SIGINT if p.name in ("daemon", "webserver") else signal.SIGTERM)

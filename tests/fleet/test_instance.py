@@ -56,26 +56,39 @@ def test_two_hosts_and_their_merge_on_postgres(tmp_path, fleet_home, postgres, p
         # runs and events are in PostgreSQL, not in a SQLite file of the home
         assert int(postgres.psql("SELECT count(*) FROM runs", database=pg_url.rsplit("/", 1)[1])) == 3
         assert not list(fleet_home.rglob("*.db"))
+        con = duckdb.connect()
+        merged_glob = f"{archive}/depth_snapshot/**/*.parquet"
+        first = con.execute(f"SELECT count(*) FROM read_parquet('{merged_glob}')").fetchone()[0]
+        # a late part of host_b (k 600-609 at 60-61 s): its archive run, then the merge again, which
+        # replaces the hour's merged object (still one object, the earlier rows unchanged)
+        fill_buffer(b, ["btcusdt"], BASE_HOUR_US + 60 * S, 10, session_id=3, first_update_id=uid(600))
+        assert run(instance, {"ORDERBOOK_HOST_ID": "host_b", "ORDERBOOK_BUFFER": str(b)}, "archive_hour_host_b",
+                   monkeypatch).success
+        again = run(instance, {"ORDERBOOK_FLEET_HOSTS": "host_a,host_b"}, "merge_fleet_hour", monkeypatch)
+        assert again.get_asset_materialization_events()[0].materialization.metadata["input_rows"].value == {
+            "host_a": 450, "host_b": 410}
+        assert (first, con.execute(f"SELECT count(*) FROM read_parquet('{merged_glob}')").fetchone()[0]) == (600, 610)
+        assert len(list(archive.glob("depth_snapshot/**/*.parquet"))) == 1
     finally:
         instance.dispose()
-    con = duckdb.connect()
     got = con.execute(
         f"SELECT last_update_id, collector FROM read_parquet('{archive}/depth_snapshot/**/*.parquet', "
         "hive_partitioning = true) ORDER BY last_update_id").fetchall()
-    assert [r[0] for r in got] == [uid(k) for k in range(600)]  # every message once, none lost
+    assert [r[0] for r in got] == [uid(k) for k in range(610)]  # every message once, none lost
     winners = dict(got)
     assert {winners[uid(k)] for k in range(0, 300)} == {"host_a"}  # k 200-299: earlier by 50 ms
     assert {winners[uid(k)] for k in range(300, 450)} == {"host_b"}  # only host_b was up
     assert {winners[uid(k)] for k in range(450, 600)} == {"host_a"}
+    assert {winners[uid(k)] for k in range(600, 610)} == {"host_b"}  # the late part
     per_host = con.execute(
         f"SELECT collector, count(*) FROM read_parquet('{archive}/hosts/*/depth_snapshot/**/*.parquet', "
         "hive_partitioning = true) GROUP BY ALL ORDER BY ALL").fetchall()
-    assert per_host == [("host_a", 450), ("host_b", 400)]
+    assert per_host == [("host_a", 450), ("host_b", 410)]
     gaps = con.execute(
         f"SELECT epoch_us(start_time) - {BASE_HOUR_US}, stream FROM read_parquet('{archive}/coverage/**/fleet.parquet') "
         "WHERE record = 'gap'").fetchall()
-    # host_a's 30-45 s outage is covered by host_b: the one gap is the hour's rest, from host_b's last copy
-    assert [g[0] for g in gaps] == [60 * S - 50_000]
+    # host_a's 30-45 s outage is covered by host_b: the one gap is the hour's rest, from host_b's last row
+    assert [g[0] for g in gaps] == [60 * S + 9 * 100_000]
 
 
 def test_the_deploy_instance_stores_runs_in_postgres_and_compute_logs_in_s3(tmp_path, pg_url, postgres, monkeypatch):
