@@ -31,12 +31,12 @@ import orjson
 import pytest
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 
-from support.procs import SimulatorProcess, child_env, descendants, query, wait_for
+from support.procs import SimulatorProcess, child_env, descendants, query, running, wait_for
 from support.webserver import free_port, graphql
 from tools.fleet import (code_server_cmd, daemon_cmd, fleet_env, host_env, merge_env, webserver_cmd, workspace_yaml,
                          write_home)
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 S = 1_000_000
 HOSTS = ("host_a", "host_b")
 #: The killed run is marked failed by run monitoring once it has run this long (then retried).
@@ -236,8 +236,16 @@ def test_fleet_on_one_machine(tmp_path, postgres, pg_url, monkeypatch):
                            what="host_b's run worker to start")
             assert pid in descendants(servers["host_b"].pid)
             servers["host_b"].kill_group()
+            wait_for(lambda: not running([pid]), timeout=10, what="the run worker to die with its code server")
             servers["host_b"].start()
-            assert wait_run(instance, run_id, 240, what="the orphaned run marked failed") == DagsterRunStatus.FAILURE
+            try:
+                status = wait_run(instance, run_id, 240, what="the orphaned run marked failed")
+            except AssertionError as exc:
+                monitoring = [line for line in (logs / "daemon.log").read_text(errors="replace").splitlines()
+                              if "Monitoring" in line or run_id in line]
+                raise AssertionError(f"{exc}; run status {instance.get_run_by_id(run_id).status}; daemon:\n"
+                                     + "\n".join(monitoring[-40:])) from None
+            assert status == DagsterRunStatus.FAILURE
 
             def retry_done():
                 retries = [r for r in instance.get_runs() if r.tags.get("dagster/root_run_id") == run_id]
