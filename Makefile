@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: venv system-deps run demo test test-fast chaos bench lock simulator clean
+.PHONY: venv system-deps run demo fleet test test-fast chaos bench lock simulator clean
 
 venv: $(STAMP)
 
@@ -27,6 +27,11 @@ run: venv
 # (its own buffer, archive and Dagster instance). ORDERBOOK_SIMULATOR_PORT (9443) too.
 demo: venv
 	DAGSTER_HOME=$(CURDIR)/data/demo/dagster_home $(BIN)/python -m tools.run --simulator
+
+# A fleet on one machine (docs/fleet.md): PostgreSQL, the simulator, two collectors with their own
+# buffers, a code server per collector and one for the merge, daemon and webserver; Ctrl-C stops all.
+fleet: venv
+	$(BIN)/python -m tools.fleet
 
 # The Debian packages the tests need (Ceph RGW, Chromium, Java for Spark; more as real servers join):
 # one named, idempotent step. In CI a test whose part is missing fails instead of skipping.

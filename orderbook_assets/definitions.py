@@ -1,4 +1,10 @@
-"""``defs``: everything Dagster loads (``dagster ... -m orderbook_assets.definitions``)."""
+"""``defs``: everything Dagster loads (``dagster ... -m orderbook_assets.definitions``).
+
+``ORDERBOOK_HOST_ID`` set: the host's assets and jobs carry its id (:mod:`.defs.hosts`), so each
+collector of a fleet is a code location of its own. ``ORDERBOOK_FLEET_HOSTS`` set: the location
+also serves the fleet's merge of those hosts (:mod:`.defs.fleet`); with no host id it serves only
+that (a fleet location without a buffer). Neither set: the single-host definitions.
+"""
 
 
 from dagster import Definitions
@@ -6,6 +12,9 @@ from dagster import Definitions
 from orderbook_assets.defs.assets import archived_hour, coverage, stream_datasets
 from orderbook_assets.defs.bars import top_of_book_1s
 from orderbook_assets.defs.checks import CHECKS
+from orderbook_assets.defs.fleet import fleet_definitions
+from orderbook_assets.defs.freshness import check_freshness, check_freshness_schedule, collector, collector_fresh
+from orderbook_assets.defs.hosts import fleet_hosts, host_id, hosted
 from orderbook_assets.defs.jobs import archive_hour, cleanup_buffer
 from orderbook_assets.defs.resources import ArchiveResource, ArchiveS3Resource, BufferResource
 from orderbook_assets.defs.schedules import archive_hour_schedule, cleanup_buffer_schedule
@@ -17,11 +26,25 @@ def resources() -> dict:
     return {"buffer": BufferResource(), "archive": ArchiveResource(s3=ArchiveS3Resource())}
 
 
-defs = Definitions(
-    assets=[stream_datasets, coverage, archived_hour, top_of_book_1s],
-    asset_checks=list(CHECKS.values()),
-    jobs=[archive_hour, cleanup_buffer],
-    schedules=[archive_hour_schedule, cleanup_buffer_schedule],
-    sensors=[late_rows_sensor],
-    resources=resources(),
-)
+def host_definitions(res: dict) -> Definitions:
+    """One collector's archive (the single-host definitions)."""
+    return Definitions(
+        assets=[stream_datasets, coverage, archived_hour, top_of_book_1s, collector],
+        asset_checks=[*CHECKS.values(), collector_fresh],
+        jobs=[archive_hour, cleanup_buffer, check_freshness],
+        schedules=[archive_hour_schedule, cleanup_buffer_schedule, check_freshness_schedule],
+        sensors=[late_rows_sensor],
+        resources=res,
+    )
+
+
+def build(environ=None) -> Definitions:
+    host, hosts = host_id(environ), fleet_hosts(environ)
+    res = resources()
+    parts = [] if hosts and not host else [hosted(host_definitions(res), host)]
+    if hosts:
+        parts.append(fleet_definitions(hosts, res))
+    return parts[0] if len(parts) == 1 else Definitions.merge(*parts)
+
+
+defs = build()

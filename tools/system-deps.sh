@@ -45,7 +45,14 @@ section_java() {
     apt_install openjdk-17-jre-headless
 }
 
-sections="${*:-ceph chromium java}"
+# postgres: PostgreSQL 15 server binaries (/usr/lib/postgresql/15/bin) for the fleet's instance
+# storage: tests/fleet start a throwaway cluster of their own (tests/support/postgres.py), and so
+# does `make fleet`. Their tests FAIL (never skip) in CI when the binaries are missing.
+section_postgres() {
+    apt_install postgresql-15
+}
+
+sections="${*:-ceph chromium java postgres}"
 for s in $sections; do
     "section_$s"
 done

@@ -22,6 +22,7 @@ from orderbook_collector.errors import ConfigError, IntegrityError
 
 from orderbook_assets.archive import datasets as ds
 from orderbook_assets.archive import pipeline, source
+from orderbook_assets.defs.hosts import running_key
 from orderbook_assets.defs.partitions import hour_us_of, hourly
 from orderbook_assets.defs.resources import ArchiveResource, BufferResource
 
@@ -101,7 +102,7 @@ def stream_datasets(context: AssetExecutionContext, buffer: BufferResource, arch
     context.log.info("hour %s: %s part(s) verified in %s", context.partition_key,
                      {d: len(x.parts) for d, x in out.datasets.items() if x.parts}, store.url)
     for name in ds.DATASETS:
-        yield MaterializeResult(asset_key=AssetKey(name), metadata=_metadata(origin, store, out.of(name), out.planned_part(name)))
+        yield MaterializeResult(asset_key=running_key(context, AssetKey(name)), metadata=_metadata(origin, store, out.of(name), out.planned_part(name)))
 
 
 # Partitioned checks are a Dagster "preview" (1.13), chosen knowingly: the warning would be noise.

@@ -14,6 +14,7 @@ from dagster import (AssetCheckExecutionContext, AssetCheckResult, AssetCheckSev
 from orderbook_assets.archive import datasets as ds
 from orderbook_assets.archive import pipeline
 from orderbook_assets.archive import quality
+from orderbook_assets.defs.hosts import running_key
 from orderbook_assets.defs.partitions import hour_us_of, hourly
 from orderbook_assets.defs.resources import ArchiveResource, BufferResource
 
@@ -53,7 +54,7 @@ def build_checks(dataset: str):
         for r in checked.results:
             metadata = {"count": r.count, "examples": r.examples, "parts": [p.part for p in checked.parts]}
             metadata.update(r.detail)
-            yield AssetCheckResult(check_name=r.name, asset_key=key, passed=r.passed, severity=SEVERITY[r.severity],
+            yield AssetCheckResult(check_name=r.name, asset_key=running_key(context, key), passed=r.passed, severity=SEVERITY[r.severity],
                                    metadata=metadata)
 
     return checks

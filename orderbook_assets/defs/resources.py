@@ -20,6 +20,7 @@ from orderbook_collector import buffer as buf
 from orderbook_collector.errors import ConfigError
 
 from orderbook_assets.archive.location import DEFAULT_ARCHIVE, Location, S3Settings
+from orderbook_assets.archive.merge import check_host_id, host_prefix
 from orderbook_assets.archive.store import ArchiveStore, open_store
 
 DEFAULT_BUFFER = "data/buffer.sqlite3"
@@ -89,20 +90,29 @@ class ArchiveResource(ConfigurableResource):
     s3: ResourceDependency[ArchiveS3Resource]
     create_bucket: bool = True
 
-    def resolved_url(self) -> str:
+    def fleet_url(self) -> str:
+        """The archive analysts read (with a fleet: where the merged datasets go)."""
         return self.url or os.environ.get("ORDERBOOK_ARCHIVE_URL") or DEFAULT_ARCHIVE
 
-    def location(self) -> Location:
-        return Location.parse(self.resolved_url())
+    def resolved_url(self) -> str:
+        """Where this location's parts go: the archive itself, or with ``ORDERBOOK_HOST_ID``
+        its host's folder ``<archive>/hosts/collector=<id>`` (docs/fleet.md)."""
+        host = os.environ.get("ORDERBOOK_HOST_ID", "").strip()
+        base = self.fleet_url()
+        return f"{Location.parse(base).url}/{host_prefix(check_host_id(host))}" if host else base
+
+    def location(self, fleet: bool = False) -> Location:
+        return Location.parse(self.fleet_url() if fleet else self.resolved_url())
 
     def s3_settings(self) -> S3Settings | None:
         """None for a local archive."""
         return self.s3.settings() if self.location().is_s3 else None
 
-    def open_store(self) -> ArchiveStore:
+    def open_store(self, fleet: bool = False) -> ArchiveStore:
         """The store, ready: on S3 the bucket exists and its capabilities are known (the
-        bucket's record, read once per step; a probe only on first use of the bucket)."""
-        loc = self.location()
+        bucket's record, read once per step; a probe only on first use of the bucket).
+        ``fleet``: the fleet's archive instead of this host's folder in it."""
+        loc = self.location(fleet)
         if not loc.is_s3:
             return open_store(loc)
         settings = self.s3.settings()

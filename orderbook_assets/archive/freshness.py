@@ -1,0 +1,73 @@
+"""Is a collector recording, and is its buffer being archived? Read from its buffer, no Dagster.
+
+Two questions, answered from the buffer alone (so a fleet's operator sees them per collector in
+the UI, next to the collector's assets):
+
+- the newest acknowledged message: the committed row with the highest id (ids only grow), and
+  how old its receive time is;
+- the hours that ended more than a deadline ago and still hold rows no archived part covers.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+
+from orderbook_collector.buffer import HOUR_US
+
+from orderbook_assets.archive.ledger import DEPTH
+
+#: Defaults of ORDERBOOK_FRESHNESS_SECONDS and ORDERBOOK_ARCHIVE_DEADLINE_MINUTES.
+MAX_AGE_S = 120.0
+ARCHIVE_DEADLINE_MIN = 30.0
+
+
+@dataclass(frozen=True)
+class Freshness:
+    newest_recv_us: int | None  # None: nothing committed (or everything cleaned up)
+    age_s: float | None
+    overdue_hours: list[int]  # hour starts (µs) past the deadline with unarchived rows
+    max_age_s: float
+    deadline_min: float
+
+    @property
+    def fresh(self) -> bool:
+        return self.age_s is not None and self.age_s <= self.max_age_s
+
+    @property
+    def passed(self) -> bool:
+        return self.fresh and not self.overdue_hours
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.age_s is None:
+            out.append("no acknowledged message in the buffer")
+        elif not self.fresh:
+            out.append(f"the newest acknowledged message is {self.age_s:.0f} s old (limit {self.max_age_s:.0f} s)")
+        if self.overdue_hours:
+            out.append(f"{len(self.overdue_hours)} hour(s) not archived {self.deadline_min:.0f} min after their end")
+        return out
+
+
+def newest_recv_us(conn: sqlite3.Connection, datasets: tuple[str, ...] = (DEPTH,)) -> int | None:
+    newest = [conn.execute(f"SELECT recv_us FROM {d} ORDER BY id DESC LIMIT 1").fetchone() for d in datasets]
+    times = [r[0] for r in newest if r is not None]
+    return max(times) if times else None
+
+
+def overdue_hours(conn: sqlite3.Connection, now_us: int, deadline_min: float, dataset: str = DEPTH) -> list[int]:
+    """Hours ended more than ``deadline_min`` before ``now_us`` whose rows go beyond their archived parts."""
+    cutoff = now_us - HOUR_US - int(deadline_min * 60 * 1_000_000)
+    return [h for (h,) in conn.execute(
+        "SELECT b.hour_us FROM buffer_hours b WHERE b.dataset = ? AND b.rows > 0 AND b.hour_us <= ? AND b.max_id > "
+        "coalesce((SELECT max(p.id_hi) FROM export_parts p WHERE p.dataset = b.dataset AND p.hour_us = b.hour_us "
+        "AND p.state = 'archived'), -1) ORDER BY b.hour_us",
+        (dataset, cutoff),
+    )]
+
+
+def freshness(conn: sqlite3.Connection, now_us: int, max_age_s: float = MAX_AGE_S,
+              deadline_min: float = ARCHIVE_DEADLINE_MIN) -> Freshness:
+    newest = newest_recv_us(conn)
+    age = None if newest is None else max(now_us - newest, 0) / 1e6
+    return Freshness(newest, age, overdue_hours(conn, now_us, deadline_min), max_age_s, deadline_min)
