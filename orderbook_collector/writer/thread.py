@@ -43,7 +43,7 @@ from orderbook_collector.buffer.records import (
     DepthRestSnapshotRecord, DepthSyncRecord, Event, Frame, Item, Quarantined, Row, SessionClose, SessionOpen,
     SessionStreams, Stop,
 )
-from orderbook_collector.buffer.rows import OTHER_TABLES, ROW_TABLES, RowTable
+from orderbook_collector.buffer.rows import OTHER_TABLES, RECV_US, ROW_TABLES, SEQ, SESSION_ID, RowTable
 from orderbook_collector.feed.protocol import Decoder, Market, StreamSpec, raw_bytes
 from orderbook_collector.feed.streams import Kind, parse_stream_name, spec as stream_spec
 from orderbook_collector.feed.sync import Continuity, LastEvent, SnapshotRequest
@@ -90,10 +90,14 @@ class SessionTally:
     last_recv_us: int | None = None
 
     def touch(self, seq: int, recv_us: int) -> None:
-        if seq > self.max_seq:
-            self.max_seq = seq
-        self.first_recv_us = recv_us if self.first_recv_us is None else min(self.first_recv_us, recv_us)
-        self.last_recv_us = recv_us if self.last_recv_us is None else max(self.last_recv_us, recv_us)
+        self.span(seq, recv_us, recv_us)
+
+    def span(self, max_seq: int, first_recv_us: int, last_recv_us: int) -> None:
+        """Messages up to seq ``max_seq``, received between the two times."""
+        if max_seq > self.max_seq:
+            self.max_seq = max_seq
+        self.first_recv_us = first_recv_us if self.first_recv_us is None else min(self.first_recv_us, first_recv_us)
+        self.last_recv_us = last_recv_us if self.last_recv_us is None else max(self.last_recv_us, last_recv_us)
 
 
 def store_records(
@@ -125,20 +129,17 @@ def store_records(
                     op,
                 )
         groups: dict[type, list[Row]] = {}
-        for r in records:
-            groups.setdefault(type(r), []).append(r)
+        if len(types := set(map(type, records))) == 1:
+            groups[types.pop()] = records
+        else:
+            for r in records:
+                groups.setdefault(type(r), []).append(r)
         refused: set[tuple[int, int]] = set()
         for rtype, rows in groups.items():
-            dups = _store_rows(conn, stream_ids, ROW_TABLES[rtype], rows, result)
-            refused |= dups
-            for r in rows:
-                s = per_session[r.session_id]
-                if (r.session_id, r.seq) in dups:
-                    s.duplicates += 1
-                else:
-                    s.messages += 1
-                s.touch(r.seq, r.recv_us)
-                result.wide_values += r.wide_values
+            t = ROW_TABLES[rtype]
+            refused |= _store_rows(conn, stream_ids, t, rows, result)
+            result.wide_values += sum(map(t.wide, rows))
+        _tally_rows(per_session, records, refused)
         if quarantined:
             conn.executemany(
                 "INSERT INTO quarantine (recv_us, session_id, seq, reason, raw) VALUES (?, ?, ?, ?, ?)",
@@ -187,6 +188,24 @@ def store_records(
                 spill_position,
             )
     return result
+
+
+def _tally_rows(per_session: dict[int, SessionTally], records: list[Row], refused: set[tuple[int, int]]) -> None:
+    """Add the batch's rows to their sessions' tallies (a batch is nearly always one session's)."""
+    sessions = set(map(SESSION_ID, records))
+    if len(sessions) == 1:
+        by_session = {sessions.pop(): records}
+    else:
+        by_session = {}
+        for r in records:
+            by_session.setdefault(r.session_id, []).append(r)
+    for sid, rows in by_session.items():
+        s = per_session[sid]
+        dups = sum(1 for d in refused if d[0] == sid) if refused else 0
+        s.duplicates += dups
+        s.messages += len(rows) - dups
+        recv = list(map(RECV_US, rows))
+        s.span(max(map(SEQ, rows)), min(recv), max(recv))
 
 
 def _store_snapshots(conn: sqlite3.Connection, stream_ids: dict[str, int],
@@ -239,10 +258,9 @@ def _store_rows(conn: sqlite3.Connection, stream_ids: dict[str, int], t: RowTabl
     """Insert one dataset's rows; keep ``buffer_hours`` and ``dropped``; return the dropped (session, seq)."""
     before_id = _last_id(conn, t.table)
     before = conn.total_changes
-    values = t.values
     conn.executemany(
         f"INSERT OR IGNORE INTO {t.table} (stream_id, {', '.join(t.columns)}) VALUES ({', '.join('?' * (len(t.columns) + 1))})",
-        [(stream_ids[r.stream], *values(r)) for r in rows],
+        t.params(stream_ids, rows),
     )
     stored = conn.total_changes - before
     result.stored += stored
