@@ -564,35 +564,46 @@ class Writer:
         ops: list[SessionOpen | SessionClose | Event] = []
         others: list = []
         frames: list[Frame] = []
-        for it in items:
-            kind = type(it)
-            if kind is Frame:
-                frames.append(it)
-            elif kind in ROW_TABLES:
-                records.append(it)
-            elif kind is Quarantined:
-                quarantined.append(it)
-            elif kind in OTHER_TABLES:
-                others.append(it)
-            else:
-                ops.append(it)
+        if set(map(type, items)) == {Frame}:  # the usual batch: nothing to sort out
+            frames = items
+        else:
+            for it in items:
+                kind = type(it)
+                if kind is Frame:
+                    frames.append(it)
+                elif kind in ROW_TABLES:
+                    records.append(it)
+                elif kind is Quarantined:
+                    quarantined.append(it)
+                elif kind in OTHER_TABLES:
+                    others.append(it)
+                else:
+                    ops.append(it)
         for op in ops:
             if type(op) is SessionOpen:
                 self.session_market[op.session_id] = Market(op.market)
                 self._learn(Market(op.market), op.streams_json)
             elif type(op) is SessionStreams:
                 self._learn(self.session_market.get(op.session_id, Market.SPOT), op.streams_json)
-        by_market: dict[Market, list[Frame]] = {}
-        for f in frames:
-            by_market.setdefault(self.session_market.get(f.session_id, Market.SPOT), []).append(f)
-        decoded = [(f, rec) for m, fs in by_market.items() for f, rec in zip(fs, self.decoders[m].decode_many(fs))]
-        for (raw, recv_us, sid, seq), rec in decoded:
-            if type(rec) in ROW_TABLES:
-                records.append(rec)
-            elif type(rec) is Quarantined:
-                quarantined.append(rec)
-            else:  # a control frame that looked like data: keep it, explained
-                quarantined.append(Quarantined(recv_us, sid, seq, f"unexpected {type(rec).__name__}", raw_bytes(raw)))
+        markets = {self.session_market.get(sid, Market.SPOT) for sid in set(map(SESSION_ID, frames))}
+        if len(markets) == 1:  # one market's sessions (the usual case): no per-frame grouping
+            by_market = {markets.pop(): frames}
+        else:
+            by_market: dict[Market, list[Frame]] = {}
+            for f in frames:
+                by_market.setdefault(self.session_market.get(f.session_id, Market.SPOT), []).append(f)
+        for m, fs in by_market.items():
+            recs = self.decoders[m].decode_many(fs)
+            if set(map(type, recs)) <= ROW_TABLES.keys():  # every frame a valid row
+                records += recs
+                continue
+            for (raw, recv_us, sid, seq), rec in zip(fs, recs):
+                if type(rec) in ROW_TABLES:
+                    records.append(rec)
+                elif type(rec) is Quarantined:
+                    quarantined.append(rec)
+                else:  # a control frame that looked like data: keep it, explained
+                    quarantined.append(Quarantined(recv_us, sid, seq, f"unexpected {type(rec).__name__}", raw_bytes(raw)))
         for op in ops:
             if type(op) is SessionClose:
                 self.session_market.pop(op.session_id, None)
