@@ -7,6 +7,12 @@ a bare client can be pointed at the very same frames::
 
     ws://127.0.0.1:PORT/<run>/<feed>/<count>/<rate>/stream?streams=...
 
+The same port answers ``GET /api/v3/depth?symbol=...`` (HTTP/1.1, keep-alive) with a REST
+depth snapshot consistent with the feed: ``lastUpdateId`` is the id just before every
+diff stream's first event (``FIRST_ID - 1``), so the collector's diff-depth sync takes
+the first event it stored as the one applied on top of it, whenever the answer arrives,
+and every diff stream is synced once per run (one 'break' at connect, one 'synced').
+
 ``feed`` is ``depth20`` (spot ``depth20@100ms`` frames of ~1.3 KB) or ``mix`` (by count:
 40 % diff depth ~400 B, 30 % depth20 ~1.3 KB, 20 % trades ~180 B, 10 % bookTicker
 ~150 B); ``count`` frames are sent, as fast as the socket takes them (``rate`` 0) or
@@ -38,6 +44,8 @@ STREAM_KINDS = {"D": "depth@100ms", "S": "depth20@100ms", "T": "trade", "B": "bo
 FEEDS = {"depth20": "S", "mix": MIX_CYCLE}
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _T0_MS = 1_795_000_000_000
+#: Every stream's first id (diff ``U``, depth20 ``lastUpdateId``, trade id, bookTicker ``u``).
+FIRST_ID = 1_000_000_000
 _served: set[str] = set()
 
 
@@ -80,7 +88,7 @@ def frames(feed: str, count: int) -> Iterator[bytes]:
     """The feed's ``count`` frames as UTF-8 text, the same sequence every time."""
     cycle = FEEDS[feed]
     templates = {(k, s): _templates(k, s) for k in set(cycle) for s in range(len(SYMBOLS))}
-    next_id = {key: 1_000_000_000 for key in templates}
+    next_id = {key: FIRST_ID for key in templates}
     for n in range(count):
         kind = cycle[n % len(cycle)]
         key = (kind, (n // len(cycle)) % len(SYMBOLS))
@@ -126,10 +134,43 @@ async def _read_frames(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
         closed.set()
 
 
+def depth_snapshot(query: str) -> bytes:
+    """The REST depth answer for ``symbol=...``: 20 levels a side, the book just before the feed's first diff event."""
+    params = dict(p.split("=", 1) for p in query.split("&") if "=" in p)
+    sym = params.get("symbol", "").lower()
+    mid = 65000.0 / (SYMBOLS.index(sym) + 1) if sym in SYMBOLS else 100.0
+    bids, asks = _levels(mid, 20, 20, 0.01, 0)
+    return f'{{"lastUpdateId":{FIRST_ID - 1},"bids":[{bids}],"asks":[{asks}]}}'.encode()
+
+
+async def serve_rest(first: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answer REST depth requests on one keep-alive connection until the client closes it."""
+    request = first
+    try:
+        while True:
+            target = request.decode("latin-1").split("\r\n")[0].split(" ")[1]
+            path, _, query = target.partition("?")
+            if path == "/api/v3/depth":
+                status, body = "200 OK", depth_snapshot(query)
+            else:
+                status, body = "404 Not Found", b'{"code":-1,"msg":"not served by the benchmark feed"}'
+            writer.write(f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
+                         f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            await writer.drain()
+            request = await reader.readuntil(b"\r\n\r\n")
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass
+    finally:
+        writer.close()
+
+
 async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     request = await reader.readuntil(b"\r\n\r\n")
     lines = request.decode("latin-1").split("\r\n")
     path = lines[0].split(" ")[1]
+    if path.startswith("/api/"):
+        await serve_rest(request, reader, writer)
+        return
     headers = {k.strip().lower(): v.strip() for k, v in (x.split(":", 1) for x in lines[1:] if ":" in x)}
     accept = base64.b64encode(hashlib.sha1(headers["sec-websocket-key"].encode() + _GUID).digest()).decode()
     writer.write(

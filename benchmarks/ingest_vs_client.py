@@ -25,6 +25,15 @@ steady state: the spill exists to survive one, not to sustain it).
 The collector records all four kinds here whatever ``ORDERBOOK_STREAMS`` accepts today
 (the settings are given their stream specs directly).
 
+Diff-depth sync: the collector's REST URL is the feed server, which answers
+``/api/v3/depth`` with a snapshot just before each diff stream's first event. Each diff
+stream therefore breaks once at connect and is synced by one snapshot (fetched once, off
+the timed path's critical section: it is one request per stream per run), and from then
+on the writer runs its continuity trackers on every diff and trade row, as it does in
+steady state on the exchange. Each run waits for every diff stream to be synced before it
+stops, and the check asserts exactly one 'break' and one 'synced' row per diff stream and
+no trade gap: a run that re-synced or fetched snapshots in a loop would fail.
+
 Usage: python benchmarks/ingest_vs_client.py [--count 60000] [--rounds 3] [--paced-seconds 15]
        [--feeds depth20,mix] [--profile-collector FEED]  (run only the collector, e.g. under py-spy)
        --rounds 0 runs only the paced run
@@ -128,6 +137,7 @@ async def run_collector(port: int, feed: str, count: int, rate: float, path: Pat
     settings = Settings(
         symbols=feedmod.SYMBOLS, streams=feedmod.feed_streams(feed), ws_url=feed_url(port, feed, count, rate),
         buffer=path, metrics_port=-1, stall_cadences=10_000, queue_size=count + 1000,
+        rest_url=f"http://127.0.0.1:{port}",
     )
     cpu0 = time.process_time()
     c = collector_mod.Collector(settings, commit_observer=observer)
@@ -141,6 +151,12 @@ async def run_collector(port: int, feed: str, count: int, rate: float, path: Pat
         if time.monotonic() > deadline:
             raise RuntimeError(f"collector committed {committed} of {count} frames before the deadline")
     cpu = time.process_time() - cpu0
+    # The snapshots' rows are part of the run's record; they are not on the timed path.
+    diff_streams = len(feedmod.SYMBOLS) if "D" in feedmod.FEEDS[feed] else 0
+    while c.metrics.continuity["synced"] < diff_streams:
+        await asyncio.sleep(0.02)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{c.metrics.continuity['synced']} of {diff_streams} diff streams synced by the deadline")
     c.stop("benchmark done")
     await task
     q = dict(c.metrics.quarantined)
@@ -165,10 +181,17 @@ def check_buffer(path: Path, feed: str, count: int) -> int:
             got = conn.execute(f"SELECT count(*), count(DISTINCT seq) FROM {table}").fetchone()
             if got != (n, n):
                 raise AssertionError(f"{table}: {got} rows (distinct seqs) stored, {n} sent")
-        for table in ("quarantine", "dropped"):
+        for table in ("quarantine", "dropped", "trade_gap"):
             bad = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
             if bad:
                 raise AssertionError(f"{bad} rows in {table}")
+        # Each diff stream: one break at connect, one snapshot, synced once, never broken again.
+        diff_streams = len(feedmod.SYMBOLS) if "D" in feedmod.FEEDS[feed] else 0
+        sync = Counter(conn.execute("SELECT event || ':' || reason FROM depth_sync").fetchall())
+        want = Counter({("break:connect",): diff_streams, ("synced:snapshot",): diff_streams}) if diff_streams else Counter()
+        snaps = conn.execute("SELECT count(*) FROM depth_rest_snapshot").fetchone()[0]
+        if sync != want or snaps != diff_streams:
+            raise AssertionError(f"depth_sync {dict(sync)} and {snaps} REST snapshots, want {dict(want)} and {diff_streams}")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # count the database, not a transient WAL
     finally:
         conn.close()

@@ -7,7 +7,7 @@ refused in ``dropped``, so any other ``seq`` gap in a session means lost data.
 
 from __future__ import annotations
 
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import Callable, NamedTuple
 
 from orderbook_collector.buffer.records import (
@@ -28,35 +28,50 @@ class RowTable(NamedTuple):
     columns: tuple[str, ...]  # inserted after stream_id, in this order
     values: Callable[[Row], tuple]  # the record's values for ``columns``
     key: Callable[[Row], int]  # the record's dedup-key value (with its stream)
+    #: One getter per column, by field position: the writer builds a batch's parameter rows
+    #: column by column with ``zip(map(...), ...)``, no Python code run per row.
+    getters: tuple[Callable[[Row], object], ...] = ()
+    wide: Callable[[Row], int] | None = None  # the record's ``wide_values``, if it has one
+
+    def params(self, stream_ids: dict[str, int], rows: list) -> zip:
+        """The ``INSERT`` parameters of ``rows``: (stream_id, *columns) each, built in C."""
+        return zip(map(stream_ids.__getitem__, map(STREAM, rows)), *(map(g, rows) for g in self.getters))
 
 
-def _table(table: str, columns: dict[str, str], key: str) -> RowTable:
-    """``columns``: table column → record field."""
-    return RowTable(table, tuple(columns), attrgetter(*columns.values()), attrgetter(key))
+#: Fields every row type has at the same position: (stream, recv_us, session_id, seq, ...).
+STREAM, RECV_US, SESSION_ID, SEQ = (itemgetter(i) for i in range(4))
+
+
+def _table(record: type, table: str, columns: dict[str, str], key: str) -> RowTable:
+    """``columns``: table column → field of ``record`` (a NamedTuple)."""
+    fields = record._fields
+    return RowTable(table, tuple(columns), attrgetter(*columns.values()), attrgetter(key),
+                    tuple(itemgetter(fields.index(f)) for f in columns.values()),
+                    itemgetter(fields.index("wide_values")) if "wide_values" in fields else None)
 
 
 _COMMON = {"recv_us": "recv_us", "session_id": "session_id", "seq": "seq"}
 ROW_TABLES: dict[type, RowTable] = {
-    DepthRecord: _table("depth_snapshot", {
+    DepthRecord: _table(DepthRecord, "depth_snapshot", {
         **_COMMON, "update_id": "update_id", "n_bids": "n_bids", "levels": "levels",
         "event_ms": "event_time_ms", "transaction_ms": "transaction_time_ms",
         "first_update_id": "first_update_id", "prev_update_id": "prev_update_id",
     }, "update_id"),
-    DepthUpdateRecord: _table("depth_update", {
+    DepthUpdateRecord: _table(DepthUpdateRecord, "depth_update", {
         **_COMMON, "event_ms": "event_time_ms", "transaction_ms": "transaction_time_ms",
         "first_update_id": "first_update_id", "last_update_id": "last_update_id",
         "prev_update_id": "prev_update_id", "n_bids": "n_bids", "levels": "levels",
     }, "last_update_id"),
-    TradeRecord: _table("trade", {
+    TradeRecord: _table(TradeRecord, "trade", {
         **_COMMON, "event_ms": "event_time_ms", "trade_ms": "trade_time_ms", "trade_id": "trade_id",
         "price": "price", "qty": "qty", "is_buyer_maker": "is_buyer_maker",
     }, "trade_id"),
-    AggTradeRecord: _table("agg_trade", {
+    AggTradeRecord: _table(AggTradeRecord, "agg_trade", {
         **_COMMON, "event_ms": "event_time_ms", "trade_ms": "trade_time_ms", "agg_trade_id": "agg_trade_id",
         "first_trade_id": "first_trade_id", "last_trade_id": "last_trade_id", "price": "price", "qty": "qty",
         "is_buyer_maker": "is_buyer_maker",
     }, "agg_trade_id"),
-    BookTickerRecord: _table("book_ticker", {
+    BookTickerRecord: _table(BookTickerRecord, "book_ticker", {
         **_COMMON, "update_id": "update_id", "best_bid": "best_bid", "best_bid_qty": "best_bid_qty",
         "best_ask": "best_ask", "best_ask_qty": "best_ask_qty", "event_ms": "event_time_ms",
         "transaction_ms": "transaction_time_ms",
@@ -71,19 +86,19 @@ DATASETS = tuple(t.table for t in ROW_TABLES.values())
 #: ``key`` is unused but for ``depth_rest_snapshot`` (its dedup key is (market, symbol,
 #: last_update_id), so a refused one leaves no seq gap to explain and goes to no ``dropped`` row).
 OTHER_TABLES: dict[type, RowTable] = {
-    DepthRestSnapshotRecord: _table("depth_rest_snapshot", {
+    DepthRestSnapshotRecord: _table(DepthRestSnapshotRecord, "depth_rest_snapshot", {
         "market": "market", "symbol": "symbol", "recv_us": "recv_us", "last_update_id": "last_update_id",
         "n_bids": "n_bids", "levels": "levels", "reason": "reason", "event_ms": "event_time_ms",
         "transaction_ms": "transaction_time_ms",
     }, "last_update_id"),
-    DepthSyncRecord: _table("depth_sync", {
+    DepthSyncRecord: _table(DepthSyncRecord, "depth_sync", {
         "session_id": "session_id", "recv_us": "recv_us", "event": "event", "reason": "reason",
         "before_update_id": "before_update_id", "before_event_ms": "before_event_ms",
         "after_first_update_id": "after_first_update_id", "after_last_update_id": "after_last_update_id",
         "after_prev_update_id": "after_prev_update_id", "after_event_ms": "after_event_ms",
         "snapshot_update_id": "snapshot_update_id",
     }, "recv_us"),
-    TradeGapRecord: _table("trade_gap", {
+    TradeGapRecord: _table(TradeGapRecord, "trade_gap", {
         "session_id": "session_id", "recv_us": "recv_us", "dataset": "dataset",
         "first_missing_id": "first_missing_id", "last_missing_id": "last_missing_id",
         "before_event_ms": "before_event_ms", "after_event_ms": "after_event_ms",

@@ -30,7 +30,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,7 +43,7 @@ from orderbook_collector.buffer.records import (
     DepthRestSnapshotRecord, DepthSyncRecord, Event, Frame, Item, Quarantined, Row, SessionClose, SessionOpen,
     SessionStreams, Stop,
 )
-from orderbook_collector.buffer.rows import OTHER_TABLES, ROW_TABLES, RowTable
+from orderbook_collector.buffer.rows import OTHER_TABLES, RECV_US, ROW_TABLES, SEQ, SESSION_ID, RowTable
 from orderbook_collector.feed.protocol import Decoder, Market, StreamSpec, raw_bytes
 from orderbook_collector.feed.streams import Kind, parse_stream_name, spec as stream_spec
 from orderbook_collector.feed.sync import Continuity, LastEvent, SnapshotRequest
@@ -90,10 +90,14 @@ class SessionTally:
     last_recv_us: int | None = None
 
     def touch(self, seq: int, recv_us: int) -> None:
-        if seq > self.max_seq:
-            self.max_seq = seq
-        self.first_recv_us = recv_us if self.first_recv_us is None else min(self.first_recv_us, recv_us)
-        self.last_recv_us = recv_us if self.last_recv_us is None else max(self.last_recv_us, recv_us)
+        self.span(seq, recv_us, recv_us)
+
+    def span(self, max_seq: int, first_recv_us: int, last_recv_us: int) -> None:
+        """Messages up to seq ``max_seq``, received between the two times."""
+        if max_seq > self.max_seq:
+            self.max_seq = max_seq
+        self.first_recv_us = first_recv_us if self.first_recv_us is None else min(self.first_recv_us, first_recv_us)
+        self.last_recv_us = last_recv_us if self.last_recv_us is None else max(self.last_recv_us, last_recv_us)
 
 
 def store_records(
@@ -125,20 +129,17 @@ def store_records(
                     op,
                 )
         groups: dict[type, list[Row]] = {}
-        for r in records:
-            groups.setdefault(type(r), []).append(r)
+        if len(types := set(map(type, records))) == 1:
+            groups[types.pop()] = records
+        else:
+            for r in records:
+                groups.setdefault(type(r), []).append(r)
         refused: set[tuple[int, int]] = set()
         for rtype, rows in groups.items():
-            dups = _store_rows(conn, stream_ids, ROW_TABLES[rtype], rows, result)
-            refused |= dups
-            for r in rows:
-                s = per_session[r.session_id]
-                if (r.session_id, r.seq) in dups:
-                    s.duplicates += 1
-                else:
-                    s.messages += 1
-                s.touch(r.seq, r.recv_us)
-                result.wide_values += r.wide_values
+            t = ROW_TABLES[rtype]
+            refused |= _store_rows(conn, stream_ids, t, rows, result)
+            result.wide_values += sum(map(t.wide, rows))
+        _tally_rows(per_session, records, refused)
         if quarantined:
             conn.executemany(
                 "INSERT INTO quarantine (recv_us, session_id, seq, reason, raw) VALUES (?, ?, ?, ?, ?)",
@@ -187,6 +188,24 @@ def store_records(
                 spill_position,
             )
     return result
+
+
+def _tally_rows(per_session: dict[int, SessionTally], records: list[Row], refused: set[tuple[int, int]]) -> None:
+    """Add the batch's rows to their sessions' tallies (a batch is nearly always one session's)."""
+    sessions = set(map(SESSION_ID, records))
+    if len(sessions) == 1:
+        by_session = {sessions.pop(): records}
+    else:
+        by_session = {}
+        for r in records:
+            by_session.setdefault(r.session_id, []).append(r)
+    for sid, rows in by_session.items():
+        s = per_session[sid]
+        dups = sum(1 for d in refused if d[0] == sid) if refused else 0
+        s.duplicates += dups
+        s.messages += len(rows) - dups
+        recv = list(map(RECV_US, rows))
+        s.span(max(map(SEQ, rows)), min(recv), max(recv))
 
 
 def _store_snapshots(conn: sqlite3.Connection, stream_ids: dict[str, int],
@@ -239,10 +258,9 @@ def _store_rows(conn: sqlite3.Connection, stream_ids: dict[str, int], t: RowTabl
     """Insert one dataset's rows; keep ``buffer_hours`` and ``dropped``; return the dropped (session, seq)."""
     before_id = _last_id(conn, t.table)
     before = conn.total_changes
-    values = t.values
     conn.executemany(
         f"INSERT OR IGNORE INTO {t.table} (stream_id, {', '.join(t.columns)}) VALUES ({', '.join('?' * (len(t.columns) + 1))})",
-        [(stream_ids[r.stream], *values(r)) for r in rows],
+        t.params(stream_ids, rows),
     )
     stored = conn.total_changes - before
     result.stored += stored
@@ -271,6 +289,51 @@ def classify_sqlite_error(exc: BaseException) -> str:
     if "i/o" in text or "disk" in text:
         return "io"
     return "other"
+
+
+class Inbox:
+    """The bounded FIFO from the event loop to the writer thread.
+
+    ``queue.Queue`` takes a lock and notifies a condition on every put and get (~2.5 µs a
+    message on both threads together). A deque's ``append`` and ``popleft`` are atomic under
+    the GIL, and there is one producer (the loop) and one consumer (the writer), so only an
+    idle writer needs waking: it clears ``_wake`` before it looks at the deque one last
+    time, and a put sets it only when it is clear.
+    """
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self._items: deque = deque()
+        self._wake = threading.Event()
+
+    def put_nowait(self, item: Item) -> None:
+        """Raises queue.Full when ``maxsize`` items are waiting."""
+        if len(self._items) >= self.maxsize:
+            raise queue.Full
+        self._items.append(item)
+        if not self._wake.is_set():
+            self._wake.set()
+
+    def wait(self, timeout: float) -> None:
+        """Writer side: return once an item is waiting, or after ``timeout`` s."""
+        self._wake.clear()
+        if not self._items:
+            self._wake.wait(timeout)
+
+    def take(self, n: int) -> list[Item]:
+        """Writer side: up to ``n`` waiting items, oldest first."""
+        popleft = self._items.popleft
+        return [popleft() for _ in range(min(n, len(self._items)))]
+
+    def put_back(self, items: list[Item]) -> None:
+        """Writer side: return items taken too early to the front, in order."""
+        self._items.extendleft(reversed(items))
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def qsize(self) -> int:
+        return len(self._items)
 
 
 class Writer:
@@ -317,7 +380,7 @@ class Writer:
         # found streams needing a REST snapshot (the collector hands them to its loop).
         self.on_snapshot_needed = on_snapshot_needed
         self.continuity = Continuity(streams)
-        self.queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self.queue = Inbox(queue_size)
         self.metrics.queue_capacity = queue_size
         self.spill = Spill(spill_dir or self.path.with_name(self.path.name + ".spill"))
         self._spill_lock = threading.Lock()
@@ -404,9 +467,7 @@ class Writer:
                 if items or position:
                     self._commit(conn, items, position)
             # Events the last batch produced (a spill that just drained) still get committed.
-            leftover = []
-            while not self.queue.empty():
-                leftover.append(self.queue.get_nowait())
+            leftover = self.queue.take(self.queue.qsize())
             if leftover:
                 self._commit(conn, leftover, None)
         except BaseException:
@@ -431,25 +492,25 @@ class Writer:
                     continue
                 stop = any(type(it) is Stop for it in batch)
                 return [it for it in batch if type(it) is not Stop], position, stop
-            timeout = self.commit_interval if deadline is None else deadline - time.monotonic()
-            if deadline is not None and self.queue.empty():
-                # Blocking in get() would wake this thread (and take the GIL from the event
+            if self.queue.empty():
+                if deadline is None:
+                    self.queue.wait(self.commit_interval)
+                    continue
+                # Waking on every put would wake this thread (and take the GIL from the event
                 # loop) once per frame; polling lets the batch gather in between.
+                timeout = deadline - time.monotonic()
                 if timeout <= 0:
                     break
                 time.sleep(min(timeout, _GATHER_POLL))
                 continue
-            try:
-                item = self.queue.get(timeout=max(timeout, 0))
-            except queue.Empty:
-                if items or deadline is not None:
-                    break
-                continue
-            if type(item) is Stop:
-                return items, None, True
             if deadline is None:
                 deadline = time.monotonic() + self.commit_interval
-            items.append(item)
+            chunk = self.queue.take(self.max_batch - len(items))
+            if Stop in set(map(type, chunk)):
+                at = next(i for i, it in enumerate(chunk) if type(it) is Stop)
+                self.queue.put_back(chunk[at + 1:])
+                return items + chunk[:at], None, True
+            items += chunk
         self.metrics.queue_depth = self.queue.qsize()
         return items, None, False
 
@@ -546,35 +607,46 @@ class Writer:
         ops: list[SessionOpen | SessionClose | Event] = []
         others: list = []
         frames: list[Frame] = []
-        for it in items:
-            kind = type(it)
-            if kind is Frame:
-                frames.append(it)
-            elif kind in ROW_TABLES:
-                records.append(it)
-            elif kind is Quarantined:
-                quarantined.append(it)
-            elif kind in OTHER_TABLES:
-                others.append(it)
-            else:
-                ops.append(it)
+        if set(map(type, items)) == {Frame}:  # the usual batch: nothing to sort out
+            frames = items
+        else:
+            for it in items:
+                kind = type(it)
+                if kind is Frame:
+                    frames.append(it)
+                elif kind in ROW_TABLES:
+                    records.append(it)
+                elif kind is Quarantined:
+                    quarantined.append(it)
+                elif kind in OTHER_TABLES:
+                    others.append(it)
+                else:
+                    ops.append(it)
         for op in ops:
             if type(op) is SessionOpen:
                 self.session_market[op.session_id] = Market(op.market)
                 self._learn(Market(op.market), op.streams_json)
             elif type(op) is SessionStreams:
                 self._learn(self.session_market.get(op.session_id, Market.SPOT), op.streams_json)
-        by_market: dict[Market, list[Frame]] = {}
-        for f in frames:
-            by_market.setdefault(self.session_market.get(f.session_id, Market.SPOT), []).append(f)
-        decoded = [(f, rec) for m, fs in by_market.items() for f, rec in zip(fs, self.decoders[m].decode_many(fs))]
-        for (raw, recv_us, sid, seq), rec in decoded:
-            if type(rec) in ROW_TABLES:
-                records.append(rec)
-            elif type(rec) is Quarantined:
-                quarantined.append(rec)
-            else:  # a control frame that looked like data: keep it, explained
-                quarantined.append(Quarantined(recv_us, sid, seq, f"unexpected {type(rec).__name__}", raw_bytes(raw)))
+        markets = {self.session_market.get(sid, Market.SPOT) for sid in set(map(SESSION_ID, frames))}
+        if len(markets) == 1:  # one market's sessions (the usual case): no per-frame grouping
+            by_market = {markets.pop(): frames}
+        else:
+            by_market: dict[Market, list[Frame]] = {}
+            for f in frames:
+                by_market.setdefault(self.session_market.get(f.session_id, Market.SPOT), []).append(f)
+        for m, fs in by_market.items():
+            recs = self.decoders[m].decode_many(fs)
+            if set(map(type, recs)) <= ROW_TABLES.keys():  # every frame a valid row
+                records += recs
+                continue
+            for (raw, recv_us, sid, seq), rec in zip(fs, recs):
+                if type(rec) in ROW_TABLES:
+                    records.append(rec)
+                elif type(rec) is Quarantined:
+                    quarantined.append(rec)
+                else:  # a control frame that looked like data: keep it, explained
+                    quarantined.append(Quarantined(recv_us, sid, seq, f"unexpected {type(rec).__name__}", raw_bytes(raw)))
         for op in ops:
             if type(op) is SessionClose:
                 self.session_market.pop(op.session_id, None)
