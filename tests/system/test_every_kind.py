@@ -14,6 +14,8 @@ and every message it dropped) and its own books (``book_state``) for the REST sn
   it to the ``U`` after it), followed by a ``gap`` REST snapshot equal to the exchange's book at
   its id and a ``synced`` record; each trade stream's dropped ids are one ``trade_gap`` record
   with exactly that range;
+* the book rebuilt from the archive with ``book_at`` (REST snapshot plus diffs) right before
+  the dropped diff and at the last diff after it equals the exchange's book at that id;
 * every check of every dataset passes: the breaks and gaps are recorded, so they explain
   themselves. (The hour's ``coverage_gaps`` warning is not asserted: seconds of an hour are
   recorded, so the rest of the hour is rightly a gap.)
@@ -23,18 +25,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections import Counter, defaultdict
-from datetime import datetime, timezone
+from collections import Counter
 
-import duckdb
 import pytest
 from dagster import DagsterInstance
 
+from orderbook_assets.analytics.books import Source, book_at
 from orderbook_assets.archive import datasets, quality
 from orderbook_assets.definitions import defs
 from orderbook_assets.defs.partitions import hourly
 from orderbook_collector.config import Settings
 from orderbook_collector.feed.streams import Market
+from support.archive_rows import COLUMNS, ID, expected, read, rows
 from support.markets import key, quiet, running, sent_counts, stored_counts, until
 from support.procs import query
 from support.runs import checks_of, materialized
@@ -45,22 +47,10 @@ SYMBOL = "btcusdt"
 DIFF = f"{SYMBOL}@depth@100ms"
 TRADE_STREAMS = (f"{SYMBOL}@trade", f"{SYMBOL}@aggTrade")
 DROPPED_TRADES = 3
+BOOK_DEPTH = 10  # compared levels of a rebuilt book: well inside what the snapshot's 50 levels cover
 SNAPSHOT_LIMIT = 50  # below the simulator's 100 levels: the snapshot is a top of book, as on Binance
 
-#: dataset -> the archive columns compared, in order (times as epoch µs, levels as pairs).
-COLUMNS = {
-    "trade": ("trade_id", "event_time", "trade_time", "price", "qty", "is_buyer_maker"),
-    "agg_trade": ("agg_trade_id", "event_time", "trade_time", "first_trade_id", "last_trade_id", "price", "qty",
-                  "is_buyer_maker"),
-    "book_ticker": ("update_id", "best_bid", "best_bid_qty", "best_ask", "best_ask_qty", "event_time",
-                    "transaction_time"),
-    "depth_update": ("first_update_id", "last_update_id", "prev_update_id", "event_time", "transaction_time",
-                     "bids", "asks"),
-    "depth_snapshot": ("last_update_id", "first_update_id", "prev_update_id", "event_time", "transaction_time",
-                       "bids", "asks"),
-}
 KINDS = ["depth20@100ms", "depth@100ms", "trade", "aggTrade", "bookTicker"]
-TIMES = {"event_time", "trade_time", "transaction_time", "recv_time", "start_time", "end_time", "first_recv_time"}
 
 
 def settings_for(ex: Exchange, buffer) -> Settings:
@@ -70,50 +60,6 @@ def settings_for(ex: Exchange, buffer) -> Settings:
         buffer=buffer, metrics_port=-1, backoff_initial=0.05, backoff_max=0.2, min_session=0.0,
         depth_snapshot_limit=SNAPSHOT_LIMIT, usdm_depth_snapshot_limit=SNAPSHOT_LIMIT,
     )
-
-
-def us(ms: int | None) -> int | None:
-    return None if ms is None else ms * 1000
-
-
-def pairs(levels) -> tuple:
-    return tuple((float(p), float(q)) for p, q in levels)
-
-
-def expected(line: dict) -> tuple:
-    """The archive row (market, symbol, stream, *COLUMNS) a sent message must become."""
-    d, usdm, kind = line["data"], line["market"] == "usdm", line["kind"]
-    head = (line["market"], SYMBOL.upper(), line["stream"])
-    if kind == "trade":
-        return (*head, d["t"], us(d["E"]), us(d["T"]), float(d["p"]), float(d["q"]), d["m"])
-    if kind == "agg_trade":
-        return (*head, d["a"], us(d["E"]), us(d["T"]), d["f"], d["l"], float(d["p"]), float(d["q"]), d["m"])
-    if kind == "book_ticker":
-        return (*head, d["u"], float(d["b"]), float(d["B"]), float(d["a"]), float(d["A"]),
-                us(d["E"]) if usdm else None, us(d["T"]) if usdm else None)
-    if kind == "depth_update":
-        return (*head, d["U"], d["u"], d["pu"] if usdm else None, us(d["E"]), us(d["T"]) if usdm else None,
-                pairs(d["b"]), pairs(d["a"]))
-    if usdm:  # USD-M partial depth: a depthUpdate-shaped top N
-        return (*head, d["u"], d["U"], d["pu"], us(d["E"]), us(d["T"]), pairs(d["b"]), pairs(d["a"]))
-    return (*head, d["lastUpdateId"], None, None, None, None, pairs(d["bids"]), pairs(d["asks"]))
-
-
-def select(col: str) -> str:
-    if col in TIMES:
-        return f"epoch_us({col})"
-    if col in ("bids", "asks"):
-        return f"list_transform({col}, l -> [l.price, l.qty])"
-    return col
-
-
-def read(archive, dataset: str, cols) -> list[tuple]:
-    sql = (f"SELECT {', '.join(select(c) for c in cols)} "
-           f"FROM read_parquet('{archive}/{dataset}/**/*.parquet', hive_partitioning = true)")
-    out = []
-    for row in duckdb.connect().execute(sql).fetchall():
-        out.append(tuple(tuple(tuple(x) for x in v) if c in ("bids", "asks") else v for c, v in zip(cols, row)))
-    return out
 
 
 def hours_of(buffer) -> list[str]:
@@ -192,7 +138,7 @@ def test_every_kind_on_both_markets_through_the_archive_once_with_breaks_and_gap
     # every sent message archived exactly once, with equal values
     for dataset, cols in COLUMNS.items():
         want = Counter(expected(x) for x in sent if x["kind"] == dataset)
-        got = Counter(read(archive, dataset, ("market", "symbol", "stream", *cols)))
+        got = Counter(rows(archive, dataset))
         assert sum(want.values()) > 20, dataset
         assert max(got.values()) == 1, dataset  # nothing doubled
         assert got == want, (dataset, len(got), sum(want.values()))
@@ -204,8 +150,7 @@ def test_every_kind_on_both_markets_through_the_archive_once_with_breaks_and_gap
         recv = read(archive, dataset, ("market", "session_id", "seq", "recv_time"))
         assert Counter((m, s, q) for m, s, q, _ in recv).most_common(1)[0][1] == 1, dataset
     send_us = {(x["market"], x["stream"], x["id"]): x["send_us"] for x in sent}
-    for dataset, idcol in (("trade", "trade_id"), ("agg_trade", "agg_trade_id"), ("book_ticker", "update_id"),
-                           ("depth_update", "last_update_id"), ("depth_snapshot", "last_update_id")):
+    for dataset, idcol in ID.items():
         for m, s, i, recv in read(archive, dataset, ("market", "stream", idcol, "recv_time")):
             lag = recv - send_us[(m, s, i)]
             assert -2_000 <= lag <= 30_000_000, (dataset, m, s, i, lag)
@@ -249,6 +194,22 @@ def test_every_kind_on_both_markets_through_the_archive_once_with_breaks_and_gap
             assert len(ids) == DROPPED_TRADES and ids == list(range(ids[0], ids[0] + DROPPED_TRADES)), (m, s, ids)
             want_gaps.append((m.value, s, ids[0], ids[-1], DROPPED_TRADES, "trade" if s.endswith("@trade") else "agg_trade"))
     assert gaps == sorted(want_gaps)
+
+    # the book rebuilt from the archive (REST snapshot + diffs) is the exchange's book, on each
+    # side of the dropped diff
+    recv = dict(((m, u), t) for m, u, t in read(archive, "depth_update", ("market", "last_update_id", "recv_time")))
+    for m in Market:
+        diffs = [x["data"] for x in sent if x["market"] == m.value and x["stream"] == DIFF]
+        (i,) = [i for i, (a, b) in enumerate(zip(diffs, diffs[1:])) if b["U"] != a["u"] + 1]
+        # before the drop: one event earlier than the last one before it (book_at answers from diffs
+        # only where the next event continues the chain; right before a break it falls back)
+        for u in (diffs[i - 1]["u"], diffs[-1]["u"]):
+            got = book_at(archive, m.value, SYMBOL, recv[(m.value, u)], depth=BOOK_DEPTH)
+            assert (got.source, got.last_update_id) == (Source.DIFFS, u), (m, u, got.reason)
+            book = ex.book_state(SYMBOL, u, m)
+            want_bids = sorted(((float(p), float(q)) for p, q in book.bids.items()), reverse=True)[:BOOK_DEPTH]
+            want_asks = sorted((float(p), float(q)) for p, q in book.asks.items())[:BOOK_DEPTH]
+            assert ([tuple(x) for x in got.bids], [tuple(x) for x in got.asks]) == (want_bids, want_asks), (m, u)
 
 
 def datasets_of(kind: str) -> str:
