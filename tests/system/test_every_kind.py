@@ -12,7 +12,7 @@ and every message it dropped) and its own books (``book_state``) for the REST sn
 * every sent message is archived exactly once, with equal values, market, symbol and stream;
 * each diff stream's dropped event is a ``break`` coverage record (from the last ``u`` before
   it to the ``U`` after it), followed by a ``gap`` REST snapshot equal to the exchange's book at
-  its id and a ``synced`` record; each trade stream's dropped ids are one ``trade_gap`` record
+  its id (fetched within the market's REST weight budget: no 429) and a ``synced`` record; each trade stream's dropped ids are one ``trade_gap`` record
   with exactly that range;
 * the book rebuilt from the archive with ``book_at`` (REST snapshot plus diffs) right before
   the dropped diff and at the last diff after it equals the exchange's book at that id;
@@ -108,6 +108,10 @@ def test_every_kind_on_both_markets_through_the_archive_once_with_breaks_and_gap
             return ex
 
     ex = asyncio.run(exchange_and_record())
+    # the snapshots came within each market's REST weight budget: the exchange answered no 429 nor 418
+    budgets = ex.stats()["rest"]
+    assert {m: (b["429"], b["418"]) for m, b in budgets.items()} == {"spot": (0, 0), "usdm": (0, 0)}, budgets
+    assert min(b["requests"] for b in budgets.values()) >= 2, budgets  # the connect and the gap snapshot
     lines = [json.loads(x) for x in log.read_text().splitlines()]
     sent = [x for x in lines if "data" in x]
     dropped = [x for x in lines if x.get("fault") == "dropped"]
