@@ -43,8 +43,9 @@ kind, :meth:`Chaos._oracle_kinds` also checks every dataset on both markets: ack
 rows archived exactly once with the values sent, every seq missing inside a session a
 quarantined frame or a dropped duplicate, every message neither stored nor archived at a
 session boundary, and every diff-depth discontinuity and trade-id hole in the archive
-recorded as a ``break`` or ``trade_gap`` coverage record with exactly its ids (or, only where
-a cleanup run freed the stream's last row before the restart, as a new start).
+recorded as a ``break`` or ``trade_gap`` coverage record with exactly its ids (or inside a
+recorded one that a later replay partly filled; or, only where a cleanup run freed the
+stream's last row before the restart, as a new start).
 
 Exit status 0 when every check passes; the JSON report (``--report``) holds the figures.
 """
@@ -957,6 +958,15 @@ class Chaos:
         cov = read(archive, "coverage", ("record", "market", "stream", "first_id", "last_id", "reason"))
         breaks = {(m, s, a, b) for rec, m, s, a, b, _ in cov if rec == "break"}
         gaps = {(m, s, a, b) for rec, m, s, a, b, _ in cov if rec == "trade_gap"}
+        # A message sent while the collector was down can come back later as a replay, after the
+        # restart recorded the gap: the archive then holds part of a recorded gap, and the hole
+        # left is inside the record (the record says more was missing than finally is).
+        break_from: dict[tuple, list] = defaultdict(list)  # (market, stream, U after) -> u before
+        for m, st, a, b in breaks:
+            break_from[(m, st, b)].append(a)
+        gap_ranges: dict[tuple, list] = defaultdict(list)
+        for m, st, a, b in gaps:
+            gap_ranges[(m, st)].append((a, b))
         cleaned = self.cleanups_ok
 
         def after_cleanup(recv_a: int, recv_b: int) -> bool:
@@ -964,7 +974,7 @@ class Chaos:
             # it could not know the last id, so it records the stream's start again, not a gap
             return any(recv_a <= start and end <= recv_b for start, end in cleaned)
 
-        n_breaks = n_gaps = restarted_after_cleanup = 0
+        n_breaks = n_gaps = restarted_after_cleanup = filled_later = 0
         unrecorded = []
         for (dataset, m, stream), lst in sorted(by_stream.items()):
             if dataset not in ("depth_update", "trade", "agg_trade"):
@@ -979,6 +989,8 @@ class Chaos:
                         continue
                     if (m, stream, a, first_b) in breaks:
                         n_breaks += 1
+                    elif any(x is not None and x < a for x in break_from[(m, stream, first_b)]):
+                        filled_later += 1
                     elif (m, stream, None, first_b) in breaks and after_cleanup(arch[ka][2], arch[kb][2]):
                         restarted_after_cleanup += 1
                     else:
@@ -986,12 +998,14 @@ class Chaos:
                 elif b != a + 1:
                     if (m, stream, a + 1, b - 1) in gaps:
                         n_gaps += 1
+                    elif any(f <= a + 1 and b - 1 <= l for f, l in gap_ranges[(m, stream)]):
+                        filled_later += 1
                     elif after_cleanup(arch[ka][2], arch[kb][2]):
                         restarted_after_cleanup += 1
                     else:
                         unrecorded.append(("trade_gap", m, stream, a + 1, b - 1))
         kinds.update(breaks_recorded=n_breaks, trade_gaps_recorded=n_gaps, unrecorded_discontinuities=len(unrecorded),
-                     restarts_after_cleanup=restarted_after_cleanup)
+                     restarts_after_cleanup=restarted_after_cleanup, recorded_then_partly_replayed=filled_later)
         if unrecorded:
             fail(f"every kind: {len(unrecorded)} discontinuities in the archive without a coverage record, "
                  f"e.g. {unrecorded[:5]}")
