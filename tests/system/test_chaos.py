@@ -1,7 +1,7 @@
 """The short chaos run: the whole system under faults, checked by the never-killed oracle.
 
-Runs ``tests/support/chaos.py`` (simulator, collector, moto behind the fault proxy, archive
-and cleanup runs) for 45 s with a fixed seed. The harness itself checks the promises (see
+Runs ``tests/support/chaos.py`` (simulator, collector recording every kind on spot and USD-M,
+moto behind the fault proxy, archive and cleanup runs) for 45 s with a fixed seed. The harness itself checks the promises (see
 its docstring and RELIABILITY.md) and exits non-zero on any failure; this test also checks
 that the run really broke things, so a harness that silently did nothing cannot pass.
 The long run is ``make chaos DURATION=600``.
@@ -20,6 +20,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 DURATION = 45
+#: Messages per second per stream: 20 streams (every kind, both markets, two symbols) on 2 cores.
+RATE = 25
 SEED = 20261124
 
 
@@ -29,7 +31,7 @@ def test_chaos_short_run_keeps_every_promise(tmp_path):
     # Its own process group: on a timeout the harness and everything it started are killed.
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "tests" / "support" / "chaos.py"), "--duration", str(DURATION),
-         "--seed", str(SEED), "--workdir", str(tmp_path / "work"), "--report", str(report_path)],
+         "--seed", str(SEED), "--rate", str(RATE), "--workdir", str(tmp_path / "work"), "--report", str(report_path)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
     try:
@@ -69,3 +71,18 @@ def test_chaos_short_run_keeps_every_promise(tmp_path):
     assert malformed - r["malformed_in_crash_windows"] <= r["quarantined"] <= malformed, (
         r["quarantined"], r["malformed_sent"], r["malformed_in_crash_windows"])
     assert r["quarantined"] >= 1
+    # every kind on both markets: nothing acknowledged lost, nothing doubled, values as sent,
+    # every loss at a session boundary, every discontinuity in the archive recorded
+    k = r["every_kind"]
+    datasets = {"depth_snapshot", "depth_update", "trade", "agg_trade", "book_ticker"}
+    assert set(k["archived"]) == datasets and min(k["archived"].values()) > 500, k["archived"]
+    assert k["streams_archived"] == sorted(f"{m}:{s}@{kind}" for m in ("spot", "usdm") for s in ("btcusdt", "ethusdt")
+                                           for kind in ("aggTrade", "bookTicker", "depth20@100ms", "depth@100ms", "trade"))
+    assert sum(k["acknowledged_sampled"].values()) > 5000
+    assert k["duplicates_in_archive"] == 0 and k["session_seq_duplicates"] == 0 and k["duplicates_in_buffer"] == 0
+    assert k["acknowledged_not_archived"] == 0 and k["archived_not_sent"] == 0
+    assert k["archived_values_mismatched"] == 0 and k["unexplained_losses"] == 0
+    assert k["missing_by_cause"].get("session_boundary", 0) > 0  # the kills did lose unacknowledged messages
+    assert k["unrecorded_discontinuities"] == 0 and k["unexplained_seq_gaps"] == 0
+    assert k["breaks_recorded"] >= 4 and k["trade_gaps_recorded"] >= 4  # the kills broke every stream at least once
+    assert r["buffer_rows_left_other_tables"] == {}
