@@ -11,6 +11,7 @@ from dagster import Definitions
 
 from orderbook_assets.defs.assets import archived_hour, coverage, stream_datasets
 from orderbook_assets.defs.bars import top_of_book_1s
+from orderbook_assets.defs.books import book_snapshot
 from orderbook_assets.defs.checks import CHECKS
 from orderbook_assets.defs.fleet import fleet_definitions
 from orderbook_assets.defs.freshness import check_freshness, check_freshness_schedule, collector, collector_fresh
@@ -29,7 +30,7 @@ def resources() -> dict:
 def host_definitions(res: dict) -> Definitions:
     """One collector's archive (the single-host definitions)."""
     return Definitions(
-        assets=[stream_datasets, coverage, archived_hour, top_of_book_1s, collector],
+        assets=[stream_datasets, coverage, archived_hour, top_of_book_1s, book_snapshot, collector],
         asset_checks=[*CHECKS.values(), collector_fresh],
         jobs=[archive_hour, cleanup_buffer, check_freshness],
         schedules=[archive_hour_schedule, cleanup_buffer_schedule, check_freshness_schedule],

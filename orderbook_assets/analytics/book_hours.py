@@ -7,12 +7,16 @@
 time in update-id order (DuckDB sorts, spilling to disk if it must; memory holds one stream's
 hour), proves each stream against the partial snapshots of its market and symbol, and writes
 
-* ``book_snapshot/date=YYYY-MM-DD/hour=HH/books.parquet`` (a derived object: replaced when the
-  hour is rebuilt after late parts, then verified), and
+* ``book_snapshot/date=YYYY-MM-DD/hour=HH/books.parquet`` (the hour's current build), and
 * ``book_state/date=YYYY-MM-DD/hour=HH/state.json``, which the next hour starts from.
 
-The same archived rows give the same bytes. An hour without diff events and without a previous
-state writes nothing.
+Every build is first written as an immutable, content-addressed version
+(``book_versions/book_snapshot/.../<sha256>.parquet`` and ``book_versions/book_state/.../<sha256>.json``,
+``If-None-Match``, hash, HEAD verify like every part), and only then becomes the current object
+(replaced atomically, verified). A rebuild after late parts therefore never loses the build it
+replaces, and :class:`BookHour` says what it replaced. The same archived rows give the same
+bytes (a rerun writes nothing new). An hour without diff events and without a previous state
+writes nothing.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -39,8 +44,47 @@ WRITER_OPTIONS = dict(export.WRITER_OPTIONS, use_dictionary=["market", "symbol",
 SOURCES = ("depth_update", "depth_rest_snapshot", "depth_snapshot")
 
 
+#: Where every build of an hour is kept, immutable, by content (see the module).
+VERSIONS = "book_versions"
+
+
 def books_key(hour_us: int) -> str:
     return f"{BOOK_SNAPSHOT}/{hour_path(hour_us)}/books.parquet"
+
+
+def version_key(current_key: str, sha256: str) -> str:
+    """The immutable version of a current object: ``book_versions/<current folder>/<sha256>.<ext>``."""
+    folder, _, name = current_key.rpartition("/")
+    return f"{VERSIONS}/{folder}/{sha256}.{name.rpartition('.')[2]}"
+
+
+class Written(NamedTuple):
+    """One current object after :func:`publish`."""
+
+    key: str
+    sha256: str
+    version_key: str
+    replaced_sha256: str | None  # the build it replaced (kept under its version key); None: new or unchanged
+    changed: bool  # False: the current object already had these bytes
+
+
+def publish(store: ArchiveStore, key: str, path: Path) -> Written:
+    """Keep ``path`` as an immutable version, then make it the current object at ``key``."""
+    sha = sha256_file(path)[1]
+    vkey = version_key(key, sha)
+    store.put_if_absent(vkey, path, sha)
+    before = store.head(key)
+    if before is not None and before[1] == sha:
+        return Written(key, sha, vkey, None, False)
+    if before is not None:  # an earlier build, from before late parts: keep it before replacing it
+        old = before[1]
+        if not store.head(version_key(key, old)):
+            with tempfile.TemporaryDirectory(prefix="books-old-") as tmp:
+                p = Path(tmp) / key.rpartition("/")[2]
+                p.write_bytes(store.get(key))
+                store.put_if_absent(version_key(key, old), p, sha256_file(p)[1])
+    store.put_derived(key, path, sha)
+    return Written(key, sha, vkey, None if before is None else before[1], True)
 
 
 @dataclass
@@ -56,6 +100,8 @@ class BookHour:
     started_from_state: bool = False
     books_url: str | None = None  # None: nothing written
     state_url: str | None = None
+    books: Written | None = None
+    state: Written | None = None
 
 
 def materialize_hour(archive: str | Location, hour_us: int, settings: Settings = Settings(),
@@ -96,10 +142,10 @@ def materialize_hour(archive: str | Location, hour_us: int, settings: Settings =
     with tempfile.TemporaryDirectory(prefix="books-") as tmp:
         path = Path(tmp) / "books.parquet"
         pq.write_table(table, path, **WRITER_OPTIONS)
-        store.put_derived(books_key(hour_us), path, sha256_file(path)[1])
+        out.books = publish(store, books_key(hour_us), path)
         spath = Path(tmp) / "state.json"
         spath.write_bytes(state.to_bytes())
-        store.put_derived(state_key(hour_us), spath, sha256_file(spath)[1])
+        out.state = publish(store, state_key(hour_us), spath)
     out.books_url = f"{loc.url}/{books_key(hour_us)}"
     out.state_url = f"{loc.url}/{state_key(hour_us)}"
     return out
@@ -188,3 +234,28 @@ def _add_proof(total: Proof, part: Proof) -> None:
     total.matched += part.matched
     total.mismatches.extend(part.mismatches)
     total.crossed.extend(part.crossed)
+
+
+#: How many following hours one rebuild may carry a changed end state into (a day).
+MAX_CASCADE = 24
+
+
+def materialize_from(archive: str | Location, hour_us: int, settings: Settings = Settings(),
+                     store: ArchiveStore | None = None, s3: S3Settings | None = None,
+                     max_cascade: int = MAX_CASCADE) -> list[BookHour]:
+    """Build the hour, then every following hour already built whose start state just changed.
+
+    An hour starts from the previous hour's end state, so late parts in hour ``H`` (or ``H``
+    built after ``H + 1``) change what ``H + 1`` should have been: it is rebuilt (a new version,
+    the old one kept), and so on while the end state keeps changing and the next hour exists,
+    at most ``max_cascade`` hours. Hours not built yet are left to their own run.
+    """
+    loc = archive if isinstance(archive, Location) else Location.parse(str(archive))
+    store = store or open_store(loc, s3)
+    built = [materialize_hour(loc, hour_us, settings, store, s3)]
+    h = hour_us
+    while (len(built) <= max_cascade and built[-1].state is not None and built[-1].state.changed
+           and store.head(books_key(h + HOUR_US))):
+        h += HOUR_US
+        built.append(materialize_hour(loc, h, settings, store, s3))
+    return built

@@ -23,6 +23,7 @@ AGG_TRADE = "agg_trade"
 BOOK_TICKER = "book_ticker"
 COVERAGE = "coverage"
 TOP_OF_BOOK_1S = "top_of_book_1s"
+BOOK_SNAPSHOT = "book_snapshot"
 
 #: The schema version of each dataset's newest schema (stored in every file's metadata).
 SCHEMA_VERSIONS = {DEPTH: "2", COVERAGE: "2"}
@@ -175,6 +176,23 @@ BARS_SCHEMA = pa.schema(
         pa.field("snapshots", pa.int64(), nullable=False),
     ],
     metadata=_meta(TOP_OF_BOOK_1S),
+)
+
+#: ``book_snapshot``: the top-N rebuilt book of every diff-depth stream at fixed interval points
+#: (built by ``books.hour``). ``last_update_id`` is null while unknown, and ``bids``/``asks`` are
+#: then empty. Dedup key (``market``, ``stream``, ``time``): stream names repeat across markets.
+BOOK_SNAPSHOT_SCHEMA = pa.schema(
+    [
+        _f("market", pa.string()),
+        _f("symbol", pa.string()),
+        _f("stream", pa.string()),
+        _f("time", TS),
+        _f("last_update_id", pa.int64(), True),
+        _f("known", pa.bool_()),
+        _f("bids", LEVELS),
+        _f("asks", LEVELS),
+    ],
+    metadata=_meta(BOOK_SNAPSHOT),
 )
 
 #: The Hive partition columns as DuckDB's ``hive_partitioning`` reads them in the views.

@@ -45,10 +45,9 @@ from orderbook_collector.buffer.hours import HOUR_US, hour_folder
 from orderbook_collector.buffer.levels import LEVEL, LEVELS, as_arrow
 from orderbook_collector.errors import ConfigError
 
-from orderbook_assets.archive.datasets import TS
+from orderbook_assets.archive.datasets import BOOK_SNAPSHOT, BOOK_SNAPSHOT_SCHEMA, TS
 from orderbook_assets.books.builder import BookBuilder, DiffEvent, Level, Outcome, Rule, Snapshot, Status
 
-BOOK_SNAPSHOT = "book_snapshot"
 #: Where an hour's end state lives, relative to the archive root (:func:`state_key`).
 BOOK_STATE = "book_state"
 STATE_VERSION = 1
@@ -56,21 +55,8 @@ DEFAULT_DEPTH = 25
 DEFAULT_INTERVAL_US = 1_000_000
 CHUNK = 4096  # events converted to Python values at a time
 
-#: ``book_snapshot`` (DESIGN.md "Datasets"). ``last_update_id`` is null while unknown, and
-#: ``bids``/``asks`` are then empty.
-SCHEMA = pa.schema(
-    [
-        pa.field("market", pa.string(), nullable=False),
-        pa.field("symbol", pa.string(), nullable=False),
-        pa.field("stream", pa.string(), nullable=False),
-        pa.field("time", TS, nullable=False),
-        pa.field("last_update_id", pa.int64()),
-        pa.field("known", pa.bool_(), nullable=False),
-        pa.field("bids", LEVELS, nullable=False),
-        pa.field("asks", LEVELS, nullable=False),
-    ],
-    metadata={"orderbook.dataset": BOOK_SNAPSHOT, "orderbook.schema_version": "1"},
-)
+#: ``book_snapshot`` (DESIGN.md "Datasets"; the one home of the schema is ``archive.datasets``).
+SCHEMA = BOOK_SNAPSHOT_SCHEMA
 
 
 @dataclass(frozen=True)

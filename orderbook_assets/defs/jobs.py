@@ -12,14 +12,15 @@ from dagster import AssetSelection, OpExecutionContext, define_asset_job, in_pro
 from orderbook_assets.archive import cleanup
 from orderbook_assets.defs.assets import archived_hour, coverage, stream_datasets
 from orderbook_assets.defs.bars import top_of_book_1s
+from orderbook_assets.defs.books import book_snapshot
 from orderbook_assets.defs.resources import BufferResource
 
 archive_hour = define_asset_job(
     "archive_hour",
-    selection=AssetSelection.assets(stream_datasets, coverage, archived_hour, top_of_book_1s),
+    selection=AssetSelection.assets(stream_datasets, coverage, archived_hour, top_of_book_1s, book_snapshot),
     executor_def=in_process_executor,
     description="Export, upload, verify and check every dataset of one UTC hour of the buffer, store its coverage, "
-                "mark it archived, then build its 1 s bars.",
+                "mark it archived, then build its 1 s bars and its rebuilt books (book_snapshot, proved against the exchange).",
 )
 
 

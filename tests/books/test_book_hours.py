@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 from orderbook_collector.buffer.hours import HOUR_US, hour_folder
 from orderbook_collector.fsutil import sha256_file
 
-from orderbook_assets.analytics.book_hours import books_key, materialize_hour
+from orderbook_assets.analytics.book_hours import books_key, materialize_from, materialize_hour, version_key
 from orderbook_assets.archive.store import LocalStore
 from orderbook_assets.books.hour import HourState, Settings, StreamKey, state_key
 from support.book_tables import Part, Rest, Upd, partial, rest, updates
@@ -68,3 +68,37 @@ def test_an_hour_without_diffs_or_state_writes_nothing(tmp_path: Path):
     out = materialize_hour(a, H, MIN, LocalStore(a))
     assert out.books_url is None and out.rows == 0
     assert not (a / books_key(H)).exists() and not (a / state_key(H)).exists()
+
+
+def test_late_parts_build_a_new_version_keep_the_old_one_and_rebuild_the_next_hour(tmp_path: Path):
+    """Hour 1 first sees no snapshot (unknown all hour), hour 2 is built from that state; a late
+    round brings hour 1's snapshot: hour 1 is rebuilt as a new version (the old one kept, named),
+    and hour 2, whose start state changed, too. Hour 3, never built, is left to its own run."""
+    a = tmp_path / "archive"
+    H2 = H + HOUR_US
+    put(a, "depth_update", updates([Upd(H + 2 * S, 99, 101, bids=[(10.0, 3.0)]), Upd(H + 90 * S, 102, 102)]), H)
+    put(a, "depth_update", updates([Upd(H2 + 30 * S, 103, 103, bids=[(9.5, 1.0)])]), H2)
+    store = LocalStore(a)
+    one = materialize_from(a, H, MIN, store)
+    assert [b.hour_us for b in one] == [H] and one[0].known_rows == 0
+    old_books, old_state = one[0].books, one[0].state
+    assert old_books.changed and old_books.replaced_sha256 is None
+    assert (a / old_books.version_key).read_bytes() == (a / books_key(H)).read_bytes()
+    (two,) = materialize_from(a, H2, MIN, store)
+    assert two.known_rows == 0  # nothing to start from
+    two_sha = two.books.sha256
+
+    assert [b.books.changed for b in materialize_from(a, H, MIN, store)] == [False]  # a re-run: nothing new
+
+    put(a, "depth_rest_snapshot", rest([BOOK]), H, "part-0002.parquet")  # the late round
+    late = materialize_from(a, H, MIN, store)
+    assert [b.hour_us for b in late] == [H, H2]
+    assert late[0].books.replaced_sha256 == old_books.sha256 != late[0].books.sha256
+    assert late[0].state.replaced_sha256 == old_state.sha256
+    assert late[0].known_rows == 59
+    # the replaced builds are still there, byte for byte, under their versions
+    assert sha256_file(a / version_key(books_key(H), old_books.sha256))[1] == old_books.sha256
+    assert sha256_file(a / version_key(state_key(H), old_state.sha256))[1] == old_state.sha256
+    assert sha256_file(a / books_key(H))[1] == late[0].books.sha256
+    assert late[1].started_from_state and late[1].books.replaced_sha256 == two_sha and late[1].known_rows == 60
+    assert not (a / books_key(H2 + HOUR_US)).exists()

@@ -206,6 +206,20 @@ def test_definitions_resolve_and_validate():
     assert out.returncode == 0, out.stderr[-2000:]
 
 
+def test_book_snapshot_asset_and_its_checks_resolve():
+    from dagster import AssetCheckKey, AssetKey
+
+    job = defs.resolve_job_def("archive_hour")
+    assert AssetKey("book_snapshot") in job.asset_layer.asset_graph.get_all_asset_keys()
+    graph = defs.resolve_asset_graph()
+    node = graph.get(AssetKey("book_snapshot"))
+    assert {AssetKey(k) for k in ("depth_update", "depth_rest_snapshot", "depth_snapshot", "archived_hour")} <= set(node.parent_keys)
+    specs = {k.name: graph.get_check_spec(k) for k in node.check_keys}
+    assert set(specs) == {"book_matches_exchange", "book_not_crossed"}
+    assert specs["book_matches_exchange"].blocking and not specs["book_not_crossed"].blocking
+    assert AssetCheckKey(AssetKey("book_snapshot"), "book_matches_exchange") in node.check_keys
+
+
 def test_cleanup_job_runs(env, monkeypatch):
     fill_buffer(env / "buffer.sqlite3", ["btcusdt"], BASE_HOUR_US, 1500)
     assert run_hour().success
@@ -230,7 +244,7 @@ def test_every_dataset_archived_by_the_job_checked_and_cleaned(env, monkeypatch)
     conn = open_buffer(env / "buffer.sqlite3")
     want = fill(conn, BASE_HOUR_US)
     result = run_hour()
-    assert result.success
+    assert_only_books_disproved(result)
     for name in datasets.DATASETS:
         (mat,) = materialized(result, name)
         assert mat.metadata["rows"].value == len(want[name]) > 0, name
@@ -244,7 +258,7 @@ def test_every_dataset_archived_by_the_job_checked_and_cleaned(env, monkeypatch)
     with build_sensor_context(resources={"buffer": defs.resources["buffer"]}, repository_def=defs.get_repository_def()) as ctx:
         requests = late_rows_sensor.evaluate_tick(ctx).run_requests
     assert [r.partition_key for r in requests] == [KEY] and "trade=" in requests[0].run_key
-    assert run_hour().success
+    assert_only_books_disproved(run_hour())
     assert read_rows(env / "archive", "trade") == len(want["trade"]) + len(late["trade"])
     # cleanup with retention 0 frees every table the archive covers
     conn.close()
@@ -254,6 +268,19 @@ def test_every_dataset_archived_by_the_job_checked_and_cleaned(env, monkeypatch)
     for table in (*datasets.DATASETS, "depth_sync", "trade_gap"):
         assert conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == 0, table
     conn.close()
+
+
+def assert_only_books_disproved(result) -> None:
+    """every_kind's partial snapshots are not the books its diff events build (synthetic rows,
+    not an exchange), so book_snapshot's blocking proof must fail, and only it: every partial
+    snapshot comparable, none matched, each listed with its levels."""
+    assert [e.step_key for e in result.get_step_failure_events()] == ["book_snapshot"]
+    assert materialized(result, "archived_hour") and materialized(result, "top_of_book_1s")
+    proof = checks_of(result, "book_snapshot")["book_matches_exchange"]
+    assert not proof.passed
+    comparable = proof.metadata["comparable"].value
+    assert comparable > 0 and proof.metadata["matched"].value == 0
+    assert proof.metadata["mismatches"].value == comparable == len(proof.metadata["mismatch_levels"].value)
 
 
 def read_rows(root, dataset: str) -> int:

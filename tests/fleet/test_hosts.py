@@ -19,7 +19,7 @@ def names(defs):
 
 def test_without_a_host_id_the_single_host_names_stay():
     assets, jobs, schedules, sensors = names(build({}))
-    assert assets == sorted(["archived_hour", "collector", "coverage", "top_of_book_1s", *DATASETS])
+    assert assets == sorted(["archived_hour", "book_snapshot", "collector", "coverage", "top_of_book_1s", *DATASETS])
     assert jobs == ["archive_hour", "check_freshness", "cleanup_buffer"]
     assert schedules == [("archive_hour_schedule", "archive_hour"), ("check_freshness_schedule", "check_freshness"),
                          ("cleanup_buffer_schedule", "cleanup_buffer")]
@@ -29,7 +29,7 @@ def test_without_a_host_id_the_single_host_names_stay():
 def test_a_host_id_prefixes_every_key_and_suffixes_every_job():
     defs = build({"ORDERBOOK_HOST_ID": "tokyo_1"})
     assets, jobs, schedules, sensors = names(defs)
-    assert assets == sorted(f"tokyo_1/{n}" for n in ["archived_hour", "collector", "coverage", "top_of_book_1s", *DATASETS])
+    assert assets == sorted(f"tokyo_1/{n}" for n in ["archived_hour", "book_snapshot", "collector", "coverage", "top_of_book_1s", *DATASETS])
     assert jobs == ["archive_hour_tokyo_1", "check_freshness_tokyo_1", "cleanup_buffer_tokyo_1"]
     assert schedules == [("archive_hour_schedule", "archive_hour_tokyo_1"),
                          ("check_freshness_schedule", "check_freshness_tokyo_1"),
@@ -39,7 +39,7 @@ def test_a_host_id_prefixes_every_key_and_suffixes_every_job():
     # dependencies follow the keys: bars after the host's own archived_hour, checks on its own assets
     assert graph.get(AssetKey(["tokyo_1", "top_of_book_1s"])).parent_keys == {AssetKey(["tokyo_1", "archived_hour"])}
     assert {k.asset_key for k in graph.asset_check_keys} == {AssetKey(["tokyo_1", n]) for n in
-                                                             (*DATASETS, "coverage", "collector")}
+                                                             (*DATASETS, "book_snapshot", "coverage", "collector")}
     fresh = defs.resolve_job_def("check_freshness_tokyo_1").asset_layer.asset_graph.asset_check_keys
     assert {(k.asset_key, k.name) for k in fresh} == {(AssetKey(["tokyo_1", "collector"]), "collector_fresh")}
 
