@@ -154,16 +154,18 @@ def merge_rows(dataset: str, hosts: list[HostTable]) -> pa.Table:
     return out.select(schema.names).cast(schema)
 
 
+#: What the gap rule reads of a depth stream's rows (every stream dataset has these columns).
+_GAP_COLUMNS = pa.schema([DATASETS[DEPTH_UPDATE].schema.field(c) for c in ("market", "stream", "recv_time")])
+
+
 def merged_gaps(hosts: list[HostTable], hour_us: int, end_us: int | None = None) -> list[quality.Gap]:
     """Gaps of the merged hour: intervals in which no collector received a message of a depth
     stream, by :func:`quality.find_gaps` over the union of every copy's receive time.
 
     ``hosts``: the collectors' rows of the datasets whose silences are gaps
     (:data:`quality.GAP_DATASETS`), any of them, several tables per collector allowed."""
-    cols = ("market", "stream", "recv_time")
-    tables = [conform(h.table, pa.schema([DATASETS[quality.GAP_DATASETS[0]].schema.field(c) for c in cols]))
-              for h in hosts if h.table.num_rows]
-    empty = pa.schema([DATASETS[quality.GAP_DATASETS[0]].schema.field(c) for c in cols]).empty_table()
+    empty = _GAP_COLUMNS.empty_table()
+    tables = [conform(h.table, _GAP_COLUMNS) for h in hosts if h.table.num_rows]
     union = pa.concat_tables(tables) if tables else empty
     con = duckdb.connect()
     try:
