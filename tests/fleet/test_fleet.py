@@ -1,5 +1,5 @@
 """A fleet on one machine, every part real: PostgreSQL, the simulated exchange, two collectors with
-their own buffers recording the same stream, a code server per collector and one for the merge
+their own buffers recording the same streams (depth20 and trades), a code server per collector and one for the merge
 (``dagster api grpc`` on loopback ports), the daemon and the webserver.
 
 - Archive runs of each host's hour, launched through the webserver's GraphQL mutation (as the UI
@@ -101,12 +101,13 @@ def metrics(port: int) -> dict[str, float]:
     return {n: float(v) for n, _, v in (line.rpartition(" ") for line in text.splitlines() if line and line[0] != "#")}
 
 
-def sent_by_conn(log: Path) -> dict[int, list[tuple[str, int]]]:
-    out: dict[int, list[tuple[str, int]]] = {}
+def sent_by_conn(log: Path) -> dict[int, list[tuple[str, str, int]]]:
+    """conn → (dataset, stream, dedup id) of every data frame the simulator sent it."""
+    out: dict[int, list[tuple[str, str, int]]] = {}
     for line in log.read_bytes().splitlines():
         rec = orjson.loads(line)
-        if "last_update_id" in rec and "conn" in rec:
-            out.setdefault(rec["conn"], []).append((rec["stream"], rec["last_update_id"]))
+        if "data" in rec and "conn" in rec:
+            out.setdefault(rec["conn"], []).append((rec["kind"], rec["stream"], rec["id"]))
     return out
 
 
@@ -151,7 +152,7 @@ def test_fleet_on_one_machine(tmp_path, postgres, pg_url, monkeypatch):
     logs.mkdir()
     home = write_home(tmp_path / "dagster_home")
     archive = tmp_path / "archive"
-    env = fleet_env(child_env(ORDERBOOK_LOG_LEVEL="INFO", ORDERBOOK_STREAMS="depth20@100ms",
+    env = fleet_env(child_env(ORDERBOOK_LOG_LEVEL="INFO", ORDERBOOK_STREAMS="depth20@100ms,trade",
                               ORDERBOOK_SYMBOLS="btcusdt"), home, pg_url, archive)
     monkeypatch.setenv("DAGSTER_PG_URL", pg_url)
     buffers = {h: tmp_path / h / "buffer.sqlite3" for h in HOSTS}
@@ -282,9 +283,17 @@ def test_fleet_on_one_machine(tmp_path, postgres, pg_url, monkeypatch):
     # the merged dataset: every message the simulator sent (host_a was up throughout), each once
     merged = con.execute(f"SELECT stream, last_update_id FROM read_parquet('{archive}/depth_snapshot/**/*.parquet')"
                          ).fetchall()
-    every = set(k for ks in sent.values() for k in ks)
+    every = {(stream, i) for ks in sent.values() for kind, stream, i in ks if kind == "depth_snapshot"}
     assert len(merged) == len(set(merged)), "a message twice in the merged dataset"
     assert set(merged) == every, (len(every - set(merged)), len(set(merged) - every))
+    # trades the same way (dedup key market, stream, trade_id), and the merged stream has no trade-id gap
+    trades = con.execute(f"SELECT stream, trade_id FROM read_parquet('{archive}/trade/**/fleet.parquet')").fetchall()
+    every_trade = {(stream, i) for ks in sent.values() for kind, stream, i in ks if kind == "trade"}
+    assert every_trade and len(trades) == len(set(trades)), "a trade twice in the merged dataset"
+    assert set(trades) == every_trade, (len(every_trade - set(trades)), len(set(trades) - every_trade))
+    merged_gaps = con.execute(f"SELECT count(*) FROM read_parquet('{archive}/coverage/**/fleet.parquet') "
+                              "WHERE record = 'trade_gap' AND collector IS NULL").fetchone()[0]
+    assert merged_gaps == 0
     # no merged gap while host_a was up; host_b's own coverage shows its 20 s outage
     t0, t1 = (query(buffers["host_a"], f"SELECT {f}(recv_us) FROM depth_snapshot")[0][0] for f in ("min", "max"))
     gaps = con.execute(f"SELECT epoch_us(start_time), epoch_us(end_time) FROM read_parquet("

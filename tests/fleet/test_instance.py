@@ -7,6 +7,7 @@ from __future__ import annotations
 import duckdb
 from dagster import DagsterInstance
 
+from orderbook_assets.archive.datasets import DATASETS
 from orderbook_assets.definitions import build
 from support.buffer_rows import BASE_HOUR_US, fill_buffer
 from support.procs import ROOT
@@ -50,7 +51,10 @@ def test_two_hosts_and_their_merge_on_postgres(tmp_path, fleet_home, postgres, p
             assert {e.asset_key.path[0] for e in result.get_asset_materialization_events()} == {host}
         merged = run(instance, {"ORDERBOOK_FLEET_HOSTS": "host_a,host_b"}, "merge_fleet_hour", monkeypatch)
         assert merged.success
-        meta = merged.get_asset_materialization_events()[0].materialization.metadata
+        # one merged asset per dataset and coverage, depth_snapshot's first
+        events = merged.get_asset_materialization_events()
+        assert [e.asset_key.path for e in events] == [["fleet", n] for n in (*DATASETS, "coverage")]
+        meta = events[0].materialization.metadata
         assert meta["input_rows"].value == {"host_a": 450, "host_b": 400}
         assert meta["kept_rows"].value == {"host_a": 450, "host_b": 150}
         # runs and events are in PostgreSQL, not in a SQLite file of the home
@@ -89,6 +93,14 @@ def test_two_hosts_and_their_merge_on_postgres(tmp_path, fleet_home, postgres, p
         "WHERE record = 'gap'").fetchall()
     # host_a's 30-45 s outage is covered by host_b: the one gap is the hour's rest, from host_b's last row
     assert [g[0] for g in gaps] == [60 * S + 9 * 100_000]
+    # each collector's sessions, named, in the merged coverage; the hour's other datasets are there, empty
+    sessions = con.execute(
+        f"SELECT DISTINCT collector, session_id FROM read_parquet('{archive}/coverage/**/fleet.parquet') "
+        "WHERE record = 'session' ORDER BY ALL").fetchall()
+    assert sessions == [("host_a", 1), ("host_a", 2), ("host_b", 1), ("host_b", 3)]
+    for name in DATASETS:
+        assert len(list(archive.glob(f"{name}/**/fleet.parquet"))) == 1, name
+    assert con.execute(f"SELECT count(*) FROM read_parquet('{archive}/trade/**/fleet.parquet')").fetchone() == (0,)
 
 
 def test_the_deploy_instance_stores_runs_in_postgres_and_compute_logs_in_s3(tmp_path, pg_url, postgres, monkeypatch):
