@@ -17,19 +17,17 @@ rows: the first one stored for a part wins, and a re-run that finds it keeps it.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from orderbook_collector.buffer import HOUR_US, reads
 
-from orderbook_collector.fsutil import fsync_dir, sha256_file
 
+from orderbook_assets.archive import export
 from orderbook_assets.archive.export import WRITER_OPTIONS
 from orderbook_assets.archive.datasets import (COVERAGE_SCHEMA, DEPTH_REST, DEPTH_SYNC, DEPTH_UPDATE, TRADE_GAP,  # noqa: F401
                                                TS)
@@ -154,13 +152,5 @@ def gaps_of(table: pa.Table) -> list[Gap]:
 
 def write_table(table: pa.Table, path: Path) -> tuple[int, str]:
     """Write coverage Parquet atomically (temp, fsync, rename); return (size, sha256)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     options = dict(WRITER_OPTIONS, use_dictionary=["record", "stream", "close_reason", "market", "dataset", "reason"])
-    with open(tmp, "wb") as f:
-        pq.write_table(table, f, **options)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-    return sha256_file(path)
+    return export.write_table(table, path, options)

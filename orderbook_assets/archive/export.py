@@ -420,6 +420,21 @@ def read_rows(conn: sqlite3.Connection, dataset: str, ranges: list[reads.IdRange
     return pa.Table.from_batches(batches, schema=schema)
 
 
+def write_table(table: pa.Table, path: Path, options: dict) -> tuple[int, str]:
+    """Write a whole table as Parquet to ``path`` (temp file, fsync, rename); (size, sha256).
+
+    Deterministic for fixed ``options``: the derived objects (coverage, the fleet merge) use it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        pq.write_table(table, f, **options)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+    return sha256_file(path)
+
+
 def write_part(conn: sqlite3.Connection, part: Part, path: Path, version: int | None = None,
                *, options: dict | None = None) -> Exported:
     """Write the part's rows as Parquet to ``path`` (temp file, fsync, rename) and hash it back.

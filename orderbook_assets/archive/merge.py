@@ -30,7 +30,6 @@ after a collector's late part arrived replaces the object with the merge of all 
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,12 +41,11 @@ import pyarrow.parquet as pq
 
 from orderbook_collector.buffer import HOUR_US, hour_folder
 from orderbook_collector.errors import ConfigError, IntegrityError
-from orderbook_collector.fsutil import fsync_dir, sha256_file
 
 from orderbook_assets.archive import quality
 from orderbook_assets.archive.datasets import (AGG_TRADE, COVERAGE, COVERAGE_SCHEMA, DATASETS, DEPTH_UPDATE, TRADE,
                                                TS)
-from orderbook_assets.archive.export import WRITER_OPTIONS, WRITER_VERSIONS, current_version
+from orderbook_assets.archive.export import WRITER_OPTIONS, WRITER_VERSIONS, current_version, write_table
 from orderbook_assets.archive.store import ArchiveStore
 
 #: The column naming the collector that received a row (docs/datasets.md).
@@ -259,19 +257,6 @@ def merge_coverage(hour_us: int, coverage: list[HostTable], gaps: list[quality.G
 
 def object_key(dataset: str, hour_us: int) -> str:
     return f"{dataset}/{hour_folder(hour_us)}/{MERGED_NAME}"
-
-
-def write_table(table: pa.Table, path: Path, options: dict) -> tuple[int, str]:
-    """Deterministic Parquet (fixed options and metadata), written atomically; (size, sha256)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        pq.write_table(table, f, **options)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-    return sha256_file(path)
 
 
 @dataclass(frozen=True)
