@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import sqlite3
 import time
 import urllib.error
 import urllib.request
@@ -18,9 +17,9 @@ from websockets.asyncio.client import connect
 from orderbook_collector.buffer.levels import unpack
 from orderbook_collector.config import Settings, load
 from orderbook_collector.errors import ConfigError
-from orderbook_collector.connection.collector import Collector
 from orderbook_collector.connection.rest import RestClient, RestError, Resyncer, WeightBudget
 from orderbook_collector.feed.streams import Market, spec
+from support.markets import running, until
 from support.procs import query
 from tools.simulator.exchange import Exchange
 
@@ -33,27 +32,6 @@ def settings_for(ex: Exchange, buffer, **kw) -> Settings:
         metrics_port=-1, backoff_initial=0.05, backoff_max=0.2, min_session=0.0,
     )
     return dataclasses.replace(base, **kw)
-
-
-@contextlib.asynccontextmanager
-async def running(settings: Settings):
-    collector = Collector(settings)
-    task = asyncio.create_task(collector.run())
-    try:
-        yield collector
-    finally:
-        collector.stop("test over")
-        await asyncio.wait_for(task, 60)
-
-
-async def until(predicate, timeout=30.0, what="condition"):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while asyncio.get_running_loop().time() < deadline:
-        with contextlib.suppress(sqlite3.OperationalError):  # the buffer may not exist yet
-            if predicate():
-                return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def sync_events(buffer) -> list[tuple]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 from collections import Counter
 
 from orderbook_collector.config import Settings
@@ -31,8 +32,9 @@ async def until(predicate, timeout=30.0, what="condition"):
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while loop.time() < deadline:
-        if predicate():
-            return
+        with contextlib.suppress(sqlite3.OperationalError):  # the buffer may not exist yet
+            if predicate():
+                return
         await asyncio.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
 
