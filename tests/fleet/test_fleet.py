@@ -294,11 +294,19 @@ def test_fleet_on_one_machine(tmp_path, postgres, pg_url, monkeypatch):
     merged_gaps = con.execute(f"SELECT count(*) FROM read_parquet('{archive}/coverage/**/fleet.parquet') "
                               "WHERE record = 'trade_gap' AND collector IS NULL").fetchone()[0]
     assert merged_gaps == 0
-    # no merged gap while host_a was up; host_b's own coverage shows its 20 s outage
+    # a merged gap only where every collector was silent: while host_a was up, each merged gap lies
+    # inside a gap of host_a's own coverage and of host_b's (host_a may itself fall silent, e.g. a
+    # seconds-long stall of the shared exchange, so "no merged gap at all" is not the promise);
+    # host_b's own coverage shows its 20 s outage
     t0, t1 = (query(buffers["host_a"], f"SELECT {f}(recv_us) FROM depth_snapshot")[0][0] for f in ("min", "max"))
-    gaps = con.execute(f"SELECT epoch_us(start_time), epoch_us(end_time) FROM read_parquet("
-                       f"'{archive}/coverage/**/fleet.parquet') WHERE record = 'gap'").fetchall()
-    assert not [g for g in gaps if g[0] < t1 and g[1] > t0], gaps
-    b_gaps = con.execute(f"SELECT epoch_us(start_time), epoch_us(end_time) FROM read_parquet("
-                         f"'{archive}/hosts/collector=host_b/coverage/**/*.parquet') WHERE record = 'gap'").fetchall()
-    assert [g for g in b_gaps if g[0] <= killed_us and g[1] >= restarted_us and g[1] - g[0] >= 20 * S], b_gaps
+
+    def gaps(glob: str) -> list[tuple]:
+        return con.execute(f"SELECT stream, epoch_us(start_time), epoch_us(end_time) FROM read_parquet('{glob}') "
+                           "WHERE record = 'gap'").fetchall()
+
+    merged_silence = [g for g in gaps(f"{archive}/coverage/**/fleet.parquet") if g[1] < t1 and g[2] > t0]
+    a_gaps, b_gaps = (gaps(f"{archive}/hosts/collector={h}/coverage/**/*.parquet") for h in HOSTS)
+    for stream, lo, hi in merged_silence:
+        for own in (a_gaps, b_gaps):
+            assert any(s == stream and a <= lo and b >= hi for s, a, b in own), (stream, lo, hi, own)
+    assert [g for g in b_gaps if g[1] <= killed_us and g[2] >= restarted_us and g[2] - g[1] >= 20 * S], b_gaps
