@@ -114,7 +114,7 @@ def export_once(src: Path, work: Path) -> tuple[float, object]:
     """The real step on a fresh copy of the buffer; returns (seconds, the part)."""
     from orderbook_assets.archive import pipeline
     from orderbook_assets.archive.store import LocalStore
-    from orderbook_collector import buffer
+    from orderbook_core import buffer
 
     db = copy_db(src, work / "export.sqlite3")
     shutil.rmtree(work / "archive", ignore_errors=True)
@@ -223,7 +223,7 @@ def child_export(path: str, out: str, mode: str) -> None:
 
     from orderbook_assets.archive import ledger
     from orderbook_assets.archive.export import write_part
-    from orderbook_collector import buffer
+    from orderbook_core import buffer
 
     conn = buffer.connect(path, synchronous="NORMAL", create=False)
     max_id = conn.execute("SELECT max_id FROM buffer_hours WHERE hour_us = ?", (ad.BASE_HOUR_US,)).fetchone()[0]
@@ -259,7 +259,7 @@ _DEPTH_COLS = "id, stream_id, session_id, seq, recv_us, update_id, n_bids, level
 def bytes_per_message_at_page_size(src: Path, dst: Path, page_size: int) -> float:
     """The buffer's depth rows re-inserted in id order, 2,000 a transaction, into a buffer
     created with another page size: what that setting alone would change."""
-    from orderbook_collector.buffer import SCHEMA
+    from orderbook_core.buffer import SCHEMA
 
     rm_db(dst)
     conn = sqlite3.connect(dst, isolation_level=None)
@@ -297,7 +297,7 @@ def day_archive(rows_per_hour: int) -> Path:
     """24 hourly depth files of BTCUSDT (simulator books, 10 messages/s), exported by write_part; cached."""
     from orderbook_assets.archive import ledger
     from orderbook_assets.archive.export import object_key, write_part
-    from orderbook_collector import buffer
+    from orderbook_core import buffer
 
     root = CACHE / f"day-{ad.BIG_VERSION}-{rows_per_hour}"
     if (root / "done").exists():
@@ -348,7 +348,7 @@ def query_times(archive: Path, repeats: int) -> tuple[float, float, int]:
 
 def writer_stalls(src: Path, work: Path, seconds: float, rate: int = 2000) -> tuple[list[float], list[float], float]:
     """Commit durations (s) of a Writer fed ``rate`` msg/s: without, then during, exports in another process."""
-    from orderbook_collector.buffer.records import Frame, SessionOpen
+    from orderbook_core.buffer.records import Frame, SessionOpen
     from orderbook_collector.writer import thread as wmod
     from orderbook_collector.feed.protocol import build_streams
 
@@ -413,7 +413,7 @@ def child_stall_export(path: str, out: str, seconds: float) -> None:
     from orderbook_assets.archive import pipeline
     from orderbook_assets.archive.export import object_key, write_part
     from orderbook_assets.archive.store import LocalStore
-    from orderbook_collector import buffer
+    from orderbook_core import buffer
 
     conn = buffer.connect(path, synchronous="FULL", create=False)
     print("start", flush=True)
@@ -477,7 +477,7 @@ def main() -> None:
         exp = run_child(big, work / "big.parquet", "export")
         # 4. buffer bytes
         # (the cached input buffer may predate a page-size change: measure with the current one)
-        from orderbook_collector.buffer import PAGE_SIZE
+        from orderbook_core.buffer import PAGE_SIZE
 
         packed_bpm = bytes_per_message_at_page_size(packed, work / "pages.sqlite3", PAGE_SIZE)
         default_page_bpm = bytes_per_message_at_page_size(packed, work / "pages4k.sqlite3", 4096)

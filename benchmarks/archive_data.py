@@ -24,10 +24,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from orderbook_collector import buffer  # noqa: E402
+from orderbook_core import buffer  # noqa: E402
 from orderbook_collector.feed.protocol import Decoder, build_streams  # noqa: E402
 from tools.simulator.exchange import Book  # noqa: E402
-from orderbook_collector.buffer.records import SessionClose, SessionOpen
+from orderbook_core.buffer.records import SessionClose, SessionOpen
 from orderbook_collector.writer.thread import store_records  # noqa: E402
 
 #: 2026-11-23 10:00 UTC

@@ -28,8 +28,8 @@ import pyarrow.compute  # noqa: F401  (pa.compute)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from orderbook_collector.buffer.hours import HOUR_US  # noqa: E402
-from orderbook_collector.buffer.levels import LEVEL, LEVELS, as_arrow  # noqa: E402
+from orderbook_core.buffer.hours import HOUR_US  # noqa: E402
+from orderbook_core.buffer.levels import LEVEL, LEVELS, as_arrow  # noqa: E402
 
 from orderbook_assets.books.hour import HourState, Settings, build_hour, event_rows  # noqa: E402
 

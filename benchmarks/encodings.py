@@ -91,7 +91,7 @@ def measure(src: Path, work: Path, repeats: int, jitter_us: int) -> list[tuple]:
 
     from orderbook_assets.archive import ledger
     from orderbook_assets.archive.export import write_part
-    from orderbook_collector import buffer
+    from orderbook_core import buffer
 
     db = work / "buffer.sqlite3"
     for suffix in ("", "-wal", "-shm"):

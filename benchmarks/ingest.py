@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from orderbook_collector import buffer  # noqa: E402
+from orderbook_core import buffer  # noqa: E402
 from orderbook_collector.connection.collector import Collector  # noqa: E402
 from orderbook_collector.config import Settings  # noqa: E402
 from orderbook_collector.feed.protocol import Decoder, build_streams  # noqa: E402

@@ -62,10 +62,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from websockets.asyncio.client import connect  # noqa: E402
 
 import feed as feedmod  # noqa: E402
-from orderbook_collector import buffer  # noqa: E402
+from orderbook_core import buffer  # noqa: E402
 from orderbook_collector.config import Settings  # noqa: E402
 from orderbook_collector.connection import collector as collector_mod  # noqa: E402
-from orderbook_collector.feed.streams import Kind  # noqa: E402
+from orderbook_core.streams import Kind  # noqa: E402
 
 TABLE_OF = {"D": Kind.DIFF_DEPTH.dataset, "S": Kind.PARTIAL_DEPTH.dataset, "T": Kind.TRADE.dataset,
             "B": Kind.BOOK_TICKER.dataset}

@@ -12,7 +12,7 @@ import sys
 
 from orderbook_collector.connection.collector import Collector, check_startable
 from orderbook_collector.config import load
-from orderbook_collector.errors import ConfigError
+from orderbook_core.errors import ConfigError
 
 
 def main(argv: list[str] | None = None) -> int:

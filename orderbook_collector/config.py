@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import urlparse
 
-from orderbook_collector.errors import ConfigError
-from orderbook_collector.feed.streams import (
+from orderbook_core.errors import ConfigError
+from orderbook_core.streams import (
     DEPTH_DEFAULT_LIMIT,
     MAX_STREAMS,
     USDM_DEPTH_LIMITS,

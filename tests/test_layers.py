@@ -3,10 +3,10 @@
 Layers, top to bottom (a module may import its own layer and those below it):
 
     orderbook_assets.definitions → orderbook_assets.defs → orderbook_assets.analytics
-        → orderbook_assets.books → orderbook_assets.archive → orderbook_collector.buffer
+        → orderbook_assets.books → orderbook_assets.archive → orderbook_core.buffer
     orderbook_collector (cli, config) → connection → writer → feed → buffer
 
-``orderbook_collector.errors`` and ``orderbook_collector.fsutil`` are the floor. Only
+``orderbook_core.errors`` and ``orderbook_core.fsutil`` are the floor. Only
 ``defs`` and ``definitions`` import Dagster. The product never imports the simulator or the tests.
 """
 
@@ -18,25 +18,24 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FLOOR = {"orderbook_collector.errors", "orderbook_collector.fsutil"}
+FLOOR = {"orderbook_core"}
+PACKAGES = ("orderbook_core", "orderbook_collector", "orderbook_assets")
 #: layer → the layers it may import (besides itself and the floor)
 ALLOWED = {
     "orderbook_collector": set(),  # the package docstrings
     "orderbook_assets": set(),
-    "orderbook_collector.buffer": set(),
-    "orderbook_collector.feed": {"orderbook_collector.buffer"},
+    "orderbook_collector.feed": set(),
     "orderbook_collector.metrics": set(),
-    "orderbook_collector.writer": {"orderbook_collector.buffer", "orderbook_collector.feed", "orderbook_collector.metrics"},
+    "orderbook_collector.writer": {"orderbook_collector.feed", "orderbook_collector.metrics"},
     "orderbook_collector.config": {"orderbook_collector.feed"},
-    "orderbook_collector.connection": {"orderbook_collector.buffer", "orderbook_collector.feed", "orderbook_collector.metrics",
+    "orderbook_collector.connection": {"orderbook_collector.feed", "orderbook_collector.metrics",
                                        "orderbook_collector.writer", "orderbook_collector.config"},
     "orderbook_collector.cli": {"orderbook_collector.connection", "orderbook_collector.config"},
     "orderbook_collector.__main__": {"orderbook_collector.cli"},
-    "orderbook_assets.archive": {"orderbook_collector.buffer"},
-    "orderbook_assets.books": {"orderbook_collector.buffer", "orderbook_assets.archive"},
-    "orderbook_assets.analytics": {"orderbook_collector.buffer", "orderbook_assets.archive", "orderbook_assets.books"},
-    "orderbook_assets.defs": {"orderbook_collector.buffer", "orderbook_assets.archive", "orderbook_assets.books",
-                              "orderbook_assets.analytics"},
+    "orderbook_assets.archive": set(),
+    "orderbook_assets.books": {"orderbook_assets.archive"},
+    "orderbook_assets.analytics": {"orderbook_assets.archive", "orderbook_assets.books"},
+    "orderbook_assets.defs": {"orderbook_assets.archive", "orderbook_assets.books", "orderbook_assets.analytics"},
     "orderbook_assets.definitions": {"orderbook_assets.defs"},
 }
 DAGSTER_OK = {"orderbook_assets.defs", "orderbook_assets.definitions"}
@@ -44,7 +43,7 @@ DAGSTER_OK = {"orderbook_assets.defs", "orderbook_assets.definitions"}
 
 def modules() -> dict[str, Path]:
     out = {}
-    for pkg in ("orderbook_collector", "orderbook_assets"):
+    for pkg in PACKAGES:
         for path in (ROOT / pkg).rglob("*.py"):
             rel = path.relative_to(ROOT).with_suffix("")
             parts = list(rel.parts)
@@ -62,9 +61,12 @@ def layer_of(module: str) -> str | None:
     return best
 
 
-def imports_of(module: str, path: Path) -> set[str]:
-    tree = ast.parse(path.read_text())
-    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+def imports_of(module: str, path: Path | None = None, source: str | None = None) -> set[str]:
+    """Every module ``module`` imports: import statements, and ``importlib.import_module`` or
+    ``__import__`` called with a literal name."""
+    is_package = path.name == "__init__.py" if path is not None else False
+    tree = ast.parse(source if source is not None else path.read_text())
+    package = module if is_package else module.rpartition(".")[0]
     found = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -77,31 +79,70 @@ def imports_of(module: str, path: Path) -> set[str]:
                 base = ".".join(anchor + ([base] if base else []))
             # ``from pkg import module`` imports the module; ``from module import name``, the module
             found |= {f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES else base for a in node.names}
+        elif isinstance(node, ast.Call) and _dynamic_import(node.func) and node.args:
+            arg = node.args[0]
+            if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                found.add(arg.value)
     return found
+
+
+def _dynamic_import(func: ast.expr) -> bool:
+    if isinstance(func, ast.Name):
+        return func.id in ("__import__", "import_module")
+    return isinstance(func, ast.Attribute) and func.attr == "import_module"
 
 
 MODULES = modules()
 
 
-@pytest.mark.parametrize("module", sorted(MODULES))
-def test_imports_point_down(module):
+def violations(module: str, imported: set[str]) -> list[str]:
+    """The imports of ``module`` that point up or across the layers."""
     own = layer_of(module)
     assert own is not None, f"{module} belongs to no layer: add it to ALLOWED in {__file__}"
     allowed = ALLOWED.get(own, set()) | {own} | FLOOR
     bad = []
-    for name in imports_of(module, MODULES[module]):
+    for name in imported:
         top = name.split(".")[0]
         if top in ("tools", "tests", "support"):
             bad.append(name)
         if top == "dagster" or top.startswith("dagster_"):
-            if layer_of(module) not in DAGSTER_OK:
+            if own not in DAGSTER_OK:
                 bad.append(name)
-        if top in ("orderbook_collector", "orderbook_assets") and name in MODULES or name.rpartition(".")[0] in MODULES:
-            target = name if name in MODULES else name.rpartition(".")[0]
+        if top in PACKAGES:
+            target = name if name in MODULES or name.rpartition(".")[0] not in MODULES else name.rpartition(".")[0]
             target_layer = layer_of(target)
-            if target_layer is not None and target_layer not in allowed:
+            if target_layer is None or target_layer not in allowed:
                 bad.append(f"{name} ({target_layer})")
-    assert not bad, f"{module} imports upward or across: {sorted(set(bad))}"
+    return sorted(set(bad))
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_imports_point_down(module):
+    bad = violations(module, imports_of(module, MODULES[module]))
+    assert not bad, f"{module} imports upward or across: {bad}"
+
+
+@pytest.mark.parametrize("module, source", [
+    ("orderbook_assets.archive.export", "from orderbook_collector.feed import sync\n"),
+    ("orderbook_assets.archive.export", "import orderbook_collector.writer.thread\n"),
+    ("orderbook_collector.writer.thread", "from orderbook_assets.archive import export\n"),
+    ("orderbook_collector.writer.thread", "import importlib\nm = importlib.import_module('orderbook_assets.archive.ledger')\n"),
+    ("orderbook_assets.books.builder", "from importlib import import_module\nimport_module('orderbook_collector.config')\n"),
+    ("orderbook_assets.books.builder", "m = __import__('orderbook_collector')\n"),
+    ("orderbook_core.streams", "from orderbook_collector.feed import protocol\n"),
+    ("orderbook_core.payloads", "import importlib\nimportlib.import_module('orderbook_assets')\n"),
+    ("orderbook_core.buffer.reads", "from orderbook_assets.archive.ledger import PartState\n"),
+])
+def test_a_planted_import_across_the_processes_is_caught(module, source):
+    """Either process importing the other, or the kernel importing either, fails the layer test,
+    written as an import statement or through importlib."""
+    assert violations(module, imports_of(module, source=source))
+
+
+def test_the_kernel_is_imported_by_both_processes():
+    users = {layer_of(m).split(".")[0] for m, p in MODULES.items() if not m.startswith("orderbook_core")
+             and any(n.startswith("orderbook_core") for n in imports_of(m, p))}
+    assert users == {"orderbook_collector", "orderbook_assets"}
 
 
 def test_no_import_cycles():

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from orderbook_collector.fsutil import sha256_file
+from orderbook_core.fsutil import sha256_file
 
 from orderbook_assets.analytics import views
 from orderbook_assets.archive import datasets, export

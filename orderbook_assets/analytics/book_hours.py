@@ -30,8 +30,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from orderbook_collector.buffer.hours import HOUR_US
-from orderbook_collector.fsutil import sha256_file
+from orderbook_core.buffer.hours import HOUR_US
+from orderbook_core.fsutil import sha256_file
 
 from orderbook_assets.analytics.books import ArchiveReader
 from orderbook_assets.archive import export
@@ -214,7 +214,7 @@ def _partial(r: ArchiveReader, hour_us: int, market: str, symbol: str) -> pa.Tab
 
 
 def _empty_updates() -> pa.Table:
-    from orderbook_collector.buffer.levels import LEVELS
+    from orderbook_core.buffer.levels import LEVELS
 
     ts = pa.timestamp("us", tz="UTC")
     return pa.schema([("market", pa.string()), ("symbol", pa.string()), ("stream", pa.string()), ("recv_time", ts),
@@ -223,7 +223,7 @@ def _empty_updates() -> pa.Table:
 
 
 def _empty_like_snapshots() -> pa.Table:
-    from orderbook_collector.buffer.levels import LEVELS
+    from orderbook_core.buffer.levels import LEVELS
 
     return pa.schema([("market", pa.string()), ("symbol", pa.string()), ("stream", pa.string()),
                       ("last_update_id", pa.int64()), ("bids", LEVELS), ("asks", LEVELS)]).empty_table()

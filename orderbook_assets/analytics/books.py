@@ -23,10 +23,11 @@ from typing import Iterable, Iterator, NamedTuple
 import duckdb
 import pyarrow as pa
 
-from orderbook_collector.buffer.hours import HOUR_US, hour_of
+from orderbook_core.buffer.hours import HOUR_US, hour_of
 
 from orderbook_assets.archive.location import Location, S3Settings
-from orderbook_assets.books.builder import BookBuilder, DiffEvent, Level, Outcome, Rule, Status
+from orderbook_core.streams import Market
+from orderbook_assets.books.builder import BookBuilder, DiffEvent, Level, Outcome, Status
 from orderbook_assets.books.hour import HourState, event_rows, snapshot_rows, state_key
 
 #: How far before a REST snapshot's receive time diff events are read: the collector buffers
@@ -195,14 +196,14 @@ def _start(r: ArchiveReader, market: str, symbol: str, t: int, stream: str | Non
                 break
     if entry is not None and (snap_row is None or snap_row["recv_us"] < hour):
         key, st = entry
-        b = BookBuilder(Rule(market))
+        b = BookBuilder(Market(market))
         if st.status is Status.KNOWN and st.last_update_id is not None:
             b.load_known(st.last_update_id, st.bids, st.asks)
         b.load_pending(st.pending, st.tail)
         return _Start(b, key.stream, hour, hour)
     if snap_row is None:
         return None
-    return _Start(BookBuilder(Rule(market)), snap_row["stream"], snap_row["recv_us"] - LOOKBACK_US,
+    return _Start(BookBuilder(Market(market)), snap_row["stream"], snap_row["recv_us"] - LOOKBACK_US,
                   snap_row["recv_us"])
 
 
@@ -306,7 +307,7 @@ def iter_books(archive: str | Location | ArchiveReader, market: str, symbol: str
                             "stream")
             if not first.num_rows:
                 return
-            begin = _Start(BookBuilder(Rule(market)), first.column("stream")[0].as_py(), lo, lo)
+            begin = _Start(BookBuilder(Market(market)), first.column("stream")[0].as_py(), lo, lo)
         b = begin.builder
         for recv_us, _ev, outcome in _replay(r, market, begin, hi):
             if recv_us >= lo and outcome is not Outcome.STALE:  # a stale event changes nothing

@@ -26,7 +26,7 @@ import sys
 
 import duckdb
 
-from orderbook_collector.errors import OrderbookError
+from orderbook_core.errors import OrderbookError
 
 from orderbook_assets.analytics import views
 from orderbook_assets.archive.location import Location

@@ -43,7 +43,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from orderbook_collector.errors import OrderbookError
+from orderbook_core.errors import OrderbookError
 
 from orderbook_assets.analytics.books import ArchiveReader, ArchivedRow, iter_events, to_us
 

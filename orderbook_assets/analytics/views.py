@@ -35,8 +35,8 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from orderbook_collector.buffer import HOUR_US, levels, reads  # noqa: F401
-from orderbook_collector.errors import ArchiveError, ConfigError, StorageError
+from orderbook_core.buffer import HOUR_US, levels, reads  # noqa: F401
+from orderbook_core.errors import ArchiveError, ConfigError, StorageError
 
 from orderbook_assets.archive import datasets, export
 from orderbook_assets.archive.location import Location, S3Settings, hour_path  # noqa: F401  (tests build layouts with it)

@@ -26,7 +26,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 
-from orderbook_collector.errors import ArchiveError, ConfigError
+from orderbook_core.errors import ArchiveError, ConfigError
 
 log = logging.getLogger(__name__)
 

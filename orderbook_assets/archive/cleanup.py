@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from orderbook_collector.buffer import HOUR_US, now_us, reads, transaction
+from orderbook_core.buffer import HOUR_US, now_us, reads, transaction
 
 from orderbook_assets.archive.crash import crash_point
 from orderbook_assets.archive.ledger import DEPTH, ROUND_TABLES

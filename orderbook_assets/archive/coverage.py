@@ -24,7 +24,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from orderbook_collector.buffer import HOUR_US, reads
+from orderbook_core.buffer import HOUR_US, reads
 
 
 from orderbook_assets.archive import export

@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import pyarrow as pa
 
-from orderbook_collector.buffer.levels import LEVEL, LEVELS  # noqa: F401  (the levels' Arrow form)
+from orderbook_core.buffer.levels import LEVEL, LEVELS  # noqa: F401  (the levels' Arrow form)
 
 TS = pa.timestamp("us", tz="UTC")
 

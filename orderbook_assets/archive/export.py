@@ -41,8 +41,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from orderbook_collector.buffer import hour_folder, levels, reads
-from orderbook_collector.fsutil import fsync_dir, sha256_file
+from orderbook_core.buffer import hour_folder, levels, reads
+from orderbook_core.fsutil import fsync_dir, sha256_file
 
 from orderbook_assets.archive import datasets as ds
 from orderbook_assets.archive.datasets import DEPTH_SCHEMA, LEVEL, LEVELS  # noqa: F401

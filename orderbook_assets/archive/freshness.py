@@ -13,7 +13,7 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 
-from orderbook_collector.buffer import HOUR_US
+from orderbook_core.buffer import HOUR_US
 
 from orderbook_assets.archive.ledger import DEPTH
 

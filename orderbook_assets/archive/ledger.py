@@ -29,7 +29,7 @@ import sqlite3
 from dataclasses import dataclass
 from enum import Enum
 
-from orderbook_collector.buffer import HOUR_US, now_us, reads, transaction
+from orderbook_core.buffer import HOUR_US, now_us, reads, transaction
 
 from orderbook_assets.archive.datasets import CONTINUITY, COVERAGE, DATASETS, DEPTH  # noqa: F401
 
@@ -79,7 +79,7 @@ class Part:
 
     @property
     def rows_range(self) -> reads.IdRange:
-        """The buffer rows this part holds (see :mod:`orderbook_collector.buffer.reads`)."""
+        """The buffer rows this part holds (see :mod:`orderbook_core.buffer.reads`)."""
         return reads.IdRange(self.hour_us, self.id_lo, self.id_hi)
 
     def reached(self, state: PartState | str) -> bool:

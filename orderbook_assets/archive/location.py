@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 
 from pathlib import Path
 
-from orderbook_collector.buffer.hours import hour_folder
-from orderbook_collector.errors import ConfigError
+from orderbook_core.buffer.hours import hour_folder
+from orderbook_core.errors import ConfigError
 
 DEFAULT_ARCHIVE = "data/archive"
 #: The region S3-compatible stores accept when none is configured (Ceph's default zonegroup,

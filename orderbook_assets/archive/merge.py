@@ -39,8 +39,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from orderbook_collector.buffer import HOUR_US, hour_folder
-from orderbook_collector.errors import ConfigError, IntegrityError
+from orderbook_core.buffer import HOUR_US, hour_folder
+from orderbook_core.errors import ConfigError, IntegrityError
 
 from orderbook_assets.archive import quality
 from orderbook_assets.archive.datasets import (AGG_TRADE, COVERAGE, COVERAGE_SCHEMA, DATASETS, DEPTH_UPDATE, TRADE,

@@ -28,8 +28,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from orderbook_collector.buffer import HOUR_US, reads
-from orderbook_collector.errors import ArchiveError, IntegrityError
+from orderbook_core.buffer import HOUR_US, reads
+from orderbook_core.errors import ArchiveError, IntegrityError
 
 from orderbook_assets.archive import coverage as cov
 from orderbook_assets.archive import datasets as ds

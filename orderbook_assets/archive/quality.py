@@ -40,6 +40,7 @@ from typing import NamedTuple
 import duckdb
 import pyarrow as pa
 
+from orderbook_core import continuity
 from orderbook_assets.archive import datasets as ds
 
 
@@ -194,7 +195,7 @@ def depth_continuity(con: duckdb.DuckDBPyConnection) -> CheckResult:
     every session: overlapping sessions store each event once) and that no recorded 'break'
     (same stream, first new event) accounts for."""
     rows = _rows(con.execute(
-        """
+        f"""
         WITH s AS (
             SELECT market, stream, session_id, seq, recv_time, first_update_id, last_update_id, prev_update_id,
                    lag(last_update_id) OVER (PARTITION BY market, stream ORDER BY last_update_id) AS previous_u
@@ -202,8 +203,7 @@ def depth_continuity(con: duckdb.DuckDBPyConnection) -> CheckResult:
         )
         SELECT * FROM s
         WHERE previous_u IS NOT NULL
-          AND CASE WHEN market = 'usdm' THEN prev_update_id IS DISTINCT FROM previous_u
-                   ELSE first_update_id <> previous_u + 1 END
+          AND {continuity.break_sql()}
           AND NOT EXISTS (SELECT 1 FROM breaks b WHERE b.market = s.market AND b.stream = s.stream
                           AND b.after_last_update_id = s.last_update_id)
         ORDER BY market, stream, last_update_id

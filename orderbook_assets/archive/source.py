@@ -13,7 +13,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from orderbook_collector.errors import ConfigError
+from orderbook_core.errors import ConfigError
 
 SOURCE_ENV = "ORDERBOOK_DATA_SOURCE"
 BINANCE, SIMULATED = "binance", "simulated"

@@ -32,8 +32,8 @@ import uuid
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
-from orderbook_collector.errors import ArchiveError, ConfigError, IntegrityError
-from orderbook_collector.fsutil import fsync_dir, sha256_file
+from orderbook_core.errors import ArchiveError, ConfigError, IntegrityError
+from orderbook_core.fsutil import fsync_dir, sha256_file
 
 from orderbook_assets.archive import capabilities as caps_mod
 from orderbook_assets.archive.capabilities import Capabilities, goog_headers

@@ -4,15 +4,10 @@ A :class:`BookBuilder` is fed REST snapshots and diff events (plain values, no I
 time) and keeps the whole book, every level, in sorted sides. It never guesses across a
 break: between a break and the next usable snapshot the book is :attr:`Status.UNKNOWN`.
 
-The rules (docs/binance-api.md, sections 3 and 4):
+The continuity rules (stale, continues, bridges a snapshot) are Binance's, defined once in
+:mod:`orderbook_core.continuity` and shared with the collector's sync tracker and the
+archive's ``depth_continuity`` check.
 
-* spot (``U``/``u``): after a snapshot with id ``L``, drop events with ``u <= L``; the first
-  applied event must have ``U <= L + 1 <= u``; afterwards an event with ``U > id + 1`` means
-  events were missed (a break), ``u <= id`` is stale, anything else is applied.
-* USD-M (``pu``): after a snapshot, drop events with ``u < L``; the first applied event must
-  have ``U <= L <= u`` (or ``pu == L``: it continues exactly from the snapshot's id, which
-  Binance's ids make equally certain); afterwards each event's ``pu`` must equal the
-  previous ``u``, else a break.
 * A quantity of 0 removes the level, known or not (deleting an unknown level is normal:
   the snapshot is cut at its limit). Levels beyond the snapshot's limit stay unknown until
   they change, as on Binance; top-N well inside the limit is exact.
@@ -31,14 +26,10 @@ from collections import deque
 from enum import Enum
 from typing import Iterable, NamedTuple, Sequence
 
+from orderbook_core import continuity
+from orderbook_core.streams import Market
+
 Level = tuple[float, float]  # (price, qty)
-
-
-class Rule(str, Enum):
-    """Which continuity rule a stream follows; the value is the dataset's ``market``."""
-
-    SPOT = "spot"  # U/u
-    USDM = "usdm"  # pu
 
 
 class Status(str, Enum):
@@ -211,13 +202,13 @@ class BookBuilder:
     """The book of one diff-depth stream. Feed :meth:`snapshot` and :meth:`event`.
 
     Args:
-        rule: the market's continuity rule.
+        market: the stream's market, which decides the continuity rule (:mod:`orderbook_core.continuity`).
         max_tail: events kept while unknown for a snapshot that comes after them
             (receive order); older ones are dropped, so memory stays bounded.
     """
 
-    def __init__(self, rule: Rule, max_tail: int = 2000):
-        self.rule = Rule(rule)
+    def __init__(self, market: Market | str, max_tail: int = 2000):
+        self.market = Market(market)
         self.bids = Side(bid=True)
         self.asks = Side(bid=False)
         self.status = Status.UNKNOWN
@@ -301,18 +292,14 @@ class BookBuilder:
         return Result(outcome, self.status, self.last_update_id, replayed)
 
     def _continues(self, ev: DiffEvent) -> bool:
-        if self.rule is Rule.USDM:
-            return ev.prev_update_id == self._id
-        return ev.first_update_id <= self._id + 1  # type: ignore[operator]  (U > id + 1: missed)
+        return continuity.continues(self.market, self._id, ev.first_update_id, ev.last_update_id,  # type: ignore[arg-type]
+                                    ev.prev_update_id)
 
     def _bridges(self, ev: DiffEvent, lid: int) -> bool:
-        if self.rule is Rule.USDM:
-            return ev.first_update_id <= lid <= ev.last_update_id or ev.prev_update_id == lid
-        return ev.first_update_id <= lid + 1 <= ev.last_update_id
+        return continuity.bridges(self.market, lid, ev.first_update_id, ev.last_update_id, ev.prev_update_id)
 
     def _stale_for(self, ev: DiffEvent, lid: int) -> bool:
-        # spot drops u <= L; USD-M drops u < L (an event ending at L bridges it: U <= L <= u)
-        return ev.last_update_id <= lid if self.rule is Rule.SPOT else ev.last_update_id < lid
+        return continuity.stale(self.market, lid, ev.last_update_id)
 
     def _against_snapshot(self, ev: DiffEvent) -> Result:
         snap = self._pending
@@ -369,9 +356,8 @@ class BookBuilder:
             last = self._tail[-1]
             if ev.last_update_id <= last.last_update_id:
                 return
-            linked = (ev.prev_update_id == last.last_update_id if self.rule is Rule.USDM
-                      else ev.first_update_id <= last.last_update_id + 1)
-            if not linked:
+            if not continuity.continues(self.market, last.last_update_id, ev.first_update_id, ev.last_update_id,
+                                        ev.prev_update_id):
                 self._tail.clear()
         self._tail.append(ev)
 

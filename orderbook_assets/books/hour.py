@@ -41,12 +41,13 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from orderbook_collector.buffer.hours import HOUR_US, hour_folder
-from orderbook_collector.buffer.levels import LEVEL, LEVELS, as_arrow
-from orderbook_collector.errors import ConfigError
+from orderbook_core.buffer.hours import HOUR_US, hour_folder
+from orderbook_core.buffer.levels import LEVEL, LEVELS, as_arrow
+from orderbook_core.errors import ConfigError
 
 from orderbook_assets.archive.datasets import BOOK_SNAPSHOT, BOOK_SNAPSHOT_SCHEMA, TS
-from orderbook_assets.books.builder import BookBuilder, DiffEvent, Level, Outcome, Rule, Snapshot, Status
+from orderbook_core.streams import Market
+from orderbook_assets.books.builder import BookBuilder, DiffEvent, Level, Outcome, Snapshot, Status
 
 #: Where an hour's end state lives, relative to the archive root (:func:`state_key`).
 BOOK_STATE = "book_state"
@@ -276,7 +277,7 @@ def build_hour(
 
 
 def _resume(key: StreamKey, prev: StreamState | None, settings: Settings) -> BookBuilder:
-    b = BookBuilder(Rule(key.market), max_tail=settings.max_tail)
+    b = BookBuilder(Market(key.market), max_tail=settings.max_tail)
     if prev is not None:
         if prev.status is Status.KNOWN and prev.last_update_id is not None:
             b.load_known(prev.last_update_id, prev.bids, prev.asks)

@@ -18,7 +18,7 @@ from dagster import PreviewWarning
 from dagster import (AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetExecutionContext, AssetKey, AssetSpec,
                      Backoff, Failure, Jitter, MaterializeResult, MetadataValue, RetryPolicy, asset, multi_asset)
 
-from orderbook_collector.errors import ConfigError, IntegrityError
+from orderbook_core.errors import ConfigError, IntegrityError
 
 from orderbook_assets.archive import datasets as ds
 from orderbook_assets.archive import pipeline, source

@@ -12,8 +12,8 @@ from dagster import (AssetCheckExecutionContext, AssetCheckResult, AssetCheckSev
                      DefaultScheduleStatus, MetadataValue, ScheduleDefinition, asset_check, define_asset_job,
                      in_process_executor)
 
-from orderbook_collector.buffer import now_us
-from orderbook_collector.errors import ConfigError, StorageError
+from orderbook_core.buffer import now_us
+from orderbook_core.errors import ConfigError, StorageError
 
 from orderbook_assets.archive import freshness as fr
 from orderbook_assets.defs.resources import BufferResource

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 
 from dagster import HourlyPartitionsDefinition
 
-from orderbook_collector.errors import ConfigError
+from orderbook_core.errors import ConfigError
 
 START_ENV = "ORDERBOOK_PARTITIONS_START"
 #: Earliest hour offered in the UI and for backfills unless ORDERBOOK_PARTITIONS_START says otherwise.

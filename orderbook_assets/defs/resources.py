@@ -16,8 +16,8 @@ from pathlib import Path
 from dagster import ConfigurableResource, ResourceDependency
 from dagster_aws.s3 import S3Resource
 
-from orderbook_collector import buffer as buf
-from orderbook_collector.errors import ConfigError
+from orderbook_core import buffer as buf
+from orderbook_core.errors import ConfigError
 
 from orderbook_assets.archive.location import DEFAULT_ARCHIVE, Location, S3Settings
 from orderbook_assets.archive.merge import check_host_id, host_prefix

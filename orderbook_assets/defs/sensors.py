@@ -5,8 +5,8 @@ from datetime import datetime, timezone
 
 from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SkipReason, sensor
 
-from orderbook_collector.buffer import now_us
-from orderbook_collector.errors import StorageError
+from orderbook_core.buffer import now_us
+from orderbook_core.errors import StorageError
 
 from orderbook_assets.archive import ledger
 from orderbook_assets.defs.jobs import archive_hour

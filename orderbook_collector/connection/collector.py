@@ -30,23 +30,23 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from orderbook_collector import buffer
-from orderbook_collector.buffer.lock import BufferLock
+from orderbook_core import buffer
+from orderbook_core.buffer.lock import BufferLock
 
 from orderbook_collector import metrics as metrics_mod
 from orderbook_collector.config import Settings
-from orderbook_collector.errors import ConfigError
+from orderbook_core.errors import ConfigError
 from orderbook_collector.metrics import Metrics
 from orderbook_collector.feed.protocol import ControlReply, Decoder, Quarantined, ServerShutdown, StreamSpec, raw_bytes
-from orderbook_collector.feed.streams import USDM_ROUTE, Market, spec as stream_spec, stream_kind
+from orderbook_core.streams import USDM_ROUTE, Market, spec as stream_spec, stream_kind
 from orderbook_collector.feed.symbols import AttemptLimiter, ControlPacer, control_message, plan_changes
 from orderbook_collector.connection.backoff import classify, full_jitter
 from orderbook_collector.connection.rest import RestClient, Resyncer
 from orderbook_collector.connection.symbols import ExchangeInfoError, RestError, fetch_trading_symbols
-from orderbook_collector.feed.streams import Kind, Market
+from orderbook_core.streams import Kind, Market
 from orderbook_collector.feed.sync import SnapshotRequest
-from orderbook_collector.buffer.records import DepthRecord, Event, Frame, SessionClose, SessionOpen, SessionStreams
-from orderbook_collector.buffer.rows import ROW_TABLES
+from orderbook_core.buffer.records import DepthRecord, Event, Frame, SessionClose, SessionOpen, SessionStreams
+from orderbook_core.buffer.rows import ROW_TABLES
 from orderbook_collector.writer.thread import Writer
 
 log = logging.getLogger(__name__)

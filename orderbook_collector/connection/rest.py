@@ -32,9 +32,9 @@ import numpy as np
 import orjson
 import requests
 
-from orderbook_collector.buffer.levels import pack
-from orderbook_collector.buffer.records import DepthRestSnapshotRecord
-from orderbook_collector.feed.streams import DEPTH_PATH, REST_WEIGHT_PER_MINUTE, Market, StreamSpec, depth_weight
+from orderbook_core.buffer.levels import pack
+from orderbook_core.buffer.records import DepthRestSnapshotRecord
+from orderbook_core.streams import DEPTH_PATH, REST_WEIGHT_PER_MINUTE, Market, StreamSpec, depth_weight
 from orderbook_collector.metrics import Metrics
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ snapshots share one weight budget and one 429/418 pause per market.
 from __future__ import annotations
 
 from orderbook_collector.connection.rest import RestClient, RestError
-from orderbook_collector.feed.streams import EXCHANGE_INFO
+from orderbook_core.streams import EXCHANGE_INFO
 from orderbook_collector.feed.symbols import ExchangeInfoError, TradingSymbols, trading_symbols
 
 

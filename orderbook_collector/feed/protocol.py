@@ -15,7 +15,7 @@ prefix test, no JSON parsing) to route data frames to the writer thread, where
 decoded on the loop, since they are rare and some (``serverShutdown``) need an
 immediate reaction.
 
-Levels are packed by the buffer's codec (:mod:`orderbook_collector.buffer.levels`);
+Levels are packed by the buffer's codec (:mod:`orderbook_core.buffer.levels`);
 values longer than 15 significant digits are counted, not rejected.
 """
 
@@ -25,11 +25,11 @@ from typing import NamedTuple, Union
 
 import orjson
 
-from orderbook_collector.buffer import levels as packed
-from orderbook_collector.buffer.records import DepthRecord, Quarantined, Row  # noqa: F401  (DepthRecord: re-exported)
-from orderbook_collector.errors import FrameError
-from orderbook_collector.feed.payloads import FastPath, count_wide, decode_payload
-from orderbook_collector.feed.streams import (  # noqa: F401  (re-exported: the feed's public face)
+from orderbook_core.buffer import levels as packed
+from orderbook_core.buffer.records import DepthRecord, Quarantined, Row  # noqa: F401  (DepthRecord: re-exported)
+from orderbook_core.errors import FrameError
+from orderbook_core.payloads import FastPath, count_wide, decode_payload
+from orderbook_core.streams import (  # noqa: F401  (re-exported: the feed's public face)
     MAX_STREAMS_PER_CONNECTION,
     Kind,
     Market,

@@ -15,8 +15,8 @@ from typing import NamedTuple
 
 import orjson
 
-from orderbook_collector.errors import ConfigError
-from orderbook_collector.feed.streams import CONTROL_SPACING, MAX_CONNECTION_ATTEMPTS, parse_symbol
+from orderbook_core.errors import ConfigError
+from orderbook_core.streams import CONTROL_SPACING, MAX_CONNECTION_ATTEMPTS, parse_symbol
 
 #: The only status whose symbols ``*`` records (spot BREAK, USD-M SETTLING etc. are not trading).
 TRADING = "TRADING"

@@ -7,7 +7,8 @@ answer with the rows that record what happened (:class:`DepthSyncRecord`,
 Nothing here touches a socket, a file or a clock.
 
 Diff depth (one :class:`DiffDepthTracker` per stream). An event *continues* the stream
-when, on spot, ``U == previous u + 1``, on USD-M ``pu == previous u`` ("previous" is the
+by :func:`orderbook_core.continuity.continues` (spot ``U <= previous u + 1 <= u``, USD-M
+``pu == previous u``; "previous" is the
 last stored event of the stream, whichever session stored it: continuity is a property
 of the data, so a make-before-break overlap that continues the stream breaks nothing).
 Otherwise it is a 'break':
@@ -26,7 +27,7 @@ events stored since the break: on spot, events with ``u <= L`` are stale and the
 event with ``U <= L + 1 <= u`` is the first one applied; on USD-M, events with ``u < L``
 are stale and the first event must have ``U <= L <= u``. That event may already be
 stored (the usual case: REST is slower than the stream) or still to come. A snapshot
-older than the first event after the break (spot ``L + 1 < U``, USD-M ``L < U``), or one
+older than the first event after the break (spot ``L + 1 < U``, USD-M ``L < U`` and ``pu != L``), or one
 that falls between two events (only possible when ids are not contiguous), cannot
 sync: the tracker asks for another. A 'synced' row names the snapshot (reason
 'snapshot', ``snapshot_update_id``) and the first event applied on top of it
@@ -49,7 +50,7 @@ from collections import deque
 from enum import Enum
 from typing import NamedTuple, Union
 
-from orderbook_collector.buffer.records import (
+from orderbook_core.buffer.records import (
     AggTradeRecord,
     DepthRestSnapshotRecord,
     DepthSyncRecord,
@@ -57,7 +58,8 @@ from orderbook_collector.buffer.records import (
     TradeGapRecord,
     TradeRecord,
 )
-from orderbook_collector.feed.streams import Kind, Market, StreamSpec
+from orderbook_core import continuity
+from orderbook_core.streams import Kind, Market, StreamSpec
 
 #: Events kept per broken stream while it waits for a snapshot (~30 min at 100 ms).
 MAX_KEPT_EVENTS = 20_000
@@ -107,18 +109,18 @@ class DiffDepthTracker:
 
     Args:
         stream: the stream's key.
-        market: spot continuity is ``U == u + 1``, USD-M ``pu == u``.
+        market: which continuity rule applies (:mod:`orderbook_core.continuity`).
         last: the stream's last stored event, None if it has none.
         synced: whether the stored data after ``last``'s last snapshot is rebuildable;
             a stream with stored events but no recorded sync state is not.
     """
 
-    __slots__ = ("stream", "spot", "last_u", "last_ms", "last_sid", "synced", "sessions", "kept", "snapshot",
+    __slots__ = ("stream", "market", "last_u", "last_ms", "last_sid", "synced", "sessions", "kept", "snapshot",
                  "reason")
 
     def __init__(self, stream: str, market: Market, last: LastEvent | None = None, synced: bool = False) -> None:
         self.stream = stream
-        self.spot = market is Market.SPOT
+        self.market = market
         # the last stored event (plain attributes: this is the writer's per-row path)
         self.last_u, self.last_ms, self.last_sid = last if last is not None else (None, None, None)
         self.synced = synced
@@ -142,9 +144,7 @@ class DiffDepthTracker:
         self.kept = kept if kept is not None else deque(maxlen=MAX_KEPT_EVENTS)
 
     def _continues(self, r: DepthUpdateRecord) -> bool:
-        if self.spot:
-            return r.first_update_id == self.last_u + 1
-        return r.prev_update_id == self.last_u
+        return continuity.continues(self.market, self.last_u, r.first_update_id, r.last_update_id, r.prev_update_id)
 
     def on_event(self, r: DepthUpdateRecord) -> list[Output]:
         """A stored diff event of this stream, in store order."""
@@ -204,13 +204,11 @@ class DiffDepthTracker:
         s = self.snapshot
         if s is None or not self.kept:
             return []
-        target = s.last_update_id + 1 if self.spot else s.last_update_id
-        if target < self.kept[0].first_update_id:
-            return self._refuse(quiet)  # older than the first event after the break
+        lid = s.last_update_id
         for e in self.kept:
-            if e.last_update_id >= target:  # the first event that is not stale
-                if e.first_update_id > target:
-                    return self._refuse(quiet)  # the snapshot falls between two events
+            if not continuity.stale(self.market, lid, e.last_update_id):  # the first event that is not stale
+                if not continuity.bridges(self.market, lid, e.first_update_id, e.last_update_id, e.prev_update_id):
+                    return self._refuse(quiet)  # older than that event, or between two events
                 return self._synced(s, e)
         return []  # newer than every event so far: its first event is still to come
 

@@ -35,8 +35,8 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from orderbook_collector.buffer.records import Item, from_spill, to_spill
-from orderbook_collector.fsutil import fsync_dir
+from orderbook_core.buffer.records import Item, from_spill, to_spill
+from orderbook_core.fsutil import fsync_dir
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ A message is *acknowledged* once the COMMIT of its batch returned. If a commit
 fails (database locked, disk full) the batch stays in memory and is retried
 with capped backoff; the reader keeps reading and spills meanwhile.
 
-Queue items are the typed records of :mod:`orderbook_collector.buffer.records`.
+Queue items are the typed records of :mod:`orderbook_core.buffer.records`.
 
 Continuity is data (:mod:`orderbook_collector.feed.sync`): the writer runs the diff-depth
 and trade-id trackers on the rows it has just stored (rows the dedup key refused never
@@ -36,16 +36,16 @@ from pathlib import Path
 
 import orjson
 
-from orderbook_collector import buffer
-from orderbook_collector.errors import StorageError
+from orderbook_core import buffer
+from orderbook_core.errors import StorageError
 from orderbook_collector.metrics import Metrics, quarantine_class
-from orderbook_collector.buffer.records import (
+from orderbook_core.buffer.records import (
     DepthRestSnapshotRecord, DepthSyncRecord, Event, Frame, Item, Quarantined, Row, SessionClose, SessionOpen,
     SessionStreams, Stop,
 )
-from orderbook_collector.buffer.rows import OTHER_TABLES, RECV_US, ROW_TABLES, SEQ, SESSION_ID, RowTable
+from orderbook_core.buffer.rows import OTHER_TABLES, RECV_US, ROW_TABLES, SEQ, SESSION_ID, RowTable
 from orderbook_collector.feed.protocol import Decoder, Market, StreamSpec, raw_bytes
-from orderbook_collector.feed.streams import Kind, parse_stream_name, spec as stream_spec
+from orderbook_core.streams import Kind, parse_stream_name, spec as stream_spec
 from orderbook_collector.feed.sync import Continuity, LastEvent, SnapshotRequest
 from orderbook_collector.writer.spill import Spill
 
@@ -115,7 +115,7 @@ def store_records(
     Everything lands in one transaction or nothing does. Duplicates (same stream
     and update id as a stored row) are not stored; each is recorded in
     ``dropped`` so the seq gap it leaves is explained. ``others`` are rows without a
-    seq (:data:`~orderbook_collector.buffer.rows.OTHER_TABLES`: REST snapshots, continuity
+    seq (:data:`~orderbook_core.buffer.rows.OTHER_TABLES`: REST snapshots, continuity
     rows); ``continuity`` turns the stored rows and snapshots into continuity rows, stored
     here too (the caller commits or rolls back its state with the transaction).
     """

@@ -20,7 +20,7 @@ from orderbook_assets.analytics import bars, views
 from orderbook_assets.archive import pipeline
 from orderbook_assets.archive.store import LocalStore
 from orderbook_assets.defs import bars as defs_bars
-from orderbook_collector import buffer
+from orderbook_core import buffer
 
 from support.synthetic import HOUR_US, T0, books, by_time, make_buffer, one_book, synthetic_depth, write_archive
 

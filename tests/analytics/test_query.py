@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from orderbook_assets.analytics import query, views
-from orderbook_collector import buffer
-from orderbook_collector.errors import ConfigError
+from orderbook_core import buffer
+from orderbook_core.errors import ConfigError
 from support.synthetic import (
     HOUR_US, T0, books, by_time, make_buffer, one_book, synthetic_depth, write_archive,
 )

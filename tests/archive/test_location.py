@@ -11,7 +11,7 @@ from orderbook_assets.analytics import bars, query, views
 from orderbook_assets.archive.location import Location, S3Settings
 from orderbook_assets.archive.store import LocalStore, parse_archive_url
 from orderbook_assets.defs.resources import ArchiveResource, ArchiveS3Resource
-from orderbook_collector.errors import ConfigError
+from orderbook_core.errors import ConfigError
 
 GOOD = ["s3://bucket/prefix", "s3://bucket/a/b/", "s3://bucket", "file:///tmp/arch", "file://localhost/tmp/arch",
         "data/archive", "/tmp/arch/", "~/arch"]

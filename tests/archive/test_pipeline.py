@@ -12,8 +12,8 @@ import pytest
 from orderbook_assets.archive import cleanup, ledger, pipeline
 from orderbook_assets.archive.export import write_part
 from orderbook_assets.archive.store import LocalStore, parse_archive_url
-from orderbook_collector import buffer
-from orderbook_collector.errors import ConfigError, IntegrityError
+from orderbook_core import buffer
+from orderbook_core.errors import ConfigError, IntegrityError
 
 from support.procs import wait_for
 from support.buffer_rows import (REALISTIC_ROWS, BASE_HOUR_US, HOUR_US, commit_loop, fill_buffer, make_rows, open_buffer,

@@ -25,7 +25,7 @@ from orderbook_assets.analytics import views
 from orderbook_assets.archive import ledger, pipeline
 from orderbook_assets.archive.location import Location, S3Settings
 from orderbook_assets.archive.store import S3Store, open_store
-from orderbook_collector.errors import ArchiveError
+from orderbook_core.errors import ArchiveError
 
 from support.buffer_rows import BASE_HOUR_US, fill_buffer, open_buffer
 from support.procs import JOB_RUN

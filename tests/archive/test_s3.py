@@ -8,7 +8,7 @@ import pytest
 
 from orderbook_assets.archive import cleanup, ledger, pipeline
 from orderbook_assets.archive.store import S3Store
-from orderbook_collector.errors import ArchiveError, IntegrityError
+from orderbook_core.errors import ArchiveError, IntegrityError
 
 from support.buffer_rows import BASE_HOUR_US, fill_buffer, open_buffer
 from support.s3 import FaultProxy, MotoServer, s3_client

@@ -12,7 +12,7 @@ import pytest
 
 from orderbook_assets.archive import ledger
 from orderbook_assets.archive.store import S3Store
-from orderbook_collector.errors import ArchiveError, ConfigError, IntegrityError
+from orderbook_core.errors import ArchiveError, ConfigError, IntegrityError
 
 from support.buffer_rows import BASE_HOUR_US, fill_buffer, open_buffer
 from support.s3 import FaultProxy, MotoServer, s3_client

@@ -22,8 +22,8 @@ from orderbook_assets.archive import datasets, export, ledger, pipeline
 from orderbook_assets.archive.export import object_key, write_part
 from orderbook_assets.archive.ledger import DEPTH
 from orderbook_assets.archive.store import LocalStore
-from orderbook_collector.errors import IntegrityError
-from orderbook_collector.fsutil import sha256_file
+from orderbook_core.errors import IntegrityError
+from orderbook_core.fsutil import sha256_file
 from support.buffer_rows import BASE_HOUR_US, fill_buffer, open_buffer
 
 ROOT = Path(__file__).resolve().parents[2]

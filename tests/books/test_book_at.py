@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from orderbook_collector.buffer.hours import HOUR_US, hour_folder
+from orderbook_core.buffer.hours import HOUR_US, hour_folder
 
 from orderbook_assets.analytics.books import Source, book_at, iter_books, iter_events, to_us
 from orderbook_assets.books.hour import Settings, build_hour, state_key

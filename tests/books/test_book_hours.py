@@ -7,8 +7,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from orderbook_collector.buffer.hours import HOUR_US, hour_folder
-from orderbook_collector.fsutil import sha256_file
+from orderbook_core.buffer.hours import HOUR_US, hour_folder
+from orderbook_core.fsutil import sha256_file
 
 from orderbook_assets.analytics.book_hours import books_key, materialize_from, materialize_hour, version_key
 from orderbook_assets.archive.store import LocalStore

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from orderbook_assets.books.builder import BookBuilder, DiffEvent, Outcome, Rule, Snapshot, Status
+from orderbook_core.streams import Market
+from orderbook_assets.books.builder import BookBuilder, DiffEvent, Outcome, Snapshot, Status
 
 
 def spot(U, u, bids=(), asks=()):
@@ -18,7 +19,7 @@ SNAP = Snapshot(100, [(10.0, 1.0), (9.0, 2.0), (8.0, 3.0)], [(11.0, 1.0), (12.0,
 
 def test_normal_flow_spot():
     """Snapshot, stale events dropped, the straddling event syncs, later events apply in order."""
-    b = BookBuilder(Rule.SPOT)
+    b = BookBuilder(Market.SPOT)
     assert b.snapshot(SNAP).outcome is Outcome.SNAPSHOT_PENDING
     assert b.status is Status.UNKNOWN and b.top(5) == ([], [])
     assert b.event(spot(95, 100, bids=[(10.0, 99.0)])).outcome is Outcome.STALE  # u <= lastUpdateId
@@ -33,7 +34,7 @@ def test_normal_flow_spot():
 
 
 def test_first_event_straddling_the_snapshot_id_is_applied_whole():
-    b = BookBuilder(Rule.SPOT)
+    b = BookBuilder(Market.SPOT)
     b.snapshot(SNAP)
     r = b.event(spot(98, 102, bids=[(10.0, 4.0)], asks=[(12.0, 0.0)]))
     assert r.outcome is Outcome.SYNCED and b.last_update_id == 102
@@ -42,7 +43,7 @@ def test_first_event_straddling_the_snapshot_id_is_applied_whole():
 
 def test_stale_snapshot_stays_unknown_until_a_usable_one():
     """A snapshot older than the first event's U - 1 cannot be bridged: the book stays unknown."""
-    b = BookBuilder(Rule.SPOT)
+    b = BookBuilder(Market.SPOT)
     b.snapshot(SNAP)
     r = b.event(spot(105, 110, bids=[(10.0, 4.0)]))
     assert r == (Outcome.SNAPSHOT_TOO_OLD, Status.UNKNOWN, None, ())
@@ -56,7 +57,7 @@ def test_stale_snapshot_stays_unknown_until_a_usable_one():
 
 def test_snapshot_after_the_events_it_covers_receive_order():
     """As a live client: events arrive first, the snapshot later; the tail after its id is replayed."""
-    b = BookBuilder(Rule.SPOT)
+    b = BookBuilder(Market.SPOT)
     for ev in (spot(90, 95), spot(96, 99, bids=[(10.0, 0.0)]), spot(100, 101, bids=[(10.0, 6.0)]),
                spot(102, 102, asks=[(11.0, 0.0)])):
         assert b.event(ev).outcome is Outcome.BUFFERED
@@ -68,7 +69,7 @@ def test_snapshot_after_the_events_it_covers_receive_order():
 
 
 def test_break_makes_unknown_until_the_next_usable_snapshot():
-    b = BookBuilder(Rule.SPOT)
+    b = BookBuilder(Market.SPOT)
     b.snapshot(SNAP)
     b.event(spot(101, 101, bids=[(10.0, 2.0)]))
     r = b.event(spot(103, 104, bids=[(10.0, 3.0)]))  # 102 missed
@@ -84,7 +85,7 @@ def test_break_makes_unknown_until_the_next_usable_snapshot():
 
 
 def test_a_break_inside_the_tail_drops_what_came_before_it():
-    b = BookBuilder(Rule.SPOT)
+    b = BookBuilder(Market.SPOT)
     b.event(spot(90, 95))
     b.event(spot(99, 100))  # 96..98 missing: nothing before can be bridged
     b.event(spot(101, 102))
@@ -94,7 +95,7 @@ def test_a_break_inside_the_tail_drops_what_came_before_it():
 
 
 def test_tail_is_bounded():
-    b = BookBuilder(Rule.SPOT, max_tail=3)
+    b = BookBuilder(Market.SPOT, max_tail=3)
     for i in range(10):
         b.event(spot(i + 1, i + 1))
     assert [e.last_update_id for e in b.tail] == [8, 9, 10]
@@ -102,7 +103,7 @@ def test_tail_is_bounded():
 
 
 def test_deletes_of_unknown_levels_are_fine():
-    b = BookBuilder(Rule.SPOT)
+    b = BookBuilder(Market.SPOT)
     b.snapshot(SNAP)
     r = b.event(spot(101, 101, bids=[(7.0, 0.0), (10.0, 0.0)], asks=[(99.0, 0.0)]))
     assert r.outcome is Outcome.SYNCED
@@ -110,7 +111,7 @@ def test_deletes_of_unknown_levels_are_fine():
 
 
 def test_snapshot_behind_a_known_book_is_not_needed():
-    b = BookBuilder(Rule.SPOT)
+    b = BookBuilder(Market.SPOT)
     b.snapshot(SNAP)
     b.event(spot(101, 105, bids=[(10.0, 1.5)]))
     assert b.snapshot(Snapshot(103, [(1.0, 1.0)], [(2.0, 1.0)])).outcome is Outcome.SNAPSHOT_BEHIND
@@ -119,7 +120,7 @@ def test_snapshot_behind_a_known_book_is_not_needed():
 
 def test_snapshot_ahead_of_a_known_book_bridges_a_break():
     """Placed by update id, a snapshot between two events rescues the break right after it."""
-    b = BookBuilder(Rule.SPOT)
+    b = BookBuilder(Market.SPOT)
     b.snapshot(SNAP)
     b.event(spot(101, 101))
     assert b.snapshot(Snapshot(110, [(10.0, 1.0)], [(11.0, 1.0)])).outcome is Outcome.SNAPSHOT_PENDING
@@ -130,7 +131,7 @@ def test_snapshot_ahead_of_a_known_book_bridges_a_break():
 
 
 def test_snapshot_ahead_is_dropped_when_the_chain_continues_past_it():
-    b = BookBuilder(Rule.SPOT)
+    b = BookBuilder(Market.SPOT)
     b.snapshot(SNAP)
     b.event(spot(101, 101, bids=[(10.0, 2.0)]))
     b.snapshot(Snapshot(102, [(50.0, 1.0)], [(51.0, 1.0)]))
@@ -140,7 +141,7 @@ def test_snapshot_ahead_is_dropped_when_the_chain_continues_past_it():
 
 
 def test_crossed():
-    b = BookBuilder(Rule.SPOT)
+    b = BookBuilder(Market.SPOT)
     b.snapshot(SNAP)
     b.event(spot(101, 101, bids=[(11.0, 1.0)]))
     assert b.crossed()
@@ -152,7 +153,7 @@ def test_crossed():
 
 
 def test_usdm_first_event_must_straddle_and_then_pu_chains():
-    b = BookBuilder(Rule.USDM)
+    b = BookBuilder(Market.USDM)
     b.snapshot(SNAP)
     assert b.event(usdm(90, 99, 80)).outcome is Outcome.STALE  # u < lastUpdateId
     r = b.event(usdm(95, 100, 99, bids=[(10.0, 2.5)]))  # U <= 100 <= u (u == L is applied on USD-M)
@@ -165,14 +166,14 @@ def test_usdm_first_event_must_straddle_and_then_pu_chains():
 
 
 def test_usdm_event_continuing_exactly_from_the_snapshot_syncs():
-    b = BookBuilder(Rule.USDM)
+    b = BookBuilder(Market.USDM)
     b.snapshot(SNAP)
     r = b.event(usdm(105, 120, 100, bids=[(9.0, 0.0)]))  # pu == lastUpdateId
     assert r.outcome is Outcome.SYNCED and b.top(5)[0] == [(10.0, 1.0), (8.0, 3.0)]
 
 
 def test_usdm_snapshot_too_old():
-    b = BookBuilder(Rule.USDM)
+    b = BookBuilder(Market.USDM)
     b.snapshot(SNAP)
     assert b.event(usdm(101, 120, 101)).outcome is Outcome.SNAPSHOT_TOO_OLD  # starts after 100, pu != 100
     assert b.status is Status.UNKNOWN
@@ -181,16 +182,16 @@ def test_usdm_snapshot_too_old():
 def test_usdm_u_not_consecutive_is_not_a_break_but_pu_is_checked_not_U():
     """On spot the same ids would be a break (U > u + 1); USD-M checks pu only."""
     ids = [(101, 101, 100), (150, 160, 101), (170, 171, 160)]
-    fut = BookBuilder(Rule.USDM)
+    fut = BookBuilder(Market.USDM)
     fut.snapshot(SNAP)
     assert [fut.event(usdm(*i)).outcome for i in ids] == [Outcome.SYNCED, Outcome.APPLIED, Outcome.APPLIED]
-    sp = BookBuilder(Rule.SPOT)
+    sp = BookBuilder(Market.SPOT)
     sp.snapshot(SNAP)
     assert [sp.event(spot(U, u)).outcome for U, u, _ in ids] == [Outcome.SYNCED, Outcome.BREAK, Outcome.BUFFERED]
 
 
 def test_usdm_tail_chain_follows_pu():
-    b = BookBuilder(Rule.USDM)
+    b = BookBuilder(Market.USDM)
     b.event(usdm(90, 98, 85))
     b.event(usdm(99, 103, 98, bids=[(10.0, 4.0)]))
     b.event(usdm(110, 115, 103))

@@ -188,7 +188,7 @@ def test_crossed_rows_counts_known_crossed_points_with_examples():
 
 
 def test_settings_from_the_environment():
-    from orderbook_collector.errors import ConfigError
+    from orderbook_core.errors import ConfigError
 
     assert Settings.from_env({}) == Settings(depth=25, interval_us=1_000_000)
     assert Settings.from_env({"ORDERBOOK_BOOK_DEPTH": "50", "ORDERBOOK_BOOK_INTERVAL_MS": "100"}) == Settings(50, 100_000)

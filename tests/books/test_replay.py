@@ -16,7 +16,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosedError
 
-from orderbook_collector.buffer.hours import hour_folder
+from orderbook_core.buffer.hours import hour_folder
 
 from orderbook_assets.analytics.replay import ReplayError, ReplayServer, dec
 from support.book_tables import Part, Rest, Trd, Upd, partial, rest, trades, updates

@@ -16,7 +16,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from orderbook_collector.buffer.hours import HOUR_US, hour_of
+from orderbook_core.buffer.hours import HOUR_US, hour_of
 
 from orderbook_assets.archive import datasets as ds
 from orderbook_assets.archive import pipeline

@@ -20,8 +20,8 @@ import pyarrow.compute as pc
 import pytest
 from websockets.asyncio.client import connect
 
-from orderbook_collector.buffer.hours import HOUR_US
-from orderbook_collector.feed.streams import Market
+from orderbook_core.buffer.hours import HOUR_US
+from orderbook_core.streams import Market
 
 from orderbook_assets.books.hour import Settings, build_hour
 from support.book_tables import TS, Part, Rest, Upd, partial, rest, updates

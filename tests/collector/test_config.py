@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from orderbook_collector.config import load
-from orderbook_collector.errors import ConfigError
+from orderbook_core.errors import ConfigError
 from support.procs import child_env
 
 

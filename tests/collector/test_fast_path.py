@@ -13,10 +13,10 @@ import random
 import orjson
 import pytest
 
-from orderbook_collector.buffer import levels
-from orderbook_collector.buffer.records import DepthRecord, DepthUpdateRecord, Quarantined
+from orderbook_core.buffer import levels
+from orderbook_core.buffer.records import DepthRecord, DepthUpdateRecord, Quarantined
 from orderbook_collector.feed.protocol import Decoder
-from orderbook_collector.feed.streams import Market, spec
+from orderbook_core.streams import Market, spec
 
 SPOT, USDM = Market.SPOT, Market.USDM
 STREAMS = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from orderbook_collector.errors import ConfigError
+from orderbook_core.errors import ConfigError
 from orderbook_collector.feed.protocol import (
     ControlReply,
     Decoder,

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from orderbook_collector.buffer.records import Event
+from orderbook_core.buffer.records import Event
 from orderbook_collector.writer.thread import Inbox
 
 

@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from orderbook_collector.config import Subscription, load
-from orderbook_collector.errors import ConfigError
-from orderbook_collector.feed.streams import Market
+from orderbook_core.errors import ConfigError
+from orderbook_core.streams import Market
 from support.procs import child_env
 
 

@@ -9,9 +9,9 @@ import dataclasses
 import json
 import urllib.parse
 
-from orderbook_collector.buffer.levels import unpack
+from orderbook_core.buffer.levels import unpack
 from orderbook_collector.config import Settings
-from orderbook_collector.feed.streams import Market
+from orderbook_core.streams import Market
 from support.markets import key, quiet, running, sent_counts, stored_counts, until
 from support.procs import query
 from tools.simulator.exchange import Exchange

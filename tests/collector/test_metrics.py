@@ -9,7 +9,7 @@ import sys
 import time
 import urllib.request
 
-from orderbook_collector import buffer as buf
+from orderbook_core import buffer as buf
 from orderbook_collector.metrics import Metrics, render
 from support.procs import child_env, wait_for
 

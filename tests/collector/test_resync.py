@@ -14,11 +14,11 @@ import urllib.request
 import pytest
 from websockets.asyncio.client import connect
 
-from orderbook_collector.buffer.levels import unpack
+from orderbook_core.buffer.levels import unpack
 from orderbook_collector.config import Settings, load
-from orderbook_collector.errors import ConfigError
+from orderbook_core.errors import ConfigError
 from orderbook_collector.connection.rest import RestClient, RestError, Resyncer, WeightBudget
-from orderbook_collector.feed.streams import Market, spec
+from orderbook_core.streams import Market, spec
 from support.markets import running, until
 from support.procs import query
 from tools.simulator.exchange import Exchange

@@ -69,7 +69,7 @@ def test_a_lock_left_by_a_killed_collector_never_blocks_the_restart(tmp_path):
 def test_a_refused_collector_leaves_the_spill_of_the_live_one_untouched(tmp_path):
     """The lock comes before the spill folder is opened, which cuts what looks like a torn tail:
     a segment the live collector is in the middle of writing looks exactly like one."""
-    from orderbook_collector.buffer.lock import BufferLock
+    from orderbook_core.buffer.lock import BufferLock
 
     buffer = tmp_path / "buffer.sqlite3"
     with BufferLock.acquire(buffer):  # the live collector (here: this test) holds the buffer

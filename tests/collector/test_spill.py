@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from orderbook_collector.buffer.records import Frame
+from orderbook_core.buffer.records import Frame
 from orderbook_collector.writer.spill import Spill
 
 

@@ -8,9 +8,9 @@ import asyncio
 import dataclasses
 import json
 
-from orderbook_collector.buffer.records import Frame, SessionOpen, SessionStreams, from_spill, to_spill
+from orderbook_core.buffer.records import Frame, SessionOpen, SessionStreams, from_spill, to_spill
 from orderbook_collector.config import Settings
-from orderbook_collector.feed.streams import Market
+from orderbook_core.streams import Market
 from orderbook_collector.writer.thread import Writer
 from support.procs import query
 from support.markets import key, quiet, running, sent_counts, stored_counts, until

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from orderbook_collector.buffer.records import (
+from orderbook_core.buffer.records import (
     AggTradeRecord, DepthRestSnapshotRecord, DepthSyncRecord, DepthUpdateRecord, TradeGapRecord, TradeRecord,
 )
-from orderbook_collector.feed.streams import Market, spec
+from orderbook_core.streams import Market, spec
 from orderbook_collector.feed.sync import (
     Continuity, DiffDepthTracker, LastEvent, SnapshotRequest, TradeIdTracker,
 )

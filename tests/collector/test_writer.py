@@ -5,9 +5,9 @@ from __future__ import annotations
 import sqlite3
 import threading
 
-from orderbook_collector import buffer
+from orderbook_core import buffer
 from orderbook_collector.feed.protocol import build_streams
-from orderbook_collector.buffer.records import Frame, Quarantined, SessionClose, SessionOpen
+from orderbook_core.buffer.records import Frame, Quarantined, SessionClose, SessionOpen
 from orderbook_collector.writer.thread import Writer
 
 from support.procs import wait_for

@@ -8,8 +8,8 @@ import time
 
 import orjson
 
-from orderbook_collector.buffer.records import Frame, SessionOpen
-from orderbook_collector.feed.streams import Market, spec
+from orderbook_core.buffer.records import Frame, SessionOpen
+from orderbook_core.streams import Market, spec
 from orderbook_collector.writer.thread import Writer
 
 T0 = 1_700_000_000_000_000

@@ -9,10 +9,10 @@ import threading
 
 import orjson
 
-from orderbook_collector.buffer.records import (
+from orderbook_core.buffer.records import (
     DepthRestSnapshotRecord, DepthSyncRecord, Frame, SessionClose, SessionOpen, TradeGapRecord, from_spill, to_spill,
 )
-from orderbook_collector.feed.streams import spec
+from orderbook_core.streams import spec
 from orderbook_collector.feed.sync import SnapshotRequest
 from orderbook_collector.writer.thread import Writer
 

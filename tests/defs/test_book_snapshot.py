@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 from dagster import DagsterInstance
 
-from orderbook_collector.buffer.hours import HOUR_US
+from orderbook_core.buffer.hours import HOUR_US
 from orderbook_collector.config import Settings
-from orderbook_collector.feed.streams import Market
+from orderbook_core.streams import Market
 
 from orderbook_assets.analytics.book_hours import books_key, version_key
 from orderbook_assets.definitions import defs

@@ -14,7 +14,7 @@ from dagster import DagsterInstance, build_schedule_context, build_sensor_contex
 from orderbook_assets.archive import ledger
 from orderbook_assets.definitions import defs
 from orderbook_assets.defs.partitions import hourly
-from orderbook_collector.errors import ConfigError
+from orderbook_core.errors import ConfigError
 
 from support.runs import checks_of, materialized
 from support.buffer_rows import REALISTIC_ROWS, BASE_HOUR_US, fill_buffer, open_buffer, realistic_hour

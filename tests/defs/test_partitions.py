@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from orderbook_assets.defs.partitions import DEFAULT_START, START_ENV, partitions_start
-from orderbook_collector.errors import ConfigError
+from orderbook_core.errors import ConfigError
 
 from support.procs import ROOT, child_env
 

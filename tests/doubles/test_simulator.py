@@ -22,7 +22,7 @@ import pytest
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK, InvalidStatus
 
-from orderbook_collector.feed.streams import Kind, Market
+from orderbook_core.streams import Kind, Market
 from tools.simulator.exchange import MALFORMED_KINDS, OVERSIZE_BYTES, Admission, Book, Exchange, StreamKey, WeightLimiter
 
 REPO = Path(__file__).resolve().parents[2]

@@ -9,7 +9,7 @@ from dagster import DagsterInstance
 
 from orderbook_assets.archive import freshness as fr
 from orderbook_assets.definitions import build
-from orderbook_collector.buffer import now_us
+from orderbook_core.buffer import now_us
 from support.buffer_rows import BASE_HOUR_US, HOUR_US, fill_buffer, open_buffer
 
 S = 1_000_000

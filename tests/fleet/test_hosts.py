@@ -7,7 +7,7 @@ from dagster import AssetKey
 
 from orderbook_assets.archive.datasets import DATASETS
 from orderbook_assets.definitions import build
-from orderbook_collector.errors import ConfigError
+from orderbook_core.errors import ConfigError
 
 
 def names(defs):

@@ -13,7 +13,7 @@ from orderbook_assets.archive import merge
 from orderbook_assets.archive.datasets import (AGG_TRADE, BOOK_TICKER, COVERAGE, COVERAGE_SCHEMA, DATASETS, DEPTH,
                                                DEPTH_REST, DEPTH_SCHEMA, DEPTH_SCHEMA_V1, DEPTH_UPDATE, TRADE)
 from orderbook_assets.archive.store import LocalStore
-from orderbook_collector.errors import ConfigError
+from orderbook_core.errors import ConfigError
 
 HOUR = 1_795_428_000_000_000  # 2026-11-23 10:00 UTC
 S = 1_000_000

@@ -7,7 +7,7 @@ from typing import NamedTuple, Sequence
 
 import pyarrow as pa
 
-from orderbook_collector.buffer.levels import LEVELS
+from orderbook_core.buffer.levels import LEVELS
 
 TS = pa.timestamp("us", tz="UTC")
 Levels = Sequence[tuple[float, float]]

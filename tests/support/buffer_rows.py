@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from orderbook_collector import buffer
-from orderbook_collector.buffer.records import DepthRecord
-from orderbook_collector.buffer.records import SessionClose, SessionOpen
+from orderbook_core import buffer
+from orderbook_core.buffer.records import DepthRecord
+from orderbook_core.buffer.records import SessionClose, SessionOpen
 from orderbook_collector.writer.thread import store_records
 
 HOUR_US = buffer.HOUR_US

@@ -81,7 +81,7 @@ import orjson  # noqa: E402
 from support.procs import JOB_RUN, SimulatorProcess, child_env  # noqa: E402
 from support.s3 import MotoServer, FaultProxy, s3_client  # noqa: E402
 from support.archive_rows import COLUMNS, ID, expected, read  # noqa: E402
-from orderbook_collector.buffer import HOUR_US  # noqa: E402
+from orderbook_core.buffer import HOUR_US  # noqa: E402
 from tools.simulator.exchange import MALFORMED_KINDS  # noqa: E402
 
 BUCKET = "chaos"

@@ -19,8 +19,8 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from orderbook_collector import buffer
-from orderbook_collector.buffer.records import (AggTradeRecord, BookTickerRecord, DepthRecord, DepthUpdateRecord,
+from orderbook_core import buffer
+from orderbook_core.buffer.records import (AggTradeRecord, BookTickerRecord, DepthRecord, DepthUpdateRecord,
                                                 SessionOpen, TradeRecord)
 from orderbook_collector.writer.thread import store_records
 

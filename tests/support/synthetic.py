@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from orderbook_assets.analytics import views
 from orderbook_assets.archive import datasets
-from orderbook_collector import buffer
+from orderbook_core import buffer
 
 HOUR_US = buffer.HOUR_US
 T0 = 1_795_510_800_000_000  # 2026-11-24 09:00:00 UTC

@@ -35,7 +35,7 @@ from orderbook_assets.archive import datasets, quality
 from orderbook_assets.definitions import defs
 from orderbook_assets.defs.partitions import hourly
 from orderbook_collector.config import Settings
-from orderbook_collector.feed.streams import Market
+from orderbook_core.streams import Market
 from support.archive_rows import COLUMNS, ID, expected, read, rows
 from support.markets import key, quiet, running, sent_counts, stored_counts, until
 from support.procs import query

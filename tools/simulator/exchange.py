@@ -14,7 +14,7 @@ Binance's protocol: ``/stream?streams=a/b`` (combined wrapper
 SUBSCRIBE / UNSUBSCRIBE / LIST_SUBSCRIPTIONS / SET_PROPERTY / GET_PROPERTY with Binance's
 nested error replies (codes 0-3). More than ``max_incoming_per_sec`` client frames in one
 second (5 on spot, 10 on USD-M by default) closes the connection with 1008 "Too many
-requests". Stream names are parsed with ``orderbook_collector.feed.streams`` (the
+requests". Stream names are parsed with ``orderbook_core.streams`` (the
 product's facts).
 
 * Spot on ``/stream`` and ``/ws``: ``<sym>@depth5|10|20[@100ms]`` (``lastUpdateId,bids,asks``),
@@ -121,7 +121,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
-from orderbook_collector.feed.streams import (
+from orderbook_core.streams import (
     DEPTH_DEFAULT_LIMIT,
     MAX_INCOMING_PER_SEC,
     MAX_STREAMS,

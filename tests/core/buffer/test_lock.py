@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from orderbook_collector.buffer.lock import BufferInUse, BufferLock
+from orderbook_core.buffer.lock import BufferInUse, BufferLock
 
 
 def test_a_second_holder_is_refused_with_the_first_ones_pid_until_it_releases(buffer_path):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import NamedTuple
 
-from orderbook_collector.errors import ConfigError
+from orderbook_core.errors import ConfigError
 
 
 class Market(str, Enum):

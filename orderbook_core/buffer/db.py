@@ -16,10 +16,10 @@ import logging
 import sqlite3
 from pathlib import Path
 
-from orderbook_collector.buffer.hours import HOUR_US, hour_of, now_us  # noqa: F401  (re-exported)
-from orderbook_collector.buffer.schema import migrate
-from orderbook_collector.buffer.transactions import transaction
-from orderbook_collector.errors import StorageError
+from orderbook_core.buffer.hours import HOUR_US, hour_of, now_us  # noqa: F401  (re-exported)
+from orderbook_core.buffer.schema import migrate
+from orderbook_core.buffer.transactions import transaction
+from orderbook_core.errors import StorageError
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ import sqlite3
 
 import pytest
 
-from orderbook_collector import buffer
-from orderbook_collector.buffer import schema
-from orderbook_collector.errors import StorageError
+from orderbook_core import buffer
+from orderbook_core.buffer import schema
+from orderbook_core.errors import StorageError
 
 
 def make_v1(path) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from operator import attrgetter, itemgetter
 from typing import Callable, NamedTuple
 
-from orderbook_collector.buffer.records import (
+from orderbook_core.buffer.records import (
     AggTradeRecord,
     BookTickerRecord,
     DepthRecord,

@@ -12,8 +12,8 @@ from __future__ import annotations
 import sqlite3
 from typing import NamedTuple
 
-from orderbook_collector.buffer.hours import HOUR_US
-from orderbook_collector.buffer.rows import DATASETS as _KEPT_IN_BUFFER_HOURS
+from orderbook_core.buffer.hours import HOUR_US
+from orderbook_core.buffer.rows import DATASETS as _KEPT_IN_BUFFER_HOURS
 
 #: The WHERE clause of a part's rows; parameters from :meth:`IdRange.params`.
 PART_ROWS = "id > ? AND id <= ? AND recv_us >= ? AND recv_us < ?"

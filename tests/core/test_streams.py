@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orderbook_collector.feed.streams import (
+from orderbook_core.streams import (
     EVENT_DRIVEN,
     REST_WEIGHT_PER_MINUTE,
     Kind,

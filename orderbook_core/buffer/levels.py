@@ -13,7 +13,7 @@ from array import array
 import numpy as np
 import pyarrow as pa
 
-from orderbook_collector.errors import StorageError
+from orderbook_core.errors import StorageError
 
 PAIR_BYTES = 16
 LEVEL = pa.struct([pa.field("price", pa.float64(), nullable=False), pa.field("qty", pa.float64(), nullable=False)])

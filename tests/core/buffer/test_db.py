@@ -6,8 +6,8 @@ import sqlite3
 
 import pytest
 
-from orderbook_collector import buffer
-from orderbook_collector.errors import StorageError, TransactionError
+from orderbook_core import buffer
+from orderbook_core.errors import StorageError, TransactionError
 
 
 def test_connect_enforces_wal_and_synchronous(buffer_path):

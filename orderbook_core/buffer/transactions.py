@@ -7,7 +7,7 @@ import logging
 import sqlite3
 from collections.abc import Iterator
 
-from orderbook_collector.errors import TransactionError
+from orderbook_core.errors import TransactionError
 
 log = logging.getLogger(__name__)
 

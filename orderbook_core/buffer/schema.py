@@ -34,8 +34,8 @@ from __future__ import annotations
 
 import sqlite3
 
-from orderbook_collector.buffer.transactions import transaction
-from orderbook_collector.errors import StorageError
+from orderbook_core.buffer.transactions import transaction
+from orderbook_core.errors import StorageError
 
 #: Which side writes each table.
 OWNER = {

@@ -18,7 +18,7 @@ import socket
 from datetime import datetime, timezone
 from pathlib import Path
 
-from orderbook_collector.errors import ConfigError
+from orderbook_core.errors import ConfigError
 
 
 class BufferInUse(ConfigError):

@@ -17,8 +17,8 @@ from typing import NamedTuple
 import numpy as np
 import orjson
 
-from orderbook_collector.buffer import levels as packed
-from orderbook_collector.buffer.records import (
+from orderbook_core.buffer import levels as packed
+from orderbook_core.buffer.records import (
     AggTradeRecord,
     BookTickerRecord,
     DepthRecord,
@@ -26,8 +26,8 @@ from orderbook_collector.buffer.records import (
     Row,
     TradeRecord,
 )
-from orderbook_collector.errors import FrameError
-from orderbook_collector.feed.streams import Kind, Market, StreamSpec
+from orderbook_core.errors import FrameError
+from orderbook_core.streams import Kind, Market, StreamSpec
 
 _U63 = 1 << 63
 #: A diff event carries the levels that changed; more than this on a side is not a book.

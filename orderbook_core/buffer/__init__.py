@@ -11,7 +11,7 @@ Both processes import this package and nothing of each other.
 - :mod:`.hours`: microsecond time and UTC hours.
 """
 
-from orderbook_collector.buffer.db import (  # noqa: F401
+from orderbook_core.buffer.db import (  # noqa: F401
     DEFAULT_BUSY_TIMEOUT_MS,
     PAGE_SIZE,
     SYNCHRONOUS_LEVELS,
@@ -21,6 +21,6 @@ from orderbook_collector.buffer.db import (  # noqa: F401
     stream_ids,
     stream_names,
 )
-from orderbook_collector.buffer.hours import HOUR_US, hour_folder, hour_of, hour_start, now_us  # noqa: F401
-from orderbook_collector.buffer.schema import SCHEMA, SCHEMA_VERSION  # noqa: F401
-from orderbook_collector.buffer.transactions import transaction  # noqa: F401
+from orderbook_core.buffer.hours import HOUR_US, hour_folder, hour_of, hour_start, now_us  # noqa: F401
+from orderbook_core.buffer.schema import SCHEMA, SCHEMA_VERSION  # noqa: F401
+from orderbook_core.buffer.transactions import transaction  # noqa: F401

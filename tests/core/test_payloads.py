@@ -5,12 +5,12 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from orderbook_collector.buffer import levels
-from orderbook_collector.buffer.records import (
+from orderbook_core.buffer import levels
+from orderbook_core.buffer.records import (
     AggTradeRecord, BookTickerRecord, DepthRecord, DepthUpdateRecord, Quarantined, TradeRecord,
 )
 from orderbook_collector.feed.protocol import Decoder
-from orderbook_collector.feed.streams import Market, spec
+from orderbook_core.streams import Market, spec
 
 SPOT, USDM = Market.SPOT, Market.USDM
 
