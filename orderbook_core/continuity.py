@@ -20,6 +20,8 @@ The rules (``docs/binance-api.md``, sections 3 and 4):
 
 from __future__ import annotations
 
+from typing import Callable
+
 from orderbook_core.streams import Market
 
 
@@ -28,13 +30,25 @@ def uses_pu(market: Market | str) -> bool:
     return Market(market) is not Market.SPOT
 
 
+def _continues_spot(prev_u: int, first: int, last: int, pu: int | None) -> bool:
+    return first <= prev_u + 1 <= last
+
+
+def _continues_pu(prev_u: int, first: int, last: int, pu: int | None) -> bool:
+    return pu == prev_u and last > prev_u
+
+
+def continues_rule(market: Market | str) -> Callable[[int, int, int, int | None], bool]:
+    """:func:`continues` for one market, bound once: ``rule(prev_u, first, last, pu)`` (the
+    writer asks it for every stored diff event, so no per-call market lookup)."""
+    return _continues_pu if uses_pu(market) else _continues_spot
+
+
 def continues(market: Market | str, prev_u: int, first: int, last: int, pu: int | None) -> bool:
     """Whether an event (``U`` = ``first``, ``u`` = ``last``, ``pu``) continues a stream whose
     previous event (or book) ended at ``prev_u``. A stale or rewound event (``last <= prev_u``)
     never continues."""
-    if uses_pu(market):
-        return pu == prev_u and last > prev_u
-    return first <= prev_u + 1 < last + 1
+    return continues_rule(market)(prev_u, first, last, pu)
 
 
 def stale(market: Market | str, snapshot_id: int, last: int) -> bool:

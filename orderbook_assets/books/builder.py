@@ -209,6 +209,7 @@ class BookBuilder:
 
     def __init__(self, market: Market | str, max_tail: int = 2000):
         self.market = Market(market)
+        self._rule = continuity.continues_rule(self.market)
         self.bids = Side(bid=True)
         self.asks = Side(bid=False)
         self.status = Status.UNKNOWN
@@ -292,8 +293,7 @@ class BookBuilder:
         return Result(outcome, self.status, self.last_update_id, replayed)
 
     def _continues(self, ev: DiffEvent) -> bool:
-        return continuity.continues(self.market, self._id, ev.first_update_id, ev.last_update_id,  # type: ignore[arg-type]
-                                    ev.prev_update_id)
+        return self._rule(self._id, ev.first_update_id, ev.last_update_id, ev.prev_update_id)  # type: ignore[arg-type]
 
     def _bridges(self, ev: DiffEvent, lid: int) -> bool:
         return continuity.bridges(self.market, lid, ev.first_update_id, ev.last_update_id, ev.prev_update_id)
@@ -356,8 +356,7 @@ class BookBuilder:
             last = self._tail[-1]
             if ev.last_update_id <= last.last_update_id:
                 return
-            if not continuity.continues(self.market, last.last_update_id, ev.first_update_id, ev.last_update_id,
-                                        ev.prev_update_id):
+            if not self._rule(last.last_update_id, ev.first_update_id, ev.last_update_id, ev.prev_update_id):
                 self._tail.clear()
         self._tail.append(ev)
 

@@ -115,12 +115,13 @@ class DiffDepthTracker:
             a stream with stored events but no recorded sync state is not.
     """
 
-    __slots__ = ("stream", "market", "last_u", "last_ms", "last_sid", "synced", "sessions", "kept", "snapshot",
+    __slots__ = ("stream", "market", "_rule", "last_u", "last_ms", "last_sid", "synced", "sessions", "kept", "snapshot",
                  "reason")
 
     def __init__(self, stream: str, market: Market, last: LastEvent | None = None, synced: bool = False) -> None:
         self.stream = stream
         self.market = market
+        self._rule = continuity.continues_rule(market)
         # the last stored event (plain attributes: this is the writer's per-row path)
         self.last_u, self.last_ms, self.last_sid = last if last is not None else (None, None, None)
         self.synced = synced
@@ -144,7 +145,7 @@ class DiffDepthTracker:
         self.kept = kept if kept is not None else deque(maxlen=MAX_KEPT_EVENTS)
 
     def _continues(self, r: DepthUpdateRecord) -> bool:
-        return continuity.continues(self.market, self.last_u, r.first_update_id, r.last_update_id, r.prev_update_id)
+        return self._rule(self.last_u, r.first_update_id, r.last_update_id, r.prev_update_id)
 
     def on_event(self, r: DepthUpdateRecord) -> list[Output]:
         """A stored diff event of this stream, in store order."""
