@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import urlparse
 
+from orderbook_core.buffer.db import DEFAULT_PATH
 from orderbook_core.errors import ConfigError
 from orderbook_core.streams import (
     DEPTH_DEFAULT_LIMIT,
@@ -57,7 +58,7 @@ class Settings:
     #: The file form (ORDERBOOK_SUBSCRIPTIONS), parsed; when given it replaces the four settings above.
     file_subscriptions: tuple[Subscription, ...] | None = None
     symbols_refresh: float = 300.0  # seconds between exchangeInfo reads for ``*``
-    buffer: Path = Path("data/buffer.sqlite3")
+    buffer: Path = DEFAULT_PATH
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9108  # 0 = any free port, -1 = no metrics server
     synchronous: str = "FULL"

@@ -26,6 +26,9 @@ from prometheus_client import CollectorRegistry, ProcessCollector, generate_late
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from orderbook_core.buffer.db import connect_readonly
+from orderbook_core.buffer.schema import PartState
+
 log = logging.getLogger(__name__)
 
 # Commit latency and event-loop lag buckets in seconds.
@@ -240,9 +243,10 @@ def _archive_progress(path: Path) -> tuple[int | None, int | None]:
     if not path.exists():
         return None, None
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=0.5)
+        conn = connect_readonly(path, timeout=0.5)
         try:
-            newest = conn.execute("SELECT max(hour_us) FROM export_parts WHERE state = 'archived'").fetchone()[0]
+            newest = conn.execute("SELECT max(hour_us) FROM export_parts WHERE state = ?",
+                                  (PartState.ARCHIVED,)).fetchone()[0]
             oldest = conn.execute("SELECT min(hour_us) FROM buffer_hours").fetchone()[0]
         finally:
             conn.close()

@@ -26,6 +26,7 @@ import sys
 
 import duckdb
 
+from orderbook_core.buffer.db import DEFAULT_PATH
 from orderbook_core.errors import OrderbookError
 
 from orderbook_assets.analytics import views
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     archive_url = Location.from_env(args.archive).url  # the archive job's own parser and default
-    buffer_path = (args.buffer or os.environ.get("ORDERBOOK_BUFFER") or "data/buffer.sqlite3") if args.with_tail else None
+    buffer_path = (args.buffer or os.environ.get("ORDERBOOK_BUFFER") or str(DEFAULT_PATH)) if args.with_tail else None
     con, info = open_connection(archive_url, buffer_path, args.write_db)
     interactive = args.sql is None and (args.write_db or sys.stdin.isatty())
     _print_notes(info, None if interactive else (args.sql or ""))

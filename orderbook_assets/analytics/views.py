@@ -35,6 +35,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from orderbook_core import buffer as buf
 from orderbook_core.buffer import HOUR_US, levels, reads  # noqa: F401
 from orderbook_core.errors import ArchiveError, ConfigError, StorageError
 
@@ -117,7 +118,7 @@ def read_tails(buffer_path: str | Path, names: tuple[str, ...] = STREAM_VIEWS) -
     if not path.is_file():
         raise ConfigError("ORDERBOOK_BUFFER", f"{path} does not exist; point --buffer at the collector's buffer.")
     try:
-        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
+        con = buf.connect_readonly(path, timeout=5)
     except sqlite3.Error as exc:
         raise StorageError(f"cannot open buffer {path} read-only: {exc}") from exc
     try:

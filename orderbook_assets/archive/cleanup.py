@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orderbook_core.buffer import HOUR_US, now_us, reads, transaction
+from orderbook_core.buffer.schema import PartState
 
 from orderbook_assets.archive.crash import crash_point
 from orderbook_assets.archive.ledger import DEPTH, ROUND_TABLES
@@ -47,9 +48,9 @@ def eligible_parts(conn: sqlite3.Connection, retention_hours: float, now: int,
     """
     cutoff = now - int(retention_hours * HOUR_US)
     return conn.execute(
-        "SELECT hour_us, id_lo, id_hi FROM export_parts WHERE dataset = ? AND state = 'archived' "
+        "SELECT hour_us, id_lo, id_hi FROM export_parts WHERE dataset = ? AND state = ? "
         "AND (? = 0 OR hour_us + ? <= ?) ORDER BY hour_us, part",
-        (dataset, retention_hours, HOUR_US, cutoff),
+        (dataset, PartState.ARCHIVED, retention_hours, HOUR_US, cutoff),
     ).fetchall()
 
 
@@ -63,10 +64,10 @@ def delete_part_rows(conn: sqlite3.Connection, hour_us: int, id_lo: int, id_hi: 
         cur = conn.execute(
             f"DELETE FROM {dataset} WHERE id IN ("
             f" SELECT id FROM {dataset} WHERE {reads.PART_ROWS}"
-            " AND EXISTS (SELECT 1 FROM export_parts p WHERE p.dataset = ? AND p.hour_us = ? AND p.state = 'archived'"
+            " AND EXISTS (SELECT 1 FROM export_parts p WHERE p.dataset = ? AND p.hour_us = ? AND p.state = ?"
             "             AND p.id_lo = ? AND p.id_hi = ?)"
             " LIMIT ?)",
-            (*reads.IdRange(hour_us, id_lo, id_hi).params(), dataset, hour_us, id_lo, id_hi, batch),
+            (*reads.IdRange(hour_us, id_lo, id_hi).params(), dataset, hour_us, PartState.ARCHIVED, id_lo, id_hi, batch),
         )
     return cur.rowcount
 
@@ -77,7 +78,7 @@ def has_rows(conn: sqlite3.Connection, hour_us: int, id_lo: int, id_hi: int, dat
 
 def _drop_staged(conn: sqlite3.Connection, staging: Path, hour_us: int) -> None:
     for (key,) in conn.execute(
-        "SELECT object_key FROM export_parts WHERE hour_us = ? AND state = 'archived'", (hour_us,)
+        "SELECT object_key FROM export_parts WHERE hour_us = ? AND state = ?", (hour_us, PartState.ARCHIVED)
     ).fetchall():
         (staging / key).unlink(missing_ok=True)
 

@@ -27,23 +27,14 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
-from enum import Enum
 
 from orderbook_core.buffer import HOUR_US, now_us, reads, transaction
+from orderbook_core.buffer.schema import PartState  # noqa: F401  (the ledger's states; re-exported)
 
 from orderbook_assets.archive.datasets import CONTINUITY, COVERAGE, DATASETS, DEPTH  # noqa: F401
 
 #: The buffer tables whose rows parts hold, in the order a round plans them.
 ROUND_TABLES = (*DATASETS, *CONTINUITY)
-
-class PartState(str, Enum):
-    """A part's state in the ledger; it only moves forward, in this order."""
-
-    PLANNED = "planned"
-    UPLOADED = "uploaded"
-    VERIFIED = "verified"
-    ARCHIVED = "archived"
-
 
 STATES = tuple(PartState)
 
@@ -117,8 +108,8 @@ def plan_round(conn: sqlite3.Connection, hour_us: int, now: int | None = None) -
         for table, number, id_lo, id_hi in planned:
             conn.execute(
                 "INSERT INTO export_parts (dataset, hour_us, part, id_lo, id_hi, state, planned_us, updated_us) "
-                "VALUES (?, ?, ?, ?, ?, 'planned', ?, ?)",
-                (table, hour_us, number, id_lo, id_hi, now, now),
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (table, hour_us, number, id_lo, id_hi, PartState.PLANNED.value, now, now),
             )
     return [get_part(conn, table, hour_us, number) for table, number, _, _ in planned]
 
@@ -187,8 +178,8 @@ def record_object(conn: sqlite3.Connection, part: Part, **fields: object) -> Par
     with transaction(conn):
         conn.execute(
             f"UPDATE export_parts SET {sets}, updated_us = ? "
-            "WHERE dataset = ? AND hour_us = ? AND part = ? AND state != 'archived'",
-            (*fields.values(), now_us(), part.dataset, part.hour_us, part.part),
+            "WHERE dataset = ? AND hour_us = ? AND part = ? AND state != ?",
+            (*fields.values(), now_us(), part.dataset, part.hour_us, part.part, PartState.ARCHIVED.value),
         )
     got = get_part(conn, part.dataset, part.hour_us, part.part)
     assert got is not None

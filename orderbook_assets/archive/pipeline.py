@@ -38,7 +38,7 @@ from orderbook_assets.archive import quality
 from orderbook_assets.archive.crash import crash_point
 
 from orderbook_assets.archive.export import Exported, object_key, stream_table, write_part, write_part_as
-from orderbook_assets.archive.ledger import COVERAGE, DEPTH, Part
+from orderbook_assets.archive.ledger import COVERAGE, DEPTH, Part, PartState
 from orderbook_assets.archive.store import ArchiveStore
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ def export_and_upload(conn: sqlite3.Connection, store: ArchiveStore, staging: Pa
     for dataset in ds.DATASETS:
         done = out.of(dataset)
         for part in ledger.pending(conn, dataset, hour_us):
-            if not part.reached("verified"):
+            if not part.reached(PartState.VERIFIED):
                 part = _export_one(conn, store, staging, part, done)
             done.parts.append(part)
     return out
@@ -246,7 +246,7 @@ def check_window(hour_us: int, parts: list[Part]) -> tuple[int, int]:
 def check_parts(conn: sqlite3.Connection, store: ArchiveStore, staging: Path, hour_us: int,
                 dataset: str = DEPTH) -> HourChecks:
     """Run ``dataset``'s checks (``quality.CHECKS``) over its verified, not yet archived parts of the hour."""
-    parts = ledger.parts(conn, dataset, hour_us, ("verified",))
+    parts = ledger.parts(conn, dataset, hour_us, (PartState.VERIFIED,))
     paths = [str(local_copy(store, staging, p)) for p in parts]
     buffer_rows = sum(ledger.buffer_rows(conn, p) for p in parts)
     checks = quality.CHECKS[dataset]
@@ -287,18 +287,18 @@ def upload_coverage(conn: sqlite3.Connection, store: ArchiveStore, staging: Path
     are in the coverage object, and they are verified with it.
     """
     pending = [p for p in ledger.pending(conn, COVERAGE, hour_us)
-               if all(q.reached("verified") or q.dataset in ds.CONTINUITY for q in ledger.round_parts(conn, p))]
+               if all(q.reached(PartState.VERIFIED) or q.dataset in ds.CONTINUITY for q in ledger.round_parts(conn, p))]
     newest = max((p.part for p in pending), default=None)
-    todo = [p for p in pending if not p.reached("verified")]
-    done = [p for p in pending if p.reached("verified")]
+    todo = [p for p in pending if not p.reached(PartState.VERIFIED)]
+    done = [p for p in pending if p.reached(PartState.VERIFIED)]
     gaps: list[quality.Gap] = []
     if todo:
         sessions_files = _copies(conn, store, staging, hour_us, [d for d, x in ds.DATASETS.items() if x.has_session],
-                                 ("verified",))
-        con = quality.connect(_copies(conn, store, staging, hour_us, quality.GAP_DATASETS, ("verified",)),
-                              earlier=_copies(conn, store, staging, hour_us, quality.GAP_DATASETS, ("archived",)))
+                                 (PartState.VERIFIED,))
+        con = quality.connect(_copies(conn, store, staging, hour_us, quality.GAP_DATASETS, (PartState.VERIFIED,)),
+                              earlier=_copies(conn, store, staging, hour_us, quality.GAP_DATASETS, (PartState.ARCHIVED,)))
         try:
-            verified = [p for d in quality.GAP_DATASETS for p in ledger.parts(conn, d, hour_us, ("verified",))]
+            verified = [p for d in quality.GAP_DATASETS for p in ledger.parts(conn, d, hour_us, (PartState.VERIFIED,))]
             gaps = quality.find_gaps(con, check_window(hour_us, verified or todo))
             if sessions_files:
                 con.read_parquet(sessions_files, union_by_name=True).create_view("session_rows")
@@ -318,7 +318,7 @@ def upload_coverage(conn: sqlite3.Connection, store: ArchiveStore, staging: Path
         gaps = cov.gaps_of(pq.read_table(local_copy(store, staging, newest_part)))
     for part in done:
         for q in ledger.round_parts(conn, part):
-            if q.dataset in ds.CONTINUITY and not q.reached("verified"):
+            if q.dataset in ds.CONTINUITY and not q.reached(PartState.VERIFIED):
                 ledger.advance(conn, q, "verified", rows=ledger.buffer_rows(conn, q), object_key=part.object_key)
     return HourCoverage(sorted(done, key=lambda p: p.part), gaps)
 
@@ -360,27 +360,27 @@ def mark_archived(conn: sqlite3.Connection, staging: Path, hour_us: int) -> list
     """
     crash_point("before_archive")
     done = []
-    for cover in ledger.parts(conn, COVERAGE, hour_us, ("verified",)):
+    for cover in ledger.parts(conn, COVERAGE, hour_us, (PartState.VERIFIED,)):
         members = ledger.round_parts(conn, cover)
-        if not all(p.reached("verified") for p in members):
+        if not all(p.reached(PartState.VERIFIED) for p in members):
             continue
         for part in [*members, cover]:
-            if not part.reached("archived"):
-                done.append(ledger.advance(conn, part, "archived"))
+            if not part.reached(PartState.ARCHIVED):
+                done.append(ledger.advance(conn, part, PartState.ARCHIVED))
     return done
 
 
 def archived_copies(conn: sqlite3.Connection, store: ArchiveStore, staging: Path, hour_us: int,
                     dataset: str = DEPTH) -> list[str]:
     """Local files of the hour's archived parts of a dataset: staged ones as they are, others downloaded."""
-    return [str(local_copy(store, staging, p)) for p in ledger.parts(conn, dataset, hour_us, ("archived",))]
+    return [str(local_copy(store, staging, p)) for p in ledger.parts(conn, dataset, hour_us, (PartState.ARCHIVED,))]
 
 
 def drop_staged(conn: sqlite3.Connection, staging: Path, hour_us: int) -> int:
     """Remove the staged files of the hour's archived parts; returns how many were there."""
     n = 0
     for dataset in (*ds.DATASETS, COVERAGE):
-        for part in ledger.parts(conn, dataset, hour_us, ("archived",)):
+        for part in ledger.parts(conn, dataset, hour_us, (PartState.ARCHIVED,)):
             path = staged_path(staging, part.object_key)
             if path.exists():
                 path.unlink()

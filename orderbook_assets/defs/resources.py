@@ -23,7 +23,7 @@ from orderbook_assets.archive.location import DEFAULT_ARCHIVE, Location, S3Setti
 from orderbook_assets.archive.merge import check_host_id, host_prefix
 from orderbook_assets.archive.store import ArchiveStore, open_store
 
-DEFAULT_BUFFER = "data/buffer.sqlite3"
+DEFAULT_BUFFER = str(buf.DEFAULT_PATH)
 DEFAULT_RETENTION_HOURS = 24.0
 
 

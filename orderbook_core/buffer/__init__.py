@@ -13,10 +13,12 @@ Both processes import this package and nothing of each other.
 
 from orderbook_core.buffer.db import (  # noqa: F401
     DEFAULT_BUSY_TIMEOUT_MS,
+    DEFAULT_PATH,
     PAGE_SIZE,
     SYNCHRONOUS_LEVELS,
     close_orphan_sessions,
     connect,
+    connect_readonly,
     next_session_id,
     stream_ids,
     stream_names,

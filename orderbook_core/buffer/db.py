@@ -76,6 +76,21 @@ def connect(
     return conn
 
 
+#: Where the collector keeps its buffer unless ``ORDERBOOK_BUFFER`` says otherwise.
+DEFAULT_PATH = Path("data/buffer.sqlite3")
+
+
+def connect_readonly(path: str | Path, timeout: float = 5.0) -> sqlite3.Connection:
+    """A read-only connection to an existing buffer (metrics, the unarchived tail, freshness):
+    it can never create the file, write, or take the write lock, so it never stalls the writer
+    (WAL readers do not block it). ``timeout`` bounds the wait on a lock, in seconds.
+
+    Raises:
+        sqlite3.OperationalError: the file does not exist or is not a database.
+    """
+    return sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True, timeout=timeout)
+
+
 def stream_ids(conn: sqlite3.Connection, streams: list[tuple]) -> dict[str, int]:
     """Register (key, symbol, kind[, market]) streams and return key → stream_id.
 

@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 from orderbook_core.buffer.hours import HOUR_US
 from orderbook_core.buffer.rows import DATASETS as _KEPT_IN_BUFFER_HOURS
+from orderbook_core.buffer.schema import PartState
 
 #: The WHERE clause of a part's rows; parameters from :meth:`IdRange.params`.
 PART_ROWS = "id > ? AND id <= ? AND recv_us >= ? AND recv_us < ?"
@@ -84,7 +85,7 @@ def unarchived(conn: sqlite3.Connection, dataset: str) -> list[IdRange]:
     """Every hour's rows that no *archived* part of ``dataset`` covers, in hour and id order."""
     archived: dict[int, list[IdRange]] = {}
     for hour_us, lo, hi in conn.execute(
-        "SELECT hour_us, id_lo, id_hi FROM export_parts WHERE dataset = ? AND state = 'archived'", (dataset,)
+        "SELECT hour_us, id_lo, id_hi FROM export_parts WHERE dataset = ? AND state = ?", (dataset, PartState.ARCHIVED)
     ):
         archived.setdefault(hour_us, []).append(IdRange(hour_us, lo, hi))
     out: list[IdRange] = []

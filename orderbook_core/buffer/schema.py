@@ -33,9 +33,20 @@ brings it up to date. Never edit a released step: add the next one.
 from __future__ import annotations
 
 import sqlite3
+from enum import Enum
 
 from orderbook_core.buffer.transactions import transaction
 from orderbook_core.errors import StorageError
+
+
+class PartState(str, Enum):
+    """An export part's state in the ledger (``export_parts.state``); it only moves forward, in this order."""
+
+    PLANNED = "planned"
+    UPLOADED = "uploaded"
+    VERIFIED = "verified"
+    ARCHIVED = "archived"
+
 
 #: Which side writes each table.
 OWNER = {
