@@ -36,13 +36,13 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-import numpy as np
 import orjson
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from orderbook_core import kinds
 from orderbook_core.errors import OrderbookError
 
 from orderbook_assets.analytics.books import ArchiveReader, ArchivedRow, iter_events, to_us
@@ -61,17 +61,15 @@ class ReplayError(OrderbookError):
 # ---- payloads ------------------------------------------------------------------------------
 
 
-def dec(x: float) -> str:
-    """A price or quantity as Binance-style decimal text (no exponent; parses back to ``x``)."""
-    return np.format_float_positional(x, trim="-")
+dec = kinds.dec  # a price or quantity as Binance-style decimal text (no exponent; parses back)
 
 
 def _ms(us: int | None) -> int | None:
     return None if us is None else us // 1000
 
 
-def _levels(side: list[dict]) -> list[list[str]]:
-    return [[dec(lv["price"]), dec(lv["qty"])] for lv in side]
+def _ts_ms(t: Any) -> int | None:
+    return _ms(_us(t))
 
 
 def _us(t: Any) -> int | None:
@@ -79,48 +77,19 @@ def _us(t: Any) -> int | None:
 
 
 def payload(dataset: str, market: str, row: dict) -> dict:
-    """The Binance payload of one archived row (``row`` as ``pyarrow`` ``to_pylist`` gives it)."""
-    usdm = market == "usdm"
-    sym = row["symbol"]
-    if dataset == "depth_snapshot" and not usdm:
-        return {"lastUpdateId": row["last_update_id"], "bids": _levels(row["bids"]), "asks": _levels(row["asks"])}
-    if dataset in ("depth_snapshot", "depth_update"):
-        head: dict = {"e": "depthUpdate", "E": _ms(_us(row["event_time"]))}
-        if usdm:
-            head["T"] = _ms(_us(row["transaction_time"]))
-        head.update(s=sym, U=row["first_update_id"], u=row["last_update_id"])
-        if usdm:
-            head["pu"] = row["prev_update_id"]
-        return {**head, "b": _levels(row["bids"]), "a": _levels(row["asks"])}
-    tail = {} if usdm else {"M": True}  # spot trades end with "M" (ignore), USD-M's have none
-    if dataset == "trade":
-        return {"e": "trade", "E": _ms(_us(row["event_time"])), "s": sym, "t": row["trade_id"],
-                "p": dec(row["price"]), "q": dec(row["qty"]), "T": _ms(_us(row["trade_time"])),
-                "m": row["is_buyer_maker"], **tail}
-    if dataset == "agg_trade":
-        return {"e": "aggTrade", "E": _ms(_us(row["event_time"])), "s": sym, "a": row["agg_trade_id"],
-                "p": dec(row["price"]), "q": dec(row["qty"]), "f": row["first_trade_id"],
-                "l": row["last_trade_id"], "T": _ms(_us(row["trade_time"])), "m": row["is_buyer_maker"], **tail}
-    if dataset == "book_ticker":
-        body = {"u": row["update_id"], "s": sym, "b": dec(row["best_bid"]), "B": dec(row["best_bid_qty"]),
-                "a": dec(row["best_ask"]), "A": dec(row["best_ask_qty"])}
-        if usdm:
-            body = {"e": "bookTicker", "u": row["update_id"], "E": _ms(_us(row["event_time"])),
-                    "T": _ms(_us(row["transaction_time"])), **body}
-        return body
-    raise ValueError(f"no Binance payload for dataset {dataset!r}")
+    """The Binance payload of one archived row (``row`` as ``pyarrow`` ``to_pylist`` gives it),
+    shaped by the dataset's spec (``orderbook_core.kinds``)."""
+    spec = kinds.SPECS.get(dataset)
+    if spec is None or dataset == kinds.DEPTH_REST_SNAPSHOT.name:
+        raise ValueError(f"no Binance payload for dataset {dataset!r}")
+    return kinds.encode(spec, market, row, _ts_ms)
 
 
 def rest_depth(market: str, row: dict, limit: int | None) -> dict:
     """A REST depth answer from a ``depth_rest_snapshot`` row, cut to ``limit`` levels a side."""
     n = limit or max(len(row["bids"]), len(row["asks"]))
-    out: dict = {"lastUpdateId": row["last_update_id"]}
-    if market == "usdm":
-        out["E"] = _ms(_us(row["event_time"]))
-        out["T"] = _ms(_us(row["transaction_time"]))
-    out["bids"] = _levels(row["bids"][:n])
-    out["asks"] = _levels(row["asks"][:n])
-    return out
+    cut = {**row, "bids": row["bids"][:n], "asks": row["asks"][:n]}
+    return kinds.encode(kinds.DEPTH_REST_SNAPSHOT, market, cut, _ts_ms)
 
 
 # ---- the timeline --------------------------------------------------------------------------

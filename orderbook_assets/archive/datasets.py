@@ -11,9 +11,10 @@ from typing import NamedTuple
 
 import pyarrow as pa
 
+from orderbook_core import kinds
 from orderbook_core.buffer.levels import LEVEL, LEVELS  # noqa: F401  (the levels' Arrow form)
 
-TS = pa.timestamp("us", tz="UTC")
+TS = kinds.TS
 
 DEPTH = "depth_snapshot"
 DEPTH_UPDATE = "depth_update"
@@ -54,8 +55,6 @@ def _schema(dataset: str, own: list[pa.Field], common=COMMON) -> pa.Schema:
     return pa.schema([*common, *own], metadata=_meta(dataset))
 
 
-_USDM_TIMES = [_f("event_time", TS, True), _f("transaction_time", TS, True)]
-
 #: Schema version 1 of ``depth_snapshot`` (spot only, no market nor USD-M columns): parts
 #: archived before version 2 keep it; readers use ``union_by_name`` (docs/datasets.md).
 DEPTH_SCHEMA_V1 = pa.schema(
@@ -72,29 +71,17 @@ DEPTH_SCHEMA_V1 = pa.schema(
     metadata=_meta(DEPTH, "1"),
 )
 
-DEPTH_SCHEMA = _schema(DEPTH, [
-    _f("last_update_id", pa.int64()), _f("bids", LEVELS), _f("asks", LEVELS),
-    *_USDM_TIMES, _f("first_update_id", pa.int64(), True), _f("prev_update_id", pa.int64(), True),
-])
-DEPTH_UPDATE_SCHEMA = _schema(DEPTH_UPDATE, [
-    _f("event_time", TS), _f("transaction_time", TS, True), _f("first_update_id", pa.int64()),
-    _f("last_update_id", pa.int64()), _f("prev_update_id", pa.int64(), True), _f("bids", LEVELS), _f("asks", LEVELS),
-])
-DEPTH_REST_SCHEMA = _schema(DEPTH_REST, [
-    _f("last_update_id", pa.int64()), _f("bids", LEVELS), _f("asks", LEVELS), _f("reason", pa.string()), *_USDM_TIMES,
-], common=_NO_SESSION)
-TRADE_SCHEMA = _schema(TRADE, [
-    _f("event_time", TS), _f("trade_time", TS), _f("trade_id", pa.int64()), _f("price", pa.float64()),
-    _f("qty", pa.float64()), _f("is_buyer_maker", pa.bool_()),
-])
-AGG_TRADE_SCHEMA = _schema(AGG_TRADE, [
-    _f("event_time", TS), _f("trade_time", TS), _f("agg_trade_id", pa.int64()), _f("first_trade_id", pa.int64()),
-    _f("last_trade_id", pa.int64()), _f("price", pa.float64()), _f("qty", pa.float64()), _f("is_buyer_maker", pa.bool_()),
-])
-BOOK_TICKER_SCHEMA = _schema(BOOK_TICKER, [
-    _f("update_id", pa.int64()), _f("best_bid", pa.float64()), _f("best_bid_qty", pa.float64()),
-    _f("best_ask", pa.float64()), _f("best_ask_qty", pa.float64()), *_USDM_TIMES,
-])
+def _stream_schema(spec: kinds.DatasetSpec) -> pa.Schema:
+    """A stream dataset's newest schema: the common columns, then its own (``orderbook_core.kinds``)."""
+    return _schema(spec.name, spec.arrow_fields(), common=COMMON if spec.ordered_id else _NO_SESSION)
+
+
+DEPTH_SCHEMA = _stream_schema(kinds.DEPTH_SNAPSHOT)
+DEPTH_UPDATE_SCHEMA = _stream_schema(kinds.DEPTH_UPDATE)
+DEPTH_REST_SCHEMA = _stream_schema(kinds.DEPTH_REST_SNAPSHOT)
+TRADE_SCHEMA = _stream_schema(kinds.TRADE)
+AGG_TRADE_SCHEMA = _stream_schema(kinds.AGG_TRADE)
+BOOK_TICKER_SCHEMA = _stream_schema(kinds.BOOK_TICKER)
 
 
 class Dataset(NamedTuple):
@@ -115,15 +102,10 @@ class Dataset(NamedTuple):
         return "bids" in self.schema.names
 
 
-#: Every archived stream dataset, in the order an hour is exported.
-DATASETS: dict[str, Dataset] = {d.name: d for d in (
-    Dataset(DEPTH, DEPTH_SCHEMA, ("market", "stream", "last_update_id"), "last_update_id"),
-    Dataset(DEPTH_UPDATE, DEPTH_UPDATE_SCHEMA, ("market", "stream", "last_update_id"), "last_update_id"),
-    Dataset(DEPTH_REST, DEPTH_REST_SCHEMA, ("market", "symbol", "last_update_id"), None),
-    Dataset(TRADE, TRADE_SCHEMA, ("market", "stream", "trade_id"), "trade_id"),
-    Dataset(AGG_TRADE, AGG_TRADE_SCHEMA, ("market", "stream", "agg_trade_id"), "agg_trade_id"),
-    Dataset(BOOK_TICKER, BOOK_TICKER_SCHEMA, ("market", "stream", "update_id"), "update_id"),
-)}
+#: Every archived stream dataset, in the order an hour is exported (``orderbook_core.kinds.SPECS``).
+DATASETS: dict[str, Dataset] = {
+    name: Dataset(name, _stream_schema(spec), spec.dedup, spec.ordered_id) for name, spec in kinds.SPECS.items()
+}
 
 #: Buffer tables whose rows are archived inside ``coverage`` (continuity as data), not as datasets.
 DEPTH_SYNC, TRADE_GAP = "depth_sync", "trade_gap"

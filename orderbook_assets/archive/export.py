@@ -32,7 +32,6 @@ import json
 import os
 import sqlite3
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from typing import NamedTuple
 
@@ -41,6 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from orderbook_core import kinds
 from orderbook_core.buffer import hour_folder, levels, reads
 from orderbook_core.fsutil import fsync_dir, sha256_file
 
@@ -119,17 +119,8 @@ def current_version(dataset: str) -> int:
 DEPTH_WRITER_OPTIONS = DEPTH_WRITER_VERSIONS[current_version(ds.DEPTH)].options
 
 
-class Kind(str, Enum):
-    """How a buffer column becomes a Parquet column."""
-
-    INT = "int"  # int64, never null
-    INT_NULL = "int?"
-    MS = "ms"  # exchange ms → timestamp[us, UTC]
-    MS_NULL = "ms?"
-    FLOAT = "float"
-    BOOL = "bool"  # SQLite 0/1
-    TEXT = "text"
-    LEVELS = "levels"  # ``n_bids, levels`` → the columns ``bids`` and ``asks``
+#: How a buffer column becomes a Parquet column (the spec's value types).
+Kind = kinds.Type
 
 
 class Source(NamedTuple):
@@ -138,27 +129,10 @@ class Source(NamedTuple):
     kind: Kind
 
 
-def _src(*spec: tuple[str, str, str]) -> tuple[Source, ...]:
-    return tuple(Source(c, sql or c, Kind(k)) for c, sql, k in spec)
-
-
-_LEVELS = ("bids", "n_bids, levels", "levels")
-_EXCH = (("event_time", "event_ms", "ms?"), ("transaction_time", "transaction_ms", "ms?"))
-#: Per dataset: its buffer table (same name) → its own Parquet columns.
+#: Per dataset: its buffer table (same name) → its own Parquet columns (``orderbook_core.kinds``).
 SOURCES: dict[str, tuple[Source, ...]] = {
-    ds.DEPTH: _src(("last_update_id", "update_id", "int"), _LEVELS, *_EXCH,
-                   ("first_update_id", "", "int?"), ("prev_update_id", "", "int?")),
-    ds.DEPTH_UPDATE: _src(("event_time", "event_ms", "ms"), ("transaction_time", "transaction_ms", "ms?"),
-                          ("first_update_id", "", "int"), ("last_update_id", "", "int"),
-                          ("prev_update_id", "", "int?"), _LEVELS),
-    ds.DEPTH_REST: _src(("last_update_id", "", "int"), _LEVELS, ("reason", "", "text"), *_EXCH),
-    ds.TRADE: _src(("event_time", "event_ms", "ms"), ("trade_time", "trade_ms", "ms"), ("trade_id", "", "int"),
-                   ("price", "", "float"), ("qty", "", "float"), ("is_buyer_maker", "", "bool")),
-    ds.AGG_TRADE: _src(("event_time", "event_ms", "ms"), ("trade_time", "trade_ms", "ms"),
-                       ("agg_trade_id", "", "int"), ("first_trade_id", "", "int"), ("last_trade_id", "", "int"),
-                       ("price", "", "float"), ("qty", "", "float"), ("is_buyer_maker", "", "bool")),
-    ds.BOOK_TICKER: _src(("update_id", "", "int"), ("best_bid", "", "float"), ("best_bid_qty", "", "float"),
-                         ("best_ask", "", "float"), ("best_ask_qty", "", "float"), *_EXCH),
+    name: tuple(Source(f.column, ", ".join(f.buffer), f.type) for f in spec.fields)
+    for name, spec in kinds.SPECS.items()
 }
 
 

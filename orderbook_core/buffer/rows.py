@@ -10,16 +10,12 @@ from __future__ import annotations
 from operator import attrgetter, itemgetter
 from typing import Callable, NamedTuple
 
+from orderbook_core import kinds
 from orderbook_core.buffer.records import (
-    AggTradeRecord,
-    BookTickerRecord,
-    DepthRecord,
     DepthRestSnapshotRecord,
     DepthSyncRecord,
-    DepthUpdateRecord,
     Row,
     TradeGapRecord,
-    TradeRecord,
 )
 
 
@@ -51,31 +47,10 @@ def _table(record: type, table: str, columns: dict[str, str], key: str) -> RowTa
 
 
 _COMMON = {"recv_us": "recv_us", "session_id": "session_id", "seq": "seq"}
+#: Record type → its table, for every dataset that comes over a connection (``orderbook_core.kinds``).
 ROW_TABLES: dict[type, RowTable] = {
-    DepthRecord: _table(DepthRecord, "depth_snapshot", {
-        **_COMMON, "update_id": "update_id", "n_bids": "n_bids", "levels": "levels",
-        "event_ms": "event_time_ms", "transaction_ms": "transaction_time_ms",
-        "first_update_id": "first_update_id", "prev_update_id": "prev_update_id",
-    }, "update_id"),
-    DepthUpdateRecord: _table(DepthUpdateRecord, "depth_update", {
-        **_COMMON, "event_ms": "event_time_ms", "transaction_ms": "transaction_time_ms",
-        "first_update_id": "first_update_id", "last_update_id": "last_update_id",
-        "prev_update_id": "prev_update_id", "n_bids": "n_bids", "levels": "levels",
-    }, "last_update_id"),
-    TradeRecord: _table(TradeRecord, "trade", {
-        **_COMMON, "event_ms": "event_time_ms", "trade_ms": "trade_time_ms", "trade_id": "trade_id",
-        "price": "price", "qty": "qty", "is_buyer_maker": "is_buyer_maker",
-    }, "trade_id"),
-    AggTradeRecord: _table(AggTradeRecord, "agg_trade", {
-        **_COMMON, "event_ms": "event_time_ms", "trade_ms": "trade_time_ms", "agg_trade_id": "agg_trade_id",
-        "first_trade_id": "first_trade_id", "last_trade_id": "last_trade_id", "price": "price", "qty": "qty",
-        "is_buyer_maker": "is_buyer_maker",
-    }, "agg_trade_id"),
-    BookTickerRecord: _table(BookTickerRecord, "book_ticker", {
-        **_COMMON, "update_id": "update_id", "best_bid": "best_bid", "best_bid_qty": "best_bid_qty",
-        "best_ask": "best_ask", "best_ask_qty": "best_ask_qty", "event_ms": "event_time_ms",
-        "transaction_ms": "transaction_time_ms",
-    }, "update_id"),
+    spec.record: _table(spec.record, spec.name, {**_COMMON, **spec.buffer_columns()}, spec.key_field)
+    for spec in kinds.SPECS.values() if spec.ordered_id is not None
 }
 #: The datasets whose rows the writer stores, in a fixed order (one transaction, this order).
 DATASETS = tuple(t.table for t in ROW_TABLES.values())
@@ -86,11 +61,9 @@ DATASETS = tuple(t.table for t in ROW_TABLES.values())
 #: ``key`` is unused but for ``depth_rest_snapshot`` (its dedup key is (market, symbol,
 #: last_update_id), so a refused one leaves no seq gap to explain and goes to no ``dropped`` row).
 OTHER_TABLES: dict[type, RowTable] = {
-    DepthRestSnapshotRecord: _table(DepthRestSnapshotRecord, "depth_rest_snapshot", {
-        "market": "market", "symbol": "symbol", "recv_us": "recv_us", "last_update_id": "last_update_id",
-        "n_bids": "n_bids", "levels": "levels", "reason": "reason", "event_ms": "event_time_ms",
-        "transaction_ms": "transaction_time_ms",
-    }, "last_update_id"),
+    DepthRestSnapshotRecord: _table(DepthRestSnapshotRecord, kinds.DEPTH_REST_SNAPSHOT.name, {
+        "market": "market", "symbol": "symbol", "recv_us": "recv_us", **kinds.DEPTH_REST_SNAPSHOT.buffer_columns(),
+    }, kinds.DEPTH_REST_SNAPSHOT.key_field),
     DepthSyncRecord: _table(DepthSyncRecord, "depth_sync", {
         "session_id": "session_id", "recv_us": "recv_us", "event": "event", "reason": "reason",
         "before_update_id": "before_update_id", "before_event_ms": "before_event_ms",

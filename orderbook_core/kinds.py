@@ -1,0 +1,234 @@
+"""One declarative spec per stream dataset: the one translation table between Binance's
+payload keys, the buffer's columns, the typed records' fields and the archive's columns.
+
+Each :class:`Field` names a value once: its dataset column (a contract, docs/datasets.md),
+its type there (which fixes the Arrow type and nullability), the buffer column(s) and record
+field(s) that hold it, and its key in Binance's payload per market. A :class:`DatasetSpec`
+adds the dataset's dedup key, the id that must never go backwards in a session, and the
+shape of its Binance payload per market (key order, event type). From these derive:
+
+* the Arrow schemas of the stream datasets (``orderbook_assets.archive.datasets``),
+* the export's buffer-column sources (``orderbook_assets.archive.export.SOURCES``),
+* the writer's insert columns per record type (``orderbook_core.buffer.rows``),
+* the replay encoder, rows back into Binance payloads (:func:`encode`).
+
+Adding a stream kind means: a spec here, its decoder in :mod:`.payloads`, its buffer table
+(a migration in :mod:`.buffer.schema`), and their tests. The common columns (``market``,
+``symbol``, ``stream``, ``recv_time``, ``session_id``, ``seq``) come from the stream and the
+session, not from a payload, and are not listed per dataset.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any, NamedTuple
+
+import numpy as np
+import pyarrow as pa
+
+from orderbook_core.buffer.levels import LEVELS
+from orderbook_core.buffer.records import (
+    AggTradeRecord,
+    BookTickerRecord,
+    DepthRecord,
+    DepthRestSnapshotRecord,
+    DepthUpdateRecord,
+    TradeRecord,
+)
+from orderbook_core.streams import Kind, Market
+
+TS = pa.timestamp("us", tz="UTC")
+SPOT, USDM = Market.SPOT, Market.USDM
+
+
+class Type(str, Enum):
+    """A value's type in the archive, and how its buffer column becomes that."""
+
+    INT = "int"  # int64, never null
+    INT_NULL = "int?"
+    MS = "ms"  # exchange ms in the buffer → timestamp[us, UTC]
+    MS_NULL = "ms?"
+    FLOAT = "float"
+    BOOL = "bool"  # SQLite 0/1
+    TEXT = "text"
+    LEVELS = "levels"  # buffer ``n_bids, levels`` → the columns ``bids`` and ``asks``
+
+    @property
+    def arrow(self) -> pa.DataType:
+        return _ARROW[self]
+
+    @property
+    def nullable(self) -> bool:
+        return self in (Type.INT_NULL, Type.MS_NULL)
+
+
+_ARROW = {Type.INT: pa.int64(), Type.INT_NULL: pa.int64(), Type.MS: TS, Type.MS_NULL: TS, Type.FLOAT: pa.float64(),
+          Type.BOOL: pa.bool_(), Type.TEXT: pa.string(), Type.LEVELS: LEVELS}
+
+
+class Field(NamedTuple):
+    """One value of a dataset, named once for every layer."""
+
+    column: str  # the dataset's column (``bids`` for LEVELS, which also gives ``asks``)
+    type: Type
+    buffer: tuple[str, ...]  # the buffer column(s) holding it
+    record: tuple[str, ...]  # the record field(s) holding it, in the order of ``buffer``
+    wire: dict[Market, str | tuple[str, str]]  # Binance's key per market (LEVELS: bids key, asks key); absent: not sent
+
+    def arrow_fields(self) -> list[pa.Field]:
+        if self.type is Type.LEVELS:
+            return [pa.field("bids", LEVELS, nullable=False), pa.field("asks", LEVELS, nullable=False)]
+        return [pa.field(self.column, self.type.arrow, nullable=self.type.nullable)]
+
+
+class DatasetSpec(NamedTuple):
+    """A stream dataset: its fields and what identifies and orders its rows."""
+
+    name: str  # the dataset, its buffer table and its archive folder
+    record: type  # the typed record the writer stores
+    fields: tuple[Field, ...]  # its own columns, in the dataset's column order
+    dedup: tuple[str, ...]  # the dedup key (DESIGN.md, "Datasets")
+    ordered_id: str | None  # the id that never goes backwards within a session; None: no session
+    key_field: str  # the record field the buffer's unique index holds (with the stream)
+    event_type: dict[Market, str]  # Binance's ``e`` per market; absent: the payload has none
+    wire_order: dict[Market, tuple[str, ...]]  # Binance's keys in payload order ("s": the symbol)
+    tail: dict[Market, dict[str, Any]]  # constant keys Binance appends (spot trades' ``"M": true``)
+
+    def field(self, column: str) -> Field:
+        return next(f for f in self.fields if f.column == column)
+
+    def arrow_fields(self) -> list[pa.Field]:
+        return [a for f in self.fields for a in f.arrow_fields()]
+
+    def buffer_columns(self) -> dict[str, str]:
+        """Buffer column → record field, for the writer's ``INSERT``."""
+        return {b: r for f in self.fields for b, r in zip(f.buffer, f.record)}
+
+
+def _f(column: str, type_: str, buffer: str | tuple[str, ...] = "", record: str | tuple[str, ...] = "",
+       **wire: str | tuple[str, str]) -> Field:
+    buffer = (buffer,) if isinstance(buffer, str) else buffer
+    record = (record,) if isinstance(record, str) else record
+    buffer = buffer if buffer != ("",) else (column,)
+    record = record if record != ("",) else buffer
+    return Field(column, Type(type_), buffer, record, {Market(m): k for m, k in wire.items()})
+
+
+_LEVELS_SPOT_REST = ("bids", "asks")
+_LEVELS_DIFF = ("b", "a")
+_LEVELS = _f("bids", "levels", ("n_bids", "levels"), ("n_bids", "levels"))
+_EVENT_TIME_USDM = _f("event_time", "ms?", "event_ms", "event_time_ms", usdm="E")
+_TRANSACTION_TIME_USDM = _f("transaction_time", "ms?", "transaction_ms", "transaction_time_ms", usdm="T")
+
+DEPTH_SNAPSHOT = DatasetSpec(
+    Kind.PARTIAL_DEPTH.dataset, DepthRecord,
+    (_f("last_update_id", "int", "update_id", spot="lastUpdateId", usdm="u"),
+     _LEVELS._replace(wire={SPOT: _LEVELS_SPOT_REST, USDM: _LEVELS_DIFF}),
+     _EVENT_TIME_USDM, _TRANSACTION_TIME_USDM,
+     _f("first_update_id", "int?", usdm="U"), _f("prev_update_id", "int?", usdm="pu")),
+    ("market", "stream", "last_update_id"), "last_update_id", "update_id",
+    {USDM: "depthUpdate"},
+    {SPOT: ("lastUpdateId", "bids", "asks"), USDM: ("e", "E", "T", "s", "U", "u", "pu", "b", "a")},
+    {},
+)
+DEPTH_UPDATE = DatasetSpec(
+    Kind.DIFF_DEPTH.dataset, DepthUpdateRecord,
+    (_f("event_time", "ms", "event_ms", "event_time_ms", spot="E", usdm="E"), _TRANSACTION_TIME_USDM,
+     _f("first_update_id", "int", spot="U", usdm="U"), _f("last_update_id", "int", spot="u", usdm="u"),
+     _f("prev_update_id", "int?", usdm="pu"), _LEVELS._replace(wire={SPOT: _LEVELS_DIFF, USDM: _LEVELS_DIFF})),
+    ("market", "stream", "last_update_id"), "last_update_id", "last_update_id",
+    {SPOT: "depthUpdate", USDM: "depthUpdate"},
+    {SPOT: ("e", "E", "s", "U", "u", "b", "a"), USDM: ("e", "E", "T", "s", "U", "u", "pu", "b", "a")},
+    {},
+)
+#: REST ``depth`` (fetched by the collector, no session): its wire is the REST answer.
+DEPTH_REST_SNAPSHOT = DatasetSpec(
+    "depth_rest_snapshot", DepthRestSnapshotRecord,
+    (_f("last_update_id", "int", spot="lastUpdateId", usdm="lastUpdateId"),
+     _LEVELS._replace(wire={SPOT: _LEVELS_SPOT_REST, USDM: _LEVELS_SPOT_REST}),
+     _f("reason", "text"), _EVENT_TIME_USDM, _TRANSACTION_TIME_USDM),
+    ("market", "symbol", "last_update_id"), None, "last_update_id",
+    {},
+    {SPOT: ("lastUpdateId", "bids", "asks"), USDM: ("lastUpdateId", "E", "T", "bids", "asks")},
+    {},
+)
+TRADE = DatasetSpec(
+    Kind.TRADE.dataset, TradeRecord,
+    (_f("event_time", "ms", "event_ms", "event_time_ms", spot="E", usdm="E"),
+     _f("trade_time", "ms", "trade_ms", "trade_time_ms", spot="T", usdm="T"),
+     _f("trade_id", "int", spot="t", usdm="t"), _f("price", "float", spot="p", usdm="p"),
+     _f("qty", "float", spot="q", usdm="q"), _f("is_buyer_maker", "bool", spot="m", usdm="m")),
+    ("market", "stream", "trade_id"), "trade_id", "trade_id",
+    {SPOT: "trade", USDM: "trade"},
+    {m: ("e", "E", "s", "t", "p", "q", "T", "m") for m in (SPOT, USDM)},
+    {SPOT: {"M": True}},  # "ignore"; USD-M's examples have none
+)
+AGG_TRADE = DatasetSpec(
+    Kind.AGG_TRADE.dataset, AggTradeRecord,
+    (_f("event_time", "ms", "event_ms", "event_time_ms", spot="E", usdm="E"),
+     _f("trade_time", "ms", "trade_ms", "trade_time_ms", spot="T", usdm="T"),
+     _f("agg_trade_id", "int", spot="a", usdm="a"), _f("first_trade_id", "int", spot="f", usdm="f"),
+     _f("last_trade_id", "int", spot="l", usdm="l"), _f("price", "float", spot="p", usdm="p"),
+     _f("qty", "float", spot="q", usdm="q"), _f("is_buyer_maker", "bool", spot="m", usdm="m")),
+    ("market", "stream", "agg_trade_id"), "agg_trade_id", "agg_trade_id",
+    {SPOT: "aggTrade", USDM: "aggTrade"},
+    {m: ("e", "E", "s", "a", "p", "q", "f", "l", "T", "m") for m in (SPOT, USDM)},
+    {SPOT: {"M": True}},
+)
+BOOK_TICKER = DatasetSpec(
+    Kind.BOOK_TICKER.dataset, BookTickerRecord,
+    (_f("update_id", "int", spot="u", usdm="u"), _f("best_bid", "float", spot="b", usdm="b"),
+     _f("best_bid_qty", "float", spot="B", usdm="B"), _f("best_ask", "float", spot="a", usdm="a"),
+     _f("best_ask_qty", "float", spot="A", usdm="A"), _EVENT_TIME_USDM, _TRANSACTION_TIME_USDM),
+    ("market", "stream", "update_id"), "update_id", "update_id",
+    {USDM: "bookTicker"},  # spot's bookTicker has no ``e`` nor ``E``
+    {SPOT: ("u", "s", "b", "B", "a", "A"), USDM: ("e", "u", "E", "T", "s", "b", "B", "a", "A")},
+    {},
+)
+
+#: Every stream dataset, in the order an hour is exported.
+SPECS: dict[str, DatasetSpec] = {s.name: s for s in (
+    DEPTH_SNAPSHOT, DEPTH_UPDATE, DEPTH_REST_SNAPSHOT, TRADE, AGG_TRADE, BOOK_TICKER)}
+#: The spec of each stream kind.
+BY_KIND: dict[Kind, DatasetSpec] = {k: SPECS[k.dataset] for k in Kind}
+
+
+def dec(x: float) -> str:
+    """A price or quantity as Binance-style decimal text (no exponent; parses back to ``x``)."""
+    return np.format_float_positional(x, trim="-")
+
+
+def encode(spec: DatasetSpec, market: Market | str, row: dict, ms: Any) -> dict:
+    """The Binance payload of one archived row (``row`` keyed by dataset column, as pyarrow's
+    ``to_pylist`` gives it); ``ms`` turns a ``recv_time``-style timestamp value into exchange ms."""
+    market = Market(market)
+    by_key: dict[str, tuple[Field, int]] = {}
+    for f in spec.fields:
+        key = f.wire.get(market)
+        if isinstance(key, tuple):
+            by_key[key[0]], by_key[key[1]] = (f, 0), (f, 1)
+        elif key is not None:
+            by_key[key] = (f, 0)
+    out: dict[str, Any] = {}
+    for key in spec.wire_order[market]:
+        if key == "e":
+            out[key] = spec.event_type[market]
+        elif key == "s":
+            out[key] = row["symbol"]
+        else:
+            f, side = by_key[key]
+            out[key] = _wire_value(f, row, side, ms)
+    out.update(spec.tail.get(market, {}))
+    return out
+
+
+def _wire_value(f: Field, row: dict, side: int, ms: Any) -> Any:
+    t = f.type
+    if t is Type.LEVELS:
+        return [[dec(lv["price"]), dec(lv["qty"])] for lv in row["asks" if side else "bids"]]
+    v = row[f.column]
+    if t in (Type.MS, Type.MS_NULL):
+        return ms(v)
+    if t is Type.FLOAT:
+        return dec(v)
+    return v
