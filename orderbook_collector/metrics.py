@@ -28,6 +28,9 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from orderbook_core.buffer.db import connect_readonly
 from orderbook_core.buffer.schema import PartState
+from orderbook_core.streams import Market
+
+MARKETS = tuple(m.value for m in Market)
 
 log = logging.getLogger(__name__)
 
@@ -208,12 +211,12 @@ class Exposition:
             ("orderbook_rest_errors", "REST requests that failed otherwise (retried), by market.", m.rest_errors),
         ):
             f = CounterMetricFamily(name, doc, labels=["market"])
-            for market in ("spot", "usdm"):
+            for market in MARKETS:
                 f.add_metric([market], values.get(market, 0))
             yield f
         g = GaugeMetricFamily("orderbook_resync_pending", "Diff streams waiting for a REST snapshot, by market.",
                               labels=["market"])
-        for market in ("spot", "usdm"):
+        for market in MARKETS:
             g.add_metric([market], m.resync_pending.get(market, 0))
         yield g
 

@@ -43,13 +43,15 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from orderbook_core import kinds
+from orderbook_core.streams import DEPTH_PATH, USDM_ROUTE, Market
 from orderbook_core.errors import OrderbookError
 
 from orderbook_assets.analytics.books import ArchiveReader, ArchivedRow, iter_events, to_us
 
 #: The stream datasets a replay sends, in tie order.
 STREAM_DATASETS = ("depth_snapshot", "depth_update", "trade", "agg_trade", "book_ticker")
-USDM_ROUTES = ("public", "market")
+_DEPTH_MARKET = {path: market for market, path in DEPTH_PATH.items()}
+USDM_ROUTES = tuple(sorted(set(USDM_ROUTE.values())))
 DEFAULT_PORT = 9443
 USER_ERROR = 2
 
@@ -107,7 +109,7 @@ class Message:
 
 def messages(rows: Iterator[ArchivedRow]) -> Iterator[Message]:
     for r in rows:
-        market = r.row.get("market") or "spot"  # depth_snapshot parts written before it had the column
+        market = r.row.get("market") or Market.SPOT.value  # depth_snapshot parts written before it had the column
         yield Message(r.recv_time_us, market, r.row["stream"], orjson.dumps(payload(r.dataset, market, r.row)))
 
 
@@ -235,8 +237,9 @@ class ReplayServer:
     def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         url = urllib.parse.urlsplit(request.path)
         q = dict(urllib.parse.parse_qsl(url.query))
-        if url.path in ("/api/v3/depth", "/fapi/v1/depth"):
-            return self._depth("spot" if url.path.startswith("/api/") else "usdm", q)
+        market = _DEPTH_MARKET.get(url.path)
+        if market is not None:
+            return self._depth(market.value, q)
         if url.path in ("/api/v3/time", "/fapi/v1/time"):
             return _http(200, {"serverTime": self.clock_us() // 1000})
         if url.path in ("/api/v3/ping", "/fapi/v1/ping"):
@@ -265,10 +268,10 @@ class ReplayServer:
 
     @staticmethod
     def _endpoint(path: str) -> tuple[str, bool, list[str]] | None:
-        market = "spot"
+        market = Market.SPOT.value
         head, _, rest = path.lstrip("/").partition("/")
         if head in USDM_ROUTES:
-            market, path = "usdm", "/" + rest
+            market, path = Market.USDM.value, "/" + rest
         if path == "/stream":
             return market, True, []
         if path == "/ws" or path.startswith("/ws/"):

@@ -39,6 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from orderbook_core import continuity
 from orderbook_core.buffer import HOUR_US, hour_folder
 from orderbook_core.errors import ConfigError, IntegrityError
 
@@ -176,8 +177,8 @@ def merged_gaps(hosts: list[HostTable], hour_us: int, end_us: int | None = None)
 
 def merged_continuity(merged: dict[str, pa.Table]) -> list[dict]:
     """The merged streams' own discontinuities within the hour (``collector`` null): a ``break``
-    where a merged diff-depth event does not continue the previous one (spot: U = previous u + 1;
-    USD-M: pu = previous u), a ``trade_gap`` for ids no collector received. Same id columns as a
+    where a merged diff-depth event does not continue the previous one (``orderbook_core.continuity``),
+    a ``trade_gap`` for ids no collector received. Same id columns as a
     collector's records: a break's first_id is the last update id before it, last_id the first after."""
     out: list[dict] = []
     con = duckdb.connect()
@@ -185,7 +186,7 @@ def merged_continuity(merged: dict[str, pa.Table]) -> list[dict]:
         if DEPTH_UPDATE in merged:
             con.register("d", merged[DEPTH_UPDATE])
             for market, stream, before_u, after_first, before_t, after_t, recv in con.execute(
-                """
+                f"""
                 WITH s AS (
                     SELECT market, stream, first_update_id, prev_update_id, last_update_id, event_time, recv_time,
                            lag(last_update_id) OVER w AS previous_u, lag(event_time) OVER w AS previous_t
@@ -194,8 +195,7 @@ def merged_continuity(merged: dict[str, pa.Table]) -> list[dict]:
                 SELECT market, stream, previous_u, first_update_id, epoch_us(previous_t), epoch_us(event_time),
                        epoch_us(recv_time)
                 FROM s WHERE previous_u IS NOT NULL
-                  AND CASE WHEN market = 'usdm' THEN prev_update_id IS DISTINCT FROM previous_u
-                           ELSE first_update_id <> previous_u + 1 END
+                  AND {continuity.break_sql()}
                 ORDER BY market, stream, last_update_id
                 """
             ).fetchall():

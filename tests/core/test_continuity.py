@@ -1,5 +1,5 @@
-"""The diff rule has three users (the collector's sync tracker, the book builder, the archive's
-``depth_continuity`` SQL) and one definition (``orderbook_core.continuity``): on a table of
+"""The diff rule has four users (the collector's sync tracker, the book builder, the archive's
+``depth_continuity`` check and the fleet merge's own breaks, both SQL) and one definition (``orderbook_core.continuity``): on a table of
 literal cases, spot and USD-M, all three agree with it.
 
 The cases include those where the copies disagreed before the kernel: a spot event that
@@ -11,8 +11,11 @@ applied it, Binance's procedure applies it) and a USD-M event that continues a s
 from __future__ import annotations
 
 import duckdb
+import pyarrow as pa
 import pytest
 
+from orderbook_assets.archive.datasets import DEPTH_UPDATE, DEPTH_UPDATE_SCHEMA
+from orderbook_assets.archive.merge import merged_continuity
 from orderbook_assets.archive.quality import depth_continuity
 from orderbook_assets.books.builder import BookBuilder, DiffEvent, Outcome, Snapshot
 from orderbook_collector.feed.sync import DiffDepthTracker, LastEvent, SnapshotRequest
@@ -85,6 +88,18 @@ def test_the_archive_check_flags_exactly_where_the_rule_does_not_continue(market
                 [market, prev_u - 5, prev_u, prev_pu, market, U, u, pu])
     result = depth_continuity(con)
     assert result.passed is expected and result.count == (0 if expected else 1)
+
+
+@pytest.mark.parametrize("market, prev_u, U, u, pu, expected", CONTINUES)
+def test_the_fleet_merge_records_a_break_exactly_where_the_rule_does_not_continue(market, prev_u, U, u, pu, expected):
+    prev_pu = None if market == "spot" else prev_u - 5
+    t0 = 1_765_000_000_000_000
+    rows = [dict(market=market, symbol="BTCUSDT", stream="s", recv_time=t0 + i, session_id=1, seq=i, event_time=t0 + i,
+                 transaction_time=None, first_update_id=a, last_update_id=b, prev_update_id=p, bids=[], asks=[])
+            for i, (a, b, p) in enumerate([(prev_u - 5, prev_u, prev_pu), (U, u, pu)])]
+    table = pa.Table.from_pylist(rows, schema=DEPTH_UPDATE_SCHEMA)
+    breaks = [r for r in merged_continuity({DEPTH_UPDATE: table}) if r["record"] == "break"]
+    assert (not breaks) is expected, breaks
 
 
 @pytest.mark.parametrize("market, L, events, first_applied", BRIDGES)
