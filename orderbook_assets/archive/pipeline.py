@@ -168,7 +168,7 @@ def local_copy(store: ArchiveStore, staging: Path, part: Part) -> Path:
     return path
 
 
-def explained_seqs(conn: sqlite3.Connection, hour_us: int, checked: list[Part], dataset: str = DEPTH) -> pa.Table:
+def explained_seqs(conn: sqlite3.Connection, hour_us: int, checked: list[Part], dataset: str) -> pa.Table:
     """(session_id, seq) pairs that explain seq gaps in ``dataset``'s checked parts: duplicates
     dropped, frames quarantined, the hour's rows of the dataset outside the checked parts (late
     rows in other parts), and the hour's rows of every other dataset (one session carries
@@ -244,7 +244,7 @@ def check_window(hour_us: int, parts: list[Part]) -> tuple[int, int]:
 
 
 def check_parts(conn: sqlite3.Connection, store: ArchiveStore, staging: Path, hour_us: int,
-                dataset: str = DEPTH) -> HourChecks:
+                dataset: str) -> HourChecks:
     """Run ``dataset``'s checks (``quality.CHECKS``) over its verified, not yet archived parts of the hour."""
     parts = ledger.parts(conn, dataset, hour_us, ("verified",))
     paths = [str(local_copy(store, staging, p)) for p in parts]
@@ -296,7 +296,8 @@ def upload_coverage(conn: sqlite3.Connection, store: ArchiveStore, staging: Path
         sessions_files = _copies(conn, store, staging, hour_us, [d for d, x in ds.DATASETS.items() if x.has_session],
                                  ("verified",))
         con = quality.connect(_copies(conn, store, staging, hour_us, quality.GAP_DATASETS, ("verified",)),
-                              earlier=_copies(conn, store, staging, hour_us, quality.GAP_DATASETS, ("archived",)))
+                              earlier=_copies(conn, store, staging, hour_us, quality.GAP_DATASETS, ("archived",)),
+                              schema=ds.DEPTH_SCHEMA)  # any depth dataset's: the gap rule reads market, stream, recv_time
         try:
             verified = [p for d in quality.GAP_DATASETS for p in ledger.parts(conn, d, hour_us, ("verified",))]
             gaps = quality.find_gaps(con, check_window(hour_us, verified or todo))
@@ -371,7 +372,7 @@ def mark_archived(conn: sqlite3.Connection, staging: Path, hour_us: int) -> list
 
 
 def archived_copies(conn: sqlite3.Connection, store: ArchiveStore, staging: Path, hour_us: int,
-                    dataset: str = DEPTH) -> list[str]:
+                    dataset: str) -> list[str]:
     """Local files of the hour's archived parts of a dataset: staged ones as they are, others downloaded."""
     return [str(local_copy(store, staging, p)) for p in ledger.parts(conn, dataset, hour_us, ("archived",))]
 

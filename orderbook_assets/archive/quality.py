@@ -128,8 +128,8 @@ def _rows(cur: duckdb.DuckDBPyConnection) -> list[dict]:
     return [{n: _iso(v) for n, v in zip(names, row)} for row in cur.fetchall()]
 
 
-def connect(paths: list[str], explained: pa.Table | None = None, earlier: list[str] = (),
-            schema: pa.Schema = ds.DEPTH_SCHEMA, breaks: pa.Table | None = None,
+def connect(paths: list[str], explained: pa.Table | None = None, earlier: list[str] = (), *,
+            schema: pa.Schema, breaks: pa.Table | None = None,
             trade_gaps: pa.Table | None = None) -> duckdb.DuckDBPyConnection:
     """One DuckDB connection for a step: view ``books`` over the files, ``earlier`` over the
     hour's parts archived by earlier runs, table ``explained`` (session_id, seq) of seqs
@@ -157,7 +157,7 @@ def connect(paths: list[str], explained: pa.Table | None = None, earlier: list[s
     return con
 
 
-def duplicates(con: duckdb.DuckDBPyConnection, dataset: ds.Dataset = ds.DATASETS[ds.DEPTH]) -> CheckResult:
+def duplicates(con: duckdb.DuckDBPyConnection, dataset: ds.Dataset) -> CheckResult:
     key = ", ".join(dataset.dedup)
     by_key = _rows(con.execute(f"SELECT {key}, count(*) AS n FROM books GROUP BY ALL HAVING n > 1 ORDER BY ALL"))
     by_seq = _rows(con.execute(
@@ -191,7 +191,7 @@ def seq_gaps(con: duckdb.DuckDBPyConnection) -> CheckResult:
                        {"gaps": len(gaps), "explained_gaps": len(gaps) - len(bad)})
 
 
-def update_id_backwards(con: duckdb.DuckDBPyConnection, dataset: ds.Dataset = ds.DATASETS[ds.DEPTH]) -> CheckResult:
+def update_id_backwards(con: duckdb.DuckDBPyConnection, dataset: ds.Dataset) -> CheckResult:
     uid = dataset.ordered_id
     rows = _rows(con.execute(
         f"""
@@ -308,7 +308,7 @@ def _ts(us: int) -> datetime:
     return datetime.fromtimestamp(us / 1e6, tz=timezone.utc)
 
 
-def books_sane(con: duckdb.DuckDBPyConnection, dataset: ds.Dataset = ds.DATASETS[ds.DEPTH]) -> CheckResult:
+def books_sane(con: duckdb.DuckDBPyConnection, dataset: ds.Dataset) -> CheckResult:
     if dataset.has_levels:
         sql = """
         WITH b AS (
@@ -352,7 +352,7 @@ def run_all(
     buffer_rows: int,
     archived_rows: dict[str, int],
     explained: pa.Table | None = None,
-    dataset: str = ds.DEPTH,
+    dataset: str,
     breaks: pa.Table | None = None,
     trade_gaps: pa.Table | None = None,
 ) -> list[CheckResult]:
