@@ -291,6 +291,7 @@ def find_gaps(con: duckdb.DuckDBPyConnection, window: tuple[int, int]) -> list[G
         """
     ).fetchall()
     con.unregister("gap_cadences")
+    con.execute("DROP VIEW gap_streams")
     return [Gap(*r) for r in rows]
 
 
