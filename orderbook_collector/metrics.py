@@ -39,7 +39,10 @@ _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5
 HOUR_S = 3600
 
 #: Quarantine reasons by class; the label takes only these values (see :func:`quarantine_class`).
-QUARANTINE_CLASSES = ("not_json", "binary", "oversize", "error_reply", "unknown_stream", "invalid", "unexpected")
+QUARANTINE_CLASSES = ("not_json", "binary", "oversize", "error_reply", "unknown_stream", "invalid", "unexpected",
+                      "rest_snapshot")
+#: How the reason of a refused REST depth snapshot begins (the stream key and the kernel's reason follow).
+REST_REFUSED = "rest depth snapshot of "
 #: Write failure kinds (``writer.thread.classify_sqlite_error``).
 WRITER_ERROR_KINDS = ("locked", "disk_full", "io", "other")
 
@@ -47,7 +50,7 @@ WRITER_ERROR_KINDS = ("locked", "disk_full", "io", "other")
 def quarantine_class(reason: str) -> str:
     """The metric label of a quarantine reason: one of :data:`QUARANTINE_CLASSES`."""
     text = reason.lower()
-    for prefix, cls in (("not json", "not_json"), ("not a json", "not_json"), ("binary", "binary"),
+    for prefix, cls in ((REST_REFUSED, "rest_snapshot"), ("not json", "not_json"), ("not a json", "not_json"), ("binary", "binary"),
                         ("oversize", "oversize"), ("error reply", "error_reply"),
                         ("unknown stream", "unknown_stream"), ("unexpected", "unexpected")):
         if text.startswith(prefix):
@@ -116,6 +119,7 @@ class Metrics:
         self.rest_weight: dict[str, int] = defaultdict(int)
         self.rest_rate_limited: dict[str, int] = defaultdict(int)
         self.rest_errors: dict[str, int] = defaultdict(int)
+        self.rest_refused: dict[str, int] = defaultdict(int)  # answers the kernel refused (quarantined)
         self.resync_pending: dict[str, int] = defaultdict(int)
         self.add_streams(streams)
 
@@ -209,6 +213,8 @@ class Exposition:
             ("orderbook_rest_rate_limited", "REST answers 429 or 418 (each pauses the market), by market.",
              m.rest_rate_limited),
             ("orderbook_rest_errors", "REST requests that failed otherwise (retried), by market.", m.rest_errors),
+            ("orderbook_rest_refused", "REST depth snapshots refused by validation (quarantined, asked again), by market.",
+             m.rest_refused),
         ):
             f = CounterMetricFamily(name, doc, labels=["market"])
             for market in MARKETS:

@@ -1,6 +1,8 @@
 """Strict decoding of each stream kind's payload into its typed record (sans-I/O).
 
-One function per (kind, market) shape, fed the ``data`` object of a combined-stream frame.
+One function per (kind, market) shape, fed the ``data`` object of a combined-stream frame,
+and :func:`decode_rest_depth` for the REST depth snapshots that sync diff streams. Every
+level of every payload, WebSocket or REST, goes through the one validator :func:`pack_sides`.
 Every check names what is wrong: the reason goes to the quarantine with the raw frame.
 Prices and quantities arrive as decimal strings and become float64, exact up to 15
 significant digits (longer ones are counted as ``wide_values``, not rejected).
@@ -22,6 +24,7 @@ from orderbook_core.buffer.records import (
     AggTradeRecord,
     BookTickerRecord,
     DepthRecord,
+    DepthRestSnapshotRecord,
     DepthUpdateRecord,
     Row,
     TradeRecord,
@@ -188,6 +191,32 @@ def _book_ticker(spec, data, recv_us, sid, seq, wide) -> BookTickerRecord:
         _number(data, "a", "best ask", positive=False), _number(data, "A", "best ask quantity", positive=False),
         _uint(data, "E", "event time") if usdm else None, _uint(data, "T", "transaction time") if usdm else None,
         wide,
+    )
+
+
+def decode_rest_depth(spec: StreamSpec, body: bytes, recv_us: int, reason: str, limit: int) -> DepthRestSnapshotRecord:
+    """The record of a REST depth snapshot (``body`` as the server sent it) fetched for ``spec``'s diff stream.
+
+    Spot ``GET /api/v3/depth`` answers ``{"lastUpdateId", "bids", "asks"}`` with no time; USD-M
+    ``GET /fapi/v1/depth`` adds ``E`` (message time) and ``T`` (transaction time), both required
+    here (Binance's "Order Book" REST pages). ``limit`` is the levels per side asked for.
+    ``reason`` is why it was fetched ('connect', 'gap').
+
+    Raises:
+        FrameError: the body is not a depth snapshot; its reason is stored with the body in quarantine.
+    """
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise FrameError(f"not JSON: {exc}") from None
+    if type(data) is not dict:
+        raise FrameError("depth snapshot is not a JSON object")
+    last_id = _uint(data, "lastUpdateId", "last update id")
+    levels, n_bids = pack_sides(data.get("bids"), data.get("asks"), limit)
+    usdm = spec.market is Market.USDM
+    return DepthRestSnapshotRecord(
+        spec.key, spec.market.value, spec.symbol.upper(), recv_us, last_id, n_bids, levels, reason,
+        _uint(data, "E", "message time") if usdm else None, _uint(data, "T", "transaction time") if usdm else None,
     )
 
 

@@ -98,7 +98,7 @@ def configure_s3(con: duckdb.DuckDBPyConnection, archive: Archive, s3: S3Setting
 # --------------------------------------------------------------------------- the tail
 
 
-def read_tail(buffer_path: str | Path, dataset: str = DATASET) -> pa.Table:
+def read_tail(buffer_path: str | Path, dataset: str) -> pa.Table:
     """Buffer rows of ``dataset`` that no *archived* export part covers (see :func:`read_tails`)."""
     return read_tails(buffer_path, (dataset,))[dataset]
 
@@ -309,7 +309,7 @@ def archived_sql(con: duckdb.DuckDBPyConnection, archive: Archive, name: str, n_
     return f"SELECT {', '.join(cols)} FROM {source}"
 
 
-def tail_sql(hours: list[tuple[str, int]], name: str = DATASET) -> str:
+def tail_sql(hours: list[tuple[str, int]], name: str) -> str:
     """Tail rows minus any row already in the archive (same dedup key).
 
     The archive side is restricted to the tail's hours with literal partition values,
@@ -326,7 +326,7 @@ def tail_sql(hours: list[tuple[str, int]], name: str = DATASET) -> str:
     )
 
 
-def _tail_hours(con: duckdb.DuckDBPyConnection, name: str = DATASET) -> list[tuple[str, int]]:
+def _tail_hours(con: duckdb.DuckDBPyConnection, name: str) -> list[tuple[str, int]]:
     rows = con.execute(
         f"SELECT DISTINCT CAST(date AS VARCHAR), hour FROM {_unarchived_table(name)} ORDER BY 1, 2"
     ).fetchall()

@@ -23,7 +23,7 @@ from orderbook_core.buffer import HOUR_US, now_us, reads, transaction
 from orderbook_core.buffer.schema import PartState
 
 from orderbook_assets.archive.crash import crash_point
-from orderbook_assets.archive.ledger import DEPTH, ROUND_TABLES
+from orderbook_assets.archive.ledger import ROUND_TABLES
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class CleanupResult:
 
 
 def eligible_parts(conn: sqlite3.Connection, retention_hours: float, now: int,
-                   dataset: str = DEPTH) -> list[tuple[int, int, int]]:
+                   dataset: str) -> list[tuple[int, int, int]]:
     """(hour_us, id_lo, id_hi) of archived parts of a buffer table whose rows are all older than
     the retention. ``retention_hours == 0`` means as soon as the part is archived.
     """
@@ -54,8 +54,8 @@ def eligible_parts(conn: sqlite3.Connection, retention_hours: float, now: int,
     ).fetchall()
 
 
-def delete_part_rows(conn: sqlite3.Connection, hour_us: int, id_lo: int, id_hi: int, batch: int = BATCH,
-                     dataset: str = DEPTH) -> int:
+def delete_part_rows(conn: sqlite3.Connection, hour_us: int, id_lo: int, id_hi: int, batch: int = BATCH, *,
+                     dataset: str) -> int:
     """Delete one batch of a part's rows; returns how many were deleted (0 when done)."""
     if batch > BATCH:
         raise ValueError(f"batch must be at most {BATCH} rows")
@@ -72,7 +72,7 @@ def delete_part_rows(conn: sqlite3.Connection, hour_us: int, id_lo: int, id_hi: 
     return cur.rowcount
 
 
-def has_rows(conn: sqlite3.Connection, hour_us: int, id_lo: int, id_hi: int, dataset: str = DEPTH) -> bool:
+def has_rows(conn: sqlite3.Connection, hour_us: int, id_lo: int, id_hi: int, dataset: str) -> bool:
     return reads.has_rows(conn, dataset, reads.IdRange(hour_us, id_lo, id_hi))
 
 
@@ -118,7 +118,7 @@ def run(
             continue  # cleaned by an earlier run
         result.parts += 1
         while True:
-            n = delete_part_rows(conn, hour_us, id_lo, id_hi, batch, dataset)
+            n = delete_part_rows(conn, hour_us, id_lo, id_hi, batch, dataset=dataset)
             if n == 0:
                 break
             result.deleted += n

@@ -3,9 +3,14 @@
 Two questions, answered from the buffer alone (so a fleet's operator sees them per collector in
 the UI, next to the collector's assets):
 
-- the newest acknowledged message: the committed row with the highest id (ids only grow), and
-  how old its receive time is;
-- the hours that ended more than a deadline ago and still hold rows no archived part covers.
+- the newest acknowledged message of any stream dataset (a collector may record only trades,
+  or only bookTicker): each dataset's committed row with the highest id (ids only grow), and
+  how old the newest of their receive times is;
+- the hours that ended more than a deadline ago and still hold rows of any archived dataset
+  that no archived part covers.
+
+The datasets are the archive's (``datasets.DATASETS``): messages are the ones with a session,
+and every one of them is archived per hour.
 """
 
 from __future__ import annotations
@@ -14,8 +19,12 @@ import sqlite3
 from dataclasses import dataclass
 
 from orderbook_core.buffer import HOUR_US
+from orderbook_core.buffer.schema import PartState
 
-from orderbook_assets.archive.ledger import DEPTH
+from orderbook_assets.archive.datasets import DATASETS
+
+#: Datasets whose rows are messages received over a connection (REST snapshots are our own requests).
+MESSAGE_DATASETS = tuple(name for name, d in DATASETS.items() if d.has_session)
 
 #: Defaults of ORDERBOOK_FRESHNESS_SECONDS and ORDERBOOK_ARCHIVE_DEADLINE_MINUTES.
 MAX_AGE_S = 120.0
@@ -49,20 +58,23 @@ class Freshness:
         return out
 
 
-def newest_recv_us(conn: sqlite3.Connection, datasets: tuple[str, ...] = (DEPTH,)) -> int | None:
-    newest = [conn.execute(f"SELECT recv_us FROM {d} ORDER BY id DESC LIMIT 1").fetchone() for d in datasets]
+def newest_recv_us(conn: sqlite3.Connection) -> int | None:
+    """The receive time of the newest acknowledged message of any stream dataset."""
+    newest = [conn.execute(f"SELECT recv_us FROM {d} ORDER BY id DESC LIMIT 1").fetchone() for d in MESSAGE_DATASETS]
     times = [r[0] for r in newest if r is not None]
     return max(times) if times else None
 
 
-def overdue_hours(conn: sqlite3.Connection, now_us: int, deadline_min: float, dataset: str = DEPTH) -> list[int]:
-    """Hours ended more than ``deadline_min`` before ``now_us`` whose rows go beyond their archived parts."""
+def overdue_hours(conn: sqlite3.Connection, now_us: int, deadline_min: float) -> list[int]:
+    """Hours ended more than ``deadline_min`` before ``now_us`` in which some dataset's rows go
+    beyond its archived parts."""
     cutoff = now_us - HOUR_US - int(deadline_min * 60 * 1_000_000)
     return [h for (h,) in conn.execute(
-        "SELECT b.hour_us FROM buffer_hours b WHERE b.dataset = ? AND b.rows > 0 AND b.hour_us <= ? AND b.max_id > "
+        f"SELECT DISTINCT b.hour_us FROM buffer_hours b WHERE b.dataset IN ({', '.join('?' * len(DATASETS))}) "
+        "AND b.rows > 0 AND b.hour_us <= ? AND b.max_id > "
         "coalesce((SELECT max(p.id_hi) FROM export_parts p WHERE p.dataset = b.dataset AND p.hour_us = b.hour_us "
-        "AND p.state = 'archived'), -1) ORDER BY b.hour_us",
-        (dataset, cutoff),
+        "AND p.state = ?), -1) ORDER BY b.hour_us",
+        (*DATASETS, cutoff, PartState.ARCHIVED),
     )]
 
 

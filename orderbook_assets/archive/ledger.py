@@ -114,7 +114,7 @@ def plan_round(conn: sqlite3.Connection, hour_us: int, now: int | None = None) -
     return [get_part(conn, table, hour_us, number) for table, number, _, _ in planned]
 
 
-def plan_part(conn: sqlite3.Connection, hour_us: int, now: int | None = None, dataset: str = DEPTH) -> Part | None:
+def plan_part(conn: sqlite3.Connection, hour_us: int, now: int | None = None, *, dataset: str) -> Part | None:
     """Plan the hour's next round (:func:`plan_round`) and return its part of ``dataset``, if any."""
     return next((p for p in plan_round(conn, hour_us, now) if p.dataset == dataset), None)
 

@@ -130,7 +130,7 @@ def _export_one(conn: sqlite3.Connection, store: ArchiveStore, staging: Path, pa
         exported = out.exported[part.part] = again
         out.uploads[part.part] = store.put_if_absent(key, exported.path, exported.sha256)
     part = ledger.advance(
-        conn, part, "uploaded", rows=exported.rows, bytes=exported.bytes, sha256=exported.sha256,
+        conn, part, PartState.UPLOADED, rows=exported.rows, bytes=exported.bytes, sha256=exported.sha256,
         object_key=key, first_recv_us=exported.first_recv_us, last_recv_us=exported.last_recv_us,
     )
     crash_point("after_upload")
@@ -145,7 +145,7 @@ def _verify(conn: sqlite3.Connection, store: ArchiveStore, part: Part) -> Part:
     if got != (part.bytes, part.sha256):
         raise IntegrityError(f"{part.object_key}: HEAD shows (size, sha256) {got}, expected {(part.bytes, part.sha256)}")
     crash_point("after_head")
-    return ledger.advance(conn, part, "verified")
+    return ledger.advance(conn, part, PartState.VERIFIED)
 
 
 def local_copy(store: ArchiveStore, staging: Path, part: Part) -> Path:
@@ -168,7 +168,7 @@ def local_copy(store: ArchiveStore, staging: Path, part: Part) -> Path:
     return path
 
 
-def explained_seqs(conn: sqlite3.Connection, hour_us: int, checked: list[Part], dataset: str = DEPTH) -> pa.Table:
+def explained_seqs(conn: sqlite3.Connection, hour_us: int, checked: list[Part], dataset: str) -> pa.Table:
     """(session_id, seq) pairs that explain seq gaps in ``dataset``'s checked parts: duplicates
     dropped, frames quarantined, the hour's rows of the dataset outside the checked parts (late
     rows in other parts), and the hour's rows of every other dataset (one session carries
@@ -244,7 +244,7 @@ def check_window(hour_us: int, parts: list[Part]) -> tuple[int, int]:
 
 
 def check_parts(conn: sqlite3.Connection, store: ArchiveStore, staging: Path, hour_us: int,
-                dataset: str = DEPTH) -> HourChecks:
+                dataset: str) -> HourChecks:
     """Run ``dataset``'s checks (``quality.CHECKS``) over its verified, not yet archived parts of the hour."""
     parts = ledger.parts(conn, dataset, hour_us, (PartState.VERIFIED,))
     paths = [str(local_copy(store, staging, p)) for p in parts]
@@ -296,7 +296,8 @@ def upload_coverage(conn: sqlite3.Connection, store: ArchiveStore, staging: Path
         sessions_files = _copies(conn, store, staging, hour_us, [d for d, x in ds.DATASETS.items() if x.has_session],
                                  (PartState.VERIFIED,))
         con = quality.connect(_copies(conn, store, staging, hour_us, quality.GAP_DATASETS, (PartState.VERIFIED,)),
-                              earlier=_copies(conn, store, staging, hour_us, quality.GAP_DATASETS, (PartState.ARCHIVED,)))
+                              earlier=_copies(conn, store, staging, hour_us, quality.GAP_DATASETS, (PartState.ARCHIVED,)),
+                              schema=ds.DEPTH_SCHEMA)  # any depth dataset's: the gap rule reads market, stream, recv_time
         try:
             verified = [p for d in quality.GAP_DATASETS for p in ledger.parts(conn, d, hour_us, (PartState.VERIFIED,))]
             gaps = quality.find_gaps(con, check_window(hour_us, verified or todo))
@@ -319,14 +320,14 @@ def upload_coverage(conn: sqlite3.Connection, store: ArchiveStore, staging: Path
     for part in done:
         for q in ledger.round_parts(conn, part):
             if q.dataset in ds.CONTINUITY and not q.reached(PartState.VERIFIED):
-                ledger.advance(conn, q, "verified", rows=ledger.buffer_rows(conn, q), object_key=part.object_key)
+                ledger.advance(conn, q, PartState.VERIFIED, rows=ledger.buffer_rows(conn, q), object_key=part.object_key)
     return HourCoverage(sorted(done, key=lambda p: p.part), gaps)
 
 
 def _coverage_one(conn, store: ArchiveStore, staging: Path, part: Part, sessions, stats, gaps, events=()) -> Part:
     key = object_key(COVERAGE, part)
-    if part.state == "uploaded" and store.head(key) == (part.bytes, part.sha256):
-        return ledger.advance(conn, part, "verified")
+    if part.state == PartState.UPLOADED and store.head(key) == (part.bytes, part.sha256):
+        return ledger.advance(conn, part, PartState.VERIFIED)
     table = cov.build_table(part, sessions, stats, gaps, events)
     path = staged_path(staging, key)
     size, sha = cov.write_table(table, path)
@@ -340,15 +341,15 @@ def _coverage_one(conn, store: ArchiveStore, staging: Path, part: Part, sessions
         size, sha = got
         log.info("%s: keeping the coverage snapshot stored by an earlier attempt", key)
     facts = dict(rows=table.num_rows, bytes=size, sha256=sha, object_key=key)
-    if part.state == "uploaded":
+    if part.state == PartState.UPLOADED:
         # The earlier upload was lost and this snapshot's counters differ: record what is stored now.
         part = ledger.record_object(conn, part, **facts)
     else:
-        part = ledger.advance(conn, part, "uploaded", **facts)
+        part = ledger.advance(conn, part, PartState.UPLOADED, **facts)
     got = store.head(key)
     if got != (part.bytes, part.sha256):
         raise ArchiveError(f"{key}: HEAD shows {got}, expected {(part.bytes, part.sha256)}; it will be uploaded again")
-    return ledger.advance(conn, part, "verified")
+    return ledger.advance(conn, part, PartState.VERIFIED)
 
 
 def mark_archived(conn: sqlite3.Connection, staging: Path, hour_us: int) -> list[Part]:
@@ -371,7 +372,7 @@ def mark_archived(conn: sqlite3.Connection, staging: Path, hour_us: int) -> list
 
 
 def archived_copies(conn: sqlite3.Connection, store: ArchiveStore, staging: Path, hour_us: int,
-                    dataset: str = DEPTH) -> list[str]:
+                    dataset: str) -> list[str]:
     """Local files of the hour's archived parts of a dataset: staged ones as they are, others downloaded."""
     return [str(local_copy(store, staging, p)) for p in ledger.parts(conn, dataset, hour_us, (PartState.ARCHIVED,))]
 

@@ -41,7 +41,11 @@ import duckdb
 import pyarrow as pa
 
 from orderbook_core import continuity
+from orderbook_core.streams import EVENT_DRIVEN, Market, parse_stream_name
 from orderbook_assets.archive import datasets as ds
+
+
+_MARKETS = {m.value for m in Market}
 
 
 class Severity(str, Enum):
@@ -98,9 +102,19 @@ class CheckResult:
     detail: dict = field(default_factory=dict)
 
 
-def cadence_us(stream: str) -> int:
-    """Nominal interval of a stream from its name: ``@100ms`` → 100 ms, else 1 s."""
-    return 100_000 if stream.endswith("@100ms") else 1_000_000
+def cadences(streams: list[tuple[str, str]]) -> pa.Table:
+    """(market, stream, cadence_us) of each (market, stream name), from the kernel's facts
+    (:mod:`orderbook_core.streams`: an unsuffixed ``depth`` is 1000 ms on spot, 250 ms on USD-M).
+    A name the kernel does not know on its market, or an event-driven stream, gets no row:
+    it has no nominal cadence to be silent against."""
+    rows = []
+    for market, stream in streams:
+        s = parse_stream_name(stream, Market(market)) if market in _MARKETS else None
+        if s is not None and s.cadence_us != EVENT_DRIVEN:
+            rows.append((market, stream, s.cadence_us))
+    return pa.table({"market": pa.array([r[0] for r in rows], pa.string()),
+                     "stream": pa.array([r[1] for r in rows], pa.string()),
+                     "cadence_us": pa.array([r[2] for r in rows], pa.int64())})
 
 
 def _iso(value: object) -> object:
@@ -114,8 +128,8 @@ def _rows(cur: duckdb.DuckDBPyConnection) -> list[dict]:
     return [{n: _iso(v) for n, v in zip(names, row)} for row in cur.fetchall()]
 
 
-def connect(paths: list[str], explained: pa.Table | None = None, earlier: list[str] = (),
-            schema: pa.Schema = ds.DEPTH_SCHEMA, breaks: pa.Table | None = None,
+def connect(paths: list[str], explained: pa.Table | None = None, earlier: list[str] = (), *,
+            schema: pa.Schema, breaks: pa.Table | None = None,
             trade_gaps: pa.Table | None = None) -> duckdb.DuckDBPyConnection:
     """One DuckDB connection for a step: view ``books`` over the files, ``earlier`` over the
     hour's parts archived by earlier runs, table ``explained`` (session_id, seq) of seqs
@@ -143,7 +157,7 @@ def connect(paths: list[str], explained: pa.Table | None = None, earlier: list[s
     return con
 
 
-def duplicates(con: duckdb.DuckDBPyConnection, dataset: ds.Dataset = ds.DATASETS[ds.DEPTH]) -> CheckResult:
+def duplicates(con: duckdb.DuckDBPyConnection, dataset: ds.Dataset) -> CheckResult:
     key = ", ".join(dataset.dedup)
     by_key = _rows(con.execute(f"SELECT {key}, count(*) AS n FROM books GROUP BY ALL HAVING n > 1 ORDER BY ALL"))
     by_seq = _rows(con.execute(
@@ -177,7 +191,7 @@ def seq_gaps(con: duckdb.DuckDBPyConnection) -> CheckResult:
                        {"gaps": len(gaps), "explained_gaps": len(gaps) - len(bad)})
 
 
-def update_id_backwards(con: duckdb.DuckDBPyConnection, dataset: ds.Dataset = ds.DATASETS[ds.DEPTH]) -> CheckResult:
+def update_id_backwards(con: duckdb.DuckDBPyConnection, dataset: ds.Dataset) -> CheckResult:
     uid = dataset.ordered_id
     rows = _rows(con.execute(
         f"""
@@ -243,32 +257,41 @@ def find_gaps(con: duckdb.DuckDBPyConnection, window: tuple[int, int]) -> list[G
     (µs; the hour, cut at the time the newest part was planned when the hour is still open).
 
     A stream's silence is measured from its last receive time in ``earlier`` (the hour's
-    parts archived by earlier runs), else from the window's start.
+    parts archived by earlier runs), else from the window's start. Each stream's cadence is
+    the kernel's (:func:`cadences`), joined in as a table.
     """
     lo, hi = window
+    con.execute(
+        """
+        CREATE OR REPLACE TEMP VIEW gap_streams AS
+        SELECT DISTINCT coalesce(market, 'spot') AS market, stream FROM books
+        UNION SELECT coalesce(market, 'spot'), stream FROM earlier
+        """
+    )
+    con.register("gap_cadences", cadences(con.execute("SELECT market, stream FROM gap_streams").fetchall()))
     rows = con.execute(
         f"""
         WITH t AS (SELECT coalesce(market, 'spot') AS market, stream, epoch_us(recv_time) AS us FROM books),
         s AS (SELECT coalesce(market, 'spot') AS market, stream, max(epoch_us(recv_time)) AS us
               FROM earlier GROUP BY ALL),
-        streams AS (SELECT DISTINCT market, stream FROM t UNION SELECT market, stream FROM s),
         edges AS (
             SELECT market, stream, us FROM t
-            UNION ALL SELECT st.market, st.stream, coalesce(s.us, {lo}) FROM streams st LEFT JOIN s USING (market, stream)
-            UNION ALL SELECT market, stream, {hi} FROM streams
+            UNION ALL SELECT st.market, st.stream, coalesce(s.us, {lo}) FROM gap_streams st LEFT JOIN s USING (market, stream)
+            UNION ALL SELECT market, stream, {hi} FROM gap_streams
         ),
         d AS (
             SELECT market, stream, us AS gap_start_us,
-                   lead(us) OVER (PARTITION BY market, stream ORDER BY us) AS gap_end_us,
-                   CASE WHEN stream LIKE '%@100ms' THEN 100000 WHEN stream LIKE '%@250ms' THEN 250000
-                        WHEN stream LIKE '%@500ms' THEN 500000 ELSE 1000000 END AS cadence_us
+                   lead(us) OVER (PARTITION BY market, stream ORDER BY us) AS gap_end_us
             FROM edges
         )
         SELECT stream, gap_start_us, gap_end_us, market
-        FROM d WHERE gap_end_us - gap_start_us > {GAP_CADENCES} * cadence_us
+        FROM d JOIN gap_cadences c USING (market, stream)
+        WHERE gap_end_us - gap_start_us > {GAP_CADENCES} * c.cadence_us
         ORDER BY stream, gap_start_us, market
         """
     ).fetchall()
+    con.unregister("gap_cadences")
+    con.execute("DROP VIEW gap_streams")
     return [Gap(*r) for r in rows]
 
 
@@ -286,7 +309,7 @@ def _ts(us: int) -> datetime:
     return datetime.fromtimestamp(us / 1e6, tz=timezone.utc)
 
 
-def books_sane(con: duckdb.DuckDBPyConnection, dataset: ds.Dataset = ds.DATASETS[ds.DEPTH]) -> CheckResult:
+def books_sane(con: duckdb.DuckDBPyConnection, dataset: ds.Dataset) -> CheckResult:
     if dataset.has_levels:
         sql = """
         WITH b AS (
@@ -330,7 +353,7 @@ def run_all(
     buffer_rows: int,
     archived_rows: dict[str, int],
     explained: pa.Table | None = None,
-    dataset: str = ds.DEPTH,
+    dataset: str,
     breaks: pa.Table | None = None,
     trade_gaps: pa.Table | None = None,
 ) -> list[CheckResult]:

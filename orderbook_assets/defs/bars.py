@@ -41,7 +41,7 @@ def build_top_of_book_1s(partitions_def=None, deps=(bars.SOURCE,), group_name: s
         archive, buffer = context.resources.archive, context.resources.buffer
         store = archive.open_store()
         with closing(buffer.connect()) as conn:
-            sources = pipeline.archived_copies(conn, store, buffer.staging_dir(), hour_us)
+            sources = pipeline.archived_copies(conn, store, buffer.staging_dir(), hour_us, bars.SOURCE)
             table, url = bars.materialize_hour(archive.resolved_url(), hour_us, s3_settings_from(archive), store, sources)
             pipeline.drop_staged(conn, buffer.staging_dir(), hour_us)
         symbols = sorted(set(table["symbol"].to_pylist()))

@@ -1,7 +1,8 @@
 """``collector_fresh``: a check per collector (on the asset ``collector``: the recording process
 and its buffer, which Dagster observes but does not materialize), run every 5 minutes by
-the ``check_freshness`` job: it fails when the collector's newest acknowledged message is older
-than ``ORDERBOOK_FRESHNESS_SECONDS`` (120) or an hour is not archived
+the ``check_freshness`` job: it fails when the collector's newest acknowledged message, of any
+stream dataset, is older than ``ORDERBOOK_FRESHNESS_SECONDS`` (120) or an hour of any dataset is
+not archived
 ``ORDERBOOK_ARCHIVE_DEADLINE_MINUTES`` (30) after its end. In a fleet each location's check and
 job carry its host id, so the UI shows one such check per collector."""
 
@@ -37,7 +38,8 @@ collector = AssetSpec("collector", group_name="archive", kinds={"sqlite"},
 
 
 @asset_check(asset=collector.key, name="collector_fresh", blocking=False,
-             description="The collector records (its newest acknowledged message is recent) and its hours are "
+             description="The collector records (its newest acknowledged message, of any stream dataset, is recent) "
+                         "and its hours are "
                          "archived in time (ORDERBOOK_FRESHNESS_SECONDS, ORDERBOOK_ARCHIVE_DEADLINE_MINUTES).")
 def collector_fresh(context: AssetCheckExecutionContext, buffer: BufferResource) -> AssetCheckResult:
     max_age = _setting("ORDERBOOK_FRESHNESS_SECONDS", fr.MAX_AGE_S)

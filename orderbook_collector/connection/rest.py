@@ -14,9 +14,11 @@ this market (``exchangeInfo``) should go through the same client, so one budget 
 
 :class:`Resyncer` holds at most one pending snapshot request per diff stream and fetches
 them as the budget allows: a storm of hundreds of streams after a reconnect is spread
-over the budget instead of tripping a ban. Each answer becomes a
+over the budget instead of tripping a ban. Each answer is decoded by the kernel
+(:func:`orderbook_core.payloads.decode_rest_depth`, the WebSocket's level validation) into a
 :class:`DepthRestSnapshotRecord` handed to the writer, which decides (feed.sync) whether
-it syncs the stream or another one is needed.
+it syncs the stream or another one is needed. An answer the kernel refuses goes to the
+quarantine with its body and reason instead, and is asked for again later.
 """
 
 from __future__ import annotations
@@ -28,14 +30,14 @@ import time
 from collections import OrderedDict, deque
 from typing import Callable
 
-import numpy as np
 import orjson
 import requests
 
-from orderbook_core.buffer.levels import pack
-from orderbook_core.buffer.records import DepthRestSnapshotRecord
+from orderbook_core.buffer.records import REST_SESSION, DepthRestSnapshotRecord, Quarantined
+from orderbook_core.errors import FrameError
+from orderbook_core.payloads import decode_rest_depth
 from orderbook_core.streams import DEPTH_PATH, REST_WEIGHT_PER_MINUTE, Market, StreamSpec, depth_weight
-from orderbook_collector.metrics import Metrics
+from orderbook_collector.metrics import REST_REFUSED, Metrics
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +143,18 @@ class RestClient:
         """GET ``path`` once the budget allows ``weight``; the parsed JSON answer.
 
         Raises:
+            RestError: as :meth:`get`, or the answer is not JSON.
+        """
+        body = await self.get(path, params, weight)
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise RestError(200, f"{path}: answer is not JSON ({exc})") from None
+
+    async def get(self, path: str, params: dict, weight: int) -> bytes:
+        """GET ``path`` once the budget allows ``weight``; the body of the 200 answer, as sent.
+
+        Raises:
             RestError: the answer was not 200 (after sitting out up to MAX_RATE_LIMITED 429/418s), or no answer.
         """
         limited = 0
@@ -157,10 +171,7 @@ class RestClient:
                 if used is not None and used.isdigit():
                     self.budget.report(int(used), now)
                 if status == 200:
-                    try:
-                        return orjson.loads(body)
-                    except orjson.JSONDecodeError as exc:
-                        raise RestError(status, f"{path}: answer is not JSON ({exc})") from None
+                    return body
                 if status in (429, 418):
                     retry_after = _seconds(headers.get("Retry-After"))
                     self.budget.pause(retry_after, now)
@@ -195,38 +206,18 @@ def _seconds(value: str | None) -> float:
         return DEFAULT_RETRY_AFTER
 
 
-def snapshot_record(spec: StreamSpec, answer: object, recv_us: int, reason: str) -> DepthRestSnapshotRecord:
-    """A depth answer → the record of the diff stream it serves.
-
-    Raises:
-        RestError: the answer is not a depth snapshot.
-    """
-    try:
-        last_id = answer["lastUpdateId"]
-        bids, asks = answer["bids"], answer["asks"]
-        if type(last_id) is not int or last_id < 0:
-            raise TypeError("lastUpdateId is not a non-negative integer")
-        pairs = np.array([(float(p), float(q)) for p, q in (*bids, *asks)], dtype=np.float64).reshape(-1, 2)
-        event_ms = answer.get("E") if spec.market is Market.USDM else None
-        transaction_ms = answer.get("T") if spec.market is Market.USDM else None
-    except (KeyError, TypeError, ValueError) as exc:
-        raise RestError(200, f"not a depth snapshot: {type(exc).__name__}: {exc}") from None
-    return DepthRestSnapshotRecord(spec.key, spec.market.value, spec.symbol.upper(), recv_us, last_id, len(bids),
-                                   pack(pairs), reason, event_ms, transaction_ms)
-
-
 class Resyncer:
     """Fetches REST depth snapshots for one market's diff streams, one pending request per stream.
 
     Args:
         client: the market's REST client (its budget and concurrency).
         streams: the market's diff streams.
-        submit: hands a record to the writer (never blocks).
+        submit: hands a record, or a refused snapshot's quarantine row, to the writer (never blocks).
         limit: the snapshot's ``limit`` (levels per side).
     """
 
     def __init__(self, client: RestClient, streams: list[StreamSpec],
-                 submit: Callable[[DepthRestSnapshotRecord], bool], limit: int) -> None:
+                 submit: Callable[[DepthRestSnapshotRecord | Quarantined], bool], limit: int) -> None:
         weight = depth_weight(client.market, limit)
         if weight is None:
             raise ValueError(f"{client.market.value} depth snapshots do not take limit={limit}")
@@ -292,12 +283,21 @@ class Resyncer:
     async def _fetch(self, spec: StreamSpec, reason: str) -> bool:
         market = spec.market.value
         try:
-            answer = await self.client.get_json(
+            body = await self.client.get(
                 DEPTH_PATH[spec.market], {"symbol": spec.symbol.upper(), "limit": self.limit}, self.weight)
-            record = snapshot_record(spec, answer, time.time_ns() // 1000, reason)
         except RestError as exc:
             self.client.metrics.rest_errors[market] += 1
             log.warning("%s: depth snapshot failed (%s); retrying", spec.key, exc)
+            return False
+        recv_us = time.time_ns() // 1000
+        try:
+            record = decode_rest_depth(spec, body, recv_us, reason, self.limit)
+        except FrameError as exc:
+            # Refused like a bad WebSocket frame: kept with its bytes and reason, never used to sync;
+            # the stream stays broken and its snapshot is asked for again (the caller's retry).
+            self.submit(Quarantined(recv_us, REST_SESSION, 0, f"{REST_REFUSED}{spec.key}: {exc.reason}", body))
+            self.client.metrics.rest_refused[market] += 1
+            log.warning("%s: depth snapshot refused (%s); quarantined, retrying", spec.key, exc.reason)
             return False
         self.client.metrics.rest_snapshots[market] += 1
         self.fetched += 1

@@ -22,7 +22,9 @@ Otherwise it is a 'break':
   *another* session (the lagging side of an overlap) is stored but moves nothing.
 
 After a break the stream is *broken* and asks for a REST snapshot. A snapshot with
-``lastUpdateId`` L syncs it by Binance's procedure (docs/binance-api.md), applied to the
+``lastUpdateId`` L syncs it by Binance's procedure (the spot API docs' "How to manage a local
+order book correctly" in ``web-socket-streams.md``, and the USD-M page of the same name; the
+rule itself is :mod:`orderbook_core.continuity`), applied to the
 events stored since the break: on spot, events with ``u <= L`` are stale and the first
 event with ``U <= L + 1 <= u`` is the first one applied; on USD-M, events with ``u < L``
 are stale and the first event must have ``U <= L <= u``. That event may already be

@@ -40,7 +40,7 @@ from orderbook_core import buffer
 from orderbook_core.errors import StorageError
 from orderbook_collector.metrics import Metrics, quarantine_class
 from orderbook_core.buffer.records import (
-    DepthRestSnapshotRecord, DepthSyncRecord, Event, Frame, Item, Quarantined, Row, SessionClose, SessionOpen,
+    REST_SESSION, DepthRestSnapshotRecord, DepthSyncRecord, Event, Frame, Item, Quarantined, Row, SessionClose, SessionOpen,
     SessionStreams, Stop,
 )
 from orderbook_core.buffer.rows import OTHER_TABLES, RECV_US, ROW_TABLES, SEQ, SESSION_ID, RowTable
@@ -146,10 +146,12 @@ def store_records(
                 [(q.recv_us, q.session_id, q.seq, q.reason, q.raw) for q in quarantined],
             )
             for q in quarantined:
+                result.quarantined[quarantine_class(q.reason)] += 1
+                if q.session_id == REST_SESSION:  # a refused REST snapshot: no session to count it in
+                    continue
                 s = per_session[q.session_id]
                 s.quarantined += 1
                 s.touch(q.seq, q.recv_us)
-                result.quarantined[quarantine_class(q.reason)] += 1
         result.sessions = {sid: (t.messages, t.duplicates, t.last_recv_us) for sid, t in per_session.items()}
         snapshots = [o for o in others if type(o) is DepthRestSnapshotRecord]
         if snapshots:

@@ -22,8 +22,14 @@ class Frame(NamedTuple):
     seq: int
 
 
+#: The ``session_id`` (and seq 0) of a quarantined REST answer: it came over no connection, and
+#: no session has this id (session ids are opening times in µs), so it explains no seq gap.
+REST_SESSION = 0
+
+
 class Quarantined(NamedTuple):
-    """A frame that could not be used, kept with its raw bytes and the reason."""
+    """A frame (or a REST answer, session :data:`REST_SESSION`) that could not be used,
+    kept with its raw bytes and the reason."""
 
     recv_us: int
     session_id: int

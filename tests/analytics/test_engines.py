@@ -58,11 +58,11 @@ def archive(tmp_path_factory) -> Path:
     try:
         for hour in HOURS:
             pipeline.export_and_upload(conn, store, staging, hour)
-            checks = pipeline.check_parts(conn, store, staging, hour)
+            checks = pipeline.check_parts(conn, store, staging, hour, datasets.DEPTH)
             assert not checks.blocking_failures, checks.blocking_failures
             pipeline.upload_coverage(conn, store, staging, hour)
             assert pipeline.mark_archived(conn, staging, hour)
-            bars.materialize_hour(str(root), hour, store=store, sources=pipeline.archived_copies(conn, store, staging, hour))
+            bars.materialize_hour(str(root), hour, store=store, sources=pipeline.archived_copies(conn, store, staging, hour, datasets.DEPTH))
     finally:
         conn.close()
     for dataset in DATASETS:

@@ -100,7 +100,7 @@ def test_tail_decodes_packed_levels_like_the_archive(tmp_path):
     """read_tail turns packed float64 pairs back into the archive's list<struct> columns."""
     data = by_time(synthetic_depth(seconds=3, levels=5))
     make_buffer(tmp_path / "b.sqlite3", data).close()
-    tail = views.read_tail(tmp_path / "b.sqlite3")
+    tail = views.read_tail(tmp_path / "b.sqlite3", views.DATASET)
     assert tail.schema == views.DEPTH_SCHEMA
     assert tail.select(data.column_names).to_pylist() == data.to_pylist()
     assert set(tail["market"].to_pylist()) == {"spot"} and tail["event_time"].null_count == tail.num_rows
@@ -114,7 +114,7 @@ def test_tail_skips_archived_parts_and_never_duplicates(tmp_path):
     # The archive holds ids 1..150: 1..100 marked archived, 101..150 uploaded, not yet marked.
     write_archive(data.slice(0, 150), tmp_path / "archive")
     make_buffer(tmp_path / "b.sqlite3", data, archived=[(1, 100)]).close()
-    tail = views.read_tail(tmp_path / "b.sqlite3")
+    tail = views.read_tail(tmp_path / "b.sqlite3", views.DATASET)
     assert tail.num_rows == n - 100
     con, info = connect(tmp_path / "archive", buffer_path=tmp_path / "b.sqlite3")
     assert info.tail_rows == n - 100
@@ -129,14 +129,14 @@ def test_tail_of_an_hour_with_a_gap_between_archived_parts(tmp_path):
     """Rows between two archived parts of one hour are in the tail; both parts are not."""
     data = by_time(synthetic_depth(seconds=2))  # 40 rows in one hour
     make_buffer(tmp_path / "b.sqlite3", data, archived=[(1, 10), (21, 30)]).close()
-    tail = views.read_tail(tmp_path / "b.sqlite3")
+    tail = views.read_tail(tmp_path / "b.sqlite3", views.DATASET)
     want = data.slice(10, 10).to_pylist() + data.slice(30, 10).to_pylist()
     assert tail.select(data.column_names).to_pylist() == want
 
 
 def test_missing_buffer_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="ORDERBOOK_BUFFER: .* does not exist"):
-        views.read_tail(tmp_path / "nope.sqlite3")
+        views.read_tail(tmp_path / "nope.sqlite3", views.DATASET)
 
 
 # ----------------------------------------------------------------------------- the command

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import duckdb
 
-from orderbook_assets.archive import pipeline
+from orderbook_assets.archive import ledger, pipeline
 from orderbook_assets.archive.store import LocalStore
 
 from support.buffer_rows import BASE_HOUR_US, fill_buffer, open_buffer
@@ -16,7 +16,7 @@ def test_an_open_session_is_archived_as_open_and_the_buffer_keeps_it_open(tmp_pa
     conn = open_buffer(path)
     store, staging = LocalStore(tmp_path / "archive"), tmp_path / "staging"
     pipeline.export_and_upload(conn, store, staging, BASE_HOUR_US)
-    pipeline.check_parts(conn, store, staging, BASE_HOUR_US)
+    pipeline.check_parts(conn, store, staging, BASE_HOUR_US, ledger.DEPTH)
     pipeline.upload_coverage(conn, store, staging, BASE_HOUR_US)
     pipeline.mark_archived(conn, staging, BASE_HOUR_US)
     assert conn.execute("SELECT closed_us, close_reason FROM sessions").fetchall() == [(None, None)]

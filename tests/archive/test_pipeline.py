@@ -32,7 +32,7 @@ def env(tmp_path):
 
 def archive(conn, st, staging, hour_us=BASE_HOUR_US):
     out = pipeline.export_and_upload(conn, st, staging, hour_us)
-    checks = pipeline.check_parts(conn, st, staging, hour_us)
+    checks = pipeline.check_parts(conn, st, staging, hour_us, ledger.DEPTH)
     assert not checks.blocking_failures, checks.blocking_failures
     pipeline.upload_coverage(conn, st, staging, hour_us)
     pipeline.mark_archived(conn, staging, hour_us)
@@ -59,14 +59,14 @@ def expected(rows):
 def test_plan_part_takes_id_range_and_late_rows_become_a_further_part(env):
     conn, path, _, _ = env
     fill_buffer(path, SYMBOLS, BASE_HOUR_US + 1_000_000, 50)
-    p1 = ledger.plan_part(conn, BASE_HOUR_US)
+    p1 = ledger.plan_part(conn, BASE_HOUR_US, dataset=ledger.DEPTH)
     assert (p1.part, p1.id_lo, p1.id_hi, p1.state) == (1, 0, 100, "planned")
     cover = ledger.get_part(conn, "coverage", BASE_HOUR_US, 1)  # the round's coverage: same planned_us
     assert ledger.round_parts(conn, cover) == [p1] and (cover.id_lo, cover.id_hi) == (0, 0)
-    assert ledger.plan_part(conn, BASE_HOUR_US) is None
-    assert ledger.plan_part(conn, BASE_HOUR_US + HOUR_US) is None  # no rows there
+    assert ledger.plan_part(conn, BASE_HOUR_US, dataset=ledger.DEPTH) is None
+    assert ledger.plan_part(conn, BASE_HOUR_US + HOUR_US, dataset=ledger.DEPTH) is None  # no rows there
     fill_buffer(path, SYMBOLS, BASE_HOUR_US + 60_000_000, 10, session_id=7, first_update_id=10**6)
-    p2 = ledger.plan_part(conn, BASE_HOUR_US)
+    p2 = ledger.plan_part(conn, BASE_HOUR_US, dataset=ledger.DEPTH)
     assert (p2.part, p2.id_lo, p2.id_hi) == (2, 100, 120)
 
 
@@ -109,7 +109,7 @@ def test_parquet_is_at_least_40x_smaller_than_the_binance_json_of_realistic_book
 def test_export_is_deterministic_bytes_and_order(env, tmp_path):
     conn, path, _, _ = env
     fill_buffer(path, SYMBOLS, BASE_HOUR_US, 300)
-    part = ledger.plan_part(conn, BASE_HOUR_US)
+    part = ledger.plan_part(conn, BASE_HOUR_US, dataset=ledger.DEPTH)
     a = write_part(conn, part, tmp_path / "a.parquet")
     b = write_part(conn, part, tmp_path / "b.parquet")
     assert (a.sha256, a.bytes) == (b.sha256, b.bytes)
@@ -153,7 +153,7 @@ def test_bad_archive_url_is_a_config_error(url):
 
 def _check(conn, st, staging, name):
     pipeline.export_and_upload(conn, st, staging, BASE_HOUR_US)
-    return pipeline.check_parts(conn, st, staging, BASE_HOUR_US).result(name)
+    return pipeline.check_parts(conn, st, staging, BASE_HOUR_US, ledger.DEPTH).result(name)
 
 
 def test_seq_gap_fails_unless_explained_by_a_recorded_duplicate(env):
@@ -170,7 +170,7 @@ def test_seq_gap_fails_unless_explained_by_a_recorded_duplicate(env):
     again = make_rows(["btcusdt"], BASE_HOUR_US, 20, session_id=1)[4]
     again.seq = 5
     store_records(conn, ids, [record(again)])
-    assert pipeline.check_parts(conn, st, staging, BASE_HOUR_US).result("no_seq_gaps").passed
+    assert pipeline.check_parts(conn, st, staging, BASE_HOUR_US, ledger.DEPTH).result("no_seq_gaps").passed
 
 
 def test_update_id_backwards_and_crossed_books_are_found(env):
@@ -180,7 +180,7 @@ def test_update_id_backwards_and_crossed_books_are_found(env):
     rows[12].bids, rows[12].asks = rows[12].asks, rows[12].bids
     store(conn, rows)
     pipeline.export_and_upload(conn, st, staging, BASE_HOUR_US)
-    checks = pipeline.check_parts(conn, st, staging, BASE_HOUR_US)
+    checks = pipeline.check_parts(conn, st, staging, BASE_HOUR_US, ledger.DEPTH)
     assert checks.result("update_id_monotonic").count == 1
     sane = checks.result("books_sane")
     assert sane.detail["crossed"] == 1 and sane.detail["unsorted"] == 1

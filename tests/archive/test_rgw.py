@@ -176,7 +176,7 @@ def archive_until_done(conn, st, staging, attempts=4):
     for _ in range(attempts):
         try:
             pipeline.export_and_upload(conn, st, staging, BASE_HOUR_US)
-            assert not pipeline.check_parts(conn, st, staging, BASE_HOUR_US).blocking_failures
+            assert not pipeline.check_parts(conn, st, staging, BASE_HOUR_US, ledger.DEPTH).blocking_failures
             pipeline.upload_coverage(conn, st, staging, BASE_HOUR_US)
             pipeline.mark_archived(conn, staging, BASE_HOUR_US)
             return errors

@@ -76,7 +76,7 @@ def archive_until_done(conn, st, staging, attempts=4):
     for _ in range(attempts):
         try:
             pipeline.export_and_upload(conn, st, staging, BASE_HOUR_US)
-            checks = pipeline.check_parts(conn, st, staging, BASE_HOUR_US)
+            checks = pipeline.check_parts(conn, st, staging, BASE_HOUR_US, ledger.DEPTH)
             assert not checks.blocking_failures
             pipeline.upload_coverage(conn, st, staging, BASE_HOUR_US)
             pipeline.mark_archived(conn, staging, BASE_HOUR_US)
@@ -131,7 +131,7 @@ def test_lost_coverage_put_while_session_counters_move_still_ends_verified(proxy
     st = s3_store(proxy.url)
     proxy.inject("silent_put_loss", method="PUT", path_contains="/coverage/")
     pipeline.export_and_upload(conn, st, tmp_path / "staging", BASE_HOUR_US)
-    assert not pipeline.check_parts(conn, st, tmp_path / "staging", BASE_HOUR_US).blocking_failures
+    assert not pipeline.check_parts(conn, st, tmp_path / "staging", BASE_HOUR_US, ledger.DEPTH).blocking_failures
     with pytest.raises(ArchiveError, match="HEAD shows None"):
         pipeline.upload_coverage(conn, st, tmp_path / "staging", BASE_HOUR_US)
     conn.execute("UPDATE sessions SET duplicates = duplicates + 7")  # the live collector meanwhile

@@ -49,7 +49,7 @@ def test_versions_write_different_bytes_and_only_versions_1_and_2_use_delta_enco
     """The premise: the versions really differ (else the tests below prove nothing)."""
     fill_buffer(tmp_path / "b.sqlite3", ["btcusdt", "ethusdt"], HOUR + 1_000, 100)
     conn = open_buffer(tmp_path / "b.sqlite3")
-    part = ledger.plan_part(conn, HOUR)
+    part = ledger.plan_part(conn, HOUR, dataset=ledger.DEPTH)
     v1 = write_part(conn, part, tmp_path / "v1.parquet", 1)
     v2 = write_part(conn, part, tmp_path / "v2.parquet", 2)
     v3 = write_part(conn, part, tmp_path / "v3.parquet")  # the current version
@@ -71,10 +71,10 @@ def test_parts_of_schema_1_and_2_read_together_by_name(tmp_path):
 
     fill_buffer(tmp_path / "b.sqlite3", ["btcusdt"], HOUR + 1_000, 50)
     conn = open_buffer(tmp_path / "b.sqlite3")
-    part = ledger.plan_part(conn, HOUR)
+    part = ledger.plan_part(conn, HOUR, dataset=ledger.DEPTH)
     write_part(conn, part, tmp_path / "a" / "old.parquet", 1)
     fill_buffer(tmp_path / "b.sqlite3", ["btcusdt"], HOUR + 60_000_000, 50, session_id=HOUR + 9, first_update_id=90_000)
-    write_part(conn, ledger.plan_part(conn, HOUR), tmp_path / "a" / "new.parquet")
+    write_part(conn, ledger.plan_part(conn, HOUR, dataset=ledger.DEPTH), tmp_path / "a" / "new.parquet")
     conn.close()
     rows = duckdb.connect().execute(
         f"SELECT market, count(*), count(event_time) FROM read_parquet('{tmp_path}/a/*.parquet', union_by_name = true) "
@@ -121,7 +121,7 @@ def test_an_object_stored_whose_ledger_record_was_lost_keeps_its_version(tmp_pat
     db, store_root, staging = tmp_path / "b.sqlite3", tmp_path / "archive", tmp_path / "staging"
     fill_buffer(db, ["btcusdt"], HOUR + 1_000, 120)
     conn = open_buffer(db)
-    part = ledger.plan_part(conn, HOUR)
+    part = ledger.plan_part(conn, HOUR, dataset=ledger.DEPTH)
     key = object_key(DEPTH, part)
     v1 = write_part(conn, part, tmp_path / "v1.parquet", 1)
     store = LocalStore(store_root)
@@ -138,7 +138,7 @@ def test_an_object_no_version_reproduces_is_still_an_integrity_error(tmp_path, v
     db, store_root, staging = tmp_path / "b.sqlite3", tmp_path / "archive", tmp_path / "staging"
     fill_buffer(db, ["btcusdt"], HOUR + 1_000, 120)
     conn = open_buffer(db)
-    part = ledger.plan_part(conn, HOUR)
+    part = ledger.plan_part(conn, HOUR, dataset=ledger.DEPTH)
     key = object_key(DEPTH, part)
     foreign = tmp_path / "foreign.parquet"
     write_part(conn, part, foreign, options=dict(export.WRITER_OPTIONS, compression_level=7))  # no version writes this
@@ -173,7 +173,7 @@ def test_a_part_planned_and_uploaded_by_the_previous_release_finishes_under_this
 
     out = pipeline.export_and_upload(conn, store, staging, HOUR)
     assert out.round == [] and [(p.state, p.sha256) for p in out.parts] == [("verified", v1.sha256)]
-    checks = pipeline.check_parts(conn, store, staging, HOUR)
+    checks = pipeline.check_parts(conn, store, staging, HOUR, ledger.DEPTH)
     assert not checks.blocking_failures and checks.result("rows_reconciled").detail["parquet_rows"] == 200
     cov = pipeline.upload_coverage(conn, store, staging, HOUR)
     assert [p.object_key for p in cov.parts] == ["coverage/date=2026-11-23/hour=10/part-0001-0-200.parquet"]

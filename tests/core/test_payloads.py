@@ -88,3 +88,62 @@ def test_bad_payloads_are_quarantined_with_their_reason(market, name, data, reas
     assert type(q) is Quarantined
     assert q.reason == reason
     assert orjson.loads(q.raw)["data"] == data
+
+
+# ---- REST depth snapshots: the same level validation as the WebSocket ----------------------
+
+from orderbook_core.errors import FrameError  # noqa: E402
+from orderbook_core.payloads import decode_rest_depth  # noqa: E402
+
+REST_DIFF = spec("btcusdt", "depth@100ms")
+
+
+def test_a_rest_depth_snapshot_is_decoded_on_each_market():
+    r = decode_rest_depth(REST_DIFF, b'{"lastUpdateId":1027024,"bids":[["4.00000000","431.00000000"]],'
+                                     b'"asks":[["4.00000200","12.00000000"]]}', 17, "gap", 100)
+    assert (r.stream, r.market, r.symbol, r.recv_us, r.last_update_id, r.reason) == (
+        "btcusdt@depth@100ms", "spot", "BTCUSDT", 17, 1027024, "gap")
+    assert (r.event_time_ms, r.transaction_time_ms) == (None, None)  # spot's answer has no time
+    assert levels.unpack(r.levels, r.n_bids) == ([(4.0, 431.0)], [(4.000002, 12.0)])
+    u = decode_rest_depth(spec("btcusdt", "depth@100ms", USDM),
+                          b'{"lastUpdateId":1027024,"E":1589436922972,"T":1589436922959,'
+                          b'"bids":[["4.00000000","431.00000000"]],"asks":[]}', 17, "connect", 500)
+    assert (u.stream, u.market, u.event_time_ms, u.transaction_time_ms, u.n_bids) == (
+        "usdm:btcusdt@depth@100ms", "usdm", 1589436922972, 1589436922959, 1)
+
+
+@pytest.mark.parametrize("body, words", [
+    (b'{"lastUpdateId":5,"bids":[["NaN","1"]],"asks":[]}', "not finite"),
+    (b'{"lastUpdateId":5,"bids":[["100.5","-1"]],"asks":[]}', "negative"),
+    (b'{"lastUpdateId":5,"bids":[],"asks":[["0","1"]]}', "zero-priced"),
+    (b'{"bids":[["100.5","1"]],"asks":[]}', "'lastUpdateId'"),
+    (b'{"lastUpdateId":-1,"bids":[],"asks":[]}', "'lastUpdateId'"),
+    (b'{"lastUpdateId":5,"bids":[["abc","1"]],"asks":[]}', "pairs of decimal numbers"),
+    (b'{"lastUpdateId":5,"bids":[["100.5"]],"asks":[]}', "pairs of decimal numbers"),
+    (b'{"lastUpdateId":5,"bids":{},"asks":[]}', "must be lists"),
+    (b'{"lastUpdateId":5,"bids":[["1","1"],["2","1"]],"asks":[]}', "more than 1 levels"),
+    (b'<html>502 Bad Gateway</html>', "not JSON"),
+    (b'[1, 2]', "not a JSON object"),
+])
+def test_a_bad_rest_depth_snapshot_is_refused_with_its_reason(body, words):
+    with pytest.raises(FrameError) as err:
+        decode_rest_depth(REST_DIFF, body, 17, "gap", 1)
+    assert words in err.value.reason
+
+
+def test_a_usdm_rest_snapshot_without_its_exchange_times_is_refused():
+    usdm = spec("btcusdt", "depth@100ms", USDM)
+    with pytest.raises(FrameError) as err:
+        decode_rest_depth(usdm, b'{"lastUpdateId":5,"T":1,"bids":[],"asks":[]}', 17, "gap", 5)
+    assert "'E'" in err.value.reason
+
+
+def test_a_level_the_websocket_refuses_the_rest_snapshot_refuses_too():
+    """One validator: the levels of a quarantined diff event make a refused REST snapshot."""
+    bad_levels = [["100.5", "NaN"]]
+    ws = decode(SPOT, "btcusdt@depth@100ms", {"e": "depthUpdate", "E": 1, "s": "BTCUSDT", "U": 1, "u": 2,
+                                               "b": bad_levels, "a": []})
+    assert type(ws) is Quarantined
+    with pytest.raises(FrameError) as err:
+        decode_rest_depth(REST_DIFF, orjson.dumps({"lastUpdateId": 2, "bids": bad_levels, "asks": []}), 17, "gap", 5)
+    assert err.value.reason == ws.reason

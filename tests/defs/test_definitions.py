@@ -81,10 +81,10 @@ def test_bars_read_the_staged_parts_not_the_archive(env, monkeypatch):
     fill_buffer(env / "buffer.sqlite3", ["btcusdt"], BASE_HOUR_US + 5_000_000, 200)
     real = pipeline.archived_copies
 
-    def archived_copies(conn, store, staging, hour_us):
-        for f in (env / "archive" / "depth_snapshot").rglob("*.parquet"):
+    def archived_copies(conn, store, staging, hour_us, dataset):
+        for f in (env / "archive" / dataset).rglob("*.parquet"):
             f.write_bytes(b"not parquet")  # a download would now fail its hash check
-        return real(conn, store, staging, hour_us)
+        return real(conn, store, staging, hour_us, dataset)
 
     monkeypatch.setattr(pipeline, "archived_copies", archived_copies)
     result = run_hour()

@@ -8,6 +8,9 @@ from contextlib import closing
 from dagster import DagsterInstance
 
 from orderbook_assets.archive import freshness as fr
+from orderbook_core import buffer as buf
+from orderbook_core.buffer.records import BookTickerRecord, SessionOpen, TradeRecord
+from orderbook_collector.writer.thread import store_records
 from orderbook_assets.definitions import build
 from orderbook_core.buffer import now_us
 from support.buffer_rows import BASE_HOUR_US, HOUR_US, fill_buffer, open_buffer
@@ -27,6 +30,40 @@ def test_newest_message_age_and_overdue_hours(tmp_path):
         assert not late.fresh and late.overdue_hours == [BASE_HOUR_US]
         assert late.problems() == [f"the newest acknowledged message is {late.age_s:.0f} s old (limit 120 s)",
                                    "1 hour(s) not archived 30 min after their end"]
+
+
+def trades_and_tickers(path, trades_at: list[int], tickers_at: list[int]) -> None:
+    """Store trades and bookTickers received at these times (one session), nothing else."""
+    sid = min(trades_at + tickers_at)
+    rows = [TradeRecord("btcusdt@trade", t, sid, 0, t // 1000, t // 1000, i, 100.5, 1.0, False, 0)
+            for i, t in enumerate(trades_at)]
+    rows += [BookTickerRecord("btcusdt@bookTicker", t, sid, 0, i, 100.4, 1.0, 100.6, 2.0, None, None, 0)
+             for i, t in enumerate(tickers_at)]
+    rows = [r._replace(seq=i) for i, r in enumerate(sorted(rows, key=lambda r: r.recv_us))]
+    with closing(open_buffer(path)) as conn:
+        ids = buf.stream_ids(conn, [("btcusdt@trade", "btcusdt", "trade"), ("btcusdt@bookTicker", "btcusdt", "bookTicker")])
+        store_records(conn, ids, rows, ops=[SessionOpen(sid, "wss://test", "[]", sid)])
+
+
+def test_a_collector_recording_only_trades_is_fresh_and_its_hours_are_watched(tmp_path):
+    buffer = tmp_path / "buffer.sqlite3"
+    trades_at = [BASE_HOUR_US + i * S for i in range(10)]
+    trades_and_tickers(buffer, trades_at, [])
+    with closing(open_buffer(buffer)) as conn:
+        f = fr.freshness(conn, trades_at[-1] + 60 * S, max_age_s=120, deadline_min=30)
+        assert (f.newest_recv_us, f.age_s, f.passed) == (trades_at[-1], 60.0, True)
+        late = fr.freshness(conn, BASE_HOUR_US + HOUR_US + 31 * 60 * S, max_age_s=120, deadline_min=30)
+        assert late.overdue_hours == [BASE_HOUR_US]  # the trades' hour is not archived
+
+
+def test_the_newest_row_of_any_dataset_decides_and_too_old_is_not_fresh(tmp_path):
+    buffer = tmp_path / "buffer.sqlite3"
+    # trades stopped early; the bookTicker, newest of all, 200 s before "now"
+    trades_and_tickers(buffer, [BASE_HOUR_US + S], [BASE_HOUR_US + 2 * S, BASE_HOUR_US + 100 * S])
+    with closing(open_buffer(buffer)) as conn:
+        f = fr.freshness(conn, BASE_HOUR_US + 300 * S, max_age_s=120, deadline_min=30)
+        assert (f.newest_recv_us, f.age_s, f.fresh) == (BASE_HOUR_US + 100 * S, 200.0, False)
+        assert fr.freshness(conn, BASE_HOUR_US + 160 * S, max_age_s=120, deadline_min=30).fresh
 
 
 def test_the_check_runs_per_host_and_fails_on_a_silent_collector(tmp_path, monkeypatch):
