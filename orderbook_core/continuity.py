@@ -5,7 +5,7 @@ predicates (or, for SQL, use the expression below that is tested against them on
 cases): the collector's sync tracker (which records ``break`` and ``synced`` rows), the book
 builder (which rebuilds books from the archive) and the archive's ``depth_continuity`` check.
 
-The rules (``docs/binance-api.md``, sections 3 and 4):
+The rules (Binance's "How to manage a local order book correctly", spot and USD-M futures):
 
 * **spot** (``U``/``u``): an event whose ``u`` is at or below the book's id is stale; one with
   ``U > id + 1`` means events were missed; anything else continues (an event that overlaps the
