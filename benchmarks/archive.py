@@ -221,7 +221,7 @@ def child_export(path: str, out: str, mode: str) -> None:
     """Subprocess body: export the whole hour (mode=export) or only get ready (mode=idle)."""
     import pyarrow.parquet  # noqa: F401  (the idle baseline imports what the export imports)
 
-    from orderbook_assets.archive import ledger
+    from orderbook_core.buffer import ledger
     from orderbook_assets.archive.export import write_part
     from orderbook_core import buffer
 
@@ -295,7 +295,7 @@ GROUP BY 1 ORDER BY 1
 
 def day_archive(rows_per_hour: int) -> Path:
     """24 hourly depth files of BTCUSDT (simulator books, 10 messages/s), exported by write_part; cached."""
-    from orderbook_assets.archive import ledger
+    from orderbook_core.buffer import ledger
     from orderbook_assets.archive.export import object_key, write_part
     from orderbook_core import buffer
 

@@ -89,7 +89,7 @@ def measure(src: Path, work: Path, repeats: int, jitter_us: int) -> list[tuple]:
     import duckdb
     import pyarrow.parquet as pq
 
-    from orderbook_assets.archive import ledger
+    from orderbook_core.buffer import ledger
     from orderbook_assets.archive.export import write_part
     from orderbook_core import buffer
 

@@ -126,12 +126,12 @@ def test_imports_point_down(module):
     ("orderbook_assets.archive.export", "from orderbook_collector.feed import sync\n"),
     ("orderbook_assets.archive.export", "import orderbook_collector.writer.thread\n"),
     ("orderbook_collector.writer.thread", "from orderbook_assets.archive import export\n"),
-    ("orderbook_collector.writer.thread", "import importlib\nm = importlib.import_module('orderbook_assets.archive.ledger')\n"),
+    ("orderbook_collector.writer.thread", "import importlib\nm = importlib.import_module('orderbook_assets.archive.export')\n"),
     ("orderbook_assets.books.builder", "from importlib import import_module\nimport_module('orderbook_collector.config')\n"),
     ("orderbook_assets.books.builder", "m = __import__('orderbook_collector')\n"),
     ("orderbook_core.streams", "from orderbook_collector.feed import protocol\n"),
     ("orderbook_core.payloads", "import importlib\nimportlib.import_module('orderbook_assets')\n"),
-    ("orderbook_core.buffer.reads", "from orderbook_assets.archive.ledger import PartState\n"),
+    ("orderbook_core.buffer.reads", "from orderbook_assets.archive.export import SOURCES\n"),
 ])
 def test_a_planted_import_across_the_processes_is_caught(module, source):
     """Either process importing the other, or the kernel importing either, fails the layer test,

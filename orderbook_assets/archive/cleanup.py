@@ -23,7 +23,7 @@ from orderbook_core.buffer import HOUR_US, now_us, reads, transaction
 from orderbook_core.buffer.schema import PartState
 
 from orderbook_assets.archive.crash import crash_point
-from orderbook_assets.archive.ledger import ROUND_TABLES
+from orderbook_core.buffer.ledger import ROUND_TABLES
 
 log = logging.getLogger(__name__)
 

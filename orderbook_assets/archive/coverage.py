@@ -31,7 +31,7 @@ from orderbook_assets.archive import export
 from orderbook_assets.archive.export import WRITER_OPTIONS
 from orderbook_assets.archive.datasets import (COVERAGE_SCHEMA, DEPTH_REST, DEPTH_SYNC, DEPTH_UPDATE, TRADE_GAP,  # noqa: F401
                                                TS)
-from orderbook_assets.archive.ledger import Part
+from orderbook_core.buffer.ledger import Part
 from orderbook_assets.archive.quality import Gap
 
 

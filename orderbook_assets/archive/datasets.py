@@ -12,6 +12,7 @@ from typing import NamedTuple
 import pyarrow as pa
 
 from orderbook_core import kinds
+from orderbook_core.buffer import ledger
 from orderbook_core.buffer.levels import LEVEL, LEVELS  # noqa: F401  (the levels' Arrow form)
 
 TS = kinds.TS
@@ -22,7 +23,7 @@ DEPTH_REST = "depth_rest_snapshot"
 TRADE = "trade"
 AGG_TRADE = "agg_trade"
 BOOK_TICKER = "book_ticker"
-COVERAGE = "coverage"
+COVERAGE = ledger.COVERAGE
 TOP_OF_BOOK_1S = "top_of_book_1s"
 BOOK_SNAPSHOT = "book_snapshot"
 
@@ -108,8 +109,8 @@ DATASETS: dict[str, Dataset] = {
 }
 
 #: Buffer tables whose rows are archived inside ``coverage`` (continuity as data), not as datasets.
-DEPTH_SYNC, TRADE_GAP = "depth_sync", "trade_gap"
-CONTINUITY = (DEPTH_SYNC, TRADE_GAP)
+CONTINUITY = ledger.CONTINUITY
+DEPTH_SYNC, TRADE_GAP = CONTINUITY
 
 COVERAGE_SCHEMA = pa.schema(
     [

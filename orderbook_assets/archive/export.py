@@ -46,7 +46,7 @@ from orderbook_core.fsutil import fsync_dir, sha256_file
 
 from orderbook_assets.archive import datasets as ds
 from orderbook_assets.archive.datasets import DEPTH_SCHEMA, LEVEL, LEVELS  # noqa: F401
-from orderbook_assets.archive.ledger import Part
+from orderbook_core.buffer.ledger import Part
 
 ROW_GROUP = 32_768
 #: Reading keys this many ids at a time keeps every read statement short.

@@ -33,12 +33,12 @@ from orderbook_core.errors import ArchiveError, IntegrityError
 
 from orderbook_assets.archive import coverage as cov
 from orderbook_assets.archive import datasets as ds
-from orderbook_assets.archive import ledger
+from orderbook_core.buffer import ledger
 from orderbook_assets.archive import quality
 from orderbook_assets.archive.crash import crash_point
 
 from orderbook_assets.archive.export import Exported, object_key, stream_table, write_part, write_part_as
-from orderbook_assets.archive.ledger import COVERAGE, DEPTH, Part, PartState
+from orderbook_core.buffer.ledger import COVERAGE, DEPTH, Part, PartState
 from orderbook_assets.archive.store import ArchiveStore
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, Sk
 from orderbook_core.buffer import now_us
 from orderbook_core.errors import StorageError
 
-from orderbook_assets.archive import ledger
+from orderbook_core.buffer import ledger
 from orderbook_assets.defs.jobs import archive_hour
 from orderbook_assets.defs.partitions import hourly
 from orderbook_assets.defs.resources import BufferResource

@@ -8,7 +8,8 @@ from __future__ import annotations
 import duckdb
 import pytest
 
-from orderbook_assets.archive import cleanup, datasets, ledger, pipeline, quality
+from orderbook_core.buffer import ledger
+from orderbook_assets.archive import cleanup, datasets, pipeline, quality
 from orderbook_assets.archive.store import LocalStore, S3Store
 
 from support.buffer_rows import BASE_HOUR_US, open_buffer

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import duckdb
 
-from orderbook_assets.archive import ledger, pipeline
+from orderbook_core.buffer import ledger
+from orderbook_assets.archive import pipeline
 from orderbook_assets.archive.store import LocalStore
 
 from support.buffer_rows import BASE_HOUR_US, fill_buffer, open_buffer

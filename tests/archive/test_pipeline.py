@@ -9,7 +9,8 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 
-from orderbook_assets.archive import cleanup, ledger, pipeline
+from orderbook_core.buffer import ledger
+from orderbook_assets.archive import cleanup, pipeline
 from orderbook_assets.archive.export import write_part
 from orderbook_assets.archive.store import LocalStore, parse_archive_url
 from orderbook_core import buffer

@@ -22,7 +22,8 @@ import pytest
 from botocore.config import Config
 
 from orderbook_assets.analytics import views
-from orderbook_assets.archive import ledger, pipeline
+from orderbook_core.buffer import ledger
+from orderbook_assets.archive import pipeline
 from orderbook_assets.archive.location import Location, S3Settings
 from orderbook_assets.archive.store import S3Store, open_store
 from orderbook_core.errors import ArchiveError

@@ -6,7 +6,8 @@ import hashlib
 
 import pytest
 
-from orderbook_assets.archive import cleanup, ledger, pipeline
+from orderbook_core.buffer import ledger
+from orderbook_assets.archive import cleanup, pipeline
 from orderbook_assets.archive.store import S3Store
 from orderbook_core.errors import ArchiveError, IntegrityError
 

@@ -10,7 +10,7 @@ import logging
 
 import pytest
 
-from orderbook_assets.archive import ledger
+from orderbook_core.buffer import ledger
 from orderbook_assets.archive.store import S3Store
 from orderbook_core.errors import ArchiveError, ConfigError, IntegrityError
 

@@ -18,9 +18,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from orderbook_assets.archive import datasets, export, ledger, pipeline
+from orderbook_core.buffer import ledger
+from orderbook_assets.archive import datasets, export, pipeline
 from orderbook_assets.archive.export import object_key, write_part
-from orderbook_assets.archive.ledger import DEPTH
+from orderbook_core.buffer.ledger import DEPTH
 from orderbook_assets.archive.store import LocalStore
 from orderbook_core.errors import IntegrityError
 from orderbook_core.fsutil import sha256_file

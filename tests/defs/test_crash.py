@@ -16,7 +16,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from orderbook_assets.archive import ledger
+from orderbook_core.buffer import ledger
 
 from support.buffer_rows import BASE_HOUR_US, fill_buffer, open_buffer
 from support.s3 import MotoServer, s3_client

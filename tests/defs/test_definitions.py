@@ -11,7 +11,7 @@ import duckdb
 import pytest
 from dagster import DagsterInstance, build_schedule_context, build_sensor_context
 
-from orderbook_assets.archive import ledger
+from orderbook_core.buffer import ledger
 from orderbook_assets.definitions import defs
 from orderbook_assets.defs.partitions import hourly
 from orderbook_core.errors import ConfigError

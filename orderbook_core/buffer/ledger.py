@@ -28,11 +28,19 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 
-from orderbook_core.buffer import HOUR_US, now_us, reads, transaction
+from orderbook_core import kinds
+from orderbook_core.buffer import reads
+from orderbook_core.buffer.hours import HOUR_US, now_us
 from orderbook_core.buffer.schema import PartState  # noqa: F401  (the ledger's states; re-exported)
+from orderbook_core.buffer.transactions import transaction
 
-from orderbook_assets.archive.datasets import CONTINUITY, COVERAGE, DATASETS, DEPTH  # noqa: F401
-
+#: The stream datasets, in the order a round plans them (``orderbook_core.kinds``).
+DATASETS = tuple(kinds.SPECS)
+DEPTH = kinds.DEPTH_SNAPSHOT.name
+#: Buffer tables whose rows are archived inside ``coverage`` (continuity as data), not as datasets.
+CONTINUITY = ("depth_sync", "trade_gap")
+#: The derived dataset every round gets one part of (no rows of its own).
+COVERAGE = "coverage"
 #: The buffer tables whose rows parts hold, in the order a round plans them.
 ROUND_TABLES = (*DATASETS, *CONTINUITY)
 
