@@ -48,7 +48,7 @@ def test_datasets_and_usdm_routes():
     assert spec("btcusdt", "depth20", USDM).route == "public"
     assert spec("btcusdt", "bookTicker", USDM).route == "public"
     assert spec("btcusdt", "aggTrade", USDM).route == "market"
-    assert spec("btcusdt", "trade", USDM).route == "market"
+    assert spec("btcusdt", "trade", USDM).route == "public"  # not "market": docs/binance-api.md section 7
     assert spec("btcusdt", "trade", SPOT).route is None
     assert {k.dataset for k in Kind} == {"depth_snapshot", "depth_update", "trade", "agg_trade", "book_ticker"}
 
