@@ -97,8 +97,10 @@ EVENT_DRIVEN = 0
 
 _SYMBOL_RE = re.compile(r"^[a-z0-9]{2,20}$")
 _DEPTH_RE = re.compile(r"^depth(5|10|20)?(?:@(\d+)ms)?$")
-#: Update speeds each market offers for depth streams (ms); the first is the default (spot
-#: streams: 1000 ms or 100 ms; USD-M streams, partial and diff depth pages: 250 ms, 500 ms or 100 ms).
+#: Update speeds each market offers for depth streams (ms); the first is the default, named by
+#: leaving the speed out (spot streams: ``<symbol>@depth OR <symbol>@depth@100ms``, 1000 ms or
+#: 100 ms; USD-M streams, partial and diff depth pages: ``<symbol>@depth OR @depth@500ms OR
+#: @depth@100ms``, 250 ms, 500 ms or 100 ms: no ``@250ms`` name is documented).
 #: Partial depth levels 5, 10 or 20, and trade, aggTrade, bookTicker on both: the same pages.
 _SPEEDS = {Market.SPOT: (1000, 100), Market.USDM: (250, 100, 500)}
 _EVENT_KINDS = {"trade": Kind.TRADE, "aggTrade": Kind.AGG_TRADE, "bookTicker": Kind.BOOK_TICKER}
@@ -168,8 +170,8 @@ def stream_kind(kind: str, market: Market = Market.SPOT) -> StreamKind | None:
         return None
     speeds = _SPEEDS[market]
     ms = int(m.group(2)) if m.group(2) else speeds[0]
-    if ms not in speeds or (m.group(2) and int(m.group(2)) == speeds[0] and market is Market.SPOT):
-        return None  # spot names the 1000 ms default by leaving the speed out
+    if ms not in speeds or (m.group(2) and int(m.group(2)) == speeds[0]):
+        return None  # each market names its default speed by leaving it out
     if m.group(1):
         return StreamKind(Kind.PARTIAL_DEPTH, int(m.group(1)), ms * 1000)
     return StreamKind(Kind.DIFF_DEPTH, 0, ms * 1000)
@@ -177,7 +179,7 @@ def stream_kind(kind: str, market: Market = Market.SPOT) -> StreamKind | None:
 
 def kinds_offered(market: Market) -> str:
     """The stream kinds ``market`` offers, in words (for error messages)."""
-    speeds = sorted(_SPEEDS[market][1:] if market is Market.SPOT else _SPEEDS[market])
+    speeds = sorted(_SPEEDS[market][1:])
     depth = f"depth5, depth10, depth20 or depth (each optionally {' or '.join(f'@{ms}ms' for ms in speeds)})"
     return f"{depth}, trade, aggTrade or bookTicker"
 
