@@ -60,7 +60,7 @@ MAX_CONNECTION_ATTEMPTS = (300, 300.0)
 #: (spot streams); 250 ms was reliable in QuantConnect/Lean#5583 (docs/binance-api.md section 5).
 CONTROL_SPACING = 0.25
 #: ``exchangeInfo`` per market: (path, REST weight): spot REST "Exchange information" 20,
-#: USD-M REST "Exchange Information" 1.
+#: USD-M REST "Exchange Information" 1 (neither weight is in docs/binance-api.md; unverified there).
 EXCHANGE_INFO = {Market.SPOT: ("/api/v3/exchangeInfo", 20), Market.USDM: ("/fapi/v1/exchangeInfo", 1)}
 #: How each market is called in settings and messages.
 MARKET_TITLE = {Market.SPOT: "spot", Market.USDM: "USD-M"}

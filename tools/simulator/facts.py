@@ -202,8 +202,9 @@ DEPTH_WEIGHT = {
 #: The only limits USD-M accepts (USD-M REST "Order Book"); spot takes any limit >= 1.
 USDM_DEPTH_LIMITS = (5, 10, 20, 50, 100, 500, 1000)
 #: Weights of the other REST endpoints served: spot REST "Test connectivity" and "Check
-#: server time" 1, "Exchange information" 20; USD-M REST the same 1, 1 and "Exchange
-#: Information" 1.
+#: server time" 1 (fact sheet section 5: time), "Exchange information" 20; USD-M REST the
+#: same 1, 1 and "Exchange Information" 1 (the exchangeInfo weights are not in the fact
+#: sheet: from the endpoint pages, unverified against a stored copy).
 REST_WEIGHT = {
     "/api/v3/ping": 1, "/api/v3/time": 1, "/api/v3/exchangeInfo": 20,
     "/fapi/v1/ping": 1, "/fapi/v1/time": 1, "/fapi/v1/exchangeInfo": 1,
