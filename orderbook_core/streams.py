@@ -2,8 +2,18 @@
 
 A stream is ``<symbol>@<kind>`` on a market. Every kind has its dataset (the buffer
 table and the archive folder it goes to) and, on USD-M futures, its route: since
-2026-04-23 ``wss://fstream.binance.com`` serves depth and bookTicker on ``/public`` and
-trade-class streams on ``/market`` (a market stream on ``/public`` delivers nothing).
+2026-04-23 ``wss://fstream.binance.com`` serves depth, bookTicker and trade on ``/public``
+and aggTrade (with klines, markPrice, forceOrder) on ``/market``; a stream on the other
+route delivers nothing, silently.
+
+Sources, as named beside each fact (the Sources of ``docs/binance-api.md``, whose section
+is given too): "spot streams" = binance/binance-spot-api-docs ``web-socket-streams.md``;
+"spot REST" = the same repository's ``rest-api.md`` and ``CHANGELOG.md``; "USD-M streams" =
+developers.binance.com USDⓈ-M Futures "Websocket Market Streams", "Partial Book Depth
+Streams", "Diff. Book Depth Streams"; "USD-M notice" = its "Important WebSocket Change
+Notice" (2026-03-06); "USD-M REST" = its "Order Book" and "Exchange Information" pages.
+The simulator keeps its own copy of these facts (``tools/simulator/facts.py``);
+``tests/doubles/test_facts_agree.py`` compares the two.
 """
 
 from __future__ import annotations
@@ -35,45 +45,63 @@ class Kind(str, Enum):
         return self.value
 
 
-#: Binance's limit on streams per connection (USD-M documents 200 today; older copies 1024).
+#: Binance's limit on streams per connection. Spot: 1024 (spot streams, "Limits"). USD-M:
+#: copies of the USD-M streams page disagree, 200 or 1024 (docs/binance-api.md sections 4 and
+#: 7; the copy saying 1024 still shows the retired unrouted URLs, so its date is unclear): we
+#: keep 200, true under either, where planning for 1024 could see connections refused.
 MAX_STREAMS = {Market.SPOT: 1024, Market.USDM: 200}
 #: The spot limit (kept for callers that record spot only).
 MAX_STREAMS_PER_CONNECTION = MAX_STREAMS[Market.SPOT]
-#: Binance's limit on connection attempts per IP: 300 per 5 minutes (spot; USD-M undocumented, same assumed).
+#: Binance's limit on connection attempts per IP: 300 per 5 minutes (spot streams, since
+#: 2023-02, shared with the WS-API; USD-M undocumented: docs/binance-api.md "Not verified", same assumed).
 MAX_CONNECTION_ATTEMPTS = (300, 300.0)
 #: Shortest spacing of control messages (SUBSCRIBE, UNSUBSCRIBE) on one connection, seconds:
-#: 5 incoming messages a second close a spot connection (1008), pings and pongs count too.
+#: 5 incoming messages a second close a spot connection (1008), pings and pongs count too
+#: (spot streams); 250 ms was reliable in QuantConnect/Lean#5583 (docs/binance-api.md section 5).
 CONTROL_SPACING = 0.25
-#: ``exchangeInfo`` per market: (path, REST weight).
+#: ``exchangeInfo`` per market: (path, REST weight): spot REST "Exchange information" 20,
+#: USD-M REST "Exchange Information" 1 (neither weight is in docs/binance-api.md; unverified there).
 EXCHANGE_INFO = {Market.SPOT: ("/api/v3/exchangeInfo", 20), Market.USDM: ("/fapi/v1/exchangeInfo", 1)}
 #: How each market is called in settings and messages.
 MARKET_TITLE = {Market.SPOT: "spot", Market.USDM: "USD-M"}
 #: USD-M routes by kind: ``wss://fstream.binance.com/<route>/stream?streams=...``.
 USDM_ROUTE = {
+    # USD-M notice: /public carries the high-frequency streams, @depth* and @bookTicker
     Kind.PARTIAL_DEPTH: "public", Kind.DIFF_DEPTH: "public", Kind.BOOK_TICKER: "public",
-    Kind.TRADE: "market", Kind.AGG_TRADE: "market",
+    # missing from the notice's lists; /public by four independent reports (docs/binance-api.md
+    # section 7): tardis-dev/tardis-node src/realtimefeeds/binance.ts (BINANCE_FUTURES_PUBLIC_CHANNELS),
+    # ccxt/ccxt#28083, BYTEX-TRADE/bytex#7 (frame counts per URL), binance/binance-public-data#472
+    Kind.TRADE: "public",
+    # USD-M notice: /market carries @aggTrade, @kline_*, @markPrice, @forceOrder; BYTEX-TRADE/bytex#7
+    Kind.AGG_TRADE: "market",
 }
-#: Incoming messages (control frames, pings, pongs) a connection may send per second.
+#: Incoming messages (control frames, pings, pongs) a connection may send per second:
+#: spot streams "5 incoming messages per second"; USD-M streams "10 incoming messages per second".
 MAX_INCOMING_PER_SEC = {Market.SPOT: 5, Market.USDM: 10}
-#: REST ``REQUEST_WEIGHT`` budget per IP and minute (``X-MBX-USED-WEIGHT-1M`` counts against it).
+#: REST ``REQUEST_WEIGHT`` budget per IP and minute (``X-MBX-USED-WEIGHT-1M`` counts against it):
+#: spot REST / exchangeInfo ``rateLimits`` 6000; USD-M 2400 (docs/binance-api.md sections 3 and 4).
 REST_WEIGHT_PER_MINUTE = {Market.SPOT: 6000, Market.USDM: 2400}
-#: REST depth-snapshot path per market.
+#: REST depth-snapshot path per market (spot REST "Order book"; USD-M REST "Order Book").
 DEPTH_PATH = {Market.SPOT: "/api/v3/depth", Market.USDM: "/fapi/v1/depth"}
-#: The ``limit`` values ``/fapi/v1/depth`` accepts (spot takes any 1..5000).
+#: The ``limit`` values ``/fapi/v1/depth`` accepts (USD-M REST "Order Book"; spot takes any 1..5000, spot REST).
 USDM_DEPTH_LIMITS = (5, 10, 20, 50, 100, 500, 1000)
-#: Default ``limit`` of a depth snapshot per market.
+#: Default ``limit`` of a depth snapshot per market: spot REST "Default 100", USD-M REST "Default 500".
 DEPTH_DEFAULT_LIMIT = {Market.SPOT: 100, Market.USDM: 500}
 #: Depth-snapshot weight by limit: (highest limit, weight) steps, lowest first.
 _DEPTH_WEIGHT = {
-    Market.SPOT: ((100, 5), (500, 25), (1000, 50), (5000, 250)),  # since 2023-10-19
-    Market.USDM: ((50, 2), (100, 5), (500, 10), (1000, 20)),
+    Market.SPOT: ((100, 5), (500, 25), (1000, 50), (5000, 250)),  # spot REST "Order book", since 2023-10-19 (CHANGELOG)
+    Market.USDM: ((50, 2), (100, 5), (500, 10), (1000, 20)),  # USD-M REST "Order Book"
 }
 #: Event-driven streams (trades, bookTicker) have no nominal cadence.
 EVENT_DRIVEN = 0
 
 _SYMBOL_RE = re.compile(r"^[a-z0-9]{2,20}$")
 _DEPTH_RE = re.compile(r"^depth(5|10|20)?(?:@(\d+)ms)?$")
-#: Update speeds each market offers for depth streams (ms); the first is the default.
+#: Update speeds each market offers for depth streams (ms); the first is the default, named by
+#: leaving the speed out (spot streams: ``<symbol>@depth OR <symbol>@depth@100ms``, 1000 ms or
+#: 100 ms; USD-M streams, partial and diff depth pages: ``<symbol>@depth OR @depth@500ms OR
+#: @depth@100ms``, 250 ms, 500 ms or 100 ms: no ``@250ms`` name is documented).
+#: Partial depth levels 5, 10 or 20, and trade, aggTrade, bookTicker on both: the same pages.
 _SPEEDS = {Market.SPOT: (1000, 100), Market.USDM: (250, 100, 500)}
 _EVENT_KINDS = {"trade": Kind.TRADE, "aggTrade": Kind.AGG_TRADE, "bookTicker": Kind.BOOK_TICKER}
 
@@ -142,8 +170,8 @@ def stream_kind(kind: str, market: Market = Market.SPOT) -> StreamKind | None:
         return None
     speeds = _SPEEDS[market]
     ms = int(m.group(2)) if m.group(2) else speeds[0]
-    if ms not in speeds or (m.group(2) and int(m.group(2)) == speeds[0] and market is Market.SPOT):
-        return None  # spot names the 1000 ms default by leaving the speed out
+    if ms not in speeds or (m.group(2) and int(m.group(2)) == speeds[0]):
+        return None  # each market names its default speed by leaving it out
     if m.group(1):
         return StreamKind(Kind.PARTIAL_DEPTH, int(m.group(1)), ms * 1000)
     return StreamKind(Kind.DIFF_DEPTH, 0, ms * 1000)
@@ -151,7 +179,7 @@ def stream_kind(kind: str, market: Market = Market.SPOT) -> StreamKind | None:
 
 def kinds_offered(market: Market) -> str:
     """The stream kinds ``market`` offers, in words (for error messages)."""
-    speeds = sorted(_SPEEDS[market][1:] if market is Market.SPOT else _SPEEDS[market])
+    speeds = sorted(_SPEEDS[market][1:])
     depth = f"depth5, depth10, depth20 or depth (each optionally {' or '.join(f'@{ms}ms' for ms in speeds)})"
     return f"{depth}, trade, aggTrade or bookTicker"
 

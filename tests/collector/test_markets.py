@@ -65,7 +65,7 @@ STORED = {
     "depth_snapshot": f"SELECT s.name, update_id, first_update_id, prev_update_id, event_ms, transaction_ms, n_bids, "
                       f"levels, s.market, x.market, x.url FROM depth_snapshot {J}",
 }
-ROUTE = {"trade": "market", "agg_trade": "market", "book_ticker": "public", "depth_update": "public",
+ROUTE = {"trade": "public", "agg_trade": "market", "book_ticker": "public", "depth_update": "public",
          "depth_snapshot": "public"}
 
 
@@ -111,7 +111,7 @@ def test_every_kind_on_both_markets_is_stored_once_with_the_values_sent_on_the_r
     assert query(buffer, "SELECT count(*) FROM quarantine")[0][0] == 0
     assert query(buffer, "SELECT count(*) FROM dropped")[0][0] == 0
 
-    # Routes: USD-M depth and bookTicker only on /public, trade-class streams only on /market.
+    # Routes: USD-M depth, bookTicker and trade only on /public, aggTrade only on /market.
     routes = {}
     for url in urls:
         parts = urllib.parse.urlsplit(url)
@@ -119,7 +119,7 @@ def test_every_kind_on_both_markets_is_stored_once_with_the_values_sent_on_the_r
         routes.setdefault(parts.path, set()).update(n.split("@", 1)[1] for n in names)
     assert routes == {
         "/stream": set(KINDS),
-        "/public/stream": {"depth20@100ms", "depth@100ms", "bookTicker"},
-        "/market/stream": {"trade", "aggTrade"},
+        "/public/stream": {"depth20@100ms", "depth@100ms", "bookTicker", "trade"},
+        "/market/stream": {"aggTrade"},
     }
     assert silent == 0  # the exchange never saw a stream on a route that would leave it silent

@@ -26,7 +26,7 @@ SPOT, USDM = Market.SPOT, Market.USDM
     (USDM, "depth10", (Kind.PARTIAL_DEPTH, 10, 250_000)),
     (USDM, "depth20@500ms", (Kind.PARTIAL_DEPTH, 20, 500_000)),
     (USDM, "depth@100ms", (Kind.DIFF_DEPTH, 0, 100_000)),
-    (USDM, "depth@250ms", (Kind.DIFF_DEPTH, 0, 250_000)),
+    (USDM, "depth", (Kind.DIFF_DEPTH, 0, 250_000)),
     (SPOT, "trade", (Kind.TRADE, 0, EVENT_DRIVEN)),
     (USDM, "aggTrade", (Kind.AGG_TRADE, 0, EVENT_DRIVEN)),
     (SPOT, "bookTicker", (Kind.BOOK_TICKER, 0, EVENT_DRIVEN)),
@@ -37,6 +37,7 @@ def test_kinds_each_market_offers(market, kind, want):
 
 @pytest.mark.parametrize("market, kind", [
     (SPOT, "depth20@250ms"), (SPOT, "depth@500ms"), (SPOT, "depth20@1000ms"), (USDM, "depth20@1000ms"),
+    (USDM, "depth@250ms"), (USDM, "depth10@250ms"),  # the default is named by leaving the speed out
     (SPOT, "depth7"), (SPOT, "kline_1m"), (SPOT, "Trade"),
 ])
 def test_kinds_a_market_does_not_offer(market, kind):
@@ -48,7 +49,7 @@ def test_datasets_and_usdm_routes():
     assert spec("btcusdt", "depth20", USDM).route == "public"
     assert spec("btcusdt", "bookTicker", USDM).route == "public"
     assert spec("btcusdt", "aggTrade", USDM).route == "market"
-    assert spec("btcusdt", "trade", USDM).route == "market"
+    assert spec("btcusdt", "trade", USDM).route == "public"  # not "market": docs/binance-api.md section 7
     assert spec("btcusdt", "trade", SPOT).route is None
     assert {k.dataset for k in Kind} == {"depth_snapshot", "depth_update", "trade", "agg_trade", "book_ticker"}
 

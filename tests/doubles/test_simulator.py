@@ -22,7 +22,7 @@ import pytest
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK, InvalidStatus
 
-from orderbook_core.streams import Kind, Market
+from tools.simulator.facts import SERVED_KINDS, Market
 from tools.simulator.exchange import MALFORMED_KINDS, OVERSIZE_BYTES, Admission, Book, Exchange, StreamKey, WeightLimiter
 
 REPO = Path(__file__).resolve().parents[2]
@@ -582,16 +582,17 @@ def test_spot_trade_aggtrade_and_bookticker_payloads():
 def test_usdm_payloads_on_the_public_and_market_routes():
     async def main():
         async with Exchange(**FAST) as ex:
-            pub = ex.ws_url + "/public/stream?streams=ethusdt@depth@100ms/ethusdt@depth10@100ms/ethusdt@bookTicker"
-            mkt = ex.ws_url + "/market/stream?streams=ethusdt@trade/ethusdt@aggTrade"
+            pub = ex.ws_url + "/public/stream?streams=ethusdt@depth@100ms/ethusdt@depth10@100ms/ethusdt@bookTicker/ethusdt@trade"
+            mkt = ex.ws_url + "/market/stream?streams=ethusdt@aggTrade"
             async with connect(pub) as p, connect(mkt) as m:
-                a = await collect(p, at_least(ethusdt__depth__100ms=15, ethusdt__depth10__100ms=15, ethusdt__bookTicker=5))
-                b = await collect(m, at_least(ethusdt__trade=20, ethusdt__aggTrade=8))
+                a = await collect(p, at_least(ethusdt__depth__100ms=15, ethusdt__depth10__100ms=15, ethusdt__bookTicker=5,
+                                              ethusdt__trade=20))
+                b = await collect(m, at_least(ethusdt__aggTrade=8))
         return a, b
 
     pub, mkt = run(main())
     no_m = {"e", "E", "s", "t", "p", "q", "T", "m"}
-    check_trades(mkt["ethusdt@trade"], mkt["ethusdt@aggTrade"], no_m, AGG_KEYS - {"M"}, "ETHUSDT")
+    check_trades(pub["ethusdt@trade"], mkt["ethusdt@aggTrade"], no_m, AGG_KEYS - {"M"}, "ETHUSDT")
     for name in ("ethusdt@depth@100ms", "ethusdt@depth10@100ms"):
         events = pub[name]
         for d in events:
@@ -607,13 +608,14 @@ def test_usdm_payloads_on_the_public_and_market_routes():
 def test_usdm_wrong_route_is_accepted_but_delivers_nothing():
     async def main():
         async with Exchange(**FAST, max_incoming_per_sec=None) as ex:
-            pub = ex.ws_url + "/public/stream?streams=btcusdt@aggTrade/btcusdt@depth@100ms"
+            pub = ex.ws_url + "/public/stream?streams=btcusdt@aggTrade/btcusdt@depth@100ms/btcusdt@trade"
             async with connect(pub) as p, connect(ex.ws_url + "/market/ws") as m:
-                await m.send(orjson.dumps({"method": "SUBSCRIBE", "params": ["btcusdt@bookTicker", "btcusdt@trade"], "id": 1}).decode())
+                params = ["btcusdt@bookTicker", "btcusdt@trade", "btcusdt@aggTrade"]
+                await m.send(orjson.dumps({"method": "SUBSCRIBE", "params": params, "id": 1}).decode())
                 assert await reply(m, 1) == {"result": None, "id": 1}
                 await m.send(orjson.dumps({"method": "LIST_SUBSCRIPTIONS", "id": 2}).decode())
                 listed = await reply(m, 2)
-                got_p = await collect(p, at_least(btcusdt__depth__100ms=20))
+                got_p = await collect(p, at_least(btcusdt__depth__100ms=20, btcusdt__trade=20))
                 got_m = []  # raw endpoint: bare payloads
                 while len(got_m) < 20:
                     if "e" in (msg := await recv_json(m)):
@@ -622,11 +624,11 @@ def test_usdm_wrong_route_is_accepted_but_delivers_nothing():
         return listed, got_p, got_m, stats
 
     listed, got_p, got_m, stats = run(main())
-    assert listed["result"] == ["btcusdt@bookTicker", "btcusdt@trade"]
-    assert set(got_p) == {"btcusdt@depth@100ms"}  # the aggTrade on /public never arrives
-    assert {m["e"] for m in got_m} == {"trade"}  # nor bookTicker on /market
-    assert stats["silent_subscriptions"] == 2
-    assert "btcusdt@aggTrade" not in stats["sent"]["usdm"] and "btcusdt@bookTicker" not in stats["sent"]["usdm"]
+    assert listed["result"] == ["btcusdt@bookTicker", "btcusdt@trade", "btcusdt@aggTrade"]
+    assert set(got_p) == {"btcusdt@depth@100ms", "btcusdt@trade"}  # the aggTrade on /public never arrives
+    assert {m["e"] for m in got_m} == {"aggTrade"}  # nor bookTicker nor trade on /market
+    assert stats["silent_subscriptions"] == 3
+    assert "btcusdt@bookTicker" not in stats["sent"]["usdm"]
 
 
 def _rebuild(market: Market, snap: dict, events: list[dict]) -> tuple[dict, dict[int, tuple[dict, dict]]]:
@@ -875,11 +877,11 @@ def test_sent_log_records_every_kind_on_both_markets(tmp_path):
     async def main():
         async with Exchange(**FAST, sent_log=str(path)) as ex:
             async with connect(ex.ws_url + "/stream?streams=" + spot) as a, \
-                    connect(ex.ws_url + "/public/stream?streams=ethusdt@depth10@100ms/ethusdt@depth@100ms/ethusdt@bookTicker") as b, \
-                    connect(ex.ws_url + "/market/stream?streams=ethusdt@trade/ethusdt@aggTrade") as c:
+                    connect(ex.ws_url + "/public/stream?streams=ethusdt@depth10@100ms/ethusdt@depth@100ms/ethusdt@bookTicker/ethusdt@trade") as b, \
+                    connect(ex.ws_url + "/market/stream?streams=ethusdt@aggTrade") as c:
                 got = [await collect(a, at_least(btcusdt__depth5=3, btcusdt__trade=5, btcusdt__aggTrade=3, btcusdt__bookTicker=3)),
-                       await collect(b, at_least(ethusdt__bookTicker=3, ethusdt__depth10__100ms=3)),
-                       await collect(c, at_least(ethusdt__trade=5, ethusdt__aggTrade=3))]
+                       await collect(b, at_least(ethusdt__bookTicker=3, ethusdt__depth10__100ms=3, ethusdt__trade=5)),
+                       await collect(c, at_least(ethusdt__aggTrade=3))]
         return got
 
     got = run(main())
@@ -895,7 +897,7 @@ def test_sent_log_records_every_kind_on_both_markets(tmp_path):
                 assert line["market"] == market and ids[line["kind"]](d) == line["id"]
                 assert ("last_update_id" in line) == line["kind"].startswith("depth")
                 kinds.add((market, line["kind"]))
-    assert kinds == {(m, k.dataset) for m in ("spot", "usdm") for k in Kind}
+    assert kinds == {(m, k.dataset) for m in ("spot", "usdm") for k in SERVED_KINDS}
 
 
 def test_control_book_equals_rest_snapshots_of_both_markets():

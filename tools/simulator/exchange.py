@@ -14,17 +14,22 @@ Binance's protocol: ``/stream?streams=a/b`` (combined wrapper
 SUBSCRIBE / UNSUBSCRIBE / LIST_SUBSCRIPTIONS / SET_PROPERTY / GET_PROPERTY with Binance's
 nested error replies (codes 0-3). More than ``max_incoming_per_sec`` client frames in one
 second (5 on spot, 10 on USD-M by default) closes the connection with 1008 "Too many
-requests". Stream names are parsed with ``orderbook_core.streams`` (the
-product's facts).
+requests". Binance's facts (stream names, routes, limits, weights) are the simulator's own,
+in :mod:`tools.simulator.facts`, each with its source: never the product's, which the
+simulator is there to test.
 
 * Spot on ``/stream`` and ``/ws``: ``<sym>@depth5|10|20[@100ms]`` (``lastUpdateId,bids,asks``),
   ``<sym>@depth[@100ms]`` (``e,E,s,U,u,b,a``), ``@trade`` (``e,E,s,t,p,q,T,m,M``),
   ``@aggTrade`` (``e,E,s,a,p,q,f,l,T,m,M``), ``@bookTicker`` (``u,s,b,B,a,A``).
-* USD-M on the routed paths ``/public/stream|ws`` (depth, bookTicker) and
-  ``/market/stream|ws`` (trade, aggTrade): ``@depth5|10|20[@100ms|@500ms]`` (full top N as
-  ``e,E,T,s,U,u,pu,b,a``), ``@depth[@100ms|@500ms]`` (the same fields, ``pu`` = previous
-  ``u``), ``@bookTicker`` (adds ``e,E,T``), trade and aggTrade without ``M``. A stream on
-  the other route is accepted and listed but delivers nothing, as on Binance.
+* USD-M on the routed paths ``/public/stream|ws`` (depth, bookTicker, trade) and
+  ``/market/stream|ws`` (aggTrade), optionally behind ``/fstream``: ``@depth5|10|20[@100ms|@500ms]``
+  (full top N as ``e,E,T,s,U,u,pu,b,a``), ``@depth[@100ms|@500ms]`` (the same fields, ``pu`` =
+  previous ``u``), ``@bookTicker`` (adds ``e,E,T``), trade and aggTrade without ``M``. A
+  stream on the other route is accepted (handshake, SUBSCRIBE) and listed but delivers
+  nothing, as on Binance. The retired unrouted ``/fstream/stream`` and ``/fstream/ws``
+  (Binance's ``fstream.binance.com/stream|ws``; the prefix tells them from spot's on this
+  one port) behave the same way and serve what ``/public`` serves (depth, and trade, per
+  binance/binance-public-data#472): an aggTrade there is silent.
 * One book per market and symbol makes every stream agree: each book step changes the
   book, raises the update id and is kept (changes, undo, trades, top of book), so a
   REST snapshot plus diff events rebuild exactly :meth:`Exchange.book_state` at any kept
@@ -59,8 +64,8 @@ Choices where Binance is undocumented or where a simulator must pick:
 * A delisted symbol's streams go quiet and its book stands still; subscriptions to it stay
   valid. A listed symbol gets a fresh book; a relisted one resumes where it stood.
 * An unchanged book sends no depth message, so ``lastUpdateId`` never repeats in a stream.
-* USD-M's retired unrouted ``/ws`` and ``/stream`` are not simulated: on this server
-  they are spot's.
+* Both markets share one port: ``/ws`` and ``/stream`` are spot's, USD-M's are under
+  ``/public``, ``/market`` or ``/fstream`` (see above).
 
 Fault switches (``Exchange`` methods; the same over HTTP as ``POST /control/<name>?..``):
 ``disconnect(abrupt)``, ``stall(seconds)``, ``replay_on_next_connect(n)``,
@@ -68,7 +73,10 @@ Fault switches (``Exchange`` methods; the same over HTTP as ``POST /control/<nam
 ``server_shutdown(grace)``, ``drop_diff(stream, market)`` (the next diff event goes to
 nobody: clients see ``U`` > previous ``u`` + 1, or ``pu`` != previous ``u``),
 ``drop_trades(stream, n, market)`` (the next ``n`` trade or aggTrade messages: an id gap),
-``list_symbol(symbol, market)``, ``delist_symbol(symbol, market)``.
+``list_symbol(symbol, market)``, ``delist_symbol(symbol, market)``, ``set_route(kind, route)``
+(``POST /control/route?market=usdm&kind=trade&route=market``: USD-M serves ``kind`` on
+``route`` from now on, open connections included, so a test can plant a wrong route and
+correct it; ``Exchange.routes`` holds the current table).
 ``GET /control/book?symbol=S&market=M&update_id=N&limit=N`` returns the simulator's own
 book at a kept id (default: now), best first: the oracle for processes. ``GET /control/stats``
 returns the counters: connections, messages sent and dropped per market and stream,
@@ -121,16 +129,21 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
-from orderbook_core.streams import (
+from .facts import (
     DEPTH_DEFAULT_LIMIT,
     MAX_INCOMING_PER_SEC,
     MAX_STREAMS,
+    REST_WEIGHT,
     REST_WEIGHT_PER_MINUTE,
+    SERVED_KINDS,
+    UNROUTED_AS,
     USDM_ROUTE,
     Kind,
     Market,
+    Route,
     StreamSpec,
     depth_weight,
+    kind_named,
     parse_stream_name,
 )
 
@@ -169,16 +182,9 @@ def market_params(symbol: str) -> tuple[int, int, int]:
     return mid, tick, lot
 
 
-#: The kinds the simulator serves, on both markets.
-SERVED_KINDS = tuple(Kind)
-#: USD-M routes: the path segment before ``/stream`` or ``/ws``.
-ROUTES = frozenset(USDM_ROUTE.values())
-#: REST weight of the endpoints other than depth (whose weight depends on the limit), from
-#: Binance's endpoint docs (time is in the fact sheet; exchangeInfo is 20 on spot, 1 on USD-M).
-REST_WEIGHT = {
-    "/api/v3/ping": 1, "/api/v3/time": 1, "/api/v3/exchangeInfo": 20,
-    "/fapi/v1/ping": 1, "/fapi/v1/time": 1, "/fapi/v1/exchangeInfo": 1,
-}
+#: Binance serves USD-M on its own host; here both markets share one port, so USD-M's
+#: paths may carry this prefix, which its retired unrouted ``/ws`` and ``/stream`` need.
+USDM_PREFIX = "fstream"
 
 
 def parse_stream(name: str, symbols: Any, market: Market = Market.SPOT) -> StreamSpec | None:
@@ -541,7 +547,7 @@ class Endpoint:
     """A WebSocket handshake path: which market, which USD-M route, wrapper or not, streams in the URL."""
 
     market: Market
-    route: str | None  # "public" or "market" on USD-M, None on spot
+    route: Route | None  # on USD-M: public, market, or None on the retired unrouted paths; None on spot
     combined: bool
     streams: list[str]
 
@@ -576,7 +582,7 @@ class _Conn:
     ws: ServerConnection
     combined: bool
     market: Market = Market.SPOT
-    route: str | None = None
+    route: Route | None = None
     replay: int = 0
     stalled_until: float = 0.0
     dropped: bool = False  # aborted as a slow consumer; ignore it until cleanup
@@ -715,14 +721,16 @@ class Exchange:
             for sym in self.symbols:
                 self.books[m][sym] = self._new_book(m, sym)
                 self.listing[m][sym] = SymbolStatus.TRADING
-        budgets = {**REST_WEIGHT_PER_MINUTE, **(weight_budget or {})}
+        budgets = {**REST_WEIGHT_PER_MINUTE, **{Market(m): b for m, b in (weight_budget or {}).items()}}
         self.limiters = {m: WeightLimiter(budgets[m], weight_window, ban_seconds) for m in Market}
         self.streams: dict[StreamKey, _Stream] = {}
         self.conns: dict[int, _Conn] = {}
         self.connections_accepted = 0
         self.sent_count: dict[Market, Counter[str]] = {m: Counter() for m in Market}  # per stream
         self.dropped_count: dict[Market, Counter[str]] = {m: Counter() for m in Market}  # by drop faults
-        self.silent_subscriptions = 0  # USD-M streams subscribed on the wrong route: accepted, never fed
+        self.silent_subscriptions = 0  # USD-M streams left silent by their route: accepted, never fed
+        #: which USD-M route serves each kind: Binance's (facts.USDM_ROUTE) unless :meth:`set_route` planted another
+        self.routes: dict[Kind, Route] = dict(USDM_ROUTE)
         self.malformed_sent = 0
         self.skipped_ticks = 0
         self._replay_next = 0
@@ -801,7 +809,7 @@ class Exchange:
     def book_state(self, symbol: str, update_id: int | None = None, market: Market = Market.SPOT) -> BookState:
         """The simulator's own whole book of ``symbol`` at ``update_id`` (default: now), the
         oracle a rebuilt book must equal. LookupError if that id is not a kept step boundary."""
-        book = self.books[market][symbol]
+        book = self.books[Market(market)][symbol]
         return book.state_at(book.last_id if update_id is None else update_id)
 
     # ---- HTTP: REST, control, handshake checks ---------------------------------------
@@ -832,12 +840,16 @@ class Exchange:
     def _endpoint(path: str, query: dict) -> Endpoint | None:
         """The endpoint of a handshake path, or None if the path is not a stream endpoint.
 
-        Spot: ``/stream``, ``/ws[/<names>]``. USD-M: the same under ``/public`` or ``/market``.
+        Spot: ``/stream``, ``/ws[/<names>]``. USD-M: the same under ``/public`` or ``/market``,
+        optionally behind ``/fstream``; and the retired unrouted ``/fstream/stream|ws``.
         """
         market, route = Market.SPOT, None
         head, _, rest = path.lstrip("/").partition("/")
-        if head in ROUTES:
-            market, route, path = Market.USDM, head, "/" + rest
+        if head == USDM_PREFIX:
+            market, path = Market.USDM, "/" + rest
+            head, _, rest = rest.partition("/")
+        if head in tuple(Route):
+            market, route, path = Market.USDM, Route(head), "/" + rest
         if path == "/stream":
             return Endpoint(market, route, True, [s for s in query.get("streams", "").split("/") if s])
         if path == "/ws" or path.startswith("/ws/"):
@@ -934,7 +946,8 @@ class Exchange:
         inject_malformed?kind=K  reject_connections?status=429&retry_after=S&count=N
         server_shutdown?grace=S  drop_diff?stream=NAME&market=spot|usdm
         drop_trades?stream=NAME&n=N&market=..  list_symbol?symbol=S&market=..  (no market: both)
-        delist_symbol?symbol=S&market=..  stats (GET or POST: the counters)
+        delist_symbol?symbol=S&market=..  route?market=usdm&kind=K&route=public|market
+        stats (GET or POST: the counters)
         book?symbol=S&market=..&update_id=N&limit=N (the simulator's book, best first; 404 if
         that id is not kept)
         """
@@ -964,6 +977,8 @@ class Exchange:
                 self.drop_diff(q.get("stream", arg or ""), markets[0])
             elif name == "drop_trades":
                 self.drop_trades(q.get("stream", arg or ""), int(q.get("n", 1)), markets[0])
+            elif name == "route":
+                self.set_route(q.get("kind", arg or ""), q.get("route", ""), Market(q.get("market", "usdm")))
             elif name in ("list_symbol", "delist_symbol"):
                 for m in markets:
                     (self.list_symbol if name == "list_symbol" else self.delist_symbol)(q.get("symbol", arg or ""), m)
@@ -1137,16 +1152,26 @@ class Exchange:
             if spec.name in conn.streams:
                 continue
             conn.streams[spec.name] = None
-            if spec.route != conn.route:
+            if not self._serves(conn, spec):
                 self.silent_subscriptions += 1
                 continue
             st = self._stream(spec)
             if conn.replay:
                 for msg in list(st.ring)[-conn.replay:]:
                     self._enqueue(conn, ("d", msg, True))
-            st.subs[conn.num] = conn
-            if st.task is None:
-                st.task = asyncio.create_task(self._run_stream(st))
+            self._join(conn, st)
+
+    def _join(self, conn: _Conn, st: _Stream) -> None:
+        st.subs[conn.num] = conn
+        if st.task is None:
+            st.task = asyncio.create_task(self._run_stream(st))
+
+    def _serves(self, conn: _Conn, spec: StreamSpec) -> bool:
+        """Whether ``conn`` receives ``spec``: always on spot; on USD-M only on the route that
+        serves its kind (the unrouted paths count as ``UNROUTED_AS``)."""
+        if conn.market is Market.SPOT:
+            return True
+        return self.routes[spec.type] is (conn.route or UNROUTED_AS)
 
     # ---- stream tickers --------------------------------------------------------------
 
@@ -1375,6 +1400,7 @@ class Exchange:
         await asyncio.gather(*(c.ws.close(1001, "server shutdown") for c in conns), return_exceptions=True)
 
     def _fault_stream(self, name: str, market: Market, kinds: tuple[Kind, ...]) -> _Stream:
+        market = Market(market)  # the caller's own Market enum is welcome
         spec = parse_stream(name, self.books[market], market)
         if spec is None or spec.type not in kinds:
             raise ValueError(f"{name!r} is not a {'/'.join(k.value for k in kinds)} stream on {market.value}")
@@ -1391,9 +1417,33 @@ class Exchange:
             raise ValueError(f"n must be positive, not {n}")
         self._fault_stream(stream, market, (Kind.TRADE, Kind.AGG_TRADE)).drop += n
 
+    def set_route(self, kind: Kind | str, route: Route | str, market: Market = Market.USDM) -> None:
+        """Serve ``kind`` (e.g. "trade", "aggTrade", "depth20@100ms", "agg_trade") on USD-M
+        ``route`` from now on, as if Binance moved it: a test plants a wrong route, then
+        corrects it. Open connections follow at once: streams of that kind on the now wrong
+        route stop receiving (still listed), those on the now right one start."""
+        if Market(market) is not Market.USDM:
+            raise ValueError(f"only USD-M routes its streams, not {Market(market).value}")
+        k = kind if isinstance(kind, Kind) else kind_named(kind)
+        if k not in SERVED_KINDS:
+            raise ValueError(f"{kind!r} is not a stream kind served here")
+        self.routes[k] = Route(route)
+        for conn in self.conns.values():
+            if conn.market is not Market.USDM:
+                continue
+            for name in conn.streams:
+                spec = parse_stream_name(name, Market.USDM)
+                if spec is None or spec.type is not k:
+                    continue
+                st = self.streams.get(StreamKey(Market.USDM, name))
+                if self._serves(conn, spec):
+                    self._join(conn, st or self._stream(spec))
+                elif st is not None and st.subs.pop(conn.num, None) is not None:
+                    self.silent_subscriptions += 1
+
     def list_symbol(self, symbol: str, market: Market = Market.SPOT) -> None:
         """List ``symbol`` (new: a fresh book; delisted: trading again, its book resumes)."""
-        sym = symbol.strip().lower()
+        sym, market = symbol.strip().lower(), Market(market)
         if parse_stream_name(f"{sym}@trade", market) is None:
             raise ValueError(f"{symbol!r} is not a symbol")
         step = self._book_step_now()
@@ -1406,7 +1456,7 @@ class Exchange:
     def delist_symbol(self, symbol: str, market: Market = Market.SPOT) -> None:
         """Halt ``symbol``: exchangeInfo shows BREAK (spot) or SETTLING (USD-M), its streams go
         quiet; subscriptions stay valid (the symbol is still known)."""
-        sym = symbol.strip().lower()
+        sym, market = symbol.strip().lower(), Market(market)
         if sym not in self.listing[market]:
             raise ValueError(f"{symbol!r} is not listed on {market.value}")
         self.listing[market][sym] = DELISTED[market]
