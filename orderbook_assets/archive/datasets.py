@@ -126,8 +126,8 @@ DATASETS: dict[str, Dataset] = {d.name: d for d in (
 )}
 
 #: Buffer tables whose rows are archived inside ``coverage`` (continuity as data), not as datasets.
-DEPTH_SYNC, TRADE_GAP = "depth_sync", "trade_gap"
-CONTINUITY = (DEPTH_SYNC, TRADE_GAP)
+DEPTH_SYNC, TRADE_GAP, SILENCE = "depth_sync", "trade_gap", "silence"
+CONTINUITY = (DEPTH_SYNC, TRADE_GAP, SILENCE)
 
 COVERAGE_SCHEMA = pa.schema(
     [

@@ -18,6 +18,7 @@ from orderbook_core.buffer.records import (
     DepthSyncRecord,
     DepthUpdateRecord,
     Row,
+    SilenceRecord,
     TradeGapRecord,
     TradeRecord,
 )
@@ -103,4 +104,8 @@ OTHER_TABLES: dict[type, RowTable] = {
         "first_missing_id": "first_missing_id", "last_missing_id": "last_missing_id",
         "before_event_ms": "before_event_ms", "after_event_ms": "after_event_ms",
     }, "first_missing_id"),
+    SilenceRecord: _table(SilenceRecord, "silence", {
+        "recv_us": "recv_us", "event": "event", "since_us": "since_us", "end_us": "end_us", "reason": "reason",
+        "ended_by": "ended_by",
+    }, "since_us"),
 }

@@ -68,7 +68,9 @@ Fault switches (``Exchange`` methods; the same over HTTP as ``POST /control/<nam
 ``server_shutdown(grace)``, ``drop_diff(stream, market)`` (the next diff event goes to
 nobody: clients see ``U`` > previous ``u`` + 1, or ``pu`` != previous ``u``),
 ``drop_trades(stream, n, market)`` (the next ``n`` trade or aggTrade messages: an id gap),
-``list_symbol(symbol, market)``, ``delist_symbol(symbol, market)``.
+``list_symbol(symbol, market)``, ``delist_symbol(symbol, market)``, ``mute(stream, market)`` /
+``unmute(stream, market)`` (the stream's messages go to nobody while every connection stays up
+and the other streams flow: an acknowledged subscription that delivers nothing).
 ``GET /control/book?symbol=S&market=M&update_id=N&limit=N`` returns the simulator's own
 book at a kept id (default: now), best first: the oracle for processes. ``GET /control/stats``
 returns the counters: connections, messages sent and dropped per market and stream,
@@ -568,6 +570,7 @@ class _Stream:
     last_step: int = -1  # book step of the last message: ids never repeat, across restarts too
     last_id: int = 0  # book update id of the last depth message: an unchanged book sends none
     drop: int = 0  # the next ``drop`` messages are generated but sent to nobody (a fault)
+    muted: bool = False  # every message is generated but sent to nobody until unmuted (a fault)
 
 
 @dataclass(eq=False)
@@ -933,7 +936,8 @@ class Exchange:
         disconnect?abrupt=0|1  stall?seconds=S  replay_on_next_connect?n=N
         inject_malformed?kind=K  reject_connections?status=429&retry_after=S&count=N
         server_shutdown?grace=S  drop_diff?stream=NAME&market=spot|usdm
-        drop_trades?stream=NAME&n=N&market=..  list_symbol?symbol=S&market=..  (no market: both)
+        drop_trades?stream=NAME&n=N&market=..  mute?stream=NAME&market=..  unmute?stream=NAME&market=..
+        list_symbol?symbol=S&market=..  (no market: both)
         delist_symbol?symbol=S&market=..  stats (GET or POST: the counters)
         book?symbol=S&market=..&update_id=N&limit=N (the simulator's book, best first; 404 if
         that id is not kept)
@@ -964,6 +968,8 @@ class Exchange:
                 self.drop_diff(q.get("stream", arg or ""), markets[0])
             elif name == "drop_trades":
                 self.drop_trades(q.get("stream", arg or ""), int(q.get("n", 1)), markets[0])
+            elif name in ("mute", "unmute"):
+                (self.mute if name == "mute" else self.unmute)(q.get("stream", arg or ""), markets[0])
             elif name in ("list_symbol", "delist_symbol"):
                 for m in markets:
                     (self.list_symbol if name == "list_symbol" else self.delist_symbol)(q.get("symbol", arg or ""), m)
@@ -1254,6 +1260,8 @@ class Exchange:
             self._log_line({"market": msg.market.value, "stream": msg.stream, "kind": msg.kind.dataset,
                             "id": msg.id, "fault": "dropped"})
             return
+        if st.muted:  # silence: not sent, not kept for replays, not in the sent log
+            return
         st.ring.append(msg)
         now = time.monotonic()
         for conn in st.subs.values():
@@ -1390,6 +1398,13 @@ class Exchange:
         if n < 1:
             raise ValueError(f"n must be positive, not {n}")
         self._fault_stream(stream, market, (Kind.TRADE, Kind.AGG_TRADE)).drop += n
+
+    def mute(self, stream: str, market: Market = Market.SPOT) -> None:
+        """Send ``stream`` to nobody until :meth:`unmute`; connections stay up, other streams flow."""
+        self._fault_stream(stream, market, tuple(Kind)).muted = True
+
+    def unmute(self, stream: str, market: Market = Market.SPOT) -> None:
+        self._fault_stream(stream, market, tuple(Kind)).muted = False
 
     def list_symbol(self, symbol: str, market: Market = Market.SPOT) -> None:
         """List ``symbol`` (new: a fresh book; delisted: trading again, its book resumes)."""
