@@ -185,3 +185,36 @@ def test_depth_version_reads_spot_and_usdm_frames():
     assert depth_version('{"stream":"x","data":{"lastUpdateId":160,"bids":[]}}') == "160"
     assert depth_version(b'{"stream":"x","data":{"e":"depthUpdate","E":1,"U":157,"u":160,"pu":149}}') == b"160"
     assert depth_version(None) is None
+
+
+def test_the_writer_stores_a_silence_and_its_end_and_coverage_shows_it_across_rounds(tmp_path):
+    """Real buffer, the writer's store and the ledger's rounds: a silence that starts in one
+    round and ends in the next is an open coverage row, then a closed one; the buffer's own
+    'silent' row gets its end."""
+    from orderbook_assets.archive import coverage, ledger
+    from orderbook_assets.archive.export import stream_table
+    from orderbook_collector.writer.thread import store_records
+    from orderbook_core import buffer
+    from orderbook_core.buffer.records import SilenceRecord
+
+    conn = buffer.connect(tmp_path / "b.sqlite3")
+    usdm_trade = spec("btcusdt", "trade", Market.USDM)
+    ids = buffer.stream_ids(conn, [(usdm_trade.key, "btcusdt", "trade", "usdm")])
+    hour = T0 - T0 % buffer.HOUR_US
+    since, judged, end = hour + 10 * S, hour + 310 * S, hour + 400 * S
+
+    def cover(now_us: int) -> list[dict]:
+        parts = ledger.plan_round(conn, hour, now_us)
+        return coverage.continuity_rows(conn, parts, stream_table(conn))
+
+    store_records(conn, ids, [], others=[SilenceRecord(usdm_trade.key, judged, "silent", since, None,
+                                                       "never_delivered", None)])
+    assert cover(judged + S) == [dict(record="silent", market="usdm", stream="btcusdt@trade", start_time=since,
+                                      first_recv_time=judged, reason="never_delivered", dataset="trade")]
+    store_records(conn, ids, [], others=[SilenceRecord(usdm_trade.key, end, "resumed", since, end,
+                                                       "never_delivered", "unsubscribed")])
+    assert conn.execute("SELECT event, end_us, ended_by FROM silence ORDER BY id").fetchall() == [
+        ("silent", end, "unsubscribed"), ("resumed", end, "unsubscribed")]
+    assert cover(end + S) == [dict(record="silent", market="usdm", stream="btcusdt@trade", start_time=since,
+                                   first_recv_time=end, reason="never_delivered", dataset="trade", end_time=end,
+                                   seconds=390.0, close_reason="unsubscribed")]
