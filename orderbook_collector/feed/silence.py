@@ -37,7 +37,6 @@ disconnect, which the connection layer records and acts on, not a silence. A sil
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from enum import Enum
 from typing import NamedTuple, Union
@@ -102,25 +101,32 @@ WITNESSES: dict[Kind, tuple[Kind, ...]] = {
 }
 _CONTRADICTION = {Kind.TRADE: Reason.AGG_TRADES_FLOW, Kind.AGG_TRADE: Reason.TRADES_FLOW,
                   Kind.DIFF_DEPTH: Reason.BOOK_CHANGES}
-#: A partial-depth payload's update id: spot ``lastUpdateId``, USD-M ``u``.
-_VERSION = re.compile(r'"(?:lastUpdateId|u)":(\d+)')
-_VERSION_B = re.compile(rb'"(?:lastUpdateId|u)":(\d+)')
+#: A partial-depth payload's update id: spot ``lastUpdateId``, USD-M ``u`` (str.find: a regex
+#: costs microseconds a frame).
+_MARKS = ('"lastUpdateId":', '"u":')
+_MARKS_B = tuple(m.encode() for m in _MARKS)
 
 
 def depth_version(raw: str | bytes | None) -> str | bytes | None:
     """The update id of a partial-depth frame, as text (compared, never computed with)."""
     if raw is None:
         return None
-    m = (_VERSION_B if isinstance(raw, bytes) else _VERSION).search(raw)
-    return m.group(1) if m else None
+    marks, comma = (_MARKS_B, b",") if isinstance(raw, bytes) else (_MARKS, ",")
+    for mark in marks:
+        i = raw.find(mark)
+        if i >= 0:
+            i += len(mark)
+            return raw[i:raw.find(comma, i)]
+    return None
 
 
 class _Watch:
     __slots__ = ("spec", "refs", "acked_us", "last_us", "version", "witness_us", "silent", "watchers",
-                 "needs_version", "late_us", "grace_us")
+                 "needs_version", "late_us", "grace_us", "market_last")
 
-    def __init__(self, spec: StreamSpec, acked_us: int, rules: Rules) -> None:
+    def __init__(self, spec: StreamSpec, acked_us: int, rules: Rules, market_last: list) -> None:
         self.spec = spec
+        self.market_last = market_last  # shared by the market's streams: [newest message of any]
         self.refs = 0
         self.acked_us = acked_us
         self.last_us: int | None = None
@@ -141,7 +147,7 @@ class Silence:
         self.rules = rules
         self._watch: dict[str, _Watch] = {}
         self._symbols: dict[tuple, list[_Watch]] = {}  # (market, symbol) -> its watched streams
-        self._market_last: dict = {}  # market -> newest message of any watched stream
+        self._market_last: dict = {}  # market -> [newest message of any watched stream]
         self._events: list[SilenceEvent] = []
 
     # What the connection layer reports -----------------------------------------------------
@@ -152,7 +158,8 @@ class Silence:
         for spec in specs:
             w = self._watch.get(spec.key)
             if w is None:
-                w = self._watch[spec.key] = _Watch(spec, at_us, self.rules)
+                w = self._watch[spec.key] = _Watch(spec, at_us, self.rules,
+                                                   self._market_last.setdefault(spec.market, [None]))
                 self._symbols.setdefault((spec.market, spec.symbol), []).append(w)
                 touched.add((spec.market, spec.symbol))
             w.refs += 1
@@ -186,18 +193,19 @@ class Silence:
         w = self._watch.get(key)
         if w is None:
             return
-        changed = True
-        if w.needs_version:
-            version = depth_version(raw)
-            changed = w.version is not None and version is not None and version != w.version
-            w.version = version
         w.last_us = at_us
         w.witness_us = None
-        self._market_last[w.spec.market] = at_us
+        w.market_last[0] = at_us
         if w.silent is not None:
             self._events.append(Resumed(key, at_us, w.silent.since_us, w.silent.reason))
             w.silent = None
-        if changed:
+        if w.watchers:
+            if w.needs_version:
+                version = depth_version(raw)
+                changed = w.version is not None and version is not None and version != w.version
+                w.version = version
+                if not changed:
+                    return
             for other in w.watchers:
                 if other.witness_us is None and at_us - (other.last_us or other.acked_us) > other.grace_us:
                     other.witness_us = at_us
@@ -235,7 +243,7 @@ class Silence:
     def _alive(self, ref_us: int, market, now_us: int, window_us: int) -> bool:
         """Another stream of the market delivered after ``ref_us`` (the judged stream's last word)
         and within the window: the connection is up and the silence is this stream's alone."""
-        last = self._market_last.get(market)
+        last = self._market_last[market][0]
         return last is not None and last > ref_us and last >= now_us - window_us
 
     def _link(self, sym: tuple) -> None:
