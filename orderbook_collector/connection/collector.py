@@ -169,7 +169,8 @@ class Collector:
         self.fatal: str | None = None
         #: Fed on receive and on every (un)subscription; _watch_silence records what it finds.
         self.silence = Silence(settings.silence_rules())
-        self.metrics.silent_events.update((r.value, 0) for r in SilenceReason if r.value not in self.metrics.silent_events)
+        for r in SilenceReason:  # every reason's series from the start
+            self.metrics.silent_events.setdefault(r.value, 0)
 
     # Public ---------------------------------------------------------------------------
 
@@ -682,7 +683,10 @@ class Collector:
     async def _watch_silence(self) -> None:
         while True:
             await asyncio.sleep(SILENCE_TICK)
-            self._record_silence()
+            try:
+                self._record_silence()
+            except Exception:  # a surprise here must not end the watching for good
+                log.exception("judging silent subscriptions failed; trying again at the next tick")
 
     def _record_silence(self) -> None:
         """Ask the detector what is due; each silence and its end becomes a buffer row."""
