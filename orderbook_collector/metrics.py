@@ -202,8 +202,8 @@ class Exposition:
         yield GaugeMetricFamily("orderbook_silent_streams",
                                 "Subscriptions silent now: acknowledged, yet nothing where they had to speak.",
                                 value=m.silent_streams)
-        s = CounterMetricFamily("orderbook_silent_events", "Silences begun (each is a silence row in the buffer), by reason.",
-                                labels=["reason"])
+        s = CounterMetricFamily("orderbook_silent_events",
+                                "Silences begun (each is a silence row in the buffer), by reason.", labels=["reason"])
         for reason, n in sorted(m.silent_events.items()):
             s.add_metric([reason], n)
         yield s

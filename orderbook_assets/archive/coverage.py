@@ -31,8 +31,8 @@ from orderbook_core.buffer import HOUR_US, reads
 
 from orderbook_assets.archive import export
 from orderbook_assets.archive.export import WRITER_OPTIONS
-from orderbook_assets.archive.datasets import (COVERAGE_SCHEMA, DEPTH_REST, DEPTH_SYNC, DEPTH_UPDATE, SILENCE,  # noqa: F401
-                                               TRADE_GAP, TS)
+from orderbook_assets.archive.datasets import (COVERAGE_SCHEMA, DEPTH_REST, DEPTH_SYNC,  # noqa: F401
+                                               DEPTH_UPDATE, SILENCE, TRADE_GAP, TS)
 from orderbook_core.streams import Market, parse_stream_name
 from orderbook_assets.archive.ledger import Part
 from orderbook_assets.archive.quality import Gap

@@ -16,11 +16,11 @@ Queue items are the typed records of :mod:`orderbook_core.buffer.records`.
 Continuity is data (:mod:`orderbook_collector.feed.sync`): the writer runs the diff-depth
 and trade-id trackers on the rows it has just stored (rows the dedup key refused never
 move them) and stores the ``depth_sync`` and ``trade_gap`` rows they produce in the same
-transaction as the rows that reveal them; the event loop's silence records (``silence``) come
-through the queue, and a 'resumed' one also ends the open 'silent' row of its stream; REST snapshots (``depth_rest_snapshot``) come
-through the queue like frames. At start the trackers are seeded from the buffer (each
-stream's last stored update or trade id and sync state), so a restart or a spill replay
-makes no false break or gap. Streams that need a REST snapshot are reported after each
+transaction as the rows that reveal them. The event loop's silence records (``silence``) and
+the REST snapshots (``depth_rest_snapshot``) come through the queue like frames; a 'resumed'
+silence record also ends its stream's open 'silent' row. At start the trackers are seeded
+from the buffer (each stream's last stored update or trade id and sync state), so a restart
+or a spill replay makes no false break or gap. Streams that need a REST snapshot are reported after each
 commit through ``on_snapshot_needed`` (called in the writer thread).
 """
 

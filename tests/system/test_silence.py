@@ -130,3 +130,40 @@ def test_a_muted_stream_is_a_silence_in_the_buffer_and_in_the_coverage(tmp_path,
         ("silent", "spot", "trade", TRADE, since_t, end_t, "agg_trades_flow", "messages"),
     ])
     assert {(r[3], r[4]) for r in recorded} == {(DEPTH, since), (TRADE, since_t)}
+
+
+def test_a_stream_subscribed_live_that_never_delivers_is_silent_until_unsubscribed(tmp_path):
+    """``*``: a new listing is subscribed with SUBSCRIBE on the open connection; its trade stream
+    is muted from the start, so it is acknowledged and never delivers (as a USD-M trade stream on
+    the wrong route would). Its delisting unsubscribes it, which ends the silence."""
+    buffer = tmp_path / "b.sqlite3"
+    never = 2.0
+
+    async def main():
+        async with Exchange(symbols=["btcusdt", "ethusdt"], seed=9, rate=20) as ex:
+            settings = dataclasses.replace(settings_for(ex, buffer), symbols=["*"], streams=["depth20@100ms", "trade"],
+                                           symbols_refresh=0.3, silence_min_seconds=5.0, silence_never_seconds=never)
+            async with running(settings) as c:
+                await until(lambda: buffer.exists() and all(stored_counts(buffer)[f"{sym}@{k}"] >= 3
+                            for sym in ("btcusdt", "ethusdt") for k in ("depth20@100ms", "trade")),
+                            what="rows of both symbols")
+                ex.list_symbol("solusdt")
+                ex.mute("solusdt@trade")  # before the collector can know the listing: nothing ever sent
+                await until(lambda: [r[:2] for r in silence_rows(buffer)] == [("solusdt@trade", "silent")],
+                            timeout=30, what="the never-delivering subscription recorded silent")
+                acked = query(buffer, "SELECT time_us FROM events WHERE kind = 'subscribe' AND stream = ?",
+                              "solusdt@trade")[0][0]
+                assert stored_counts(buffer)["solusdt@depth20@100ms"] > 0  # its sibling flows
+                assert len(c.opened_urls) == 1  # subscribed on the open connection
+                ex.delist_symbol("solusdt")
+                await until(lambda: len(silence_rows(buffer)) == 2, timeout=30, what="the silence ended")
+                unsubscribed = query(buffer, "SELECT time_us FROM events WHERE kind = 'unsubscribe' AND stream = ?",
+                                     "solusdt@trade")[0][0]
+        return acked, unsubscribed
+
+    acked, unsubscribed = asyncio.run(main())
+    (_, _, judged, since, end, reason, ended_by), resumed = silence_rows(buffer)
+    assert reason == "never_delivered" and since == acked
+    assert int(never * 1e6) <= judged - since <= int(never * 1e6) + SLACK_US
+    assert resumed[1:] == ("resumed", end, since, end, "never_delivered", "unsubscribed")
+    assert ended_by == "unsubscribed" and unsubscribed <= end
