@@ -16,6 +16,7 @@ from typing import NamedTuple
 from urllib.parse import urlparse
 
 from orderbook_core.buffer.db import DEFAULT_PATH
+from orderbook_collector.feed.silence import Rules
 from orderbook_core.errors import ConfigError
 from orderbook_core.streams import (
     DEPTH_DEFAULT_LIMIT,
@@ -71,6 +72,13 @@ class Settings:
     backoff_max: float = 30.0
     min_session: float = 5.0  # a session shorter than this still waits before reconnecting
     stall_cadences: int = 50  # no data for this many cadences -> reconnect
+    # Silence (feed/silence.py): a clock-driven stream is silent after max(cadences × its
+    # cadence, min seconds); a contradiction counts after grace seconds; a stream with nothing
+    # since its acknowledgement is silent after never seconds.
+    silence_cadences: int = 10
+    silence_min_seconds: float = 5.0
+    silence_grace_seconds: float = 5.0
+    silence_never_seconds: float = 300.0
     #: Streams per connection; None is Binance's limit of each market (1024 spot, 200 USD-M).
     streams_per_connection: int | None = None
 
@@ -95,6 +103,10 @@ class Settings:
     rest_concurrency: int = 4
     rest_weight_budget: dict | None = None
     rest_weight_window: float = 60.0
+
+    def silence_rules(self) -> Rules:
+        return Rules(self.silence_cadences, int(self.silence_min_seconds * 1e6),
+                     int(self.silence_grace_seconds * 1e6), int(self.silence_never_seconds * 1e6))
 
     def snapshot_limit(self, market: Market) -> int:
         return self.depth_snapshot_limit if market is Market.SPOT else self.usdm_depth_snapshot_limit
@@ -153,6 +165,14 @@ _FIELDS = {
     "commit_interval": ("ORDERBOOK_COMMIT_INTERVAL_MS", "--commit-interval-ms", "longest wait before a commit (ms)"),
     "queue_size": ("ORDERBOOK_QUEUE_SIZE", "--queue-size", "frames held in memory before spilling to disk"),
     "rotate_after": ("ORDERBOOK_ROTATE_AFTER_S", "--rotate-after-s", "open a replacement connection after this many seconds"),
+    "silence_cadences": ("ORDERBOOK_SILENCE_CADENCES", "--silence-cadences",
+                         "a clock-driven stream (partial depth) is silent after this many cadences without a message"),
+    "silence_min_seconds": ("ORDERBOOK_SILENCE_MIN_SECONDS", "--silence-min-seconds",
+                            "... and never before this many seconds"),
+    "silence_grace_seconds": ("ORDERBOOK_SILENCE_GRACE_SECONDS", "--silence-grace-seconds",
+                              "a stream quiet this long after its symbol's other streams showed it had to speak is silent"),
+    "silence_never_seconds": ("ORDERBOOK_SILENCE_NEVER_SECONDS", "--silence-never-seconds",
+                              "a stream that delivered nothing this long since its subscription was acknowledged is silent"),
     "rest_weight_share": ("ORDERBOOK_REST_WEIGHT_SHARE", "--rest-weight-share",
                           "share of each market's REST weight budget diff-depth snapshots may use (0-1]"),
     "depth_snapshot_limit": ("ORDERBOOK_DEPTH_SNAPSHOT_LIMIT", "--depth-snapshot-limit",
@@ -233,6 +253,11 @@ def _validate(raw: dict[str, str]) -> Settings:
     if "rotate_after" in raw:
         kw["rotate_after"] = float(_int(raw["rotate_after"], "ORDERBOOK_ROTATE_AFTER_S", 10, 86_000))
     kw.update(_rest(raw))
+    for name, lo, hi in (("silence_cadences", 2, 10_000), ("silence_min_seconds", 1, 3600),
+                         ("silence_grace_seconds", 1, 3600), ("silence_never_seconds", 10, 86_400)):
+        if name in raw:
+            n = _int(raw[name], _FIELDS[name][0], lo, hi)
+            kw[name] = n if name == "silence_cadences" else float(n)
     return Settings(**kw)
 
 

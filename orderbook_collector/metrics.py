@@ -114,6 +114,10 @@ class Metrics:
         # Diff-depth sync and trade ids (writer thread): depth_sync rows by event, trade_gap rows.
         self.continuity: dict[str, int] = {"break": 0, "synced": 0, "gap": 0}
         self.rest_snapshots_stored = 0
+        # Silence (event loop, feed/silence.py): streams silent now, silences begun by reason
+        # (the collector gives every reason its series at start).
+        self.silent_streams = 0
+        self.silent_events: dict[str, int] = defaultdict(int)
         # REST (event loop), per market: snapshots fetched, weight spent, 429/418 answers received.
         self.rest_snapshots: dict[str, int] = defaultdict(int)
         self.rest_weight: dict[str, int] = defaultdict(int)
@@ -205,6 +209,14 @@ class Exposition:
         yield c
         yield CounterMetricFamily("orderbook_trade_gaps", "Trade or aggTrade id gaps recorded.",
                                   value=m.continuity["gap"])
+        yield GaugeMetricFamily("orderbook_silent_streams",
+                                "Subscriptions silent now: acknowledged, yet nothing where they had to speak.",
+                                value=m.silent_streams)
+        s = CounterMetricFamily("orderbook_silent_events",
+                                "Silences begun (each is a silence row in the buffer), by reason.", labels=["reason"])
+        for reason, n in sorted(m.silent_events.items()):
+            s.add_metric([reason], n)
+        yield s
         yield CounterMetricFamily("orderbook_rest_snapshots_stored", "REST depth snapshots stored in the buffer.",
                                   value=m.rest_snapshots_stored)
         for name, doc, values in (

@@ -94,6 +94,9 @@ _DEPTH_WEIGHT = {
 }
 #: Event-driven streams (trades, bookTicker) have no nominal cadence.
 EVENT_DRIVEN = 0
+#: Kinds Binance pushes on a timer whether or not anything changed ("every 1000 ms"); the
+#: others push on change (diff depth when the book moved, trades when one happens).
+ON_CLOCK = frozenset({Kind.PARTIAL_DEPTH})
 
 _SYMBOL_RE = re.compile(r"^[a-z0-9]{2,20}$")
 _DEPTH_RE = re.compile(r"^depth(5|10|20)?(?:@(\d+)ms)?$")

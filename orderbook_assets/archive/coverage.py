@@ -8,7 +8,9 @@ depth stream, found in the rows archived by the same run), and the continuity th
 recorded as data in the round's rows: ``break`` and ``synced`` (a diff-depth stream lost and
 regained continuity, from ``depth_sync``), ``resync`` (a REST snapshot fetched for a diff
 stream, from ``depth_rest_snapshot``) and ``trade_gap`` (trade or aggTrade ids never
-received, from ``trade_gap``). Schema and usage: docs/datasets.md.
+received, from ``trade_gap``), and ``silent`` (a subscription acknowledged that delivered nothing
+where it had to, from ``silence``: one row per silence and round, its end null while open).
+Schema and usage: docs/datasets.md.
 
 Session counters (duplicates, quarantined, lost, close) are a snapshot taken when the
 part is exported, so unlike depth parts a coverage object is not a pure function of its
@@ -29,9 +31,10 @@ from orderbook_core.buffer import HOUR_US, reads
 
 from orderbook_assets.archive import export
 from orderbook_assets.archive.export import WRITER_OPTIONS
-from orderbook_assets.archive.datasets import (COVERAGE_SCHEMA, DEPTH_REST, DEPTH_SYNC, DEPTH_UPDATE, TRADE_GAP,  # noqa: F401
-                                               TS)
+from orderbook_assets.archive.datasets import (COVERAGE_SCHEMA, DEPTH_REST, DEPTH_SYNC,  # noqa: F401
+                                               DEPTH_UPDATE, SILENCE, TRADE_GAP, TS)
 from orderbook_core.buffer.ledger import Part
+from orderbook_core.streams import Market, parse_stream_name
 from orderbook_assets.archive.quality import Gap
 
 
@@ -59,7 +62,7 @@ def _ms(value: int | None) -> int | None:
 
 
 def continuity_rows(conn: sqlite3.Connection, parts: list[Part], streams: dict) -> list[dict]:
-    """The ``break``, ``synced``, ``resync`` and ``trade_gap`` rows of a round's parts, read from
+    """The ``break``, ``synced``, ``resync``, ``trade_gap`` and ``silent`` rows of a round's parts, read from
     the buffer (the parts are not archived yet, so their rows are there), in id order per table.
 
     ``streams``: ``export.stream_table`` (stream names as subscribed, and markets).
@@ -93,6 +96,8 @@ def continuity_rows(conn: sqlite3.Connection, parts: list[Part], streams: dict) 
                 out.append(dict(record="trade_gap", market=s.market, stream=s.name, session_id=session,
                                 start_time=_ms(before_ms), end_time=_ms(after_ms), first_recv_time=recv,
                                 first_id=first, last_id=last, messages=last - first + 1, dataset=dataset))
+        elif part.dataset == SILENCE:
+            out += _silent_rows(conn, params, streams)
         elif part.dataset == DEPTH_REST:
             for sid, recv, uid, reason, event_ms in conn.execute(
                 f"SELECT stream_id, recv_us, last_update_id, reason, event_ms FROM {DEPTH_REST} "
@@ -102,6 +107,29 @@ def continuity_rows(conn: sqlite3.Connection, parts: list[Part], streams: dict) 
                 out.append(dict(record="resync", market=s.market, stream=s.name, start_time=_ms(event_ms),
                                 first_recv_time=recv, reason=reason, snapshot_id=uid, dataset=DEPTH_REST))
     return out
+
+
+def _silent_rows(conn: sqlite3.Connection, params: tuple, streams: dict) -> list[dict]:
+    """One ``silent`` row per silence in the part: its 'silent' row (whose end the collector set
+    if it ended before this export) and its 'resumed' row merged, so a silence that began and
+    ended in one round is one row; one that spans rounds is a row in each (open, then closed)."""
+    found: dict[tuple[int, int], dict] = {}
+    for sid, recv, event, since, end, reason, ended_by in conn.execute(
+        "SELECT stream_id, recv_us, event, since_us, end_us, reason, ended_by "
+        f"FROM {SILENCE} WHERE {reads.PART_ROWS} ORDER BY id", params,
+    ):
+        row = found.get((sid, since))
+        if row is None:
+            s = streams[sid]
+            spec = parse_stream_name(s.name, Market(s.market))
+            row = found[(sid, since)] = dict(record="silent", market=s.market, stream=s.name, start_time=since,
+                                             first_recv_time=recv, reason=reason,
+                                             dataset=spec.dataset if spec else None)
+        if event == "silent":
+            row["first_recv_time"] = recv  # when the collector judged it
+        if end is not None:
+            row.update(end_time=end, seconds=(end - since) / 1e6, close_reason=ended_by)
+    return list(found.values())
 
 
 def build_table(

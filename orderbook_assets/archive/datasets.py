@@ -110,7 +110,7 @@ DATASETS: dict[str, Dataset] = {
 
 #: Buffer tables whose rows are archived inside ``coverage`` (continuity as data), not as datasets.
 CONTINUITY = ledger.CONTINUITY
-DEPTH_SYNC, TRADE_GAP = CONTINUITY
+DEPTH_SYNC, TRADE_GAP, SILENCE = CONTINUITY
 
 COVERAGE_SCHEMA = pa.schema(
     [

@@ -45,7 +45,9 @@ from orderbook_collector.connection.rest import RestClient, Resyncer
 from orderbook_collector.connection.symbols import ExchangeInfoError, RestError, fetch_trading_symbols
 from orderbook_core.streams import Kind, Market
 from orderbook_collector.feed.sync import SnapshotRequest
-from orderbook_core.buffer.records import DepthRecord, Event, Frame, SessionClose, SessionOpen, SessionStreams
+from orderbook_core.buffer.records import (DepthRecord, Event, Frame, SessionClose, SessionOpen, SessionStreams,
+                                           SilenceRecord)
+from orderbook_collector.feed.silence import Reason as SilenceReason, Resumed, Silence
 from orderbook_core.buffer.rows import ROW_TABLES
 from orderbook_collector.writer.thread import Writer
 
@@ -59,6 +61,8 @@ PING_INTERVAL = 20.0
 PING_TIMEOUT = 20.0
 #: Seconds to wait for the reply to a SUBSCRIBE or UNSUBSCRIBE before giving it up.
 CONTROL_TIMEOUT = 10.0
+#: Seconds between two judgements of the silence detector (well under its shortest threshold).
+SILENCE_TICK = 0.5
 
 
 def now_us() -> int:
@@ -163,6 +167,10 @@ class Collector:
         self._request_id = 0
         self.metrics_server: asyncio.Server | None = None
         self.fatal: str | None = None
+        #: Fed on receive and on every (un)subscription; _watch_silence records what it finds.
+        self.silence = Silence(settings.silence_rules())
+        for r in SilenceReason:  # every reason's series from the start
+            self.metrics.silent_events.setdefault(r.value, 0)
 
     # Public ---------------------------------------------------------------------------
 
@@ -190,6 +198,7 @@ class Collector:
                 await r.stop()
             raise
         lag = asyncio.create_task(self._watch_loop_lag())
+        quiet = asyncio.create_task(self._watch_silence())
         for specs in self.settings.connection_groups():
             self._start_group(specs[0].market, specs[0].route, specs)
         followers = [asyncio.create_task(self._follow_symbols(m))
@@ -204,6 +213,8 @@ class Collector:
                 t.cancel()
             await asyncio.gather(*followers, *tasks, return_exceptions=True)
             lag.cancel()
+            quiet.cancel()
+            self._record_silence()  # the closed sessions ended every open silence
             for r in self.resyncers.values():
                 await r.stop()
             for client in self.rest_clients.values():
@@ -441,6 +452,7 @@ class Collector:
                         keys={x.name: x.key for x in specs})
             self.writer.submit(SessionOpen(sid, url, orjson.dumps(list(streams)).decode(), now_us(), g.market.value))
             self.metrics.add_streams(s.keys.values())
+            self.silence.subscribed(specs, now_us())  # the handshake acknowledges the URL's streams
             self.metrics.connected += 1
             log.info("session %d connected: %d %s stream(s)", sid, len(streams), g.market.value)
             s.task = asyncio.create_task(self._read(s))
@@ -558,7 +570,9 @@ class Collector:
             self.writer.submit(Event(t, s.session_id, s.keys.get(n, n), kind, f"request {rid}"))
         if method == "SUBSCRIBE":
             s.streams.update((x.name, x) for x in specs)
+            self.silence.subscribed(specs, t)
         else:
+            self.silence.unsubscribed([s.keys.get(n, n) for n in names if n in s.streams], t)
             for n in names:
                 s.streams.pop(n, None)
                 # An unsubscribed stream has no age to report (it would look ever staler).
@@ -583,6 +597,7 @@ class Collector:
         last = self.metrics.last_message_us
         keys = s.keys
         sid = s.session_id
+        heard = self.silence.message
         watchdog = asyncio.create_task(self._watch_stall(s))
         try:
             async for raw in s.ws:
@@ -592,7 +607,8 @@ class Collector:
                 if name is not None:
                     submit(Frame(raw, t, sid, s.seq))
                     s.seq += 1
-                    last[keys[name]] = t
+                    last[key := keys[name]] = t
+                    heard(key, t, raw)
                     s.data_frames += 1
                     if s.data_frames == 1:
                         s.first_data.set()
@@ -609,6 +625,7 @@ class Collector:
         finally:
             watchdog.cancel()
             self.metrics.connected -= 1
+            self.silence.unsubscribed([keys[n] for n in s.streams if n in keys], now_us())
         final = s.close_reason or reason
         log.info("session %d ended: %s", sid, final)
         submit(SessionClose(sid, now_us(), final))
@@ -628,6 +645,8 @@ class Collector:
         elif type(decoded) is Quarantined or type(decoded) in ROW_TABLES:
             # Valid data written with another key order is handed over decoded: decoded once.
             self.writer.submit(decoded)
+            if type(decoded) is not Quarantined:
+                self.silence.message(decoded.stream, t, raw)
             s.seq += 1
             if type(decoded) is Quarantined and s.pending:
                 self._control_error(s, raw)
@@ -660,6 +679,30 @@ class Collector:
                 s.close_reason = f"stalled: no frame for {silent:.1f} s"
                 await s.ws.close(1001, "stalled")
                 return
+
+    async def _watch_silence(self) -> None:
+        while True:
+            await asyncio.sleep(SILENCE_TICK)
+            try:
+                self._record_silence()
+            except Exception:  # a surprise here must not end the watching for good
+                log.exception("judging silent subscriptions failed; trying again at the next tick")
+
+    def _record_silence(self) -> None:
+        """Ask the detector what is due; each silence and its end becomes a buffer row."""
+        for ev in self.silence.due(now_us()):
+            if type(ev) is Resumed:
+                log.info("%s speaks again after %.1f s of silence (%s; %s)", ev.stream,
+                         (ev.at_us - ev.since_us) / 1e6, ev.reason.value, ev.end.value)
+                self.writer.submit(SilenceRecord(ev.stream, ev.at_us, "resumed", ev.since_us, ev.at_us,
+                                                 ev.reason.value, ev.end.value))
+            else:
+                log.warning("%s is silent since %.1f s (%s)", ev.stream, (ev.at_us - ev.since_us) / 1e6,
+                            ev.reason.value)
+                self.metrics.silent_events[ev.reason.value] += 1
+                self.writer.submit(SilenceRecord(ev.stream, ev.at_us, "silent", ev.since_us, None,
+                                                 ev.reason.value, None))
+        self.metrics.silent_streams = len(self.silence.silent)
 
     async def _watch_loop_lag(self, interval: float = 0.05) -> None:
         while True:

@@ -16,10 +16,11 @@ Queue items are the typed records of :mod:`orderbook_core.buffer.records`.
 Continuity is data (:mod:`orderbook_collector.feed.sync`): the writer runs the diff-depth
 and trade-id trackers on the rows it has just stored (rows the dedup key refused never
 move them) and stores the ``depth_sync`` and ``trade_gap`` rows they produce in the same
-transaction as the rows that reveal them; REST snapshots (``depth_rest_snapshot``) come
-through the queue like frames. At start the trackers are seeded from the buffer (each
-stream's last stored update or trade id and sync state), so a restart or a spill replay
-makes no false break or gap. Streams that need a REST snapshot are reported after each
+transaction as the rows that reveal them. The event loop's silence records (``silence``) and
+the REST snapshots (``depth_rest_snapshot``) come through the queue like frames; a 'resumed'
+silence record also ends its stream's open 'silent' row. At start the trackers are seeded
+from the buffer (each stream's last stored update or trade id and sync state), so a restart
+or a spill replay makes no false break or gap. Streams that need a REST snapshot are reported after each
 commit through ``on_snapshot_needed`` (called in the writer thread).
 """
 
@@ -40,8 +41,8 @@ from orderbook_core import buffer
 from orderbook_core.errors import StorageError
 from orderbook_collector.metrics import Metrics, quarantine_class
 from orderbook_core.buffer.records import (
-    REST_SESSION, DepthRestSnapshotRecord, DepthSyncRecord, Event, Frame, Item, Quarantined, Row, SessionClose, SessionOpen,
-    SessionStreams, Stop,
+    REST_SESSION, DepthRestSnapshotRecord, DepthSyncRecord, Event, Frame, Item, Quarantined, Row, SessionClose,
+    SessionOpen, SessionStreams, Stop, TradeGapRecord,
 )
 from orderbook_core.buffer.rows import OTHER_TABLES, RECV_US, ROW_TABLES, SEQ, SESSION_ID, RowTable
 from orderbook_collector.feed.protocol import Decoder, Market, StreamSpec, raw_bytes
@@ -167,7 +168,14 @@ def store_records(
         if derived:
             _store_others(conn, stream_ids, derived)
             for d in derived:
-                result.continuity[d.event if type(d) is DepthSyncRecord else "gap"] += 1
+                if type(d) is DepthSyncRecord:
+                    result.continuity[d.event] += 1
+                elif type(d) is TradeGapRecord:
+                    result.continuity["gap"] += 1
+                elif d.event == "resumed":  # SilenceRecord: the open silence gets its end here too
+                    conn.execute("UPDATE silence SET end_us = ?, ended_by = ? WHERE stream_id = ? AND "
+                                 "event = 'silent' AND since_us = ? AND end_us IS NULL",
+                                 (d.end_us, d.ended_by, stream_ids[d.stream], d.since_us))
         conn.executemany(
             "UPDATE sessions SET messages = messages + ?, duplicates = duplicates + ?, quarantined = quarantined + ?, "
             "frames = max(frames, ? + 1), first_recv_us = coalesce(first_recv_us, ?), "
@@ -226,7 +234,7 @@ def _store_snapshots(conn: sqlite3.Connection, stream_ids: dict[str, int],
 
 
 def _store_others(conn: sqlite3.Connection, stream_ids: dict[str, int], rows: list) -> None:
-    """Insert continuity rows (``depth_sync``, ``trade_gap``): no dedup key, no seq."""
+    """Insert continuity rows (``depth_sync``, ``trade_gap``, ``silence``): no dedup key, no seq."""
     groups: dict[type, list] = {}
     for r in rows:
         groups.setdefault(type(r), []).append(r)

@@ -38,7 +38,7 @@ from orderbook_core.buffer.transactions import transaction
 DATASETS = tuple(kinds.SPECS)
 DEPTH = kinds.DEPTH_SNAPSHOT.name
 #: Buffer tables whose rows are archived inside ``coverage`` (continuity as data), not as datasets.
-CONTINUITY = ("depth_sync", "trade_gap")
+CONTINUITY = ("depth_sync", "trade_gap", "silence")
 #: The derived dataset every round gets one part of (no rows of its own).
 COVERAGE = "coverage"
 #: The buffer tables whose rows parts hold, in the order a round plans them.

@@ -199,6 +199,24 @@ class TradeGapRecord(NamedTuple):
     after_event_ms: int | None
 
 
+class SilenceRecord(NamedTuple):
+    """A subscription went silent or spoke again (``silence``; see buffer.schema step 4).
+
+    ``event`` 'silent': ``since_us`` is the stream's last message (or its acknowledgement),
+    ``end_us`` None. 'resumed': the same ``since_us`` and ``reason``, ``end_us`` the first
+    message after it (or when no connection carried the stream any more, ``ended_by``).
+    ``recv_us`` is when the collector decided: the row's hour and part go by it.
+    """
+
+    stream: str
+    recv_us: int
+    event: str  # 'silent' | 'resumed'
+    since_us: int
+    end_us: int | None
+    reason: str  # feed.silence.Reason values
+    ended_by: str | None  # feed.silence.End values; None on 'silent'
+
+
 class SessionStreams(NamedTuple):
     """Streams added to a live session (a SUBSCRIBE for ``*``): the writer must know them
     before their first frame, which follows this record through the queue (and the spill)."""
@@ -212,13 +230,13 @@ class SessionStreams(NamedTuple):
 Row = Union[DepthRecord, DepthUpdateRecord, TradeRecord, AggTradeRecord, BookTickerRecord]
 Item = Union[
     Frame, Row, Quarantined, SessionOpen, SessionClose, Event, Stop,
-    DepthRestSnapshotRecord, DepthSyncRecord, TradeGapRecord, SessionStreams,
+    DepthRestSnapshotRecord, DepthSyncRecord, TradeGapRecord, SessionStreams, SilenceRecord,
 ]
 #: The spill's type tags: append only, never reorder (spilled files name types by index).
 _SPILLED: tuple[type, ...] = (
     Frame, Quarantined, SessionOpen, SessionClose, Event, Stop, DepthRecord,
     DepthUpdateRecord, TradeRecord, AggTradeRecord, BookTickerRecord,
-    DepthRestSnapshotRecord, DepthSyncRecord, TradeGapRecord, SessionStreams,
+    DepthRestSnapshotRecord, DepthSyncRecord, TradeGapRecord, SessionStreams, SilenceRecord,
 )
 _TAG = {t: i for i, t in enumerate(_SPILLED)}
 

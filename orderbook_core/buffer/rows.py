@@ -15,6 +15,7 @@ from orderbook_core.buffer.records import (
     DepthRestSnapshotRecord,
     DepthSyncRecord,
     Row,
+    SilenceRecord,
     TradeGapRecord,
 )
 
@@ -76,4 +77,8 @@ OTHER_TABLES: dict[type, RowTable] = {
         "first_missing_id": "first_missing_id", "last_missing_id": "last_missing_id",
         "before_event_ms": "before_event_ms", "after_event_ms": "after_event_ms",
     }, "first_missing_id"),
+    SilenceRecord: _table(SilenceRecord, "silence", {
+        "recv_us": "recv_us", "event": "event", "since_us": "since_us", "end_us": "end_us", "reason": "reason",
+        "ended_by": "ended_by",
+    }, "since_us"),
 }

@@ -18,6 +18,7 @@ Tables (all times are integer microseconds since the epoch, UTC):
 ``events``          stalls, rotations, serverShutdown notices, spill episodes and
                     write-failure episodes (disk full, locked); disconnects are in
                     ``sessions`` (close time and reason).
+``silence``         subscriptions judged silent and their ends (step 4).
 ``spill_state``     how far the spill files have been replayed, committed with the rows.
 ``export_parts``    the archive's ledger: each part's id range and state.
 
@@ -66,6 +67,7 @@ OWNER = {
     "depth_rest_snapshot": "collector",
     "depth_sync": "collector",
     "trade_gap": "collector",
+    "silence": "collector",
 }
 
 _COLLECTOR_TABLES = """
@@ -293,11 +295,35 @@ CREATE TABLE trade_gap (
 CREATE INDEX trade_gap_recv ON trade_gap (recv_us);
 """
 
+#: Step 4: silence as data. ``silence`` holds one row each time a subscription was judged
+#: silent (``event`` 'silent': acknowledged, yet nothing where the stream had to speak;
+#: ``since_us`` its last message or its acknowledgement, ``reason`` why, see
+#: ``orderbook_collector/feed/silence.py``) and each time it ended ('resumed': the same
+#: ``since_us``, ``end_us`` the first message after it or when no connection carried the
+#: stream any more, ``ended_by`` which). The writer also sets ``end_us`` and ``ended_by`` on
+#: the open 'silent' row, so the buffer alone says which silences are open; the 'resumed' row
+#: is what carries the end into a later archive part. ``recv_us`` is when the collector decided.
+_SILENCE = """
+CREATE TABLE silence (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    stream_id   INTEGER NOT NULL,
+    recv_us     INTEGER NOT NULL,
+    event       TEXT NOT NULL CHECK (event IN ('silent', 'resumed')),
+    since_us    INTEGER NOT NULL,
+    end_us      INTEGER,
+    reason      TEXT NOT NULL,
+    ended_by    TEXT
+);
+CREATE INDEX silence_recv ON silence (recv_us);
+CREATE INDEX silence_open ON silence (stream_id) WHERE end_us IS NULL;
+"""
+
 #: (version, statements): step N takes a buffer from user_version N-1 to N.
 MIGRATIONS: tuple[tuple[int, str], ...] = (
     (1, _COLLECTOR_TABLES + _ARCHIVE_TABLES),
     (2, _EVERY_KIND),
     (3, _CONTINUITY),
+    (4, _SILENCE),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 #: Every statement of every step, in order: what a new buffer runs (benchmarks build one with it).

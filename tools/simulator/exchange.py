@@ -76,7 +76,10 @@ nobody: clients see ``U`` > previous ``u`` + 1, or ``pu`` != previous ``u``),
 ``list_symbol(symbol, market)``, ``delist_symbol(symbol, market)``, ``set_route(kind, route)``
 (``POST /control/route?market=usdm&kind=trade&route=market``: USD-M serves ``kind`` on
 ``route`` from now on, open connections included, so a test can plant a wrong route and
-correct it; ``Exchange.routes`` holds the current table).
+correct it; ``Exchange.routes`` holds the current table),
+``mute(stream, market)`` /
+``unmute(stream, market)`` (the stream's messages go to nobody while every connection stays up
+and the other streams flow: an acknowledged subscription that delivers nothing).
 ``GET /control/book?symbol=S&market=M&update_id=N&limit=N`` returns the simulator's own
 book at a kept id (default: now), best first: the oracle for processes. ``GET /control/stats``
 returns the counters: connections, messages sent and dropped per market and stream,
@@ -574,6 +577,7 @@ class _Stream:
     last_step: int = -1  # book step of the last message: ids never repeat, across restarts too
     last_id: int = 0  # book update id of the last depth message: an unchanged book sends none
     drop: int = 0  # the next ``drop`` messages are generated but sent to nobody (a fault)
+    muted: bool = False  # every message is generated but sent to nobody until unmuted (a fault)
 
 
 @dataclass(eq=False)
@@ -947,6 +951,7 @@ class Exchange:
         server_shutdown?grace=S  drop_diff?stream=NAME&market=spot|usdm
         drop_trades?stream=NAME&n=N&market=..  list_symbol?symbol=S&market=..  (no market: both)
         delist_symbol?symbol=S&market=..  route?market=usdm&kind=K&route=public|market
+        mute?stream=NAME&market=..  unmute?stream=NAME&market=..
         stats (GET or POST: the counters)
         book?symbol=S&market=..&update_id=N&limit=N (the simulator's book, best first; 404 if
         that id is not kept)
@@ -979,6 +984,8 @@ class Exchange:
                 self.drop_trades(q.get("stream", arg or ""), int(q.get("n", 1)), markets[0])
             elif name == "route":
                 self.set_route(q.get("kind", arg or ""), q.get("route", ""), Market(q.get("market", "usdm")))
+            elif name in ("mute", "unmute"):
+                (self.mute if name == "mute" else self.unmute)(q.get("stream", arg or ""), markets[0])
             elif name in ("list_symbol", "delist_symbol"):
                 for m in markets:
                     (self.list_symbol if name == "list_symbol" else self.delist_symbol)(q.get("symbol", arg or ""), m)
@@ -1279,6 +1286,8 @@ class Exchange:
             self._log_line({"market": msg.market.value, "stream": msg.stream, "kind": msg.kind.dataset,
                             "id": msg.id, "fault": "dropped"})
             return
+        if st.muted:  # silence: not sent, not kept for replays, not in the sent log
+            return
         st.ring.append(msg)
         now = time.monotonic()
         for conn in st.subs.values():
@@ -1440,6 +1449,13 @@ class Exchange:
                     self._join(conn, st or self._stream(spec))
                 elif st is not None and st.subs.pop(conn.num, None) is not None:
                     self.silent_subscriptions += 1
+
+    def mute(self, stream: str, market: Market = Market.SPOT) -> None:
+        """Send ``stream`` to nobody until :meth:`unmute`; connections stay up, other streams flow."""
+        self._fault_stream(stream, market, tuple(Kind)).muted = True
+
+    def unmute(self, stream: str, market: Market = Market.SPOT) -> None:
+        self._fault_stream(stream, market, tuple(Kind)).muted = False
 
     def list_symbol(self, symbol: str, market: Market = Market.SPOT) -> None:
         """List ``symbol`` (new: a fresh book; delisted: trading again, its book resumes)."""
