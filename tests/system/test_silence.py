@@ -167,3 +167,48 @@ def test_a_stream_subscribed_live_that_never_delivers_is_silent_until_unsubscrib
     assert int(never * 1e6) <= judged - since <= int(never * 1e6) + SLACK_US
     assert resumed[1:] == ("resumed", end, since, end, "never_delivered", "unsubscribed")
     assert ended_by == "unsubscribed" and unsubscribed <= end
+
+
+def test_a_usdm_trade_stream_on_the_wrong_route_is_silent_until_the_route_is_right(tmp_path):
+    """Real-exchange routing: USD-M trades flow on ``/public``. The exchange then moves ``trade``
+    to ``/market`` (planted with its route switch): the collector's subscription on ``/public`` is
+    still acknowledged and listed, and delivers nothing, while the symbol's aggTrades flow on
+    ``/market``: a ``silent`` record within the grace (plus a judging tick). Moving the route back
+    ends the record; the other streams never stop."""
+    buffer = tmp_path / "b.sqlite3"
+    trade, agg = "usdm:btcusdt@trade", "usdm:btcusdt@aggTrade"
+
+    async def main():
+        async with Exchange(symbols=["btcusdt"], seed=5, rate=20) as ex:
+            settings = dataclasses.replace(
+                settings_for(ex, buffer), symbols=["btcusdt"], streams=["depth20@100ms"], usdm_symbols=["btcusdt"],
+                usdm_streams=["trade", "aggTrade"], usdm_ws_url=ex.ws_url, usdm_rest_url=ex.rest_url)
+            async with running(settings) as c:
+                await until(lambda: buffer.exists() and min(stored_counts(buffer)[s] for s in (trade, agg)) >= 10,
+                            timeout=60, what="USD-M trades and aggTrades on their routes")
+                assert silence_rows(buffer) == []
+                urls = list(c.opened_urls)
+                assert any("/public/" in u and "btcusdt@trade" in u for u in urls)
+                planted_us = now_us()
+                assert await asyncio.to_thread(
+                    post, f"{ex.rest_url}/control/route?market=usdm&kind=trade&route=market") == 200
+                await until(lambda: [r[:2] for r in silence_rows(buffer)] == [(trade, "silent")], timeout=30,
+                            what="the wrong-route trade stream recorded silent")
+                judged = query(buffer, "SELECT recv_us FROM silence")[0][0]
+                before = stored_counts(buffer)
+                await until(lambda: stored_counts(buffer)[agg] > before[agg] + 5, what="aggTrades still flowing")
+                assert stored_counts(buffer)[trade] == before[trade]  # acknowledged, listed, silent
+                assert c.opened_urls == urls  # no reconnect: the connection stayed up
+                corrected_us = now_us()
+                assert await asyncio.to_thread(
+                    post, f"{ex.rest_url}/control/route?market=usdm&kind=trade&route=public") == 200
+                await until(lambda: len(silence_rows(buffer)) == 2, timeout=30, what="the silence ended")
+                await until(lambda: stored_counts(buffer)[trade] > before[trade], what="trades again")
+        return planted_us, judged, corrected_us
+
+    planted_us, judged, corrected_us = asyncio.run(main())
+    (_, _, _, since, end, reason, ended_by), resumed = silence_rows(buffer)
+    assert reason == "agg_trades_flow" and ended_by == "messages"
+    assert since < planted_us + 1_000_000  # the last trade before the move
+    assert judged - planted_us <= int(GRACE_SECONDS * 1e6) + SLACK_US + 1_000_000
+    assert corrected_us <= end and resumed[1] == "resumed"
