@@ -37,14 +37,15 @@ from pathlib import Path
 
 import orjson
 
-from orderbook_core import buffer
+from orderbook_core import buffer, kinds
+from orderbook_core.buffer import writes
 from orderbook_core.errors import StorageError
 from orderbook_collector.metrics import Metrics, quarantine_class
 from orderbook_core.buffer.records import (
     REST_SESSION, DepthRestSnapshotRecord, DepthSyncRecord, Event, Frame, Item, Quarantined, Row, SessionClose,
     SessionOpen, SessionStreams, Stop, TradeGapRecord,
 )
-from orderbook_core.buffer.rows import OTHER_TABLES, RECV_US, ROW_TABLES, SEQ, SESSION_ID, RowTable
+from orderbook_core.buffer.rows import OTHER_TABLES, RECV_US, ROW_TABLES, SEQ, SESSION_ID
 from orderbook_collector.feed.protocol import Decoder, Market, StreamSpec, raw_bytes
 from orderbook_core.streams import Kind, parse_stream_name, spec as stream_spec
 from orderbook_collector.feed.sync import Continuity, LastEvent, SnapshotRequest
@@ -123,12 +124,7 @@ def store_records(
     result = BatchResult()
     per_session: dict[int, SessionTally] = defaultdict(SessionTally)
     with buffer.transaction(conn):
-        for op in ops:
-            if type(op) is SessionOpen:
-                conn.execute(
-                    "INSERT OR IGNORE INTO sessions (session_id, url, streams, opened_us, market) VALUES (?, ?, ?, ?, ?)",
-                    op,
-                )
+        writes.open_sessions(conn, [op for op in ops if type(op) is SessionOpen])
         groups: dict[type, list[Row]] = {}
         if len(types := set(map(type, records))) == 1:
             groups[types.pop()] = records
@@ -138,14 +134,16 @@ def store_records(
         refused: set[tuple[int, int]] = set()
         for rtype, rows in groups.items():
             t = ROW_TABLES[rtype]
-            refused |= _store_rows(conn, stream_ids, t, rows, result)
+            stored, dropped = writes.insert_rows(conn, stream_ids, t, rows)
+            result.stored += stored
+            if dropped:
+                dups = {(r.session_id, r.seq) for r in dropped}
+                result.duplicates += len(dups)
+                refused |= dups
             result.wide_values += sum(map(t.wide, rows))
         _tally_rows(per_session, records, refused)
         if quarantined:
-            conn.executemany(
-                "INSERT INTO quarantine (recv_us, session_id, seq, reason, raw) VALUES (?, ?, ?, ?, ?)",
-                [(q.recv_us, q.session_id, q.seq, q.reason, q.raw) for q in quarantined],
-            )
+            writes.insert_quarantine(conn, quarantined)
             for q in quarantined:
                 result.quarantined[quarantine_class(q.reason)] += 1
                 if q.session_id == REST_SESSION:  # a refused REST snapshot: no session to count it in
@@ -159,44 +157,27 @@ def store_records(
             # A refused snapshot is the very book already stored (same market, symbol and
             # lastUpdateId, maybe fetched for another diff stream of the symbol): it syncs
             # the stream it was fetched for all the same, so every one goes to the trackers.
-            result.snapshots = _store_snapshots(conn, stream_ids, snapshots)
+            result.snapshots = writes.insert_snapshots(conn, stream_ids, snapshots)
         derived = [o for o in others if type(o) is not DepthRestSnapshotRecord]
         if continuity is not None and (continuity.depth or continuity.trades):  # partial depth alone: nothing to track
-            stored = [r for r in records if (r.session_id, r.seq) not in refused] if refused else records
-            found, result.requests = continuity.process(stored, snapshots)
+            stored_rows = [r for r in records if (r.session_id, r.seq) not in refused] if refused else records
+            found, result.requests = continuity.process(stored_rows, snapshots)
             derived += found
         if derived:
-            _store_others(conn, stream_ids, derived)
+            writes.insert_others(conn, stream_ids, derived)
             for d in derived:
                 if type(d) is DepthSyncRecord:
                     result.continuity[d.event] += 1
                 elif type(d) is TradeGapRecord:
                     result.continuity["gap"] += 1
                 elif d.event == "resumed":  # SilenceRecord: the open silence gets its end here too
-                    conn.execute("UPDATE silence SET end_us = ?, ended_by = ? WHERE stream_id = ? AND "
-                                 "event = 'silent' AND since_us = ? AND end_us IS NULL",
-                                 (d.end_us, d.ended_by, stream_ids[d.stream], d.since_us))
-        conn.executemany(
-            "UPDATE sessions SET messages = messages + ?, duplicates = duplicates + ?, quarantined = quarantined + ?, "
-            "frames = max(frames, ? + 1), first_recv_us = coalesce(first_recv_us, ?), "
-            "last_recv_us = max(coalesce(last_recv_us, 0), ?) WHERE session_id = ?",
-            [(t.messages, t.duplicates, t.quarantined, t.max_seq, t.first_recv_us, t.last_recv_us, sid)
-             for sid, t in per_session.items()],
-        )
-        for op in ops:
-            if type(op) is Event:
-                conn.execute("INSERT INTO events (time_us, session_id, stream, kind, detail) VALUES (?, ?, ?, ?, ?)", op)
-            elif type(op) is SessionClose:
-                conn.execute(
-                    "UPDATE sessions SET closed_us = ?, close_reason = ? WHERE session_id = ?",
-                    (op.closed_us, op.reason, op.session_id),
-                )
+                    writes.end_silence(conn, stream_ids[d.stream], d.since_us, d.end_us, d.ended_by)
+        writes.add_session_counts(conn, [
+            writes.SessionCounts(sid, t.messages, t.duplicates, t.quarantined, t.max_seq, t.first_recv_us,
+                                 t.last_recv_us) for sid, t in per_session.items()])
+        writes.record_ops(conn, ops)
         if spill_position is not None:
-            conn.execute(
-                "INSERT INTO spill_state (singleton, segment, offset) VALUES (1, ?, ?) "
-                "ON CONFLICT (singleton) DO UPDATE SET segment = excluded.segment, offset = excluded.offset",
-                spill_position,
-            )
+            writes.save_spill_position(conn, spill_position)
     return result
 
 
@@ -216,77 +197,6 @@ def _tally_rows(per_session: dict[int, SessionTally], records: list[Row], refuse
         s.messages += len(rows) - dups
         recv = list(map(RECV_US, rows))
         s.span(max(map(SEQ, rows)), min(recv), max(recv))
-
-
-def _store_snapshots(conn: sqlite3.Connection, stream_ids: dict[str, int],
-                     snapshots: list[DepthRestSnapshotRecord]) -> int:
-    """Insert REST snapshots (dedup key: market, symbol, lastUpdateId); return how many were new."""
-    t = OTHER_TABLES[DepthRestSnapshotRecord]
-    sql = (f"INSERT OR IGNORE INTO {t.table} (stream_id, {', '.join(t.columns)}) "
-           f"VALUES ({', '.join('?' * (len(t.columns) + 1))})")
-    before_id = _last_id(conn, t.table)
-    before = conn.total_changes
-    conn.executemany(sql, [(stream_ids[s.stream], *t.values(s)) for s in snapshots])
-    stored = conn.total_changes - before
-    if stored:
-        _note_hours(conn, t.table, before_id)
-    return stored
-
-
-def _store_others(conn: sqlite3.Connection, stream_ids: dict[str, int], rows: list) -> None:
-    """Insert continuity rows (``depth_sync``, ``trade_gap``, ``silence``): no dedup key, no seq."""
-    groups: dict[type, list] = {}
-    for r in rows:
-        groups.setdefault(type(r), []).append(r)
-    for rtype, rs in groups.items():
-        t = OTHER_TABLES[rtype]
-        conn.executemany(
-            f"INSERT INTO {t.table} (stream_id, {', '.join(t.columns)}) VALUES ({', '.join('?' * (len(t.columns) + 1))})",
-            [(stream_ids[r.stream], *t.values(r)) for r in rs],
-        )
-
-
-def _last_id(conn: sqlite3.Connection, table: str) -> int:
-    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (table,)).fetchone()
-    return row[0] if row else 0
-
-
-def _note_hours(conn: sqlite3.Connection, table: str, before_id: int) -> None:
-    """Add the rows inserted after ``before_id`` to ``buffer_hours``."""
-    conn.execute(
-        "INSERT INTO buffer_hours (dataset, hour_us, min_id, max_id, rows) "
-        f"SELECT ?, recv_us - recv_us % ?, min(id), max(id), count(*) FROM {table} WHERE id > ? "
-        "GROUP BY 2 ORDER BY 2 "
-        "ON CONFLICT (dataset, hour_us) DO UPDATE SET min_id = min(min_id, excluded.min_id), "
-        "max_id = max(max_id, excluded.max_id), rows = rows + excluded.rows",
-        (table, buffer.HOUR_US, before_id),
-    )
-
-
-def _store_rows(conn: sqlite3.Connection, stream_ids: dict[str, int], t: RowTable, rows: list[Row],
-                result: BatchResult) -> set[tuple[int, int]]:
-    """Insert one dataset's rows; keep ``buffer_hours`` and ``dropped``; return the dropped (session, seq)."""
-    before_id = _last_id(conn, t.table)
-    before = conn.total_changes
-    conn.executemany(
-        f"INSERT OR IGNORE INTO {t.table} (stream_id, {', '.join(t.columns)}) VALUES ({', '.join('?' * (len(t.columns) + 1))})",
-        t.params(stream_ids, rows),
-    )
-    stored = conn.total_changes - before
-    result.stored += stored
-    dups: set[tuple[int, int]] = set()
-    if stored < len(rows):
-        kept = set(conn.execute(f"SELECT session_id, seq FROM {t.table} WHERE id > ?", (before_id,)))
-        dropped = [r for r in rows if (r.session_id, r.seq) not in kept]
-        conn.executemany(
-            "INSERT OR IGNORE INTO dropped (session_id, seq, stream_id, update_id, recv_us, reason, dataset) "
-            "VALUES (?, ?, ?, ?, ?, 'duplicate', ?)",
-            [(r.session_id, r.seq, stream_ids[r.stream], t.key(r), r.recv_us, t.table) for r in dropped],
-        )
-        dups = {(r.session_id, r.seq) for r in dropped}
-        result.duplicates += len(dups)
-    _note_hours(conn, t.table, before_id)
-    return dups
 
 
 def classify_sqlite_error(exc: BaseException) -> str:
@@ -447,22 +357,19 @@ class Writer:
     def _run(self) -> None:
         try:
             conn = buffer.connect(self.path, synchronous=self.synchronous, busy_timeout_ms=self.busy_timeout_ms)
-            row = conn.execute("SELECT segment, offset FROM spill_state").fetchone()
-            self.spill.seek(tuple(row) if row else None)
+            self.spill.seek(writes.spill_position(conn))
             # A connection carries one market; both markets may name a stream alike, so each
             # session's frames are decoded with its market's streams (sessions still open in the
             # buffer come back from a restart with their frames in the spill).
             # Streams of earlier runs too (``*`` adds streams at run time): their frames may
             # still be in the spill.
-            known = [stream_spec(sym, kind, Market(m)) for sym, kind, m in conn.execute(
-                "SELECT symbol, kind, market FROM streams")]
+            known = [stream_spec(sym, kind, Market(m)) for sym, kind, m in writes.known_streams(conn)]
             every = list(dict.fromkeys([*self.streams, *(s for s in known if s is not None)]))
             self.stream_ids = buffer.stream_ids(conn, [(s.key, s.symbol, s.kind, s.market.value) for s in every])
             self.decoders = {m: Decoder([s for s in every if s.market is m]) for m in Market}
             self._unregistered: list[StreamSpec] = []
             self.session_market: dict[int, Market] = {
-                sid: Market(m) for sid, m in conn.execute("SELECT session_id, market FROM sessions WHERE closed_us IS NULL")
-            }
+                sid: Market(m) for sid, m in writes.open_session_markets(conn).items()}
             self.continuity.add_streams(every)
             seed_continuity(conn, self.stream_ids, every, self.continuity)
         except BaseException as exc:  # reported to start()
@@ -687,14 +594,8 @@ def seed_continuity(conn: sqlite3.Connection, stream_ids: dict[str, int], stream
         if sid is None:
             continue
         if s.type is Kind.DIFF_DEPTH:
-            row = conn.execute(
-                "SELECT last_update_id, event_ms, session_id FROM depth_update WHERE stream_id = ? "
-                "ORDER BY last_update_id DESC LIMIT 1", (sid,)).fetchone()
-            state = conn.execute("SELECT event FROM depth_sync WHERE stream_id = ? ORDER BY id DESC LIMIT 1",
-                                 (sid,)).fetchone()
-            continuity.seed_depth(s.key, LastEvent(*row) if row else None, bool(state) and state[0] == "synced")
+            last, synced = writes.last_diff_event(conn, sid)
+            continuity.seed_depth(s.key, LastEvent(*last) if last else None, synced)
         elif s.type in (Kind.TRADE, Kind.AGG_TRADE):
-            col = "trade_id" if s.type is Kind.TRADE else "agg_trade_id"
-            row = conn.execute(f"SELECT {col}, event_ms FROM {s.type.dataset} WHERE stream_id = ? "
-                               f"ORDER BY {col} DESC LIMIT 1", (sid,)).fetchone()
-            continuity.seed_trades(s.key, *(row or (None, None)))
+            spec = kinds.BY_KIND[s.type]
+            continuity.seed_trades(s.key, *writes.last_trade(conn, spec.name, spec.ordered_id, sid))
