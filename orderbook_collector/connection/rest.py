@@ -269,10 +269,6 @@ class Resyncer:
     def weight(self) -> int:
         return self.plan.weight
 
-    def add_streams(self, streams: list[StreamSpec]) -> None:
-        """Serve these diff streams too."""
-        self.set_streams([*self.streams.values(), *streams])
-
     def set_streams(self, streams: list[StreamSpec]) -> None:
         """Re-base exactly these diff streams (``*`` follows listings); the limit and period follow
         their number. A stream no longer re-based is still repaired if its data asks."""
