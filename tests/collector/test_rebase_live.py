@@ -1,6 +1,6 @@
 """Re-basing against the simulated exchange on loopback, into a real buffer: periodic 'rebase'
-snapshots of every diff stream within the REST budget, and a 'connect' snapshot after every
-reconnect, also when the ids continue (then no break)."""
+snapshots of every diff stream within the REST budget, a 'connect' snapshot after every
+reconnect, also when the ids continue (then no break), and repairs ahead of re-bases."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ import statistics
 from websockets.asyncio.client import connect
 
 from orderbook_collector.config import Settings
+from orderbook_collector.connection.rest import RestClient, Resyncer
+from orderbook_collector.feed.sync import SyncReason
+from orderbook_core.streams import Market, spec
 from support.markets import running, until
 from support.procs import query
 from tools.simulator.exchange import Exchange
@@ -110,3 +113,26 @@ def test_a_reconnect_whose_ids_continue_fetches_a_connect_snapshot_of_every_diff
     assert query(buffer, "SELECT event, reason, count(*) FROM depth_sync GROUP BY 1, 2 ORDER BY 1") == [
         ("break", "connect", len(keys)), ("synced", "snapshot", len(keys))]  # the first session's only
     assert query(buffer, "SELECT count(*) FROM depth_update WHERE session_id = ?", second)[0][0] > 0
+
+
+def test_a_rebase_waiting_for_the_budget_lets_a_later_repair_go_first():
+    async def main():
+        async with Exchange(symbols=["btcusdt", "ethusdt", "bnbusdt"]) as ex:
+            got = []
+            # 5 weight a second: one snapshot of weight 5 fills the window
+            client = RestClient(Market.SPOT, ex.rest_url, 1.0, budget=5, window=1.0)
+            x, a, b = (spec(sym, "depth@100ms") for sym in ("btcusdt", "ethusdt", "bnbusdt"))
+            r = Resyncer(client, [x, a, b], got.append, 5, rebase_seconds=3600.0)
+            r.start()
+            r.request(x.key, SyncReason.GAP)
+            await until(lambda: len(got) == 1, what="the window filled")
+            r.request(a.key, SyncReason.REBASE)  # asked first, but it is only a re-base
+            r.request(b.key, SyncReason.GAP)
+            await until(lambda: len(got) == 3, timeout=20, what="two more windows")
+            await r.stop()
+            return got, ex.stats()["rest"]["spot"]
+
+    got, rest = asyncio.run(main())
+    assert [(g.symbol, g.reason) for g in got] == [("BTCUSDT", "gap"), ("BNBUSDT", "gap"), ("ETHUSDT", "rebase")]
+    assert got[2].recv_us - got[1].recv_us > 0.5e6  # a window apart: the re-base waited for its own room
+    assert (rest["429"], rest["418"]) == (0, 0)
