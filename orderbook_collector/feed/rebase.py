@@ -40,13 +40,15 @@ REBASE_SHARE = 0.5
 REBASE_TARGET_SECONDS = 600.0
 #: The default period is never shorter: re-basing one book more than once a minute buys little.
 REBASE_MIN_SECONDS = 60.0
-#: The limits worth asking for: the deepest of each weight step (spot takes any 1-5000, USD-M
-#: only ``USDM_DEPTH_LIMITS``); a limit between two of these costs as much as the deeper one.
+
+
 def _deepest_per_weight(market: Market, limits: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(n for n, deeper in zip(limits, (*limits[1:], None))
                  if deeper is None or depth_weight(market, deeper) != depth_weight(market, n))
 
 
+#: The limits worth asking for: the deepest of each weight step (spot takes any 1-5000, USD-M
+#: only ``USDM_DEPTH_LIMITS``); a limit between two of these costs as much as the deeper one.
 STEP_LIMITS = {
     Market.SPOT: _deepest_per_weight(Market.SPOT, (100, 500, 1000, 5000)),
     Market.USDM: _deepest_per_weight(Market.USDM, USDM_DEPTH_LIMITS),
