@@ -19,7 +19,6 @@ from orderbook_core.buffer.db import DEFAULT_PATH
 from orderbook_collector.feed.silence import Rules
 from orderbook_core.errors import ConfigError
 from orderbook_core.streams import (
-    DEPTH_DEFAULT_LIMIT,
     MAX_STREAMS,
     USDM_DEPTH_LIMITS,
     Market,
@@ -94,12 +93,14 @@ class Settings:
     def markets(self) -> list[Market]:
         return list(dict.fromkeys(s.market for s in self.subscriptions()))
 
-    # REST depth snapshots for diff-depth sync (connection/rest.py): the share of each market's
-    # weight budget they may use, their depth limit, requests in flight per market; the budget
-    # (default Binance's, per market) and its window are overridable for tests.
+    # REST depth snapshots for diff-depth sync and re-basing (connection/rest.py, feed/rebase.py):
+    # the share of each market's weight budget they may use, their depth limit and the re-base
+    # period (None: planned from the budget and the number of diff streams), requests in flight
+    # per market; the budget (default Binance's, per market) and its window are overridable for tests.
     rest_weight_share: float = 0.5
-    depth_snapshot_limit: int = DEPTH_DEFAULT_LIMIT[Market.SPOT]
-    usdm_depth_snapshot_limit: int = DEPTH_DEFAULT_LIMIT[Market.USDM]
+    depth_snapshot_limit: int | None = None
+    usdm_depth_snapshot_limit: int | None = None
+    rebase_seconds: float | None = None
     rest_concurrency: int = 4
     rest_weight_budget: dict | None = None
     rest_weight_window: float = 60.0
@@ -108,7 +109,8 @@ class Settings:
         return Rules(self.silence_cadences, int(self.silence_min_seconds * 1e6),
                      int(self.silence_grace_seconds * 1e6), int(self.silence_never_seconds * 1e6))
 
-    def snapshot_limit(self, market: Market) -> int:
+    def snapshot_limit(self, market: Market) -> int | None:
+        """The configured snapshot limit of ``market``; None: the deepest the re-base plan allows."""
         return self.depth_snapshot_limit if market is Market.SPOT else self.usdm_depth_snapshot_limit
 
     def stream_specs(self) -> list[StreamSpec]:
@@ -179,6 +181,8 @@ _FIELDS = {
                              "levels per side of spot REST depth snapshots (1-5000)"),
     "usdm_depth_snapshot_limit": ("ORDERBOOK_USDM_DEPTH_SNAPSHOT_LIMIT", "--usdm-depth-snapshot-limit",
                                   "levels per side of USD-M REST depth snapshots (5, 10, 20, 50, 100, 500, 1000)"),
+    "rebase_seconds": ("ORDERBOOK_REBASE_SECONDS", "--rebase-seconds",
+                       "seconds between two REST re-bases of one diff stream (default: planned from the budget)"),
 }
 #: The environment form of what to record; ORDERBOOK_SUBSCRIPTIONS replaces all four.
 _ENV_FORM = ("symbols", "streams", "usdm_symbols", "usdm_streams")
@@ -358,6 +362,8 @@ def _rest(raw: dict[str, str]) -> dict:
                               f"USD-M depth snapshots do not take limit={n}; use one of "
                               f"{', '.join(map(str, USDM_DEPTH_LIMITS))}.")
         kw["usdm_depth_snapshot_limit"] = n
+    if "rebase_seconds" in raw:
+        kw["rebase_seconds"] = float(_int(raw["rebase_seconds"], "ORDERBOOK_REBASE_SECONDS", 1, 86_400))
     return kw
 
 

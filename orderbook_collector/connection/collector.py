@@ -274,16 +274,16 @@ class Collector:
             if not diff and not star:
                 continue
             self.resyncers[market] = r = Resyncer(self._rest_client(market), diff, self.writer.submit,
-                                                  s.snapshot_limit(market))
+                                                  s.snapshot_limit(market), rebase_seconds=s.rebase_seconds)
             self._resyncer_of.update((x.key, r) for x in diff)
             r.start()
 
     def _resync_streams(self, market: Market, specs) -> None:
-        """Diff streams ``*`` added: their breaks are resynced like the named ones'."""
+        """The market's diff streams now (``*`` follows listings): resynced and re-based like the named ones."""
         r = self.resyncers.get(market)
         if r is not None:
             diff = [x for x in specs if x.type is Kind.DIFF_DEPTH]
-            r.add_streams(diff)
+            r.set_streams(diff)
             self._resyncer_of.update((x.key, r) for x in diff)
 
     def _snapshot_needed(self, requests: list[SnapshotRequest]) -> None:
@@ -299,7 +299,7 @@ class Collector:
         for req in requests:
             r = self._resyncer_of.get(req.stream)
             if r is not None:
-                r.request(req.stream, req.reason)
+                r.request(req.stream, req.reason, req.repair)
 
     # Start-up ---------------------------------------------------------------------------
 

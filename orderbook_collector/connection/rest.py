@@ -14,20 +14,25 @@ this market (``exchangeInfo``) should go through the same client, so one budget 
 
 :class:`Resyncer` holds at most one pending snapshot request per diff stream and fetches
 them as the budget allows: a storm of hundreds of streams after a reconnect is spread
-over the budget instead of tripping a ban. Each answer is decoded by the kernel
-(:func:`orderbook_core.payloads.decode_rest_depth`, the WebSocket's level validation) into a
-:class:`DepthRestSnapshotRecord` handed to the writer, which decides (feed.sync) whether
-it syncs the stream or another one is needed. An answer the kernel refuses goes to the
-quarantine with its body and reason instead, and is asked for again later.
+over the budget instead of tripping a ban. Repairs (a broken stream) go first, then the
+fresh base of a new session, then the periodic re-bases, which the sans-I/O schedule
+(feed/rebase.py) spreads over time within half the market's weight share. Each answer is
+decoded by the kernel (:func:`orderbook_core.payloads.decode_rest_depth`, the WebSocket's
+level validation) into a :class:`DepthRestSnapshotRecord` handed to the writer, which stores
+it and decides (feed.sync) whether it syncs the stream or another one is needed. An answer
+the kernel refuses goes to the quarantine with its body and reason instead, and is asked for
+again later.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import random
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from typing import Callable
 
 import orjson
@@ -37,6 +42,10 @@ from orderbook_core.buffer.records import REST_SESSION, DepthRestSnapshotRecord,
 from orderbook_core.errors import FrameError
 from orderbook_core.payloads import decode_rest_depth
 from orderbook_core.streams import DEPTH_PATH, REST_WEIGHT_PER_MINUTE, Market, StreamSpec, depth_weight
+from orderbook_collector.feed.rebase import (
+    REBASE_MIN_SECONDS, REBASE_SHARE, Priority, RebasePlan, RebaseSchedule, SnapshotQueue, plan,
+)
+from orderbook_collector.feed.sync import SyncReason
 from orderbook_collector.metrics import REST_REFUSED, Metrics
 
 log = logging.getLogger(__name__)
@@ -207,78 +216,153 @@ def _seconds(value: str | None) -> float:
 
 
 class Resyncer:
-    """Fetches REST depth snapshots for one market's diff streams, one pending request per stream.
+    """Fetches REST depth snapshots for one market's diff streams: repairs, fresh bases, re-bases.
+
+    The decisions are sans-I/O (:mod:`orderbook_collector.feed.rebase`): the plan (limit and
+    re-base period for the market's streams within its weight share), the queue (one
+    pending request per stream, repairs first) and the schedule (one re-base a slot). A
+    fresh base or a re-base starts only when no repair waits and the budget has room now,
+    so it never holds the budget's door ahead of a repair.
 
     Args:
         client: the market's REST client (its budget and concurrency).
         streams: the market's diff streams.
         submit: hands a record, or a refused snapshot's quarantine row, to the writer (never blocks).
-        limit: the snapshot's ``limit`` (levels per side).
+        limit: the snapshot's ``limit`` (levels per side); None: the deepest the plan allows.
+        rebase_seconds: the re-base period; None: the shortest the plan allows.
+        phase: where the re-base grid starts in its first slot (0-1; random by default).
     """
 
     def __init__(self, client: RestClient, streams: list[StreamSpec],
-                 submit: Callable[[DepthRestSnapshotRecord | Quarantined], bool], limit: int) -> None:
-        weight = depth_weight(client.market, limit)
-        if weight is None:
+                 submit: Callable[[DepthRestSnapshotRecord | Quarantined], bool], limit: int | None = None, *,
+                 rebase_seconds: float | None = None, phase: float | None = None) -> None:
+        if limit is not None and depth_weight(client.market, limit) is None:
             raise ValueError(f"{client.market.value} depth snapshots do not take limit={limit}")
-        self.client, self.submit, self.limit, self.weight = client, submit, limit, weight
-        self.streams = {s.key: s for s in streams}
-        self.pending: OrderedDict[str, str] = OrderedDict()  # stream key -> reason, oldest first
+        self.client, self.submit = client, submit
+        self.limit_setting, self.rebase_setting = limit, rebase_seconds
+        self.streams: dict[str, StreamSpec] = {}
+        self.queue = SnapshotQueue()
+        self.schedule = RebaseSchedule(REBASE_MIN_SECONDS, random.random() if phase is None else phase)
+        self.plan: RebasePlan | None = None
         self.in_flight: set[str] = set()
         self._retry_delay: dict[str, float] = {}  # stream -> its next retry delay after a failure
-        self._retries: dict[str, asyncio.TimerHandle] = {}
-        self._wake = asyncio.Event()
+        self._retries: dict[str, tuple[asyncio.TimerHandle, SyncReason, Priority]] = {}
+        self._wake = asyncio.Event()  # a request was queued
+        self._replanned = asyncio.Event()  # the schedule's next slot may have moved
         self._tasks: list[asyncio.Task] = []
         self.fetched = 0
+        self.set_streams(streams)
 
-    def add_streams(self, streams: list[StreamSpec]) -> None:
-        """Serve these diff streams too (``*`` subscribed them at run time)."""
+    @property
+    def limit(self) -> int:
+        return self.plan.limit
+
+    @property
+    def weight(self) -> int:
+        return self.plan.weight
+
+    def set_streams(self, streams: list[StreamSpec]) -> None:
+        """Re-base exactly these diff streams (``*`` follows listings); the limit and period follow
+        their number. A stream no longer re-based is still repaired if its data asks."""
         self.streams.update((s.key, s) for s in streams)
+        keys = list(dict.fromkeys(s.key for s in streams))
+        budget = self.client.budget
+        p = plan(self.client.market, len(keys), budget.limit, budget.window, self.limit_setting, self.rebase_setting)
+        now = time.monotonic()
+        self.schedule.set_streams(keys, now)
+        self.schedule.set_period(p.period, now)
+        if p != self.plan and keys:
+            market = self.client.market.value
+            log.info("%s: %d diff stream(s) re-based every %.0f s with %d-level snapshots (weight %d; at most %d "
+                     "re-bases in %.0f s, %.0f%% of the %d weight allowed)", market, len(keys), p.period, p.limit,
+                     p.weight, p.per_window, budget.window, 100 * REBASE_SHARE, budget.limit)
+            if p.stretched:
+                log.warning("%s: ORDERBOOK_REBASE_SECONDS=%.0f is too short for %d stream(s) at weight %d within "
+                            "the REST weight share; re-basing every %.0f s instead", market, self.rebase_setting,
+                            len(keys), p.weight, p.period)
+        self.plan = p
+        self._replanned.set()
 
-    def request(self, stream: str, reason: str) -> None:
-        """Ask for a snapshot of ``stream``; a stream already pending or being fetched is not asked twice
-        (a snapshot that turns out too old is asked for again by the writer)."""
-        if (stream not in self.streams or stream in self.pending or stream in self.in_flight
-                or stream in self._retries):
+    def request(self, stream: str, reason: SyncReason | str, repair: bool = True) -> None:
+        """Ask for a snapshot of ``stream``; a stream already pending (as urgently) or being fetched is
+        not asked twice (a snapshot that turns out too old is asked for again by the writer)."""
+        reason = SyncReason(reason)
+        if reason is SyncReason.REBASE:
+            priority = Priority.REBASE
+        else:
+            priority = Priority.REPAIR if repair else Priority.CONNECT
+        if stream not in self.streams or stream in self.in_flight:
             return
-        self.pending[stream] = reason
-        self.client.metrics.resync_pending[self.client.market.value] = len(self.pending)
-        self._wake.set()
+        retry = self._retries.get(stream)
+        if retry is not None:  # waiting to retry after a failure: keep the most urgent need
+            if priority < retry[2]:
+                self._retries[stream] = (retry[0], reason, priority)
+            return
+        if self.queue.add(stream, reason, priority):
+            self.client.metrics.resync_pending[self.client.market.value] = len(self.queue)
+            self._wake.set()
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._worker()) for _ in range(self.client.concurrency)]
+        self._tasks.append(asyncio.create_task(self._rebase()))
 
     async def stop(self) -> None:
-        for h in self._retries.values():
+        for h, _reason, _priority in self._retries.values():
             h.cancel()
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.client.close()
 
+    async def _rebase(self) -> None:
+        """Ask for each re-base when its turn comes (the schedule decides, this only waits)."""
+        while True:
+            stream = self.schedule.due(time.monotonic(), busy=self.queue.waiting(Priority.REBASE) > 0)
+            if stream is not None:
+                self.request(stream, SyncReason.REBASE)
+            self._replanned.clear()
+            slot = self.schedule.next_slot
+            timeout = None if slot is None else max(slot - time.monotonic(), 0.0)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._replanned.wait(), timeout)
+
+    def _budget_room(self) -> float:
+        """Seconds until a snapshot fits the budget (0: now)."""
+        return self.client.budget.delay(self.weight, time.monotonic())
+
     async def _worker(self) -> None:
         while True:
-            while not self.pending:
+            room = self._budget_room()
+            item = self.queue.pop(low_ready=room == 0)
+            if item is None:
                 self._wake.clear()
-                await self._wake.wait()
-            stream, reason = self.pending.popitem(last=False)
-            self.client.metrics.resync_pending[self.client.market.value] = len(self.pending)
+                # something waits for the budget: look again when it has room, or at the next request
+                timeout = room if len(self.queue) else None
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+                continue
+            stream, reason, priority = item
+            self.client.metrics.resync_pending[self.client.market.value] = len(self.queue)
             self.in_flight.add(stream)
             try:
-                ok = await self._fetch(self.streams[stream], reason)
+                ok = await self._fetch(self.streams[stream], reason.value)
             finally:
                 self.in_flight.discard(stream)
             if ok:
                 self._retry_delay.pop(stream, None)
+                self.schedule.based(stream, time.monotonic())
                 continue
+            if priority is Priority.REBASE:
+                continue  # not retried: the stream's next turn comes a period later
             # This stream's snapshot failed: ask again later, slower each time; the others go on.
             delay = self._retry_delay.get(stream, RETRY_DELAY)
             self._retry_delay[stream] = min(delay * 2, RETRY_DELAY_MAX)
-            self._retries[stream] = asyncio.get_running_loop().call_later(delay, self._retry, stream, reason)
+            handle = asyncio.get_running_loop().call_later(delay, self._retry, stream)
+            self._retries[stream] = (handle, reason, priority)
 
-    def _retry(self, stream: str, reason: str) -> None:
-        self._retries.pop(stream, None)
-        self.request(stream, reason)
+    def _retry(self, stream: str) -> None:
+        _handle, reason, priority = self._retries.pop(stream)
+        self.request(stream, reason, repair=priority is Priority.REPAIR)
 
     async def _fetch(self, spec: StreamSpec, reason: str) -> bool:
         market = spec.market.value

@@ -35,6 +35,14 @@ sync: the tracker asks for another. A 'synced' row names the snapshot (reason
 'snapshot', ``snapshot_update_id``) and the first event applied on top of it
 (``after_*``); its ``recv_us`` is when both were there (the later of the two).
 
+Re-basing: a REST snapshot holds only its top ``limit`` levels and diffs report only
+changed levels, so a level beyond the snapshot's depth that never changes is in no row.
+Every new session of a stream therefore asks for a 'connect' snapshot, also when its
+first event continues the stream (then with ``repair=False``: nothing is broken), and
+the collector re-bases each stream periodically ('rebase', feed/rebase.py). A snapshot
+that reaches a synced stream is stored (it is data) and moves nothing here: no break,
+no request.
+
 Trades and aggTrades (one :class:`TradeIdTracker` per stream): ids are consecutive per
 symbol, so an id above ``last + 1`` records the missing range, across sessions too.
 Ids at or below the last one are replays, never gaps.
@@ -73,16 +81,25 @@ class SyncEvent(str, Enum):
 
 
 class SyncReason(str, Enum):
-    CONNECT = "connect"  # first event of a session that does not continue the stream
+    """Why a stream broke (``depth_sync.reason``), why a REST snapshot was fetched
+    (``depth_rest_snapshot.reason``: connect, gap, rebase), or what synced it (snapshot)."""
+
+    CONNECT = "connect"  # a new session: a break when it does not continue the stream, a fresh base either way
     GAP = "gap"  # a discontinuity (or a rewind) inside a session
     SNAPSHOT = "snapshot"  # synced by a REST snapshot
+    REBASE = "rebase"  # the periodic fresh base of a synced stream (feed/rebase.py)
 
 
 class SnapshotRequest(NamedTuple):
-    """The event loop should fetch a REST snapshot for ``stream`` (a diff stream's key)."""
+    """The event loop should fetch a REST snapshot for ``stream`` (a diff stream's key).
+
+    ``repair`` is False when the stream is synced and the snapshot is only a fresh base
+    (a new session that continues the stream): the queue serves repairs first.
+    """
 
     stream: str
-    reason: str  # SyncReason value: why the stream is broken
+    reason: SyncReason
+    repair: bool = True
 
 
 class LastEvent(NamedTuple):
@@ -130,7 +147,7 @@ class DiffDepthTracker:
         self.sessions: set[int] = set() if self.last_sid is None else {self.last_sid}
         self.kept: deque[_Kept] = deque(maxlen=MAX_KEPT_EVENTS)  # events since the break, while broken
         self.snapshot: DepthRestSnapshotRecord | None = None  # waiting for its first event
-        self.reason = SyncReason.CONNECT.value  # why it is broken (for the snapshot requests)
+        self.reason = SyncReason.CONNECT  # why it is broken (for the snapshot requests)
 
     @property
     def last(self) -> LastEvent | None:
@@ -164,11 +181,15 @@ class DiffDepthTracker:
             return self._break(r, SyncReason.CONNECT if first_of_session else SyncReason.GAP)
         self._advance(r)
         if self.synced:
+            if first_of_session:
+                # Nothing to repair, yet every session starts from a fresh REST base: levels
+                # beyond the last snapshot's depth that have not changed since are in no diff.
+                return [SnapshotRequest(self.stream, SyncReason.CONNECT, repair=False)]
             return _NOTHING
         self.kept.append(_kept(r))
         out: list[Output] = []
         if first_of_session:  # a restart or reconnect while broken: nobody may be fetching for it
-            out.append(SnapshotRequest(self.stream, SyncReason.CONNECT.value))
+            out.append(SnapshotRequest(self.stream, SyncReason.CONNECT))
         return out + self._try_sync()
 
     def on_snapshot(self, s: DepthRestSnapshotRecord) -> list[Output]:
@@ -191,7 +212,7 @@ class DiffDepthTracker:
         before = self.last
         self._advance(r)
         self.synced = False
-        self.reason = reason.value
+        self.reason = reason
         self.kept.clear()
         self.kept.append(_kept(r))
         row = DepthSyncRecord(
@@ -200,7 +221,7 @@ class DiffDepthTracker:
             r.first_update_id, r.last_update_id, r.prev_update_id, r.event_time_ms, None,
         )
         # A snapshot that was waiting may bridge the very event that broke the stream.
-        return [row, SnapshotRequest(self.stream, reason.value), *self._try_sync(quiet=True)]
+        return [row, SnapshotRequest(self.stream, reason), *self._try_sync(quiet=True)]
 
     def _try_sync(self, quiet: bool = False) -> list[Output]:
         """Apply Binance's procedure to the waiting snapshot and the events since the break."""

@@ -286,6 +286,8 @@ def test_a_failing_snapshot_is_retried_later_without_holding_up_the_others():
     ({"ORDERBOOK_REST_WEIGHT_SHARE": "half"}, "ORDERBOOK_REST_WEIGHT_SHARE", "not a share"),
     ({"ORDERBOOK_DEPTH_SNAPSHOT_LIMIT": "6000"}, "ORDERBOOK_DEPTH_SNAPSHOT_LIMIT", "out of range"),
     ({"ORDERBOOK_USDM_DEPTH_SNAPSHOT_LIMIT": "200"}, "ORDERBOOK_USDM_DEPTH_SNAPSHOT_LIMIT", "5, 10, 20, 50, 100, 500, 1000"),
+    ({"ORDERBOOK_REBASE_SECONDS": "0"}, "ORDERBOOK_REBASE_SECONDS", "from 1 to 86400"),
+    ({"ORDERBOOK_REBASE_SECONDS": "often"}, "ORDERBOOK_REBASE_SECONDS", "not a whole number"),
 ])
 def test_bad_rest_settings_name_the_setting_and_the_fix(env, setting, words, tmp_path):
     with pytest.raises(ConfigError) as err:
@@ -297,7 +299,12 @@ def test_rest_settings_are_read_from_the_environment(tmp_path):
     s, _ = load([], {"ORDERBOOK_BUFFER": str(tmp_path / "b.sqlite3"), "ORDERBOOK_REST_WEIGHT_SHARE": "0.25",
                      "ORDERBOOK_DEPTH_SNAPSHOT_LIMIT": "1000", "ORDERBOOK_USDM_DEPTH_SNAPSHOT_LIMIT": "100"})
     assert (s.rest_weight_share, s.snapshot_limit(Market.SPOT), s.snapshot_limit(Market.USDM)) == (0.25, 1000, 100)
-    assert load([], {"ORDERBOOK_BUFFER": str(tmp_path / "b.sqlite3")})[0].snapshot_limit(Market.USDM) == 500
+    default = load([], {"ORDERBOOK_BUFFER": str(tmp_path / "b.sqlite3")})[0]
+    # unset: the limit and the re-base period are planned from the budget (feed/rebase.py)
+    assert (default.snapshot_limit(Market.SPOT), default.snapshot_limit(Market.USDM), default.rebase_seconds) == (
+        None, None, None)
+    assert load([], {"ORDERBOOK_BUFFER": str(tmp_path / "b.sqlite3"), "ORDERBOOK_REBASE_SECONDS": "300"})[0] \
+        .rebase_seconds == 300.0
 
 
 def test_usdm_snapshots_come_from_fapi_with_their_exchange_times():

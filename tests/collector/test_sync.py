@@ -7,7 +7,7 @@ from orderbook_core.buffer.records import (
 )
 from orderbook_core.streams import Market, spec
 from orderbook_collector.feed.sync import (
-    Continuity, DiffDepthTracker, LastEvent, SnapshotRequest, TradeIdTracker,
+    Continuity, DiffDepthTracker, LastEvent, SnapshotRequest, SyncReason, TradeIdTracker,
 )
 
 S1, S2 = 1_000, 2_000  # session ids
@@ -94,9 +94,28 @@ def test_usdm_snapshot_between_two_events_cannot_sync():
 
 def test_reconnect_that_does_not_continue_is_a_connect_break_and_one_that_does_is_not():
     t = DiffDepthTracker(SPOT, Market.SPOT, LastEvent(20, 2000, S1), synced=True)
-    assert t.on_event(ev(21, 25, sid=S2)) == []  # the new session continues the stream
+    # The new session continues the stream: no break, yet a fresh base ('connect', not a repair).
+    assert t.on_event(ev(21, 25, sid=S2)) == [SnapshotRequest(SPOT, SyncReason.CONNECT, repair=False)]
+    assert t.synced and t.on_event(ev(26, 27, sid=S2)) == []  # asked once per session
     out = t.on_event(ev(40, 45, sid=3_000))
-    assert out == [brk("connect", (25, 2500), (40, 45), sid=3_000), SnapshotRequest(SPOT, "connect")]
+    assert out == [brk("connect", (27, 2700), (40, 45), sid=3_000), SnapshotRequest(SPOT, SyncReason.CONNECT)]
+    assert out[1].repair
+
+
+def test_a_rotation_overlap_asks_for_a_fresh_base_once_the_new_session_leads():
+    t = DiffDepthTracker(SPOT, Market.SPOT, LastEvent(20, 2000, S1), synced=True)
+    assert t.on_event(ev(18, 20, sid=S2)) == []  # the new session starts behind: stored, moves nothing
+    assert t.on_event(ev(21, 22)) == []  # the old one goes on
+    assert t.on_event(ev(23, 24, sid=S2)) == [SnapshotRequest(SPOT, SyncReason.CONNECT, repair=False)]
+    assert t.on_event(ev(25, 26)) == []  # the old session again: no second request
+    assert t.on_event(ev(27, 28, sid=S2)) == []
+
+
+def test_a_snapshot_on_a_synced_stream_is_data_and_records_no_break():
+    t = DiffDepthTracker(SPOT, Market.SPOT, LastEvent(20, 2000, S1), synced=True)
+    rebase = snap(20)._replace(reason=SyncReason.REBASE.value)
+    assert t.on_snapshot(rebase) == [] and t.synced
+    assert t.on_event(ev(21, 25)) == []  # the stream goes on as before
 
 
 def test_rewind_inside_a_session_is_a_break_and_an_older_event_of_another_session_is_not():

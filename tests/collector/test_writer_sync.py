@@ -13,7 +13,7 @@ from orderbook_core.buffer.records import (
     DepthRestSnapshotRecord, DepthSyncRecord, Frame, SessionClose, SessionOpen, TradeGapRecord, from_spill, to_spill,
 )
 from orderbook_core.streams import spec
-from orderbook_collector.feed.sync import SnapshotRequest
+from orderbook_collector.feed.sync import SnapshotRequest, SyncReason
 from orderbook_collector.writer.thread import Writer
 
 T0 = 1_700_000_000_000_000
@@ -31,8 +31,8 @@ def trade(t):
                                                               "p": "100.5", "q": "1", "T": t, "m": False}}).decode()
 
 
-def snapshot(L, recv=T0):
-    return DepthRestSnapshotRecord(DIFF, "spot", "BTCUSDT", recv, L, 1, b"\0" * 32, "gap", None, None)
+def snapshot(L, recv=T0, reason=SyncReason.GAP):
+    return DepthRestSnapshotRecord(DIFF, "spot", "BTCUSDT", recv, L, 1, b"\0" * 32, reason.value, None, None)
 
 
 class Feed:
@@ -125,7 +125,9 @@ def test_a_restart_on_the_same_buffer_makes_no_false_break_or_gap(buffer_path):
     assert w.stop(30)
     assert sync_rows(buffer_path)[2:] == [("break", "connect", 20, 40, 41, None)]
     assert gap_rows(buffer_path) == [("trade", 104, 109)]
-    assert requests == [SnapshotRequest(DIFF, "connect")]
+    # the continuing session asks for a fresh base (no repair), the other one for a repair
+    assert requests == [SnapshotRequest(DIFF, SyncReason.CONNECT, repair=False), SnapshotRequest(DIFF, SyncReason.CONNECT)]
+    assert [r.repair for r in requests] == [False, True]
 
 
 def test_a_stream_broken_at_restart_asks_for_its_snapshot_again(buffer_path):
@@ -186,3 +188,21 @@ def test_a_snapshot_refused_as_the_same_book_still_syncs_the_stream_it_was_fetch
     rows = con.execute("SELECT s.name, d.event, d.snapshot_update_id FROM depth_sync d JOIN streams s USING (stream_id) "
                        "WHERE d.event = 'synced' ORDER BY s.name").fetchall()
     assert rows == [(slow, "synced", 11), (DIFF, "synced", 11)]
+
+
+def test_a_rebase_snapshot_of_a_synced_stream_is_stored_and_records_no_break(buffer_path):
+    requests = []
+    w = Writer(buffer_path, STREAMS, commit_interval=0.01, on_snapshot_needed=requests.extend)
+    w.start()
+    f = Feed(w, T0)
+    f.send(diff(10, 12))
+    w.submit(snapshot(11))
+    f.send(diff(13, 15))
+    w.submit(snapshot(15, reason=SyncReason.REBASE))  # the stream is synced: data, not a repair
+    f.send(diff(16, 18))
+    assert w.stop(30)
+    assert [r[:2] for r in sync_rows(buffer_path)] == [("break", "connect"), ("synced", "snapshot")]
+    assert requests == [SnapshotRequest(DIFF, SyncReason.CONNECT)]
+    con = sqlite3.connect(buffer_path)
+    assert con.execute("SELECT last_update_id, reason FROM depth_rest_snapshot ORDER BY last_update_id").fetchall() == [
+        (11, "gap"), (15, "rebase")]
