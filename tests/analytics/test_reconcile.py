@@ -325,3 +325,74 @@ def test_base_url_form_against_a_local_http_server(world):
     finally:
         server.shutdown()
         server.server_close()
+
+
+# --------------------------------------------------------------------------- the daily Dagster asset
+
+
+def run_day(monkeypatch, archive: Path, official: Path, tmp_path: Path):
+    from dagster import instance_for_test
+
+    from orderbook_assets.definitions import build
+    from orderbook_assets.defs import reconcile as defs_rc
+
+    monkeypatch.setenv("ORDERBOOK_ARCHIVE_URL", str(archive))
+    monkeypatch.setenv(defs_rc.OFFICIAL_ENV, str(official))
+    monkeypatch.setenv("ORDERBOOK_BUFFER", str(tmp_path / "buffer.sqlite3"))
+    for name in ("ORDERBOOK_HOST_ID", "ORDERBOOK_FLEET_HOSTS"):
+        monkeypatch.delenv(name, raising=False)
+    defs = build()
+    job = defs.resolve_job_def(defs_rc.JOB)
+    (tmp_path / "dagster").mkdir()
+    with instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
+        result = job.execute_in_process(partition_key=str(DAY), instance=instance, raise_on_error=False)
+        checks = [e for e in result.get_asset_check_evaluations() if e.check_name == defs_rc.CHECK]
+        mats = [e.step_materialization_data.materialization for e in result.get_asset_materialization_events()]
+        stored = instance.get_latest_materialization_event(AssetKey(defs_rc.ASSET))
+    return result, checks, mats, stored
+
+
+from dagster import AssetKey  # noqa: E402
+
+
+def test_daily_asset_materializes_and_its_blocking_check_fails_on_silent_loss(world, monkeypatch, tmp_path):
+    archive, official = world
+    result, checks, mats, stored = run_day(monkeypatch, archive, official, tmp_path)
+    assert len(mats) == 1 and mats[0].partition == str(DAY) and stored is not None
+    assert mats[0].metadata["lost_silently"].value == 4 and mats[0].metadata["streams_compared"].value == 3
+    assert len(checks) == 1 and not checks[0].passed and checks[0].blocking
+    # blocking: the failed check fails the run, so nothing downstream of the day would run
+    assert not result.success and [e.event_type_value for e in result.all_events if "FAIL" in e.event_type_value] == [
+        "STEP_FAILURE", "PIPELINE_FAILURE"]
+    assert checks[0].metadata["lost_silently"].value == 4
+
+
+def test_daily_check_passes_when_nothing_was_lost_silently(monkeypatch, tmp_path):
+    plan = Plan("spot", "BTCUSDT", ds.TRADE, first=1, last=100, archived=(3, 100), dropped={rc.Missing.TRADE_GAP: [50]})
+    write_archive(tmp_path / "archive", [plan], [cov("trade_gap", DAY_US, market="spot", stream=plan.stream,
+                                                     dataset=ds.TRADE, first_id=50, last_id=50)])
+    write_zip(tmp_path / "official", plan, rc.TimeUnit.MICROSECONDS, header=True)
+    result, checks, mats, _ = run_day(monkeypatch, tmp_path / "archive", tmp_path / "official", tmp_path)
+    assert result.success and len(checks) == 1 and checks[0].passed
+    assert mats[0].metadata["report"].value["streams"][0]["missing"] == {
+        "outside_span": 2, "trade_gap": 1, "silent": 0, "outage": 0, "lost_silently": 0}
+
+
+def test_reconciliation_is_off_unless_configured():
+    from dagster import Definitions
+
+    from orderbook_assets.definitions import build
+
+    off = build({})
+    assert "reconcile_day" not in {j.name for j in off.resolve_all_job_defs()}
+    on = build({"ORDERBOOK_OFFICIAL_URL": "https://data.binance.vision"})
+    assert on.resolve_job_def("reconcile_day") is not None
+    assert on.resolve_schedule_def("reconcile_day_schedule").job_name == "reconcile_day"
+    node = on.resolve_asset_graph().get(AssetKey("trade_reconciliation"))
+    assert set(node.parent_keys) == {AssetKey("trade"), AssetKey("agg_trade"), AssetKey("coverage")}
+    Definitions.validate_loadable(on)
+    fleet = build({"ORDERBOOK_OFFICIAL_URL": "x", "ORDERBOOK_FLEET_HOSTS": "a,b"})
+    assert set(fleet.resolve_asset_graph().get(AssetKey("trade_reconciliation")).parent_keys) == {
+        AssetKey(["fleet", n]) for n in ("trade", "agg_trade", "coverage")}
+    host_only = build({"ORDERBOOK_OFFICIAL_URL": "x", "ORDERBOOK_HOST_ID": "a"})
+    assert "reconcile_day" not in {j.name for j in host_only.resolve_all_job_defs()}
