@@ -70,6 +70,8 @@ EXAMPLES = 10
 #: microseconds (1e14 µs is 1973): the two units cannot be confused for any real trade.
 MICROSECONDS_ABOVE = 10**14
 CHUNK = 1 << 20
+#: DuckDB's memory for one reconciliation; beyond it, it spills to disk (measured: docs/analysts.md).
+MEMORY_LIMIT = "512MB"
 
 
 class OfficialFileError(OrderbookError):
@@ -396,20 +398,21 @@ class Archive:
             out.update(Stream(m, s, name) for m, s in rows)
         return sorted(out)
 
-    def load(self, stream: Stream) -> tuple[int, list[str]]:
-        """The stream's rows of the day into the table ``ours`` (one row an id); (rows, stream names)."""
+    def load(self, stream: Stream) -> tuple[int, int, list[str]]:
+        """The stream's rows of the day into the table ``ours``, one row an id (the earliest received
+        of any duplicates); returns (archived rows, duplicates, stream names)."""
         idc = ARCHIVE_ID[stream.dataset]
         extra = ", first_trade_id, last_trade_id" if stream.dataset == datasets.AGG_TRADE else ""
         self.con.execute(
-            f"CREATE OR REPLACE TEMP TABLE ours_all AS SELECT {idc} AS id, stream, price, qty, "
+            f"CREATE OR REPLACE TEMP TABLE ours AS SELECT {idc} AS id, stream, price, qty, "
             f"epoch_us(trade_time) AS time_us, is_buyer_maker{extra}, recv_time FROM {self._source(stream.dataset)} "
             "WHERE coalesce(market, 'spot') = ? AND symbol = ? AND epoch_us(trade_time) >= ? AND epoch_us(trade_time) < ?",
             [stream.market, stream.symbol, self.lo_us, self.hi_us])
-        self.con.execute("CREATE OR REPLACE TEMP TABLE ours AS SELECT DISTINCT ON (id) * FROM ours_all ORDER BY id, recv_time")
-        rows = self.con.execute("SELECT count(*) FROM ours_all").fetchone()[0]
+        rows, ids = self.con.execute("SELECT count(*), count(DISTINCT id) FROM ours").fetchone()
+        if rows != ids:  # the archive promises none; sorting only when there are some keeps a busy day cheap
+            self.con.execute("CREATE OR REPLACE TEMP TABLE ours AS SELECT DISTINCT ON (id) * FROM ours ORDER BY id, recv_time")
         names = [r[0] for r in self.con.execute("SELECT DISTINCT stream FROM ours ORDER BY 1").fetchall()]
-        self.con.execute("DROP TABLE ours_all")
-        return rows, names
+        return rows, rows - ids, names
 
     def known(self, stream: Stream, names: list[str]) -> None:
         """The stream's recorded gaps into the tables ``id_gaps`` (lo, hi), ``quiet`` (lo_us, hi_us:
@@ -532,6 +535,9 @@ def reconcile(day: Date, official: str, archive_url: str, symbols: list[str] | N
     con = duckdb.connect()
     try:
         with tempfile.TemporaryDirectory(prefix="orderbook-reconcile-") as tmp:
+            # Memory bounded whatever the day's size: DuckDB spills beyond the limit to the work folder.
+            con.execute(f"SET memory_limit = {_lit(MEMORY_LIMIT)}")
+            con.execute(f"SET temp_directory = {_lit(str(Path(tmp) / 'spill'))}")
             source = Source(official, Path(tmp))
             arch = Archive(con, archive_url, day, s3)
             wanted = {s.upper() for s in symbols} if symbols else None
@@ -548,8 +554,7 @@ def reconcile(day: Date, official: str, archive_url: str, symbols: list[str] | N
                 if off is None:
                     continue
                 r.status, r.official_file = Status.COMPARED, off.name
-                r.archived_rows, names = arch.load(stream)
-                r.archived_duplicates = r.archived_rows - con.execute("SELECT count(*) FROM ours").fetchone()[0]
+                r.archived_rows, r.archived_duplicates, names = arch.load(stream)
                 arch.known(stream, names)
                 compare(con, stream, off, r)
                 off.csv.unlink()  # the disk, like memory, holds one stream at a time
