@@ -294,34 +294,36 @@ class Source:
         got = self._url(stream, day) if self.is_url else self._folder(stream, day)
         if got is None:
             return None
-        name, zip_path, checksum = got
+        name, zip_path, checksum, flat = got
         if checksum is None:
             raise OfficialFileError(f"{name} has no .CHECKSUM beside it; download {zip_path.name}.CHECKSUM too.")
         verify_checksum(zip_path, checksum)
         out = self.workdir / "csv"
         out.mkdir(exist_ok=True)
         csv = extract_csv(zip_path, out)
+        if self.is_url:
+            zip_path.unlink()  # the disk, like memory, holds one stream at a time
         shape = sniff(csv)
-        expected = KINDS[stream.dataset].columns[stream.market]
-        if shape.columns != len(expected):
-            if self._flat(name):  # a flat folder: the column count tells the market, and this is the other one
-                csv.unlink()
+        kind = KINDS[stream.dataset]
+        if shape.columns != len(kind.columns[stream.market]):
+            csv.unlink()
+            other = [m for m, cols in kind.columns.items() if len(cols) == shape.columns]
+            if flat and other:  # a flat folder: the column count tells the market, and this is the other one
                 return None
-            raise OfficialFileError(f"{name} has {shape.columns} columns, but {stream.market} "
-                                    f"{KINDS[stream.dataset].folder} files have {len(expected)}; it is not that file.")
+            raise OfficialFileError(f"{name} has {shape.columns} columns, but {stream.market} {kind.folder} files have "
+                                    f"{len(kind.columns[stream.market])}; it is not the exchange's file.")
         return Official(name, csv, shape)
 
-    def _flat(self, name: str) -> bool:
-        return not self.is_url and "/daily/" not in Path(name).as_posix()
-
     def _folder(self, stream: Stream, day: Date):
+        """(name, zip, checksum text or None, flat) of the first candidate path that exists."""
         root = Path(self.where)
         rel = stream.site_path(day)
-        for path in (root / "data" / rel, root / rel, root / stream.symbol / stream.file_name(day),
-                     root / stream.file_name(day)):
+        candidates = [(root / "data" / rel, False), (root / rel, False),
+                      (root / stream.symbol / stream.file_name(day), True), (root / stream.file_name(day), True)]
+        for path, flat in candidates:
             if path.is_file():
                 checksum = path.with_name(path.name + ".CHECKSUM")
-                return str(path), path, checksum.read_text() if checksum.is_file() else None
+                return str(path), path, checksum.read_text() if checksum.is_file() else None, flat
         return None
 
     def _url(self, stream: Stream, day: Date):
@@ -333,7 +335,7 @@ class Source:
         if not _download(url, zip_path):
             return None
         checksum = dest / (zip_path.name + ".CHECKSUM")
-        return url, zip_path, checksum.read_text() if _download(url + ".CHECKSUM", checksum) else None
+        return url, zip_path, checksum.read_text() if _download(url + ".CHECKSUM", checksum) else None, False
 
 
 def _download(url: str, dest: Path) -> bool:

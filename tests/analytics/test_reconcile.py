@@ -396,3 +396,25 @@ def test_reconciliation_is_off_unless_configured():
         AssetKey(["fleet", n]) for n in ("trade", "agg_trade", "coverage")}
     host_only = build({"ORDERBOOK_OFFICIAL_URL": "x", "ORDERBOOK_HOST_ID": "a"})
     assert "reconcile_day" not in {j.name for j in host_only.resolve_all_job_defs()}
+
+
+def test_a_flat_folder_tells_the_market_by_the_columns_and_unproven_is_no_pass(world, tmp_path):
+    archive, _ = world
+    write_zip(tmp_path, USDM, rc.TimeUnit.MILLISECONDS, header=True, flat=True)  # same name as spot's file
+    report = rc.reconcile(DAY, str(tmp_path), str(archive), ["BTCUSDT"])
+    streams = by_stream(report)
+    assert streams["usdm", "BTCUSDT", "trade"].status is rc.Status.COMPARED
+    assert streams["usdm", "BTCUSDT", "trade"].lost_silently_ranges == [[5050, 5050]]
+    spot = streams["spot", "BTCUSDT", "trade"]
+    assert spot.status is rc.Status.UNPROVEN and spot.matched == 0 and "unproven" in spot.summary()
+
+
+def test_a_csv_of_the_wrong_shape_is_refused(world, tmp_path):
+    archive, _ = world
+    path = tmp_path / "data" / rc.Stream("spot", "ETHUSDT", ds.AGG_TRADE).site_path(DAY)
+    path.parent.mkdir(parents=True)
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr(path.name.replace(".zip", ".csv"), "1,2,3\n")
+    path.with_name(path.name + ".CHECKSUM").write_text(f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {path.name}\n")
+    with pytest.raises(rc.OfficialFileError, match="has 3 columns, but spot aggTrades files have 8"):
+        rc.reconcile(DAY, str(tmp_path), str(archive), ["ETHUSDT"])
