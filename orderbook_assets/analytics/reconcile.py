@@ -499,16 +499,16 @@ def compare(con: duckdb.DuckDBPyConnection, stream: Stream, off: Official, repor
         report.missing[why] = n
     con.execute(f"CREATE OR REPLACE TEMP TABLE lost AS SELECT id FROM missing WHERE why = '{Missing.LOST_SILENTLY}'")
     report.lost_silently_ranges = _ranges(con, "lost")
-    report.extra = con.execute("SELECT count(*) FROM ours o ANTI JOIN theirs t ON t.id = o.id").fetchone()[0]
-    report.extra_ids = [r[0] for r in con.execute(
-        f"SELECT o.id FROM ours o ANTI JOIN theirs t ON t.id = o.id ORDER BY 1 LIMIT {EXAMPLES}").fetchall()]
-    report.matched = con.execute("SELECT count(*) FROM ours o JOIN theirs t ON t.id = o.id").fetchone()[0]
+    con.execute("CREATE OR REPLACE TEMP TABLE extra AS SELECT o.id FROM ours o ANTI JOIN theirs t ON t.id = o.id")
+    report.extra = con.execute("SELECT count(*) FROM extra").fetchone()[0]
+    report.extra_ids = [r[0] for r in con.execute(f"SELECT id FROM extra ORDER BY 1 LIMIT {EXAMPLES}").fetchall()]
     # Times in ms: the unit the streams carry (a µs file's sub-millisecond part is not in a ms stream).
     exprs = {c: (f"o.time_us // 1000 IS DISTINCT FROM t.time_us // 1000" if c == "time" else f"o.{c} IS DISTINCT FROM t.{c}")
              for c in COMPARED[stream.dataset]}
-    counts = con.execute("SELECT " + ", ".join(f"count(*) FILTER (WHERE {e})" for e in exprs.values())
+    counts = con.execute("SELECT count(*), " + ", ".join(f"count(*) FILTER (WHERE {e})" for e in exprs.values())
                          + " FROM ours o JOIN theirs t ON t.id = o.id").fetchone()
-    report.differing = dict(zip(exprs, counts))
+    report.matched = counts[0]
+    report.differing = dict(zip(exprs, counts[1:]))
     for col, e in exprs.items():
         if not report.differing[col]:
             continue
@@ -517,7 +517,7 @@ def compare(con: duckdb.DuckDBPyConnection, stream: Stream, off: Official, repor
                 f"SELECT o.id, o.{c}, t.{c} FROM ours o JOIN theirs t ON t.id = o.id WHERE {e} ORDER BY 1 LIMIT {EXAMPLES}"
         ).fetchall():
             report.differing_examples.append({"id": rid, "field": col, "archived": ours, "official": theirs})
-    for table in ("theirs", "missing", "lost"):
+    for table in ("theirs", "missing", "lost", "extra"):
         con.execute(f"DROP TABLE {table}")
 
 
