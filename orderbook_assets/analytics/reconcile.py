@@ -32,7 +32,8 @@ spot files hold microseconds since 2025-01-01 (milliseconds before), USD-M files
 the unit of each file is told by the magnitude of its times and reported.
 
 Bad input (a zip whose SHA-256 does not match its ``.CHECKSUM``, no ``.CHECKSUM``, a CSV of the
-wrong shape, an unreachable site) raises :class:`OfficialFileError`; nothing is compared then.
+wrong shape, an unreachable site, a day without archived trades, no official file for any
+archived stream) raises :class:`ReconcileInputError`; nothing is reported then.
 A stream without an official file is reported ``unproven``, never as a pass.
 
 Memory is bounded per stream: each zip is streamed to a temporary CSV, which DuckDB reads,
@@ -57,7 +58,7 @@ from pathlib import Path
 
 import duckdb
 
-from orderbook_core.errors import OrderbookError
+from orderbook_core.errors import ConfigError, OrderbookError
 
 from orderbook_assets.archive import datasets
 from orderbook_assets.archive.location import Location, S3Settings
@@ -74,8 +75,9 @@ CHUNK = 1 << 20
 MEMORY_LIMIT = "512MB"
 
 
-class OfficialFileError(OrderbookError):
-    """The exchange's files cannot be used (bad checksum, wrong shape, unreachable): one sentence."""
+class ReconcileInputError(OrderbookError):
+    """Bad input, nothing compared (a checksum that does not match, a file of the wrong shape, an
+    unreachable site, a bad date, a day without archived trades): the message is one sentence."""
 
 
 class TimeUnit(StrEnum):
@@ -218,14 +220,14 @@ def sha256_of(path: Path) -> str:
 
 
 def verify_checksum(zip_path: Path, checksum_text: str) -> None:
-    """Raise OfficialFileError unless ``checksum_text`` (``<hex>  <name>``) holds the zip's SHA-256."""
+    """Raise ReconcileInputError unless ``checksum_text`` (``<hex>  <name>``) holds the zip's SHA-256."""
     words = checksum_text.split()
     expected = words[0].lower() if words else ""
     if len(expected) != 64 or any(c not in "0123456789abcdef" for c in expected):
-        raise OfficialFileError(f"{zip_path.name}.CHECKSUM holds no SHA-256; download it again from the exchange's site.")
+        raise ReconcileInputError(f"{zip_path.name}.CHECKSUM holds no SHA-256; download it again from the exchange's site.")
     actual = sha256_of(zip_path)
     if actual != expected:
-        raise OfficialFileError(
+        raise ReconcileInputError(
             f"{zip_path.name} does not match its .CHECKSUM (SHA-256 {actual}, expected {expected}); "
             "the file is damaged or not the exchange's, download it again."
         )
@@ -237,13 +239,13 @@ def extract_csv(zip_path: Path, dest: Path) -> Path:
         with zipfile.ZipFile(zip_path) as z:
             members = [n for n in z.namelist() if n.lower().endswith(".csv")]
             if len(members) != 1:
-                raise OfficialFileError(f"{zip_path.name} holds {len(members)} CSV files, not one; it is not a daily trades file.")
+                raise ReconcileInputError(f"{zip_path.name} holds {len(members)} CSV files, not one; it is not a daily trades file.")
             out = dest / Path(members[0]).name
             with z.open(members[0]) as src, open(out, "wb") as dst:
                 shutil.copyfileobj(src, dst, CHUNK)
             return out
     except zipfile.BadZipFile as exc:
-        raise OfficialFileError(f"{zip_path.name} is not a zip file ({exc}); download it again.") from exc
+        raise ReconcileInputError(f"{zip_path.name} is not a zip file ({exc}); download it again.") from exc
 
 
 @dataclass(frozen=True)
@@ -266,7 +268,7 @@ def unit_of(low: int, high: int, name: str) -> TimeUnit:
     """The time unit of a file from the magnitude of its smallest and largest times."""
     lo_us, hi_us = low >= MICROSECONDS_ABOVE, high >= MICROSECONDS_ABOVE
     if lo_us != hi_us:
-        raise OfficialFileError(f"{name} mixes millisecond and microsecond times ({low} and {high}); it is not the exchange's file.")
+        raise ReconcileInputError(f"{name} mixes millisecond and microsecond times ({low} and {high}); it is not the exchange's file.")
     return TimeUnit.MICROSECONDS if hi_us else TimeUnit.MILLISECONDS
 
 
@@ -287,7 +289,7 @@ class Source:
         self.workdir = workdir
         self.is_url = urllib.parse.urlsplit(where).scheme in ("http", "https")
         if not self.is_url and not Path(where).is_dir():
-            raise OfficialFileError(f"the official files' folder {where} does not exist; pass --official a folder or an http(s) URL.")
+            raise ReconcileInputError(f"the official files' folder {where} does not exist; pass --official a folder or an http(s) URL.")
 
     def fetch(self, stream: Stream, day: Date) -> Official | None:
         """The stream's file of ``day``, verified and extracted; None when the source has none."""
@@ -296,7 +298,7 @@ class Source:
             return None
         name, zip_path, checksum, flat = got
         if checksum is None:
-            raise OfficialFileError(f"{name} has no .CHECKSUM beside it; download {zip_path.name}.CHECKSUM too.")
+            raise ReconcileInputError(f"{name} has no .CHECKSUM beside it; download {zip_path.name}.CHECKSUM too.")
         verify_checksum(zip_path, checksum)
         out = self.workdir / "csv"
         out.mkdir(exist_ok=True)
@@ -310,7 +312,7 @@ class Source:
             other = [m for m, cols in kind.columns.items() if len(cols) == shape.columns]
             if flat and other:  # a flat folder: the column count tells the market, and this is the other one
                 return None
-            raise OfficialFileError(f"{name} has {shape.columns} columns, but {stream.market} {kind.folder} files have "
+            raise ReconcileInputError(f"{name} has {shape.columns} columns, but {stream.market} {kind.folder} files have "
                                     f"{len(kind.columns[stream.market])}; it is not the exchange's file.")
         return Official(name, csv, shape)
 
@@ -347,10 +349,10 @@ def _download(url: str, dest: Path) -> bool:
     except urllib.error.HTTPError as exc:
         if exc.code == 404:
             return False
-        raise OfficialFileError(f"{url} answered HTTP {exc.code}; check --official or try again later.") from exc
+        raise ReconcileInputError(f"{url} answered HTTP {exc.code}; check --official or try again later.") from exc
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise OfficialFileError(f"cannot download {url} ({reason}); check --official and the network.") from exc
+        raise ReconcileInputError(f"cannot download {url} ({reason}); check --official and the network.") from exc
 
 
 # --------------------------------------------------------------------------- the archive
@@ -377,7 +379,8 @@ class Archive:
         if self.location.is_s3:
             views.configure_s3(con, self.location, s3)
         elif not self.location.path.is_dir():
-            raise OfficialFileError(f"the archive folder {self.location.url} does not exist; pass --archive or set ORDERBOOK_ARCHIVE_URL.")
+            raise ConfigError("ORDERBOOK_ARCHIVE_URL", f"the archive folder {self.location.url} does not exist; "
+                              "pass --archive or set ORDERBOOK_ARCHIVE_URL to the folder the archive job writes.")
         self.files = {name: views.count_files(con, self.location.glob(name))
                       for name in (datasets.TRADE, datasets.AGG_TRADE, datasets.COVERAGE)}
         self.lo_us, self.hi_us = _day_bounds(day)
@@ -530,7 +533,7 @@ def reconcile(day: Date, official: str, archive_url: str, symbols: list[str] | N
     archive has trades of that day).
 
     Raises:
-        OfficialFileError: bad input (checksum, shape, unreachable), no trades archived that day,
+        ReconcileInputError: bad input (checksum, shape, unreachable), no trades archived that day,
             or no official file for any of them (nothing compared is no answer).
         ConfigError: a bad archive URL or S3 settings.
     """
@@ -546,7 +549,7 @@ def reconcile(day: Date, official: str, archive_url: str, symbols: list[str] | N
             streams = [s for s in arch.streams() if wanted is None or s.symbol in wanted]
             if not streams:
                 which = f" of {', '.join(sorted(wanted))}" if wanted else ""
-                raise OfficialFileError(f"the archive at {arch.location.url} holds no trades{which} on {day}; "
+                raise ReconcileInputError(f"the archive at {arch.location.url} holds no trades{which} on {day}; "
                                         "pick a day it recorded (or check --archive and --symbols).")
             report = Report(day, arch.location.url, official, [])
             for stream in streams:
@@ -561,7 +564,7 @@ def reconcile(day: Date, official: str, archive_url: str, symbols: list[str] | N
                 compare(con, stream, off, r)
                 off.csv.unlink()  # the disk, like memory, holds one stream at a time
             if not report.compared:
-                raise OfficialFileError(f"{official} has no file for any of the {len(streams)} archived stream(s) of "
+                raise ReconcileInputError(f"{official} has no file for any of the {len(streams)} archived stream(s) of "
                                         f"{day} (e.g. {streams[0].site_path(day)}); check --official and the date.")
             return report
     finally:
@@ -598,7 +601,7 @@ def parse_day(text: str) -> Date:
     try:
         return Date.fromisoformat(text)
     except ValueError:
-        raise OfficialFileError(f"--date {text!r} is not a day; use YYYY-MM-DD, e.g. 2026-11-23.") from None
+        raise ReconcileInputError(f"--date {text!r} is not a day; use YYYY-MM-DD, e.g. 2026-11-23.") from None
 
 
 def main(argv: list[str] | None = None) -> int:

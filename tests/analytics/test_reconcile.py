@@ -243,7 +243,7 @@ def test_reads_both_time_units_with_and_without_header(tmp_path, unit, header, d
 def test_unit_detection_and_header_sniffing_on_literal_values(tmp_path):
     assert rc.unit_of(1_735_689_600_000, 1_735_775_999_999, "f") is rc.TimeUnit.MILLISECONDS
     assert rc.unit_of(1_735_689_600_000_000, 1_735_775_999_999_999, "f") is rc.TimeUnit.MICROSECONDS
-    with pytest.raises(rc.OfficialFileError, match="mixes"):
+    with pytest.raises(rc.ReconcileInputError, match="mixes"):
         rc.unit_of(1_735_689_600_000, 1_735_775_999_999_999, "f")
     (tmp_path / "h.csv").write_text("id,price,qty\n1,2,3\n")
     (tmp_path / "n.csv").write_text("1,2,3\n")
@@ -288,7 +288,7 @@ def test_a_zip_that_does_not_match_its_checksum_is_refused(world, tmp_path):
     assert out.returncode == 2
     assert "does not match its .CHECKSUM" in out.stderr and out.stderr.count("\n") == 1 and out.stdout == ""
     path.with_name(path.name + ".CHECKSUM").unlink()
-    with pytest.raises(rc.OfficialFileError, match="no .CHECKSUM"):
+    with pytest.raises(rc.ReconcileInputError, match="no .CHECKSUM"):
         rc.reconcile(DAY, str(official), str(archive), ["ETHUSDT"])
 
 
@@ -416,5 +416,5 @@ def test_a_csv_of_the_wrong_shape_is_refused(world, tmp_path):
     with zipfile.ZipFile(path, "w") as z:
         z.writestr(path.name.replace(".zip", ".csv"), "1,2,3\n")
     path.with_name(path.name + ".CHECKSUM").write_text(f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {path.name}\n")
-    with pytest.raises(rc.OfficialFileError, match="has 3 columns, but spot aggTrades files have 8"):
+    with pytest.raises(rc.ReconcileInputError, match="has 3 columns, but spot aggTrades files have 8"):
         rc.reconcile(DAY, str(tmp_path), str(archive), ["ETHUSDT"])
