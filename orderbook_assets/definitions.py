@@ -4,6 +4,8 @@
 collector of a fleet is a code location of its own. ``ORDERBOOK_FLEET_HOSTS`` set: the location
 also serves the fleet's merge of those hosts (:mod:`.defs.fleet`); with no host id it serves only
 that (a fleet location without a buffer). Neither set: the single-host definitions.
+``ORDERBOOK_OFFICIAL_URL`` set: that location also reconciles each day's trades with the exchange's
+daily files (:mod:`.defs.reconcile`).
 """
 
 
@@ -17,6 +19,7 @@ from orderbook_assets.defs.fleet import fleet_definitions
 from orderbook_assets.defs.freshness import check_freshness, check_freshness_schedule, collector, collector_fresh
 from orderbook_assets.defs.hosts import fleet_hosts, host_id, hosted
 from orderbook_assets.defs.jobs import archive_hour, cleanup_buffer
+from orderbook_assets.defs.reconcile import reconcile_definitions
 from orderbook_assets.defs.resources import ArchiveResource, ArchiveS3Resource, BufferResource
 from orderbook_assets.defs.schedules import archive_hour_schedule, cleanup_buffer_schedule
 from orderbook_assets.defs.sensors import late_rows_sensor
@@ -45,6 +48,10 @@ def build(environ=None) -> Definitions:
     parts = [] if hosts and not host else [hosted(host_definitions(res), host)]
     if hosts:
         parts.append(fleet_definitions(hosts, res))
+    if not host or hosts:  # the location serving the archive analysts read (a fleet host's own folder: not)
+        rec = reconcile_definitions(res, fleet=bool(hosts), environ=environ)
+        if rec is not None:
+            parts.append(rec)
     return parts[0] if len(parts) == 1 else Definitions.merge(*parts)
 
 
