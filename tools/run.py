@@ -38,6 +38,8 @@ STOP_TIMEOUT = 30.0
 DEMO_DIR = os.path.join("data", "demo")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _PR_SET_PDEATHSIG = 1
+#: asyncio's own default for servers (loop.create_server): SO_REUSEADDR on POSIX, not on Windows.
+REUSE_ADDRESS = os.name == "posix" and sys.platform != "cygwin"
 
 
 class PortTaken(Exception):
@@ -80,7 +82,13 @@ def check_port(host: str, port: int, setting: str, host_setting: str | None = No
         raise PortTaken(f"{setting}: {port} is not a port; use a number from 1 to 65535.")
     with socket.socket() as s:
         try:
+            # As the servers themselves bind (asyncio, aiohttp, uvicorn): with SO_REUSEADDR, so the
+            # TIME-WAIT connections of a server stopped a moment ago do not hold its port. listen()
+            # is where Linux refuses a port another socket listens on, so the check listens too.
+            if REUSE_ADDRESS:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind((host, port))
+            s.listen()
         except OSError as exc:
             if host_setting and (isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL):
                 raise PortTaken(f"{host_setting}: {host} is not an address of this machine "
