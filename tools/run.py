@@ -32,7 +32,10 @@ import subprocess
 import sys
 import time
 
-from orderbook_assets.archive.source import SIMULATED, SOURCE_ENV
+from orderbook_assets.archive.location import Location
+from orderbook_assets.archive.source import SIMULATED, SOURCE_ENV, data_source
+from orderbook_collector.config import load as load_collector_settings
+from orderbook_core.errors import ConfigError
 
 STOP_TIMEOUT = 30.0
 DEMO_DIR = os.path.join("data", "demo")
@@ -99,7 +102,7 @@ def check_port(host: str, port: int, setting: str, host_setting: str | None = No
             ) from None
 
 
-def _start_simulator(env: dict[str, str], port: int) -> tuple[subprocess.Popen, str]:
+def _start_simulator(env: dict[str, str], port: int, who: str) -> tuple[subprocess.Popen, str]:
     proc = _spawn(
         [sys.executable, "-m", "tools.simulator", "--port", str(port)],
         env,
@@ -110,7 +113,7 @@ def _start_simulator(env: dict[str, str], port: int) -> tuple[subprocess.Popen, 
     m = re.search(r"ws://[\d.]+:\d+", line)
     if not m:
         proc.terminate()
-        raise SystemExit(f"the simulator did not start (it printed {line!r})")
+        raise SystemExit(f"{who}: the simulator did not start (it printed {line!r})")
     return proc, m.group(0)
 
 
@@ -148,10 +151,24 @@ def _environment(args: argparse.Namespace) -> dict[str, str]:
     return env
 
 
+def command(args: argparse.Namespace) -> str:
+    """What the user ran, as every message of ours names it."""
+    return "make demo" if args.simulator else "make run"
+
+
+def check_settings(env: dict[str, str]) -> None:
+    """Every setting the children will read, validated here, before anything starts: a bad one
+    is one sentence (ConfigError), never a child's traceback after the UI came up."""
+    load_collector_settings([], environ=env)
+    Location.parse(env["ORDERBOOK_ARCHIVE_URL"])
+    data_source(env)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    env = _environment(args)
     try:
+        env = _environment(args)
+        check_settings(env)
         dagster_port = args.dagster_port if args.dagster_port is not None else _int_env("DAGSTER_PORT", 3000)
         sim_port = args.simulator_port if args.simulator_port is not None else _int_env("ORDERBOOK_SIMULATOR_PORT", 9443)
         metrics_port = _int_env("ORDERBOOK_METRICS_PORT", 9108)
@@ -161,8 +178,8 @@ def main(argv: list[str] | None = None) -> int:
                        "ORDERBOOK_METRICS_HOST")
         if args.simulator:
             check_port("127.0.0.1", sim_port, "ORDERBOOK_SIMULATOR_PORT")
-    except PortTaken as exc:
-        _say(f"make run: {exc}", err=True)
+    except (PortTaken, ConfigError) as exc:
+        _say(f"{command(args)}: {exc}", err=True)
         return 2
     if dagster_port == 0:  # dagster dev needs a real number to print and serve
         with socket.socket() as s:
@@ -183,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
 
     children: list[tuple[str, subprocess.Popen]] = []
     if args.simulator:
-        sim, url = _start_simulator(env, sim_port)
+        sim, url = _start_simulator(env, sim_port, command(args))
         children.append(("simulator", sim))
         env["ORDERBOOK_WS_URL"] = url
         env["ORDERBOOK_REST_URL"] = url.replace("ws://", "http://")
