@@ -24,9 +24,10 @@ run: venv
 	$(BIN)/python -m tools.run
 
 # The same, recording from the local simulated exchange instead of Binance, into data/demo/
-# (its own buffer, archive and Dagster instance). ORDERBOOK_SIMULATOR_PORT (9443) too.
+# (its own buffer, archive and Dagster instance, fixed by tools/run.py; data/demo/demo.env
+# holds them for the archive and query commands). ORDERBOOK_SIMULATOR_PORT (9443) too.
 demo: venv
-	DAGSTER_HOME=$(CURDIR)/data/demo/dagster_home $(BIN)/python -m tools.run --simulator
+	$(BIN)/python -m tools.run --simulator
 
 # A fleet on one machine (docs/fleet.md): PostgreSQL, the simulator, two collectors with their own
 # buffers, a code server per collector and one for the merge, daemon and webserver; Ctrl-C stops all.
