@@ -58,8 +58,10 @@ system-deps:
 test: venv-dev system-deps
 	$(BIN)/python -m pytest -q
 
+# Without the long system tests (slow), the browser check and the Ceph RGW tests (rgw: their
+# Debian packages come with `make system-deps`, which only `make test` runs).
 test-fast: venv-dev
-	$(BIN)/python -m pytest -q -m "not slow and not browser"
+	$(BIN)/python -m pytest -q -m "not slow and not browser and not rgw"
 
 simulator: venv
 	$(BIN)/python -m tools.simulator --port $${ORDERBOOK_SIMULATOR_PORT:-9443}

@@ -83,7 +83,8 @@ def test_run_starts_everything_and_ctrl_c_stops_everything(tmp_path):
     assert not [p for p in left if int(p) != os.getpid()]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGTERM], ids=["SIGHUP", "SIGTERM"])
+# SIGTERM in make test-fast; the closed terminal (SIGHUP) and SIGKILL, the same tree stopped another way, in make test.
+@pytest.mark.parametrize("sig", [pytest.param(signal.SIGHUP, marks=pytest.mark.slow), signal.SIGTERM], ids=["SIGHUP", "SIGTERM"])
 def test_the_demo_records_in_its_own_folder_and_any_stop_signal_stops_the_whole_tree(tmp_path, sig):
     cwd = demo_folder(tmp_path)
     port, sim_port = free_port(), free_port()
@@ -118,6 +119,7 @@ def recorded(buffer) -> list[str]:
     return [name for (name,) in query(buffer, f"SELECT name FROM streams WHERE stream_id IN ({union})")]
 
 
+@pytest.mark.slow
 def test_a_launcher_killed_with_sigkill_leaves_nothing_recording(tmp_path):
     cwd = demo_folder(tmp_path)
     port = free_port()
