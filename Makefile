@@ -1,15 +1,24 @@
 # Two commands matter: `make run` starts the product, `make test` runs the suite.
-# Both build .venv from requirements.lock first (Python 3.11 and PyPI are all they need).
+# `make run` (and demo, fleet, simulator) builds .venv from requirements.lock, the runtime only;
+# `make test` (and test-fast, chaos, bench) from requirements-dev.lock, the runtime with the same
+# pins plus the test tools (pytest, moto, Polars, PySpark). Python 3.11 and PyPI are all they need.
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# One stamp per lock. The dev lock is resolved within the runtime lock's pins (`make lock`), so a
+# dev install satisfies the runtime too and stamps both; a runtime install after a dev one finds
+# everything installed and leaves the test tools in place.
+STAMP := $(VENV)/.installed-runtime
+DEV_STAMP := $(VENV)/.installed-dev
+LOCK_TOOLS := .lock-tools
 
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: venv system-deps run demo fleet test test-fast chaos bench lock simulator clean
+.PHONY: venv venv-dev system-deps run demo fleet test test-fast chaos bench lock simulator clean
 
 venv: $(STAMP)
+
+venv-dev: $(DEV_STAMP)
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,15 +27,23 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	@touch $(STAMP)
 
+$(DEV_STAMP): requirements-dev.lock requirements.lock pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	@touch $(STAMP) $(DEV_STAMP)
+
 # Ports: DAGSTER_PORT (UI, 3000), ORDERBOOK_METRICS_PORT (9108), e.g. `make run DAGSTER_PORT=3001`.
 run: venv
 	@mkdir -p $(DAGSTER_HOME) data
 	$(BIN)/python -m tools.run
 
 # The same, recording from the local simulated exchange instead of Binance, into data/demo/
-# (its own buffer, archive and Dagster instance). ORDERBOOK_SIMULATOR_PORT (9443) too.
+# (its own buffer, archive and Dagster instance, fixed by tools/run.py; data/demo/demo.env
+# holds them for the archive and query commands). ORDERBOOK_SIMULATOR_PORT (9443) too.
 demo: venv
-	DAGSTER_HOME=$(CURDIR)/data/demo/dagster_home $(BIN)/python -m tools.run --simulator
+	$(BIN)/python -m tools.run --simulator
 
 # A fleet on one machine (docs/fleet.md): PostgreSQL, the simulator, two collectors with their own
 # buffers, a code server per collector and one for the merge, daemon and webserver; Ctrl-C stops all.
@@ -38,11 +55,13 @@ fleet: venv
 system-deps:
 	sh tools/system-deps.sh
 
-test: venv system-deps
+test: venv-dev system-deps
 	$(BIN)/python -m pytest -q
 
-test-fast: venv
-	$(BIN)/python -m pytest -q -m "not slow and not browser"
+# Without the long system tests (slow), the browser check and the Ceph RGW tests (rgw: their
+# Debian packages come with `make system-deps`, which only `make test` runs).
+test-fast: venv-dev
+	$(BIN)/python -m pytest -q -m "not slow and not browser and not rgw"
 
 simulator: venv
 	$(BIN)/python -m tools.simulator --port $${ORDERBOOK_SIMULATOR_PORT:-9443}
@@ -50,19 +69,21 @@ simulator: venv
 # The whole system under faults, checked by a never-killed oracle (RELIABILITY.md).
 # A 45 s version runs in `make test`; this is the long one: make chaos DURATION=600
 DURATION ?= 600
-chaos: venv
+chaos: venv-dev
 	$(BIN)/python tests/support/chaos.py --duration $(DURATION) --report chaos-report.json
 
 # Every benchmark script; each prints figure, target, measured, baseline, ratio.
-bench: venv
+bench: venv-dev
 	@for b in benchmarks/ingest_vs_client.py benchmarks/ingest.py benchmarks/archive.py benchmarks/encodings.py benchmarks/books.py; do \
 		[ -f $$b ] && { echo "== $$b"; $(BIN)/python $$b || exit 1; }; \
 	done
 
-# Regenerate the lock after changing dependencies in pyproject.toml.
+# Regenerate both locks after changing dependencies in pyproject.toml: the runtime first, then
+# runtime + dev within its pins. uv lives in a venv of its own, so neither lock's venv holds it.
 lock:
-	$(BIN)/python -m pip install --quiet uv
-	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
+	@test -x $(LOCK_TOOLS)/bin/uv || { $(PYTHON) -m venv $(LOCK_TOOLS) && $(LOCK_TOOLS)/bin/pip install --quiet uv; }
+	$(LOCK_TOOLS)/bin/uv pip compile pyproject.toml --python-version 3.11 -o requirements.lock
+	$(LOCK_TOOLS)/bin/uv pip compile pyproject.toml --extra dev -c requirements.lock --python-version 3.11 -o requirements-dev.lock
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(LOCK_TOOLS) .pytest_cache

@@ -10,8 +10,14 @@ each child gets its stop signal from the kernel (``PR_SET_PDEATHSIG``), so nothi
 records forever without a parent.
 
 ``--simulator`` (``make demo``) also starts the local simulated exchange and points
-the collector at it, with its own data folder (``data/demo/``) so simulated books
-never mix with real ones, and an archive marked as simulated.
+the collector at it. The demo is one world: its buffer, archive, Dagster instance
+and data-source marker (``simulated``) are fixed in ``data/demo/``, an exported
+buffer or archive elsewhere is refused rather than mixed with simulated data, and
+``data/demo/demo.env`` holds those variables for the archive and query commands.
+It records several symbols and every stream kind on spot and USD-M.
+
+Every setting is validated before anything starts: a bad one is one sentence naming
+it, prefixed with the command run (``make run:`` / ``make demo:``), exit 2.
 
 Ports (each checked before anything starts; a taken one is one sentence, exit 2):
 ``DAGSTER_PORT`` (UI, 3000), ``ORDERBOOK_METRICS_PORT`` (collector, 9108) and, for
@@ -25,6 +31,7 @@ import ctypes
 import errno
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -32,12 +39,28 @@ import subprocess
 import sys
 import time
 
-from orderbook_assets.archive.source import SIMULATED, SOURCE_ENV
+from orderbook_assets.archive.location import Location
+from orderbook_assets.archive.source import SIMULATED, SOURCE_ENV, data_source
+from orderbook_collector.config import SUBSCRIPTIONS as SUBSCRIPTIONS_ENV
+from orderbook_collector.config import Settings
+from orderbook_collector.config import load as load_collector_settings
+from orderbook_core.errors import ConfigError
 
 STOP_TIMEOUT = 30.0
 DEMO_DIR = os.path.join("data", "demo")
+#: What the demo records unless told otherwise: several symbols and every stream kind on both
+#: markets, so every dataset, view, example query and rebuilt book has data.
+DEMO_KINDS = "depth20@100ms,depth@100ms,trade,aggTrade,bookTicker"
+DEMO_MIX = {
+    "ORDERBOOK_SYMBOLS": "btcusdt,ethusdt,solusdt",
+    "ORDERBOOK_STREAMS": DEMO_KINDS,
+    "ORDERBOOK_USDM_SYMBOLS": "btcusdt,ethusdt",
+    "ORDERBOOK_USDM_STREAMS": DEMO_KINDS,
+}
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _PR_SET_PDEATHSIG = 1
+#: asyncio's own default for servers (loop.create_server): SO_REUSEADDR on POSIX, not on Windows.
+REUSE_ADDRESS = os.name == "posix" and sys.platform != "cygwin"
 
 
 class PortTaken(Exception):
@@ -80,7 +103,13 @@ def check_port(host: str, port: int, setting: str, host_setting: str | None = No
         raise PortTaken(f"{setting}: {port} is not a port; use a number from 1 to 65535.")
     with socket.socket() as s:
         try:
+            # As the servers themselves bind (asyncio, aiohttp, uvicorn): with SO_REUSEADDR, so the
+            # TIME-WAIT connections of a server stopped a moment ago do not hold its port. listen()
+            # is where Linux refuses a port another socket listens on, so the check listens too.
+            if REUSE_ADDRESS:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind((host, port))
+            s.listen()
         except OSError as exc:
             if host_setting and (isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL):
                 raise PortTaken(f"{host_setting}: {host} is not an address of this machine "
@@ -91,9 +120,9 @@ def check_port(host: str, port: int, setting: str, host_setting: str | None = No
             ) from None
 
 
-def _start_simulator(env: dict[str, str], port: int) -> tuple[subprocess.Popen, str]:
+def _start_simulator(env: dict[str, str], port: int, who: str, symbols: str) -> tuple[subprocess.Popen, str]:
     proc = _spawn(
-        [sys.executable, "-m", "tools.simulator", "--port", str(port)],
+        [sys.executable, "-m", "tools.simulator", "--port", str(port), "--symbols", symbols],
         env,
         stdout=subprocess.PIPE,
         text=True,
@@ -102,7 +131,7 @@ def _start_simulator(env: dict[str, str], port: int) -> tuple[subprocess.Popen, 
     m = re.search(r"ws://[\d.]+:\d+", line)
     if not m:
         proc.terminate()
-        raise SystemExit(f"the simulator did not start (it printed {line!r})")
+        raise SystemExit(f"{who}: the simulator did not start (it printed {line!r})")
     return proc, m.group(0)
 
 
@@ -124,26 +153,95 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _environment(args: argparse.Namespace) -> dict[str, str]:
-    env = dict(os.environ)
+def demo_world() -> dict[str, str]:
+    """Where the demo keeps everything, fixed (absolute, from the working directory): its buffer,
+    its archive, its Dagster instance, and the marker saying its data is simulated."""
+    return {
+        "ORDERBOOK_BUFFER": os.path.abspath(os.path.join(DEMO_DIR, "buffer.sqlite3")),
+        "ORDERBOOK_ARCHIVE_URL": os.path.abspath(os.path.join(DEMO_DIR, "archive")),
+        "DAGSTER_HOME": os.path.abspath(os.path.join(DEMO_DIR, "dagster_home")),
+        SOURCE_ENV: SIMULATED,
+    }
+
+
+def _same_place(name: str, given: str, ours: str) -> bool:
+    if name == "ORDERBOOK_ARCHIVE_URL":
+        return Location.parse(given).url == Location.parse(ours).url
+    return os.path.realpath(given) == os.path.realpath(ours)
+
+
+def _environment(args: argparse.Namespace, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The children's environment. Raises ConfigError for settings that would mix simulated
+    and real data."""
+    env = dict(os.environ if environ is None else environ)
     if args.simulator:
-        # The demo's own folder: simulated books never land in the real buffer or archive.
-        env.setdefault("ORDERBOOK_BUFFER", os.path.join(DEMO_DIR, "buffer.sqlite3"))
-        env.setdefault("ORDERBOOK_ARCHIVE_URL", os.path.join(DEMO_DIR, "archive"))
-        env[SOURCE_ENV] = SIMULATED  # the demo's archive says it is simulated
-    # Absolute, because dagster dev runs in DAGSTER_HOME (see main) and its runs inherit that folder.
-    for name, default in (("ORDERBOOK_BUFFER", "data/buffer.sqlite3"), ("ORDERBOOK_ARCHIVE_URL", "data/archive")):
-        value = env.get(name) or default
-        if "://" not in value:
-            env[name] = os.path.abspath(value)
-    env.setdefault("DAGSTER_HOME", os.path.abspath(os.path.join(DEMO_DIR, "dagster_home") if args.simulator else ".dagster_home"))
+        world = demo_world()
+        # One world: an exported buffer or archive (a real one, say) is refused, not silently
+        # used or silently replaced; the demo's own (data/demo/demo.env sourced) is fine.
+        for name, what in (("ORDERBOOK_BUFFER", "buffer"), ("ORDERBOOK_ARCHIVE_URL", "archive")):
+            given = env.get(name, "").strip()
+            if given and not _same_place(name, given, world[name]):
+                raise ConfigError(name, f"{given!r} is set, but the demo records simulated data into its own "
+                                        f"{what} ({world[name]}) only; unset {name} for make demo.")
+        given = env.get(SOURCE_ENV, "").strip().lower()
+        if given and given != SIMULATED:
+            raise ConfigError(SOURCE_ENV, f"{given!r} is set, but the demo's data is simulated; unset {SOURCE_ENV} for make demo.")
+        env.update(world)  # DAGSTER_HOME too: `make` exports its own default, which is not the demo's
+        if not env.get(SUBSCRIPTIONS_ENV):
+            for name, value in DEMO_MIX.items():
+                env[name] = env.get(name) or value
+    else:
+        if env.get(SOURCE_ENV, "").strip().lower() == SIMULATED:
+            raise ConfigError(SOURCE_ENV, f"is {SIMULATED}, which marks the demo's data (data/demo/demo.env sets it); "
+                                          f"unset it for make run, which records from Binance.")
+        # Absolute, because dagster dev runs in DAGSTER_HOME (see main) and its runs inherit that folder.
+        for name, default in (("ORDERBOOK_BUFFER", "data/buffer.sqlite3"), ("ORDERBOOK_ARCHIVE_URL", "data/archive")):
+            value = env.get(name) or default
+            if "://" not in value:
+                env[name] = os.path.abspath(value)
+        env.setdefault("DAGSTER_HOME", os.path.abspath(".dagster_home"))
     return env
+
+
+def write_demo_env(env: dict[str, str]) -> str:
+    """data/demo/demo.env: every variable the documented archive and query commands need to act
+    on the demo's world (``set -a; . data/demo/demo.env; set +a`` before them)."""
+    path = os.path.join(DEMO_DIR, "demo.env")
+    os.makedirs(DEMO_DIR, exist_ok=True)
+    lines = ["# Written by `make demo`: the demo's buffer, archive, Dagster instance and data-source marker.",
+             "# Before a documented command: set -a; . data/demo/demo.env; set +a"]
+    lines += [f"{name}={shlex.quote(env[name])}" for name in demo_world()]
+    with open(path + ".tmp", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def command(args: argparse.Namespace) -> str:
+    """What the user ran, as every message of ours names it."""
+    return "make demo" if args.simulator else "make run"
+
+
+def check_settings(env: dict[str, str]) -> Settings:
+    """Every setting the children will read, validated here, before anything starts: a bad one
+    is one sentence (ConfigError), never a child's traceback after the UI came up."""
+    settings, _ = load_collector_settings([], environ=env)
+    Location.parse(env["ORDERBOOK_ARCHIVE_URL"])
+    data_source(env)
+    return settings
+
+
+def simulator_symbols(settings: Settings) -> str:
+    """The simulator serves only the symbols it is given: the demo's and any the user named."""
+    named = [s for sub in settings.subscriptions() if not sub.all_symbols for s in sub.symbols]
+    return ",".join(dict.fromkeys([*DEMO_MIX["ORDERBOOK_SYMBOLS"].split(","), *named]))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    env = _environment(args)
     try:
+        env = _environment(args)
+        settings = check_settings(env)
         dagster_port = args.dagster_port if args.dagster_port is not None else _int_env("DAGSTER_PORT", 3000)
         sim_port = args.simulator_port if args.simulator_port is not None else _int_env("ORDERBOOK_SIMULATOR_PORT", 9443)
         metrics_port = _int_env("ORDERBOOK_METRICS_PORT", 9108)
@@ -153,14 +251,16 @@ def main(argv: list[str] | None = None) -> int:
                        "ORDERBOOK_METRICS_HOST")
         if args.simulator:
             check_port("127.0.0.1", sim_port, "ORDERBOOK_SIMULATOR_PORT")
-    except PortTaken as exc:
-        _say(f"make run: {exc}", err=True)
+    except (PortTaken, ConfigError) as exc:
+        _say(f"{command(args)}: {exc}", err=True)
         return 2
     if dagster_port == 0:  # dagster dev needs a real number to print and serve
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             dagster_port = s.getsockname()[1]
 
+    if args.simulator:
+        write_demo_env(env)
     os.makedirs(env["DAGSTER_HOME"], exist_ok=True)
     # Dagster reads dagster.yaml only from DAGSTER_HOME: the repository's copy is the source.
     shutil.copyfile("dagster.yaml", os.path.join(env["DAGSTER_HOME"], "dagster.yaml"))
@@ -175,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
 
     children: list[tuple[str, subprocess.Popen]] = []
     if args.simulator:
-        sim, url = _start_simulator(env, sim_port)
+        sim, url = _start_simulator(env, sim_port, command(args), simulator_symbols(settings))
         children.append(("simulator", sim))
         env["ORDERBOOK_WS_URL"] = url
         env["ORDERBOOK_REST_URL"] = url.replace("ws://", "http://")

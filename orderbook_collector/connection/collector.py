@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from orderbook_core import buffer
 from orderbook_core.buffer.lock import BufferLock
@@ -39,7 +39,14 @@ from orderbook_core.errors import ConfigError
 from orderbook_collector.metrics import Metrics
 from orderbook_collector.feed.protocol import ControlReply, Decoder, Quarantined, ServerShutdown, StreamSpec, raw_bytes
 from orderbook_core.streams import USDM_ROUTE, Market, spec as stream_spec, stream_kind
-from orderbook_collector.feed.symbols import AttemptLimiter, ControlPacer, control_message, plan_changes
+from orderbook_collector.feed.symbols import (
+    AttemptLimiter,
+    ControlPacer,
+    control_batches,
+    control_message,
+    plan_changes,
+    url_streams,
+)
 from orderbook_collector.connection.backoff import classify, full_jitter
 from orderbook_collector.connection.rest import RestClient, Resyncer
 from orderbook_collector.connection.symbols import ExchangeInfoError, RestError, fetch_trading_symbols
@@ -93,6 +100,8 @@ class Group:
     dirty: asyncio.Event = field(default_factory=asyncio.Event)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     tasks: list[asyncio.Task] = field(default_factory=list)
+    #: Most streams its URL may name; halved by each HTTP 414 (the rest go by SUBSCRIBE).
+    url_cap: int | None = None
 
 
 @dataclass(eq=False)
@@ -115,6 +124,8 @@ class Session:
     keys: dict[str, str] = field(default_factory=dict)  # stream name -> key (metrics, records)
     pacer: ControlPacer = field(default_factory=ControlPacer)
     pending: dict[int, asyncio.Future] = field(default_factory=dict)  # control request id -> reply
+    #: Set once the session carries every stream of its group (the URL's, then SUBSCRIBE's).
+    complete: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class Collector:
@@ -386,7 +397,9 @@ class Collector:
         # Overlap until the new connection delivers data (or a bounded time), so no
         # message falls between the two; duplicates are removed by the dedup key.
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(new.first_data.wait(), self.settings.rotate_overlap)
+            async with asyncio.timeout(self.settings.rotate_overlap):
+                await new.complete.wait()  # the streams beyond its URL are subscribed too
+                await new.first_data.wait()
         await asyncio.sleep(min(1.0, self.settings.rotate_overlap))
         await self._close_session(old, f"rotated ({why.value})")
         self._event(new.session_id, "rotation_end", f"replaced session {old.session_id}")
@@ -398,6 +411,13 @@ class Collector:
             try:
                 return await self._open(g)
             except Exception as exc:
+                if isinstance(exc, InvalidStatus) and exc.response.status_code == 414:
+                    carried = len(self._url_names(g))
+                    if carried > 1:  # the URL was too long for the server: halve it, at once
+                        g.url_cap = carried // 2
+                        log.warning("%s answered 414 to a URL of %d streams; opening with %d, the rest by SUBSCRIBE",
+                                    _host_port(self.settings.ws_base(g.market)), carried, g.url_cap)
+                        continue
                 decision = classify(exc)
                 base = self.settings.ws_base(g.market)
                 if not decision.retry:
@@ -413,9 +433,16 @@ class Collector:
                 await self._sleep(delay)
         return None
 
-    def _url(self, g: Group) -> str:
+    def _url_prefix(self, g: Group) -> str:
         route = f"/{g.route}" if g.route else ""
-        return f"{self.settings.ws_base(g.market)}{route}/stream?streams=" + "/".join(g.streams)
+        return f"{self.settings.ws_base(g.market)}{route}/stream?streams="
+
+    def _url_names(self, g: Group) -> list[str]:
+        """The group's leading streams that its URL names (under URL_BUDGET and its 414 cap)."""
+        return url_streams(self._url_prefix(g), list(g.streams), cap=g.url_cap)
+
+    def _url(self, g: Group) -> str:
+        return self._url_prefix(g) + "/".join(self._url_names(g))
 
     async def _attempt(self, market: Market) -> None:
         """Wait until Binance's connection-attempt budget allows one more, and count it."""
@@ -432,7 +459,8 @@ class Collector:
         # what the URL said, so the reconciliation compares against the truth.
         async with g.lock:
             await self._attempt(g.market)
-            streams = dict(g.streams)
+            # The URL names what fits in it; _reconcile subscribes the rest once the session is up.
+            streams = {n: g.streams[n] for n in self._url_names(g)}
             url = self._url(g)
             self.opened_urls.append(url)
             ws = await connect(
@@ -459,7 +487,9 @@ class Collector:
             self._open_sessions.add(s)
             s.task.add_done_callback(lambda _t: self._open_sessions.discard(s))
             g.session = s
-            g.dirty.set()  # the streams may have changed while connecting
+            if len(streams) == len(g.streams):
+                s.complete.set()
+            g.dirty.set()  # the streams may have changed while connecting, or did not fit the URL
             return s
 
     # ``*``: following a market's listings on the live connections ------------------------
@@ -534,8 +564,14 @@ class Collector:
                 added = [g.streams[n] for n in g.streams if n not in s.streams]
                 if gone:
                     await self._control(s, "UNSUBSCRIBE", gone, [])
-                if added:
-                    await self._control(s, "SUBSCRIBE", [x.name for x in added], added)
+                # Paced requests of a bounded size: a URL's worth of names each.
+                specs = {x.name: x for x in added}  # g.streams may change while we wait on replies
+                for names in control_batches(list(specs)):
+                    await self._control(s, "SUBSCRIBE", names, [specs[n] for n in names])
+                if set(s.streams) >= set(g.streams):
+                    s.complete.set()
+                elif added:  # a request was refused or unanswered: the streams are still wanted
+                    asyncio.get_running_loop().call_later(CONTROL_TIMEOUT, g.dirty.set)
 
     async def _control(self, s: Session, method: str, names: list[str], specs: list[StreamSpec]) -> None:
         """Send one control request on ``s`` (paced), wait for its reply, record the change as events."""

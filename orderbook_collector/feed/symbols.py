@@ -3,7 +3,8 @@
 :func:`trading_symbols` reads an ``exchangeInfo`` answer; :func:`plan_changes` turns the
 streams wanted now and the streams each live connection carries into SUBSCRIBE and
 UNSUBSCRIBE lists per connection plus new connections, never above the market's streams
-per connection. :class:`AttemptLimiter` and :class:`ControlPacer` keep Binance's
+per connection. :func:`url_streams` and :func:`control_batches` keep a connection's URL and
+each control request under a size servers take. :class:`AttemptLimiter` and :class:`ControlPacer` keep Binance's
 connection-attempt and control-message limits with the clock handed in, so tests feed
 them literal times. Nothing here touches a socket or a clock.
 """
@@ -131,3 +132,36 @@ def control_message(method: str, streams: list[str], request_id: int) -> str:
     """A SUBSCRIBE or UNSUBSCRIBE request as Binance takes it."""
     return orjson.dumps({"method": method, "params": streams, "id": request_id}).decode()
 
+
+
+#: Longest URL a connection opens with, bytes: HTTP servers commonly cap the request line at 8 KB
+#: and answer 414 above it, while a connection may carry 1,024 streams (about 25 KB of names).
+#: What does not fit is subscribed by SUBSCRIBE once the connection is open.
+URL_BUDGET = 8000
+
+
+def url_streams(prefix: str, names: list[str], budget: int = URL_BUDGET, cap: int | None = None) -> list[str]:
+    """The leading ``names`` that ``prefix + "/".join(...)`` holds within ``budget`` bytes (at most
+    ``cap`` of them; at least one, so a connection always has a stream to open with)."""
+    out: list[str] = []
+    size = len(prefix.encode())
+    for n in names[: cap if cap is not None else len(names)]:
+        size += len(n.encode()) + (1 if out else 0)
+        if out and size > budget:
+            break
+        out.append(n)
+    return out
+
+
+def control_batches(names: list[str], budget: int = URL_BUDGET) -> list[list[str]]:
+    """``names`` in order, split into control requests of at most ``budget`` bytes each."""
+    batches: list[list[str]] = []
+    room = 0
+    for n in names:
+        cost = len(n.encode()) + 3  # quoted, and a comma
+        if not batches or cost > room:
+            batches.append([])
+            room = budget - len(control_message("SUBSCRIBE", [], 2**31))
+        batches[-1].append(n)
+        room -= cost
+    return batches

@@ -317,6 +317,7 @@ def spark(archive, tmp_path_factory):
             os.environ[k] = v
 
 
+@pytest.mark.slow  # a JVM: about 25 s on two busy cores
 def test_spark_reads_every_dataset_with_duckdbs_values(archive, spark):
     assert spark.conf.get("spark.sql.session.timeZone") == "UTC"
     assert spark.sparkContext._jvm.java.util.TimeZone.getDefault().getID() == "UTC"  # the driver's JVM zone

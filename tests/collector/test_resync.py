@@ -165,6 +165,7 @@ def test_dropped_diff_event_is_a_break_then_a_snapshot_then_synced_and_the_book_
 
 # ---- a resync storm ----------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_reconnect_of_500_diff_streams_resyncs_within_the_weight_budget(tmp_path):
     buffer = tmp_path / "b.sqlite3"
     symbols = [f"s{i:03d}usdt" for i in range(500)]

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import duckdb
+import pytest
 
 from support.buffer_rows import BASE_HOUR_US, HOUR_US, fill_buffer, open_buffer
 from support.procs import ROOT
@@ -28,6 +29,7 @@ mutation($params: LaunchBackfillParams!) {
 """
 
 
+@pytest.mark.slow
 def test_backfill_of_missed_hours_from_the_ui_archives_them(tmp_path):
     buffer = tmp_path / "buffer.sqlite3"
     hours = [BASE_HOUR_US, BASE_HOUR_US + HOUR_US]

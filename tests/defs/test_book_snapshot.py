@@ -80,6 +80,7 @@ def run_hour(hour_us: int):
                                   raise_on_error=False)
 
 
+@pytest.mark.slow
 def test_archive_hour_builds_book_snapshot_proved_and_equal_to_the_simulators_books(env):
     buffer, archive = env / "buffer.sqlite3", env / "archive"
 

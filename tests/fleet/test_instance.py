@@ -5,6 +5,7 @@ each host verified (from the instance) and writing every message once."""
 from __future__ import annotations
 
 import duckdb
+import pytest
 from dagster import DagsterInstance
 
 from orderbook_assets.archive.datasets import DATASETS
@@ -31,6 +32,7 @@ def run(instance, environ: dict, job: str, monkeypatch):
     return result
 
 
+@pytest.mark.slow
 def test_two_hosts_and_their_merge_on_postgres(tmp_path, fleet_home, postgres, pg_url, monkeypatch):
     archive = tmp_path / "archive"
     monkeypatch.setenv("ORDERBOOK_ARCHIVE_URL", str(archive))

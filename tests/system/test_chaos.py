@@ -25,6 +25,7 @@ RATE = 25
 SEED = 20261124
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_chaos_short_run_keeps_every_promise(tmp_path):
     report_path = tmp_path / "report.json"

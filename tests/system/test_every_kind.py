@@ -98,6 +98,7 @@ async def record(ex: Exchange, buffer) -> None:
                     what="every sent message stored")
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_every_kind_on_both_markets_through_the_archive_once_with_breaks_and_gaps_recorded(tmp_path, monkeypatch):
     buffer, log, archive = tmp_path / "buffer.sqlite3", tmp_path / "sent.ndjson", tmp_path / "archive"

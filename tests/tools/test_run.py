@@ -14,7 +14,15 @@ import urllib.request
 
 import pytest
 
+from orderbook_core.streams import Kind, Market, build_streams
 from support.procs import ROOT, child_env, descendants, query, running, wait_for
+
+
+#: Every stream the demo records by default (tools/run.py DEMO_MIX), as keyed in the buffer.
+DEMO_STREAMS = {spec.key for symbols, market in ((["btcusdt", "ethusdt", "solusdt"], Market.SPOT),
+                                                  (["btcusdt", "ethusdt"], Market.USDM))
+                for spec in build_streams(symbols, ["depth20@100ms", "depth@100ms", "trade", "aggTrade", "bookTicker"],
+                                          market)}
 
 
 def free_port() -> int:
@@ -46,15 +54,16 @@ def demo_folder(tmp_path):
 
 
 def test_run_starts_everything_and_ctrl_c_stops_everything(tmp_path):
+    cwd = demo_folder(tmp_path)
     port = free_port()
-    buffer = tmp_path / "buffer.sqlite3"
-    proc = launch(ROOT, port, "--simulator", "--simulator-port", "0", DAGSTER_HOME=str(tmp_path / "dagster_home"),
-                  ORDERBOOK_BUFFER=str(buffer), ORDERBOOK_ARCHIVE_URL=str(tmp_path / "archive"))
+    buffer = cwd / "data" / "demo" / "buffer.sqlite3"
+    proc = launch(cwd, port, "--simulator", "--simulator-port", "0")
     try:
         wait_for(lambda: buffer.exists() and query(buffer, "SELECT count(*) FROM depth_snapshot")[0][0] > 10,
                  timeout=60, what="the collector storing the simulator's books")
         wait_for(lambda: ui_up(port), timeout=90, interval=0.5, what="the Dagster UI")
-        assert (tmp_path / "dagster_home" / "dagster.yaml").exists()  # the repository's instance settings
+        # The repository's instance settings, in the demo's own instance.
+        assert (cwd / "data" / "demo" / "dagster_home" / "dagster.yaml").exists()
         t0 = time.monotonic()
         os.kill(proc.pid, signal.SIGINT)  # what Ctrl-C sends
         assert proc.wait(45) == 0
@@ -74,15 +83,17 @@ def test_run_starts_everything_and_ctrl_c_stops_everything(tmp_path):
     assert not [p for p in left if int(p) != os.getpid()]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGTERM], ids=["SIGHUP", "SIGTERM"])
+# SIGTERM in make test-fast; the closed terminal (SIGHUP) and SIGKILL, the same tree stopped another way, in make test.
+@pytest.mark.parametrize("sig", [pytest.param(signal.SIGHUP, marks=pytest.mark.slow), signal.SIGTERM], ids=["SIGHUP", "SIGTERM"])
 def test_the_demo_records_in_its_own_folder_and_any_stop_signal_stops_the_whole_tree(tmp_path, sig):
     cwd = demo_folder(tmp_path)
     port, sim_port = free_port(), free_port()
     proc = launch(cwd, port, "--simulator", ORDERBOOK_SIMULATOR_PORT=str(sim_port))
     demo_buffer = cwd / "data" / "demo" / "buffer.sqlite3"
     try:
-        wait_for(lambda: demo_buffer.exists() and query(demo_buffer, "SELECT count(*) FROM depth_snapshot")[0][0] > 10,
-                 timeout=60, what="the demo storing books in data/demo/")
+        # A small but complete mix: every stream of the demo (symbols x kinds, both markets) has rows.
+        wait_for(lambda: demo_buffer.exists() and set(recorded(demo_buffer)) == DEMO_STREAMS,
+                 timeout=90, interval=0.5, what="the demo storing every stream kind of both markets in data/demo/")
         wait_for(lambda: ui_up(port), timeout=90, interval=0.5, what="the Dagster UI")
         tree = descendants(proc.pid)
         assert len(tree) >= 5  # simulator, collector, dagster dev, its webserver and daemon
@@ -95,8 +106,20 @@ def test_the_demo_records_in_its_own_folder_and_any_stop_signal_stops_the_whole_
     assert f"ws://127.0.0.1:{sim_port}" in proc.stdout.read()  # the simulator port is configurable
     assert not (cwd / "data" / "buffer.sqlite3").exists()  # the real buffer is untouched
     assert query(demo_buffer, "SELECT close_reason FROM sessions")[-1][0] == "collector stopped"
+    # What the documented commands need to act on the demo's world, for the shell to source.
+    env_file = (cwd / "data" / "demo" / "demo.env").read_text()
+    for line in (f"ORDERBOOK_BUFFER={demo_buffer}", f"ORDERBOOK_ARCHIVE_URL={cwd / 'data' / 'demo' / 'archive'}",
+                 f"DAGSTER_HOME={cwd / 'data' / 'demo' / 'dagster_home'}", "ORDERBOOK_DATA_SOURCE=simulated"):
+        assert line in env_file.splitlines()
 
 
+def recorded(buffer) -> list[str]:
+    """The streams with at least one row in some stream dataset of the buffer."""
+    union = " UNION ".join(f"SELECT stream_id FROM {kind.dataset}" for kind in Kind)
+    return [name for (name,) in query(buffer, f"SELECT name FROM streams WHERE stream_id IN ({union})")]
+
+
+@pytest.mark.slow
 def test_a_launcher_killed_with_sigkill_leaves_nothing_recording(tmp_path):
     cwd = demo_folder(tmp_path)
     port = free_port()
