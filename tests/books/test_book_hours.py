@@ -18,7 +18,7 @@ from support.book_tables import Part, Rest, Upd, partial, rest, updates
 H = 1_795_514_400_000_000
 S = 1_000_000
 MIN = Settings(depth=5, interval_us=60 * S)
-BOOK = Rest(H + 1 * S, 100, [(10.0, 1.0), (9.0, 2.0)], [(11.0, 1.0), (12.0, 2.0)])
+BOOK = Rest(H + 1 * S, 100, [(10.0, 1.0), (9.0, 2.0)], [(11.0, 1.0), (12.0, 2.0)], limit=100)  # whole sides
 KEY = StreamKey("spot", "btcusdt@depth@100ms")
 
 

@@ -14,7 +14,8 @@ from support.book_tables import REST_SCHEMA, UPDATE_SCHEMA, Part, Rest, Upd, emp
 H = 1_795_514_400_000_000  # 2026-11-24 10:00 UTC... any hour: a multiple of 3600 s
 S = 1_000_000
 TEN = Settings(depth=3, interval_us=10 * S)
-BOOK = Rest(H + 1 * S, 100, [(10.0, 1.0), (9.0, 2.0), (8.0, 3.0), (7.0, 4.0)], [(11.0, 1.0), (12.0, 2.0)])
+#: A snapshot asked for 100 levels a side: both sides are whole (the horizon is unbounded).
+BOOK = Rest(H + 1 * S, 100, [(10.0, 1.0), (9.0, 2.0), (8.0, 3.0), (7.0, 4.0)], [(11.0, 1.0), (12.0, 2.0)], limit=100)
 
 
 def rows(table: pa.Table, stream: str | None = None) -> list[dict]:
@@ -80,7 +81,7 @@ def test_break_makes_the_gap_and_after_unknown_until_the_next_snapshot():
         Upd(H + 61 * S, 118, 121, bids=[(10.0, 8.0)]),  # bridges the second snapshot (120)
         Upd(H + 75 * S, 122, 122),
     ])
-    snaps = rest([BOOK._replace(recv_us=H), Rest(H + 60 * S, 120, [(10.0, 7.0)], [(11.0, 7.0)], "gap")])
+    snaps = rest([BOOK._replace(recv_us=H), Rest(H + 60 * S, 120, [(10.0, 7.0)], [(11.0, 7.0)], "gap", 100)])
     t = build_hour(H, ups, snaps, None, TEN).table
     assert at(t, 10)["known"] is False  # stale since 5 s: the missed changes happened at some point after
     assert [at(t, s)["known"] for s in (20, 30, 40, 50, 60)] == [False] * 5
@@ -159,14 +160,16 @@ def test_proof_counts_comparable_and_matched_and_reports_mismatches_with_levels(
                    Upd(H + 4 * S, 103, 103)])
     good = Part(H + 2 * S, 101, [(10.0, 5.0), (9.0, 2.0)], [(11.0, 1.0), (12.0, 2.0)])
     bad = Part(H + 3 * S, 102, [(10.0, 5.0), (9.0, 2.0)], [(11.0, 1.0), (12.0, 2.0)])  # 11.0 was deleted
-    unrelated = Part(H + 3 * S, 555, [(1.0, 1.0)], [(2.0, 1.0)])  # no diff event ends at 555
+    unrelated = Part(H + 3 * S, 555, [(1.0, 1.0)], [(2.0, 1.0)])  # after the hour's last event: not comparable
     proof = build_hour(H, ups, rest([BOOK]), None, TEN,
                        partial=partial([good, bad, unrelated], stream="btcusdt@depth2@100ms")).proof
-    assert (proof.comparable, proof.matched) == (2, 1)
+    assert (proof.available, proof.comparable, proof.matched, proof.mismatched) == (4, 2, 1, 1)
     assert len(proof.mismatches) == 1 and not proof.ok
     m = proof.mismatches[0]
-    assert (m.last_update_id, m.stream) == (102, "btcusdt@depth2@100ms")
-    assert m.exchange_asks == [(11.0, 1.0), (12.0, 2.0)] and m.rebuilt_asks == [(12.0, 2.0)]
+    assert (m.last_update_id, m.source, m.event) == (102, "btcusdt@depth2@100ms", (102, 102))
+    assert m.levels == [("ask", 11.0, 1.0, 0.0)]
+    (st,) = proof.streams
+    assert (st.diff_events, st.available_rest, st.levels_compared, st.levels_mismatched) == (3, 1, 8, 1)
 
 
 def test_proof_warns_where_the_rebuilt_book_is_crossed_and_the_exchanges_is_not():
