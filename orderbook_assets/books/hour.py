@@ -679,7 +679,7 @@ def snapshot_rows(t: pa.Table) -> Iterator[Snapshot]:
             yield Snapshot(u[i], _pairs(bo, bp, bq, i), _pairs(ao, ap, aq, i), lim[i])
 
 
-_DEPTH_N = re.compile(r"@depth(\d+)")
+DEPTH_N = re.compile(r"@depth(\d+)")
 
 
 def partials_by_symbol(t: pa.Table) -> dict[tuple[str, str], list[Probe]]:
@@ -697,7 +697,7 @@ def partials_by_symbol(t: pa.Table) -> dict[tuple[str, str], list[Probe]]:
     ao, ap, aq = _side_values(t.column("asks"))
     for i in range(t.num_rows):
         bids, asks = _pairs(bo, bp, bq, i), _pairs(ao, ap, aq, i)
-        m = _DEPTH_N.search(stream[i])
+        m = DEPTH_N.search(stream[i])
         depth = int(m.group(1)) if m else None
         out.setdefault((market[i], symbol[i]), []).append(
             Probe(ProbeKind.PARTIAL, stream[i], recv[i], lid[i], bids, asks, depth))
