@@ -7,7 +7,8 @@ from datetime import datetime, timezone
 from typing import NamedTuple
 
 import dagster as dg
-from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, MetadataValue, PreviewWarning
+from dagster import (AssetCheckEvaluation, AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, MetadataValue,
+                     PreviewWarning)
 
 from orderbook_assets.analytics import book_hours
 from orderbook_assets.archive import datasets as ds
@@ -38,6 +39,11 @@ with warnings.catch_warnings():  # partitioned checks are a Dagster preview, cho
 
 def _iso(us: int) -> str:
     return datetime.fromtimestamp(us / 1e6, tz=timezone.utc).isoformat()
+
+
+def partition_key(hour_us: int) -> str:
+    """The hourly partition key of the hour starting at ``hour_us``."""
+    return datetime.fromtimestamp(hour_us / 1e6, tz=timezone.utc).strftime("%Y-%m-%d-%H:00")
 
 
 def _mismatch(m) -> dict:
@@ -126,8 +132,22 @@ def book_snapshot(context) -> dg.MaterializeResult:
     out = built[0]
     crossed = out.proof.crossed
     for later in built[1:]:
+        # a later hour rebuilt here is a new build of that hour: its materialization and its own
+        # proof are recorded on its partition (and its mismatches fail this run's check below)
         context.log.info("rebuilt %s: its start state changed (%s rows, %s comparable, %s mismatches)",
                          _iso(later.hour_us), later.rows, later.proof.comparable, later.proof.mismatched)
+        key = partition_key(later.hour_us)
+        context.log_event(dg.AssetMaterialization(
+            asset_key=context.asset_key, partition=key,
+            metadata={"rows": later.rows, "known_rows": later.known_rows, "partly_known_rows": later.partly_known_rows,
+                      "rebuilt_by": context.partition_key,
+                      "sha256": later.books.sha256 if later.books else None,
+                      "version_key": later.books.version_key if later.books else None,
+                      "replaced_sha256": later.books.replaced_sha256 if later.books else None}))
+        lv = verdict([later])
+        context.log_event(AssetCheckEvaluation(
+            asset_key=context.asset_key, check_name=MATCHES.name, passed=lv.passed, severity=lv.severity,
+            description=lv.description, metadata=proof_metadata([later]), partition=key))
     metadata = {
         "rows": out.rows,
         "known_rows": out.known_rows,
