@@ -237,8 +237,9 @@ class Side:
         self.horizon = NOTHING
         self.seen = set()
 
-    def load(self, levels: Iterable[Level], horizon: float = WHOLE, seen: Iterable[float] = ()) -> None:
-        """Replace the side (a snapshot's side; any order, zero quantities skipped)."""
+    def load(self, levels: Iterable[Level], horizon: float = NOTHING, seen: Iterable[float] = ()) -> None:
+        """Replace the side (a snapshot's side; any order, zero quantities skipped) with what it
+        proves: ``horizon`` (by default nothing) and the prices ``seen`` beyond it."""
         s = self._sign
         self._qty = {p: q for p, q in levels if q != 0.0}
         self._keys.load(sorted(s * p for p in self._qty))

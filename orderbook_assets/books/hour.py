@@ -19,9 +19,19 @@ Order and time:
   immutable hour; coverage records any outage there).
 * A stream with no diff event in the hour has no rows in it; its state carries over.
 
-The end state (:class:`HourState`) holds per stream the full book and its id, or "unknown"
-with the bounded unbroken tail of events and any snapshot still waiting, so the next hour
-continues exactly. Without a previous state an hour starts unknown and syncs at its first
+What a row claims: ``known`` only when both sides' top N lie inside the horizon the REST
+snapshots proved (:mod:`.builder`); otherwise, with the chain known, the row holds each side's
+proven leading levels only and ``known_levels`` says how many both sides prove.
+
+The proof (:class:`Proof`, one :class:`StreamProof` a stream): every REST snapshot of the stream
+and every partial snapshot of its market and symbol is compared with the book around its id
+(:func:`.builder.compare`, before the event that straddles the id is applied and before a REST
+snapshot re-bases the book), and counts only if that event continued the book. A stream with
+diff events and nothing comparable is unproven.
+
+The end state (:class:`HourState`) holds per stream the full book, its id and each side's
+horizon and seen prices, or "unknown" with the bounded unbroken tail of events and any snapshot
+still waiting, so the next hour continues exactly. Without a previous state an hour starts unknown and syncs at its first
 usable snapshot. Output rows are sorted by ``market, symbol, stream, time``; the same inputs
 give the same table (and the same state bytes).
 
@@ -410,10 +420,8 @@ class _StreamRun:
 
     def run(self, events: pa.Table, snaps: pa.Table | None, partials: list[Probe]) -> None:
         rest = list(snapshot_rows(snaps)) if snaps is not None else []
-        recv = snaps.column("recv_time").cast(pa.int64()).to_pylist() if snaps is not None and "recv_time" in \
-            snaps.column_names else [0] * len(rest)
         rest_probes = [Probe(ProbeKind.REST, self.key.stream, r, sn.last_update_id, list(sn.bids), list(sn.asks),
-                             sn.limit) for sn, r in zip(rest, _unique_recv(snaps, recv))]
+                             sn.limit) for sn, r in zip(rest, _unique_recv(snaps))]
         self.probes = sorted(rest_probes + partials, key=lambda p: (p.last_update_id, p.kind.value, p.stream))
         self.report.available = len(self.probes)
         self.report.available_rest = len(rest_probes)
@@ -535,11 +543,13 @@ class _StreamRun:
         self.pending_points = []
 
 
-def _unique_recv(snaps: pa.Table | None, recv: list[int]) -> list[int]:
+def _unique_recv(snaps: pa.Table | None) -> list[int]:
     """The receive times of :func:`snapshot_rows`'s snapshots (a repeated id once, the first)."""
     if snaps is None:
         return []
     ids = snaps.column("last_update_id").to_pylist()
+    recv = (snaps.column("recv_time").cast(pa.int64()).to_pylist() if "recv_time" in snaps.column_names
+            else [0] * len(ids))
     out, last = [], None
     for u, r in zip(ids, recv):
         if u != last:

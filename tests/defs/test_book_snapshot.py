@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import sqlite3
 import urllib.request
 from datetime import datetime, timezone
 
@@ -197,8 +198,6 @@ def plant_wrong_level(buffer) -> tuple[int, float, float]:
     i = next(i for i in range(40, len(bids)) if bids[i][0] not in touched)
     price, qty = bids[i]
     bids[i] = (price, qty * 2)
-    import sqlite3
-
     con = sqlite3.connect(buffer)
     with con:
         con.execute("UPDATE depth_rest_snapshot SET levels = ? WHERE id = ?",
