@@ -447,6 +447,10 @@ class _StreamRun:
         pre = self._row() if self.pending_points else None
         res = self.b.event(ev)
         if res.outcome is Outcome.STALE:
+            if res.status is Status.KNOWN:  # the book stayed at its id: snapshots exactly at it count
+                for probe, cmp in tentative:
+                    if cmp is not None:
+                        self._record(probe, ev, cmp)
             return
         # points before this event saw the true book only if the chain continued through it
         continued = res.outcome in (Outcome.APPLIED, Outcome.REBASED)

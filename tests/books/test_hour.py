@@ -7,6 +7,8 @@ import random
 import pyarrow as pa
 import pytest
 
+from orderbook_core.buffer.hours import HOUR_US
+
 from orderbook_assets.books.builder import Status
 from orderbook_assets.books.hour import SCHEMA, HourState, Settings, StreamKey, build_hour, crossed_rows
 from support.book_tables import REST_SCHEMA, UPDATE_SCHEMA, Part, Rest, Upd, empty, partial, rest, updates
@@ -273,3 +275,13 @@ def test_an_hour_with_diff_rows_and_no_snapshot_is_unproven_and_rows_past_the_ho
     assert (r["known"], r["known_levels"], r["last_update_id"], r["bids"]) == (False, 0, 102, [])
     assert levels(r["asks"]) == [(11.0, 1.0), (12.0, 2.0)]
     assert not any(x["known"] for x in rows(out.table) if x["time"].timestamp() * S >= H + 3 * S)
+    # the horizon and the levels seen beyond it carry into the next hour
+    st = out.state.streams[StreamKey("spot", "btcusdt@depth@100ms")]
+    assert st.horizons == (-9.0, 12.0) and st.seen == ([], [])
+    back = HourState.from_bytes(out.state.to_bytes())
+    assert back == out.state
+    nxt = build_hour(H + HOUR_US, updates([Upd(H + HOUR_US + S, 103, 103, bids=[(9.5, 1.0), (8.0, 2.0)])]),
+                     empty(REST_SCHEMA), back, Settings(depth=2, interval_us=S))
+    r = [x for x in rows(nxt.table) if x["time"].timestamp() * S == H + HOUR_US + 2 * S][0]
+    assert (r["known_levels"], levels(r["bids"])) == (1, [(9.5, 1.0)])  # 8.0 lies past the horizon (9.0)
+    assert nxt.state.streams[StreamKey("spot", "btcusdt@depth@100ms")].seen == ([8.0], [])
