@@ -272,6 +272,15 @@ class Side:
                     keys.add(s * p)
                 qty[p] = q
 
+    def prune_seen(self, keep_levels: int) -> None:
+        """Forget seen prices past the side's ``keep_levels``-th level: no snapshot compares that
+        deep (REST gives at most 5000), and forgetting only narrows what is known, never widens it."""
+        if len(self._keys) <= keep_levels:
+            return
+        limit = self._keys.head(keep_levels)[-1]
+        s = self._sign
+        self.seen = {p for p in self.seen if s * p <= limit}
+
     def qty(self, price: float) -> float:
         """The quantity at ``price`` (0.0: no level)."""
         return self._qty.get(price, 0.0)

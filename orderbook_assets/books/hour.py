@@ -390,8 +390,15 @@ def _resume(key: StreamKey, prev: StreamState | None, settings: Settings) -> Boo
     return b
 
 
+#: Seen prices carried past an hour only within this many levels of the top (the deepest REST
+#: snapshot): a drifting book would otherwise carry every price it ever touched.
+SEEN_LEVELS = 5000
+
+
 def _end_state(symbol: str, b: BookBuilder) -> StreamState:
     if b.status is Status.KNOWN:
+        b.bids.prune_seen(SEEN_LEVELS)
+        b.asks.prune_seen(SEEN_LEVELS)
         return StreamState(symbol, Status.KNOWN, b.last_update_id, b.bids.levels(), b.asks.levels(), b.pending,
                            horizons=(b.bids.horizon, b.asks.horizon),
                            seen=(sorted(b.bids.seen, reverse=True), sorted(b.asks.seen)))

@@ -306,3 +306,13 @@ def test_usdm_re_base_by_pu_and_a_snapshot_between_events_ids():
     assert b.known_top(3).known_levels == 2  # the asks reach 12.0 only
     assert b.event(usdm(131, 140, 129)).outcome is Outcome.BREAK  # pu != the previous u
     assert b.known_top(1) == ([], [], 0, False)
+
+
+def test_seen_prices_past_a_depth_are_forgotten_which_only_narrows_what_is_known():
+    b = BookBuilder(Market.SPOT)
+    b.snapshot(CUT)
+    b.event(spot(101, 101, bids=[(8.0, 1.0), (7.0, 1.0), (6.0, 0.0)]))
+    assert b.bids.seen == {8.0, 7.0, 6.0}
+    b.bids.prune_seen(3)  # 10.0, 9.0, 8.0
+    assert b.bids.seen == {8.0} and b.bids.known(8.0) and not b.bids.known(7.0)
+    assert b.known_top(3).known_levels == 2
