@@ -709,6 +709,9 @@ class Exchange:
     ``POST /control/<name>`` (see :meth:`_control_http`). ``weight_budget`` overrides
     Binance's REST budgets per market (small ones for tests), ``weight_window`` the
     budget's window (60 s) and ``ban_seconds`` the 418 ban after an ignored 429.
+    ``book_levels``, ``trend`` and ``jump`` shape the books (:class:`Book`);
+    ``partials_aligned`` samples partial depth at the diff events' ids (default: inside a diff
+    event, see the module) and ``partial_rate`` gives partial streams their own messages per second.
     """
 
     def __init__(
