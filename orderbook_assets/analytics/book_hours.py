@@ -95,6 +95,7 @@ class BookHour:
     rows: int = 0
     streams: list[StreamKey] = field(default_factory=list)
     known_rows: int = 0
+    partly_known_rows: int = 0
     proof: Proof = field(default_factory=Proof)
     crossed: CrossedRows = CrossedRows(0, [])
     started_from_state: bool = False
@@ -125,7 +126,7 @@ def materialize_hour(archive: str | Location, hour_us: int, settings: Settings =
             built = _build(hour_us, key, ups, snap_groups.get(key), previous, settings, part)
             tables.append(built.table)
             state.streams.update(built.state.streams)
-            _add_proof(out.proof, built.proof)
+            out.proof.extend(built.proof)
         # streams with a state or snapshots but no diff event this hour: their state carries on
         for key in sorted((set(previous.streams) if previous else set()) | set(snap_groups)):
             if key not in seen:
@@ -138,6 +139,8 @@ def materialize_hour(archive: str | Location, hour_us: int, settings: Settings =
     if table.num_rows:
         table = table.take(pc.sort_indices(table, [(c, "ascending") for c in ("market", "symbol", "stream", "time")]))
     out.rows, out.known_rows = table.num_rows, int(pc.sum(table["known"]).as_py() or 0)
+    chained = int(pc.sum(pc.is_valid(table["last_update_id"])).as_py() or 0)
+    out.partly_known_rows = chained - out.known_rows
     out.crossed = crossed_rows(table)
     with tempfile.TemporaryDirectory(prefix="books-") as tmp:
         path = Path(tmp) / "books.parquet"
@@ -229,13 +232,6 @@ def _empty_like_snapshots() -> pa.Table:
                       ("last_update_id", pa.int64()), ("bids", LEVELS), ("asks", LEVELS)]).empty_table()
 
 
-def _add_proof(total: Proof, part: Proof) -> None:
-    total.comparable += part.comparable
-    total.matched += part.matched
-    total.mismatches.extend(part.mismatches)
-    total.crossed.extend(part.crossed)
-
-
 #: How many following hours one rebuild may carry a changed end state into (a day).
 MAX_CASCADE = 24
 
@@ -249,6 +245,9 @@ def materialize_from(archive: str | Location, hour_us: int, settings: Settings =
     built after ``H + 1``) change what ``H + 1`` should have been: it is rebuilt (a new version,
     the old one kept), and so on while the end state keeps changing and the next hour exists,
     at most ``max_cascade`` hours. Hours not built yet are left to their own run.
+
+    Every hour returned carries its own proof: the caller checks each (a rebuilt hour's
+    mismatches fail the run that rebuilt it, as the hour's own would).
     """
     loc = archive if isinstance(archive, Location) else Location.parse(str(archive))
     store = store or open_store(loc, s3)

@@ -1,7 +1,8 @@
 """Books and events out of the archive, for analysts (Python API; DuckDB reads the Parquet).
 
 * :func:`book_at` answers "what was the book of ``symbol`` at ``time``": from diff depth
-  (full depth, every level the REST snapshot and later changes gave) where the archive has a
+  (every level the REST snapshots' horizon and later changes prove; ``known_levels`` and
+  ``complete`` say how much of the depth asked for that is) where the archive has a
   usable start (an hour's end state under ``book_state/``, or the nearest earlier REST
   snapshot) and an unbroken chain to ``time``; from the latest partial snapshot otherwise;
   and says which (:class:`Source`) and why.
@@ -28,7 +29,7 @@ from orderbook_core.buffer.hours import HOUR_US, hour_of
 from orderbook_assets.archive.location import Location, S3Settings
 from orderbook_core.streams import Market
 from orderbook_assets.books.builder import BookBuilder, DiffEvent, Level, Outcome, Status
-from orderbook_assets.books.hour import HourState, event_rows, snapshot_rows, state_key
+from orderbook_assets.books.hour import DEPTH_N, HourState, event_rows, snapshot_rows, state_key
 
 #: How far before a REST snapshot's receive time diff events are read: the collector buffers
 #: events first and fetches the snapshot after, so the bridging event may precede it.
@@ -55,9 +56,11 @@ class BookAt(NamedTuple):
     time_us: int  # the time asked for
     as_of_us: int | None  # receive time of the last message the answer rests on
     last_update_id: int | None
-    bids: list[Level]
+    bids: list[Level]  # only levels the source proves, best first
     asks: list[Level]
     reason: str  # why this source (one sentence)
+    known_levels: int = 0  # leading levels both sides prove (the depth asked for when complete)
+    complete: bool = False  # every level asked for is the exchange's (within the depth asked)
 
 
 class RebuiltBook(NamedTuple):
@@ -65,10 +68,12 @@ class RebuiltBook(NamedTuple):
 
     recv_time_us: int
     stream: str
-    known: bool
+    known: bool  # the chain is known (levels past the horizon are left out: see known_levels)
     last_update_id: int | None
-    bids: list[Level]
+    bids: list[Level]  # the leading levels inside the horizon
     asks: list[Level]
+    known_levels: int = 0
+    complete: bool = False  # the top ``depth`` of both sides is the exchange's
 
 
 class ArchivedRow(NamedTuple):
@@ -198,7 +203,7 @@ def _start(r: ArchiveReader, market: str, symbol: str, t: int, stream: str | Non
         key, st = entry
         b = BookBuilder(Market(market))
         if st.status is Status.KNOWN and st.last_update_id is not None:
-            b.load_known(st.last_update_id, st.bids, st.asks)
+            b.load_known(st.last_update_id, st.bids, st.asks, st.horizons, st.seen)
         b.load_pending(st.pending, st.tail)
         return _Start(b, key.stream, hour, hour)
     if snap_row is None:
@@ -267,10 +272,14 @@ def _book_at(r: ArchiveReader, market: str, symbol: str, t: int, depth: int | No
                           f"{_date_range(t, t + HOUR_US)}", [market, start.stream, t], "last_update_id", 1)
             following = next((ev for _, ev in event_rows(nxt)), None) if nxt.num_rows else None
             if b.status is Status.KNOWN and (following is None or b.continues(following)):
-                n = depth if depth is not None else max(len(b.bids), len(b.asks))
-                bids, asks = b.top(n)
+                n = depth if depth is not None else max(len(b.bids), len(b.asks), 1)
+                top = b.known_top(n)
+                why = "rebuilt from a REST snapshot or hour state and an unbroken diff chain"
+                if not top.complete:
+                    why += (f"; only {top.known_levels} of {n} levels a side lie inside what the snapshots "
+                            "proved (the horizon): the levels past it are left out")
                 return BookAt(Source.DIFFS, market, symbol, start.stream, t, last_recv, b.last_update_id,
-                              bids, asks, "rebuilt from a REST snapshot or hour state and an unbroken diff chain")
+                              top.bids, top.asks, why, top.known_levels, top.complete)
             why = ("the diff chain breaks right after the time" if b.status is Status.KNOWN
                    else "the diff chain is broken at the time and no later snapshot bridged it")
     return _from_partial(r, market, symbol, t, depth, why)
@@ -287,8 +296,12 @@ def _from_partial(r: ArchiveReader, market: str, symbol: str, t: int, depth: int
     n = depth if depth is not None else len(row["bids"]) + len(row["asks"])
     bids = [(x["price"], x["qty"]) for x in row["bids"]][:n]
     asks = [(x["price"], x["qty"]) for x in row["asks"]][:n]
+    # the exchange's own top N: complete up to its depth (or the depth asked, if smaller)
+    m = DEPTH_N.search(row["stream"])
+    have = int(m.group(1)) if m else min(len(row["bids"]), len(row["asks"]))
+    known = min(n, have)
     return BookAt(Source.PARTIAL, market, symbol, row["stream"], t, row["recv_us"], row["last_update_id"],
-                  bids, asks, f"{why}; the latest partial snapshot instead")
+                  bids, asks, f"{why}; the latest partial snapshot instead", known, known == n)
 
 
 def iter_books(archive: str | Location | ArchiveReader, market: str, symbol: str, start: datetime | str | int,
@@ -311,8 +324,9 @@ def iter_books(archive: str | Location | ArchiveReader, market: str, symbol: str
         b = begin.builder
         for recv_us, _ev, outcome in _replay(r, market, begin, hi):
             if recv_us >= lo and outcome is not Outcome.STALE:  # a stale event changes nothing
-                bids, asks = b.top(depth)
-                yield RebuiltBook(recv_us, begin.stream, b.status is Status.KNOWN, b.last_update_id, bids, asks)
+                top = b.known_top(depth)
+                yield RebuiltBook(recv_us, begin.stream, b.status is Status.KNOWN, b.last_update_id, top.bids,
+                                  top.asks, top.known_levels, top.complete)
     finally:
         if r is not archive:
             r.close()

@@ -28,7 +28,7 @@ TOP_OF_BOOK_1S = "top_of_book_1s"
 BOOK_SNAPSHOT = "book_snapshot"
 
 #: The schema version of each dataset's newest schema (stored in every file's metadata).
-SCHEMA_VERSIONS = {DEPTH: "2", COVERAGE: "2"}
+SCHEMA_VERSIONS = {DEPTH: "2", COVERAGE: "2", BOOK_SNAPSHOT: "2"}
 
 
 def _meta(dataset: str, version: str | None = None) -> dict[str, str]:
@@ -164,6 +164,10 @@ BARS_SCHEMA = pa.schema(
 #: ``book_snapshot``: the top-N rebuilt book of every diff-depth stream at fixed interval points
 #: (built by ``books.hour``). ``last_update_id`` is null while unknown, and ``bids``/``asks`` are
 #: then empty. Dedup key (``market``, ``stream``, ``time``): stream names repeat across markets.
+#: Schema version 2 adds ``known_levels``: how many leading levels both sides prove (N when
+#: ``known``); ``bids``/``asks`` then hold only each side's proven leading levels, never levels
+#: past the snapshots' horizon. Version 1 files (no ``known_levels``) read it as null with
+#: ``union_by_name``; their ``known`` did not account for the horizon (docs/datasets.md).
 BOOK_SNAPSHOT_SCHEMA = pa.schema(
     [
         _f("market", pa.string()),
@@ -172,6 +176,7 @@ BOOK_SNAPSHOT_SCHEMA = pa.schema(
         _f("time", TS),
         _f("last_update_id", pa.int64(), True),
         _f("known", pa.bool_()),
+        _f("known_levels", pa.int32()),
         _f("bids", LEVELS),
         _f("asks", LEVELS),
     ],

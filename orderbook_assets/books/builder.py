@@ -9,8 +9,27 @@ The continuity rules (stale, continues, bridges a snapshot) are Binance's, defin
 archive's ``depth_continuity`` check.
 
 * A quantity of 0 removes the level, known or not (deleting an unknown level is normal:
-  the snapshot is cut at its limit). Levels beyond the snapshot's limit stay unknown until
-  they change, as on Binance; top-N well inside the limit is exact.
+  the snapshot is cut at its limit).
+
+**The horizon.** A REST snapshot holds the best ``limit`` levels a side; diff events report
+only levels that change. So each side keeps its *horizon*: the worst price the snapshots
+covered. Every level at or better than it is known (present or absent: the snapshot listed
+all of them, and every change since came as a diff). Beyond it, a level a diff set or
+deleted since is known from then on (:meth:`Side.known`), but the gaps between such levels
+are not: a level resting there since before the snapshot never showed. The top ``N`` of a
+side is complete iff its ``N``-th best level lies inside the horizon, or the horizon is
+unbounded (the snapshot held the whole side) (:meth:`Side.known_levels`).
+
+A snapshot side is whole (unbounded horizon) only when it is empty or holds fewer levels than
+the snapshot's ``limit``, when the limit is known (:attr:`Snapshot.limit`). The archive does
+not record the limit a REST snapshot was fetched with, so REST sides are taken as cut at their
+worst level (conservative: a side can be called cut when it was whole, never the reverse).
+Partial snapshots name their depth (``@depth20``), so theirs is known.
+
+**Re-basing.** Any REST snapshot newer than a known book is a re-base: at the event that
+continues the book across the snapshot's id, the snapshot's levels replace the book's inside
+the snapshot's range, the event is applied on top, and the horizon extends to the wider of the
+two (Binance's procedure, applied to a book that is already known).
 
 Feed order: a stream's events in update-id order with each snapshot placed before the first
 event whose ``u`` exceeds its id is the exchange's own order (:mod:`.hour` does that). Fed in
@@ -21,10 +40,11 @@ part after a snapshot's id when the snapshot comes.
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left, bisect_right
 from collections import deque
 from enum import Enum
-from typing import Iterable, NamedTuple, Sequence
+from typing import Iterable, Iterator, NamedTuple, Sequence
 
 from orderbook_core import continuity
 from orderbook_core.streams import Market
@@ -41,6 +61,7 @@ class Outcome(str, Enum):
     """What one fed item did."""
 
     APPLIED = "applied"  # continued the known book
+    REBASED = "rebased"  # continued the known book across a newer snapshot, which re-based it
     SYNCED = "synced"  # first event after a snapshot: the book became known
     STALE = "stale"  # at or before the book's id (or the pending snapshot's): dropped, changes nothing
     BREAK = "break"  # events were missed: the book became unknown
@@ -66,6 +87,30 @@ class Snapshot(NamedTuple):
     last_update_id: int
     bids: Sequence[Level]
     asks: Sequence[Level]
+    limit: int | None = None  # the levels a side asked for; None: not recorded (sides taken as cut)
+
+
+#: A side's horizon as a key (``sign * price``, best first ascending): everything at or below it is known.
+WHOLE = math.inf  # the snapshot held the whole side
+NOTHING = -math.inf  # nothing is known (a book carried from before horizons were kept)
+
+
+def side_horizon(levels: Sequence[Level], bid: bool, limit: int | None) -> float:
+    """The horizon key a snapshot side proves: :data:`WHOLE` if it is empty or shorter than its
+    ``limit``, else its worst price's key."""
+    if not levels or (limit is not None and len(levels) < limit):
+        return WHOLE
+    sign = -1.0 if bid else 1.0
+    return max(sign * p for p, _ in levels)
+
+
+class KnownTop(NamedTuple):
+    """The top ``n`` as far as the horizon proves it (:meth:`BookBuilder.known_top`)."""
+
+    bids: list[Level]  # the leading bids inside the horizon (all ``n`` when complete)
+    asks: list[Level]
+    known_levels: int  # levels both sides prove (``n`` when complete)
+    complete: bool  # both sides' top ``n`` are the exchange's
 
 
 class Result(NamedTuple):
@@ -142,37 +187,83 @@ class SortedKeys:
     def first(self) -> float | None:
         return self._blocks[0][0] if self._blocks else None
 
+    def upto(self, limit: float) -> Iterator[float]:
+        """The keys at or below ``limit``, ascending."""
+        for b in self._blocks:
+            if b[0] > limit:
+                return
+            if b[-1] <= limit:
+                yield from b
+            else:
+                yield from b[:bisect_right(b, limit)]
+                return
+
+    def above(self, limit: float) -> list[float]:
+        """The keys strictly above ``limit``, ascending."""
+        out: list[float] = []
+        for b in self._blocks:
+            if b[-1] > limit:
+                out.extend(b[bisect_right(b, limit):] if b[0] <= limit else b)
+        return out
+
 
 class Side:
-    """One side of a book: price → qty plus the prices kept sorted best first.
+    """One side of a book: price → qty plus the prices kept sorted best first, and what is known.
 
     Bids are kept under their negated price so that both sides sort ascending, best first.
+    ``horizon`` is a key (``sign * price``): every price whose key is at or below it is known;
+    ``seen`` holds the prices beyond it that a diff set or deleted since (known from then on).
     """
 
-    __slots__ = ("_sign", "_qty", "_keys")
+    __slots__ = ("_sign", "_qty", "_keys", "horizon", "seen")
 
     def __init__(self, bid: bool):
         self._sign = -1.0 if bid else 1.0
         self._qty: dict[float, float] = {}
         self._keys = SortedKeys()  # sign * price, ascending = best first
+        self.horizon = NOTHING
+        self.seen: set[float] = set()
 
     def __len__(self) -> int:
         return len(self._keys)
 
+    @property
+    def bid(self) -> bool:
+        return self._sign < 0
+
     def clear(self) -> None:
         self._qty.clear()
         self._keys.clear()
+        self.horizon = NOTHING
+        self.seen = set()
 
-    def load(self, levels: Iterable[Level]) -> None:
-        """Replace the side (a snapshot's side; any order, zero quantities skipped)."""
+    def load(self, levels: Iterable[Level], horizon: float = NOTHING, seen: Iterable[float] = ()) -> None:
+        """Replace the side (a snapshot's side; any order, zero quantities skipped) with what it
+        proves: ``horizon`` (by default nothing) and the prices ``seen`` beyond it."""
         s = self._sign
         self._qty = {p: q for p, q in levels if q != 0.0}
         self._keys.load(sorted(s * p for p in self._qty))
+        self.horizon = horizon
+        self.seen = {p for p in seen if s * p > horizon}
+
+    def rebase(self, levels: Iterable[Level], horizon: float) -> None:
+        """A newer snapshot's side: its levels replace the book's at or inside ``horizon`` (the
+        snapshot's), the book's beyond it stay, and the side's horizon becomes the wider one."""
+        s = self._sign
+        keep = {s * k: self._qty[s * k] for k in self._keys.above(horizon)}
+        keep.update((p, q) for p, q in levels if q != 0.0 and s * p <= horizon)
+        self._qty = keep
+        self._keys.load(sorted(s * p for p in keep))
+        self.horizon = max(self.horizon, horizon)
+        self.seen = {p for p in self.seen if s * p > self.horizon}
 
     def update(self, levels: Iterable[Level]) -> None:
-        """Set absolute quantities; 0 removes the level (an unknown one too)."""
-        qty, keys, s = self._qty, self._keys, self._sign
+        """Set absolute quantities; 0 removes the level (an unknown one too). A price beyond the
+        horizon becomes known (seen)."""
+        qty, keys, s, h = self._qty, self._keys, self._sign, self.horizon
         for p, q in levels:
+            if s * p > h:
+                self.seen.add(p)
             if q == 0.0:
                 if qty.pop(p, None) is not None:
                     keys.remove(s * p)
@@ -180,6 +271,44 @@ class Side:
                 if p not in qty:
                     keys.add(s * p)
                 qty[p] = q
+
+    def prune_seen(self, keep_levels: int) -> None:
+        """Forget seen prices past the side's ``keep_levels``-th level: no snapshot compares that
+        deep (REST gives at most 5000), and forgetting only narrows what is known, never widens it."""
+        if len(self._keys) <= keep_levels:
+            return
+        limit = self._keys.head(keep_levels)[-1]
+        s = self._sign
+        self.seen = {p for p in self.seen if s * p <= limit}
+
+    def qty(self, price: float) -> float:
+        """The quantity at ``price`` (0.0: no level)."""
+        return self._qty.get(price, 0.0)
+
+    def key(self, price: float) -> float:
+        return self._sign * price
+
+    def known(self, price: float) -> bool:
+        """Whether the book knows the level at ``price`` (its quantity, or that there is none)."""
+        return self._sign * price <= self.horizon or price in self.seen
+
+    def known_levels(self, n: int) -> int:
+        """How many of the best ``n`` levels are provably the exchange's: ``n`` when the top ``n``
+        is complete (inside the horizon, or the whole side is known), else the leading levels
+        inside the horizon."""
+        if self.horizon == WHOLE:
+            return n
+        count = 0
+        for _ in self._keys.upto(self.horizon):
+            count += 1
+            if count == n:
+                break
+        return count
+
+    def within(self, limit: float) -> list[Level]:
+        """The levels whose key is at or below ``limit``, best first."""
+        s, qty = self._sign, self._qty
+        return [(s * k, qty[s * k]) for k in self._keys.upto(limit)]
 
     def top(self, n: int) -> list[Level]:
         """The best ``n`` levels, best first."""
@@ -232,19 +361,32 @@ class BookBuilder:
         return tuple(self._tail)
 
     def top(self, n: int) -> tuple[list[Level], list[Level]]:
-        """Top ``n`` bids and asks, best first (empty while unknown)."""
+        """Top ``n`` bids and asks, best first (empty while unknown), known or not (see
+        :meth:`known_top` for the part the horizon proves)."""
         if self.status is not Status.KNOWN:
             return [], []
         return self.bids.top(n), self.asks.top(n)
+
+    def known_top(self, n: int) -> "KnownTop":
+        """The top ``n`` as far as it is proven: each side cut to its leading levels inside the
+        horizon (all ``n`` when complete), and how many levels both sides prove."""
+        if self.status is not Status.KNOWN:
+            return KnownTop([], [], 0, False)
+        kb, ka = self.bids.known_levels(n), self.asks.known_levels(n)
+        return KnownTop(self.bids.top(kb), self.asks.top(ka), min(kb, ka), kb == n and ka == n)
 
     def crossed(self) -> bool:
         b, a = self.bids.best(), self.asks.best()
         return self.status is Status.KNOWN and b is not None and a is not None and b >= a
 
     def snapshot(self, snap: Snapshot) -> Result:
-        """A REST snapshot. Used at once if unknown events after its id are in the tail,
-        otherwise kept for the next event."""
-        if self.status is Status.KNOWN and self._id is not None and snap.last_update_id <= self._id:
+        """A REST snapshot. Used at once if unknown events after its id are in the tail, or if
+        the known book stands exactly at its id (a re-base), otherwise kept for the next event
+        (which re-bases a known book, or syncs an unknown one)."""
+        if self.status is Status.KNOWN and self._id is not None and snap.last_update_id == self._id:
+            self._rebase(snap)
+            return self._result(Outcome.REBASED)
+        if self.status is Status.KNOWN and self._id is not None and snap.last_update_id < self._id:
             return self._result(Outcome.SNAPSHOT_BEHIND)
         if self._pending is not None and snap.last_update_id < self._pending.last_update_id:
             return self._result(Outcome.SNAPSHOT_BEHIND)
@@ -276,10 +418,13 @@ class BookBuilder:
 
     # ---- state for an hour's end (see .hour) ---------------------------------------------
 
-    def load_known(self, last_update_id: int, bids: Iterable[Level], asks: Iterable[Level]) -> None:
-        """Resume a known book (a previous hour's end state)."""
-        self.bids.load(bids)
-        self.asks.load(asks)
+    def load_known(self, last_update_id: int, bids: Iterable[Level], asks: Iterable[Level],
+                   horizons: tuple[float, float] = (NOTHING, NOTHING),
+                   seen: tuple[Iterable[float], Iterable[float]] = ((), ())) -> None:
+        """Resume a known book (a previous hour's end state) with its horizons (keys) and seen
+        prices; without them nothing is known until a re-base."""
+        self.bids.load(bids, horizons[0], seen[0])
+        self.asks.load(asks, horizons[1], seen[1])
         self._id = last_update_id
         self.status = Status.KNOWN
 
@@ -307,17 +452,25 @@ class BookBuilder:
         lid = snap.last_update_id
         if self._stale_for(ev, lid):
             if self.status is Status.KNOWN:
-                return self._event_known(ev)
+                res = self._event_known(ev)
+                if res.outcome is Outcome.APPLIED and self._id == lid:  # the book stands at the snapshot's id
+                    self._pending = None
+                    self._rebase(snap)
+                    return self._result(Outcome.REBASED)
+                return res
             return self._result(Outcome.STALE)
         if self.status is Status.KNOWN and self._continues(ev):
-            # the book is known through the snapshot's id: the snapshot is not needed
+            # the book is known through the snapshot's id, which lies inside this event or in the
+            # ids before it that changed nothing here: the snapshot is the book at its id, so it
+            # re-bases the book (and extends the horizon) before the event applies
             self._pending = None
+            self._rebase(snap)
             self._apply(ev)
-            return self._result(Outcome.APPLIED)
+            return self._result(Outcome.REBASED)
         self._pending = None
         if self._bridges(ev, lid):
-            self.bids.load(snap.bids)
-            self.asks.load(snap.asks)
+            self.bids.load(snap.bids, side_horizon(snap.bids, True, snap.limit))
+            self.asks.load(snap.asks, side_horizon(snap.asks, False, snap.limit))
             self.status = Status.KNOWN
             self._tail.clear()
             self._apply(ev)
@@ -360,6 +513,10 @@ class BookBuilder:
                 self._tail.clear()
         self._tail.append(ev)
 
+    def _rebase(self, snap: Snapshot) -> None:
+        self.bids.rebase(snap.bids, side_horizon(snap.bids, True, snap.limit))
+        self.asks.rebase(snap.asks, side_horizon(snap.asks, False, snap.limit))
+
     def _apply(self, ev: DiffEvent) -> None:
         self.bids.update(ev.bids)
         self.asks.update(ev.asks)
@@ -370,3 +527,70 @@ class BookBuilder:
         self._id = None
         self.bids.clear()
         self.asks.clear()
+
+
+# ---- proving a book against one of the exchange's snapshots ---------------------------------
+
+
+class LevelDiff(NamedTuple):
+    """One level where the exchange's snapshot and the rebuilt book differ (qty 0.0: absent)."""
+
+    side: str  # "bid" or "ask"
+    price: float
+    exchange_qty: float
+    rebuilt_qty: float
+
+
+class Comparison(NamedTuple):
+    """One snapshot compared with the rebuilt book around its id."""
+
+    levels: int  # levels compared and decided (equal or not)
+    mismatches: list[LevelDiff]
+    undecided: int  # levels the straddling event touched whose snapshot value lies between its ends
+
+
+def compare(builder: BookBuilder, bids: Sequence[Level], asks: Sequence[Level], limit: int | None,
+            touched: DiffEvent | None = None, after: bool = False) -> Comparison:
+    """Compare the exchange's book at id ``L`` (``bids``/``asks``, best first, ``limit`` levels a
+    side asked for: None means unknown, each side cut at its worst level) with ``builder``'s book,
+    which stands at an id at or before ``L``, known.
+
+    ``touched``: the event that straddles ``L`` (``U <= L <= u``), not applied yet; None when
+    nothing changed between the book's id and ``L`` (the comparison is exact). ``after``: ``L`` is
+    the event's ``u``, so every level must equal the book after it (exact). Otherwise a level the
+    event does not touch must equal the book, and a level it touches must equal the book before or
+    after it; a touched level with neither value changed more than once inside the event (the event
+    carries only the last value) and is counted as undecided, not as a mismatch.
+
+    Only levels inside both the snapshot's range (at or better than its worst level, or the whole
+    side when it holds fewer levels than ``limit``) and what the book knows (its horizon and the
+    levels seen since) are compared.
+    """
+    n, wrong, undecided = 0, [], 0
+    for side, levels, name, changes in ((builder.bids, bids, "bid", touched.bids if touched else ()),
+                                        (builder.asks, asks, "ask", touched.asks if touched else ())):
+        limit_key = side_horizon(levels, side.bid, limit)
+        exch = dict(levels)
+        changed = dict(changes)
+        prices = set(exch)
+        prices.update(p for p, _ in side.within(limit_key))
+        prices.update(p for p in changed if side.key(p) <= limit_key)
+        for p in sorted(prices):
+            if not side.known(p) and not (after and p in changed):
+                continue
+            e, before = exch.get(p, 0.0), side.qty(p)
+            if p in changed:
+                if after:
+                    want = changed[p]
+                elif e == before or e == changed[p]:
+                    n += 1
+                    continue
+                else:
+                    undecided += 1
+                    continue
+            else:
+                want = before
+            n += 1
+            if e != want:
+                wrong.append(LevelDiff(name, p, e, want))
+    return Comparison(n, wrong, undecided)

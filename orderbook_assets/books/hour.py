@@ -19,9 +19,19 @@ Order and time:
   immutable hour; coverage records any outage there).
 * A stream with no diff event in the hour has no rows in it; its state carries over.
 
-The end state (:class:`HourState`) holds per stream the full book and its id, or "unknown"
-with the bounded unbroken tail of events and any snapshot still waiting, so the next hour
-continues exactly. Without a previous state an hour starts unknown and syncs at its first
+What a row claims: ``known`` only when both sides' top N lie inside the horizon the REST
+snapshots proved (:mod:`.builder`); otherwise, with the chain known, the row holds each side's
+proven leading levels only and ``known_levels`` says how many both sides prove.
+
+The proof (:class:`Proof`, one :class:`StreamProof` a stream): every REST snapshot of the stream
+and every partial snapshot of its market and symbol is compared with the book around its id
+(:func:`.builder.compare`, before the event that straddles the id is applied and before a REST
+snapshot re-bases the book), and counts only if that event continued the book. A stream with
+diff events and nothing comparable is unproven.
+
+The end state (:class:`HourState`) holds per stream the full book, its id and each side's
+horizon and seen prices, or "unknown" with the bounded unbroken tail of events and any snapshot
+still waiting, so the next hour continues exactly. Without a previous state an hour starts unknown and syncs at its first
 usable snapshot. Output rows are sorted by ``market, symbol, stream, time``; the same inputs
 give the same table (and the same state bytes).
 
@@ -34,6 +44,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Iterator, Mapping, NamedTuple
 
 import numpy as np
@@ -47,11 +58,12 @@ from orderbook_core.errors import ConfigError
 
 from orderbook_assets.archive.datasets import BOOK_SNAPSHOT, BOOK_SNAPSHOT_SCHEMA, TS
 from orderbook_core.streams import Market
-from orderbook_assets.books.builder import BookBuilder, DiffEvent, Level, Outcome, Snapshot, Status
+from orderbook_assets.books.builder import (NOTHING, WHOLE, BookBuilder, DiffEvent, Level, LevelDiff, Outcome,
+                                           Snapshot, Status, compare)
 
 #: Where an hour's end state lives, relative to the archive root (:func:`state_key`).
 BOOK_STATE = "book_state"
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: each side's horizon and seen prices (a version 1 state resumes knowing nothing)
 DEFAULT_DEPTH = 25
 DEFAULT_INTERVAL_US = 1_000_000
 CHUNK = 4096  # events converted to Python values at a time
@@ -114,6 +126,24 @@ class StreamState:
     asks: list[Level] = field(default_factory=list)
     pending: Snapshot | None = None
     tail: list[DiffEvent] = field(default_factory=list)
+    horizons: tuple[float, float] = (NOTHING, NOTHING)  # bid and ask horizon keys (builder.Side.horizon)
+    seen: tuple[list[float], list[float]] = ([], [])  # prices known beyond each horizon
+
+
+def _horizon_json(key: float, bid: bool):
+    if key == WHOLE:
+        return "whole"
+    if key == NOTHING:
+        return "none"
+    return -key if bid else key
+
+
+def _horizon_key(v, bid: bool) -> float:
+    if v == "whole":
+        return WHOLE
+    if v == "none":
+        return NOTHING
+    return -float(v) if bid else float(v)
 
 
 @dataclass
@@ -134,7 +164,7 @@ class HourState:
     @classmethod
     def from_bytes(cls, data: bytes) -> "HourState":
         obj = orjson.loads(data)
-        if obj.get("version") != STATE_VERSION:
+        if obj.get("version") not in (1, STATE_VERSION):
             raise ValueError(f"book state version {obj.get('version')} is not {STATE_VERSION}")
         streams = {}
         for s in obj["streams"]:
@@ -143,9 +173,14 @@ class HourState:
                 symbol=s["symbol"], status=Status(s["status"]), last_update_id=s["last_update_id"],
                 bids=[tuple(x) for x in s["bids"]], asks=[tuple(x) for x in s["asks"]],
                 pending=None if pending is None else Snapshot(
-                    pending["u"], [tuple(x) for x in pending["bids"]], [tuple(x) for x in pending["asks"]]),
+                    pending["u"], [tuple(x) for x in pending["bids"]], [tuple(x) for x in pending["asks"]],
+                    pending.get("limit")),
                 tail=[DiffEvent(e["U"], e["u"], e["pu"], [tuple(x) for x in e["bids"]],
                                 [tuple(x) for x in e["asks"]]) for e in s["tail"]],
+                # version 1 kept no horizon: the carried book proves nothing until a re-base
+                horizons=(_horizon_key(s["horizon"][0], True), _horizon_key(s["horizon"][1], False))
+                if "horizon" in s else (NOTHING, NOTHING),
+                seen=(list(s["seen"][0]), list(s["seen"][1])) if "seen" in s else ([], []),
             )
         return cls(obj["hour_end_us"], streams)
 
@@ -160,27 +195,46 @@ def _state_json(key: StreamKey, s: StreamState) -> dict:
         "market": key.market, "stream": key.stream, "symbol": s.symbol, "status": s.status.value,
         "last_update_id": s.last_update_id, "bids": s.bids, "asks": s.asks,
         "pending": None if s.pending is None else {
-            "u": s.pending.last_update_id, "bids": list(s.pending.bids), "asks": list(s.pending.asks)},
+            "u": s.pending.last_update_id, "bids": list(s.pending.bids), "asks": list(s.pending.asks),
+            "limit": s.pending.limit},
+        "horizon": [_horizon_json(s.horizons[0], True), _horizon_json(s.horizons[1], False)],
+        "seen": [sorted(s.seen[0], reverse=True), sorted(s.seen[1])],
         "tail": [{"U": e.first_update_id, "u": e.last_update_id, "pu": e.prev_update_id,
                   "bids": list(e.bids), "asks": list(e.asks)} for e in s.tail],
     }
 
 
-# ---- the proof against the exchange's partial snapshots ------------------------------------
+# ---- the proof against the exchange's snapshots ---------------------------------------------
+
+
+class ProbeKind(str, Enum):
+    REST = "rest"  # a depth_rest_snapshot row of the stream
+    PARTIAL = "partial"  # a depth_snapshot row (depth5/10/20) of the stream's market and symbol
+
+
+class Probe(NamedTuple):
+    """One of the exchange's own snapshots, to compare with the rebuilt book around its id."""
+
+    kind: ProbeKind
+    stream: str  # the partial-depth stream, or the diff stream a REST snapshot was fetched for
+    recv_us: int
+    last_update_id: int
+    bids: list[Level]
+    asks: list[Level]
+    limit: int | None  # levels a side asked for (None: not recorded)
 
 
 class Mismatch(NamedTuple):
-    """A partial snapshot that differs from the rebuilt top-N at the same update id."""
+    """A snapshot that differs from the rebuilt book around its update id, level by level."""
 
     market: str
     symbol: str
-    stream: str  # the partial-depth stream
+    stream: str  # the diff stream whose book differs
+    source: str  # the partial-depth stream, or "rest"
     recv_time_us: int
     last_update_id: int
-    exchange_bids: list[Level]
-    exchange_asks: list[Level]
-    rebuilt_bids: list[Level]
-    rebuilt_asks: list[Level]
+    event: tuple[int, int]  # (U, u) of the event straddling the snapshot's id
+    levels: list[LevelDiff]
 
 
 class CrossedExample(NamedTuple):
@@ -195,25 +249,76 @@ class CrossedExample(NamedTuple):
 
 
 @dataclass
-class Proof:
-    """Partial snapshots compared with the rebuilt book at equal update ids."""
+class StreamProof:
+    """What one diff stream's hour proved: the snapshots it had, compared, matched and not,
+    and how many of its rows are fully known, partly known (the chain is known but the top N
+    reaches past the horizon) and unknown."""
 
-    comparable: int = 0
+    market: str
+    stream: str
+    symbol: str
+    diff_events: int = 0
+    available: int = 0  # snapshots (REST and partial) of the hour for this stream
+    available_rest: int = 0
+    comparable: int = 0  # compared with at least one level decided
     matched: int = 0
+    mismatched: int = 0
+    levels_compared: int = 0
+    levels_mismatched: int = 0
+    levels_undecided: int = 0
+    rows_known: int = 0
+    rows_partly_known: int = 0
+    rows_unknown: int = 0
+
+    @property
+    def unproven(self) -> bool:
+        """Diff rows and nothing compared: the hour's books rest on no evidence."""
+        return self.diff_events > 0 and self.comparable == 0
+
+    def as_dict(self) -> dict:
+        return {**{f: getattr(self, f) for f in self.__dataclass_fields__}, "unproven": self.unproven}
+
+
+@dataclass
+class Proof:
+    """The hour's books compared with every snapshot of the exchange around its id."""
+
+    streams: list[StreamProof] = field(default_factory=list)
     mismatches: list[Mismatch] = field(default_factory=list)
     crossed: list[CrossedExample] = field(default_factory=list)  # the WARN: rebuilt crossed, exchange not
 
+    def _sum(self, name: str) -> int:
+        return sum(getattr(s, name) for s in self.streams)
+
+    @property
+    def available(self) -> int:
+        return self._sum("available")
+
+    @property
+    def comparable(self) -> int:
+        return self._sum("comparable")
+
+    @property
+    def matched(self) -> int:
+        return self._sum("matched")
+
+    @property
+    def mismatched(self) -> int:
+        return self._sum("mismatched")
+
+    @property
+    def unproven(self) -> list[StreamProof]:
+        return [s for s in self.streams if s.unproven]
+
     @property
     def ok(self) -> bool:
-        return self.comparable == self.matched
+        """No mismatch (unproven streams are reported apart: :attr:`unproven`)."""
+        return self.mismatched == 0
 
-
-class _Partial(NamedTuple):
-    stream: str
-    recv_us: int
-    bids: list[Level]
-    asks: list[Level]
-    depth: int
+    def extend(self, other: "Proof") -> None:
+        self.streams.extend(other.streams)
+        self.mismatches.extend(other.mismatches)
+        self.crossed.extend(other.crossed)
 
 
 class HourBooks(NamedTuple):
@@ -233,14 +338,15 @@ def build_hour(
     settings: Settings = Settings(),
     partial: pa.Table | None = None,
 ) -> HourBooks:
-    """The hour's ``book_snapshot`` table, its end state and the proof against ``partial``.
+    """The hour's ``book_snapshot`` table, its end state and the proof against the exchange's
+    snapshots (the REST ones of each stream, and ``partial``).
 
     Args:
         hour_start_us: the UTC hour (µs since the epoch, on the hour).
         updates: the hour's ``depth_update`` rows (``market, symbol, stream, recv_time,
             first_update_id, last_update_id, prev_update_id, bids, asks`` are read).
         snapshots: the hour's ``depth_rest_snapshot`` rows (``market, symbol, stream,
-            last_update_id, bids, asks``).
+            last_update_id, bids, asks``; ``limit`` if present).
         previous: the previous hour's end state, or None (every stream starts unknown).
         partial: the hour's ``depth_snapshot`` rows (``market, symbol, stream, recv_time,
             last_update_id, bids, asks``) to prove the rebuilt books against, or None.
@@ -254,7 +360,7 @@ def build_hour(
     state = HourState(end)
     prior = dict(previous.streams) if previous is not None else {}
     proof = Proof()
-    probes = partials_by_symbol(partial) if partial is not None else {}
+    partials = partials_by_symbol(partial) if partial is not None else {}
     updates = _sorted(updates, ["market", "stream", "last_update_id", "recv_time"])
     snapshots = _sorted(snapshots, ["market", "stream", "last_update_id"])
     upd_groups = dict(_groups(updates))
@@ -266,9 +372,8 @@ def build_hour(
         symbol = _symbol(ev if ev is not None else sn) if (ev is not None or sn is not None) else prior[key].symbol
         builder = _resume(key, prior.get(key), settings)
         if ev is not None:
-            stream = _StreamRun(key, symbol, builder, settings, hour_start_us, out,
-                                probes.get((key.market, symbol)), proof)
-            stream.run(ev, sn)
+            stream = _StreamRun(key, symbol, builder, settings, hour_start_us, out, proof)
+            stream.run(ev, sn, partials.get((key.market, symbol), []))
         elif sn is not None:
             for snap in snapshot_rows(sn):
                 builder.snapshot(snap)
@@ -280,54 +385,139 @@ def _resume(key: StreamKey, prev: StreamState | None, settings: Settings) -> Boo
     b = BookBuilder(Market(key.market), max_tail=settings.max_tail)
     if prev is not None:
         if prev.status is Status.KNOWN and prev.last_update_id is not None:
-            b.load_known(prev.last_update_id, prev.bids, prev.asks)
+            b.load_known(prev.last_update_id, prev.bids, prev.asks, prev.horizons, prev.seen)
         b.load_pending(prev.pending, prev.tail)
     return b
 
 
+#: Seen prices carried past an hour only within this many levels of the top (the deepest REST
+#: snapshot): a drifting book would otherwise carry every price it ever touched.
+SEEN_LEVELS = 5000
+
+
 def _end_state(symbol: str, b: BookBuilder) -> StreamState:
     if b.status is Status.KNOWN:
-        return StreamState(symbol, Status.KNOWN, b.last_update_id, b.bids.levels(), b.asks.levels(), b.pending)
+        b.bids.prune_seen(SEEN_LEVELS)
+        b.asks.prune_seen(SEEN_LEVELS)
+        return StreamState(symbol, Status.KNOWN, b.last_update_id, b.bids.levels(), b.asks.levels(), b.pending,
+                           horizons=(b.bids.horizon, b.asks.horizon),
+                           seen=(sorted(b.bids.seen, reverse=True), sorted(b.asks.seen)))
     return StreamState(symbol, Status.UNKNOWN, None, [], [], b.pending, list(b.tail))
 
 
+_Row = tuple[int, list[Level], list[Level], int, bool]  # lid, bids, asks, known levels, complete
+
+
 class _StreamRun:
-    """One stream through one hour: feed the builder, resolve interval points, probe partials."""
+    """One stream through one hour: feed the builder, resolve interval points, prove it
+    against every snapshot of the exchange around the snapshot's id."""
 
     def __init__(self, key: StreamKey, symbol: str, builder: BookBuilder, settings: Settings,
-                 hour_start_us: int, out: "_Columns", probes: dict[int, list[_Partial]] | None, proof: Proof):
+                 hour_start_us: int, out: "_Columns", proof: Proof):
         self.key, self.symbol, self.b, self.s = key, symbol, builder, settings
-        self.out, self.probes, self.proof = out, probes, proof
+        self.out, self.proof = out, proof
+        self.report = StreamProof(key.market, key.stream, symbol)
+        proof.streams.append(self.report)
         self.next_point = hour_start_us
         self.end = hour_start_us + HOUR_US
         self.pending_points: list[int] = []
         self.visible = hour_start_us - 1
+        self.probes: list[Probe] = []
+        self.next_probe = 0
 
-    def run(self, events: pa.Table, snaps: pa.Table | None) -> None:
-        snap_iter = iter(snapshot_rows(snaps)) if snaps is not None else iter(())
+    def run(self, events: pa.Table, snaps: pa.Table | None, partials: list[Probe]) -> None:
+        rest = list(snapshot_rows(snaps)) if snaps is not None else []
+        rest_probes = [Probe(ProbeKind.REST, self.key.stream, r, sn.last_update_id, list(sn.bids), list(sn.asks),
+                             sn.limit) for sn, r in zip(rest, _unique_recv(snaps))]
+        self.probes = sorted(rest_probes + partials, key=lambda p: (p.last_update_id, p.kind.value, p.stream))
+        self.report.available = len(self.probes)
+        self.report.available_rest = len(rest_probes)
+        snap_iter = iter(rest)
         snap = next(snap_iter, None)
         for recv_us, ev in event_rows(events):
+            # compared before the snapshots are fed: a REST snapshot proves the book, then re-bases it
+            tentative = self._compare(ev)
             while snap is not None and snap.last_update_id <= ev.last_update_id:
                 self.b.snapshot(snap)
                 snap = next(snap_iter, None)
-            self._event(recv_us, ev)
+            self._event(recv_us, ev, tentative)
         while snap is not None:
             self.b.snapshot(snap)
             snap = next(snap_iter, None)
         self._points_before(self.end)
         self._emit(self._row())  # after the hour's last event: the book as it stands
 
-    def _event(self, recv_us: int, ev: DiffEvent) -> None:
+    def _event(self, recv_us: int, ev: DiffEvent, tentative: list) -> None:
+        self.report.diff_events += 1
         self.visible = max(self.visible, recv_us)
         self._points_before(self.visible)  # a point at the event's own time includes it
         pre = self._row() if self.pending_points else None
         res = self.b.event(ev)
         if res.outcome is Outcome.STALE:
+            if res.status is Status.KNOWN:  # the book stayed at its id: snapshots exactly at it count
+                for probe, cmp in tentative:
+                    if cmp is not None:
+                        self._record(probe, ev, cmp)
             return
         # points before this event saw the true book only if the chain continued through it
-        self._emit(pre if res.outcome is Outcome.APPLIED else None)
-        if self.probes and res.status is Status.KNOWN:
-            self._probe(res.last_update_id)
+        continued = res.outcome in (Outcome.APPLIED, Outcome.REBASED)
+        self._emit(pre if continued else None)
+        if continued:  # the book before the event was the exchange's: the comparisons count
+            for probe, cmp in tentative:
+                if cmp is not None:
+                    self._record(probe, ev, cmp)
+        elif res.outcome is Outcome.SYNCED:
+            # the book is the snapshot plus this event: a partial snapshot at this event's u is a
+            # proof of both (never the REST snapshot that synced it: that would compare it with itself)
+            for probe, cmp in tentative:
+                if cmp is None:
+                    self._record(probe, ev, compare(self.b, probe.bids, probe.asks, probe.limit))
+
+    def _compare(self, ev: DiffEvent) -> list:
+        """Compare the snapshots whose id lies at or before ``ev``'s ``u`` (and after the book's id)
+        with the book before ``ev`` (and ``ev``'s changes); kept until ``ev`` proves the book
+        continued through it."""
+        out = []
+        probes, i = self.probes, self.next_probe
+        lid = self.b.last_update_id
+        while i < len(probes) and probes[i].last_update_id <= ev.last_update_id:
+            p = probes[i]
+            i += 1
+            L = p.last_update_id
+            if lid is None and L == ev.last_update_id and p.kind is ProbeKind.PARTIAL:
+                out.append((p, None))  # the book may sync at this event: compared after it, exactly
+                continue
+            if lid is None or L < lid:
+                continue  # the book was unknown there, or the id was passed: not comparable
+            if L == lid or L < ev.first_update_id:
+                cmp = compare(self.b, p.bids, p.asks, p.limit)  # nothing changed in between: exact
+            elif L == ev.last_update_id:
+                cmp = compare(self.b, p.bids, p.asks, p.limit, ev, after=True)
+            else:
+                cmp = compare(self.b, p.bids, p.asks, p.limit, ev)
+            out.append((p, cmp))
+        self.next_probe = i
+        return out
+
+    def _record(self, p: Probe, ev: DiffEvent, cmp) -> None:
+        r = self.report
+        r.levels_undecided += cmp.undecided
+        if cmp.levels == 0:
+            return  # nothing inside the snapshot's range was known: compared nothing
+        r.comparable += 1
+        r.levels_compared += cmp.levels
+        if cmp.mismatches:
+            r.mismatched += 1
+            r.levels_mismatched += len(cmp.mismatches)
+            self.proof.mismatches.append(Mismatch(
+                self.key.market, self.symbol, self.key.stream, p.stream if p.kind is ProbeKind.PARTIAL else "rest",
+                p.recv_us, p.last_update_id, (ev.first_update_id, ev.last_update_id), cmp.mismatches))
+        else:
+            r.matched += 1
+        exch_crossed = bool(p.bids and p.asks and p.bids[0][0] >= p.asks[0][0])
+        if p.last_update_id == ev.last_update_id and self.b.crossed() and not exch_crossed:
+            self.proof.crossed.append(CrossedExample(self.key.market, self.symbol, self.key.stream,
+                                                     p.last_update_id, self.b.bids.best(), self.b.asks.best()))
 
     def _points_before(self, t: int) -> None:
         """Queue the interval points before ``t`` (exclusive) for the next decision."""
@@ -342,36 +532,41 @@ class _StreamRun:
         self.pending_points.extend(range(first, first + n * step, step))
         self.next_point = first + n * step
 
-    def _row(self) -> tuple[int, list[Level], list[Level]] | None:
-        """The book as it stands, or None while unknown."""
+    def _row(self) -> _Row | None:
+        """The book as far as it is proven, or None while unknown."""
         if self.b.status is not Status.KNOWN:
             return None
-        bids, asks = self.b.top(self.s.depth)
-        return self.b.last_update_id, bids, asks  # type: ignore[return-value]
+        top = self.b.known_top(self.s.depth)
+        return self.b.last_update_id, top.bids, top.asks, top.known_levels, top.complete  # type: ignore[return-value]
 
-    def _emit(self, row: tuple[int, list[Level], list[Level]] | None) -> None:
+    def _emit(self, row: _Row | None) -> None:
         if not self.pending_points:
             return
-        lid, bids, asks = row if row is not None else (None, [], [])
-        self.out.add(self.key, self.symbol, self.pending_points, lid, bids, asks)
+        lid, bids, asks, known_levels, complete = row if row is not None else (None, [], [], 0, False)
+        n = len(self.pending_points)
+        if row is None:
+            self.report.rows_unknown += n
+        elif complete:
+            self.report.rows_known += n
+        else:
+            self.report.rows_partly_known += n
+        self.out.add(self.key, self.symbol, self.pending_points, lid, bids, asks, known_levels, complete)
         self.pending_points = []
 
-    def _probe(self, lid: int | None) -> None:
-        found = self.probes.get(lid) if (self.probes and lid is not None) else None
-        if not found:
-            return
-        for p in found:
-            bids, asks = self.b.bids.top(p.depth), self.b.asks.top(p.depth)
-            self.proof.comparable += 1
-            if bids == p.bids and asks == p.asks:
-                self.proof.matched += 1
-            else:
-                self.proof.mismatches.append(Mismatch(self.key.market, self.symbol, p.stream, p.recv_us, lid,
-                                                      p.bids, p.asks, bids, asks))
-            exch_crossed = bool(p.bids and p.asks and p.bids[0][0] >= p.asks[0][0])
-            if self.b.crossed() and not exch_crossed:
-                self.proof.crossed.append(CrossedExample(self.key.market, self.symbol, self.key.stream, lid,
-                                                         self.b.bids.best(), self.b.asks.best()))
+
+def _unique_recv(snaps: pa.Table | None) -> list[int]:
+    """The receive times of :func:`snapshot_rows`'s snapshots (a repeated id once, the first)."""
+    if snaps is None:
+        return []
+    ids = snaps.column("last_update_id").to_pylist()
+    recv = (snaps.column("recv_time").cast(pa.int64()).to_pylist() if "recv_time" in snaps.column_names
+            else [0] * len(ids))
+    out, last = [], None
+    for u, r in zip(ids, recv):
+        if u != last:
+            out.append(r)
+            last = u
+    return out
 
 
 class _Columns:
@@ -383,19 +578,23 @@ class _Columns:
         self.stream: list[str] = []
         self.time: list[int] = []
         self.lid: list[int | None] = []
+        self.known: list[bool] = []
+        self.known_levels: list[int] = []
         self.bid_n: list[int] = []
         self.ask_n: list[int] = []
         self.bid_vals: list[float] = []
         self.ask_vals: list[float] = []
 
     def add(self, key: StreamKey, symbol: str, times: list[int], lid: int | None,
-            bids: list[Level], asks: list[Level]) -> None:
+            bids: list[Level], asks: list[Level], known_levels: int, complete: bool) -> None:
         n = len(times)
         self.market += [key.market] * n
         self.symbol += [symbol] * n
         self.stream += [key.stream] * n
         self.time += times
         self.lid += [lid] * n
+        self.known += [complete] * n
+        self.known_levels += [known_levels] * n
         self.bid_n += [len(bids)] * n
         self.ask_n += [len(asks)] * n
         flat_b = [v for lv in bids for v in lv]
@@ -405,11 +604,11 @@ class _Columns:
             self.ask_vals += flat_a
 
     def table(self) -> pa.Table:
-        known = [x is not None for x in self.lid]
         t = pa.table([
             pa.array(self.market, pa.string()), pa.array(self.symbol, pa.string()),
             pa.array(self.stream, pa.string()), pa.array(self.time, pa.int64()).cast(TS),
-            pa.array(self.lid, pa.int64()), pa.array(known, pa.bool_()),
+            pa.array(self.lid, pa.int64()), pa.array(self.known, pa.bool_()),
+            pa.array(self.known_levels, pa.int32()),
             _levels(self.bid_vals, self.bid_n), _levels(self.ask_vals, self.ask_n),
         ], schema=SCHEMA)
         if t.num_rows:
@@ -485,25 +684,28 @@ def event_rows(t: pa.Table) -> Iterator[tuple[int, DiffEvent]]:
 
 
 def snapshot_rows(t: pa.Table) -> Iterator[Snapshot]:
+    """REST snapshots in the table's order, a repeated id once. ``depth_rest_snapshot`` records no
+    limit today: a ``limit`` column, where a table has one, says which sides were whole."""
     last = None
     for start in range(0, t.num_rows, 64):  # REST snapshots are big (up to 5000 levels a side)
         c = t.slice(start, 64)
         u = c.column("last_update_id").to_pylist()
+        lim = c.column("limit").to_pylist() if "limit" in c.column_names else [None] * c.num_rows
         bo, bp, bq = _side_values(c.column("bids"))
         ao, ap, aq = _side_values(c.column("asks"))
         for i in range(c.num_rows):
             if u[i] == last:
                 continue
             last = u[i]
-            yield Snapshot(u[i], _pairs(bo, bp, bq, i), _pairs(ao, ap, aq, i))
+            yield Snapshot(u[i], _pairs(bo, bp, bq, i), _pairs(ao, ap, aq, i), lim[i])
 
 
-_DEPTH_N = re.compile(r"@depth(\d+)")
+DEPTH_N = re.compile(r"@depth(\d+)")
 
 
-def partials_by_symbol(t: pa.Table) -> dict[tuple[str, str], dict[int, list[_Partial]]]:
-    """(market, symbol) → last_update_id → the partial snapshots with that id."""
-    out: dict[tuple[str, str], dict[int, list[_Partial]]] = {}
+def partials_by_symbol(t: pa.Table) -> dict[tuple[str, str], list[Probe]]:
+    """(market, symbol) → its partial snapshots as probes (depth from the stream name)."""
+    out: dict[tuple[str, str], list[Probe]] = {}
     if t.num_rows == 0:
         return out
     t = _sorted(t, ["market", "symbol", "stream", "last_update_id", "recv_time"])
@@ -516,10 +718,10 @@ def partials_by_symbol(t: pa.Table) -> dict[tuple[str, str], dict[int, list[_Par
     ao, ap, aq = _side_values(t.column("asks"))
     for i in range(t.num_rows):
         bids, asks = _pairs(bo, bp, bq, i), _pairs(ao, ap, aq, i)
-        m = _DEPTH_N.search(stream[i])
-        depth = int(m.group(1)) if m else max(len(bids), len(asks))
-        out.setdefault((market[i], symbol[i]), {}).setdefault(lid[i], []).append(
-            _Partial(stream[i], recv[i], bids, asks, depth))
+        m = DEPTH_N.search(stream[i])
+        depth = int(m.group(1)) if m else None
+        out.setdefault((market[i], symbol[i]), []).append(
+            Probe(ProbeKind.PARTIAL, stream[i], recv[i], lid[i], bids, asks, depth))
     return out
 
 

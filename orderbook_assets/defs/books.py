@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import warnings
 from datetime import datetime, timezone
+from typing import NamedTuple
 
 import dagster as dg
-from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, MetadataValue, PreviewWarning
+from dagster import (AssetCheckEvaluation, AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, MetadataValue,
+                     PreviewWarning)
 
 from orderbook_assets.analytics import book_hours
 from orderbook_assets.archive import datasets as ds
@@ -21,8 +23,12 @@ with warnings.catch_warnings():  # partitioned checks are a Dagster preview, cho
     warnings.simplefilter("ignore", PreviewWarning)
     MATCHES = AssetCheckSpec(
         "book_matches_exchange", asset=ds.BOOK_SNAPSHOT, blocking=True, partitions_def=hourly,
-        description="Every partial snapshot (depth5/10/20) whose lastUpdateId equals a diff event's u equals the "
-                    "rebuilt top-N at that id, level for level (metadata: comparable, matched, every mismatch).",
+        description="Every REST and partial snapshot of the exchange equals the rebuilt book around its update id "
+                    "(exact where an event ends at it; levels the straddling event touched may take either end's "
+                    "value), inside the snapshot's depth and the book's horizon. A mismatch, in this hour or in a "
+                    "later hour this run rebuilt, is an ERROR; a stream with diff rows and nothing comparable is "
+                    "'unproven' (WARN), never a pass. Metadata: per stream, snapshots available, comparable, "
+                    "matched, mismatched (with levels), rows known, partly known, unknown.",
     )
     NOT_CROSSED = AssetCheckSpec(
         "book_not_crossed", asset=ds.BOOK_SNAPSHOT, blocking=False, partitions_def=hourly,
@@ -35,10 +41,68 @@ def _iso(us: int) -> str:
     return datetime.fromtimestamp(us / 1e6, tz=timezone.utc).isoformat()
 
 
+def partition_key(hour_us: int) -> str:
+    """The hourly partition key of the hour starting at ``hour_us``."""
+    return datetime.fromtimestamp(hour_us / 1e6, tz=timezone.utc).strftime("%Y-%m-%d-%H:00")
+
+
 def _mismatch(m) -> dict:
-    return {"market": m.market, "symbol": m.symbol, "stream": m.stream, "recv_time": _iso(m.recv_time_us),
-            "last_update_id": m.last_update_id, "exchange_bids": m.exchange_bids, "exchange_asks": m.exchange_asks,
-            "rebuilt_bids": m.rebuilt_bids, "rebuilt_asks": m.rebuilt_asks}
+    return {"market": m.market, "symbol": m.symbol, "stream": m.stream, "source": m.source,
+            "recv_time": _iso(m.recv_time_us), "last_update_id": m.last_update_id, "event": list(m.event),
+            "levels": [lv._asdict() for lv in m.levels]}
+
+
+class Verdict(NamedTuple):
+    passed: bool
+    severity: AssetCheckSeverity
+    description: str
+
+
+def verdict(built: list[book_hours.BookHour]) -> Verdict:
+    """The check's outcome over the hour and the later hours this run rebuilt: a mismatch anywhere
+    is an ERROR; a stream of this hour with diff rows and nothing comparable is unproven (WARN)."""
+    out = built[0]
+    mismatched = sum(b.proof.mismatched for b in built)
+    if mismatched:
+        where = ", ".join(f"{_iso(b.hour_us)}: {b.proof.mismatched}" for b in built if b.proof.mismatched)
+        return Verdict(False, AssetCheckSeverity.ERROR,
+                       f"{mismatched} snapshots differ from the rebuilt books ({where}).")
+    unproven = [f"{s.market}:{s.stream}" for b in built for s in b.proof.unproven]
+    if unproven:
+        return Verdict(False, AssetCheckSeverity.WARN,
+                       f"unproven: {', '.join(unproven)} had diff rows and no snapshot that could be compared "
+                       "(nothing was compared, so nothing is proven).")
+    return Verdict(True, AssetCheckSeverity.ERROR,
+                   f"{out.proof.comparable} snapshots compared, every one matched.")
+
+
+def proof_metadata(built: list[book_hours.BookHour]) -> dict:
+    out = built[0]
+    proof = out.proof
+    streams = proof.streams
+    later = built[1:]
+    return {
+        "verdict": MetadataValue.text("mismatch" if sum(b.proof.mismatched for b in built)
+                                      else "unproven" if any(b.proof.unproven for b in built) else "proven"),
+        "available": MetadataValue.int(proof.available),
+        "comparable": MetadataValue.int(proof.comparable),
+        "matched": MetadataValue.int(proof.matched),
+        "mismatches": MetadataValue.int(proof.mismatched),
+        "unproven_streams": MetadataValue.int(len(proof.unproven)),
+        "levels_compared": MetadataValue.int(sum(s.levels_compared for s in streams)),
+        "levels_mismatched": MetadataValue.int(sum(s.levels_mismatched for s in streams)),
+        "levels_undecided": MetadataValue.int(sum(s.levels_undecided for s in streams)),
+        "rows_known": MetadataValue.int(sum(s.rows_known for s in streams)),
+        "rows_partly_known": MetadataValue.int(sum(s.rows_partly_known for s in streams)),
+        "rows_unknown": MetadataValue.int(sum(s.rows_unknown for s in streams)),
+        "streams": MetadataValue.json([s.as_dict() for s in streams]),
+        "mismatch_levels": MetadataValue.json([_mismatch(m) for m in proof.mismatches[:MAX_LISTED]]),
+        "rebuilt_hours": MetadataValue.json([
+            {"hour": _iso(b.hour_us), "comparable": b.proof.comparable, "matched": b.proof.matched,
+             "mismatches": b.proof.mismatched, "unproven_streams": len(b.proof.unproven),
+             "mismatch_levels": [_mismatch(m) for m in b.proof.mismatches[:MAX_LISTED]]} for b in later]),
+        "rebuilt_hours_mismatches": MetadataValue.int(sum(b.proof.mismatched for b in later)),
+    }
 
 
 @dg.asset(
@@ -55,9 +119,10 @@ def _mismatch(m) -> dict:
 def book_snapshot(context) -> dg.MaterializeResult:
     """The top-N book of every diff-depth stream at fixed interval points (25 levels every 1 s by
     default), rebuilt by Binance's procedure from the hour's depth_update and depth_rest_snapshot
-    and the previous hour's end state, and proved against the partial snapshots recorded alongside.
+    and the previous hour's end state, each row saying how many of its levels the snapshots'
+    horizon proves, and proved against every REST and partial snapshot recorded alongside.
     Each build is kept as an immutable version; late parts rebuild the hour and the following
-    hours whose start state changed (docs/datasets.md)."""
+    hours whose start state changed, and their proofs count in this run's check (docs/datasets.md)."""
     hour_us = hour_us_of(context)
     archive = context.resources.archive
     with fail_fast():
@@ -65,15 +130,28 @@ def book_snapshot(context) -> dg.MaterializeResult:
         store = archive.open_store()
         built = book_hours.materialize_from(archive.location(), hour_us, settings, store, archive.s3_settings())
     out = built[0]
-    proof = out.proof
-    listed = proof.mismatches[:MAX_LISTED]
-    crossed = proof.crossed
+    crossed = out.proof.crossed
     for later in built[1:]:
-        context.log.info("rebuilt %s: its start state changed (%s rows, %s mismatches)", _iso(later.hour_us),
-                         later.rows, len(later.proof.mismatches))
+        # a later hour rebuilt here is a new build of that hour: its materialization and its own
+        # proof are recorded on its partition (and its mismatches fail this run's check below)
+        context.log.info("rebuilt %s: its start state changed (%s rows, %s comparable, %s mismatches)",
+                         _iso(later.hour_us), later.rows, later.proof.comparable, later.proof.mismatched)
+        key = partition_key(later.hour_us)
+        context.log_event(dg.AssetMaterialization(
+            asset_key=context.asset_key, partition=key,
+            metadata={"rows": later.rows, "known_rows": later.known_rows, "partly_known_rows": later.partly_known_rows,
+                      "rebuilt_by": context.partition_key,
+                      "sha256": later.books.sha256 if later.books else None,
+                      "version_key": later.books.version_key if later.books else None,
+                      "replaced_sha256": later.books.replaced_sha256 if later.books else None}))
+        lv = verdict([later])
+        context.log_event(AssetCheckEvaluation(
+            asset_key=context.asset_key, check_name=MATCHES.name, passed=lv.passed, severity=lv.severity,
+            description=lv.description, metadata=proof_metadata([later]), partition=key))
     metadata = {
         "rows": out.rows,
         "known_rows": out.known_rows,
+        "partly_known_rows": out.partly_known_rows,
         "streams": [f"{k.market}:{k.stream}" for k in out.streams],
         "started_from_state": out.started_from_state,
         "path": MetadataValue.path(out.books_url) if out.books_url else MetadataValue.text("nothing written: no diff depth"),
@@ -85,15 +163,12 @@ def book_snapshot(context) -> dg.MaterializeResult:
         "depth": settings.depth,
         "interval_ms": settings.interval_us // 1000,
     }
+    v = verdict(built)
     return dg.MaterializeResult(
         metadata=metadata,
         check_results=[
-            AssetCheckResult(
-                check_name=MATCHES.name, passed=proof.ok and not proof.mismatches, severity=AssetCheckSeverity.ERROR,
-                metadata={"comparable": proof.comparable, "matched": proof.matched,
-                          "mismatches": len(proof.mismatches),
-                          "mismatch_levels": MetadataValue.json([_mismatch(m) for m in listed])},
-            ),
+            AssetCheckResult(check_name=MATCHES.name, passed=v.passed, severity=v.severity,
+                             description=v.description, metadata=proof_metadata(built)),
             AssetCheckResult(
                 check_name=NOT_CROSSED.name, passed=not crossed, severity=AssetCheckSeverity.WARN,
                 metadata={"count": len(crossed), "examples": MetadataValue.json([c._asdict() for c in crossed[:5]]),

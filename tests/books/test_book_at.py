@@ -58,6 +58,25 @@ def test_book_at_from_diffs_full_depth(archive: Path):
     assert (r.last_update_id, r.as_of_us) == (102, H + 5 * S)
     assert r.bids == [(10.0, 4.0), (8.0, 3.0)] and r.asks == [(11.0, 1.0), (11.5, 1.0), (12.0, 2.0)]
     assert book_at(archive, "spot", "BTCUSDT", H + 6 * S, depth=1).asks == [(11.0, 1.0)]
+    # the snapshot reached 8.0 and 12.0 (its limit unrecorded: each side cut there), so every
+    # level shown is inside the horizon and the top 2 is complete, the top 3 is not
+    two = book_at(archive, "spot", "BTCUSDT", H + 6 * S, depth=2)
+    assert (two.known_levels, two.complete) == (2, True)
+    three = book_at(archive, "spot", "BTCUSDT", H + 6 * S, depth=3)
+    assert (three.known_levels, three.complete, three.bids) == (2, False, [(10.0, 4.0), (8.0, 3.0)])
+    assert "horizon" in three.reason
+
+
+def test_book_at_never_shows_a_level_past_the_horizon(tmp_path: Path):
+    """The issue's case through book_at: a snapshot cut at 2 levels a side, then both its bids
+    removed and one set deeper: no bid is proven, so none is shown."""
+    put(tmp_path, "depth_update", updates([
+        Upd(H + 2 * S, 101, 101), Upd(H + 4 * S, 102, 102, bids=[(10.0, 0.0), (9.0, 0.0), (7.0, 1.0)])]))
+    put(tmp_path, "depth_rest_snapshot", rest([Rest(H + 1 * S, 100, [(10.0, 1.0), (9.0, 2.0)],
+                                                    [(11.0, 1.0), (12.0, 2.0)])]))
+    r = book_at(tmp_path, "spot", "BTCUSDT", H + 5 * S, depth=2)
+    assert r.source is Source.DIFFS and r.last_update_id == 102
+    assert (r.bids, r.asks, r.known_levels, r.complete) == ([], [(11.0, 1.0), (12.0, 2.0)], 0, False)
 
 
 def test_book_at_does_not_use_a_snapshot_received_after_the_time(archive: Path):

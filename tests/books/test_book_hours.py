@@ -18,7 +18,7 @@ from support.book_tables import Part, Rest, Upd, partial, rest, updates
 H = 1_795_514_400_000_000
 S = 1_000_000
 MIN = Settings(depth=5, interval_us=60 * S)
-BOOK = Rest(H + 1 * S, 100, [(10.0, 1.0), (9.0, 2.0)], [(11.0, 1.0), (12.0, 2.0)])
+BOOK = Rest(H + 1 * S, 100, [(10.0, 1.0), (9.0, 2.0)], [(11.0, 1.0), (12.0, 2.0)], limit=100)  # whole sides
 KEY = StreamKey("spot", "btcusdt@depth@100ms")
 
 
@@ -102,3 +102,54 @@ def test_late_parts_build_a_new_version_keep_the_old_one_and_rebuild_the_next_ho
     assert sha256_file(a / books_key(H))[1] == late[0].books.sha256
     assert late[1].started_from_state and late[1].books.replaced_sha256 == two_sha and late[1].known_rows == 60
     assert not (a / books_key(H2 + HOUR_US)).exists()
+
+
+def test_a_rebuilt_later_hours_proof_is_checked_like_its_own_build(tmp_path: Path, monkeypatch):
+    """Hour 2 holds a partial snapshot that disagrees with the book hour 1's late snapshot makes
+    known. Built first, hour 2 is unknown all hour: unproven (WARN). The late part rebuilds hours 1
+    and 2 in hour 1's run: hour 2's mismatch fails that run's blocking check, and hour 2's own
+    partition gets the rebuild's materialization and its failed check."""
+    import dagster as dg
+    from dagster import AssetCheckSeverity, AssetKey
+
+    from orderbook_assets.defs.books import book_snapshot, partition_key
+    from orderbook_assets.defs.resources import ArchiveResource
+
+    monkeypatch.setenv("ORDERBOOK_BOOK_DEPTH", "5")
+    monkeypatch.setenv("ORDERBOOK_BOOK_INTERVAL_MS", "60000")
+    a = tmp_path / "archive"
+    H2 = H + HOUR_US
+    put(a, "depth_update", updates([Upd(H + 2 * S, 99, 101, bids=[(10.0, 3.0)]), Upd(H + 90 * S, 102, 102)]), H)
+    put(a, "depth_update", updates([Upd(H2 + 30 * S, 103, 103, bids=[(9.5, 1.0)])]), H2)
+    wrong = Part(H2 + 30 * S, 103, [(10.0, 3.0), (9.5, 7.0)], [(11.0, 1.0), (12.0, 2.0)])  # 9.5 holds 1.0
+    put(a, "depth_snapshot", partial([wrong], stream="btcusdt@depth2@100ms"), H2)
+    instance = dg.DagsterInstance.ephemeral()
+    resources = {"archive": ArchiveResource(url=str(a))}
+
+    def run(hour_us):
+        return dg.materialize([book_snapshot], partition_key=partition_key(hour_us), resources=resources,
+                              instance=instance, raise_on_error=False)
+
+    def check(result, hour_us):
+        (ev,) = [e for e in result.get_asset_check_evaluations()
+                 if e.partition == partition_key(hour_us) and e.check_name == "book_matches_exchange"]
+        return ev
+
+    assert run(H).success
+    built2 = run(H2)
+    assert built2.success  # a WARN does not block
+    first = check(built2, H2)
+    assert not first.passed and first.severity is AssetCheckSeverity.WARN and "unproven" in first.description
+    put(a, "depth_rest_snapshot", rest([BOOK]), H, "part-0002.parquet")  # the late round
+    late = run(H)
+    assert not late.success  # hour 2's mismatch, found by hour 1's run, blocks it
+    own = check(late, H)
+    assert not own.passed and own.severity is AssetCheckSeverity.ERROR
+    assert own.metadata["rebuilt_hours_mismatches"].value == 1 and own.metadata["mismatches"].value == 0
+    later = check(late, H2)
+    assert not later.passed and later.severity is AssetCheckSeverity.ERROR
+    assert later.metadata["mismatches"].value == 1
+    assert later.metadata["mismatch_levels"].value[0]["levels"] == [
+        {"side": "bid", "price": 9.5, "exchange_qty": 7.0, "rebuilt_qty": 1.0}]
+    mats = [e.step_materialization_data.materialization for e in late.get_asset_materialization_events()]
+    assert {m.partition for m in mats if m.asset_key == AssetKey("book_snapshot")} == {partition_key(H), partition_key(H2)}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from orderbook_core.streams import Market
 from orderbook_assets.books.builder import BookBuilder, DiffEvent, Outcome, Snapshot, Status
 
@@ -130,14 +132,20 @@ def test_snapshot_ahead_of_a_known_book_bridges_a_break():
     assert b.top(1) == ([(10.0, 2.0)], [(11.0, 1.0)])
 
 
-def test_snapshot_ahead_is_dropped_when_the_chain_continues_past_it():
+def test_snapshot_ahead_re_bases_the_known_book_when_the_chain_continues_past_it():
+    """Any newer REST snapshot is a re-base (whatever its reason): the book takes its levels
+    inside its range at the event that crosses its id, then the event on top."""
     b = BookBuilder(Market.SPOT)
     b.snapshot(SNAP)
     b.event(spot(101, 101, bids=[(10.0, 2.0)]))
-    b.snapshot(Snapshot(102, [(50.0, 1.0)], [(51.0, 1.0)]))
+    b.snapshot(Snapshot(104, [(50.0, 1.0)], [(51.0, 1.0)]))
     assert b.event(spot(102, 102)).outcome is Outcome.APPLIED  # u <= the snapshot's id: the book goes on
-    assert b.event(spot(103, 103)).outcome is Outcome.APPLIED
-    assert b.pending is None and b.top(1) == ([(10.0, 2.0)], [(11.0, 1.0)])
+    assert b.event(spot(103, 105, asks=[(52.0, 4.0)])).outcome is Outcome.REBASED
+    assert b.pending is None and b.top(1) == ([(50.0, 1.0)], [(51.0, 1.0)])
+    assert b.asks.top(3) == [(51.0, 1.0), (52.0, 4.0)]
+    # a snapshot at exactly the id an event ends at re-bases right after it
+    b.snapshot(Snapshot(106, [(49.0, 1.0)], [(51.0, 1.0)]))
+    assert b.event(spot(106, 106)).outcome is Outcome.REBASED and b.top(1)[0] == [(49.0, 1.0)]
 
 
 def test_crossed():
@@ -228,3 +236,83 @@ def test_sorted_keys_against_a_plain_sorted_list():
         assert len(keys) == 0 and keys.first() is None and keys.head(3) == []
     finally:
         SortedKeys.BLOCK = old
+
+
+# ---- the horizon -----------------------------------------------------------------------------
+
+CUT = Snapshot(100, [(10.0, 1.0), (9.0, 2.0)], [(11.0, 1.0), (12.0, 2.0)])  # cut at 2 levels a side
+
+
+def test_a_snapshot_cut_at_two_levels_then_the_two_top_bids_removed_proves_no_complete_row():
+    """The issue's case: 59 rows ``known`` with empty bids. The bid side is known down to 9.0
+    only; with both removed nothing of the bids is known, and the asks prove 2 levels."""
+    b = BookBuilder(Market.SPOT)
+    b.snapshot(CUT)
+    b.event(spot(101, 101))
+    top = b.known_top(2)
+    assert top == ([(10.0, 1.0), (9.0, 2.0)], [(11.0, 1.0), (12.0, 2.0)], 2, True)
+    assert b.known_top(3).complete is False and b.known_top(3).known_levels == 2
+    b.event(spot(102, 102, bids=[(10.0, 0.0), (9.0, 0.0)]))
+    top = b.known_top(2)
+    assert (top.bids, top.known_levels, top.complete) == ([], 0, False)
+    assert b.bids.known(10.0) and b.bids.known(9.0) and not b.bids.known(8.5)
+    # a bid set beyond the horizon is known from then on, but the levels around it are not
+    b.event(spot(103, 103, bids=[(8.0, 5.0)]))
+    assert b.bids.known(8.0) and not b.bids.known(8.5)
+    assert b.known_top(1).known_levels == 0 and b.top(1)[0] == [(8.0, 5.0)]
+    # a bid inside the horizon is a complete top 1
+    b.event(spot(104, 104, bids=[(9.5, 1.0)]))
+    assert b.known_top(1) == ([(9.5, 1.0)], [(11.0, 1.0)], 1, True)
+    assert b.known_top(2).bids == [(9.5, 1.0)]  # 8.0 lies beyond the horizon: not presented
+
+
+def test_a_re_base_extends_the_horizon_and_a_side_shorter_than_its_limit_is_whole():
+    b = BookBuilder(Market.SPOT)
+    b.snapshot(CUT)
+    b.event(spot(101, 101, bids=[(10.0, 0.0), (9.0, 0.0)]))
+    assert b.known_top(1).known_levels == 0
+    # a newer snapshot, deeper: its bids reach 7.0; the asks hold fewer levels than its limit
+    deeper = Snapshot(105, [(8.0, 3.0), (7.0, 4.0)], [(11.0, 1.0)], limit=2)
+    b.snapshot(deeper)
+    r = b.event(spot(102, 106, bids=[(8.5, 1.0)], asks=[(13.0, 9.0)]))
+    assert r.outcome is Outcome.REBASED and r.last_update_id == 106
+    top = b.known_top(3)
+    assert top.bids == [(8.5, 1.0), (8.0, 3.0), (7.0, 4.0)] and top.complete
+    assert top.asks == [(11.0, 1.0), (13.0, 9.0)]  # the whole side: 12.0 is gone, 13.0 came after
+    assert b.asks.horizon == math.inf and b.bids.key(7.0) == b.bids.horizon
+    # the wider horizon wins: a later shallower snapshot does not shrink it
+    b.snapshot(Snapshot(107, [(8.5, 1.0)], [(11.0, 1.0)]))
+    assert b.event(spot(107, 107)).outcome is Outcome.REBASED
+    assert b.bids.key(7.0) == b.bids.horizon and b.known_top(3).complete
+
+
+def test_a_known_book_resumed_without_horizons_proves_nothing_until_a_re_base():
+    b = BookBuilder(Market.SPOT)
+    b.load_known(100, [(10.0, 1.0)], [(11.0, 1.0)])
+    assert b.status is Status.KNOWN and b.known_top(1) == ([], [], 0, False)
+    b.snapshot(Snapshot(100, [(10.0, 1.0)], [(11.0, 1.0)], limit=5))  # exactly at the book's id
+    assert b.known_top(1) == ([(10.0, 1.0)], [(11.0, 1.0)], 1, True)
+
+
+def test_usdm_re_base_by_pu_and_a_snapshot_between_events_ids():
+    """USD-M ids are not contiguous: a snapshot whose id falls between pu and U is the book
+    before the event; one inside [U, u] is re-based with the event on top."""
+    b = BookBuilder(Market.USDM)
+    b.snapshot(CUT)
+    assert b.event(usdm(95, 110, 90, bids=[(10.0, 0.0)])).outcome is Outcome.SYNCED
+    b.snapshot(Snapshot(115, [(9.0, 2.0), (8.0, 1.0), (7.0, 1.0)], [(11.0, 1.0), (12.0, 2.0)]))
+    r = b.event(usdm(120, 130, 110, bids=[(7.0, 6.0)]))
+    assert r.outcome is Outcome.REBASED and b.known_top(3).bids == [(9.0, 2.0), (8.0, 1.0), (7.0, 6.0)]
+    assert b.known_top(3).known_levels == 2  # the asks reach 12.0 only
+    assert b.event(usdm(131, 140, 129)).outcome is Outcome.BREAK  # pu != the previous u
+    assert b.known_top(1) == ([], [], 0, False)
+
+
+def test_seen_prices_past_a_depth_are_forgotten_which_only_narrows_what_is_known():
+    b = BookBuilder(Market.SPOT)
+    b.snapshot(CUT)
+    b.event(spot(101, 101, bids=[(8.0, 1.0), (7.0, 1.0), (6.0, 0.0)]))
+    assert b.bids.seen == {8.0, 7.0, 6.0}
+    b.bids.prune_seen(3)  # 10.0, 9.0, 8.0
+    assert b.bids.seen == {8.0} and b.bids.known(8.0) and not b.bids.known(7.0)
+    assert b.known_top(3).known_levels == 2

@@ -7,6 +7,8 @@ import random
 import pyarrow as pa
 import pytest
 
+from orderbook_core.buffer.hours import HOUR_US
+
 from orderbook_assets.books.builder import Status
 from orderbook_assets.books.hour import SCHEMA, HourState, Settings, StreamKey, build_hour, crossed_rows
 from support.book_tables import REST_SCHEMA, UPDATE_SCHEMA, Part, Rest, Upd, empty, partial, rest, updates
@@ -14,7 +16,8 @@ from support.book_tables import REST_SCHEMA, UPDATE_SCHEMA, Part, Rest, Upd, emp
 H = 1_795_514_400_000_000  # 2026-11-24 10:00 UTC... any hour: a multiple of 3600 s
 S = 1_000_000
 TEN = Settings(depth=3, interval_us=10 * S)
-BOOK = Rest(H + 1 * S, 100, [(10.0, 1.0), (9.0, 2.0), (8.0, 3.0), (7.0, 4.0)], [(11.0, 1.0), (12.0, 2.0)])
+#: A snapshot asked for 100 levels a side: both sides are whole (the horizon is unbounded).
+BOOK = Rest(H + 1 * S, 100, [(10.0, 1.0), (9.0, 2.0), (8.0, 3.0), (7.0, 4.0)], [(11.0, 1.0), (12.0, 2.0)], limit=100)
 
 
 def rows(table: pa.Table, stream: str | None = None) -> list[dict]:
@@ -80,7 +83,7 @@ def test_break_makes_the_gap_and_after_unknown_until_the_next_snapshot():
         Upd(H + 61 * S, 118, 121, bids=[(10.0, 8.0)]),  # bridges the second snapshot (120)
         Upd(H + 75 * S, 122, 122),
     ])
-    snaps = rest([BOOK._replace(recv_us=H), Rest(H + 60 * S, 120, [(10.0, 7.0)], [(11.0, 7.0)], "gap")])
+    snaps = rest([BOOK._replace(recv_us=H), Rest(H + 60 * S, 120, [(10.0, 7.0)], [(11.0, 7.0)], "gap", 100)])
     t = build_hour(H, ups, snaps, None, TEN).table
     assert at(t, 10)["known"] is False  # stale since 5 s: the missed changes happened at some point after
     assert [at(t, s)["known"] for s in (20, 30, 40, 50, 60)] == [False] * 5
@@ -159,14 +162,16 @@ def test_proof_counts_comparable_and_matched_and_reports_mismatches_with_levels(
                    Upd(H + 4 * S, 103, 103)])
     good = Part(H + 2 * S, 101, [(10.0, 5.0), (9.0, 2.0)], [(11.0, 1.0), (12.0, 2.0)])
     bad = Part(H + 3 * S, 102, [(10.0, 5.0), (9.0, 2.0)], [(11.0, 1.0), (12.0, 2.0)])  # 11.0 was deleted
-    unrelated = Part(H + 3 * S, 555, [(1.0, 1.0)], [(2.0, 1.0)])  # no diff event ends at 555
+    unrelated = Part(H + 3 * S, 555, [(1.0, 1.0)], [(2.0, 1.0)])  # after the hour's last event: not comparable
     proof = build_hour(H, ups, rest([BOOK]), None, TEN,
                        partial=partial([good, bad, unrelated], stream="btcusdt@depth2@100ms")).proof
-    assert (proof.comparable, proof.matched) == (2, 1)
+    assert (proof.available, proof.comparable, proof.matched, proof.mismatched) == (4, 2, 1, 1)
     assert len(proof.mismatches) == 1 and not proof.ok
     m = proof.mismatches[0]
-    assert (m.last_update_id, m.stream) == (102, "btcusdt@depth2@100ms")
-    assert m.exchange_asks == [(11.0, 1.0), (12.0, 2.0)] and m.rebuilt_asks == [(12.0, 2.0)]
+    assert (m.last_update_id, m.source, m.event) == (102, "btcusdt@depth2@100ms", (102, 102))
+    assert m.levels == [("ask", 11.0, 1.0, 0.0)]
+    (st,) = proof.streams
+    assert (st.diff_events, st.available_rest, st.levels_compared, st.levels_mismatched) == (3, 1, 8, 1)
 
 
 def test_proof_warns_where_the_rebuilt_book_is_crossed_and_the_exchanges_is_not():
@@ -196,3 +201,87 @@ def test_settings_from_the_environment():
         Settings.from_env({"ORDERBOOK_BOOK_DEPTH": "x"})
     with pytest.raises(ConfigError, match=r"^ORDERBOOK_BOOK_INTERVAL_MS: is 7; set a number of ms that divides an hour"):
         Settings.from_env({"ORDERBOOK_BOOK_INTERVAL_MS": "7"})
+
+
+# ---- the proof around a snapshot's id: whether or not an event ends there ------------------
+
+#: Known at 101; then one event 102..105 that sets bid 10.0 from 1.0 to 5.0 (and nothing else).
+AROUND = [Upd(H + 2 * S, 101, 101), Upd(H + 3 * S, 102, 105, bids=[(10.0, 5.0)]), Upd(H + 4 * S, 106, 106)]
+
+
+def proof_of(parts, ups=AROUND, market="spot", snaps=(BOOK,)):
+    return build_hour(H, updates(ups, market=market), rest(list(snaps), market=market), None, TEN,
+                      partial=partial(parts, market=market, stream="btcusdt@depth2@100ms")).proof
+
+
+def test_a_snapshot_inside_an_event_compares_touched_levels_with_either_end_and_the_rest_exactly():
+    before = Part(H + 3 * S, 103, [(10.0, 1.0), (9.0, 2.0)], [(11.0, 1.0), (12.0, 2.0)])  # 10.0 not yet changed
+    after = Part(H + 3 * S, 104, [(10.0, 5.0), (9.0, 2.0)], [(11.0, 1.0), (12.0, 2.0)])  # 10.0 already changed
+    p = proof_of([before, after])
+    assert (p.available, p.comparable, p.matched, p.mismatched) == (3, 2, 2, 0)
+    assert p.streams[0].levels_compared == 8 and p.streams[0].levels_undecided == 0
+    # a value between the event's ends: 10.0 changed twice inside it; undecided, not a mismatch
+    between = Part(H + 3 * S, 103, [(10.0, 3.0), (9.0, 2.0)], [(11.0, 1.0), (12.0, 2.0)])
+    p = proof_of([between])
+    assert (p.comparable, p.matched, p.mismatched, p.streams[0].levels_undecided) == (1, 1, 0, 1)
+    # an untouched level that differs is a mismatch, with its level
+    wrong = Part(H + 3 * S, 103, [(10.0, 1.0), (9.0, 7.0)], [(11.0, 1.0), (12.0, 2.0)])
+    p = proof_of([wrong])
+    assert p.mismatched == 1 and p.mismatches[0].levels == [("bid", 9.0, 7.0, 2.0)]
+    assert p.mismatches[0].event == (102, 105)
+
+
+def test_a_snapshot_where_an_event_ends_is_exact_for_every_level():
+    stale = Part(H + 3 * S, 105, [(10.0, 1.0), (9.0, 2.0)], [(11.0, 1.0), (12.0, 2.0)])  # 10.0 is 5.0 at 105
+    p = proof_of([stale])
+    assert p.mismatched == 1 and p.mismatches[0].levels == [("bid", 10.0, 1.0, 5.0)]
+    good = stale._replace(bids=[(10.0, 5.0), (9.0, 2.0)])
+    assert proof_of([good]).matched == 1
+
+
+def test_usdm_snapshot_between_pu_and_U_is_the_book_before_the_event_exactly():
+    """USD-M ids are not contiguous: nothing of this book changed in (pu, U); inside [U, u) the
+    event straddles the id."""
+    ups = [Upd(H + 2 * S, 95, 101, pu=90), Upd(H + 3 * S, 110, 120, pu=101, bids=[(10.0, 5.0)]),
+           Upd(H + 4 * S, 125, 130, pu=120)]
+    gap = Part(H + 3 * S, 105, [(10.0, 1.0), (9.0, 2.0)], [(11.0, 1.0), (12.0, 2.0)])
+    assert (p := proof_of([gap], ups, "usdm")).matched == 1 and p.streams[0].levels_compared == 4
+    gap_wrong = gap._replace(bids=[(10.0, 5.0), (9.0, 2.0)])  # the event had not started at 105
+    assert proof_of([gap_wrong], ups, "usdm").mismatches[0].levels == [("bid", 10.0, 5.0, 1.0)]
+    inside = gap._replace(u=115, bids=[(10.0, 5.0), (9.0, 2.0)])
+    assert proof_of([inside], ups, "usdm").matched == 1
+
+
+def test_a_rest_snapshot_is_compared_before_it_re_bases_the_book():
+    """A newer REST snapshot (a re-base, whatever its reason) proves the known book first: a
+    planted wrong level is a mismatch; the book then takes the snapshot's levels."""
+    planted = Rest(H + 3 * S, 103, [(10.0, 1.0), (9.0, 2.5), (8.0, 3.0), (7.0, 4.0)], [(11.0, 1.0), (12.0, 2.0)],
+                   "rebase", 100)
+    out = build_hour(H, updates(AROUND), rest([BOOK, planted]), None, TEN)
+    p = out.proof
+    assert (p.available, p.comparable, p.mismatched) == (2, 1, 1)  # the first snapshot synced: not a proof
+    assert p.mismatches[0].source == "rest" and p.mismatches[0].levels == [("bid", 9.0, 2.5, 2.0)]
+    assert levels(at(out.table, 10)["bids"]) == [(10.0, 5.0), (9.0, 2.5), (8.0, 3.0)]
+
+
+def test_an_hour_with_diff_rows_and_no_snapshot_is_unproven_and_rows_past_the_horizon_say_so():
+    ups = updates([Upd(H + 2 * S, 101, 101), Upd(H + 3 * S, 102, 102, bids=[(10.0, 0.0), (9.0, 0.0)])])
+    cut = Rest(H + 1 * S, 100, [(10.0, 1.0), (9.0, 2.0)], [(11.0, 1.0), (12.0, 2.0)])  # no limit: cut at 2
+    out = build_hour(H, ups, rest([cut]), None, Settings(depth=2, interval_us=S))
+    (st,) = out.proof.streams
+    assert st.unproven and out.proof.unproven == [st] and st.comparable == 0
+    assert (st.rows_known, st.rows_partly_known, st.rows_unknown) == (1, 3597, 2)
+    r = at(out.table, 10)
+    assert (r["known"], r["known_levels"], r["last_update_id"], r["bids"]) == (False, 0, 102, [])
+    assert levels(r["asks"]) == [(11.0, 1.0), (12.0, 2.0)]
+    assert not any(x["known"] for x in rows(out.table) if x["time"].timestamp() * S >= H + 3 * S)
+    # the horizon and the levels seen beyond it carry into the next hour
+    st = out.state.streams[StreamKey("spot", "btcusdt@depth@100ms")]
+    assert st.horizons == (-9.0, 12.0) and st.seen == ([], [])
+    back = HourState.from_bytes(out.state.to_bytes())
+    assert back == out.state
+    nxt = build_hour(H + HOUR_US, updates([Upd(H + HOUR_US + S, 103, 103, bids=[(9.5, 1.0), (8.0, 2.0)])]),
+                     empty(REST_SCHEMA), back, Settings(depth=2, interval_us=S))
+    r = [x for x in rows(nxt.table) if x["time"].timestamp() * S == H + HOUR_US + 2 * S][0]
+    assert (r["known_levels"], levels(r["bids"])) == (1, [(9.5, 1.0)])  # 8.0 lies past the horizon (9.0)
+    assert nxt.state.streams[StreamKey("spot", "btcusdt@depth@100ms")].seen == ([8.0], [])

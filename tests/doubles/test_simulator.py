@@ -418,9 +418,10 @@ def test_books_are_deterministic_for_a_seed():
 
 
 def test_diff_depth_rebuilds_the_partial_depth_book():
-    """REST snapshot + depthUpdate events (Binance's procedure) reproduce the depth20 stream."""
+    """REST snapshot + depthUpdate events (Binance's procedure) reproduce the depth20 stream
+    (sampled at the diff events' ids: ``partials_aligned``)."""
     async def main():
-        async with Exchange(**FAST) as ex:
+        async with Exchange(**FAST, partials_aligned=True) as ex:
             url = ex.ws_url + "/stream?streams=btcusdt@depth@100ms/btcusdt@depth20@100ms"
             async with connect(url) as ws:
                 first = await recv_data(ws, 2)
@@ -653,14 +654,15 @@ def _rebuild(market: Market, snap: dict, events: list[dict]) -> tuple[dict, dict
 @pytest.mark.parametrize("market", list(Market))
 def test_rest_snapshot_plus_diffs_rebuilds_the_simulators_book(market):
     """Every stream of a symbol is cut from one book: the rebuilt book equals the simulator's
-    whole book at every id, and partial depth and bookTicker agree with it at their ids."""
+    whole book at every id, and partial depth and bookTicker agree with it at their ids
+    (partials sampled at the diff events' ids: ``partials_aligned``)."""
     if market is Market.SPOT:
         path, streams, rest = "/stream", "btcusdt@depth@100ms/btcusdt@depth20@100ms/btcusdt@bookTicker", "/api/v3/depth?symbol=BTCUSDT&limit=5000"
     else:
         path, streams, rest = "/public/stream", "btcusdt@depth@100ms/btcusdt@depth20@100ms/btcusdt@bookTicker", "/fapi/v1/depth?symbol=BTCUSDT&limit=1000"
 
     async def main():
-        async with Exchange(**FAST) as ex:
+        async with Exchange(**FAST, partials_aligned=True) as ex:
             async with connect(ex.ws_url + path + "?streams=" + streams) as ws:
                 first = await collect(ws, at_least(btcusdt__depth__100ms=2))
                 _, headers, snap = await asyncio.to_thread(http_get, ex.rest_url + rest)
@@ -953,3 +955,48 @@ def test_handshake_checks_names_per_market_and_the_usdm_stream_limit():
         return list(statuses.values())
 
     assert run(main()) == [400, 101, 400, 101, 404]  # 500 ms is USD-M only; USD-M allows 200 streams
+
+
+def test_partials_not_aligned_by_default_lie_inside_a_diff_event_and_are_the_book_there():
+    """Binance does not say a partial snapshot's lastUpdateId is ever a diff event's u: by
+    default the simulator's never is. Each lies strictly inside one diff event ([U, u)), and
+    is the simulator's own book at that id."""
+    async def main():
+        async with Exchange(**FAST) as ex:
+            url = ex.ws_url + "/stream?streams=btcusdt@depth@100ms/btcusdt@depth20@100ms"
+            async with connect(url) as ws:
+                msgs = await recv_data(ws, 60)
+            parts = [m["data"] for m in msgs if m["stream"] == "btcusdt@depth20@100ms"]
+            states = {d["lastUpdateId"]: ex.book_state("btcusdt", d["lastUpdateId"]) for d in parts}
+            return msgs, parts, states
+
+    msgs, parts, states = run(main())
+    diffs = [m["data"] for m in msgs if m["stream"] == "btcusdt@depth@100ms"]
+    assert len(parts) >= 20 and len(diffs) >= 20
+    inside = 0
+    for d in parts:
+        lid = d["lastUpdateId"]
+        assert lid not in {x["u"] for x in diffs}
+        inside += any(x["U"] <= lid < x["u"] for x in diffs)
+        st = states[lid]
+        assert d["bids"] == [list(x) for x in sorted(st.bids.items(), key=lambda x: -float(x[0]))[:20]]
+    assert inside >= len(parts) - 2  # the first and last may fall outside the diffs received
+
+
+def test_deep_books_drift_past_a_snapshots_range():
+    """Thousands of levels a side and a trend: the best bid leaves the range of a 100-level
+    snapshot within a few hundred steps (a minute at 10 steps/s), and the levels it meets there
+    rested since before the snapshot (a rebuilt book without them would be wrong)."""
+    book = Book("btcusdt", 5, levels=3000, trend=0.3, jump=0.02)
+    assert len(book.bids) >= 3000 and len(book.asks) >= 3000
+    first = book.depth_payload(100)
+    worst_ask = float(orjson.loads(first)["asks"][-1][0])
+    resting = {p for p, _ in orjson.loads(book.depth_payload(5000))["asks"]}
+    for step in range(1, 601):
+        book.advance_to(step)
+        best_bid = float(orjson.loads(book.depth_payload(1))["bids"][0][0])
+        if best_bid > worst_ask:
+            break
+    assert best_bid > worst_ask, step
+    top = orjson.loads(book.depth_payload(20))["asks"]
+    assert {p for p, _ in top} & resting  # asks that never changed since the first snapshot

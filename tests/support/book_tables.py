@@ -34,6 +34,7 @@ class Rest(NamedTuple):
     bids: Levels
     asks: Levels
     reason: str = "connect"
+    limit: int | None = None  # not a column of depth_rest_snapshot: added only when some row sets it
 
 
 class Part(NamedTuple):
@@ -84,7 +85,7 @@ def updates(rows: Sequence[Upd], market: str = "spot", symbol: str = "BTCUSDT",
 def rest(rows: Sequence[Rest], market: str = "spot", symbol: str = "BTCUSDT", stream: str | None = None) -> pa.Table:
     stream = stream or f"{symbol.lower()}@depth@100ms"
     n = len(rows)
-    return pa.table([
+    t = pa.table([
         pa.array([market] * n), pa.array([symbol] * n), pa.array([stream] * n),
         pa.array([r.recv_us for r in rows], pa.int64()).cast(TS),
         pa.array([r.u for r in rows], pa.int64()),
@@ -92,6 +93,9 @@ def rest(rows: Sequence[Rest], market: str = "spot", symbol: str = "BTCUSDT", st
         pa.array([r.reason for r in rows]),
         pa.array([None] * n, pa.int64()).cast(TS), pa.array([None] * n, pa.int64()).cast(TS),
     ], schema=REST_SCHEMA)
+    if any(r.limit is not None for r in rows):  # sides shorter than it are whole (books.builder)
+        t = t.append_column("limit", pa.array([r.limit for r in rows], pa.int64()))
+    return t
 
 
 def partial(rows: Sequence[Part], market: str = "spot", symbol: str = "BTCUSDT",

@@ -66,6 +66,14 @@ Choices where Binance is undocumented or where a simulator must pick:
 * An unchanged book sends no depth message, so ``lastUpdateId`` never repeats in a stream.
 * Both markets share one port: ``/ws`` and ``/stream`` are spot's, USD-M's are under
   ``/public``, ``/market`` or ``/fstream`` (see above).
+* Partial-depth ``lastUpdateId`` (``partials_aligned=False``, the default): whether Binance's ever
+  equals a diff event's ``u`` is undocumented, so here it never does: a partial stream ticks half
+  a period after the diff streams and steps the book once more, so its id lies inside the next
+  diff event. ``partials_aligned=True`` samples both at the same book steps (ids line up);
+  ``partial_rate`` gives partial streams a cadence of their own.
+* Book shape: ``book_levels`` a side (100 by default; thousands make books deeper than any REST
+  snapshot), ``trend`` (the chance a step moves the mid one way: the top of book leaves the first
+  snapshot's range) and ``jump`` (the chance a step eats 5-20 whole levels at once).
 
 Fault switches (``Exchange`` methods; the same over HTTP as ``POST /control/<name>?..``):
 ``disconnect(abrupt)``, ``stall(seconds)``, ``replay_on_next_connect(n)``,
@@ -314,14 +322,22 @@ class Book:
 
     MIN_LEVELS = 30
     HISTORY = 2000  # steps kept: 200 s at the default 10 steps/s
+    JUMP_LEVELS = (5, 20)  # a jump eats this many whole levels of one side
 
-    def __init__(self, symbol: str, seed: int | str = 0, levels: int = 100, id_base: int | None = None):
+    def __init__(self, symbol: str, seed: int | str = 0, levels: int = 100, id_base: int | None = None,
+                 trend: float = 0.0, jump: float = 0.0):
+        """``levels`` a side (thousands make a book deeper than any REST snapshot); ``trend``: the
+        chance a step moves the mid one way (up if positive, down if negative) on top of the random
+        walk; ``jump``: the chance a step eats several whole levels at once (in the trend's
+        direction, either way without one). Both 0 keep the historical books, seed for seed."""
         self.symbol = symbol
+        self.trend, self.jump = trend, jump
         self.rng = random.Random(f"{seed}/{symbol}")  # str seeds hash with sha512: stable
         mid, self.tick, self.lot = market_params(symbol)
         self.mean_lots = max(1, 5_000 * E8 * E8 // (self.lot * mid))  # ~5000 quote units a level
         self.levels = levels
-        self.step = 0
+        self.step = 0  # steps made (each has its update ids); Step.step counts these
+        self.clock = 0  # the book clock's step reached (extra steps do not move it)
         seeded_id = 40_000_000_000 + self.rng.randrange(10**9)  # drawn either way: same seed, same books
         self.last_id = seeded_id if id_base is None else id_base
         # trade ids follow the update ids' base, so they do not repeat across starts either;
@@ -344,16 +360,22 @@ class Book:
         return Top(b, self.bids.qty[b], a, self.asks.qty[a])
 
     def advance_to(self, step: int, time_ms: int | None = None) -> None:
-        """Run the book to ``step``; the steps made now are stamped ``time_ms`` (default: now)."""
-        if self.step >= step:
+        """Run the book to clock ``step``; the steps made now are stamped ``time_ms`` (default: now)."""
+        if self.clock >= step:
             return
         now = time.time_ns() // 1_000_000 if time_ms is None else time_ms
-        while self.step < step:
+        while self.clock < step:
             self._step(now)
+            self.clock += 1
+
+    def extra_step(self, time_ms: int | None = None) -> None:
+        """One step off the clock: the book changes between two clock steps (a partial-depth
+        stream sampled here has a ``lastUpdateId`` inside the diff event that covers both)."""
+        self._step(time.time_ns() // 1_000_000 if time_ms is None else time_ms)
 
     def skip_to(self, step: int) -> None:
         """Jump the clock without changing the book (a halted symbol resumes here)."""
-        self.step = max(self.step, step)
+        self.clock = max(self.clock, step)
 
     def _step(self, time_ms: int) -> None:
         rng = self.rng
@@ -365,6 +387,11 @@ class Book:
             self._take(rng.random() < 0.5, 1 + int(rng.expovariate(1.0) * self.mean_lots * 0.4), trades, aggs)
         if rng.random() < 0.06:
             self._shift(rng.random() < 0.5, trades, aggs)
+        if self.trend and rng.random() < abs(self.trend):
+            self._shift(self.trend > 0, trades, aggs)
+        if self.jump and rng.random() < self.jump:
+            up = self.trend > 0 if self.trend else rng.random() < 0.5
+            self._shift(up, trades, aggs, rng.randint(*self.JUMP_LEVELS))
         # quotes change after the trades, so every trade meets the book as the step found it
         for _ in range(rng.randint(1, 3)):
             self._touch(self.bids if rng.random() < 0.5 else self.asks)
@@ -433,10 +460,10 @@ class Book:
             want -= fill
             whole_levels -= 1
 
-    def _shift(self, up: bool, trades: list[Trade], aggs: list[AggTrade]) -> None:
+    def _shift(self, up: bool, trades: list[Trade], aggs: list[AggTrade], levels: int | None = None) -> None:
         """The mid moves: a taker eats the best level(s) of one side, the other side follows."""
         eaten, follower = (self.asks, self.bids) if up else (self.bids, self.asks)
-        self._take(up, 0, trades, aggs, whole_levels=self.rng.randint(1, 2))
+        self._take(up, 0, trades, aggs, whole_levels=levels or self.rng.randint(1, 2))
         p = follower.away(follower.best(), -1)
         if p not in follower.qty and follower.inside(p, eaten.best()):
             follower.set(p, self._fresh())
@@ -692,6 +719,9 @@ class Exchange:
     ``POST /control/<name>`` (see :meth:`_control_http`). ``weight_budget`` overrides
     Binance's REST budgets per market (small ones for tests), ``weight_window`` the
     budget's window (60 s) and ``ban_seconds`` the 418 ban after an ignored 429.
+    ``book_levels``, ``trend`` and ``jump`` shape the books (:class:`Book`);
+    ``partials_aligned`` samples partial depth at the diff events' ids (default: inside a diff
+    event, see the module) and ``partial_rate`` gives partial streams their own messages per second.
     """
 
     def __init__(
@@ -702,7 +732,8 @@ class Exchange:
         ring_size: int = 1000, book_levels: int = 100, max_outbox: int = 10_000,
         compression: str | None = None, control_http: bool = True, id_base: int | None = None,
         weight_budget: dict[Market, int] | None = None, weight_window: float = 60.0,
-        ban_seconds: float = 120.0,
+        ban_seconds: float = 120.0, trend: float = 0.0, jump: float = 0.0,
+        partials_aligned: bool = False, partial_rate: float | None = None,
     ):
         self.symbols = [s.strip().lower() for s in symbols if s.strip()]
         self.host, self.port = host, port
@@ -717,6 +748,10 @@ class Exchange:
         # ids start at the wall clock: a restarted simulator never repeats what it sent
         self.id_base = clock_id_base() if id_base is None else id_base
         self.seed, self.book_levels = seed, book_levels
+        self.trend, self.jump = trend, jump
+        # Binance does not say whether a partial snapshot's lastUpdateId is ever a diff event's u:
+        # by default it is not here (the partial is cut one step inside the next diff event)
+        self.partials_aligned, self.partial_rate = partials_aligned, partial_rate
         # one book per market and symbol (spot and futures books differ, as on Binance);
         # every stream and REST answer of a market is cut from that one book
         self.books: dict[Market, dict[str, Book]] = {m: {} for m in Market}
@@ -797,7 +832,7 @@ class Exchange:
 
     def _new_book(self, market: Market, symbol: str) -> Book:
         seed = self.seed if market is Market.SPOT else f"{self.seed}/{market.value}"
-        return Book(symbol, seed, self.book_levels, self.id_base)
+        return Book(symbol, seed, self.book_levels, self.id_base, self.trend, self.jump)
 
     def stats(self) -> dict:
         """Counters; ``rest.<market>`` has requests, weight and the 429 and 418 answers given."""
@@ -1191,21 +1226,26 @@ class Exchange:
         More than one second behind, the oldest ticks are skipped (counted), as a
         timer-driven feed would. Stops when the last subscriber leaves.
         """
-        rate = self.rate or (1e6 / st.spec.cadence_us if st.spec.cadence_us else self.base_rate)
+        partial = st.spec.type is Kind.PARTIAL_DEPTH
+        rate = ((self.partial_rate if partial else None) or self.rate
+                or (1e6 / st.spec.cadence_us if st.spec.cadence_us else self.base_rate))
+        # misaligned partials tick half a period late and step the book once more: their
+        # lastUpdateId falls inside the next diff event, never at its u
+        phase = 0.5 if partial and not self.partials_aligned else 0.0
         loop = asyncio.get_running_loop()
-        nxt = math.floor((loop.time() - self._t0) * rate) + 1
+        nxt = math.floor((loop.time() - self._t0) * rate - phase) + 1
         since: int | None = None  # last book step sent (diff streams merge from there)
         cap = max(1, int(rate))  # at most one second of catch-up per burst
         try:
             while st.subs:
-                due = math.floor((loop.time() - self._t0) * rate)
+                due = math.floor((loop.time() - self._t0) * rate - phase)
                 if due - nxt + 1 > cap:
                     self.skipped_ticks += due - nxt + 1 - cap
                     nxt = due + 1 - cap
                 for j in range(nxt, due + 1):
-                    since = self._emit(st, int(j * self.base_rate / rate + 1e-9), since)
+                    since = self._emit(st, int((j + phase) * self.base_rate / rate + 1e-9), since)
                 nxt = max(nxt, due + 1)
-                await asyncio.sleep(max(0.0, self._t0 + nxt / rate - loop.time()))
+                await asyncio.sleep(max(0.0, self._t0 + (nxt + phase) / rate - loop.time()))
         finally:
             st.task = None
 
@@ -1216,6 +1256,8 @@ class Exchange:
             return since  # a halted symbol's book stands still and its streams send nothing
         book = self.books[spec.market][spec.symbol]
         book.advance_to(step)
+        if spec.type is Kind.PARTIAL_DEPTH and not self.partials_aligned:
+            book.extra_step()
         if book.step <= st.last_step:
             self.skipped_ticks += 1  # a REST snapshot moved the book ahead: never repeat an id
             return since
@@ -1509,6 +1551,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="REST weight per window on /fapi (Binance: 2400/min)")
     p.add_argument("--weight-window", type=float, default=60.0, help="seconds per weight window")
     p.add_argument("--ban-seconds", type=float, default=120.0, help="418 ban after a request inside a 429's Retry-After")
+    p.add_argument("--book-levels", type=int, default=100, help="levels a side (thousands: deeper than any snapshot)")
+    p.add_argument("--trend", type=float, default=0.0, help="chance a step moves the mid one way (sign: direction)")
+    p.add_argument("--jump", type=float, default=0.0, help="chance a step eats 5-20 whole levels")
+    p.add_argument("--partials-aligned", action="store_true",
+                   help="partial depth sampled at the diff events' ids (default: inside a diff event)")
     return p.parse_args(argv)
 
 
@@ -1522,7 +1569,8 @@ async def _amain(args: argparse.Namespace) -> None:
         sent_log=args.sent_log, ping_interval=args.ping_interval,
         max_incoming_per_sec=args.max_incoming_per_sec or None, shutdown_grace=args.shutdown_grace,
         weight_budget={Market.SPOT: args.spot_weight_budget, Market.USDM: args.usdm_weight_budget},
-        weight_window=args.weight_window, ban_seconds=args.ban_seconds,
+        weight_window=args.weight_window, ban_seconds=args.ban_seconds, book_levels=args.book_levels,
+        trend=args.trend, jump=args.jump, partials_aligned=args.partials_aligned,
     )
     async with ex:
         print(f"simulator listening on {ex.ws_url}", flush=True)
