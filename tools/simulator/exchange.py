@@ -80,6 +80,9 @@ correct it; ``Exchange.routes`` holds the current table),
 ``mute(stream, market)`` /
 ``unmute(stream, market)`` (the stream's messages go to nobody while every connection stays up
 and the other streams flow: an acknowledged subscription that delivers nothing).
+``POST /control/daily_files?folder=PATH&date=YYYY-MM-DD`` (``write_daily_files``) writes the
+exchange's own daily ``trades`` and ``aggTrades`` files of a UTC day in Binance's layout, every
+trade generated that day whether sent or not (see :mod:`tools.simulator.daily`).
 ``GET /control/book?symbol=S&market=M&update_id=N&limit=N`` returns the simulator's own
 book at a kept id (default: now), best first: the oracle for processes. ``GET /control/stats``
 returns the counters: connections, messages sent and dropped per market and stream,
@@ -123,7 +126,7 @@ import zlib
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import orjson
 from websockets.asyncio.server import ServerConnection, serve
@@ -132,6 +135,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
+from . import daily
 from .facts import (
     DEPTH_DEFAULT_LIMIT,
     MAX_INCOMING_PER_SEC,
@@ -335,6 +339,8 @@ class Book:
         self.diffs: deque[Step] = deque(maxlen=self.HISTORY)
         self._cache: dict[int, tuple[int, bytes]] = {}
         self._px: dict[int, str] = {}
+        #: called with (time_ms, trades, aggTrades) of every step that made trades: the daily files' record
+        self.on_trades: Callable[[int, list[Trade], list[AggTrade]], None] | None = None
 
     def _fresh(self) -> int:
         return (1 + int(self.rng.expovariate(1.0) * self.mean_lots)) * self.lot
@@ -389,6 +395,8 @@ class Book:
         self.diffs.append(Step(self.step, first, self.last_id, time_ms, cb, ca,
                                ub, ua, trades, aggs,
                                after if after != before else None))
+        if self.on_trades is not None and trades:
+            self.on_trades(time_ms, trades, aggs)
 
     def _touch(self, side: _Side) -> None:
         """Change one level near the top: mostly its quantity, sometimes add or remove one."""
@@ -702,7 +710,7 @@ class Exchange:
         ring_size: int = 1000, book_levels: int = 100, max_outbox: int = 10_000,
         compression: str | None = None, control_http: bool = True, id_base: int | None = None,
         weight_budget: dict[Market, int] | None = None, weight_window: float = 60.0,
-        ban_seconds: float = 120.0,
+        ban_seconds: float = 120.0, trade_tape_limit: int = daily.DEFAULT_LIMIT,
     ):
         self.symbols = [s.strip().lower() for s in symbols if s.strip()]
         self.host, self.port = host, port
@@ -717,6 +725,9 @@ class Exchange:
         # ids start at the wall clock: a restarted simulator never repeats what it sent
         self.id_base = clock_id_base() if id_base is None else id_base
         self.seed, self.book_levels = seed, book_levels
+        #: every trade each book generated, for the exchange's daily files (:meth:`write_daily_files`)
+        self.tapes: dict[tuple[Market, str], daily.Tape] = {}
+        self.trade_tape_limit = trade_tape_limit
         # one book per market and symbol (spot and futures books differ, as on Binance);
         # every stream and REST answer of a market is cut from that one book
         self.books: dict[Market, dict[str, Book]] = {m: {} for m in Market}
@@ -797,7 +808,18 @@ class Exchange:
 
     def _new_book(self, market: Market, symbol: str) -> Book:
         seed = self.seed if market is Market.SPOT else f"{self.seed}/{market.value}"
-        return Book(symbol, seed, self.book_levels, self.id_base)
+        book = Book(symbol, seed, self.book_levels, self.id_base)
+        tape = self.tapes[(market, symbol)] = daily.Tape(market, symbol, book.tick, self.trade_tape_limit)
+        book.on_trades = tape.record
+        return book
+
+    def write_daily_files(self, folder: str, day: "daily.Date | str | None" = None) -> list[str]:
+        """Write the exchange's daily trades and aggTrades files of ``day`` (UTC; default today)
+        under ``folder/data/...`` as Binance lays them out, each with its ``.CHECKSUM``: every
+        trade the books generated that day, sent or not (drops and mutes included), so far.
+        Returns the zips' paths. ValueError if the day is no longer (or not wholly) kept."""
+        day = daily.today() if day is None else day if isinstance(day, daily.Date) else daily.Date.fromisoformat(day)
+        return [str(p) for p in daily.write_day(self.tapes.values(), folder, day)]
 
     def stats(self) -> dict:
         """Counters; ``rest.<market>`` has requests, weight and the 429 and 418 answers given."""
@@ -952,6 +974,7 @@ class Exchange:
         drop_trades?stream=NAME&n=N&market=..  list_symbol?symbol=S&market=..  (no market: both)
         delist_symbol?symbol=S&market=..  route?market=usdm&kind=K&route=public|market
         mute?stream=NAME&market=..  unmute?stream=NAME&market=..
+        daily_files?folder=PATH&date=YYYY-MM-DD (the exchange's daily trade files; default today)
         stats (GET or POST: the counters)
         book?symbol=S&market=..&update_id=N&limit=N (the simulator's book, best first; 404 if
         that id is not kept)
@@ -963,6 +986,10 @@ class Exchange:
                 return _http(200, self.stats())
             if name == "book":
                 return self._control_book(q, markets[0])
+            if name == "daily_files":
+                if not q.get("folder"):
+                    raise ValueError("daily_files needs folder=<where to write>")
+                return _http(200, {"ok": True, "files": self.write_daily_files(q["folder"], q.get("date"))})
             if name == "disconnect":
                 abrupt = q.get("abrupt", arg or "0").lower() in ("1", "true", "yes")
                 self._spawn(self.disconnect(abrupt=abrupt))
@@ -1509,6 +1536,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="REST weight per window on /fapi (Binance: 2400/min)")
     p.add_argument("--weight-window", type=float, default=60.0, help="seconds per weight window")
     p.add_argument("--ban-seconds", type=float, default=120.0, help="418 ban after a request inside a 429's Retry-After")
+    p.add_argument("--trade-tape-limit", type=int, default=daily.DEFAULT_LIMIT,
+                   help="trades kept per book and UTC day for POST /control/daily_files")
     return p.parse_args(argv)
 
 
@@ -1522,7 +1551,7 @@ async def _amain(args: argparse.Namespace) -> None:
         sent_log=args.sent_log, ping_interval=args.ping_interval,
         max_incoming_per_sec=args.max_incoming_per_sec or None, shutdown_grace=args.shutdown_grace,
         weight_budget={Market.SPOT: args.spot_weight_budget, Market.USDM: args.usdm_weight_budget},
-        weight_window=args.weight_window, ban_seconds=args.ban_seconds,
+        weight_window=args.weight_window, ban_seconds=args.ban_seconds, trade_tape_limit=args.trade_tape_limit,
     )
     async with ex:
         print(f"simulator listening on {ex.ws_url}", flush=True)
