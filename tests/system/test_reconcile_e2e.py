@@ -5,6 +5,8 @@ aggTrade of btcusdt on spot and USD-M from the simulated exchange over real sock
 
 * the exchange drops three USD-M aggTrade messages (``drop_trades``): a hole the collector sees
   and records as a ``trade_gap``;
+* the exchange mutes the USD-M trades for a while (``mute``), the aggTrades flowing: a
+  ``silent`` record, and a ``trade_gap`` once the stream speaks again;
 * trades are lost silently: with the spot symbol halted (so no new spot trade can arrive), the
   test deletes the newest spot rows of the session from the buffer with SQL, the tail of the
   spot trades and the aggTrades that came after them; ``archive_hour`` archives that round; the
@@ -16,7 +18,8 @@ aggTrade of btcusdt on spot and USD-M from the simulated exchange over real sock
 
 Then the simulator writes its daily files for the day (every trade it generated, sent or not;
 spot in µs, USD-M in ms) and ``orderbook reconcile --json`` runs as a subprocess. It must exit 1
-and classify, per stream, exactly: the dropped ids as ``trade_gap``, the deleted ids as
+and classify, per stream, exactly: the dropped and the muted ids as ``trade_gap`` (a recorded
+trade_gap comes before a silent record), the deleted ids as
 ``lost_silently``, every other missing id as outside the recorded span, nothing extra, no value
 differing. A ``.CHECKSUM`` rewritten wrong makes it exit 2.
 
@@ -57,12 +60,19 @@ DELETED = 3  # newest spot trade rows deleted from the buffer: lost silently
 #: The longest this test may take; a run that would reach midnight within it starts after midnight.
 RUN_SECONDS = 300
 ID = {"trade": "trade_id", "agg_trade": "agg_trade_id"}
+MUTED = key("usdm", f"{SYMBOL}@trade")
+
+
+def silence_rows(buffer) -> list[tuple]:
+    return query(buffer, "SELECT s.name, x.event, x.since_us, x.end_us FROM silence x JOIN streams s USING (stream_id) "
+                         "ORDER BY x.id")
 
 
 def settings_for(ex: Exchange, buffer) -> Settings:
     return Settings(symbols=[SYMBOL], streams=KINDS, ws_url=ex.ws_url, rest_url=ex.rest_url,
                     usdm_symbols=[SYMBOL], usdm_streams=KINDS, usdm_ws_url=ex.ws_url, usdm_rest_url=ex.rest_url,
-                    buffer=buffer, metrics_port=-1, backoff_initial=0.05, backoff_max=0.2, min_session=0.0)
+                    buffer=buffer, metrics_port=-1, backoff_initial=0.05, backoff_max=0.2, min_session=0.0,
+                    silence_min_seconds=1.0, silence_grace_seconds=1.0)
 
 
 def seconds_to_midnight() -> float:
@@ -161,6 +171,18 @@ def test_reconcile_finds_exactly_the_silent_loss_against_the_exchanges_own_files
                 after = stored_counts(buffer)
                 await until(lambda: all(stored_counts(buffer)[s] >= after[s] + 10 for s in STREAMS), timeout=60,
                             what="10 more rows of every stream")
+                # USD-M trades muted while the aggTrades flow: a silent record. Muted with the symbol
+                # halted and everything sent stored, so every muted trade is made after the silence began.
+                ex.delist_symbol(SYMBOL, USDM)
+                await until(lambda: quiet(ex) and all(stored_counts(buffer)[s] == sent_counts(ex)[s]
+                                                      for s in STREAMS if s not in SPOT_KEYS),
+                            what="every USD-M trade sent stored")
+                ex.mute(f"{SYMBOL}@trade", USDM)
+                ex.list_symbol(SYMBOL, USDM)
+                await until(lambda: [r[:2] for r in silence_rows(buffer)] == [(MUTED, "silent")], timeout=30,
+                            what="the muted USD-M trade stream recorded silent")
+                ex.unmute(f"{SYMBOL}@trade", USDM)
+                await until(lambda: len(silence_rows(buffer)) == 2, timeout=30, what="the silence ended")
                 for m in Market:
                     ex.delist_symbol(SYMBOL, m)
                 gone = {key("spot", f"{SYMBOL}@trade"): len(deleted["trade"]),
@@ -187,10 +209,25 @@ def test_reconcile_finds_exactly_the_silent_loss_against_the_exchanges_own_files
     lines = [json.loads(x) for x in log.read_text().splitlines()]
     dropped = sorted(x["id"] for x in lines if x.get("fault") == "dropped")
     assert len(dropped) == DROPPED and dropped == list(range(dropped[0], dropped[0] + DROPPED))
-    assert query(buffer, "SELECT first_missing_id, last_missing_id, dataset FROM trade_gap") == [
-        (dropped[0], dropped[-1], "agg_trade")]
+    # the muted trades: made (in the exchange's own record) and never sent, between sent ones
+    n = (day - datetime(1970, 1, 1).date()).days
+    usdm_tape = ex.tapes[(USDM, SYMBOL)].days[n]
+    sent_usdm = [x["id"] for x in lines if "data" in x and x["market"] == "usdm" and x["stream"] == f"{SYMBOL}@trade"]
+    muted = sorted(set(usdm_tape.t_id) - set(sent_usdm))
+    muted = [i for i in muted if sent_usdm[0] < i < sent_usdm[-1]]
+    assert muted and muted == list(range(muted[0], muted[-1] + 1)), muted
+    # the collector saw both holes when the stream spoke again: trade_gap records, exactly
+    assert sorted(query(buffer, "SELECT first_missing_id, last_missing_id, dataset FROM trade_gap")) == sorted([
+        (dropped[0], dropped[-1], "agg_trade"), (muted[0], muted[-1], "trade")])
+    # and the muted stream's silent record holds every muted trade (exchange time inside it)
+    silent = [r for r in read(archive, "coverage", ("record", "market", "stream", "start_time", "end_time"))
+              if r[0] == "silent" and r[4] is not None]
+    assert [r[1:3] for r in silent] == [("usdm", f"{SYMBOL}@trade")], silent
+    times = {i: ms * 1000 for i, ms in zip(usdm_tape.t_id, usdm_tape.t_ms)}
+    assert all(silent[0][3] <= times[i] <= silent[0][4] for i in muted)
     expect_lost = {("spot", "trade"): deleted["trade"], ("spot", "agg_trade"): deleted["agg_trade"]}
-    expect_gap = {("usdm", "agg_trade"): dropped}
+    # a recorded trade_gap comes first: the muted ids are inside both records, and counted as trade_gap
+    expect_gap = {("usdm", "agg_trade"): dropped, ("usdm", "trade"): muted}
 
     out = reconcile_cli("--date", str(day), "--official", str(official), "--archive", str(archive), "--json")
     assert out.returncode == 1, (out.returncode, out.stderr)
@@ -198,7 +235,6 @@ def test_reconcile_finds_exactly_the_silent_loss_against_the_exchanges_own_files
     assert doc["date"] == str(day) and doc["lost_silently"] == sum(map(len, expect_lost.values()))
     reports = {(s["market"], s["dataset"]): s for s in doc["streams"]}
     assert set(reports) == {(m.value, d) for m in Market for d in ("trade", "agg_trade")}
-    n = (day - datetime(1970, 1, 1).date()).days
     for (market, dataset), s in sorted(reports.items()):
         tape = ex.tapes[(Market(market), SYMBOL)].days[n]
         theirs = set(tape.t_id if dataset == "trade" else tape.a_id)
