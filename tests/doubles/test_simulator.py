@@ -1004,6 +1004,11 @@ def test_daily_files_hold_every_trade_generated_sent_dropped_or_muted(tmp_path):
                     req = urllib.request.Request(f"{ex.rest_url}/control/daily_files?folder={tmp_path}&date={d}",
                                                  method="POST")
                     status[d] = await asyncio.to_thread(post_json, req)
+                bad = urllib.request.Request(f"{ex.rest_url}/control/daily_files?folder={tmp_path}&date=2026-13-01",
+                                             method="POST")
+                with pytest.raises(urllib.error.HTTPError) as refused:
+                    await asyncio.to_thread(post_json, bad)
+                assert refused.value.code == 400
             return got, days, status, ex.stats()["dropped"]
 
     got, days, status, dropped = run(main(), timeout=30)

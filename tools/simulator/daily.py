@@ -17,8 +17,8 @@ books stamp trades in milliseconds, so a spot file's times end in ``000``. USD-M
 header row, spot files none (both exist on Binance). Prices are spot's 8-decimal strings, USD-M's
 without trailing zeros, as each site writes them.
 
-Memory is bounded: a tape keeps compact columns (about 40 bytes a trade) of the current and the
-previous UTC day only, and at most ``limit`` trades a day; a day over the limit is marked cut and
+Memory is bounded: a tape keeps compact columns (about 60 bytes a trade, aggTrades included) of
+the current and the previous UTC day only, and at most ``limit`` trades a day; a day over the limit is marked cut and
 is refused by :func:`write_day` rather than written short (a short file would be a false loss).
 """
 
@@ -40,9 +40,10 @@ E8 = 10**8
 DAY_MS = 86_400_000
 #: UTC days a tape keeps: the current one and the one before (its file is written after midnight).
 DAYS_KEPT = 2
-#: Trades a tape keeps per day by default: about 40 MB at the cap, and a day of the default
-#: 10 book steps a second makes about a million.
-DEFAULT_LIMIT = 2_000_000
+#: Trades a tape keeps per day by default: about 90 MB at the cap (measured: 58 bytes a trade,
+#: its share of aggTrades included); a day of the default 10 book steps a second makes about
+#: 1.15 million trades (measured: 1.33 trades a step).
+DEFAULT_LIMIT = 1_500_000
 #: Rows per write to the zip: bounded memory while writing a large day.
 ROWS_PER_WRITE = 10_000
 
@@ -105,7 +106,8 @@ class Tape:
             d.a_maker.append(g.buyer_maker)
 
     def day(self, day: Date) -> _Day | None:
-        """The day's columns (None if it made no trade); ValueError if they are not complete."""
+        """A copy of the day's columns (None if it made no trade), so it can be written while the
+        book goes on; ValueError if they are not complete."""
         n = (day - Date(1970, 1, 1)).days
         if n <= self.forgotten:
             raise ValueError(f"{self.market.value} {self.symbol}: the trades of {day} are no longer kept; the simulator "
@@ -114,7 +116,11 @@ class Tape:
         if d is not None and d.cut:
             raise ValueError(f"{self.market.value} {self.symbol}: more than {self.limit} trades on {day}, the rest were "
                              "not kept; raise the Exchange's trade_tape_limit")
-        return d
+        if d is None:
+            return None
+        return _Day(*(array(c.typecode, c) if isinstance(c, array) else bytearray(c)
+                      for c in (d.t_id, d.t_price, d.t_qty, d.t_ms, d.t_maker,
+                                d.a_id, d.a_price, d.a_qty, d.a_first, d.a_last, d.a_ms, d.a_maker)))
 
 
 def _price(value_e8: int, trim: bool) -> str:
@@ -126,17 +132,24 @@ def _rows(tape: Tape, d: _Day, kind: Kind, day: Date):
     """The CSV lines of one file, in id order."""
     market = tape.market
     trim = market is Market.USDM  # USD-M files write prices and quantities without trailing zeros
+    texts: dict[int, str] = {}  # prices repeat: format each once
+
+    def px(ticks: int) -> str:
+        t = texts.get(ticks)
+        if t is None:
+            t = texts[ticks] = _price(ticks * tape.tick, trim)
+        return t
     scale = 1000 if market is Market.SPOT and day >= SPOT_MICROSECONDS_FROM else 1
     no, yes = DAILY_BOOLS[market]
     best = (f",{yes}",) if market is Market.SPOT else ("",)  # is_best_match: spot only, always true
     if kind is Kind.TRADE:
         for i in range(len(d.t_id)):
-            p, q = d.t_price[i] * tape.tick, d.t_qty[i]
-            yield (f"{d.t_id[i]},{_price(p, trim)},{_price(q, trim)},{_price(p * q // E8, trim)},"
+            p, q = d.t_price[i], d.t_qty[i]
+            yield (f"{d.t_id[i]},{px(p)},{_price(q, trim)},{_price(p * tape.tick * q // E8, trim)},"
                    f"{d.t_ms[i] * scale},{yes if d.t_maker[i] else no}{best[0]}\n")
     else:
         for i in range(len(d.a_id)):
-            yield (f"{d.a_id[i]},{_price(d.a_price[i] * tape.tick, trim)},{_price(d.a_qty[i], trim)},"
+            yield (f"{d.a_id[i]},{px(d.a_price[i])},{_price(d.a_qty[i], trim)},"
                    f"{d.a_first[i]},{d.a_last[i]},{d.a_ms[i] * scale},{yes if d.a_maker[i] else no}{best[0]}\n")
 
 
@@ -146,17 +159,26 @@ def site_path(market: Market, kind: Kind, symbol: str, day: Date) -> str:
     return f"{DAILY_PATH[Market(market)]}/daily/{DAILY_KIND[kind]}/{symbol.upper()}/{name}"
 
 
+def take(tapes, day: Date) -> list[tuple[Tape, _Day]]:
+    """Copies of ``day``'s columns of every tape with trades that day (:func:`write_taken` writes
+    them, in another thread if need be). ValueError when a tape no longer keeps the day or kept
+    only part of it."""
+    return [(tape, d) for tape in tapes if (d := tape.day(day)) is not None]
+
+
 def write_day(tapes, folder: str | Path, day: Date) -> list[Path]:
     """Write ``day``'s trades and aggTrades files of every tape that has trades that day under
     ``folder/data/`` (with their ``.CHECKSUM``); returns the zips written, sorted.
 
     Raises ValueError when a tape no longer keeps the day or kept only part of it."""
+    return write_taken(take(tapes, day), folder, day)
+
+
+def write_taken(taken: list[tuple[Tape, _Day]], folder: str | Path, day: Date) -> list[Path]:
+    """Write what :func:`take` took; returns the zips written, sorted."""
     root = Path(folder) / "data"
     written = []
-    for tape in tapes:
-        d = tape.day(day)
-        if d is None:
-            continue
+    for tape, d in taken:
         for kind in (Kind.TRADE, Kind.AGG_TRADE):
             path = root / site_path(tape.market, kind, tape.symbol, day)
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -818,8 +818,20 @@ class Exchange:
         under ``folder/data/...`` as Binance lays them out, each with its ``.CHECKSUM``: every
         trade the books generated that day, sent or not (drops and mutes included), so far.
         Returns the zips' paths. ValueError if the day is no longer (or not wholly) kept."""
-        day = daily.today() if day is None else day if isinstance(day, daily.Date) else daily.Date.fromisoformat(day)
-        return [str(p) for p in daily.write_day(self.tapes.values(), folder, day)]
+        return [str(p) for p in daily.write_day(self.tapes.values(), folder, _day(day))]
+
+    async def _daily_files_http(self, q: dict) -> Response:
+        """``POST /control/daily_files?folder=..&date=..``: the day is copied here, then written in
+        a thread, so a large day does not stall the streams while it is written."""
+        try:
+            if not q.get("folder"):
+                raise ValueError("daily_files needs folder=<where to write>")
+            day = _day(q.get("date"))
+            taken = daily.take(self.tapes.values(), day)
+            paths = await asyncio.to_thread(daily.write_taken, taken, q["folder"], day)
+        except (ValueError, OSError) as exc:
+            return _http(400, {"ok": False, "error": str(exc)})
+        return _http(200, {"ok": True, "files": [str(p) for p in paths]})
 
     def stats(self) -> dict:
         """Counters; ``rest.<market>`` has requests, weight and the 429 and 418 answers given."""
@@ -847,6 +859,8 @@ class Exchange:
             return self._rest(Market.SPOT, url.path, query)
         if url.path.startswith("/fapi/"):
             return self._rest(Market.USDM, url.path, query)
+        if url.path == "/control/daily_files" and self.control_enabled:
+            return await self._daily_files_http(query)
         if url.path.startswith("/control/") and self.control_enabled:
             return self._control_http(url.path[len("/control/"):], query)
         if self._reject:
@@ -986,10 +1000,6 @@ class Exchange:
                 return _http(200, self.stats())
             if name == "book":
                 return self._control_book(q, markets[0])
-            if name == "daily_files":
-                if not q.get("folder"):
-                    raise ValueError("daily_files needs folder=<where to write>")
-                return _http(200, {"ok": True, "files": self.write_daily_files(q["folder"], q.get("date"))})
             if name == "disconnect":
                 abrupt = q.get("abrupt", arg or "0").lower() in ("1", "true", "yes")
                 self._spawn(self.disconnect(abrupt=abrupt))
@@ -1503,6 +1513,11 @@ class Exchange:
         if sym not in self.listing[market]:
             raise ValueError(f"{symbol!r} is not listed on {market.value}")
         self.listing[market][sym] = DELISTED[market]
+
+
+def _day(day: "daily.Date | str | None") -> "daily.Date":
+    """A UTC day from a date, its ISO text, or None (today)."""
+    return daily.today() if day is None else day if isinstance(day, daily.Date) else daily.Date.fromisoformat(day)
 
 
 def clock_id_base() -> int:
