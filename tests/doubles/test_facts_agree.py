@@ -92,3 +92,17 @@ def test_a_planted_wrong_route_is_named(monkeypatch):
     bad = disagreements()
     assert "USD-M route of trade: product 'market', simulator 'public'" in bad
     assert "USD-M route of a trade stream: product 'market', simulator 'public'" in bad
+
+
+def test_the_daily_files_layout_agrees_with_the_reconciliation():
+    """The exchange's daily files as the simulator writes them and as ``orderbook reconcile``
+    reads them (``orderbook_assets.analytics.reconcile``): folders and columns."""
+    from orderbook_assets.analytics import reconcile as rc
+    from orderbook_assets.archive import datasets as ds
+
+    kinds = {sim.Kind.TRADE: ds.TRADE, sim.Kind.AGG_TRADE: ds.AGG_TRADE}
+    assert {m.value: p for m, p in sim.DAILY_PATH.items()} == rc.MARKET_PATHS
+    for kind, dataset in kinds.items():
+        assert sim.DAILY_KIND[kind] == rc.KINDS[dataset].folder
+        for m in sim.Market:
+            assert sim.DAILY_COLUMNS[(m, kind)] == rc.KINDS[dataset].columns[m.value], (m, kind)

@@ -1000,3 +1000,131 @@ def test_deep_books_drift_past_a_snapshots_range():
     assert best_bid > worst_ask, step
     top = orjson.loads(book.depth_payload(20))["asks"]
     assert {p for p, _ in top} & resting  # asks that never changed since the first snapshot
+
+
+# ---- the exchange's daily files ----------------------------------------------------------
+
+def read_daily(path: Path) -> tuple[str | None, list[list[str]]]:
+    """(header line or None, rows) of one daily zip, after checking its .CHECKSUM."""
+    import hashlib
+    import zipfile
+
+    digest, name = path.with_name(path.name + ".CHECKSUM").read_text().split()
+    assert (digest, name) == (hashlib.sha256(path.read_bytes()).hexdigest(), path.name)
+    with zipfile.ZipFile(path) as z:
+        assert z.namelist() == [path.name.replace(".zip", ".csv")]
+        lines = z.read(z.namelist()[0]).decode().splitlines()
+    header = lines[0] if not lines[0][0].isdigit() else None
+    return header, [x.split(",") for x in lines[1 if header else 0:]]
+
+
+def post_json(req) -> tuple[int, dict]:
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return r.status, orjson.loads(r.read())
+
+
+def test_daily_files_hold_every_trade_generated_sent_dropped_or_muted(tmp_path):
+    """The files list every trade and aggTrade the book made that day, those dropped and muted
+    too; what clients received is in them with equal values; spot in µs without header, USD-M in
+    ms with one."""
+    from datetime import datetime, timezone
+
+    async def main():
+        async with Exchange(symbols=["btcusdt"], seed=1, rate=50) as ex:
+            async with connect(ex.ws_url + "/stream?streams=btcusdt@trade/btcusdt@aggTrade") as spot, \
+                    connect(ex.ws_url + "/public/stream?streams=btcusdt@trade") as public, \
+                    connect(ex.ws_url + "/market/stream?streams=btcusdt@aggTrade") as market:
+                got = {"spot": await collect(spot, at_least(btcusdt__trade=5, btcusdt__aggTrade=3))}
+                ex.drop_trades("btcusdt@trade", 4)
+                ex.mute("btcusdt@aggTrade", Market.USDM)
+                more = await collect(spot, at_least(btcusdt__trade=20, btcusdt__aggTrade=10))
+                usdm = await collect(public, at_least(btcusdt__trade=20))
+                ex.unmute("btcusdt@aggTrade", Market.USDM)
+                usdm.update(await collect(market, at_least(btcusdt__aggTrade=3)))
+                got["usdm"] = usdm
+                for s in more:
+                    got["spot"][s] += more[s]
+                days = sorted({datetime.fromtimestamp(m["T"] / 1e3, timezone.utc).date()
+                               for g in got.values() for ms in g.values() for m in ms})
+                status = {}
+                for d in days:  # a run across midnight writes both days
+                    req = urllib.request.Request(f"{ex.rest_url}/control/daily_files?folder={tmp_path}&date={d}",
+                                                 method="POST")
+                    status[d] = await asyncio.to_thread(post_json, req)
+                bad = urllib.request.Request(f"{ex.rest_url}/control/daily_files?folder={tmp_path}&date=2026-13-01",
+                                             method="POST")
+                with pytest.raises(urllib.error.HTTPError) as refused:
+                    await asyncio.to_thread(post_json, bad)
+                assert refused.value.code == 400
+            return got, days, status, ex.stats()["dropped"]
+
+    got, days, status, dropped = run(main(), timeout=30)
+    assert dropped["spot"] == {"btcusdt@trade": 4}
+    for d in days:
+        code, body = status[d]
+        assert code == 200 and body["ok"] and len(body["files"]) == 4, body
+    for market, folder, unit in (("spot", "spot", 1000), ("usdm", "futures/um", 1)):
+        rows, headers = {}, {}
+        for kind in ("trades", "aggTrades"):
+            rows[kind] = []
+            for d in days:
+                header, r = read_daily(tmp_path / "data" / folder / "daily" / kind / "BTCUSDT" /
+                                       f"BTCUSDT-{kind}-{d}.zip")
+                headers[kind] = header
+                rows[kind] += r
+        if market == "spot":
+            assert headers == {"trades": None, "aggTrades": None}
+            assert {r[-1] for r in rows["trades"] + rows["aggTrades"]} == {"True"}  # is_best_match
+            assert all(len(r) == 7 for r in rows["trades"]) and all(len(r) == 8 for r in rows["aggTrades"])
+        else:
+            assert headers == {"trades": "id,price,qty,quote_qty,time,is_buyer_maker",
+                               "aggTrades": "agg_trade_id,price,quantity,first_trade_id,last_trade_id,"
+                                            "transact_time,is_buyer_maker"}
+        trades = {int(r[0]): r for r in rows["trades"]}
+        aggs = {int(r[0]): r for r in rows["aggTrades"]}
+        # every id of the book, consecutive: the dropped and muted ones included
+        assert list(trades) == list(range(min(trades), max(trades) + 1))
+        assert list(aggs) == list(range(min(aggs), max(aggs) + 1))
+        assert [int(a[3]) for a in aggs.values()] == [min(trades)] + [int(a[4]) + 1 for a in list(aggs.values())[:-1]]
+        assert int(list(aggs.values())[-1][4]) == max(trades)  # aggTrades tile the trades exactly
+        for t in got[market]["btcusdt@trade"]:
+            r = trades[t["t"]]
+            assert (float(r[1]), float(r[2]), int(r[4]), r[5].lower()) == \
+                   (float(t["p"]), float(t["q"]), t["T"] * unit, str(t["m"]).lower()), (market, t, r)
+            assert abs(float(r[3]) - float(t["p"]) * float(t["q"])) < 1e-6
+        for a in got[market]["btcusdt@aggTrade"]:
+            r = aggs[a["a"]]
+            assert (float(r[1]), float(r[2]), int(r[3]), int(r[4]), int(r[5]), r[6].lower()) == \
+                   (float(a["p"]), float(a["q"]), a["f"], a["l"], a["T"] * unit, str(a["m"]).lower())
+        received = {t["t"] for t in got[market]["btcusdt@trade"]}
+        assert len(set(trades) - received) > 0  # the files hold trades no client received
+    spot_ids = [t["t"] for t in got["spot"]["btcusdt@trade"]]
+    hole = [i for i in range(spot_ids[0], spot_ids[-1] + 1) if i not in set(spot_ids)]
+    assert len(hole) == 4  # the dropped ones: never received, yet in the file (checked above)
+
+
+def test_the_trade_tape_is_bounded_and_never_writes_a_short_day(tmp_path):
+    from datetime import date
+
+    from tools.simulator.daily import DAY_MS, Tape, write_day
+    from tools.simulator.exchange import AggTrade, Trade
+
+    day0 = 20_000  # 2024-10-04: spot files of that day are in milliseconds
+    tape = Tape(Market.SPOT, "btcusdt", tick=10**6, limit=3)
+    tape.record(day0 * DAY_MS + 5, [Trade(1, 6_500_000, 10**8, True), Trade(2, 6_500_000, 2 * 10**8, True)],
+                [AggTrade(1, 6_500_000, 3 * 10**8, 1, 2, True)])
+    tape.record(day0 * DAY_MS + 9, [Trade(3, 6_500_001, 10**7, False), Trade(4, 6_500_001, 10**7, False)],
+                [AggTrade(2, 6_500_001, 2 * 10**7, 3, 4, False)])  # over the limit: the day is cut
+    with pytest.raises(ValueError, match="trade_tape_limit"):
+        write_day([tape], tmp_path, date(2024, 10, 4))
+    tape.record((day0 + 1) * DAY_MS, [Trade(5, 6_500_000, 10**8, True)], [AggTrade(3, 6_500_000, 10**8, 5, 5, True)])
+    aggs, trades = write_day([tape], tmp_path, date(2024, 10, 5))  # sorted: aggTrades first
+    assert read_daily(aggs) == (None, [["3", "65000.00000000", "1.00000000", "5", "5", str((day0 + 1) * DAY_MS),
+                                        "True", "True"]])
+    assert read_daily(trades)[1] == [["5", "65000.00000000", "1.00000000", "65000.00000000",
+                                      str((day0 + 1) * DAY_MS), "True", "True"]]
+    tape.record((day0 + 2) * DAY_MS, [Trade(6, 6_500_000, 10**8, True)], [AggTrade(4, 6_500_000, 10**8, 6, 6, True)])
+    assert sorted(tape.days) == [day0 + 1, day0 + 2]  # two days kept, the oldest forgotten
+    with pytest.raises(ValueError, match="no longer kept"):
+        write_day([tape], tmp_path, date(2024, 10, 4))
+    assert write_day([tape], tmp_path, date(2024, 10, 8)) == []  # a day without trades: no file

@@ -88,6 +88,9 @@ correct it; ``Exchange.routes`` holds the current table),
 ``mute(stream, market)`` /
 ``unmute(stream, market)`` (the stream's messages go to nobody while every connection stays up
 and the other streams flow: an acknowledged subscription that delivers nothing).
+``POST /control/daily_files?folder=PATH&date=YYYY-MM-DD`` (``write_daily_files``) writes the
+exchange's own daily ``trades`` and ``aggTrades`` files of a UTC day in Binance's layout, every
+trade generated that day whether sent or not (see :mod:`tools.simulator.daily`).
 ``GET /control/book?symbol=S&market=M&update_id=N&limit=N`` returns the simulator's own
 book at a kept id (default: now), best first: the oracle for processes. ``GET /control/stats``
 returns the counters: connections, messages sent and dropped per market and stream,
@@ -131,7 +134,7 @@ import zlib
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import orjson
 from websockets.asyncio.server import ServerConnection, serve
@@ -140,6 +143,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
+from . import daily
 from .facts import (
     DEPTH_DEFAULT_LIMIT,
     MAX_INCOMING_PER_SEC,
@@ -351,6 +355,8 @@ class Book:
         self.diffs: deque[Step] = deque(maxlen=self.HISTORY)
         self._cache: dict[int, tuple[int, bytes]] = {}
         self._px: dict[int, str] = {}
+        #: called with (time_ms, trades, aggTrades) of every step that made trades: the daily files' record
+        self.on_trades: Callable[[int, list[Trade], list[AggTrade]], None] | None = None
 
     def _fresh(self) -> int:
         return (1 + int(self.rng.expovariate(1.0) * self.mean_lots)) * self.lot
@@ -416,6 +422,8 @@ class Book:
         self.diffs.append(Step(self.step, first, self.last_id, time_ms, cb, ca,
                                ub, ua, trades, aggs,
                                after if after != before else None))
+        if self.on_trades is not None and trades:
+            self.on_trades(time_ms, trades, aggs)
 
     def _touch(self, side: _Side) -> None:
         """Change one level near the top: mostly its quantity, sometimes add or remove one."""
@@ -734,6 +742,7 @@ class Exchange:
         weight_budget: dict[Market, int] | None = None, weight_window: float = 60.0,
         ban_seconds: float = 120.0, trend: float = 0.0, jump: float = 0.0,
         partials_aligned: bool = False, partial_rate: float | None = None,
+        trade_tape_limit: int = daily.DEFAULT_LIMIT,
     ):
         self.symbols = [s.strip().lower() for s in symbols if s.strip()]
         self.host, self.port = host, port
@@ -752,6 +761,9 @@ class Exchange:
         # Binance does not say whether a partial snapshot's lastUpdateId is ever a diff event's u:
         # by default it is not here (the partial is cut one step inside the next diff event)
         self.partials_aligned, self.partial_rate = partials_aligned, partial_rate
+        #: every trade each book generated, for the exchange's daily files (:meth:`write_daily_files`)
+        self.tapes: dict[tuple[Market, str], daily.Tape] = {}
+        self.trade_tape_limit = trade_tape_limit
         # one book per market and symbol (spot and futures books differ, as on Binance);
         # every stream and REST answer of a market is cut from that one book
         self.books: dict[Market, dict[str, Book]] = {m: {} for m in Market}
@@ -832,7 +844,30 @@ class Exchange:
 
     def _new_book(self, market: Market, symbol: str) -> Book:
         seed = self.seed if market is Market.SPOT else f"{self.seed}/{market.value}"
-        return Book(symbol, seed, self.book_levels, self.id_base, self.trend, self.jump)
+        book = Book(symbol, seed, self.book_levels, self.id_base, self.trend, self.jump)
+        tape = self.tapes[(market, symbol)] = daily.Tape(market, symbol, book.tick, self.trade_tape_limit)
+        book.on_trades = tape.record
+        return book
+
+    def write_daily_files(self, folder: str, day: "daily.Date | str | None" = None) -> list[str]:
+        """Write the exchange's daily trades and aggTrades files of ``day`` (UTC; default today)
+        under ``folder/data/...`` as Binance lays them out, each with its ``.CHECKSUM``: every
+        trade the books generated that day, sent or not (drops and mutes included), so far.
+        Returns the zips' paths. ValueError if the day is no longer (or not wholly) kept."""
+        return [str(p) for p in daily.write_day(self.tapes.values(), folder, _day(day))]
+
+    async def _daily_files_http(self, q: dict) -> Response:
+        """``POST /control/daily_files?folder=..&date=..``: the day is copied here, then written in
+        a thread, so a large day does not stall the streams while it is written."""
+        try:
+            if not q.get("folder"):
+                raise ValueError("daily_files needs folder=<where to write>")
+            day = _day(q.get("date"))
+            taken = daily.take(self.tapes.values(), day)
+            paths = await asyncio.to_thread(daily.write_taken, taken, q["folder"], day)
+        except (ValueError, OSError) as exc:
+            return _http(400, {"ok": False, "error": str(exc)})
+        return _http(200, {"ok": True, "files": [str(p) for p in paths]})
 
     def stats(self) -> dict:
         """Counters; ``rest.<market>`` has requests, weight and the 429 and 418 answers given."""
@@ -860,6 +895,8 @@ class Exchange:
             return self._rest(Market.SPOT, url.path, query)
         if url.path.startswith("/fapi/"):
             return self._rest(Market.USDM, url.path, query)
+        if url.path == "/control/daily_files" and self.control_enabled:
+            return await self._daily_files_http(query)
         if url.path.startswith("/control/") and self.control_enabled:
             return self._control_http(url.path[len("/control/"):], query)
         if self._reject:
@@ -987,6 +1024,7 @@ class Exchange:
         drop_trades?stream=NAME&n=N&market=..  list_symbol?symbol=S&market=..  (no market: both)
         delist_symbol?symbol=S&market=..  route?market=usdm&kind=K&route=public|market
         mute?stream=NAME&market=..  unmute?stream=NAME&market=..
+        daily_files?folder=PATH&date=YYYY-MM-DD (the exchange's daily trade files; default today)
         stats (GET or POST: the counters)
         book?symbol=S&market=..&update_id=N&limit=N (the simulator's book, best first; 404 if
         that id is not kept)
@@ -1520,6 +1558,11 @@ class Exchange:
         self.listing[market][sym] = DELISTED[market]
 
 
+def _day(day: "daily.Date | str | None") -> "daily.Date":
+    """A UTC day from a date, its ISO text, or None (today)."""
+    return daily.today() if day is None else day if isinstance(day, daily.Date) else daily.Date.fromisoformat(day)
+
+
 def clock_id_base() -> int:
     """The first update id of a start: the wall clock in µs.
 
@@ -1556,6 +1599,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--jump", type=float, default=0.0, help="chance a step eats 5-20 whole levels")
     p.add_argument("--partials-aligned", action="store_true",
                    help="partial depth sampled at the diff events' ids (default: inside a diff event)")
+    p.add_argument("--trade-tape-limit", type=int, default=daily.DEFAULT_LIMIT,
+                   help="trades kept per book and UTC day for POST /control/daily_files")
     return p.parse_args(argv)
 
 
@@ -1571,6 +1616,7 @@ async def _amain(args: argparse.Namespace) -> None:
         weight_budget={Market.SPOT: args.spot_weight_budget, Market.USDM: args.usdm_weight_budget},
         weight_window=args.weight_window, ban_seconds=args.ban_seconds, book_levels=args.book_levels,
         trend=args.trend, jump=args.jump, partials_aligned=args.partials_aligned,
+        trade_tape_limit=args.trade_tape_limit,
     )
     async with ex:
         print(f"simulator listening on {ex.ws_url}", flush=True)

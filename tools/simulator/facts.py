@@ -16,6 +16,7 @@ streams" = developers.binance.com USDⓈ-M Futures "Websocket Market Streams" (w
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
 from enum import Enum
 
 
@@ -224,3 +225,34 @@ def depth_weight(market: Market, limit: int) -> int | None:
         if limit <= top:
             return weight
     return None
+
+
+# ---- the exchange's daily files ------------------------------------------------------------
+
+#: Where each market's daily files are under the site's ``data/`` folder (fact sheet section 7,
+#: "The exchange's own archive": ``data/spot/daily/trades/BTCUSDT/BTCUSDT-trades-YYYY-MM-DD.zip``;
+#: USD-M under ``futures/um``), each zip beside a ``.CHECKSUM`` holding its SHA-256.
+DAILY_PATH = {Market.SPOT: "spot", Market.USDM: "futures/um"}
+#: The daily file kinds of the trade streams, as the site names their folders (section 7).
+DAILY_KIND = {Kind.TRADE: "trades", Kind.AGG_TRADE: "aggTrades"}
+#: Each file's columns, in order (section 7): spot adds ``is_best_match`` to both kinds.
+DAILY_COLUMNS = {
+    (Market.SPOT, Kind.TRADE): ("id", "price", "qty", "quote_qty", "time", "is_buyer_maker", "is_best_match"),
+    (Market.SPOT, Kind.AGG_TRADE): ("agg_trade_id", "price", "quantity", "first_trade_id", "last_trade_id",
+                                    "transact_time", "is_buyer_maker", "is_best_match"),
+    (Market.USDM, Kind.TRADE): ("id", "price", "qty", "quote_qty", "time", "is_buyer_maker"),
+    (Market.USDM, Kind.AGG_TRADE): ("agg_trade_id", "price", "quantity", "first_trade_id", "last_trade_id",
+                                    "transact_time", "is_buyer_maker"),
+}
+#: Spot files' times are microseconds from this day, milliseconds before it; USD-M's are
+#: milliseconds (section 7: "times in microseconds since 2025-01-01 (milliseconds before)").
+SPOT_MICROSECONDS_FROM = date(2025, 1, 1)
+#: Whether a market's files start with a header row. Section 7 says only "some files carry a
+#: header row, some do not"; binance/binance-public-data#278: USD-M ``trades`` files have
+#: column names after 2022-08-10, and #283: spot files have none (klines there; the spot trade
+#: files seen have none either). Both layouts therefore exist, one per market here.
+DAILY_HEADER = {Market.SPOT: False, Market.USDM: True}
+#: How booleans are written: USD-M ``false`` (binance/binance-public-data#20 quotes a row);
+#: spot ``True``/``False`` (as the spot files are generally reported; unverified against a
+#: stored copy: the reconciliation reads either case).
+DAILY_BOOLS = {Market.SPOT: ("False", "True"), Market.USDM: ("false", "true")}
