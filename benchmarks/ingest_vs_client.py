@@ -65,6 +65,7 @@ import feed as feedmod  # noqa: E402
 from orderbook_core import buffer  # noqa: E402
 from orderbook_collector.config import Settings  # noqa: E402
 from orderbook_collector.connection import collector as collector_mod  # noqa: E402
+from orderbook_collector.connection import sessions as sessions_mod  # noqa: E402
 from orderbook_core.streams import Kind  # noqa: E402
 
 TABLE_OF = {"D": Kind.DIFF_DEPTH.dataset, "S": Kind.PARTIAL_DEPTH.dataset, "T": Kind.TRADE.dataset,
@@ -98,9 +99,9 @@ async def receive_only(port: int, feed: str, count: int) -> tuple[float, float]:
     names = "/".join(f"{s}@{k}" for s in feedmod.SYMBOLS for k in feedmod.feed_streams(feed))
     async with connect(
         f"{feed_url(port, feed, count, 0)}/stream?streams={names}",
-        open_timeout=collector_mod.OPEN_TIMEOUT, close_timeout=collector_mod.CLOSE_TIMEOUT,
-        ping_interval=collector_mod.PING_INTERVAL, ping_timeout=collector_mod.PING_TIMEOUT,
-        max_size=collector_mod.WS_MAX_SIZE, max_queue=256, compression=None,
+        open_timeout=sessions_mod.OPEN_TIMEOUT, close_timeout=sessions_mod.CLOSE_TIMEOUT,
+        ping_interval=sessions_mod.PING_INTERVAL, ping_timeout=sessions_mod.PING_TIMEOUT,
+        max_size=sessions_mod.WS_MAX_SIZE, max_queue=256, compression=None,
     ) as ws:
         n = 0
         t0 = 0.0
