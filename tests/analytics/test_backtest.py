@@ -1,0 +1,327 @@
+"""``orderbook export``: the archive in Tardis's CSV layout and as hftbacktest's event arrays,
+read back by the libraries quants use (hftbacktest, NautilusTrader). The archive is a tiny
+literal one, written as Parquet in the datasets' own schemas."""
+
+from __future__ import annotations
+
+import gzip
+import importlib
+import io
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from support.requires import missing
+
+from orderbook_assets.analytics import backtest as bt
+from orderbook_assets.analytics import query
+from orderbook_assets.analytics.books import book_at, iter_books
+from orderbook_assets.archive import datasets
+from orderbook_assets.books.builder import DiffEvent, Snapshot
+from orderbook_core.buffer.hours import hour_folder
+
+DAY = "2026-12-01"
+T0 = 1_796_083_200_000_000  # 2026-12-01T00:00:00Z in µs
+MS = 1000
+S = 1_000_000
+H = 3600 * S
+STREAM = "btcusdt@depth@100ms"
+
+
+def lib(name: str):
+    """The library, or skip (a developer machine) / fail (CI) when it is missing."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        missing(f"{name} is not installed (pip install -e '.[dev]')")
+
+
+def lv(*pairs):
+    return [{"price": p, "qty": q} for p, q in pairs]
+
+
+def upd(recv, U, u, bids=(), asks=(), seq=0):
+    return {"market": "spot", "symbol": "BTCUSDT", "stream": STREAM, "recv_time": recv, "session_id": 1,
+            "seq": seq, "event_time": recv - MS, "transaction_time": None, "first_update_id": U,
+            "last_update_id": u, "prev_update_id": None, "bids": lv(*bids), "asks": lv(*asks)}
+
+
+def rest(recv, u, bids, asks):
+    return {"market": "spot", "symbol": "BTCUSDT", "stream": STREAM, "recv_time": recv, "session_id": None,
+            "seq": None, "last_update_id": u, "bids": lv(*bids), "asks": lv(*asks), "reason": "connect",
+            "event_time": None, "transaction_time": None}
+
+
+def trade(market, symbol, recv, tid, price, qty, buyer_maker, seq=0):
+    return {"market": market, "symbol": symbol, "stream": f"{symbol.lower()}@trade", "recv_time": recv,
+            "session_id": 1, "seq": seq, "event_time": recv - 2 * MS, "trade_time": recv - 3 * MS,
+            "trade_id": tid, "price": price, "qty": qty, "is_buyer_maker": buyer_maker}
+
+
+#: The previous day ends with a REST snapshot and one event; the day has two events, a break
+#: (107-109 missed), a REST snapshot that bridges again, and one more event.
+REST = [
+    rest(T0 - 1 * S, 100, [(100.0, 1.0), (99.5, 2.0)], [(100.5, 1.5), (101.0, 3.0)]),
+    rest(T0 + H + 1 * S, 112, [(100.2, 1.0), (100.1, 5.0)], [(100.8, 2.0)]),
+]
+UPDATES = [
+    upd(T0 - 500 * MS, 101, 102, bids=[(100.0, 1.2)], seq=1),
+    upd(T0 + 100 * MS, 103, 104, bids=[(99.5, 0.0)], asks=[(100.5, 2.0)], seq=2),
+    upd(T0 + 1800 * S, 105, 106, asks=[(100.7, 0.25)], seq=3),
+    upd(T0 + H, 110, 111, bids=[(100.1, 5.0)], seq=4),  # 107-109 never arrived: a break
+    upd(T0 + H + 1100 * MS, 112, 113, bids=[(100.2, 1.5)], seq=5),
+    upd(T0 + H + 2 * S, 114, 114, asks=[(100.8, 0.0), (100.9, 1.0)], seq=6),
+]
+TRADES = [
+    trade("spot", "BTCUSDT", T0 + 200 * MS, 1, 100.5, 0.1, False, 1),
+    trade("spot", "BTCUSDT", T0 + H + 1500 * MS, 2, 100.2, 0.25, True, 2),
+    trade("usdm", "ETHUSDT", T0 + 600 * S, 7, 3000.5, 1e-05, True, 1),
+]
+
+
+def write(archive: Path, dataset: str, rows: list[dict], time_col: str = "recv_time") -> None:
+    """Rows into ``<archive>/<dataset>/date=/hour=/part.parquet`` in the dataset's schema."""
+    schema = datasets.DATASETS[dataset].schema if dataset in datasets.DATASETS else datasets.BOOK_SNAPSHOT_SCHEMA
+    by_hour: dict[str, list[dict]] = {}
+    for r in rows:
+        by_hour.setdefault(hour_folder(r[time_col] // H * H), []).append(r)
+    for folder, part in by_hour.items():
+        path = archive / dataset / folder / "part-0.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pylist(part, schema=schema), path)
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Path:
+    root = tmp_path / "archive"
+    write(root, "depth_update", UPDATES)
+    write(root, "depth_rest_snapshot", REST)
+    write(root, "trade", TRADES)
+    return root
+
+
+def run_export(archive: Path, out: Path, fmt: str = "tardis", *extra: str) -> int:
+    return query.main(["export", "--format", fmt, "--date", DAY, "--archive", str(archive), "--out", str(out), *extra])
+
+
+def gunzip(path: Path) -> str:
+    with gzip.open(path, "rb") as f:
+        return f.read().decode()
+
+
+# --------------------------------------------------------------------------- golden files
+
+T = T0 // MS * MS
+GOLDEN_L2 = f"""exchange,symbol,timestamp,local_timestamp,is_snapshot,side,price,amount
+binance,BTCUSDT,{T0},{T0},true,bid,100,1.2
+binance,BTCUSDT,{T0},{T0},true,bid,99.5,2
+binance,BTCUSDT,{T0},{T0},true,ask,100.5,1.5
+binance,BTCUSDT,{T0},{T0},true,ask,101,3
+binance,BTCUSDT,{T0 + 99 * MS},{T0 + 100 * MS},false,bid,99.5,0
+binance,BTCUSDT,{T0 + 99 * MS},{T0 + 100 * MS},false,ask,100.5,2
+binance,BTCUSDT,{T0 + 1800 * S - MS},{T0 + 1800 * S},false,ask,100.7,0.25
+binance,BTCUSDT,{T0 + H + 1099 * MS},{T0 + H + 1100 * MS},true,bid,100.2,1.5
+binance,BTCUSDT,{T0 + H + 1099 * MS},{T0 + H + 1100 * MS},true,bid,100.1,5
+binance,BTCUSDT,{T0 + H + 1099 * MS},{T0 + H + 1100 * MS},true,ask,100.8,2
+binance,BTCUSDT,{T0 + H + 2 * S - MS},{T0 + H + 2 * S},false,ask,100.8,0
+binance,BTCUSDT,{T0 + H + 2 * S - MS},{T0 + H + 2 * S},false,ask,100.9,1
+"""
+GOLDEN_TRADES = f"""exchange,symbol,timestamp,local_timestamp,id,side,price,amount
+binance,BTCUSDT,{T0 + 197 * MS},{T0 + 200 * MS},1,buy,100.5,0.1
+binance,BTCUSDT,{T0 + H + 1497 * MS},{T0 + H + 1500 * MS},2,sell,100.2,0.25
+"""
+GOLDEN_USDM_TRADES = f"""exchange,symbol,timestamp,local_timestamp,id,side,price,amount
+binance-futures,ETHUSDT,{T0 + 600 * S - 3 * MS},{T0 + 600 * S},7,sell,3000.5,0.00001
+"""
+
+
+def test_golden_tardis_files_byte_for_byte(archive, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run_export(archive, out) == 0
+    l2 = out / "binance" / "incremental_book_L2" / f"{DAY}_BTCUSDT.csv.gz"
+    trades = out / "binance" / "trades" / f"{DAY}_BTCUSDT.csv.gz"
+    usdm = out / "binance-futures" / "trades" / f"{DAY}_ETHUSDT.csv.gz"
+    assert gunzip(l2) == GOLDEN_L2
+    assert gunzip(trades) == GOLDEN_TRADES
+    assert gunzip(usdm) == GOLDEN_USDM_TRADES
+    # no diff depth for ETHUSDT, no book_ticker anywhere: no empty files
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
+        f"binance-futures/trades/{DAY}_ETHUSDT.csv.gz",
+        f"binance/incremental_book_L2/{DAY}_BTCUSDT.csv.gz",
+        f"binance/trades/{DAY}_BTCUSDT.csv.gz",
+    ]
+    summary = capsys.readouterr().out
+    assert "1 breaks" in summary and "2 snapshot blocks" in summary
+    # deterministic gzip: mtime 0 in the header, and a second export gives the same bytes
+    raw = l2.read_bytes()
+    assert raw[:2] == b"\x1f\x8b" and raw[4:8] == b"\0\0\0\0"
+    again = tmp_path / "again"
+    assert run_export(archive, again) == 0
+    for p in (l2, trades, usdm):
+        assert (again / p.relative_to(out)).read_bytes() == p.read_bytes()
+
+
+def test_symbols_filter_and_user_errors(archive, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run_export(archive, out, "tardis", "--symbols", "ethusdt") == 0
+    assert [p.name for p in out.rglob("*.gz")] == [f"{DAY}_ETHUSDT.csv.gz"]
+    assert query.main(["export", "--format", "tardis", "--date", "2026-13-01", "--archive", str(archive)]) == 2
+    assert "--date" in capsys.readouterr().err
+    assert query.main(["export", "--format", "tardis", "--date", "2026-11-01", "--archive", str(archive),
+                       "--out", str(out)]) == 2
+    assert "holds no data for 2026-11-01" in capsys.readouterr().err
+
+
+def test_numbers_are_plain_decimals():
+    assert [bt.num(x) for x in (100.0, 99.5, 1e-05, 0.1, 1e16, 123456789.125)] == [
+        "100", "99.5", "0.00001", "0.1", "10000000000000000", "123456789.125"]
+
+
+# --------------------------------------------------------------------------- the book rules (sans-I/O)
+
+
+def test_a_snapshot_that_replaces_a_known_book_starts_a_new_block():
+    rows = bt.L2Rows("spot")
+    assert len(rows.start(0, 10, [(1.0, 1.0)], [(2.0, 1.0)])) == 2
+    # the known book is at 10; a snapshot at 20 is pending; an event 21-21 does not continue 10 but
+    # bridges 20: the book is replaced while "known" throughout, so a new block must say so
+    assert rows.snapshot(Snapshot(20, [(1.5, 3.0)], [(2.5, 1.0)]), 5, 5) == []
+    out = rows.event(DiffEvent(21, 21, None, [(1.5, 4.0)], []), 6, 7)
+    assert [(r.is_snapshot, r.bid, r.price, r.amount) for r in out] == [(True, True, 1.5, 4.0), (True, False, 2.5, 1.0)]
+    assert rows.stats.snapshot_blocks == 2 and rows.stats.breaks == 0
+
+
+# --------------------------------------------------------------------------- hftbacktest
+
+
+def expected_books(archive: Path) -> list[tuple[int, bool, list, list]]:
+    """Our builder's book over the day: (recv µs, known, bids, asks) after each diff event, the
+    first entry the book at 00:00."""
+    start = book_at(str(archive), "spot", "BTCUSDT", T0)
+    out = [(T0, True, start.bids, start.asks)]
+    for b in iter_books(str(archive), "spot", "BTCUSDT", T0, T0 + 24 * H, depth=1000):
+        out.append((b.recv_time_us, b.known, b.bids, b.asks))
+    return out
+
+
+def backtest_books(hbt_mod, data, times_us: list[int]) -> list[tuple[float, float, list]]:
+    """Run hftbacktest over ``data`` and read the book at each time (µs): best bid, best ask and
+    the whole book as (side, price, qty)."""
+    asset = (hbt_mod.BacktestAsset().data(data).linear_asset(1.0).constant_order_latency(0, 0)
+             .risk_adverse_queue_model().no_partial_fill_exchange().trading_value_fee_model(0.0, 0.0)
+             .tick_size(0.1).lot_size(0.00001).last_trades_capacity(0))
+    hbt = hbt_mod.HashMapMarketDepthBacktest([asset])
+    seen = []
+    try:
+        for t in times_us:
+            assert hbt.elapse(t * 1000 - hbt.current_timestamp) == 0
+            depth = hbt.depth(0)
+            snap = depth.snapshot()
+            levels = sorted(("bid" if e["ev"] & hbt_mod.BUY_EVENT else "ask", round(e["px"], 6), e["qty"])
+                            for e in snap)
+            depth.snapshot_free(snap)
+            seen.append((depth.best_bid, depth.best_ask, levels))
+    finally:
+        hbt.close()
+    return seen
+
+
+def sample_times(books) -> list[int]:
+    """Just after each change (events here are ms apart)."""
+    return [t + 1 for t, *_ in books]
+
+
+def test_event_flags_equal_the_installed_library():
+    types = lib("hftbacktest.types")
+    for name in ("EXCH_EVENT", "LOCAL_EVENT", "BUY_EVENT", "SELL_EVENT", "DEPTH_EVENT", "TRADE_EVENT",
+                 "DEPTH_CLEAR_EVENT", "DEPTH_SNAPSHOT_EVENT"):
+        assert getattr(bt, name) == getattr(types, name), name
+    assert bt.EVENT_DTYPE == types.event_dtype
+
+
+def test_hftbacktest_converter_reads_our_csv_and_its_book_is_ours(archive, tmp_path):
+    hbt_mod = lib("hftbacktest")
+    tardis = lib("hftbacktest.data.utils.tardis")
+    validation = lib("hftbacktest.data.validation")
+    out = tmp_path / "csv"
+    assert run_export(archive, out) == 0
+    # hftbacktest picks the parser by the file name: trades first, as its docs ask
+    files = [str(out / "binance" / d / f"{DAY}_BTCUSDT.csv.gz") for d in ("trades", "incremental_book_L2")]
+    data = tardis.convert(files)
+    validation.validate_event_order(data)
+    ev = data["ev"]
+    assert int(((ev & 0xFF) == hbt_mod.TRADE_EVENT).sum()) // 1 >= 2
+    books = expected_books(archive)
+    known = [b for b in books if b[1]]
+    seen = backtest_books(hbt_mod, data, sample_times(known))
+    for (t, _k, bids, asks), (best_bid, best_ask, _levels) in zip(known, seen):
+        assert (best_bid, best_ask) == (bids[0][0], asks[0][0]), t
+
+
+def test_direct_npz_passes_the_validator_and_never_mixes_books_across_a_break(archive, tmp_path):
+    hbt_mod = lib("hftbacktest")
+    validation = lib("hftbacktest.data.validation")
+    out = tmp_path / "npz"
+    assert run_export(archive, out, "hftbacktest") == 0
+    path = out / "binance" / "hftbacktest" / f"{DAY}_BTCUSDT.npz"
+    data = np.load(path)["data"]
+    assert data.dtype == np.dtype(hbt_mod.types.event_dtype) if hasattr(hbt_mod, "types") else True
+    validation.validate_event_order(data)
+    assert ((data["local_ts"] - data["exch_ts"]) >= 0).all()
+    assert int(((data["ev"] & 0xFF) == bt.TRADE_EVENT).sum()) == 2
+    books = expected_books(archive)
+    seen = backtest_books(hbt_mod, str(path), sample_times(books))
+    for (t, known, bids, asks), (best_bid, best_ask, levels) in zip(books, seen):
+        if known:
+            assert (best_bid, best_ask) == (bids[0][0], asks[0][0]), t
+            # the whole book: exactly ours, nothing left over from before a break
+            assert levels == sorted([("bid", p, q) for p, q in bids] + [("ask", p, q) for p, q in asks]), t
+        else:  # between the break and the snapshot that bridges it: an empty book, not a stale one
+            assert levels == [] and np.isnan(best_bid) and np.isnan(best_ask), t
+    assert [k for _t, k, *_ in books] == [True, True, True, False, True, True]
+
+
+def test_order_events_keeps_both_orders_on_interleaved_streams():
+    validation = lib("hftbacktest.data.validation")
+    rng = np.random.default_rng(7)
+    n = 5000
+    data = np.zeros(n, bt.EVENT_DTYPE)
+    data["local_ts"] = np.sort(rng.integers(0, 10**9, n))
+    data["exch_ts"] = data["local_ts"] - rng.integers(0, 5 * 10**6, n)  # latencies up to 5 ms: reordered
+    data["ev"] = bt.DEPTH_EVENT
+    data["px"] = np.arange(n)
+    out = bt.order_events(data)
+    validation.validate_event_order(out)
+    # every row once as a local event and once as an exchange event
+    local = out[(out["ev"] & bt.LOCAL_EVENT) != 0]
+    exch = out[(out["ev"] & bt.EXCH_EVENT) != 0]
+    assert sorted(local["px"]) == sorted(exch["px"]) == list(range(n))
+    assert len(out) < 2 * n  # rows in order in both keep one row with both flags
+
+
+# --------------------------------------------------------------------------- NautilusTrader
+
+
+def test_nautilus_loads_our_deltas_and_trades(archive, tmp_path):
+    loaders = lib("nautilus_trader.adapters.tardis.loaders")
+    out = tmp_path / "csv"
+    assert run_export(archive, out) == 0
+    loader = loaders.TardisCSVDataLoader()
+    deltas = loader.load_deltas(out / "binance" / "incremental_book_L2" / f"{DAY}_BTCUSDT.csv.gz")
+    rows = GOLDEN_L2.splitlines()[1:]
+    assert len(deltas) == len(rows)
+    first, last = deltas[0], deltas[-1]
+    assert (first.order.price.as_double(), first.order.size.as_double(), first.ts_event, first.ts_init) == (
+        100.0, 1.2, T0 * 1000, T0 * 1000)
+    assert (last.order.price.as_double(), last.order.size.as_double(), last.ts_event, last.ts_init) == (
+        100.9, 1.0, (T0 + H + 2 * S - MS) * 1000, (T0 + H + 2 * S) * 1000)
+    assert str(first.instrument_id).startswith("BTCUSDT")
+    trades = loader.load_trades(out / "binance" / "trades" / f"{DAY}_BTCUSDT.csv.gz")
+    assert len(trades) == 2
+    assert (str(trades[0].trade_id), trades[0].price.as_double(), trades[0].size.as_double(),
+            trades[0].ts_event, trades[0].ts_init) == ("1", 100.5, 0.1, (T0 + 197 * MS) * 1000, (T0 + 200 * MS) * 1000)
+    assert (str(trades[-1].trade_id), trades[-1].price.as_double(), trades[-1].aggressor_side.name) == (
+        "2", 100.2, "SELLER")
