@@ -32,11 +32,13 @@ The order book rules (the same for both formats):
   the day (:func:`orderbook_assets.analytics.books.book_at`: an hour's end state or the newest REST
   snapshot before, and the diff chain up to 00:00). No block if that book is not known.
 * Then every applied diff event's levels, as Binance sent them (quantity 0 deletes a level).
-* A break (events missed) makes the book unknown: no rows until a snapshot bridges the chain
-  again; then a new snapshot block, the whole rebuilt book at the bridging event's times. In the
-  Tardis layout snapshot rows after update rows mean "discard the book" (Tardis's own rule); the
-  hftbacktest array also clears the book at the break (``DEPTH_CLEAR_EVENT``, both sides), so a
-  backtest never sees the stale book while ours is unknown.
+* A break (events missed) makes the book unknown: at the event that reveals it, every level
+  the file's reader holds is deleted (amount 0), so the reader's book is empty, not stale, while
+  ours is unknown; no rows until a snapshot bridges the chain again; then a new snapshot block,
+  the whole rebuilt book at the bridging event's times. Snapshot rows after update rows mean
+  "discard the book" (Tardis's own rule); the deletions make the same true for readers that only
+  clear within the new snapshot's price range (hftbacktest's Tardis converter). The hftbacktest
+  array also clears both sides at the break (``DEPTH_CLEAR_EVENT`` without a side).
 * Levels come only from snapshots and events: nothing is invented.
 
 Memory: one symbol at a time, one UTC hour of one dataset at a time; a book and, for the
@@ -197,6 +199,8 @@ class L2Rows:
         self.builder = BookBuilder(Market(market), max_tail=max_tail)
         self.stats = BookStats()
         self._local = 0
+        # the book a reader of our rows holds (price → amount, bids then asks): what a break deletes
+        self._view: tuple[dict[float, float], dict[float, float]] = ({}, {})
 
     def start(self, t_us: int, last_update_id: int, bids: list[Level], asks: list[Level]) -> list[BookRow | Clear]:
         self.builder.load_known(last_update_id, bids, asks)
@@ -220,19 +224,38 @@ class L2Rows:
         if known and (synced or not was_known):
             return self._block(exch_us, local)
         if was_known and not known:
-            self.stats.breaks += 1
-            return [Clear(exch_us, local)]
+            return self._discard(exch_us, local)
         if known and res.outcome is Outcome.APPLIED and ev is not None:
             self.stats.applied += 1
             self._latency(exch_us, local, len(ev.bids) + len(ev.asks))
+            for side, levels in zip(self._view, (ev.bids, ev.asks)):
+                for p, q in levels:
+                    if q == 0.0:
+                        side.pop(p, None)
+                    else:
+                        side[p] = q
             return ([BookRow(exch_us, local, False, True, p, q) for p, q in ev.bids]
                     + [BookRow(exch_us, local, False, False, p, q) for p, q in ev.asks])
         return []
+
+    def _discard(self, exch_us: int, local: int) -> list[BookRow | Clear]:
+        """A break: the book is unknown from here. Every level a reader holds is deleted (amount 0),
+        so a reader that clears only within the next snapshot's price range (hftbacktest's Tardis
+        converter) holds an empty book, never a stale one, and never a mix after the next block."""
+        self.stats.breaks += 1
+        bids, asks = self._view
+        rows: list[BookRow | Clear] = [Clear(exch_us, local)]
+        rows += [BookRow(exch_us, local, False, True, p, 0.0) for p in sorted(bids, reverse=True)]
+        rows += [BookRow(exch_us, local, False, False, p, 0.0) for p in sorted(asks)]
+        self._view = ({}, {})
+        self._latency(exch_us, local, len(rows) - 1)
+        return rows
 
     def _block(self, exch_us: int, local: int) -> list[BookRow | Clear]:
         self.stats.snapshot_blocks += 1
         n = max(len(self.builder.bids), len(self.builder.asks))
         bids, asks = self.builder.top(n)
+        self._view = (dict(bids), dict(asks))
         self._latency(exch_us, local, len(bids) + len(asks))
         return ([BookRow(exch_us, local, True, True, p, q) for p, q in bids]
                 + [BookRow(exch_us, local, True, False, p, q) for p, q in asks])

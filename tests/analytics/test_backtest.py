@@ -79,6 +79,7 @@ TRADES = [
     trade("spot", "BTCUSDT", T0 + 200 * MS, 1, 100.5, 0.1, False, 1),
     trade("spot", "BTCUSDT", T0 + H + 1500 * MS, 2, 100.2, 0.25, True, 2),
     trade("usdm", "ETHUSDT", T0 + 600 * S, 7, 3000.5, 1e-05, True, 1),
+    trade("spot", "BTCUSDT", T0 + 24 * H - S, 3, 100.9, 0.5, False, 3),  # keeps a backtest's clock going
 ]
 
 
@@ -123,6 +124,10 @@ binance,BTCUSDT,{T0},{T0},true,ask,101,3
 binance,BTCUSDT,{T0 + 99 * MS},{T0 + 100 * MS},false,bid,99.5,0
 binance,BTCUSDT,{T0 + 99 * MS},{T0 + 100 * MS},false,ask,100.5,2
 binance,BTCUSDT,{T0 + 1800 * S - MS},{T0 + 1800 * S},false,ask,100.7,0.25
+binance,BTCUSDT,{T0 + H - MS},{T0 + H},false,bid,100,0
+binance,BTCUSDT,{T0 + H - MS},{T0 + H},false,ask,100.5,0
+binance,BTCUSDT,{T0 + H - MS},{T0 + H},false,ask,100.7,0
+binance,BTCUSDT,{T0 + H - MS},{T0 + H},false,ask,101,0
 binance,BTCUSDT,{T0 + H + 1099 * MS},{T0 + H + 1100 * MS},true,bid,100.2,1.5
 binance,BTCUSDT,{T0 + H + 1099 * MS},{T0 + H + 1100 * MS},true,bid,100.1,5
 binance,BTCUSDT,{T0 + H + 1099 * MS},{T0 + H + 1100 * MS},true,ask,100.8,2
@@ -132,6 +137,7 @@ binance,BTCUSDT,{T0 + H + 2 * S - MS},{T0 + H + 2 * S},false,ask,100.9,1
 GOLDEN_TRADES = f"""exchange,symbol,timestamp,local_timestamp,id,side,price,amount
 binance,BTCUSDT,{T0 + 197 * MS},{T0 + 200 * MS},1,buy,100.5,0.1
 binance,BTCUSDT,{T0 + H + 1497 * MS},{T0 + H + 1500 * MS},2,sell,100.2,0.25
+binance,BTCUSDT,{T0 + 24 * H - S - 3 * MS},{T0 + 24 * H - S},3,buy,100.9,0.5
 """
 GOLDEN_USDM_TRADES = f"""exchange,symbol,timestamp,local_timestamp,id,side,price,amount
 binance-futures,ETHUSDT,{T0 + 600 * S - 3 * MS},{T0 + 600 * S},7,sell,3000.5,0.00001
@@ -209,29 +215,53 @@ def expected_books(archive: Path) -> list[tuple[int, bool, list, list]]:
 
 def backtest_books(hbt_mod, data, times_us: list[int]) -> list[tuple[float, float, list]]:
     """Run hftbacktest over ``data`` and read the book at each time (µs): best bid, best ask and
-    the whole book as (side, price, qty)."""
+    the whole book as (side, price, qty). Every sample time is at or after the day's first event
+    (00:00), where hftbacktest's clock starts (it reports i64::MAX until the first elapse)."""
     asset = (hbt_mod.BacktestAsset().data(data).linear_asset(1.0).constant_order_latency(0, 0)
              .risk_adverse_queue_model().no_partial_fill_exchange().trading_value_fee_model(0.0, 0.0)
-             .tick_size(0.1).lot_size(0.00001).last_trades_capacity(0))
+             .tick_size(TICK).lot_size(0.00001).last_trades_capacity(0))
     hbt = hbt_mod.HashMapMarketDepthBacktest([asset])
     seen = []
     try:
+        now = T0 * 1000
         for t in times_us:
-            assert hbt.elapse(t * 1000 - hbt.current_timestamp) == 0
+            hbt.elapse(t * 1000 - now)  # 1 once the data is used up: the book stays
+            now = t * 1000
+            assert hbt.current_timestamp == now
             depth = hbt.depth(0)
             snap = depth.snapshot()
-            levels = sorted(("bid" if e["ev"] & hbt_mod.BUY_EVENT else "ask", round(e["px"], 6), e["qty"])
-                            for e in snap)
+            levels = sorted(("bid" if e["ev"] & hbt_mod.BUY_EVENT else "ask", tick(e["px"]), e["qty"]) for e in snap)
             depth.snapshot_free(snap)
-            seen.append((depth.best_bid, depth.best_ask, levels))
+            seen.append((tick(depth.best_bid), tick(depth.best_ask), levels))
     finally:
         hbt.close()
     return seen
 
 
+TICK = 0.1
+
+
+def tick(price: float) -> int | None:
+    """A price in ticks (hftbacktest keeps ticks: 1008 * 0.1 is 100.80000000000001); None for NaN."""
+    return None if np.isnan(price) else round(price / TICK)
+
+
 def sample_times(books) -> list[int]:
     """Just after each change (events here are ms apart)."""
     return [t + 1 for t, *_ in books]
+
+
+def check_books(books, seen) -> None:
+    """hftbacktest's book equals ours after every change: the whole book while ours is known
+    (nothing left over from before a break), an empty one while ours is unknown (not a stale one)."""
+    assert [k for _t, k, *_ in books] == [True, True, True, False, True, True]
+    assert len(seen) == len(books)
+    for (t, known, bids, asks), (best_bid, best_ask, levels) in zip(books, seen):
+        if known:
+            assert (best_bid, best_ask) == (tick(bids[0][0]), tick(asks[0][0])), t
+            assert levels == sorted([("bid", tick(p), q) for p, q in bids] + [("ask", tick(p), q) for p, q in asks]), t
+        else:
+            assert (levels, best_bid, best_ask) == ([], None, None), t
 
 
 def test_event_flags_equal_the_installed_library():
@@ -253,12 +283,8 @@ def test_hftbacktest_converter_reads_our_csv_and_its_book_is_ours(archive, tmp_p
     data = tardis.convert(files)
     validation.validate_event_order(data)
     ev = data["ev"]
-    assert int(((ev & 0xFF) == hbt_mod.TRADE_EVENT).sum()) // 1 >= 2
-    books = expected_books(archive)
-    known = [b for b in books if b[1]]
-    seen = backtest_books(hbt_mod, data, sample_times(known))
-    for (t, _k, bids, asks), (best_bid, best_ask, _levels) in zip(known, seen):
-        assert (best_bid, best_ask) == (bids[0][0], asks[0][0]), t
+    assert int(((ev & 0xFF) == hbt_mod.TRADE_EVENT).sum()) == 3
+    check_books(expected_books(archive), backtest_books(hbt_mod, data, sample_times(expected_books(archive))))
 
 
 def test_direct_npz_passes_the_validator_and_never_mixes_books_across_a_break(archive, tmp_path):
@@ -268,20 +294,25 @@ def test_direct_npz_passes_the_validator_and_never_mixes_books_across_a_break(ar
     assert run_export(archive, out, "hftbacktest") == 0
     path = out / "binance" / "hftbacktest" / f"{DAY}_BTCUSDT.npz"
     data = np.load(path)["data"]
-    assert data.dtype == np.dtype(hbt_mod.types.event_dtype) if hasattr(hbt_mod, "types") else True
+    assert data.dtype == lib("hftbacktest.types").event_dtype
     validation.validate_event_order(data)
     assert ((data["local_ts"] - data["exch_ts"]) >= 0).all()
-    assert int(((data["ev"] & 0xFF) == bt.TRADE_EVENT).sum()) == 2
-    books = expected_books(archive)
-    seen = backtest_books(hbt_mod, str(path), sample_times(books))
-    for (t, known, bids, asks), (best_bid, best_ask, levels) in zip(books, seen):
-        if known:
-            assert (best_bid, best_ask) == (bids[0][0], asks[0][0]), t
-            # the whole book: exactly ours, nothing left over from before a break
-            assert levels == sorted([("bid", p, q) for p, q in bids] + [("ask", p, q) for p, q in asks]), t
-        else:  # between the break and the snapshot that bridges it: an empty book, not a stale one
-            assert levels == [] and np.isnan(best_bid) and np.isnan(best_ask), t
-    assert [k for _t, k, *_ in books] == [True, True, True, False, True, True]
+    assert int(((data["ev"] & 0xFF) == bt.TRADE_EVENT).sum()) == 3
+    check_books(expected_books(archive), backtest_books(hbt_mod, str(path), sample_times(expected_books(archive))))
+
+
+def test_a_negative_feed_latency_is_raised_and_reported(tmp_path, capsys):
+    root = tmp_path / "archive"
+    skewed = trade("spot", "SOLUSDT", T0 + 5 * S, 1, 20.0, 1.0, False)
+    skewed["trade_time"] = T0 + 5 * S + 7 * MS  # the exchange's clock 7 ms ahead of ours
+    write(root, "trade", [skewed, trade("spot", "SOLUSDT", T0 + 6 * S, 2, 20.1, 1.0, True)])
+    assert run_export(root, tmp_path / "npz", "hftbacktest") == 0
+    assert "1 events had a negative feed latency (worst -7000 µs)" in capsys.readouterr().out
+    data = np.load(tmp_path / "npz" / "binance" / "hftbacktest" / f"{DAY}_SOLUSDT.npz")["data"]
+    assert data["local_ts"].tolist() == [(T0 + 5 * S + 7 * MS) * 1000, (T0 + 6 * S) * 1000]
+    assert data["exch_ts"].tolist() == [(T0 + 5 * S + 7 * MS) * 1000, (T0 + 6 * S - 3 * MS) * 1000]
+    assert run_export(root, tmp_path / "csv") == 0  # the CSV keeps the times as recorded, and says so
+    assert "SOLUSDT trades: 1 rows with local_timestamp before timestamp (worst -7000 µs" in capsys.readouterr().out
 
 
 def test_order_events_keeps_both_orders_on_interleaved_streams():
@@ -320,8 +351,10 @@ def test_nautilus_loads_our_deltas_and_trades(archive, tmp_path):
         100.9, 1.0, (T0 + H + 2 * S - MS) * 1000, (T0 + H + 2 * S) * 1000)
     assert str(first.instrument_id).startswith("BTCUSDT")
     trades = loader.load_trades(out / "binance" / "trades" / f"{DAY}_BTCUSDT.csv.gz")
-    assert len(trades) == 2
+    assert len(trades) == 3
     assert (str(trades[0].trade_id), trades[0].price.as_double(), trades[0].size.as_double(),
             trades[0].ts_event, trades[0].ts_init) == ("1", 100.5, 0.1, (T0 + 197 * MS) * 1000, (T0 + 200 * MS) * 1000)
-    assert (str(trades[-1].trade_id), trades[-1].price.as_double(), trades[-1].aggressor_side.name) == (
+    assert (str(trades[1].trade_id), trades[1].price.as_double(), trades[1].aggressor_side.name) == (
         "2", 100.2, "SELLER")
+    assert (str(trades[-1].trade_id), trades[-1].price.as_double(), trades[-1].size.as_double(),
+            trades[-1].aggressor_side.name, trades[-1].ts_init) == ("3", 100.9, 0.5, "BUYER", (T0 + 24 * H - S) * 1000)
