@@ -49,9 +49,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import io
 import os
-import struct
 import sys
 import tempfile
 import zipfile
@@ -264,22 +262,6 @@ class L2Rows:
         if local < exch_us:
             self.stats.negative_latency += rows
             self.stats.worst_latency_us = min(self.stats.worst_latency_us, local - exch_us)
-
-
-def order_feed(events: Iterable[tuple[int, int, DiffEvent]], snapshots: list[Snapshot]
-               ) -> Iterator[tuple[str, object]]:
-    """Events (exchange µs, recv µs, event) in update-id order with each snapshot placed before
-    the first event whose ``u`` exceeds its id (the exchange's own order, as ``books.hour``)."""
-    i = 0
-    for item in events:
-        ev = item[2]
-        while i < len(snapshots) and snapshots[i].last_update_id <= ev.last_update_id:
-            yield "snapshot", snapshots[i]
-            i += 1
-        yield "event", item
-    while i < len(snapshots):
-        yield "snapshot", snapshots[i]
-        i += 1
 
 
 # --------------------------------------------------------------------------- CSV lines

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import gzip
 import importlib
-import io
 from pathlib import Path
 
 import numpy as np
@@ -115,7 +114,6 @@ def gunzip(path: Path) -> str:
 
 # --------------------------------------------------------------------------- golden files
 
-T = T0 // MS * MS
 GOLDEN_L2 = f"""exchange,symbol,timestamp,local_timestamp,is_snapshot,side,price,amount
 binance,BTCUSDT,{T0},{T0},true,bid,100,1.2
 binance,BTCUSDT,{T0},{T0},true,bid,99.5,2
@@ -358,3 +356,79 @@ def test_nautilus_loads_our_deltas_and_trades(archive, tmp_path):
         "2", 100.2, "SELLER")
     assert (str(trades[-1].trade_id), trades[-1].price.as_double(), trades[-1].size.as_double(),
             trades[-1].aggressor_side.name, trades[-1].ts_init) == ("3", 100.9, 0.5, "BUYER", (T0 + 24 * H - S) * 1000)
+
+
+# --------------------------------------------------------------------------- quotes and book snapshots
+
+
+def ticker(market, symbol, recv, u, bid, bid_qty, ask, ask_qty, event_ms=None):
+    return {"market": market, "symbol": symbol, "stream": f"{symbol.lower()}@bookTicker", "recv_time": recv,
+            "session_id": 1, "seq": u, "update_id": u, "best_bid": bid, "best_bid_qty": bid_qty, "best_ask": ask,
+            "best_ask_qty": ask_qty, "event_time": event_ms, "transaction_time": event_ms}
+
+
+def partial(recv, u, bids, asks, stream="btcusdt@depth5@100ms"):
+    return {"market": "spot", "symbol": "BTCUSDT", "stream": stream, "recv_time": recv, "session_id": 1, "seq": u,
+            "last_update_id": u, "bids": lv(*bids), "asks": lv(*asks), "event_time": None, "transaction_time": None,
+            "first_update_id": None, "prev_update_id": None}
+
+
+def rebuilt(time, known, bids, asks):
+    return {"market": "usdm", "symbol": "ETHUSDT", "stream": "ethusdt@depth@100ms", "time": time,
+            "last_update_id": 9 if known else None, "known": known, "bids": lv(*bids), "asks": lv(*asks)}
+
+
+@pytest.fixture
+def tops(tmp_path: Path) -> Path:
+    root = tmp_path / "archive"
+    write(root, "book_ticker", [
+        ticker("spot", "BTCUSDT", T0 + 10 * MS, 1, 100.0, 1.5, 100.5, 0.25),  # spot sends no time: recv_time
+        ticker("usdm", "ETHUSDT", T0 + 20 * MS, 2, 3000.0, 2.0, 3000.5, 4.0, event_ms=T0 + 18 * MS),
+    ])
+    write(root, "depth_snapshot", [
+        partial(T0 + 30 * MS, 5, [(100.0, 1.0), (99.9, 2.0)], [(100.5, 3.0)]),
+        partial(T0 + 40 * MS, 6, [(100.0, 1.0)], [(100.5, 3.0)], stream="btcusdt@depth@100ms@1"),  # shallower
+    ])
+    write(root, "book_snapshot", [
+        rebuilt(T0 + S, True, [(3000.0, 2.0)], [(3000.5, 4.0), (3001.0, 1.0)]),
+        rebuilt(T0 + 2 * S, False, [], []),  # unknown: no row (nothing is invented)
+    ], time_col="time")
+    return root
+
+
+def test_quotes_and_book_snapshots_golden(tops, tmp_path):
+    out = tmp_path / "out"
+    assert run_export(tops, out) == 0
+    quotes = "exchange,symbol,timestamp,local_timestamp,ask_amount,ask_price,bid_price,bid_amount\n"
+    for kind in ("quotes", "book_ticker"):
+        assert gunzip(out / "binance" / kind / f"{DAY}_BTCUSDT.csv.gz") == (
+            quotes + f"binance,BTCUSDT,{T0 + 10 * MS},{T0 + 10 * MS},0.25,100.5,100,1.5\n")
+        assert gunzip(out / "binance-futures" / kind / f"{DAY}_ETHUSDT.csv.gz") == (
+            quotes + f"binance-futures,ETHUSDT,{T0 + 18 * MS},{T0 + 20 * MS},4,3000.5,3000,2\n")
+    head5 = ",".join(f"{s}[{i}].{v}" for i in range(5) for s in ("asks", "bids") for v in ("price", "amount"))
+    assert gunzip(out / "binance" / "book_snapshot_5" / f"{DAY}_BTCUSDT.csv.gz") == (
+        f"exchange,symbol,timestamp,local_timestamp,{head5}\n"
+        f"binance,BTCUSDT,{T0 + 30 * MS},{T0 + 30 * MS},100.5,3,100,1,,,99.9,2" + ",,,," * 3 + "\n")
+    assert gunzip(out / "binance-futures" / "book_snapshot_5" / f"{DAY}_ETHUSDT.csv.gz") == (
+        f"exchange,symbol,timestamp,local_timestamp,{head5}\n"
+        f"binance-futures,ETHUSDT,{T0 + S},{T0 + S},3000.5,4,3000,2,3001,1,," + ",,,," * 3 + "\n")
+    line25 = gunzip(out / "binance" / "book_snapshot_25" / f"{DAY}_BTCUSDT.csv.gz").splitlines()
+    assert line25[0].count(",") == 3 + 100 and line25[1].count(",") == 3 + 100 and len(line25) == 2
+
+
+def test_nautilus_loads_our_quotes_and_snapshots(tops, tmp_path):
+    loaders = lib("nautilus_trader.adapters.tardis.loaders")
+    out = tmp_path / "out"
+    assert run_export(tops, out) == 0
+    # Without precisions NautilusTrader infers them from one value (3000 → 0 decimals, and 3000.5
+    # would read 3001): give the instrument's, as docs/backtesting.md says.
+    loader = loaders.TardisCSVDataLoader(price_precision=1, size_precision=1)
+    quotes = loader.load_quotes(out / "binance-futures" / "quotes" / f"{DAY}_ETHUSDT.csv.gz")
+    assert [(q.bid_price.as_double(), q.bid_size.as_double(), q.ask_price.as_double(), q.ask_size.as_double(),
+             q.ts_event, q.ts_init) for q in quotes] == [(3000.0, 2.0, 3000.5, 4.0, (T0 + 18 * MS) * 1000,
+                                                          (T0 + 20 * MS) * 1000)]
+    depth = loader.load_depth10(out / "binance" / "book_snapshot_5" / f"{DAY}_BTCUSDT.csv.gz", levels=5)
+    assert len(depth) == 1
+    bids, asks = depth[0].bids, depth[0].asks
+    assert [(o.price.as_double(), o.size.as_double()) for o in bids[:2]] == [(100.0, 1.0), (99.9, 2.0)]
+    assert (asks[0].price.as_double(), asks[0].size.as_double()) == (100.5, 3.0)
