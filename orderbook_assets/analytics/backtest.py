@@ -649,7 +649,7 @@ class Exporter:
         return t.column("stream")[0].as_py() if t.num_rows else None
 
     def book_rows(self, sd: SymbolDay) -> Iterator[tuple[int, list[BookRow | Clear]]]:
-        """(hour, rows) of the day's ``incremental_book_L2``, an hour at a time."""
+        """(hour, rows) of the day's ``incremental_book_L2``, a record batch of events at a time."""
         stream = self.diff_stream(sd)
         if stream is None:
             return
@@ -670,28 +670,31 @@ class Exporter:
                              [sd.market.value, stream, lo, self.end_us], "last_update_id")
             snaps = list(snapshot_rows(t)) if t.num_rows else []
         si = 0
+        last_u = None
+        out = first
         for h in range(24):
-            out = first
-            first = []
-            t = self._hour("depth_update", sd, h, "epoch_us(event_time) AS ts, epoch_us(recv_time) AS local, "
-                           "first_update_id, last_update_id, prev_update_id, bids, asks",
-                           "last_update_id, recv_time", " AND stream = ?", (stream,))
-            if t.num_rows:
-                ts, local = t.column("ts").to_pylist(), t.column("local").to_pylist()
-                U, u = t.column("first_update_id").to_pylist(), t.column("last_update_id").to_pylist()
-                pu = t.column("prev_update_id").to_pylist()
-                bids, asks = _levels_pairs(t.column("bids")), _levels_pairs(t.column("asks"))
-                last_u = None
-                for i in range(t.num_rows):
-                    if u[i] == last_u:
+            where = f"date = DATE '{self.day}' AND hour = {h} AND market = ? AND symbol = ? AND stream = ?"
+            for batch in self.r.batches("depth_update", where, [sd.market.value, sd.symbol, stream],
+                                        "last_update_id, recv_time"):
+                ts = batch.column("event_time").cast(pa.int64()).to_pylist()
+                local = batch.column("recv_time").cast(pa.int64()).to_pylist()
+                U, u = batch.column("first_update_id").to_pylist(), batch.column("last_update_id").to_pylist()
+                pu = batch.column("prev_update_id").to_pylist()
+                bids, asks = _levels_pairs(batch.column("bids")), _levels_pairs(batch.column("asks"))
+                for i in range(batch.num_rows):
+                    if u[i] == last_u:  # the same event from two sessions
                         continue
                     last_u = u[i]
                     while si < len(snaps) and snaps[si].last_update_id <= u[i]:
                         out.extend(rows.snapshot(snaps[si], ts[i], local[i]))
                         si += 1
                     out.extend(rows.event(DiffEvent(U[i], u[i], pu[i], bids[i], asks[i]), ts[i], local[i]))
-            if out:
+                if out:
+                    yield h, out
+                    out = []
+            if out:  # the start-of-day block of an hour without events
                 yield h, out
+                out = []
 
 
     # ---- hftbacktest
@@ -703,15 +706,17 @@ class Exporter:
             trades, book = self.trade_hours(sd), self.book_rows(sd)
             next_trade, next_book = next(trades, None), next(book, None)
             for h in range(24):
-                parts = []
+                hour_ns = (self.start_us + h * HOUR_US) * 1000
+                # Lower bounds of every later event's local time: the hour's start, then a batch's
+                # last local time (the book's local times never go back), then the hour's end.
                 if next_trade is not None and next_trade[0] == h:
-                    parts.append(hbt_trade_events(next_trade[1]))
+                    w.add(hbt_trade_events(next_trade[1]), hour_ns)
                     next_trade = next(trades, None)
-                if next_book is not None and next_book[0] == h:
-                    parts.append(hbt_book_events(next_book[1]))
+                while next_book is not None and next_book[0] == h:
+                    events = hbt_book_events(next_book[1])
+                    w.add(events, int(events["local_ts"].max()) if len(events) else hour_ns)
                     next_book = next(book, None)
-                batch = np.concatenate(parts) if parts else np.zeros(0, EVENT_DTYPE)
-                w.add(batch, (self.start_us + (h + 1) * HOUR_US) * 1000)
+                w.add(np.zeros(0, EVENT_DTYPE), hour_ns + HOUR_US * 1000)
             if w.close():
                 self.summary.files.append(FileSummary(w.path, w.rows))
         return self.summary
