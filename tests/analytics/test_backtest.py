@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import importlib
+import re
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ MS = 1000
 S = 1_000_000
 H = 3600 * S
 STREAM = "btcusdt@depth@100ms"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "backtesting.md"
 
 
 def lib(name: str):
@@ -36,6 +38,20 @@ def lib(name: str):
         return importlib.import_module(name)
     except ImportError:
         missing(f"{name} is not installed (pip install -e '.[dev]')")
+
+
+def snippet(name: str, export: Path, **names) -> dict:
+    """Run the docs/backtesting.md code block after ``<!-- snippet: name -->`` with the export
+    folder swapped in (the one line the test changes)."""
+    m = re.search(rf"<!-- snippet: {name} -->\s*```python\n(.*?)```", DOC.read_text(), re.S)
+    assert m, f"docs/backtesting.md has no python block after <!-- snippet: {name} -->"
+    code = m.group(1)
+    if "export = " in code:
+        assert re.search(r'^export = "export"', code, re.M)
+        code = re.sub(r'^export = "export"', f"export = {str(export)!r}", code, flags=re.M)
+    ns = dict(names)
+    exec(compile(code, f"docs/backtesting.md:{name}", "exec"), ns)  # noqa: S102 (our own documentation)
+    return ns
 
 
 def lv(*pairs):
@@ -211,14 +227,12 @@ def expected_books(archive: Path) -> list[tuple[int, bool, list, list]]:
     return out
 
 
-def backtest_books(hbt_mod, data, times_us: list[int]) -> list[tuple[float, float, list]]:
-    """Run hftbacktest over ``data`` and read the book at each time (µs): best bid, best ask and
-    the whole book as (side, price, qty). Every sample time is at or after the day's first event
-    (00:00), where hftbacktest's clock starts (it reports i64::MAX until the first elapse)."""
-    asset = (hbt_mod.BacktestAsset().data(data).linear_asset(1.0).constant_order_latency(0, 0)
-             .risk_adverse_queue_model().no_partial_fill_exchange().trading_value_fee_model(0.0, 0.0)
-             .tick_size(TICK).lot_size(0.00001).last_trades_capacity(0))
-    hbt = hbt_mod.HashMapMarketDepthBacktest([asset])
+def backtest_books(make, data, times_us: list[int]) -> list[tuple[int | None, int | None, list]]:
+    """Run the docs' backtest over ``data`` and read the book at each time (µs): best bid and ask
+    in ticks and the whole book as (side, tick, qty). Every sample time is at or after the day's
+    first event (00:00), where hftbacktest's clock starts."""
+    hbt = make(data)
+    buy = lib("hftbacktest").BUY_EVENT
     seen = []
     try:
         now = T0 * 1000
@@ -228,7 +242,7 @@ def backtest_books(hbt_mod, data, times_us: list[int]) -> list[tuple[float, floa
             assert hbt.current_timestamp == now
             depth = hbt.depth(0)
             snap = depth.snapshot()
-            levels = sorted(("bid" if e["ev"] & hbt_mod.BUY_EVENT else "ask", tick(e["px"]), e["qty"]) for e in snap)
+            levels = sorted(("bid" if e["ev"] & buy else "ask", tick(e["px"]), e["qty"]) for e in snap)
             depth.snapshot_free(snap)
             seen.append((tick(depth.best_bid), tick(depth.best_ask), levels))
     finally:
@@ -236,11 +250,11 @@ def backtest_books(hbt_mod, data, times_us: list[int]) -> list[tuple[float, floa
     return seen
 
 
-TICK = 0.1
+TICK = 0.01  # the docs' default tick size
 
 
 def tick(price: float) -> int | None:
-    """A price in ticks (hftbacktest keeps ticks: 1008 * 0.1 is 100.80000000000001); None for NaN."""
+    """A price in ticks (hftbacktest keeps ticks: 10080 * 0.01 need not be 100.8); None for NaN."""
     return None if np.isnan(price) else round(price / TICK)
 
 
@@ -271,32 +285,31 @@ def test_event_flags_equal_the_installed_library():
 
 
 def test_hftbacktest_converter_reads_our_csv_and_its_book_is_ours(archive, tmp_path):
-    hbt_mod = lib("hftbacktest")
-    tardis = lib("hftbacktest.data.utils.tardis")
     validation = lib("hftbacktest.data.validation")
     out = tmp_path / "csv"
     assert run_export(archive, out) == 0
-    # hftbacktest picks the parser by the file name: trades first, as its docs ask
-    files = [str(out / "binance" / d / f"{DAY}_BTCUSDT.csv.gz") for d in ("trades", "incremental_book_L2")]
-    data = tardis.convert(files)
+    data = snippet("hftbacktest-convert", out)["data"]
     validation.validate_event_order(data)
-    ev = data["ev"]
-    assert int(((ev & 0xFF) == hbt_mod.TRADE_EVENT).sum()) == 3
-    check_books(expected_books(archive), backtest_books(hbt_mod, data, sample_times(expected_books(archive))))
+    assert int(((data["ev"] & 0xFF) == bt.TRADE_EVENT).sum()) == 3
+    run = snippet("hftbacktest-run", out, data=data)
+    assert len(run["mids"]) >= 24 * 60 - 1  # the docs' loop ran through the day
+    books = expected_books(archive)
+    check_books(books, backtest_books(run["backtest"], data, sample_times(books)))
 
 
 def test_direct_npz_passes_the_validator_and_never_mixes_books_across_a_break(archive, tmp_path):
-    hbt_mod = lib("hftbacktest")
     validation = lib("hftbacktest.data.validation")
     out = tmp_path / "npz"
     assert run_export(archive, out, "hftbacktest") == 0
-    path = out / "binance" / "hftbacktest" / f"{DAY}_BTCUSDT.npz"
-    data = np.load(path)["data"]
-    assert data.dtype == lib("hftbacktest.types").event_dtype
-    validation.validate_event_order(data)
-    assert ((data["local_ts"] - data["exch_ts"]) >= 0).all()
-    assert int(((data["ev"] & 0xFF) == bt.TRADE_EVENT).sum()) == 3
-    check_books(expected_books(archive), backtest_books(hbt_mod, str(path), sample_times(expected_books(archive))))
+    data = snippet("hftbacktest-npz", out)["data"]
+    arr = np.load(data[0])["data"]
+    assert arr.dtype == lib("hftbacktest.types").event_dtype
+    validation.validate_event_order(arr)
+    assert ((arr["local_ts"] - arr["exch_ts"]) >= 0).all()
+    assert int(((arr["ev"] & 0xFF) == bt.TRADE_EVENT).sum()) == 3
+    run = snippet("hftbacktest-run", out, data=data)
+    books = expected_books(archive)
+    check_books(books, backtest_books(run["backtest"], data, sample_times(books)))
 
 
 def test_a_negative_feed_latency_is_raised_and_reported(tmp_path, capsys):
@@ -331,33 +344,6 @@ def test_order_events_keeps_both_orders_on_interleaved_streams():
     assert len(out) < 2 * n  # rows in order in both keep one row with both flags
 
 
-# --------------------------------------------------------------------------- NautilusTrader
-
-
-def test_nautilus_loads_our_deltas_and_trades(archive, tmp_path):
-    loaders = lib("nautilus_trader.adapters.tardis.loaders")
-    out = tmp_path / "csv"
-    assert run_export(archive, out) == 0
-    loader = loaders.TardisCSVDataLoader()
-    deltas = loader.load_deltas(out / "binance" / "incremental_book_L2" / f"{DAY}_BTCUSDT.csv.gz")
-    rows = GOLDEN_L2.splitlines()[1:]
-    assert len(deltas) == len(rows)
-    first, last = deltas[0], deltas[-1]
-    assert (first.order.price.as_double(), first.order.size.as_double(), first.ts_event, first.ts_init) == (
-        100.0, 1.2, T0 * 1000, T0 * 1000)
-    assert (last.order.price.as_double(), last.order.size.as_double(), last.ts_event, last.ts_init) == (
-        100.9, 1.0, (T0 + H + 2 * S - MS) * 1000, (T0 + H + 2 * S) * 1000)
-    assert str(first.instrument_id).startswith("BTCUSDT")
-    trades = loader.load_trades(out / "binance" / "trades" / f"{DAY}_BTCUSDT.csv.gz")
-    assert len(trades) == 3
-    assert (str(trades[0].trade_id), trades[0].price.as_double(), trades[0].size.as_double(),
-            trades[0].ts_event, trades[0].ts_init) == ("1", 100.5, 0.1, (T0 + 197 * MS) * 1000, (T0 + 200 * MS) * 1000)
-    assert (str(trades[1].trade_id), trades[1].price.as_double(), trades[1].aggressor_side.name) == (
-        "2", 100.2, "SELLER")
-    assert (str(trades[-1].trade_id), trades[-1].price.as_double(), trades[-1].size.as_double(),
-            trades[-1].aggressor_side.name, trades[-1].ts_init) == ("3", 100.9, 0.5, "BUYER", (T0 + 24 * H - S) * 1000)
-
-
 # --------------------------------------------------------------------------- quotes and book snapshots
 
 
@@ -378,9 +364,7 @@ def rebuilt(time, known, bids, asks):
             "last_update_id": 9 if known else None, "known": known, "bids": lv(*bids), "asks": lv(*asks)}
 
 
-@pytest.fixture
-def tops(tmp_path: Path) -> Path:
-    root = tmp_path / "archive"
+def write_tops(root: Path) -> Path:
     write(root, "book_ticker", [
         ticker("spot", "BTCUSDT", T0 + 10 * MS, 1, 100.0, 1.5, 100.5, 0.25),  # spot sends no time: recv_time
         ticker("usdm", "ETHUSDT", T0 + 20 * MS, 2, 3000.0, 2.0, 3000.5, 4.0, event_ms=T0 + 18 * MS),
@@ -394,6 +378,11 @@ def tops(tmp_path: Path) -> Path:
         rebuilt(T0 + 2 * S, False, [], []),  # unknown: no row (nothing is invented)
     ], time_col="time")
     return root
+
+
+@pytest.fixture
+def tops(tmp_path: Path) -> Path:
+    return write_tops(tmp_path / "archive")
 
 
 def test_quotes_and_book_snapshots_golden(tops, tmp_path):
@@ -416,19 +405,37 @@ def test_quotes_and_book_snapshots_golden(tops, tmp_path):
     assert line25[0].count(",") == 3 + 100 and line25[1].count(",") == 3 + 100 and len(line25) == 2
 
 
-def test_nautilus_loads_our_quotes_and_snapshots(tops, tmp_path):
-    loaders = lib("nautilus_trader.adapters.tardis.loaders")
-    out = tmp_path / "out"
-    assert run_export(tops, out) == 0
-    # Without precisions NautilusTrader infers them from one value (3000 → 0 decimals, and 3000.5
-    # would read 3001): give the instrument's, as docs/backtesting.md says.
-    loader = loaders.TardisCSVDataLoader(price_precision=1, size_precision=1)
-    quotes = loader.load_quotes(out / "binance-futures" / "quotes" / f"{DAY}_ETHUSDT.csv.gz")
+# --------------------------------------------------------------------------- NautilusTrader
+
+
+def test_nautilus_loads_our_files(archive, tmp_path):
+    lib("nautilus_trader.adapters.tardis.loaders")
+    write_tops(archive)
+    out = tmp_path / "csv"
+    assert run_export(archive, out) == 0
+    ns = snippet("nautilus", out)
+    deltas, trades, quotes, depth = ns["deltas"], ns["trades"], ns["quotes"], ns["depth"]
+
+    def delta(d):
+        return d.order.side.name, d.order.price.as_double(), d.order.size.as_double(), d.ts_event, d.ts_init
+
+    assert len(deltas) == len(GOLDEN_L2.splitlines()) - 1
+    assert str(deltas[0].instrument_id) == "BTCUSDT.BINANCE"
+    assert delta(deltas[0]) == ("BUY", 100.0, 1.2, T0 * 1000, T0 * 1000)
+    assert delta(deltas[-1]) == ("SELL", 100.9, 1.0, (T0 + H + 2 * S - MS) * 1000, (T0 + H + 2 * S) * 1000)
+
+    def trade_(t):
+        return str(t.trade_id), t.aggressor_side.name, t.price.as_double(), t.size.as_double(), t.ts_event, t.ts_init
+
+    assert len(trades) == 3
+    assert trade_(trades[0]) == ("1", "BUYER", 100.5, 0.1, (T0 + 197 * MS) * 1000, (T0 + 200 * MS) * 1000)
+    assert trade_(trades[-1]) == ("3", "BUYER", 100.9, 0.5, (T0 + 24 * H - S - 3 * MS) * 1000, (T0 + 24 * H - S) * 1000)
+    assert trades[1].aggressor_side.name == "SELLER"  # is_buyer_maker: the taker sold
+
+    # without the precisions the docs give, 3000.5 would read 3001 (inferred from "3000")
     assert [(q.bid_price.as_double(), q.bid_size.as_double(), q.ask_price.as_double(), q.ask_size.as_double(),
              q.ts_event, q.ts_init) for q in quotes] == [(3000.0, 2.0, 3000.5, 4.0, (T0 + 18 * MS) * 1000,
                                                           (T0 + 20 * MS) * 1000)]
-    depth = loader.load_depth10(out / "binance" / "book_snapshot_5" / f"{DAY}_BTCUSDT.csv.gz", levels=5)
     assert len(depth) == 1
-    bids, asks = depth[0].bids, depth[0].asks
-    assert [(o.price.as_double(), o.size.as_double()) for o in bids[:2]] == [(100.0, 1.0), (99.9, 2.0)]
-    assert (asks[0].price.as_double(), asks[0].size.as_double()) == (100.5, 3.0)
+    assert [(o.price.as_double(), o.size.as_double()) for o in depth[0].bids[:2]] == [(100.0, 1.0), (99.9, 2.0)]
+    assert (depth[0].asks[0].price.as_double(), depth[0].asks[0].size.as_double()) == (100.5, 3.0)
