@@ -237,10 +237,15 @@ class L2Rows:
         return []
 
     def _discard(self, exch_us: int, local: int) -> list[BookRow | Clear]:
-        """A break: the book is unknown from here. Every level a reader holds is deleted (amount 0),
-        so a reader that clears only within the next snapshot's price range (hftbacktest's Tardis
-        converter) holds an empty book, never a stale one, and never a mix after the next block."""
+        """A break: the book is unknown from here (:meth:`_deletions`)."""
         self.stats.breaks += 1
+        return self._deletions(exch_us, local)
+
+    def _deletions(self, exch_us: int, local: int) -> list[BookRow | Clear]:
+        """Every level a reader holds, deleted (amount 0): a reader that clears only within the
+        next snapshot's price range (hftbacktest's Tardis converter) then holds an empty book,
+        never a stale one, and never a mix after the next block. Update rows also keep two blocks
+        apart: back to back, Tardis's readers would take them for one snapshot."""
         bids, asks = self._view
         rows: list[BookRow | Clear] = [Clear(exch_us, local)]
         rows += [BookRow(exch_us, local, False, True, p, 0.0) for p in sorted(bids, reverse=True)]
@@ -250,12 +255,15 @@ class L2Rows:
         return rows
 
     def _block(self, exch_us: int, local: int) -> list[BookRow | Clear]:
+        """A snapshot block: the whole book. A block that replaces a book the reader holds (a
+        snapshot bridged a gap the known book did not see) deletes that book first."""
+        out = self._deletions(exch_us, local) if self._view[0] or self._view[1] else []
         self.stats.snapshot_blocks += 1
         n = max(len(self.builder.bids), len(self.builder.asks))
         bids, asks = self.builder.top(n)
         self._view = (dict(bids), dict(asks))
         self._latency(exch_us, local, len(bids) + len(asks))
-        return ([BookRow(exch_us, local, True, True, p, q) for p, q in bids]
+        return (out + [BookRow(exch_us, local, True, True, p, q) for p, q in bids]
                 + [BookRow(exch_us, local, True, False, p, q) for p, q in asks])
 
     def _latency(self, exch_us: int, local: int, rows: int) -> None:
@@ -361,8 +369,11 @@ def order_events(data: np.ndarray) -> np.ndarray:
     split = ~both
     x = exch[split]
     k = np.searchsorted(both_exch, x, side="right")
-    slot = np.where(k < len(both_pos), both_pos[np.minimum(k, max(len(both_pos) - 1, 0))] - 0.5, n + 0.5) \
-        if len(both_pos) else np.full(len(x), n + 0.5)
+    # an exchange-only row goes just before the first both-flag row stamped later (or at the end)
+    slot = np.full(len(x), n + 0.5)
+    if len(both_pos):
+        later = k < len(both_pos)
+        slot[later] = both_pos[k[later]] - 0.5
     ev = data["ev"]
     rows_local = data.copy()
     rows_local["ev"] = np.where(both, ev | EXCH_EVENT | LOCAL_EVENT, ev | LOCAL_EVENT)
@@ -623,8 +634,7 @@ class Exporter:
                     break
                 if not t.num_rows:
                     continue
-                if h == 0 or w.rows == 0:
-                    self._neg(sd, kind.value, t.column("ts").to_numpy(), t.column("local").to_numpy())
+                self._neg(sd, kind.value, t.column("ts").to_numpy(), t.column("local").to_numpy())
                 w.write([snapshot_line(prefix, a, b, bids, asks, depth) for a, b, bids, asks in zip(
                     t.column("ts").to_pylist(), t.column("local").to_pylist(), t.column("bids").to_pylist(),
                     t.column("asks").to_pylist())])

@@ -207,11 +207,14 @@ def test_a_snapshot_that_replaces_a_known_book_starts_a_new_block():
     rows = bt.L2Rows("spot")
     assert len(rows.start(0, 10, [(1.0, 1.0)], [(2.0, 1.0)])) == 2
     # the known book is at 10; a snapshot at 20 is pending; an event 21-21 does not continue 10 but
-    # bridges 20: the book is replaced while "known" throughout, so a new block must say so
+    # bridges 20: the book is replaced while "known" throughout, so the reader's book is deleted
+    # (update rows: back-to-back blocks would read as one) and a new block follows
     assert rows.snapshot(Snapshot(20, [(1.5, 3.0)], [(2.5, 1.0)]), 5, 5) == []
     out = rows.event(DiffEvent(21, 21, None, [(1.5, 4.0)], []), 6, 7)
-    assert [(r.is_snapshot, r.bid, r.price, r.amount) for r in out] == [(True, True, 1.5, 4.0), (True, False, 2.5, 1.0)]
-    assert rows.stats.snapshot_blocks == 2 and rows.stats.breaks == 0
+    assert out[0] == bt.Clear(6, 7)
+    assert [(r.is_snapshot, r.bid, r.price, r.amount) for r in out[1:]] == [
+        (False, True, 1.0, 0.0), (False, False, 2.0, 0.0), (True, True, 1.5, 4.0), (True, False, 2.5, 1.0)]
+    assert (rows.stats.snapshot_blocks, rows.stats.breaks) == (2, 0)
 
 
 # --------------------------------------------------------------------------- hftbacktest
