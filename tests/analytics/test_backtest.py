@@ -195,6 +195,25 @@ def test_symbols_filter_and_user_errors(archive, tmp_path, capsys):
     assert "holds no data for 2026-11-01" in capsys.readouterr().err
 
 
+def test_reads_an_s3_archive_named_by_the_environment(archive, tmp_path, monkeypatch):
+    """The same golden files from the archive uploaded to a real S3 server (moto), named by
+    ORDERBOOK_ARCHIVE_URL (no --archive)."""
+    from support.s3 import MotoServer, s3_client
+
+    with MotoServer() as moto:
+        client = s3_client(moto.url)
+        client.create_bucket(Bucket="books")
+        for f in archive.rglob("*.parquet"):
+            client.upload_file(str(f), "books", f"prod/{f.relative_to(archive).as_posix()}")
+        for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
+                     "AWS_ENDPOINT_URL_S3": moto.url, "ORDERBOOK_ARCHIVE_URL": "s3://books/prod"}.items():
+            monkeypatch.setenv(k, v)
+        out = tmp_path / "out"
+        assert query.main(["export", "--format", "tardis", "--date", DAY, "--out", str(out)]) == 0
+    assert gunzip(out / "binance" / "incremental_book_L2" / f"{DAY}_BTCUSDT.csv.gz") == GOLDEN_L2
+    assert gunzip(out / "binance" / "trades" / f"{DAY}_BTCUSDT.csv.gz") == GOLDEN_TRADES
+
+
 def test_numbers_are_plain_decimals():
     assert [bt.num(x) for x in (100.0, 99.5, 1e-05, 0.1, 1e16, 123456789.125)] == [
         "100", "99.5", "0.00001", "0.1", "10000000000000000", "123456789.125"]
