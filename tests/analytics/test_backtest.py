@@ -98,14 +98,17 @@ TRADES = [
 ]
 
 
-def write(archive: Path, dataset: str, rows: list[dict], time_col: str = "recv_time") -> None:
-    """Rows into ``<archive>/<dataset>/date=/hour=/part.parquet`` in the dataset's schema."""
+def write(archive: Path, dataset: str, rows: list[dict], time_col: str = "recv_time", fleet: bool = False) -> None:
+    """Rows into ``<archive>/<dataset>/date=/hour=/part-0.parquet`` in the dataset's schema; with
+    ``fleet``, as a fleet's merge writes them: ``fleet.parquet`` with a ``collector`` column."""
     schema = datasets.DATASETS[dataset].schema if dataset in datasets.DATASETS else datasets.BOOK_SNAPSHOT_SCHEMA
+    if fleet:
+        schema = schema.append(pa.field("collector", pa.string()))
     by_hour: dict[str, list[dict]] = {}
     for r in rows:
-        by_hour.setdefault(hour_folder(r[time_col] // H * H), []).append(r)
+        by_hour.setdefault(hour_folder(r[time_col] // H * H), []).append({**r, "collector": "tokyo_1"} if fleet else r)
     for folder, part in by_hour.items():
-        path = archive / dataset / folder / "part-0.parquet"
+        path = archive / dataset / folder / ("fleet.parquet" if fleet else "part-0.parquet")
         path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(pa.Table.from_pylist(part, schema=schema), path)
 
@@ -193,6 +196,16 @@ def test_symbols_filter_and_user_errors(archive, tmp_path, capsys):
     assert query.main(["export", "--format", "tardis", "--date", "2026-11-01", "--archive", str(archive),
                        "--out", str(out)]) == 2
     assert "holds no data for 2026-11-01" in capsys.readouterr().err
+
+
+def test_reads_a_fleets_merged_files(tmp_path):
+    root = tmp_path / "fleet"
+    for name, rows in (("depth_update", UPDATES), ("depth_rest_snapshot", REST), ("trade", TRADES)):
+        write(root, name, rows, fleet=True)
+    out = tmp_path / "out"
+    assert run_export(root, out) == 0
+    assert gunzip(out / "binance" / "incremental_book_L2" / f"{DAY}_BTCUSDT.csv.gz") == GOLDEN_L2
+    assert gunzip(out / "binance" / "trades" / f"{DAY}_BTCUSDT.csv.gz") == GOLDEN_TRADES
 
 
 def test_reads_an_s3_archive_named_by_the_environment(archive, tmp_path, monkeypatch):
