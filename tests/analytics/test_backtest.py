@@ -187,6 +187,35 @@ def test_golden_tardis_files_byte_for_byte(archive, tmp_path, capsys):
         assert (again / p.relative_to(out)).read_bytes() == p.read_bytes()
 
 
+def test_usdm_book_chains_by_pu_and_stamps_the_event_time(tmp_path):
+    """USD-M: the pu rule, ``timestamp`` = E (not T), and no start-of-day block when nothing before
+    the day makes the book known: the file starts at the first snapshot block."""
+    def fut(recv, U, u, pu, bids=(), asks=()):
+        return {**upd(recv, U, u, bids, asks), "market": "usdm", "symbol": "ETHUSDT", "stream": "ethusdt@depth@100ms",
+                "event_time": recv - 5 * MS, "transaction_time": recv - 9 * MS, "prev_update_id": pu}
+
+    root = tmp_path / "archive"
+    write(root, "depth_rest_snapshot", [{**rest(T0 + 5 * S, 50, [(3000.0, 1.0)], [(3001.0, 2.0)]), "market": "usdm",
+                                         "symbol": "ETHUSDT", "stream": "ethusdt@depth@100ms"}])
+    write(root, "depth_update", [
+        fut(T0 + 4 * S, 45, 48, 40, bids=[(2999.0, 1.0)]),  # before the snapshot's id: stale
+        fut(T0 + 5200 * MS, 49, 52, 48, bids=[(3000.0, 1.5)]),  # U <= 50 <= u: bridges
+        fut(T0 + 6 * S, 53, 55, 52, asks=[(3001.0, 0.0), (3002.0, 1.0)]),  # pu = the previous u
+        fut(T0 + 7 * S, 60, 61, 58, bids=[(3000.5, 1.0)]),  # pu 58 is not 55: a break
+    ])
+    out = tmp_path / "out"
+    assert run_export(root, out) == 0
+    e1, e2, e3 = T0 + 5200 * MS - 5 * MS, T0 + 6 * S - 5 * MS, T0 + 7 * S - 5 * MS
+    assert gunzip(out / "binance-futures" / "incremental_book_L2" / f"{DAY}_ETHUSDT.csv.gz").splitlines()[1:] == [
+        f"binance-futures,ETHUSDT,{e1},{T0 + 5200 * MS},true,bid,3000,1.5",
+        f"binance-futures,ETHUSDT,{e1},{T0 + 5200 * MS},true,ask,3001,2",
+        f"binance-futures,ETHUSDT,{e2},{T0 + 6 * S},false,ask,3001,0",
+        f"binance-futures,ETHUSDT,{e2},{T0 + 6 * S},false,ask,3002,1",
+        f"binance-futures,ETHUSDT,{e3},{T0 + 7 * S},false,bid,3000,0",
+        f"binance-futures,ETHUSDT,{e3},{T0 + 7 * S},false,ask,3002,0",
+    ]
+
+
 def test_symbols_filter_and_user_errors(archive, tmp_path, capsys):
     out = tmp_path / "out"
     assert run_export(archive, out, "tardis", "--symbols", "ethusdt") == 0
