@@ -41,8 +41,12 @@ The order book rules (the same for both formats):
   array also clears both sides at the break (``DEPTH_CLEAR_EVENT`` without a side).
 * Levels come only from snapshots and events: nothing is invented.
 
-Memory: one symbol at a time, one UTC hour of one dataset at a time; a book and, for the
-hftbacktest array, the events of the last :data:`HOLDBACK_US` plus a file of the day's rows.
+* A snapshot that replaces a book the reader holds (it bridged a gap the known book did not
+  see) deletes that book first, as at a break: two blocks back to back would read as one.
+
+Memory: one symbol at a time; diff events a record batch at a time, other datasets an hour at
+a time; the book, the day's REST snapshots of the stream and, for the hftbacktest array, the
+events of the last :data:`HOLDBACK_US` (the day's rows go to a temporary file).
 """
 
 from __future__ import annotations
