@@ -622,26 +622,29 @@ class Exporter:
             self._close(w)
 
     def _snapshots(self, sd: SymbolDay, prefix: str) -> None:
+        """book_snapshot_25 and _5 from one stream: the deepest partial-depth one, else the
+        ``book_snapshot`` rows (known books only) of the symbol's busiest diff stream."""
         partial = self._partial_stream(sd)
-        for kind, depth in SNAPSHOT_DEPTH.items():
-            w = CsvGz(self._path(sd, kind.value), HEADERS[kind])
-            for h in range(24):
-                if partial is not None:
-                    t = self._hour("depth_snapshot", sd, h, "epoch_us(coalesce(event_time, recv_time)) AS ts, "
-                                   "epoch_us(recv_time) AS local, bids, asks", "recv_time, last_update_id",
-                                   " AND stream = ?", (partial,))
-                elif self.r.has("book_snapshot"):
-                    t = self.r.query("book_snapshot", f"date = DATE '{self.day}' AND hour = {h} AND market = ? AND "
-                                     "symbol = ? AND known", [sd.market.value, sd.symbol], "stream, time",
-                                     columns="epoch_us(time) AS ts, epoch_us(time) AS local, bids, asks")
-                else:
-                    break
-                if not t.num_rows:
-                    continue
-                self._neg(sd, kind.value, t.column("ts").to_numpy(), t.column("local").to_numpy())
-                w.write([snapshot_line(prefix, a, b, bids, asks, depth) for a, b, bids, asks in zip(
-                    t.column("ts").to_pylist(), t.column("local").to_pylist(), t.column("bids").to_pylist(),
-                    t.column("asks").to_pylist())])
+        rebuilt = self._busiest_stream("book_snapshot", sd) if partial is None else None
+        if partial is None and rebuilt is None:
+            return
+        writers = {kind: CsvGz(self._path(sd, kind.value), HEADERS[kind]) for kind in SNAPSHOT_DEPTH}
+        for h in range(24):
+            if partial is not None:
+                t = self._hour("depth_snapshot", sd, h, "epoch_us(coalesce(event_time, recv_time)) AS ts, "
+                               "epoch_us(recv_time) AS local, bids, asks", "recv_time, last_update_id",
+                               " AND stream = ?", (partial,))
+            else:
+                t = self._hour("book_snapshot", sd, h, "epoch_us(time) AS ts, epoch_us(time) AS local, bids, asks",
+                               "time", " AND stream = ? AND known", (rebuilt,))
+            if not t.num_rows:
+                continue
+            self._neg(sd, "book_snapshot", t.column("ts").to_numpy(), t.column("local").to_numpy())
+            rows = list(zip(t.column("ts").to_pylist(), t.column("local").to_pylist(), t.column("bids").to_pylist(),
+                            t.column("asks").to_pylist()))
+            for kind, w in writers.items():
+                w.write([snapshot_line(prefix, a, b, bids, asks, SNAPSHOT_DEPTH[kind]) for a, b, bids, asks in rows])
+        for w in writers.values():
             self._close(w)
 
     def _partial_stream(self, sd: SymbolDay) -> str | None:
@@ -656,9 +659,12 @@ class Exporter:
 
     def diff_stream(self, sd: SymbolDay) -> str | None:
         """The symbol's diff-depth stream with the most events that day (a symbol may have two)."""
-        if not self.r.has("depth_update"):
+        return self._busiest_stream("depth_update", sd)
+
+    def _busiest_stream(self, dataset: str, sd: SymbolDay) -> str | None:
+        if not self.r.has(dataset):
             return None
-        t = self.r.query("depth_update", f"date = DATE '{self.day}' AND market = ? AND symbol = ? GROUP BY stream",
+        t = self.r.query(dataset, f"date = DATE '{self.day}' AND market = ? AND symbol = ? GROUP BY stream",
                          [sd.market.value, sd.symbol], "n DESC, stream", 1, "stream, count(*) AS n")
         return t.column("stream")[0].as_py() if t.num_rows else None
 

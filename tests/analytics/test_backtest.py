@@ -423,8 +423,8 @@ def partial(recv, u, bids, asks, stream="btcusdt@depth5@100ms"):
             "first_update_id": None, "prev_update_id": None}
 
 
-def rebuilt(time, known, bids, asks):
-    return {"market": "usdm", "symbol": "ETHUSDT", "stream": "ethusdt@depth@100ms", "time": time,
+def rebuilt(time, known, bids, asks, stream="ethusdt@depth@100ms"):
+    return {"market": "usdm", "symbol": "ETHUSDT", "stream": stream, "time": time,
             "last_update_id": 9 if known else None, "known": known, "bids": lv(*bids), "asks": lv(*asks)}
 
 
@@ -440,6 +440,7 @@ def write_tops(root: Path) -> Path:
     write(root, "book_snapshot", [
         rebuilt(T0 + S, True, [(3000.0, 2.0)], [(3000.5, 4.0), (3001.0, 1.0)]),
         rebuilt(T0 + 2 * S, False, [], []),  # unknown: no row (nothing is invented)
+        rebuilt(T0 + S, True, [(2999.0, 1.0)], [(3002.0, 1.0)], stream="ethusdt@depth"),  # the quieter stream: not mixed in
     ], time_col="time")
     return root
 
