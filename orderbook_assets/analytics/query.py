@@ -14,8 +14,7 @@ for any DuckDB client. Configuration as for the archive: ``ORDERBOOK_ARCHIVE_URL
 A user error (bad SQL, unknown symbol, empty archive, missing credentials or files)
 prints one sentence on stderr and exits with status 2; no traceback.
 
-``orderbook replay ...`` (``analytics.replay``) and ``orderbook export ...`` (``analytics.backtest``)
-are the other subcommands of the console script.
+``orderbook replay ...`` is the other subcommand of the console script (``analytics.replay``).
 """
 
 from __future__ import annotations
