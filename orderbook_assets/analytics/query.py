@@ -14,8 +14,8 @@ for any DuckDB client. Configuration as for the archive: ``ORDERBOOK_ARCHIVE_URL
 A user error (bad SQL, unknown symbol, empty archive, missing credentials or files)
 prints one sentence on stderr and exits with status 2; no traceback.
 
-``orderbook replay ...`` and ``orderbook reconcile ...`` are the other subcommands of the console
-script (``analytics.replay``, ``analytics.reconcile``).
+``orderbook replay ...``, ``orderbook reconcile ...`` and ``orderbook export ...`` are the other subcommands of the console
+script (``analytics.replay``, ``analytics.reconcile``, ``analytics.backtest``).
 """
 
 from __future__ import annotations
@@ -72,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         from orderbook_assets.analytics import reconcile
 
         return reconcile.main(argv[1:])
+    if argv and argv[0] == "export":  # `orderbook export ...` (analytics.backtest)
+        from orderbook_assets.analytics import backtest
+
+        return backtest.main(argv[1:])
     if argv and argv[0] == "query":  # `orderbook query ...`; `python -m orderbook_assets.analytics.query ...` too
         argv = argv[1:]
     args = build_parser().parse_args(argv)
