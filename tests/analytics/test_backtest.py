@@ -22,7 +22,7 @@ from orderbook_assets.analytics import backtest as bt
 from orderbook_assets.analytics import query
 from orderbook_assets.analytics.books import book_at, iter_books
 from orderbook_assets.archive import datasets
-from orderbook_assets.books.builder import DiffEvent, Snapshot
+from orderbook_assets.books.builder import BookBuilder, DiffEvent, Outcome, Snapshot, Status
 from orderbook_core.buffer.hours import hour_folder
 
 DAY = "2026-12-01"
@@ -261,12 +261,36 @@ def test_a_snapshot_that_replaces_a_known_book_starts_a_new_block():
 
 
 def expected_books(archive: Path) -> list[tuple[int, bool, list, list]]:
-    """Our builder's book over the day: (recv µs, known, bids, asks) after each diff event, the
-    first entry the book at 00:00."""
+    """Our builder's whole book over the day, as the export writes it: (recv µs, known, bids, asks)
+    after each diff event, the first entry the book at 00:00. Whole: every level the snapshots and
+    events gave, past the snapshots' horizon too (the export writes them all; nothing invented).
+
+    The literal rows are fed to the builder in the exchange's order (each snapshot before the
+    first event whose ``u`` exceeds its id); the archive's own rebuild (``book_at``,
+    ``iter_books``, which keep only the levels the horizon proves) must agree: the same known
+    flags, and its proven levels the leading levels of this book."""
+    b = BookBuilder("spot")
+    feed = sorted([(r["last_update_id"], 1, r) for r in REST] + [(u["last_update_id"], 0, u) for u in UPDATES],
+                  key=lambda x: x[:2])
+    out: list[tuple[int, bool, list, list]] = []
+    for _id, is_snapshot, r in feed:
+        if not out and r["recv_time"] >= T0:
+            out.append((T0, b.status is Status.KNOWN, *b.top(1000)))
+        levels = ([(x["price"], x["qty"]) for x in r["bids"]], [(x["price"], x["qty"]) for x in r["asks"]])
+        if is_snapshot:
+            b.snapshot(Snapshot(r["last_update_id"], *levels))
+            continue
+        res = b.event(DiffEvent(r["first_update_id"], r["last_update_id"], None, *levels))
+        if r["recv_time"] >= T0 and res.outcome is not Outcome.STALE:
+            out.append((r["recv_time"], b.status is Status.KNOWN, *b.top(1000)))
+
     start = book_at(str(archive), "spot", "BTCUSDT", T0)
-    out = [(T0, True, start.bids, start.asks)]
-    for b in iter_books(str(archive), "spot", "BTCUSDT", T0, T0 + 24 * H, depth=1000):
-        out.append((b.recv_time_us, b.known, b.bids, b.asks))
+    archived = [(T0, start.last_update_id is not None, start.bids, start.asks)]
+    archived += [(a.recv_time_us, a.known, a.bids, a.asks)
+                 for a in iter_books(str(archive), "spot", "BTCUSDT", T0, T0 + 24 * H, depth=1000)]
+    assert [(t, k) for t, k, *_ in archived] == [(t, k) for t, k, *_ in out]
+    for (t, _k, bids, asks), (_t, _k2, proven_bids, proven_asks) in zip(out, archived):
+        assert (bids[:len(proven_bids)], asks[:len(proven_asks)]) == (proven_bids, proven_asks), t
     return out
 
 
@@ -395,7 +419,9 @@ def partial(recv, u, bids, asks, stream="btcusdt@depth5@100ms"):
 
 def rebuilt(time, known, bids, asks, stream="ethusdt@depth@100ms"):
     return {"market": "usdm", "symbol": "ETHUSDT", "stream": stream, "time": time,
-            "last_update_id": 9 if known else None, "known": known, "bids": lv(*bids), "asks": lv(*asks)}
+            "last_update_id": 9 if known else None, "known": known,
+            # schema 2: the leading levels both sides prove (these rows hold only proven levels)
+            "known_levels": min(len(bids), len(asks)) if known else 0, "bids": lv(*bids), "asks": lv(*asks)}
 
 
 def write_tops(root: Path) -> Path:
