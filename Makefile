@@ -2,6 +2,10 @@
 # `make run` (and demo, fleet, simulator) builds .venv from requirements.lock, the runtime only;
 # `make test` (and test-fast, chaos, bench) from requirements-dev.lock, the runtime with the same
 # pins plus the test tools (pytest, moto, Polars, PySpark). Python 3.11 and PyPI are all they need.
+# `make test` and test-fast also build .venv-backtest from requirements-backtest.lock: the
+# backtesters the tests read our exports with (hftbacktest, NautilusTrader) pin numpy<2.3 and
+# pandas<3, below our locks, so they get an interpreter of their own that the tests run as a
+# subprocess (ORDERBOOK_BACKTEST_PYTHON, tests/support/backtesters.py).
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -11,14 +15,20 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-runtime
 DEV_STAMP := $(VENV)/.installed-dev
 LOCK_TOOLS := .lock-tools
+BACKTEST_VENV := .venv-backtest
+BACKTEST_STAMP := $(BACKTEST_VENV)/.installed-backtest
+# The tests find the backtesters' interpreter here; unset, those tests skip (fail under CI).
+BACKTEST_PYTHON := ORDERBOOK_BACKTEST_PYTHON=$(CURDIR)/$(BACKTEST_VENV)/bin/python
 
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: venv venv-dev system-deps run demo fleet test test-fast chaos bench lock simulator clean
+.PHONY: venv venv-dev venv-backtest system-deps run demo fleet test test-fast chaos bench lock simulator clean
 
 venv: $(STAMP)
 
 venv-dev: $(DEV_STAMP)
+
+venv-backtest: $(BACKTEST_STAMP)
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +43,13 @@ $(DEV_STAMP): requirements-dev.lock requirements.lock pyproject.toml
 	$(BIN)/python -m pip install --quiet -r requirements-dev.lock
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	@touch $(STAMP) $(DEV_STAMP)
+
+# The backtesters only, never the product (nothing installed with -e): the tests give it files.
+$(BACKTEST_STAMP): requirements-backtest.lock
+	@test -x $(BACKTEST_VENV)/bin/python || $(PYTHON) -m venv $(BACKTEST_VENV)
+	$(BACKTEST_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(BACKTEST_VENV)/bin/python -m pip install --quiet -r requirements-backtest.lock
+	@touch $(BACKTEST_STAMP)
 
 # Ports: DAGSTER_PORT (UI, 3000), ORDERBOOK_METRICS_PORT (9108), e.g. `make run DAGSTER_PORT=3001`.
 run: venv
@@ -55,13 +72,13 @@ fleet: venv
 system-deps:
 	sh tools/system-deps.sh
 
-test: venv-dev system-deps
-	$(BIN)/python -m pytest -q
+test: venv-dev venv-backtest system-deps
+	$(BACKTEST_PYTHON) $(BIN)/python -m pytest -q
 
 # Without the long system tests (slow), the browser check and the Ceph RGW tests (rgw: their
 # Debian packages come with `make system-deps`, which only `make test` runs).
-test-fast: venv-dev
-	$(BIN)/python -m pytest -q -m "not slow and not browser and not rgw"
+test-fast: venv-dev venv-backtest
+	$(BACKTEST_PYTHON) $(BIN)/python -m pytest -q -m "not slow and not browser and not rgw"
 
 simulator: venv
 	$(BIN)/python -m tools.simulator --port $${ORDERBOOK_SIMULATOR_PORT:-9443}
@@ -78,12 +95,13 @@ bench: venv-dev
 		[ -f $$b ] && { echo "== $$b"; $(BIN)/python $$b || exit 1; }; \
 	done
 
-# Regenerate both locks after changing dependencies in pyproject.toml: the runtime first, then
-# runtime + dev within its pins. uv lives in a venv of its own, so neither lock's venv holds it.
+# Regenerate the locks after changing dependencies in pyproject.toml: the runtime first, then
+# runtime + dev within its pins; the backtesters' lock on its own (requirements-backtest.in). uv lives in a venv of its own, so neither lock's venv holds it.
 lock:
 	@test -x $(LOCK_TOOLS)/bin/uv || { $(PYTHON) -m venv $(LOCK_TOOLS) && $(LOCK_TOOLS)/bin/pip install --quiet uv; }
 	$(LOCK_TOOLS)/bin/uv pip compile pyproject.toml --python-version 3.11 -o requirements.lock
 	$(LOCK_TOOLS)/bin/uv pip compile pyproject.toml --extra dev -c requirements.lock --python-version 3.11 -o requirements-dev.lock
+	$(LOCK_TOOLS)/bin/uv pip compile requirements-backtest.in --python-version 3.11 -o requirements-backtest.lock
 
 clean:
-	rm -rf $(VENV) $(LOCK_TOOLS) .pytest_cache
+	rm -rf $(VENV) $(BACKTEST_VENV) $(LOCK_TOOLS) .pytest_cache

@@ -1,12 +1,14 @@
 """``orderbook export``: the archive in Tardis's CSV layout and as hftbacktest's event arrays,
 read back by the libraries quants use (hftbacktest, NautilusTrader). The archive is a tiny
-literal one, written as Parquet in the datasets' own schemas."""
+literal one, written as Parquet in the datasets' own schemas.
+
+The backtesters pin numpy and pandas below our locks, so they run in their own interpreter
+(``.venv-backtest``, ``ORDERBOOK_BACKTEST_PYTHON``): ``support/backtesters.py`` executes the
+docs/backtesting.md snippets there and returns the values; every comparison is made here."""
 
 from __future__ import annotations
 
 import gzip
-import importlib
-import re
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +16,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from support.requires import missing
+from support import backtesters
 
 from orderbook_assets.analytics import backtest as bt
 from orderbook_assets.analytics import query
 from orderbook_assets.analytics.books import book_at, iter_books
 from orderbook_assets.archive import datasets
-from orderbook_assets.books.builder import DiffEvent, Snapshot
+from orderbook_assets.books.builder import BookBuilder, DiffEvent, Outcome, Snapshot, Status
 from orderbook_core.buffer.hours import hour_folder
 
 DAY = "2026-12-01"
@@ -29,29 +31,6 @@ MS = 1000
 S = 1_000_000
 H = 3600 * S
 STREAM = "btcusdt@depth@100ms"
-DOC = Path(__file__).resolve().parents[2] / "docs" / "backtesting.md"
-
-
-def lib(name: str):
-    """The library, or skip (a developer machine) / fail (CI) when it is missing."""
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        missing(f"{name} is not installed (pip install -e '.[dev]')")
-
-
-def snippet(name: str, export: Path, **names) -> dict:
-    """Run the docs/backtesting.md code block after ``<!-- snippet: name -->`` with the export
-    folder swapped in (the one line the test changes)."""
-    m = re.search(rf"<!-- snippet: {name} -->\s*```python\n(.*?)```", DOC.read_text(), re.S)
-    assert m, f"docs/backtesting.md has no python block after <!-- snippet: {name} -->"
-    code = m.group(1)
-    if "export = " in code:
-        assert re.search(r'^export = "export"', code, re.M)
-        code = re.sub(r'^export = "export"', f"export = {str(export)!r}", code, flags=re.M)
-    ns = dict(names)
-    exec(compile(code, f"docs/backtesting.md:{name}", "exec"), ns)  # noqa: S102 (our own documentation)
-    return ns
 
 
 def lv(*pairs):
@@ -282,36 +261,49 @@ def test_a_snapshot_that_replaces_a_known_book_starts_a_new_block():
 
 
 def expected_books(archive: Path) -> list[tuple[int, bool, list, list]]:
-    """Our builder's book over the day: (recv µs, known, bids, asks) after each diff event, the
-    first entry the book at 00:00."""
+    """Our builder's whole book over the day, as the export writes it: (recv µs, known, bids, asks)
+    after each diff event, the first entry the book at 00:00. Whole: every level the snapshots and
+    events gave, past the snapshots' horizon too (the export writes them all; nothing invented).
+
+    The literal rows are fed to the builder in the exchange's order (each snapshot before the
+    first event whose ``u`` exceeds its id); the archive's own rebuild (``book_at``,
+    ``iter_books``, which keep only the levels the horizon proves) must agree: the same known
+    flags, and its proven levels the leading levels of this book."""
+    b = BookBuilder("spot")
+    feed = sorted([(r["last_update_id"], 1, r) for r in REST] + [(u["last_update_id"], 0, u) for u in UPDATES],
+                  key=lambda x: x[:2])
+    out: list[tuple[int, bool, list, list]] = []
+    for _id, is_snapshot, r in feed:
+        if not out and r["recv_time"] >= T0:
+            out.append((T0, b.status is Status.KNOWN, *b.top(1000)))
+        levels = ([(x["price"], x["qty"]) for x in r["bids"]], [(x["price"], x["qty"]) for x in r["asks"]])
+        if is_snapshot:
+            b.snapshot(Snapshot(r["last_update_id"], *levels))
+            continue
+        res = b.event(DiffEvent(r["first_update_id"], r["last_update_id"], None, *levels))
+        if r["recv_time"] >= T0 and res.outcome is not Outcome.STALE:
+            out.append((r["recv_time"], b.status is Status.KNOWN, *b.top(1000)))
+
     start = book_at(str(archive), "spot", "BTCUSDT", T0)
-    out = [(T0, True, start.bids, start.asks)]
-    for b in iter_books(str(archive), "spot", "BTCUSDT", T0, T0 + 24 * H, depth=1000):
-        out.append((b.recv_time_us, b.known, b.bids, b.asks))
+    archived = [(T0, start.last_update_id is not None, start.bids, start.asks)]
+    archived += [(a.recv_time_us, a.known, a.bids, a.asks)
+                 for a in iter_books(str(archive), "spot", "BTCUSDT", T0, T0 + 24 * H, depth=1000)]
+    assert [(t, k) for t, k, *_ in archived] == [(t, k) for t, k, *_ in out]
+    for (t, _k, bids, asks), (_t, _k2, proven_bids, proven_asks) in zip(out, archived):
+        assert (bids[:len(proven_bids)], asks[:len(proven_asks)]) == (proven_bids, proven_asks), t
     return out
 
 
-def backtest_books(make, data, times_us: list[int]) -> list[tuple[int | None, int | None, list]]:
-    """Run the docs' backtest over ``data`` and read the book at each time (µs): best bid and ask
-    in ticks and the whole book as (side, tick, qty). Every sample time is at or after the day's
-    first event (00:00), where hftbacktest's clock starts."""
-    hbt = make(data)
-    buy = lib("hftbacktest").BUY_EVENT
-    seen = []
-    try:
-        now = T0 * 1000
-        for t in times_us:
-            hbt.elapse(t * 1000 - now)  # 1 once the data is used up: the book stays
-            now = t * 1000
-            assert hbt.current_timestamp == now
-            depth = hbt.depth(0)
-            snap = depth.snapshot()
-            levels = sorted(("bid" if e["ev"] & buy else "ask", tick(e["px"]), e["qty"]) for e in snap)
-            depth.snapshot_free(snap)
-            seen.append((tick(depth.best_bid), tick(depth.best_ask), levels))
-    finally:
-        hbt.close()
-    return seen
+def backtest_books(source: str, export: Path, times_us: list[int]) -> tuple[dict, list[tuple[int | None, int | None, list]]]:
+    """Run the docs' ``source`` snippet and backtest (in the backtesters' interpreter) and read the
+    book at each time (µs): best bid and ask in ticks and the whole book as (side, tick, qty).
+    Every sample time is at or after the day's first event (00:00), where hftbacktest's clock
+    starts. Returns the runner's whole answer too (validation, counts)."""
+    res = backtesters.run(source, export, T0, *times_us)
+    assert [b["timestamp"] for b in res["books"]] == [t * 1000 for t in times_us]
+    seen = [(tick(b["best_bid"]), tick(b["best_ask"]), sorted((side, tick(px), qty) for side, px, qty in b["levels"]))
+            for b in res["books"]]
+    return res, seen
 
 
 TICK = 0.01  # the docs' default tick size
@@ -340,40 +332,42 @@ def check_books(books, seen) -> None:
             assert (levels, best_bid, best_ask) == ([], None, None), t
 
 
+def library_dtype(d: dict) -> np.dtype:
+    """hftbacktest's event dtype as the runner described it (names, formats, offsets, size)."""
+    return np.dtype({k: d[k] for k in ("names", "formats", "offsets", "itemsize")}, align=d["aligned"])
+
+
 def test_event_flags_equal_the_installed_library():
-    types = lib("hftbacktest.types")
-    for name in ("EXCH_EVENT", "LOCAL_EVENT", "BUY_EVENT", "SELL_EVENT", "DEPTH_EVENT", "TRADE_EVENT",
-                 "DEPTH_CLEAR_EVENT", "DEPTH_SNAPSHOT_EVENT"):
-        assert getattr(bt, name) == getattr(types, name), name
-    assert bt.EVENT_DTYPE == types.event_dtype
+    lib = backtesters.run("constants")
+    assert sorted(lib["flags"]) == sorted(backtesters.FLAG_NAMES)
+    for name, value in lib["flags"].items():
+        assert getattr(bt, name) == value, name
+    assert bt.EVENT_DTYPE == library_dtype(lib["event_dtype"])
+    assert bt.EVENT_DTYPE.isalignedstruct == lib["event_dtype"]["aligned"]
 
 
 def test_hftbacktest_converter_reads_our_csv_and_its_book_is_ours(archive, tmp_path):
-    validation = lib("hftbacktest.data.validation")
     out = tmp_path / "csv"
     assert run_export(archive, out) == 0
-    data = snippet("hftbacktest-convert", out)["data"]
-    validation.validate_event_order(data)
-    assert int(((data["ev"] & 0xFF) == bt.TRADE_EVENT).sum()) == 3
-    run = snippet("hftbacktest-run", out, data=data)
-    assert len(run["mids"]) >= 24 * 60 - 1  # the docs' loop ran through the day
     books = expected_books(archive)
-    check_books(books, backtest_books(run["backtest"], data, sample_times(books)))
+    run, seen = backtest_books("hftbacktest-convert", out, sample_times(books))
+    assert run["validation_error"] is None
+    assert run["event_kinds"].get(str(bt.TRADE_EVENT)) == 3
+    assert run["mids"] >= 24 * 60 - 1  # the docs' loop ran through the day
+    check_books(books, seen)
 
 
 def test_direct_npz_passes_the_validator_and_never_mixes_books_across_a_break(archive, tmp_path):
-    validation = lib("hftbacktest.data.validation")
     out = tmp_path / "npz"
     assert run_export(archive, out, "hftbacktest") == 0
-    data = snippet("hftbacktest-npz", out)["data"]
-    arr = np.load(data[0])["data"]
-    assert arr.dtype == lib("hftbacktest.types").event_dtype
-    validation.validate_event_order(arr)
-    assert ((arr["local_ts"] - arr["exch_ts"]) >= 0).all()
-    assert int(((arr["ev"] & 0xFF) == bt.TRADE_EVENT).sum()) == 3
-    run = snippet("hftbacktest-run", out, data=data)
     books = expected_books(archive)
-    check_books(books, backtest_books(run["backtest"], data, sample_times(books)))
+    run, seen = backtest_books("hftbacktest-npz", out, sample_times(books))
+    arr = np.load(run["data"][0])["data"]
+    assert run["npz_dtype_is_event_dtype"] is True  # as the backtester's numpy loads it
+    assert run["validation_error"] is None
+    assert len(arr) > 0 and ((arr["local_ts"] - arr["exch_ts"]) >= 0).all()
+    assert int(((arr["ev"] & 0xFF) == bt.TRADE_EVENT).sum()) == 3
+    check_books(books, seen)
 
 
 def test_a_negative_feed_latency_is_raised_and_reported(tmp_path, capsys):
@@ -390,8 +384,7 @@ def test_a_negative_feed_latency_is_raised_and_reported(tmp_path, capsys):
     assert "SOLUSDT trades: 1 rows with local_timestamp before timestamp (worst -7000 µs" in capsys.readouterr().out
 
 
-def test_order_events_keeps_both_orders_on_interleaved_streams():
-    validation = lib("hftbacktest.data.validation")
+def test_order_events_keeps_both_orders_on_interleaved_streams(tmp_path):
     rng = np.random.default_rng(7)
     n = 5000
     data = np.zeros(n, bt.EVENT_DTYPE)
@@ -400,7 +393,8 @@ def test_order_events_keeps_both_orders_on_interleaved_streams():
     data["ev"] = bt.DEPTH_EVENT
     data["px"] = np.arange(n)
     out = bt.order_events(data)
-    validation.validate_event_order(out)
+    np.savez(tmp_path / "ordered.npz", data=out)
+    assert backtesters.run("validate", tmp_path / "ordered.npz")["validation_error"] is None
     # every row once as a local event and once as an exchange event
     local = out[(out["ev"] & bt.LOCAL_EVENT) != 0]
     exch = out[(out["ev"] & bt.EXCH_EVENT) != 0]
@@ -425,7 +419,9 @@ def partial(recv, u, bids, asks, stream="btcusdt@depth5@100ms"):
 
 def rebuilt(time, known, bids, asks, stream="ethusdt@depth@100ms"):
     return {"market": "usdm", "symbol": "ETHUSDT", "stream": stream, "time": time,
-            "last_update_id": 9 if known else None, "known": known, "bids": lv(*bids), "asks": lv(*asks)}
+            "last_update_id": 9 if known else None, "known": known,
+            # schema 2: the leading levels both sides prove (these rows hold only proven levels)
+            "known_levels": min(len(bids), len(asks)) if known else 0, "bids": lv(*bids), "asks": lv(*asks)}
 
 
 def write_tops(root: Path) -> Path:
@@ -474,33 +470,25 @@ def test_quotes_and_book_snapshots_golden(tops, tmp_path):
 
 
 def test_nautilus_loads_our_files(archive, tmp_path):
-    lib("nautilus_trader.adapters.tardis.loaders")
     write_tops(archive)
     out = tmp_path / "csv"
     assert run_export(archive, out) == 0
-    ns = snippet("nautilus", out)
-    deltas, trades, quotes, depth = ns["deltas"], ns["trades"], ns["quotes"], ns["depth"]
-
-    def delta(d):
-        return d.order.side.name, d.order.price.as_double(), d.order.size.as_double(), d.ts_event, d.ts_init
+    ns = backtesters.run("nautilus", out)  # the loaded objects, each as the tuple compared below
+    deltas, trades, quotes = ([tuple(x) for x in ns[k]] for k in ("deltas", "trades", "quotes"))
+    depth = ns["depth"]
 
     assert len(deltas) == len(GOLDEN_L2.splitlines()) - 1
-    assert str(deltas[0].instrument_id) == "BTCUSDT.BINANCE"
-    assert delta(deltas[0]) == ("BUY", 100.0, 1.2, T0 * 1000, T0 * 1000)
-    assert delta(deltas[-1]) == ("SELL", 100.9, 1.0, (T0 + H + 2 * S - MS) * 1000, (T0 + H + 2 * S) * 1000)
-
-    def trade_(t):
-        return str(t.trade_id), t.aggressor_side.name, t.price.as_double(), t.size.as_double(), t.ts_event, t.ts_init
+    assert ns["delta_instruments"][0] == "BTCUSDT.BINANCE"
+    assert deltas[0] == ("BUY", 100.0, 1.2, T0 * 1000, T0 * 1000)
+    assert deltas[-1] == ("SELL", 100.9, 1.0, (T0 + H + 2 * S - MS) * 1000, (T0 + H + 2 * S) * 1000)
 
     assert len(trades) == 3
-    assert trade_(trades[0]) == ("1", "BUYER", 100.5, 0.1, (T0 + 197 * MS) * 1000, (T0 + 200 * MS) * 1000)
-    assert trade_(trades[-1]) == ("3", "BUYER", 100.9, 0.5, (T0 + 24 * H - S - 3 * MS) * 1000, (T0 + 24 * H - S) * 1000)
-    assert trades[1].aggressor_side.name == "SELLER"  # is_buyer_maker: the taker sold
+    assert trades[0] == ("1", "BUYER", 100.5, 0.1, (T0 + 197 * MS) * 1000, (T0 + 200 * MS) * 1000)
+    assert trades[-1] == ("3", "BUYER", 100.9, 0.5, (T0 + 24 * H - S - 3 * MS) * 1000, (T0 + 24 * H - S) * 1000)
+    assert trades[1][1] == "SELLER"  # is_buyer_maker: the taker sold
 
     # without the precisions the docs give, 3000.5 would read 3001 (inferred from "3000")
-    assert [(q.bid_price.as_double(), q.bid_size.as_double(), q.ask_price.as_double(), q.ask_size.as_double(),
-             q.ts_event, q.ts_init) for q in quotes] == [(3000.0, 2.0, 3000.5, 4.0, (T0 + 18 * MS) * 1000,
-                                                          (T0 + 20 * MS) * 1000)]
+    assert quotes == [(3000.0, 2.0, 3000.5, 4.0, (T0 + 18 * MS) * 1000, (T0 + 20 * MS) * 1000)]
     assert len(depth) == 1
-    assert [(o.price.as_double(), o.size.as_double()) for o in depth[0].bids[:2]] == [(100.0, 1.0), (99.9, 2.0)]
-    assert (depth[0].asks[0].price.as_double(), depth[0].asks[0].size.as_double()) == (100.5, 3.0)
+    assert [tuple(level) for level in depth[0]["bids"][:2]] == [(100.0, 1.0), (99.9, 2.0)]
+    assert tuple(depth[0]["asks"][0]) == (100.5, 3.0)
