@@ -11,11 +11,13 @@ earlier build as a version, like a single host's late parts.
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from pathlib import Path
 
 import dagster as dg
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from dagster import AssetCheckSeverity, AssetKey
 
@@ -114,13 +116,13 @@ def fleet(tmp_path, monkeypatch):
     return archive, store, refs
 
 
-def build_books(archive: Path, instance: dg.DagsterInstance):
-    return dg.materialize([fleet_books()], partition_key=partition_key(H), instance=instance,
+def build_books(archive: Path, instance: dg.DagsterInstance, hour_us: int = H):
+    return dg.materialize([fleet_books()], partition_key=partition_key(hour_us), instance=instance,
                           resources={"archive": ArchiveResource(url=str(archive))}, raise_on_error=False)
 
 
-def checks(result) -> dict:
-    return {e.check_name: e for e in result.get_asset_check_evaluations() if e.partition == partition_key(H)}
+def checks(result, hour_us: int = H) -> dict:
+    return {e.check_name: e for e in result.get_asset_check_evaluations() if e.partition == partition_key(hour_us)}
 
 
 def test_merged_books_are_known_where_each_collector_alone_is_not_equal_proved_and_at_the_top(fleet, tmp_path):
@@ -176,11 +178,26 @@ def test_merged_books_are_known_where_each_collector_alone_is_not_equal_proved_a
         == len(books)
 
 
-def test_a_late_merge_rebuilds_the_books_and_keeps_the_earlier_build(fleet, tmp_path):
-    """``a``'s parts merged alone first (b's arrive late): the books are unknown from a's gap and
-    unproven; the merge of both rebuilds them, known and proved, the first build kept as a version."""
+def test_a_late_merge_rebuilds_the_books_and_the_next_hour_from_the_merged_end_state(fleet, tmp_path):
+    """``a``'s parts of hour 1 merged alone first (b's arrive late), and hour 2 (one event, on b)
+    merged and built from that end state: both unknown from a's gap. The merge of both collectors'
+    hour 1 rebuilds hour 1, known and proved, and hour 2 from its new end state (the top-level
+    ``book_state``), each earlier build kept as a version, like a single host's late parts."""
     archive, store, refs = fleet
     instance = dg.DagsterInstance.ephemeral()
+    points = HOUR_US // (INTERVAL_S * S)
+    H2 = H + HOUR_US
+    hour2 = {DEPTH_UPDATE: updates([Upd(H2 + 5 * S, 106, 106, bids=[(9.0, 5.0)])]),
+             DEPTH: partial([Part(H2 + 5 * S + 100_000, 106, [(9.5, 1.0), (9.0, 5.0), (8.0, 1.0), (7.0, 1.0), (6.0, 1.0)],
+                                  [(11.5, 4.0), (12.0, 2.0), (13.0, 1.0), (14.0, 1.0), (15.0, 1.0)])], stream=PARTIAL_STREAM)}
+    refs2 = []
+    for dataset, table in hour2.items():
+        key = f"{merge.host_prefix('b')}/{dataset}/{hour_folder(H2)}/part-0001-0-1.parquet"
+        _, sha = merge.write_table(table, tmp_path / f"h2-{dataset}.parquet", {})
+        store.put_if_absent(key, tmp_path / f"h2-{dataset}.parquet", sha)
+        refs2.append(merge.PartRef("b", key, sha, dataset))
+    merge.merge_hour(store, tmp_path / "staging", H2, refs2)
+
     merge.merge_hour(store, tmp_path / "staging", H, refs["a"])
     first = build_books(archive, instance)
     assert first.success  # unproven is a WARN, not a block
@@ -188,15 +205,32 @@ def test_a_late_merge_rebuilds_the_books_and_keeps_the_earlier_build(fleet, tmp_
     assert not match.passed and match.severity is AssetCheckSeverity.WARN and "unproven" in match.description
     first_mat = first.asset_materializations_for_node("fleet__book_snapshot")[0].metadata
     first_sha, first_known = first_mat["sha256"].value, first_mat["known_rows"].value
+    assert first_known < 2
+    second = build_books(archive, instance, H2)
+    assert second.success
+    second_mat = second.asset_materializations_for_node("fleet__book_snapshot")[0].metadata
+    assert second_mat["started_from_state"].value and second_mat["known_rows"].value == 0
 
     merge.merge_hour(store, tmp_path / "staging", H, refs["a"] + refs["b"])  # the late merge
     late = build_books(archive, instance)
     assert late.success
-    mat = late.asset_materializations_for_node("fleet__book_snapshot")[0].metadata
+    mats = {m.partition: m.metadata for m in late.asset_materializations_for_node("fleet__book_snapshot")}
+    assert set(mats) == {partition_key(H), partition_key(H2)}  # hour 2's start state changed: rebuilt
+    mat = mats[partition_key(H)]
     assert mat["replaced_sha256"].value == first_sha != mat["sha256"].value
-    assert mat["known_rows"].value == HOUR_US // (INTERVAL_S * S) - 1 > first_known
-    assert checks(late)["book_matches_exchange"].passed
-    assert (archive / version_key(books_key(H), first_sha)).is_file()  # the earlier build, kept
+    assert mat["known_rows"].value == points - 1
+    assert mat["cascaded_hours"].value == [datetime.fromtimestamp(H2 / S, tz=timezone.utc).isoformat()]
+    for h in (H, H2):  # b's partial at 106 proves the rebuilt hour 2 (before, unknown: unproven)
+        ev = checks(late, h)["book_matches_exchange"]
+        assert ev.passed and ev.metadata["comparable"].value > 0, h
+    rebuilt = mats[partition_key(H2)]
+    assert rebuilt["replaced_sha256"].value == second_mat["sha256"].value
+    assert rebuilt["known_rows"].value == points  # from hour 1's merged end state, at 105, then 106
+    h2 = pq.read_table(archive / books_key(H2)).to_pylist()
+    assert [r["last_update_id"] for r in h2[:2]] == [105, 106]
+    assert h2[1]["bids"][:2] == [{"price": 9.5, "qty": 1.0}, {"price": 9.0, "qty": 5.0}]
+    for h, sha in ((H, first_sha), (H2, second_mat["sha256"].value)):
+        assert (archive / version_key(books_key(h), sha)).is_file()  # the earlier builds, kept
 
 
 def test_the_merge_job_builds_the_books_after_the_merged_datasets():
