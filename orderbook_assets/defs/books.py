@@ -19,22 +19,28 @@ from orderbook_assets.defs.partitions import hour_us_of, hourly
 #: Mismatches listed in full in the check's metadata (the count is always exact).
 MAX_LISTED = 200
 
-with warnings.catch_warnings():  # partitioned checks are a Dagster preview, chosen knowingly
-    warnings.simplefilter("ignore", PreviewWarning)
-    MATCHES = AssetCheckSpec(
-        "book_matches_exchange", asset=ds.BOOK_SNAPSHOT, blocking=True, partitions_def=hourly,
-        description="Every REST and partial snapshot of the exchange equals the rebuilt book around its update id "
-                    "(exact where an event ends at it; levels the straddling event touched may take either end's "
-                    "value), inside the snapshot's depth and the book's horizon. A mismatch, in this hour or in a "
-                    "later hour this run rebuilt, is an ERROR; a stream with diff rows and nothing comparable is "
-                    "'unproven' (WARN), never a pass. Metadata: per stream, snapshots available, comparable, "
-                    "matched, mismatched (with levels), rows known, partly known, unknown.",
-    )
-    NOT_CROSSED = AssetCheckSpec(
-        "book_not_crossed", asset=ds.BOOK_SNAPSHOT, blocking=False, partitions_def=hourly,
-        description="Warning only: the rebuilt book is never crossed where the exchange's partial snapshot at the "
-                    "same update id was not (with examples).",
-    )
+def check_specs(key: dg.AssetKey) -> tuple[AssetCheckSpec, AssetCheckSpec]:
+    """The proof's checks on the books asset ``key`` (a single host's, or the fleet merge's)."""
+    with warnings.catch_warnings():  # partitioned checks are a Dagster preview, chosen knowingly
+        warnings.simplefilter("ignore", PreviewWarning)
+        matches = AssetCheckSpec(
+            "book_matches_exchange", asset=key, blocking=True, partitions_def=hourly,
+            description="Every REST and partial snapshot of the exchange equals the rebuilt book around its update id "
+                        "(exact where an event ends at it; levels the straddling event touched may take either end's "
+                        "value), inside the snapshot's depth and the book's horizon. A mismatch, in this hour or in a "
+                        "later hour this run rebuilt, is an ERROR; a stream with diff rows and nothing comparable is "
+                        "'unproven' (WARN), never a pass. Metadata: per stream, snapshots available, comparable, "
+                        "matched, mismatched (with levels), rows known, partly known, unknown.",
+        )
+        not_crossed = AssetCheckSpec(
+            "book_not_crossed", asset=key, blocking=False, partitions_def=hourly,
+            description="Warning only: the rebuilt book is never crossed where the exchange's partial snapshot at the "
+                        "same update id was not (with examples).",
+        )
+    return matches, not_crossed
+
+
+MATCHES, NOT_CROSSED = check_specs(dg.AssetKey(ds.BOOK_SNAPSHOT))
 
 
 def _iso(us: int) -> str:
@@ -105,30 +111,46 @@ def proof_metadata(built: list[book_hours.BookHour]) -> dict:
     }
 
 
-@dg.asset(
-    name=ds.BOOK_SNAPSHOT,
-    partitions_def=hourly,
-    # After archived_hour: built only from parts that are verified and passed their checks.
-    deps=[ds.DEPTH_UPDATE, ds.DEPTH_REST, ds.DEPTH, "archived_hour"],
-    group_name="archive",
-    kinds={"parquet", "duckdb"},
-    retry_policy=RETRY,
-    required_resource_keys={"archive"},
-    check_specs=[MATCHES, NOT_CROSSED],
-)
-def book_snapshot(context) -> dg.MaterializeResult:
-    """The top-N book of every diff-depth stream at fixed interval points (25 levels every 1 s by
-    default), rebuilt by Binance's procedure from the hour's depth_update and depth_rest_snapshot
-    and the previous hour's end state, each row saying how many of its levels the snapshots'
-    horizon proves, and proved against every REST and partial snapshot recorded alongside.
-    Each build is kept as an immutable version; late parts rebuild the hour and the following
-    hours whose start state changed, and their proofs count in this run's check (docs/datasets.md)."""
+SINGLE_HOST_DESCRIPTION = (
+    "The top-N book of every diff-depth stream at fixed interval points (25 levels every 1 s by default), "
+    "rebuilt by Binance's procedure from the hour's depth_update and depth_rest_snapshot and the previous hour's "
+    "end state, each row saying how many of its levels the snapshots' horizon proves, and proved against every "
+    "REST and partial snapshot recorded alongside. Each build is kept as an immutable version; late parts rebuild "
+    "the hour and the following hours whose start state changed, and their proofs count in this run's check "
+    "(docs/datasets.md).")
+
+
+def book_snapshot_asset(key: dg.AssetKey, deps: list, *, fleet: bool, group_name: str,
+                        description: str) -> dg.AssetsDefinition:
+    """The books asset at ``key``, built from the archive this location serves: its own (``fleet``
+    False: a single host's, or a fleet host's folder) or the fleet's merged datasets (``fleet``
+    True: the top-level ``<archive>/book_snapshot`` analysts read). One builder, one proof."""
+
+    @dg.asset(
+        key=key,
+        partitions_def=hourly,
+        deps=deps,
+        group_name=group_name,
+        kinds={"parquet", "duckdb"},
+        retry_policy=RETRY,
+        required_resource_keys={"archive"},
+        check_specs=list(check_specs(key)),
+        description=description,
+    )
+    def _books(context) -> dg.MaterializeResult:
+        return _materialize(context, fleet)
+
+    return _books
+
+
+def _materialize(context, fleet: bool) -> dg.MaterializeResult:
     hour_us = hour_us_of(context)
     archive = context.resources.archive
     with fail_fast():
         settings = Settings.from_env()
-        store = archive.open_store()
-        built = book_hours.materialize_from(archive.location(), hour_us, settings, store, archive.s3_settings())
+        store = archive.open_store(fleet=fleet)
+        built = book_hours.materialize_from(archive.location(fleet=fleet), hour_us, settings, store,
+                                            archive.s3_settings())
     out = built[0]
     crossed = out.proof.crossed
     for later in built[1:]:
@@ -178,3 +200,10 @@ def book_snapshot(context) -> dg.MaterializeResult:
             ),
         ],
     )
+
+
+#: A single host's books (or a fleet host's, in its own folder). After archived_hour: built only
+#: from parts that are verified and passed their checks.
+book_snapshot = book_snapshot_asset(
+    dg.AssetKey(ds.BOOK_SNAPSHOT), [ds.DEPTH_UPDATE, ds.DEPTH_REST, ds.DEPTH, "archived_hour"],
+    fleet=False, group_name="archive", description=SINGLE_HOST_DESCRIPTION)

@@ -9,18 +9,26 @@ object keys and SHA-256), downloads and verifies them, and writes the merged hou
 an hour once every host has archived it, and again whenever a host archives a further (late)
 part of it; an hour a host never archives is merged only when the operator launches it (the UI
 shows the host's missing partition).
+
+``fleet/book_snapshot`` builds each hour's books from the merged ``depth_update``,
+``depth_rest_snapshot`` and ``depth_snapshot`` (every collector's copy, each event once) with the
+single host's builder and proof (:mod:`.defs.books`), at the top-level ``<archive>/book_snapshot``
+analysts read. It is part of ``merge_fleet_hour``, so every merge, a late one included, rebuilds
+the hour's books (and the following hours whose start state changed), as a single host's late
+parts do.
 """
 
 
 from datetime import datetime, timedelta, timezone
 
-from dagster import (AssetExecutionContext, AssetKey, AssetRecordsFilter, AssetSpec, DefaultSensorStatus, Definitions,
+from dagster import (AssetExecutionContext, AssetsDefinition, AssetKey, AssetRecordsFilter, AssetSpec, DefaultSensorStatus, Definitions,
                      MaterializeResult, MetadataValue, RunRequest, SensorEvaluationContext, SkipReason,
                      define_asset_job, in_process_executor, multi_asset, sensor)
 
 from orderbook_assets.archive import merge
-from orderbook_assets.archive.datasets import COVERAGE
+from orderbook_assets.archive.datasets import BOOK_SNAPSHOT, COVERAGE, DEPTH, DEPTH_REST, DEPTH_UPDATE
 from orderbook_assets.defs.assets import DESCRIPTIONS, RETRY, fail_fast
+from orderbook_assets.defs.books import book_snapshot_asset
 from orderbook_assets.defs.partitions import hour_us_of, hourly
 
 FLEET = "fleet"
@@ -36,6 +44,19 @@ MERGED_DESCRIPTIONS = {
     COVERAGE: "The fleet's coverage: a gap only where every collector was silent, each collector's sessions and "
               "continuity records with its `collector`, the merged streams' own breaks and trade-id gaps (docs/fleet.md).",
 }
+
+
+FLEET_BOOKS_DESCRIPTION = (
+    "The fleet's rebuilt books: book_snapshot (the single host's columns, builder and proof) built from the merged "
+    "depth_update, depth_rest_snapshot and depth_snapshot, so a stream is known wherever any collector's copy "
+    "continues it; written at <archive>/book_snapshot/ (docs/fleet.md).")
+
+
+def fleet_books() -> AssetsDefinition:
+    """``fleet/book_snapshot``: the merged hour's books, after the merge that wrote its inputs."""
+    return book_snapshot_asset(
+        AssetKey([FLEET, BOOK_SNAPSHOT]), [AssetKey([FLEET, name]) for name in (DEPTH_UPDATE, DEPTH_REST, DEPTH)],
+        fleet=True, group_name=FLEET, description=FLEET_BOOKS_DESCRIPTION)
 
 
 def host_parts(instance, host: str, partition: str) -> list[merge.PartRef]:
@@ -94,8 +115,10 @@ def fleet_definitions(hosts: list[str], resources: dict) -> Definitions:
                 meta["merged_continuity"] = len(out.continuity)
             yield MaterializeResult(asset_key=AssetKey([FLEET, name]), metadata=meta)
 
-    job = define_asset_job(MERGE_JOB, selection=[s.key for s in specs], executor_def=in_process_executor,
-                           description="Merge every host's archived parts of one hour into the datasets analysts read.")
+    books = fleet_books()
+    job = define_asset_job(MERGE_JOB, selection=[*(s.key for s in specs), books.key], executor_def=in_process_executor,
+                           description="Merge every host's archived parts of one hour into the datasets analysts read, "
+                                       "then rebuild the hour's books from the merged diff depth (fleet/book_snapshot).")
 
     @sensor(job=job, minimum_interval_seconds=30, default_status=DefaultSensorStatus.RUNNING)
     def fleet_merge_sensor(context: SensorEvaluationContext):
@@ -118,4 +141,4 @@ def fleet_definitions(hosts: list[str], resources: dict) -> Definitions:
             requests.append(RunRequest(run_key=f"{partition}@{'-'.join(map(str, newest))}", partition_key=partition))
         return requests or SkipReason("no hour archived by every host since its last merge")
 
-    return Definitions(assets=[fleet_datasets], jobs=[job], sensors=[fleet_merge_sensor], resources=resources)
+    return Definitions(assets=[fleet_datasets, books], jobs=[job], sensors=[fleet_merge_sensor], resources=resources)

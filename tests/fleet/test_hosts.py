@@ -46,8 +46,9 @@ def test_a_host_id_prefixes_every_key_and_suffixes_every_job():
 
 def test_the_fleet_location_serves_the_merge_of_its_hosts_only():
     assets, jobs, _, sensors = names(build({"ORDERBOOK_FLEET_HOSTS": "b,a"}))
-    # the hosts' assets as deps only; a merged asset per dataset and coverage
-    assert assets == ["a/archived_hour", "b/archived_hour", *sorted(f"fleet/{n}" for n in (*DATASETS, "coverage"))]
+    # the hosts' assets as deps only; a merged asset per dataset and coverage, and the merged books
+    assert assets == ["a/archived_hour", "b/archived_hour",
+                      *sorted(f"fleet/{n}" for n in (*DATASETS, "coverage", "book_snapshot"))]
     assert jobs == ["merge_fleet_hour"] and sensors == [("fleet_merge_sensor", ("merge_fleet_hour",))]
     both = names(build({"ORDERBOOK_FLEET_HOSTS": "a,b", "ORDERBOOK_HOST_ID": "a"}))
     assert both[1] == ["archive_hour_a", "check_freshness_a", "cleanup_buffer_a", "merge_fleet_hour"]

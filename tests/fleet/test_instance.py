@@ -53,9 +53,9 @@ def test_two_hosts_and_their_merge_on_postgres(tmp_path, fleet_home, postgres, p
             assert {e.asset_key.path[0] for e in result.get_asset_materialization_events()} == {host}
         merged = run(instance, {"ORDERBOOK_FLEET_HOSTS": "host_a,host_b"}, "merge_fleet_hour", monkeypatch)
         assert merged.success
-        # one merged asset per dataset and coverage, depth_snapshot's first
+        # one merged asset per dataset and coverage, depth_snapshot's first, then the merged books
         events = merged.get_asset_materialization_events()
-        assert [e.asset_key.path for e in events] == [["fleet", n] for n in (*DATASETS, "coverage")]
+        assert [e.asset_key.path for e in events] == [["fleet", n] for n in (*DATASETS, "coverage", "book_snapshot")]
         meta = events[0].materialization.metadata
         assert meta["input_rows"].value == {"host_a": 450, "host_b": 400}
         assert meta["kept_rows"].value == {"host_a": 450, "host_b": 150}
