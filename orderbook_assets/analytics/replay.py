@@ -60,6 +60,9 @@ STREAM_DATASETS = ("depth_snapshot", "depth_update", "trade", "agg_trade", "book
 _DEPTH_MARKET = {path: market for market, path in DEPTH_PATH.items()}
 USDM_ROUTES = tuple(sorted(set(USDM_ROUTE.values())))
 DEFAULT_PORT = 9443
+#: Seconds a drop waits for a connection's unsent frames to reach the kernel before cutting it
+#: anyway (a client that stopped reading must not stall a live-like replay).
+DRAIN_TIMEOUT = 2.0
 USER_ERROR = 2
 
 
@@ -344,10 +347,13 @@ class ReplayServer:
 
     async def _drop_all(self) -> None:
         """A network loss: no close frame; clients see an abnormal closure (1006) after every
-        frame already sent (the write buffer drains into the socket first)."""
+        frame already sent (the write buffer drains into the socket first, and the socket's
+        close follows the data). Waiting for
+        subscribers, the drain has no deadline: a frame given to a connection is never cut off,
+        as ``send`` already waits for a slow reader."""
         self.disconnects += 1
         clients, self.clients = list(self.clients), set()
-        deadline = time.monotonic() + 2.0
+        deadline = float("inf") if self.wait_for_subscribers else time.monotonic() + DRAIN_TIMEOUT
         for c in clients:
             while c.ws.transport.get_write_buffer_size() and time.monotonic() < deadline:
                 await asyncio.sleep(0.001)  # flushing to the kernel, not synchronising a test
