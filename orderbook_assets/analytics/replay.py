@@ -48,6 +48,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 
 from orderbook_core import kinds
 from orderbook_core.streams import DEPTH_PATH, USDM_ROUTE, Market
@@ -339,11 +340,13 @@ class ReplayServer:
         self._tasks.add(task)  # asyncio keeps tasks weakly
         task.add_done_callback(self._tasks.discard)
 
-    async def _send(self, client: _Client, data: bytes) -> None:
+    async def _send(self, client: _Client, data: bytes) -> bool:
         try:
             await client.ws.send(data.decode())
         except ConnectionClosed:
             self.clients.discard(client)
+            return False
+        return True
 
     async def _drop_all(self) -> None:
         """A network loss: no close frame; clients see an abnormal closure (1006) after every
@@ -376,14 +379,15 @@ class ReplayServer:
                     cut_i += 1
                 await self._wait_until(m.recv_us)
                 self._served_us = m.recv_us
-                targets = self._targets(m)
-                if not targets and self.wait_for_subscribers:
-                    targets = await self._hold(m)
-                await self._deliver(m, targets)
+                delivered = await self._deliver(m, self._targets(m))
+                # a connection closing under the send is no subscriber: the row waits for the next
+                while not delivered and self.wait_for_subscribers:
+                    delivered = await self._deliver(m, await self._hold(m))
         self.finished.set()
 
     def _targets(self, m: Message) -> list[_Client]:
-        return [c for c in self.clients if c.market == m.market and m.stream in c.streams]
+        return [c for c in self.clients
+                if c.market == m.market and m.stream in c.streams and c.ws.state is State.OPEN]
 
     async def _hold(self, m: Message) -> list[_Client]:
         """Hold the clock until a connection carries ``m``'s stream; the pacing of every later
@@ -409,10 +413,14 @@ class ReplayServer:
         if delay > 0:
             await asyncio.sleep(delay)  # the server's own pacing (real time × speed)
 
-    async def _deliver(self, m: Message, targets: list[_Client]) -> None:
+    async def _deliver(self, m: Message, targets: list[_Client]) -> int:
+        """Send ``m`` to ``targets``; how many took it."""
+        n = 0
         for c in targets:
-            await self._send(c, m.frame() if c.combined else m.data)
-            self.sent += 1
+            if await self._send(c, m.frame() if c.combined else m.data):
+                n += 1
+        self.sent += n
+        return n
 
 
 def _take(it: Iterator[Message], n: int) -> list[Message]:
