@@ -3,7 +3,7 @@
 Usage::
 
     orderbook replay [--archive URL] --start TIME --end TIME [--speed X] [--port N]
-                     [--host 127.0.0.1] [--gap SECONDS]
+                     [--host 127.0.0.1] [--gap SECONDS] [--wait-for-subscribers]
 
 Serves on one port (default 9443):
 
@@ -23,6 +23,13 @@ disconnects: where a connection session ended with no other session overlapping 
 where no replayed row arrived for more than ``--gap`` seconds, every connection is dropped
 without a close frame (as a network loss looks); clients reconnect as they would live and
 receive what comes after. Rows sent while no client is connected are lost, as live.
+
+With ``--wait-for-subscribers`` nothing is lost: each archived row waits, the clock held, until
+some connection carries its stream and market. A client that opens several connections (one per
+market and route, as the collector does) then receives every archived message of the range, the
+clock starting at the first row's subscription; after an archived outage the clock stays held
+until the clients have reconnected and subscribed again, so the disconnect costs no row (the
+archive has none inside the recorded gap).
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 
 from orderbook_core import kinds
 from orderbook_core.streams import DEPTH_PATH, USDM_ROUTE, Market
@@ -53,6 +61,9 @@ STREAM_DATASETS = ("depth_snapshot", "depth_update", "trade", "agg_trade", "book
 _DEPTH_MARKET = {path: market for market, path in DEPTH_PATH.items()}
 USDM_ROUTES = tuple(sorted(set(USDM_ROUTE.values())))
 DEFAULT_PORT = 9443
+#: Seconds a drop waits for a connection's unsent frames to reach the kernel before cutting it
+#: anyway (a client that stopped reading must not stall a live-like replay).
+DRAIN_TIMEOUT = 2.0
 USER_ERROR = 2
 
 
@@ -161,7 +172,7 @@ class ReplayServer:
     """Serves ``[start_us, end_us)`` of ``archive``; ``async with ReplayServer(...) as r``."""
 
     def __init__(self, archive: str, start_us: int, end_us: int, speed: float = 1.0, host: str = "127.0.0.1",
-                 port: int = DEFAULT_PORT, gap_seconds: float = 5.0):
+                 port: int = DEFAULT_PORT, gap_seconds: float = 5.0, wait_for_subscribers: bool = False):
         if end_us <= start_us:
             raise ReplayError("--end must be after --start.")
         if speed < 0:
@@ -173,6 +184,7 @@ class ReplayServer:
                               f"({', '.join(STREAM_DATASETS)}); check --archive or ORDERBOOK_ARCHIVE_URL.")
         self.start_us, self.end_us, self.speed = start_us, end_us, speed
         self.host, self.port, self.gap_us = host, port, int(gap_seconds * 1e6)
+        self.wait_for_subscribers = wait_for_subscribers
         self.clients: set[_Client] = set()
         self.sent = 0
         self.disconnects = 0
@@ -180,7 +192,9 @@ class ReplayServer:
         self._first_client = asyncio.Event()
         self._server: Server | None = None
         self._pump: asyncio.Task | None = None
-        self._t0: float | None = None  # time.monotonic() when the clock started
+        self._t0: float | None = None  # time.monotonic() when the clock started, moved on by each hold
+        self._held_since: float | None = None  # time.monotonic() when the clock was held (waiting for a subscriber)
+        self._subscriptions_changed = asyncio.Event()
         self._served_us = start_us  # the last row's time (the clock at speed 0)
         self._tasks: set[asyncio.Task] = set()
         self._rest = self._load_rest()
@@ -199,7 +213,8 @@ class ReplayServer:
             return self.start_us
         if self.speed == 0:
             return self._served_us
-        return self.start_us + int((time.monotonic() - self._t0) * self.speed * 1e6)
+        now = time.monotonic() if self._held_since is None else self._held_since
+        return self.start_us + int((now - self._t0) * self.speed * 1e6)
 
     async def start(self) -> "ReplayServer":
         self._server = await serve(self._handler, self.host, self.port, process_request=self._process_request,
@@ -287,6 +302,7 @@ class ReplayServer:
             names = [s for s in dict(urllib.parse.parse_qsl(url.query)).get("streams", "").split("/") if s]
         client = _Client(ws, market, combined, set(names))
         self.clients.add(client)
+        self._subscriptions_changed.set()
         if self._t0 is None:
             self._t0 = time.monotonic()
             self._first_client.set()
@@ -308,6 +324,7 @@ class ReplayServer:
         params = msg.get("params") or []
         if method == "SUBSCRIBE":
             client.streams.update(params)
+            self._subscriptions_changed.set()
             reply: dict = {"result": None, "id": rid}
         elif method == "UNSUBSCRIBE":
             client.streams.difference_update(params)
@@ -323,18 +340,23 @@ class ReplayServer:
         self._tasks.add(task)  # asyncio keeps tasks weakly
         task.add_done_callback(self._tasks.discard)
 
-    async def _send(self, client: _Client, data: bytes) -> None:
+    async def _send(self, client: _Client, data: bytes) -> bool:
         try:
             await client.ws.send(data.decode())
         except ConnectionClosed:
             self.clients.discard(client)
+            return False
+        return True
 
     async def _drop_all(self) -> None:
         """A network loss: no close frame; clients see an abnormal closure (1006) after every
-        frame already sent (the write buffer drains into the socket first)."""
+        frame already sent (the write buffer drains into the socket first, and the socket's
+        close follows the data). Waiting for
+        subscribers, the drain has no deadline: a frame given to a connection is never cut off,
+        as ``send`` already waits for a slow reader."""
         self.disconnects += 1
         clients, self.clients = list(self.clients), set()
-        deadline = time.monotonic() + 2.0
+        deadline = float("inf") if self.wait_for_subscribers else time.monotonic() + DRAIN_TIMEOUT
         for c in clients:
             while c.ws.transport.get_write_buffer_size() and time.monotonic() < deadline:
                 await asyncio.sleep(0.001)  # flushing to the kernel, not synchronising a test
@@ -357,8 +379,29 @@ class ReplayServer:
                     cut_i += 1
                 await self._wait_until(m.recv_us)
                 self._served_us = m.recv_us
-                await self._deliver(m)
+                delivered = await self._deliver(m, self._targets(m))
+                # a connection closing under the send is no subscriber: the row waits for the next
+                while not delivered and self.wait_for_subscribers:
+                    delivered = await self._deliver(m, await self._hold(m))
         self.finished.set()
+
+    def _targets(self, m: Message) -> list[_Client]:
+        return [c for c in self.clients
+                if c.market == m.market and m.stream in c.streams and c.ws.state is State.OPEN]
+
+    async def _hold(self, m: Message) -> list[_Client]:
+        """Hold the clock until a connection carries ``m``'s stream; the pacing of every later
+        row moves on by the time held, so the archived spacing is kept."""
+        self._held_since = time.monotonic()
+        try:
+            while not (targets := self._targets(m)):
+                self._subscriptions_changed.clear()
+                await self._subscriptions_changed.wait()
+        finally:
+            assert self._t0 is not None
+            self._t0 += time.monotonic() - self._held_since
+            self._held_since = None
+        return targets
 
     async def _wait_until(self, recv_us: int) -> None:
         if self.speed == 0:
@@ -370,11 +413,14 @@ class ReplayServer:
         if delay > 0:
             await asyncio.sleep(delay)  # the server's own pacing (real time × speed)
 
-    async def _deliver(self, m: Message) -> None:
-        targets = [c for c in self.clients if c.market == m.market and m.stream in c.streams]
+    async def _deliver(self, m: Message, targets: list[_Client]) -> int:
+        """Send ``m`` to ``targets``; how many took it."""
+        n = 0
         for c in targets:
-            await self._send(c, m.frame() if c.combined else m.data)
-            self.sent += 1
+            if await self._send(c, m.frame() if c.combined else m.data):
+                n += 1
+        self.sent += n
+        return n
 
 
 def _take(it: Iterator[Message], n: int) -> list[Message]:
@@ -399,6 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port on 127.0.0.1 (default: {DEFAULT_PORT})")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--gap", type=float, default=5.0, help="a silence longer than this many seconds is a disconnect (default: 5)")
+    p.add_argument("--wait-for-subscribers", action="store_true",
+                   help="hold the clock until a connection carries each row's stream, so no row is lost "
+                        "(default: rows replayed while nobody carries their stream are lost, as live)")
     return p
 
 
@@ -426,9 +475,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _serve(archive: str, start: int, end: int, args: argparse.Namespace) -> int:
-    async with ReplayServer(archive, start, end, args.speed, args.host, args.port, args.gap) as r:
+    async with ReplayServer(archive, start, end, args.speed, args.host, args.port, args.gap,
+                            args.wait_for_subscribers) as r:
+        when = ("waits for a subscriber to each row's stream" if args.wait_for_subscribers
+                else "starts at the first connection")
         print(f"replaying {archive} from {args.start} to {args.end} at {args.speed:g}x on {r.ws_url} "
-              f"(REST {r.rest_url}); the clock starts at the first connection. Ctrl-C stops.", file=sys.stderr)
+              f"(REST {r.rest_url}); the clock {when}. Ctrl-C stops.", file=sys.stderr)
         await r.finished.wait()
         print(f"replay finished: {r.sent} messages sent, {r.disconnects} disconnects; still serving REST. "
               "Ctrl-C stops.", file=sys.stderr)

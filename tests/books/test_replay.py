@@ -114,6 +114,41 @@ def test_replay_sends_the_archived_messages_in_order_and_a_gap_disconnects(archi
     assert rest_answer == {"lastUpdateId": 300, "bids": [["64990", "1"]], "asks": [["65002", "0.5"]]}
 
 
+def test_waiting_for_subscribers_loses_nothing_to_late_connections_or_an_outage(archive: Path):
+    """At speed 0 nothing paces the rows: without the wait, a second connection opened after the
+    first message, or a reconnect after the archived outage, would find the rows already gone."""
+    depth, others = STREAMS.split("/", 1)
+
+    async def until_dropped(ws) -> list[dict]:
+        got = []
+        with pytest.raises(ConnectionClosedError) as closed:
+            while True:
+                got.append(orjson.loads(await asyncio.wait_for(ws.recv(), DEADLINE)))
+        assert closed.value.rcvd is None
+        return got
+
+    async def scenario():
+        async with ReplayServer(str(archive), H, H + 20 * S, speed=0, port=0, wait_for_subscribers=True) as r:
+            async with connect(f"{r.ws_url}/stream?streams={depth}") as a:
+                a_first = [orjson.loads(await asyncio.wait_for(a.recv(), DEADLINE))]
+                # the clock is held at the first partial depth: nobody carries that stream yet
+                async with connect(f"{r.ws_url}/stream?streams={others}") as b:
+                    b_rows = await until_dropped(b)
+                a_rows = a_first + await until_dropped(a)
+            # reconnecting only once both drops are seen: the rows after the gap waited for it
+            async with connect(f"{r.ws_url}/stream?streams={depth}") as a:
+                after = [orjson.loads(await asyncio.wait_for(a.recv(), DEADLINE)) for _ in range(len(UPD2))]
+                await asyncio.wait_for(r.finished.wait(), DEADLINE)
+            return a_rows, b_rows, after, r.disconnects
+
+    a_rows, b_rows, after, disconnects = asyncio.run(scenario())
+    want = expected_session1()
+    assert [as_values(f) for f in a_rows] == [w for w in want if w[0] == depth] and len(a_rows) == len(UPD)
+    assert [as_values(f) for f in b_rows] == [w for w in want if w[0] != depth] and len(b_rows) == 20
+    assert [as_values(f)[1]["U"] for f in after] == [u.U for u in UPD2]
+    assert disconnects == 1
+
+
 def test_rest_depth_before_the_clock_starts_and_errors(archive: Path):
     async def scenario():
         async with ReplayServer(str(archive), H, H + 20 * S, speed=1, port=0) as r:
