@@ -93,6 +93,15 @@ def _dynamic_import(func: ast.expr) -> bool:
 
 
 MODULES = modules()
+#: Each module's imports, parsed once: parsing every file again in a later test has hit CPython
+#: 3.11's "AST constructor recursion depth mismatch" SystemError deep inside a long run.
+IMPORTS: dict[str, set[str]] = {}
+
+
+def imports(module: str) -> set[str]:
+    if module not in IMPORTS:
+        IMPORTS[module] = imports_of(module, MODULES[module])
+    return IMPORTS[module]
 
 
 def violations(module: str, imported: set[str]) -> list[str]:
@@ -118,7 +127,7 @@ def violations(module: str, imported: set[str]) -> list[str]:
 
 @pytest.mark.parametrize("module", sorted(MODULES))
 def test_imports_point_down(module):
-    bad = violations(module, imports_of(module, MODULES[module]))
+    bad = violations(module, imports(module))
     assert not bad, f"{module} imports upward or across: {bad}"
 
 
@@ -140,8 +149,8 @@ def test_a_planted_import_across_the_processes_is_caught(module, source):
 
 
 def test_the_kernel_is_imported_by_both_processes():
-    users = {layer_of(m).split(".")[0] for m, p in MODULES.items() if not m.startswith("orderbook_core")
-             and any(n.startswith("orderbook_core") for n in imports_of(m, p))}
+    users = {layer_of(m).split(".")[0] for m in MODULES if not m.startswith("orderbook_core")
+             and any(n.startswith("orderbook_core") for n in imports(m))}
     assert users == {"orderbook_collector", "orderbook_assets"}
 
 
@@ -149,7 +158,7 @@ def test_no_import_cycles():
     """No module reaches itself through imports, package faces (``__init__``) included."""
     graph: dict[str, set[str]] = {m: set() for m in MODULES}
     for m, path in MODULES.items():
-        for name in imports_of(m, path):
+        for name in imports(m):
             target = name if name in MODULES else name.rpartition(".")[0]
             if target in MODULES and target != m:
                 graph[m].add(target)
