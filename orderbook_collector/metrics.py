@@ -27,7 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from orderbook_core.buffer.db import connect_readonly
-from orderbook_core.buffer.schema import PartState
+from orderbook_core.buffer import ledger
 from orderbook_core.streams import Market
 
 MARKETS = tuple(m.value for m in Market)
@@ -266,9 +266,7 @@ def _archive_progress(path: Path) -> tuple[int | None, int | None]:
     try:
         conn = connect_readonly(path, timeout=0.5)
         try:
-            newest = conn.execute("SELECT max(hour_us) FROM export_parts WHERE state = ?",
-                                  (PartState.ARCHIVED,)).fetchone()[0]
-            oldest = conn.execute("SELECT min(hour_us) FROM buffer_hours").fetchone()[0]
+            newest, oldest = ledger.progress(conn)
         finally:
             conn.close()
     except sqlite3.Error as exc:  # a scrape must never fail because the archive side is busy

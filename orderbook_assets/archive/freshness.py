@@ -9,8 +9,8 @@ the UI, next to the collector's assets):
 - the hours that ended more than a deadline ago and still hold rows of any archived dataset
   that no archived part covers.
 
-The datasets are the archive's (``datasets.DATASETS``): messages are the ones with a session,
-and every one of them is archived per hour.
+Both come from the ledger's one definition of "is the archive keeping up"
+(``orderbook_core.buffer.ledger``), which the collector's metrics read too.
 """
 
 from __future__ import annotations
@@ -18,13 +18,10 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 
-from orderbook_core.buffer import HOUR_US
-from orderbook_core.buffer.schema import PartState
-
-from orderbook_assets.archive.datasets import DATASETS
+from orderbook_core.buffer import ledger
 
 #: Datasets whose rows are messages received over a connection (REST snapshots are our own requests).
-MESSAGE_DATASETS = tuple(name for name, d in DATASETS.items() if d.has_session)
+MESSAGE_DATASETS = ledger.MESSAGE_DATASETS
 
 #: Defaults of ORDERBOOK_FRESHNESS_SECONDS and ORDERBOOK_ARCHIVE_DEADLINE_MINUTES.
 MAX_AGE_S = 120.0
@@ -60,22 +57,13 @@ class Freshness:
 
 def newest_recv_us(conn: sqlite3.Connection) -> int | None:
     """The receive time of the newest acknowledged message of any stream dataset."""
-    newest = [conn.execute(f"SELECT recv_us FROM {d} ORDER BY id DESC LIMIT 1").fetchone() for d in MESSAGE_DATASETS]
-    times = [r[0] for r in newest if r is not None]
-    return max(times) if times else None
+    return ledger.newest_message_us(conn)
 
 
 def overdue_hours(conn: sqlite3.Connection, now_us: int, deadline_min: float) -> list[int]:
     """Hours ended more than ``deadline_min`` before ``now_us`` in which some dataset's rows go
     beyond its archived parts."""
-    cutoff = now_us - HOUR_US - int(deadline_min * 60 * 1_000_000)
-    return [h for (h,) in conn.execute(
-        f"SELECT DISTINCT b.hour_us FROM buffer_hours b WHERE b.dataset IN ({', '.join('?' * len(DATASETS))}) "
-        "AND b.rows > 0 AND b.hour_us <= ? AND b.max_id > "
-        "coalesce((SELECT max(p.id_hi) FROM export_parts p WHERE p.dataset = b.dataset AND p.hour_us = b.hour_us "
-        "AND p.state = ?), -1) ORDER BY b.hour_us",
-        (*DATASETS, cutoff, PartState.ARCHIVED),
-    )]
+    return ledger.unarchived_hours(conn, now_us - int(deadline_min * 60 * 1_000_000))
 
 
 def freshness(conn: sqlite3.Connection, now_us: int, max_age_s: float = MAX_AGE_S,

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from orderbook_core import kinds
 from orderbook_core.buffer import reads
@@ -218,3 +219,43 @@ def late_hours(conn: sqlite3.Connection, before_us: int) -> list[tuple[int, str]
     for hour_us, dataset, max_id in rows:
         marks.setdefault(hour_us, []).append(f"{dataset}={max_id}")
     return [(hour_us, ",".join(m)) for hour_us, m in marks.items()]
+
+
+# ---- is the archive keeping up? (the one definition; freshness checks and metrics read it) ----
+
+
+#: Stream datasets whose rows are messages received over a connection (REST snapshots are our requests).
+MESSAGE_DATASETS = tuple(name for name, spec in kinds.SPECS.items() if spec.ordered_id is not None)
+
+
+class Progress(NamedTuple):
+    """How far the archive has come on one buffer."""
+
+    newest_archived_hour: int | None  # start (µs) of the newest hour with an archived part
+    oldest_buffered_hour: int | None  # start (µs) of the oldest hour the buffer holds rows of
+
+
+def newest_message_us(conn: sqlite3.Connection) -> int | None:
+    """The receive time of the newest acknowledged message of any stream dataset (ids only grow,
+    so each dataset's row with the highest id)."""
+    newest = [conn.execute(f"SELECT recv_us FROM {d} ORDER BY id DESC LIMIT 1").fetchone() for d in MESSAGE_DATASETS]
+    times = [r[0] for r in newest if r is not None]
+    return max(times) if times else None
+
+
+def unarchived_hours(conn: sqlite3.Connection, ended_before_us: int) -> list[int]:
+    """Starts (µs) of the hours that ended at or before ``ended_before_us`` and still hold rows of
+    some archived dataset beyond that dataset's archived parts."""
+    return [h for (h,) in conn.execute(
+        f"SELECT DISTINCT b.hour_us FROM buffer_hours b WHERE b.dataset IN ({', '.join('?' * len(DATASETS))}) "
+        "AND b.rows > 0 AND b.hour_us + ? <= ? AND b.max_id > "
+        "coalesce((SELECT max(p.id_hi) FROM export_parts p WHERE p.dataset = b.dataset AND p.hour_us = b.hour_us "
+        "AND p.state = ?), -1) ORDER BY b.hour_us",
+        (*DATASETS, HOUR_US, ended_before_us, PartState.ARCHIVED),
+    )]
+
+
+def progress(conn: sqlite3.Connection) -> Progress:
+    newest = conn.execute("SELECT max(hour_us) FROM export_parts WHERE state = ?", (PartState.ARCHIVED,)).fetchone()[0]
+    oldest = conn.execute("SELECT min(hour_us) FROM buffer_hours").fetchone()[0]
+    return Progress(newest, oldest)
