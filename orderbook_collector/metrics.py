@@ -20,6 +20,7 @@ import logging
 import sqlite3
 import time
 from collections import defaultdict
+from enum import Enum
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
@@ -38,24 +39,46 @@ log = logging.getLogger(__name__)
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 HOUR_S = 3600
 
-#: Quarantine reasons by class; the label takes only these values (see :func:`quarantine_class`).
-QUARANTINE_CLASSES = ("not_json", "binary", "oversize", "error_reply", "unknown_stream", "invalid", "unexpected",
-                      "rest_snapshot")
+class QuarantineClass(str, Enum):
+    """What kind of input was quarantined: the metric's label (the stored reason keeps the detail)."""
+
+    NOT_JSON = "not_json"
+    BINARY = "binary"
+    OVERSIZE = "oversize"
+    ERROR_REPLY = "error_reply"
+    UNKNOWN_STREAM = "unknown_stream"
+    INVALID = "invalid"
+    UNEXPECTED = "unexpected"
+    REST_SNAPSHOT = "rest_snapshot"
+
+
+class WriteFailure(str, Enum):
+    """Why a buffer write failed (``writer.thread.classify_sqlite_error``): the metric's label."""
+
+    LOCKED = "locked"
+    DISK_FULL = "disk_full"
+    IO = "io"
+    OTHER = "other"
+
+
+#: The label values, every series from the start.
+QUARANTINE_CLASSES = tuple(c.value for c in QuarantineClass)
+WRITER_ERROR_KINDS = tuple(k.value for k in WriteFailure)
 #: How the reason of a refused REST depth snapshot begins (the stream key and the kernel's reason follow).
 REST_REFUSED = "rest depth snapshot of "
-#: Write failure kinds (``writer.thread.classify_sqlite_error``).
-WRITER_ERROR_KINDS = ("locked", "disk_full", "io", "other")
+_CLASS_PREFIXES = ((REST_REFUSED, QuarantineClass.REST_SNAPSHOT), ("not json", QuarantineClass.NOT_JSON),
+                   ("not a json", QuarantineClass.NOT_JSON), ("binary", QuarantineClass.BINARY),
+                   ("oversize", QuarantineClass.OVERSIZE), ("error reply", QuarantineClass.ERROR_REPLY),
+                   ("unknown stream", QuarantineClass.UNKNOWN_STREAM), ("unexpected", QuarantineClass.UNEXPECTED))
 
 
 def quarantine_class(reason: str) -> str:
-    """The metric label of a quarantine reason: one of :data:`QUARANTINE_CLASSES`."""
+    """The metric label (a :class:`QuarantineClass` value) of a quarantine reason."""
     text = reason.lower()
-    for prefix, cls in ((REST_REFUSED, "rest_snapshot"), ("not json", "not_json"), ("not a json", "not_json"), ("binary", "binary"),
-                        ("oversize", "oversize"), ("error reply", "error_reply"),
-                        ("unknown stream", "unknown_stream"), ("unexpected", "unexpected")):
+    for prefix, cls in _CLASS_PREFIXES:
         if text.startswith(prefix):
-            return cls
-    return "invalid"
+            return cls.value
+    return QuarantineClass.INVALID.value
 
 
 class Histogram:

@@ -20,7 +20,7 @@ import time
 
 from orderbook_core import buffer
 from orderbook_core.buffer.lock import BufferLock
-from orderbook_core.buffer.records import Event, SilenceRecord
+from orderbook_core.buffer.records import Event, EventKind, SilenceRecord
 from orderbook_core.errors import ConfigError
 from orderbook_core.streams import Market
 from orderbook_collector import metrics as metrics_mod
@@ -236,8 +236,8 @@ class Collector(Sessions, Subscriptions, Snapshots):
                 self.metrics.loop_lag_samples.append(lag)
             self.metrics.queue_depth = self.writer.queue.qsize()
 
-    def _event(self, session_id: int | None, kind: str, detail: str | None) -> None:
-        self.writer.submit(Event(now_us(), session_id, None, kind, detail))
+    def _event(self, session_id: int | None, kind: EventKind, detail: str | None) -> None:
+        self.writer.submit(Event(now_us(), session_id, None, kind.value, detail))
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(asyncio.TimeoutError):

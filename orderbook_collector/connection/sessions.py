@@ -27,7 +27,7 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from orderbook_core.buffer.records import Frame, SessionClose, SessionOpen
+from orderbook_core.buffer.records import EventKind, Frame, SessionClose, SessionOpen
 from orderbook_core.buffer.rows import ROW_TABLES
 from orderbook_core.streams import Market
 from orderbook_collector.connection.backoff import classify, full_jitter
@@ -166,7 +166,7 @@ class Sessions:
             return old  # the finally block of _run_group closes it
         self.metrics.rotations += 1
         log.info("rotating session %d (%s): opening the replacement first", old.session_id, why.value)
-        self._event(old.session_id, "rotation_start", why.value)
+        self._event(old.session_id, EventKind.ROTATION_START, why.value)
         new = await self._open_with_retry(g, delays)
         if new is None:
             return old
@@ -178,7 +178,7 @@ class Sessions:
                 await new.first_data.wait()
         await asyncio.sleep(min(1.0, self.settings.rotate_overlap))
         await self._close_session(old, f"rotated ({why.value})")
-        self._event(new.session_id, "rotation_end", f"replaced session {old.session_id}")
+        self._event(new.session_id, EventKind.ROTATION_END, f"replaced session {old.session_id}")
         return new
 
     async def _open_with_retry(self, g: Group, delays) -> Session | None:
@@ -321,7 +321,7 @@ class Sessions:
         decoded = decoder.decode(raw, t, s.session_id, s.seq)
         if type(decoded) is ServerShutdown:
             log.warning("session %d: serverShutdown received; rotating now", s.session_id)
-            self._event(s.session_id, "server_shutdown", raw if isinstance(raw, str) else None)
+            self._event(s.session_id, EventKind.SERVER_SHUTDOWN, raw if isinstance(raw, str) else None)
             s.shutdown_notice.set()
         elif type(decoded) is ControlReply:
             fut = s.pending.pop(decoded.id, None) if type(decoded.id) is int else None
@@ -362,7 +362,7 @@ class Sessions:
             silent = time.monotonic() - s.last_frame_mono
             if silent > limit:
                 log.warning("session %d: no frame for %.1f s; reconnecting", s.session_id, silent)
-                self._event(s.session_id, "stall", f"no frame for {silent:.1f} s")
+                self._event(s.session_id, EventKind.STALL, f"no frame for {silent:.1f} s")
                 s.close_reason = f"stalled: no frame for {silent:.1f} s"
                 await s.ws.close(1001, "stalled")
                 return

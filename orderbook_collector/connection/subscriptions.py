@@ -14,7 +14,7 @@ import logging
 import orjson
 from websockets.exceptions import ConnectionClosed
 
-from orderbook_core.buffer.records import Event, SessionStreams
+from orderbook_core.buffer.records import Event, EventKind, SessionStreams
 from orderbook_core.streams import USDM_ROUTE, Market, spec as stream_spec
 from orderbook_collector.connection.backoff import full_jitter
 from orderbook_collector.connection.sessions import CONTROL_TIMEOUT, Group, Session, now_us
@@ -42,7 +42,7 @@ class Subscriptions:
                 log.warning("%s exchangeInfo failed (%s); the current symbols stay, retrying in %.1f s",
                             market.value, exc, delay)
                 if failures == 1:
-                    self._event(None, "symbols_failed", f"{market.value}: {exc}")
+                    self._event(None, EventKind.SYMBOLS_FAILED, f"{market.value}: {exc}")
                 await self._sleep(delay)
                 continue
             failures = 0
@@ -123,7 +123,7 @@ class Subscriptions:
         self._request_id += 1
         rid = self._request_id
         fut = s.pending[rid] = loop.create_future()
-        kind = method.lower()
+        kind = EventKind(method.lower())
         try:
             s.pacer.record(loop.time())
             await s.ws.send(control_message(method, names, rid))
@@ -135,10 +135,10 @@ class Subscriptions:
         t = now_us()
         if reply.error is not None:
             log.warning("session %d: %s of %d stream(s) failed: %s", s.session_id, method, len(names), reply.error)
-            self._event(s.session_id, f"{kind}_failed", f"request {rid}: {orjson.dumps(reply.error).decode()}")
+            self._event(s.session_id, EventKind(f"{kind.value}_failed"), f"request {rid}: {orjson.dumps(reply.error).decode()}")
             return
         for n in names:
-            self.writer.submit(Event(t, s.session_id, s.keys.get(n, n), kind, f"request {rid}"))
+            self.writer.submit(Event(t, s.session_id, s.keys.get(n, n), kind.value, f"request {rid}"))
         if method == "SUBSCRIBE":
             s.streams.update((x.name, x) for x in specs)
             self.silence.subscribed(specs, t)
@@ -148,5 +148,5 @@ class Subscriptions:
                 s.streams.pop(n, None)
                 # An unsubscribed stream has no age to report (it would look ever staler).
                 self.metrics.last_message_us.pop(s.keys.get(n, n), None)
-        log.info("session %d: %s %d stream(s)", s.session_id, kind, len(names))
+        log.info("session %d: %s %d stream(s)", s.session_id, kind.value, len(names))
 

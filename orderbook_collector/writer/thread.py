@@ -40,9 +40,9 @@ import orjson
 from orderbook_core import buffer, kinds
 from orderbook_core.buffer import writes
 from orderbook_core.errors import StorageError
-from orderbook_collector.metrics import Metrics, quarantine_class
+from orderbook_collector.metrics import Metrics, WriteFailure, quarantine_class
 from orderbook_core.buffer.records import (
-    REST_SESSION, DepthRestSnapshotRecord, DepthSyncRecord, Event, Frame, Item, Quarantined, Row, SessionClose,
+    REST_SESSION, DepthRestSnapshotRecord, DepthSyncRecord, Event, EventKind, Frame, Item, Quarantined, Row, SessionClose,
     SessionOpen, SessionStreams, Stop, TradeGapRecord,
 )
 from orderbook_core.buffer.rows import OTHER_TABLES, RECV_US, ROW_TABLES, SEQ, SESSION_ID
@@ -200,15 +200,15 @@ def _tally_rows(per_session: dict[int, SessionTally], records: list[Row], refuse
 
 
 def classify_sqlite_error(exc: BaseException) -> str:
-    """Name a write failure for logs and metrics: 'locked', 'disk_full', 'io' or 'other'."""
+    """Name a write failure for logs and metrics: a :class:`~orderbook_collector.metrics.WriteFailure` value."""
     text = str(exc).lower()
     if "locked" in text or "busy" in text:
-        return "locked"
+        return WriteFailure.LOCKED.value
     if "full" in text or getattr(exc, "sqlite_errorcode", None) == 13:
-        return "disk_full"
+        return WriteFailure.DISK_FULL.value
     if "i/o" in text or "disk" in text:
-        return "io"
-    return "other"
+        return WriteFailure.IO.value
+    return WriteFailure.OTHER.value
 
 
 class Inbox:
@@ -329,7 +329,7 @@ class Writer:
                     return True
                 except queue.Full:
                     log.warning("writer queue full (%d items); spilling to %s", self.queue.maxsize, self.spill.dir)
-                    self.spill.append(Event(buffer.now_us(), None, None, "spill_start",
+                    self.spill.append(Event(buffer.now_us(), None, None, EventKind.SPILL_START.value,
                                             f"queue full ({self.queue.maxsize} items)"))
             ok = self.spill.append(item)
         if ok:
@@ -441,7 +441,7 @@ class Writer:
             batch_ops = ops
             if failures:  # the episode becomes data in the batch that finally commits
                 detail = f"{len(failures)} failed commit(s) over {(buffer.now_us() - failed_since) / 1e6:.1f} s: {failures[-1]}"
-                batch_ops = ops + [Event(failed_since, None, None, "write_failures", detail)]
+                batch_ops = ops + [Event(failed_since, None, None, EventKind.WRITE_FAILURES.value, detail)]
             try:
                 if self.slow_down:
                     time.sleep(self.slow_down)
@@ -516,7 +516,7 @@ class Writer:
         """Leave spill mode if everything spilled is committed; the episode's end is data too."""
         if self.spill.finish_if_drained(position):
             log.info("spill replayed; back to the queue")
-            self.queue.put_nowait(Event(buffer.now_us(), None, None, "spill_end", "spill replayed"))
+            self.queue.put_nowait(Event(buffer.now_us(), None, None, EventKind.SPILL_END.value, "spill replayed"))
 
     def _decode(self, items: list[Item]) -> tuple[list[Row], list[Quarantined], list, list]:
         records: list[Row] = []

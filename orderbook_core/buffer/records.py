@@ -10,6 +10,7 @@ tuples only).
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import NamedTuple, Union
 
 
@@ -52,6 +53,23 @@ class SessionClose(NamedTuple):
     session_id: int
     closed_us: int
     reason: str
+
+
+class EventKind(str, Enum):
+    """What an ``events`` row records (``Event.kind`` holds the value: records cross the spill as plain tuples)."""
+
+    ROTATION_START = "rotation_start"
+    ROTATION_END = "rotation_end"
+    SERVER_SHUTDOWN = "server_shutdown"
+    STALL = "stall"
+    SPILL_START = "spill_start"
+    SPILL_END = "spill_end"
+    WRITE_FAILURES = "write_failures"
+    SUBSCRIBE = "subscribe"
+    UNSUBSCRIBE = "unsubscribe"
+    SUBSCRIBE_FAILED = "subscribe_failed"
+    UNSUBSCRIBE_FAILED = "unsubscribe_failed"
+    SYMBOLS_FAILED = "symbols_failed"
 
 
 class Event(NamedTuple):
