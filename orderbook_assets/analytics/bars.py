@@ -16,19 +16,15 @@ from __future__ import annotations
 
 import base64
 import io
-import tempfile
-from pathlib import Path
 
 import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from orderbook_core.fsutil import sha256_file
 
 from orderbook_assets.analytics import views
-from orderbook_assets.archive import datasets, export
+from orderbook_assets.archive import datasets, derived, export
 from orderbook_assets.archive.datasets import BARS_SCHEMA
 from orderbook_assets.archive.store import ArchiveStore, open_store
 
@@ -208,10 +204,6 @@ def materialize_hour(
 
 def write_parquet(table: pa.Table, store: ArchiveStore, key: str) -> None:
     """Write ``table`` at ``key``: a derived dataset, so the object is replaced, then verified."""
-    with tempfile.TemporaryDirectory(prefix="bars-") as tmp:
-        path = Path(tmp) / "bars.parquet"
-        pq.write_table(table, path, **WRITER_OPTIONS)
-        _size, sha = sha256_file(path)
-        store.put_derived(key, path, sha)
+    derived.publish_table(store, key, table, WRITER_OPTIONS)
 
 

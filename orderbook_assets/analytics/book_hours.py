@@ -21,20 +21,15 @@ writes nothing.
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import NamedTuple
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from orderbook_core.buffer.hours import HOUR_US
-from orderbook_core.fsutil import sha256_file
 
 from orderbook_assets.analytics.books import ArchiveReader
-from orderbook_assets.archive import export
+from orderbook_assets.archive import derived, export
 from orderbook_assets.archive.location import Location, S3Settings, hour_path
 from orderbook_assets.archive.store import ArchiveStore, open_store
 from orderbook_assets.books.hour import (BOOK_SNAPSHOT, SCHEMA, CrossedRows, HourState, Proof, Settings, StreamKey,
@@ -54,37 +49,11 @@ def books_key(hour_us: int) -> str:
 
 def version_key(current_key: str, sha256: str) -> str:
     """The immutable version of a current object: ``book_versions/<current folder>/<sha256>.<ext>``."""
-    folder, _, name = current_key.rpartition("/")
-    return f"{VERSIONS}/{folder}/{sha256}.{name.rpartition('.')[2]}"
+    return derived.version_key(VERSIONS, current_key, sha256)
 
 
-class Written(NamedTuple):
-    """One current object after :func:`publish`."""
-
-    key: str
-    sha256: str
-    version_key: str
-    replaced_sha256: str | None  # the build it replaced (kept under its version key); None: new or unchanged
-    changed: bool  # False: the current object already had these bytes
-
-
-def publish(store: ArchiveStore, key: str, path: Path) -> Written:
-    """Keep ``path`` as an immutable version, then make it the current object at ``key``."""
-    sha = sha256_file(path)[1]
-    vkey = version_key(key, sha)
-    store.put_if_absent(vkey, path, sha)
-    before = store.head(key)
-    if before is not None and before[1] == sha:
-        return Written(key, sha, vkey, None, False)
-    if before is not None:  # an earlier build, from before late parts: keep it before replacing it
-        old = before[1]
-        if not store.head(version_key(key, old)):
-            with tempfile.TemporaryDirectory(prefix="books-old-") as tmp:
-                p = Path(tmp) / key.rpartition("/")[2]
-                p.write_bytes(store.get(key))
-                store.put_if_absent(version_key(key, old), p, sha256_file(p)[1])
-    store.put_derived(key, path, sha)
-    return Written(key, sha, vkey, None if before is None else before[1], True)
+#: One current object after publishing (the archive's one recipe for derived objects).
+Written = derived.Published
 
 
 @dataclass
@@ -142,13 +111,8 @@ def materialize_hour(archive: str | Location, hour_us: int, settings: Settings =
     chained = int(pc.sum(pc.is_valid(table["last_update_id"])).as_py() or 0)
     out.partly_known_rows = chained - out.known_rows
     out.crossed = crossed_rows(table)
-    with tempfile.TemporaryDirectory(prefix="books-") as tmp:
-        path = Path(tmp) / "books.parquet"
-        pq.write_table(table, path, **WRITER_OPTIONS)
-        out.books = publish(store, books_key(hour_us), path)
-        spath = Path(tmp) / "state.json"
-        spath.write_bytes(state.to_bytes())
-        out.state = publish(store, state_key(hour_us), spath)
+    out.books = derived.publish_table(store, books_key(hour_us), table, WRITER_OPTIONS, versions=VERSIONS)
+    out.state = derived.publish_bytes(store, state_key(hour_us), state.to_bytes(), versions=VERSIONS)
     out.books_url = f"{loc.url}/{books_key(hour_us)}"
     out.state_url = f"{loc.url}/{state_key(hour_us)}"
     return out

@@ -43,10 +43,10 @@ from orderbook_core import continuity
 from orderbook_core.buffer import HOUR_US, hour_folder
 from orderbook_core.errors import ConfigError, IntegrityError
 
-from orderbook_assets.archive import quality
+from orderbook_assets.archive import derived, quality
 from orderbook_assets.archive.datasets import (AGG_TRADE, COVERAGE, COVERAGE_SCHEMA, DATASETS, DEPTH_UPDATE, TRADE,
                                                TS)
-from orderbook_assets.archive.export import WRITER_OPTIONS, WRITER_VERSIONS, current_version, write_table
+from orderbook_assets.archive.export import WRITER_OPTIONS, WRITER_VERSIONS, current_version
 from orderbook_assets.archive.store import ArchiveStore
 
 #: The column naming the collector that received a row (docs/datasets.md).
@@ -342,10 +342,7 @@ def merge_hour(store: ArchiveStore, staging: Path, hour_us: int, refs: list[Part
     for name in MERGED:
         table = tables[name]
         key = object_key(name, hour_us)
-        path = Path(staging) / "fleet" / key
-        _, sha = write_table(table, path, writer_options(name))
-        store.put_derived(key, path, sha)
-        path.unlink()
+        sha = derived.publish_table(store, key, table, writer_options(name)).sha256
         if name == COVERAGE:  # the per-collector marker rows are the merge's, not the collector's
             table = table.filter(pc.not_equal(table["record"], COLLECTOR_RECORD))
         kept = _counts(table.column(COLLECTOR).to_pylist())

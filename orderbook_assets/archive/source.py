@@ -8,12 +8,11 @@ hour, and a ``data_source`` entry in the Dagster materialization metadata. Unset
 
 from __future__ import annotations
 
-import hashlib
 import os
-import tempfile
-from pathlib import Path
 
 from orderbook_core.errors import ConfigError
+
+from orderbook_assets.archive import derived
 
 SOURCE_ENV = "ORDERBOOK_DATA_SOURCE"
 BINANCE, SIMULATED = "binance", "simulated"
@@ -39,10 +38,4 @@ def describe(source: str) -> str:
 
 def mark(store) -> None:
     """Write the SIMULATED.txt marker at the archive's root unless it is there (verified like derived data)."""
-    if store.head(MARKER_KEY) is not None:
-        return
-    data = MARKER_TEXT.encode()
-    with tempfile.TemporaryDirectory(prefix="marker-") as tmp:
-        path = Path(tmp) / MARKER_KEY
-        path.write_bytes(data)
-        store.put_derived(MARKER_KEY, path, hashlib.sha256(data).hexdigest())
+    derived.publish_bytes(store, MARKER_KEY, MARKER_TEXT.encode(), if_absent=True)

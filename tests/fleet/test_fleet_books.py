@@ -24,7 +24,7 @@ from dagster import AssetCheckSeverity, AssetKey
 from orderbook_core.buffer.hours import HOUR_US, hour_folder
 
 from orderbook_assets.analytics.book_hours import books_key, materialize_hour, version_key
-from orderbook_assets.archive import merge
+from orderbook_assets.archive import export, merge
 from orderbook_assets.archive.datasets import DEPTH, DEPTH_REST, DEPTH_UPDATE
 from orderbook_assets.archive.location import Location
 from orderbook_assets.archive.store import LocalStore
@@ -97,7 +97,7 @@ def put_host_parts(store: LocalStore, tmp: Path, host: str) -> list[merge.PartRe
     for dataset, table in host_tables(host).items():
         key = f"{merge.host_prefix(host)}/{dataset}/{hour_folder(H)}/part-0001-0-1.parquet"
         path = tmp / f"{host}-{dataset}.parquet"
-        _, sha = merge.write_table(table, path, {})
+        _, sha = export.write_table(table, path, {})
         store.put_if_absent(key, path, sha)
         refs.append(merge.PartRef(host, key, sha, dataset))
     return refs
@@ -193,7 +193,7 @@ def test_a_late_merge_rebuilds_the_books_and_the_next_hour_from_the_merged_end_s
     refs2 = []
     for dataset, table in hour2.items():
         key = f"{merge.host_prefix('b')}/{dataset}/{hour_folder(H2)}/part-0001-0-1.parquet"
-        _, sha = merge.write_table(table, tmp_path / f"h2-{dataset}.parquet", {})
+        _, sha = export.write_table(table, tmp_path / f"h2-{dataset}.parquet", {})
         store.put_if_absent(key, tmp_path / f"h2-{dataset}.parquet", sha)
         refs2.append(merge.PartRef("b", key, sha, dataset))
     merge.merge_hour(store, tmp_path / "staging", H2, refs2)

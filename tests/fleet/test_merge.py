@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from orderbook_assets.archive import merge
+from orderbook_assets.archive import export, merge
 from orderbook_assets.archive.datasets import (AGG_TRADE, BOOK_TICKER, COVERAGE, COVERAGE_SCHEMA, DATASETS, DEPTH,
                                                DEPTH_REST, DEPTH_SCHEMA, DEPTH_SCHEMA_V1, DEPTH_UPDATE, TRADE)
 from orderbook_assets.archive.store import LocalStore
@@ -236,7 +236,7 @@ def test_merged_objects_are_deterministic_and_verified(tmp_path):
     for host, tables in parts.items():
         for dataset, t in tables.items():
             path, key = tmp_path / f"{host}-{dataset}.parquet", f"{merge.host_prefix(host)}/{dataset}/part.parquet"
-            _, sha = merge.write_table(t, path, {})
+            _, sha = export.write_table(t, path, {})
             store.put_if_absent(key, path, sha)
             refs.append(merge.PartRef(host, key, sha, dataset))
     first = merge.merge_hour(store, tmp_path / "staging", HOUR, refs)
