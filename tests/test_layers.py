@@ -93,14 +93,13 @@ def _dynamic_import(func: ast.expr) -> bool:
 
 
 MODULES = modules()
-#: Each module's imports, parsed once: parsing every file again in a later test has hit CPython
-#: 3.11's "AST constructor recursion depth mismatch" SystemError deep inside a long run.
-IMPORTS: dict[str, set[str]] = {}
+#: Each module's imports, parsed at collection: ``ast.parse`` late in a long run (after other
+#: tests raised the recursion limit) hits CPython 3.11's "AST constructor recursion depth
+#: mismatch" SystemError, so nothing here parses while tests run.
+IMPORTS: dict[str, set[str]] = {m: imports_of(m, p) for m, p in MODULES.items()}
 
 
 def imports(module: str) -> set[str]:
-    if module not in IMPORTS:
-        IMPORTS[module] = imports_of(module, MODULES[module])
     return IMPORTS[module]
 
 
@@ -131,7 +130,8 @@ def test_imports_point_down(module):
     assert not bad, f"{module} imports upward or across: {bad}"
 
 
-@pytest.mark.parametrize("module, source", [
+#: (module, planted source): each must be caught; parsed at collection (see IMPORTS).
+PLANTED = [
     ("orderbook_assets.archive.export", "from orderbook_collector.feed import sync\n"),
     ("orderbook_assets.archive.export", "import orderbook_collector.writer.thread\n"),
     ("orderbook_collector.writer.thread", "from orderbook_assets.archive import export\n"),
@@ -141,11 +141,15 @@ def test_imports_point_down(module):
     ("orderbook_core.streams", "from orderbook_collector.feed import protocol\n"),
     ("orderbook_core.payloads", "import importlib\nimportlib.import_module('orderbook_assets')\n"),
     ("orderbook_core.buffer.reads", "from orderbook_assets.archive.export import SOURCES\n"),
-])
-def test_a_planted_import_across_the_processes_is_caught(module, source):
+]
+PLANTED_IMPORTS = [(module, source, imports_of(module, source=source)) for module, source in PLANTED]
+
+
+@pytest.mark.parametrize("module, source, imported", PLANTED_IMPORTS)
+def test_a_planted_import_across_the_processes_is_caught(module, source, imported):
     """Either process importing the other, or the kernel importing either, fails the layer test,
     written as an import statement or through importlib."""
-    assert violations(module, imports_of(module, source=source))
+    assert imported and violations(module, imported), source
 
 
 def test_the_kernel_is_imported_by_both_processes():
