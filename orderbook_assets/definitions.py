@@ -5,7 +5,8 @@ collector of a fleet is a code location of its own. ``ORDERBOOK_FLEET_HOSTS`` se
 also serves the fleet's merge of those hosts (:mod:`.defs.fleet`); with no host id it serves only
 that (a fleet location without a buffer). Neither set: the single-host definitions.
 ``ORDERBOOK_OFFICIAL_URL`` set: that location also reconciles each day's trades with the exchange's
-daily files (:mod:`.defs.reconcile`).
+daily files (:mod:`.defs.reconcile`); ``ORDERBOOK_EXPORT_FORMATS`` set: it also keeps each day's
+backtest exports next to the archive (:mod:`.defs.exports`).
 """
 
 
@@ -15,6 +16,7 @@ from orderbook_assets.defs.assets import archived_hour, coverage, stream_dataset
 from orderbook_assets.defs.bars import top_of_book_1s
 from orderbook_assets.defs.books import book_snapshot
 from orderbook_assets.defs.checks import CHECKS
+from orderbook_assets.defs.exports import export_definitions
 from orderbook_assets.defs.fleet import fleet_definitions
 from orderbook_assets.defs.freshness import check_freshness, check_freshness_schedule, collector, collector_fresh
 from orderbook_assets.defs.hosts import fleet_hosts, host_id, hosted
@@ -49,9 +51,10 @@ def build(environ=None) -> Definitions:
     if hosts:
         parts.append(fleet_definitions(hosts, res))
     if not host or hosts:  # the location serving the archive analysts read (a fleet host's own folder: not)
-        rec = reconcile_definitions(res, fleet=bool(hosts), environ=environ)
-        if rec is not None:
-            parts.append(rec)
+        for daily in (reconcile_definitions(res, fleet=bool(hosts), environ=environ),
+                      export_definitions(res, fleet=bool(hosts), environ=environ)):
+            if daily is not None:
+                parts.append(daily)
     return parts[0] if len(parts) == 1 else Definitions.merge(*parts)
 
 

@@ -15,7 +15,7 @@ import os
 import re
 from datetime import datetime, timezone
 
-from dagster import HourlyPartitionsDefinition
+from dagster import DailyPartitionsDefinition, HourlyPartitionsDefinition
 
 from orderbook_core.errors import ConfigError
 
@@ -50,3 +50,7 @@ def hour_us_of(context) -> int:
     """The partition's hour as µs since the epoch, from ``partition_time_window`` (not the key text)."""
     start = context.partition_time_window.start
     return int(start.timestamp()) * 1_000_000
+
+#: UTC days over the hourly partitions: a day is offered once it has ended (the daily exports
+#: and the reconciliation with the exchange's daily files).
+daily = DailyPartitionsDefinition(start_date=START[:10], timezone="UTC")

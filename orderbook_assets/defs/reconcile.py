@@ -16,7 +16,7 @@ import warnings
 from datetime import date
 
 from dagster import (AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetExecutionContext, AssetKey,
-                     DailyPartitionsDefinition, DefaultScheduleStatus, Definitions, Failure, MaterializeResult,
+                     DefaultScheduleStatus, Definitions, Failure, MaterializeResult,
                      MetadataValue, PreviewWarning, asset, build_schedule_from_partitioned_job, define_asset_job,
                      in_process_executor)
 
@@ -25,7 +25,7 @@ from orderbook_core.errors import ConfigError, OrderbookError
 from orderbook_assets.analytics import reconcile as rc
 from orderbook_assets.archive import datasets as ds
 from orderbook_assets.archive.location import Location
-from orderbook_assets.defs.partitions import START
+from orderbook_assets.defs.partitions import daily
 
 OFFICIAL_ENV = "ORDERBOOK_OFFICIAL_URL"
 ASSET = "trade_reconciliation"
@@ -33,7 +33,6 @@ JOB = "reconcile_day"
 CHECK = "no_silent_loss"
 SCHEDULE_HOUR = 6
 
-daily = DailyPartitionsDefinition(start_date=START[:10], timezone="UTC")
 
 
 def official_url(environ=None) -> str | None:
