@@ -9,6 +9,8 @@ from dagster import DagsterInstance
 
 from orderbook_assets.archive import freshness as fr
 from orderbook_core import buffer as buf
+from orderbook_core.buffer import ledger
+from orderbook_core.buffer.schema import PartState
 from orderbook_core.buffer.records import BookTickerRecord, SessionOpen, TradeRecord
 from orderbook_collector.writer.thread import store_records
 from orderbook_assets.definitions import build
@@ -30,6 +32,15 @@ def test_newest_message_age_and_overdue_hours(tmp_path):
         assert not late.fresh and late.overdue_hours == [BASE_HOUR_US]
         assert late.problems() == [f"the newest acknowledged message is {late.age_s:.0f} s old (limit 120 s)",
                                    "1 hour(s) not archived 30 min after their end"]
+        # parts verified but not yet archived leave the hour overdue; archived, it is not
+        parts = ledger.plan_round(conn, BASE_HOUR_US)
+        assert parts
+        for p in parts:
+            ledger.advance(conn, p, PartState.VERIFIED)
+        assert fr.overdue_hours(conn, BASE_HOUR_US + HOUR_US + 31 * 60 * S, 30) == [BASE_HOUR_US]
+        for p in parts:
+            ledger.advance(conn, p, PartState.ARCHIVED)
+        assert fr.overdue_hours(conn, BASE_HOUR_US + HOUR_US + 31 * 60 * S, 30) == []
 
 
 def trades_and_tickers(path, trades_at: list[int], tickers_at: list[int]) -> None:
