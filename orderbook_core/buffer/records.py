@@ -30,13 +30,14 @@ REST_SESSION = 0
 
 class Quarantined(NamedTuple):
     """A frame (or a REST answer, session :data:`REST_SESSION`) that could not be used,
-    kept with its raw bytes and the reason."""
+    kept with its raw bytes, the reason and what exactly was wrong."""
 
     recv_us: int
     session_id: int
     seq: int
-    reason: str
+    reason: str  # a QuarantineReason value (records cross the spill as plain tuples)
     raw: bytes
+    detail: str = ""  # last, with a default: items spilled before it existed still load
 
 
 class SessionOpen(NamedTuple):
