@@ -57,7 +57,7 @@ class ControlReply(NamedTuple):
 class ServerShutdown(NamedTuple):
     """Binance announced that it will close the connection soon."""
 
-    event_time_ms: int
+    event_ms: int
 
 
 Decoded = Union[Row, Quarantined, ControlReply, ServerShutdown]
