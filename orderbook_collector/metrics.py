@@ -29,6 +29,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from orderbook_core.buffer.db import connect_readonly
 from orderbook_core.buffer import ledger
+from orderbook_core.errors import QuarantineReason
 from orderbook_core.streams import Market
 
 MARKETS = tuple(m.value for m in Market)
@@ -39,19 +40,6 @@ log = logging.getLogger(__name__)
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 HOUR_S = 3600
 
-class QuarantineClass(str, Enum):
-    """What kind of input was quarantined: the metric's label (the stored reason keeps the detail)."""
-
-    NOT_JSON = "not_json"
-    BINARY = "binary"
-    OVERSIZE = "oversize"
-    ERROR_REPLY = "error_reply"
-    UNKNOWN_STREAM = "unknown_stream"
-    INVALID = "invalid"
-    UNEXPECTED = "unexpected"
-    REST_SNAPSHOT = "rest_snapshot"
-
-
 class WriteFailure(str, Enum):
     """Why a buffer write failed (``writer.thread.classify_sqlite_error``): the metric's label."""
 
@@ -61,24 +49,9 @@ class WriteFailure(str, Enum):
     OTHER = "other"
 
 
-#: The label values, every series from the start.
-QUARANTINE_CLASSES = tuple(c.value for c in QuarantineClass)
+#: The label values, every series from the start (a quarantine's label is its stored reason).
+QUARANTINE_REASONS = tuple(r.value for r in QuarantineReason)
 WRITER_ERROR_KINDS = tuple(k.value for k in WriteFailure)
-#: How the reason of a refused REST depth snapshot begins (the stream key and the kernel's reason follow).
-REST_REFUSED = "rest depth snapshot of "
-_CLASS_PREFIXES = ((REST_REFUSED, QuarantineClass.REST_SNAPSHOT), ("not json", QuarantineClass.NOT_JSON),
-                   ("not a json", QuarantineClass.NOT_JSON), ("binary", QuarantineClass.BINARY),
-                   ("oversize", QuarantineClass.OVERSIZE), ("error reply", QuarantineClass.ERROR_REPLY),
-                   ("unknown stream", QuarantineClass.UNKNOWN_STREAM), ("unexpected", QuarantineClass.UNEXPECTED))
-
-
-def quarantine_class(reason: str) -> str:
-    """The metric label (a :class:`QuarantineClass` value) of a quarantine reason."""
-    text = reason.lower()
-    for prefix, cls in _CLASS_PREFIXES:
-        if text.startswith(prefix):
-            return cls.value
-    return QuarantineClass.INVALID.value
 
 
 class Histogram:
@@ -116,7 +89,7 @@ class Metrics:
         self.messages = 0  # stored in the buffer
         self.frames = 0  # received
         self.duplicates = 0
-        self.quarantined: dict[str, int] = {c: 0 for c in QUARANTINE_CLASSES}
+        self.quarantined: dict[str, int] = {r: 0 for r in QUARANTINE_REASONS}
         self.reconnects = 0  # connections opened again after one was lost
         self.connect_failures = 0  # attempts to connect that failed
         self.rotations = 0
@@ -189,7 +162,7 @@ class Exposition:
         yield counter("orderbook_messages", "Messages committed to the buffer.", m.messages)
         yield counter("orderbook_frames_received", "WebSocket frames received.", m.frames)
         yield counter("orderbook_duplicates", "Messages dropped by the dedup key.", m.duplicates)
-        q = CounterMetricFamily("orderbook_quarantined", "Frames quarantined, by reason class.", labels=["reason"])
+        q = CounterMetricFamily("orderbook_quarantined", "Frames and REST answers quarantined, by reason.", labels=["reason"])
         for reason, n in sorted(m.quarantined.items()):
             q.add_metric([reason], n)
         yield q

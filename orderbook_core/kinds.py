@@ -2,8 +2,10 @@
 payload keys, the buffer's columns, the typed records' fields and the archive's columns.
 
 Each :class:`Field` names a value once: its dataset column (a contract, docs/datasets.md),
-its type there (which fixes the Arrow type and nullability), the buffer column(s) and record
-field(s) that hold it, and its key in Binance's payload per market. A :class:`DatasetSpec`
+its type there (which fixes the Arrow type and nullability), the buffer column(s) that hold
+it (the typed record's fields have the very same names: one name in code, ``event_ms``, for
+what Binance calls ``E`` and the dataset ``event_time``), and its key in Binance's payload
+per market. A :class:`DatasetSpec`
 adds the dataset's dedup key, the id that must never go backwards in a session, and the
 shape of its Binance payload per market (key order, event type). From these derive:
 
@@ -71,8 +73,7 @@ class Field(NamedTuple):
 
     column: str  # the dataset's column (``bids`` for LEVELS, which also gives ``asks``)
     type: Type
-    buffer: tuple[str, ...]  # the buffer column(s) holding it
-    record: tuple[str, ...]  # the record field(s) holding it, in the order of ``buffer``
+    buffer: tuple[str, ...]  # the buffer column(s) holding it, also the record's field(s)
     wire: dict[Market, str | tuple[str, str]]  # Binance's key per market (LEVELS: bids key, asks key); absent: not sent
 
     def arrow_fields(self) -> list[pa.Field]:
@@ -101,24 +102,21 @@ class DatasetSpec(NamedTuple):
         return [a for f in self.fields for a in f.arrow_fields()]
 
     def buffer_columns(self) -> dict[str, str]:
-        """Buffer column → record field, for the writer's ``INSERT``."""
-        return {b: r for f in self.fields for b, r in zip(f.buffer, f.record)}
+        """Buffer column → record field (the same name), for the writer's ``INSERT``."""
+        return {b: b for f in self.fields for b in f.buffer}
 
 
-def _f(column: str, type_: str, buffer: str | tuple[str, ...] = "", record: str | tuple[str, ...] = "",
-       **wire: str | tuple[str, str]) -> Field:
+def _f(column: str, type_: str, buffer: str | tuple[str, ...] = "", **wire: str | tuple[str, str]) -> Field:
     buffer = (buffer,) if isinstance(buffer, str) else buffer
-    record = (record,) if isinstance(record, str) else record
     buffer = buffer if buffer != ("",) else (column,)
-    record = record if record != ("",) else buffer
-    return Field(column, Type(type_), buffer, record, {Market(m): k for m, k in wire.items()})
+    return Field(column, Type(type_), buffer, {Market(m): k for m, k in wire.items()})
 
 
 _LEVELS_SPOT_REST = ("bids", "asks")
 _LEVELS_DIFF = ("b", "a")
-_LEVELS = _f("bids", "levels", ("n_bids", "levels"), ("n_bids", "levels"))
-_EVENT_TIME_USDM = _f("event_time", "ms?", "event_ms", "event_time_ms", usdm="E")
-_TRANSACTION_TIME_USDM = _f("transaction_time", "ms?", "transaction_ms", "transaction_time_ms", usdm="T")
+_LEVELS = _f("bids", "levels", ("n_bids", "levels"))
+_EVENT_TIME_USDM = _f("event_time", "ms?", "event_ms", usdm="E")
+_TRANSACTION_TIME_USDM = _f("transaction_time", "ms?", "transaction_ms", usdm="T")
 
 DEPTH_SNAPSHOT = DatasetSpec(
     Kind.PARTIAL_DEPTH.dataset, DepthRecord,
@@ -133,7 +131,7 @@ DEPTH_SNAPSHOT = DatasetSpec(
 )
 DEPTH_UPDATE = DatasetSpec(
     Kind.DIFF_DEPTH.dataset, DepthUpdateRecord,
-    (_f("event_time", "ms", "event_ms", "event_time_ms", spot="E", usdm="E"), _TRANSACTION_TIME_USDM,
+    (_f("event_time", "ms", "event_ms", spot="E", usdm="E"), _TRANSACTION_TIME_USDM,
      _f("first_update_id", "int", spot="U", usdm="U"), _f("last_update_id", "int", spot="u", usdm="u"),
      _f("prev_update_id", "int?", usdm="pu"), _LEVELS._replace(wire={SPOT: _LEVELS_DIFF, USDM: _LEVELS_DIFF})),
     ("market", "stream", "last_update_id"), "last_update_id", "last_update_id",
@@ -154,8 +152,8 @@ DEPTH_REST_SNAPSHOT = DatasetSpec(
 )
 TRADE = DatasetSpec(
     Kind.TRADE.dataset, TradeRecord,
-    (_f("event_time", "ms", "event_ms", "event_time_ms", spot="E", usdm="E"),
-     _f("trade_time", "ms", "trade_ms", "trade_time_ms", spot="T", usdm="T"),
+    (_f("event_time", "ms", "event_ms", spot="E", usdm="E"),
+     _f("trade_time", "ms", "trade_ms", spot="T", usdm="T"),
      _f("trade_id", "int", spot="t", usdm="t"), _f("price", "float", spot="p", usdm="p"),
      _f("qty", "float", spot="q", usdm="q"), _f("is_buyer_maker", "bool", spot="m", usdm="m")),
     ("market", "stream", "trade_id"), "trade_id", "trade_id",
@@ -165,8 +163,8 @@ TRADE = DatasetSpec(
 )
 AGG_TRADE = DatasetSpec(
     Kind.AGG_TRADE.dataset, AggTradeRecord,
-    (_f("event_time", "ms", "event_ms", "event_time_ms", spot="E", usdm="E"),
-     _f("trade_time", "ms", "trade_ms", "trade_time_ms", spot="T", usdm="T"),
+    (_f("event_time", "ms", "event_ms", spot="E", usdm="E"),
+     _f("trade_time", "ms", "trade_ms", spot="T", usdm="T"),
      _f("agg_trade_id", "int", spot="a", usdm="a"), _f("first_trade_id", "int", spot="f", usdm="f"),
      _f("last_trade_id", "int", spot="l", usdm="l"), _f("price", "float", spot="p", usdm="p"),
      _f("qty", "float", spot="q", usdm="q"), _f("is_buyer_maker", "bool", spot="m", usdm="m")),

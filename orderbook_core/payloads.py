@@ -3,7 +3,9 @@
 One function per (kind, market) shape, fed the ``data`` object of a combined-stream frame,
 and :func:`decode_rest_depth` for the REST depth snapshots that sync diff streams. Every
 level of every payload, WebSocket or REST, goes through the one validator :func:`pack_sides`.
-Every check names what is wrong: the reason goes to the quarantine with the raw frame.
+Every check raises :class:`~orderbook_core.errors.FrameError` with its
+:class:`~orderbook_core.errors.QuarantineReason` and a detail naming what is wrong: both go
+to the quarantine with the raw frame.
 Prices and quantities arrive as decimal strings and become float64, exact up to 15
 significant digits (longer ones are counted as ``wide_values``, not rejected).
 """
@@ -29,7 +31,7 @@ from orderbook_core.buffer.records import (
     Row,
     TradeRecord,
 )
-from orderbook_core.errors import FrameError
+from orderbook_core.errors import FrameError, QuarantineReason as Q
 from orderbook_core.streams import Kind, Market, StreamSpec
 
 _U63 = 1 << 63
@@ -68,57 +70,57 @@ def decode_payload(spec: StreamSpec, data: dict, recv_us: int, session_id: int, 
 def _uint(data: dict, key: str, what: str) -> int:
     v = data.get(key)
     if type(v) is not int or not 0 <= v < _U63:
-        raise FrameError(f"{what} ({key!r}) missing or not a non-negative 64-bit integer")
+        raise FrameError(Q.BAD_INTEGER, f"{what} ({key!r}) missing or not a non-negative 64-bit integer")
     return v
 
 
 def _number(data: dict, key: str, what: str, *, positive: bool) -> float:
     v = data.get(key)
     if not isinstance(v, str):
-        raise FrameError(f"{what} ({key!r}) missing or not a decimal string")
+        raise FrameError(Q.BAD_DECIMAL, f"{what} ({key!r}) missing or not a decimal string")
     try:
         x = float(v)
     except ValueError:
-        raise FrameError(f"{what} ({key!r}) is not a decimal number: {v[:30]!r}") from None
+        raise FrameError(Q.BAD_DECIMAL, f"{what} ({key!r}) is not a decimal number: {v[:30]!r}") from None
     if not math.isfinite(x) or x < 0 or (positive and x == 0):
-        raise FrameError(f"{what} ({key!r}) must be {'positive' if positive else 'non-negative'} and finite")
+        raise FrameError(Q.OUT_OF_RANGE, f"{what} ({key!r}) must be {'positive' if positive else 'non-negative'} and finite")
     return x
 
 
 def _bool(data: dict, key: str, what: str) -> bool:
     v = data.get(key)
     if type(v) is not bool:
-        raise FrameError(f"{what} ({key!r}) missing or not true/false")
+        raise FrameError(Q.BAD_BOOLEAN, f"{what} ({key!r}) missing or not true/false")
     return v
 
 
 def _symbol(spec: StreamSpec, data: dict) -> None:
     s = data.get("s")
     if s != spec.symbol.upper():
-        raise FrameError(f"payload symbol {s!r} is not the stream's {spec.symbol.upper()!r}")
+        raise FrameError(Q.WRONG_SYMBOL, f"payload symbol {s!r} is not the stream's {spec.symbol.upper()!r}")
 
 
 def _event(data: dict, name: str) -> None:
     if data.get("e") != name:
-        raise FrameError(f"event type {data.get('e')!r} is not {name!r}")
+        raise FrameError(Q.WRONG_EVENT, f"event type {data.get('e')!r} is not {name!r}")
 
 
 def pack_sides(bids: object, asks: object, limit: int) -> tuple[bytes, int]:
     """Validate both sides (``[price, qty]`` string pairs) and pack them; returns (levels, n_bids)."""
     if not isinstance(bids, list) or not isinstance(asks, list):
-        raise FrameError("bids and asks must be lists")
+        raise FrameError(Q.BAD_LEVELS, "bids and asks must be lists")
     if len(bids) > limit or len(asks) > limit:
-        raise FrameError(f"more than {limit} levels on a side")
+        raise FrameError(Q.TOO_MANY_LEVELS, f"more than {limit} levels on a side")
     if not bids and not asks:
         return b"", 0
     try:
         arr = np.array(bids + asks, dtype=np.float64)
     except (ValueError, TypeError) as exc:
-        raise FrameError("levels must be [price, qty] pairs of decimal numbers") from exc
+        raise FrameError(Q.BAD_LEVELS, "levels must be [price, qty] pairs of decimal numbers") from exc
     if arr.ndim != 2 or arr.shape[1] != 2:
-        raise FrameError("levels must be [price, qty] pairs of decimal numbers")
+        raise FrameError(Q.BAD_LEVELS, "levels must be [price, qty] pairs of decimal numbers")
     if not math.isfinite(arr.sum()) or arr.min() < 0 or arr[:, 0].min() <= 0:
-        raise FrameError("a price or quantity is negative, zero-priced or not finite")
+        raise FrameError(Q.OUT_OF_RANGE, "a price or quantity is negative, zero-priced or not finite")
     return packed.pack(arr), len(bids)
 
 
@@ -134,7 +136,7 @@ def _depth_update_ids(spec: StreamSpec, data: dict) -> tuple[int, int]:
     _symbol(spec, data)
     first, last = _uint(data, "U", "first update id"), _uint(data, "u", "last update id")
     if first > last:
-        raise FrameError(f"first update id {first} is after the last {last}")
+        raise FrameError(Q.IDS_REVERSED, f"first update id {first} is after the last {last}")
     return first, last
 
 
@@ -172,7 +174,7 @@ def _agg_trade(spec, data, recv_us, sid, seq, wide) -> AggTradeRecord:
     _symbol(spec, data)
     first, last = _uint(data, "f", "first trade id"), _uint(data, "l", "last trade id")
     if first > last:
-        raise FrameError(f"first trade id {first} is after the last {last}")
+        raise FrameError(Q.IDS_REVERSED, f"first trade id {first} is after the last {last}")
     return AggTradeRecord(
         spec.key, recv_us, sid, seq, _uint(data, "E", "event time"), _uint(data, "T", "trade time"),
         _uint(data, "a", "aggregate trade id"), first, last, _number(data, "p", "price", positive=True),
@@ -203,14 +205,14 @@ def decode_rest_depth(spec: StreamSpec, body: bytes, recv_us: int, reason: str, 
     ``reason`` is why it was fetched ('connect', 'gap').
 
     Raises:
-        FrameError: the body is not a depth snapshot; its reason is stored with the body in quarantine.
+        FrameError: the body is not a depth snapshot; its reason and detail are stored with the body in quarantine.
     """
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise FrameError(f"not JSON: {exc}") from None
+        raise FrameError(Q.NOT_JSON, str(exc)) from None
     if type(data) is not dict:
-        raise FrameError("depth snapshot is not a JSON object")
+        raise FrameError(Q.NOT_OBJECT, "depth snapshot is not a JSON object")
     last_id = _uint(data, "lastUpdateId", "last update id")
     levels, n_bids = pack_sides(data.get("bids"), data.get("asks"), limit)
     usdm = spec.market is Market.USDM
@@ -257,6 +259,10 @@ _X17 = b"x" * 17  # a number text of 17+ characters may be wide: count_wide() de
 _QUOTE_TO_SPACE = bytes.maketrans(b'"', b" ")
 _PAIR = b'["",""]'
 _MAX_SHAPES = 4096
+
+
+class _Strict(Exception):
+    """Not a plain frame: the strict decoder takes it, and gives the reason if it is bad."""
 
 
 class _Tail(NamedTuple):
@@ -338,33 +344,33 @@ class FastPath:
         for i, (raw, recv_us, sid, seq) in enumerate(frames):
             try:
                 if type(raw) is not str or len(raw) > self.max_frame_bytes or not raw.startswith('{"stream":"'):
-                    raise FrameError("strict")
+                    raise _Strict
                 route = routes[raw[11 : raw.index('"', 11)]]
                 b = raw.encode()
                 tail = route.tail
                 if tail is None:
                     msg = loads(b)
                     if len(msg) != 2 or msg["stream"] != route.spec.name:
-                        raise FrameError("strict")
+                        raise _Strict
                     data = msg["data"]
                     spec = route.spec
                     if type(data) is not dict or ("e" in data and spec.type is Kind.BOOK_TICKER
                                                   and spec.market is Market.SPOT):
-                        raise FrameError("strict")
+                        raise _Strict
                     out[i] = _DECODERS[spec.type, spec.market](spec, data, recv_us, sid, seq, 0)
                     texts.append(b)
                     continue
                 cut = b.find(tail.sep)
                 if cut < 0:
-                    raise FrameError("strict")
+                    raise _Strict
                 head_text = b[:cut]
                 msg = loads(head_text + b"}}")
                 if len(msg) != 2 or msg["stream"] != route.spec.name:
-                    raise FrameError("strict")
+                    raise _Strict
                 levels_tail = b[cut + 1 :]
                 shape = self._shape(tail, levels_tail.translate(None, _DIGITS))
                 if shape is None or shape[0] > route.limit or shape[1] > route.limit:
-                    raise FrameError("strict")
+                    raise _Strict
                 head, ctor, post = self._head(route, msg["data"], recv_us, sid, seq)
                 n = 2 * (shape[0] + shape[1])
                 if n:
@@ -392,16 +398,16 @@ class FastPath:
         if spec.type is Kind.PARTIAL_DEPTH and spec.market is Market.SPOT:
             uid = data["lastUpdateId"]
             if "e" in data or not _u(uid):
-                raise FrameError("strict")
+                raise _Strict
             return (route.key, recv_us, sid, seq, uid), DepthRecord, ()
         first, last, event = data["U"], data["u"], data["E"]
         if (data["e"] != "depthUpdate" or data["s"] != route.symbol or not _u(first) or not _u(last)
                 or first > last or not _u(event)):
-            raise FrameError("strict")
+            raise _Strict
         if spec.market is Market.USDM:
             txn, prev = data["T"], data["pu"]
             if not _u(txn) or not _u(prev):
-                raise FrameError("strict")
+                raise _Strict
         else:
             txn = prev = None
         if spec.type is Kind.PARTIAL_DEPTH:
@@ -414,7 +420,7 @@ class FastPath:
         try:
             values = orjson.loads(numbers)
             if len(values) != n_values:
-                raise FrameError("strict")
+                raise _Strict
             arr = np.array(values, dtype=np.float64)
         except Exception:  # noqa: BLE001  (a malformed number somewhere: every frame of it goes the strict way)
             return [w[0] for w in waiting]

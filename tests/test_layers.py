@@ -2,12 +2,15 @@
 
 Layers, top to bottom (a module may import its own layer and those below it):
 
-    orderbook_assets.definitions → orderbook_assets.defs → orderbook_assets.analytics
-        → orderbook_assets.books → orderbook_assets.archive → orderbook_core.buffer
+    orderbook_assets.definitions → orderbook_assets.defs → orderbook_assets.derived
+        → orderbook_assets.analytics → orderbook_assets.books → orderbook_assets.archive → orderbook_core.buffer
     orderbook_collector (cli, config) → connection → writer → feed → buffer
 
 ``orderbook_core.errors`` and ``orderbook_core.fsutil`` are the floor. Only
 ``defs`` and ``definitions`` import Dagster. The product never imports the simulator or the tests.
+``analytics`` only reads the archive: it imports neither the publishing recipe
+(``archive.derived``) nor the writable store, and calls no store write; the producers of derived
+datasets live in ``derived``.
 """
 
 from __future__ import annotations
@@ -35,10 +38,19 @@ ALLOWED = {
     "orderbook_assets.archive": set(),
     "orderbook_assets.books": {"orderbook_assets.archive"},
     "orderbook_assets.analytics": {"orderbook_assets.archive", "orderbook_assets.books"},
-    "orderbook_assets.defs": {"orderbook_assets.archive", "orderbook_assets.books", "orderbook_assets.analytics"},
+    "orderbook_assets.derived": {"orderbook_assets.archive", "orderbook_assets.books", "orderbook_assets.analytics"},
+    "orderbook_assets.defs": {"orderbook_assets.archive", "orderbook_assets.books", "orderbook_assets.analytics",
+                              "orderbook_assets.derived"},
     "orderbook_assets.definitions": {"orderbook_assets.defs"},
 }
 DAGSTER_OK = {"orderbook_assets.defs", "orderbook_assets.definitions"}
+#: layer → modules of an allowed layer it still may not import: the read-only side never
+#: reaches what publishes or writes archive objects.
+FORBIDDEN = {"orderbook_assets.analytics": ("orderbook_assets.archive.derived", "orderbook_assets.archive.store",
+                                            "orderbook_assets.archive.pipeline", "orderbook_assets.archive.merge",
+                                            "orderbook_assets.archive.cleanup")}
+#: The calls that write archive objects (``ArchiveStore`` and ``archive.derived``), by attribute name.
+STORE_WRITES = {"put_if_absent", "put_derived", "publish_table", "publish_bytes", "publish_file"}
 
 
 def modules() -> dict[str, Path]:
@@ -121,7 +133,20 @@ def violations(module: str, imported: set[str]) -> list[str]:
             target_layer = layer_of(target)
             if target_layer is None or target_layer not in allowed:
                 bad.append(f"{name} ({target_layer})")
+        if any(name == f or name.startswith(f + ".") for f in FORBIDDEN.get(own, ())):
+            bad.append(f"{name} (forbidden in {own})")
     return sorted(set(bad))
+
+
+def store_writes(path: Path | None = None, source: str | None = None) -> set[str]:
+    """The archive-writing calls (:data:`STORE_WRITES`) a module makes, however it got the object."""
+    tree = ast.parse(source if source is not None else path.read_text())
+    return {n.func.attr for n in ast.walk(tree)
+            if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr in STORE_WRITES}
+
+
+#: The read-only layer's modules and the archive writes each makes, parsed at collection (see IMPORTS).
+READ_ONLY = {m: store_writes(p) for m, p in MODULES.items() if layer_of(m) == "orderbook_assets.analytics"}
 
 
 @pytest.mark.parametrize("module", sorted(MODULES))
@@ -141,6 +166,11 @@ PLANTED = [
     ("orderbook_core.streams", "from orderbook_collector.feed import protocol\n"),
     ("orderbook_core.payloads", "import importlib\nimportlib.import_module('orderbook_assets')\n"),
     ("orderbook_core.buffer.reads", "from orderbook_assets.archive.export import SOURCES\n"),
+    ("orderbook_assets.analytics.views", "from orderbook_assets.archive import derived\n"),
+    ("orderbook_assets.analytics.books", "from orderbook_assets.archive.derived import publish_table\n"),
+    ("orderbook_assets.analytics.query", "import importlib\nimportlib.import_module('orderbook_assets.archive.derived')\n"),
+    ("orderbook_assets.analytics.backtest", "from orderbook_assets.archive.store import open_store\n"),
+    ("orderbook_assets.analytics.replay", "from orderbook_assets.derived import bars\n"),
 ]
 PLANTED_IMPORTS = [(module, source, imports_of(module, source=source)) for module, source in PLANTED]
 
@@ -150,6 +180,20 @@ def test_a_planted_import_across_the_processes_is_caught(module, source, importe
     """Either process importing the other, or the kernel importing either, fails the layer test,
     written as an import statement or through importlib."""
     assert imported and violations(module, imported), source
+
+
+def test_analytics_only_reads_the_archive():
+    """No analytics module calls a store write or publishes (imports are held by the layer test)."""
+    assert {"orderbook_assets.analytics.views", "orderbook_assets.analytics.backtest"} <= set(READ_ONLY)
+    writers = {m: w for m, w in READ_ONLY.items() if w}
+    assert not writers, f"analytics writes to the archive: {writers}"
+
+
+PLANTED_WRITE = store_writes(source="def keep(store, key, path, sha):\n    store.put_derived(key, path, sha)\n")
+
+
+def test_a_planted_store_write_is_caught():
+    assert PLANTED_WRITE == {"put_derived"}
 
 
 def test_the_kernel_is_imported_by_both_processes():

@@ -143,7 +143,7 @@ COVERAGE_SCHEMA = pa.schema(
     metadata=_meta(COVERAGE),
 )
 
-#: ``top_of_book_1s``: 1-second bars derived from ``depth_snapshot`` (written by ``analytics.bars``).
+#: ``top_of_book_1s``: 1-second bars derived from ``depth_snapshot`` (written by ``derived.bars``).
 #: Every column is non-null: a bar exists only for a second with at least one two-sided book.
 BARS_SCHEMA = pa.schema(
     [

@@ -1,4 +1,4 @@
-"""The ``top_of_book_1s`` asset: the analysts' 1 s bars of each archived hour (core in ``analytics.bars``)."""
+"""The ``top_of_book_1s`` asset: the analysts' 1 s bars of each archived hour (core in ``derived.bars``)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from datetime import datetime, timezone
 
 import dagster as dg
 
-from orderbook_assets.analytics import bars, views
+from orderbook_assets.analytics import views
 from orderbook_assets.archive import pipeline
+from orderbook_assets.derived import bars
 from orderbook_assets.defs.partitions import hourly
 
 

@@ -1,4 +1,4 @@
-"""The ``book_snapshot`` asset and its checks (core: ``books.hour``, shell: ``analytics.book_hours``)."""
+"""The ``book_snapshot`` asset and its checks (core: ``books.hour``, shell: ``derived.book_hours``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import dagster as dg
 from dagster import (AssetCheckEvaluation, AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, MetadataValue,
                      PreviewWarning)
 
-from orderbook_assets.analytics import book_hours
+from orderbook_assets.derived import book_hours
 from orderbook_assets.archive import datasets as ds
 from orderbook_assets.books.hour import Settings
 from orderbook_assets.defs.assets import RETRY, fail_fast

@@ -46,7 +46,7 @@ from orderbook_collector.feed.rebase import (
     REBASE_MIN_SECONDS, REBASE_SHARE, Priority, RebasePlan, RebaseSchedule, SnapshotQueue, plan,
 )
 from orderbook_collector.feed.sync import SyncReason
-from orderbook_collector.metrics import REST_REFUSED, Metrics
+from orderbook_collector.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -379,9 +379,10 @@ class Resyncer:
         except FrameError as exc:
             # Refused like a bad WebSocket frame: kept with its bytes and reason, never used to sync;
             # the stream stays broken and its snapshot is asked for again (the caller's retry).
-            self.submit(Quarantined(recv_us, REST_SESSION, 0, f"{REST_REFUSED}{spec.key}: {exc.reason}", body))
+            self.submit(Quarantined(recv_us, REST_SESSION, 0, exc.reason.value, body,
+                                    f"rest depth snapshot of {spec.key}: {exc.detail}"))
             self.client.metrics.rest_refused[market] += 1
-            log.warning("%s: depth snapshot refused (%s); quarantined, retrying", spec.key, exc.reason)
+            log.warning("%s: depth snapshot refused (%s); quarantined, retrying", spec.key, exc)
             return False
         self.client.metrics.rest_snapshots[market] += 1
         self.fetched += 1

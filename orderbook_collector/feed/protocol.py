@@ -5,7 +5,8 @@ WebSocket frame (``str`` for text, ``bytes`` for binary) plus the receive stamp 
 gets back a plain record:
 
 * :class:`DepthRecord` – a validated partial-depth snapshot, ready for the buffer;
-* :class:`Quarantined` – a frame that failed parsing or validation, with its reason;
+* :class:`Quarantined` – a frame that failed parsing or validation, with its reason
+  (a :class:`~orderbook_core.errors.QuarantineReason` value) and the detail;
 * :class:`ControlReply` – a reply to a SUBSCRIBE/LIST_SUBSCRIPTIONS/... request;
 * :class:`ServerShutdown` – Binance's maintenance notice (reconnect at once).
 
@@ -27,7 +28,7 @@ import orjson
 
 from orderbook_core.buffer import levels as packed
 from orderbook_core.buffer.records import DepthRecord, Quarantined, Row  # noqa: F401  (DepthRecord: re-exported)
-from orderbook_core.errors import FrameError
+from orderbook_core.errors import FrameError, QuarantineReason as Q
 from orderbook_core.payloads import FastPath, count_wide, decode_payload
 from orderbook_core.streams import (  # noqa: F401  (re-exported: the feed's public face)
     MAX_STREAMS_PER_CONNECTION,
@@ -56,7 +57,7 @@ class ControlReply(NamedTuple):
 class ServerShutdown(NamedTuple):
     """Binance announced that it will close the connection soon."""
 
-    event_time_ms: int
+    event_ms: int
 
 
 Decoded = Union[Row, Quarantined, ControlReply, ServerShutdown]
@@ -104,7 +105,7 @@ class Decoder:
         try:
             return self._decode(raw, recv_us, session_id, seq)
         except FrameError as exc:
-            return Quarantined(recv_us, session_id, seq, exc.reason, raw_bytes(raw))
+            return Quarantined(recv_us, session_id, seq, exc.reason.value, raw_bytes(raw), exc.detail)
 
     def decode_many(self, frames: list[tuple[str | bytes, int, int, int]]) -> list[Decoded]:
         """Decode ``(raw, recv_us, session_id, seq)`` frames; same results as :meth:`decode`.
@@ -124,18 +125,18 @@ class Decoder:
 
     def _decode(self, raw: str | bytes, recv_us: int, session_id: int, seq: int) -> Decoded:
         if isinstance(raw, bytes):
-            raise FrameError("binary frame")
+            raise FrameError(Q.BINARY, f"{len(raw)} bytes")
         if len(raw) > self.max_frame_bytes:
-            raise FrameError(f"oversize frame ({len(raw)} characters > {self.max_frame_bytes})")
+            raise FrameError(Q.OVERSIZE, f"{len(raw)} characters > {self.max_frame_bytes}")
         try:
             msg = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
-            raise FrameError(f"not JSON: {exc}") from exc
+            raise FrameError(Q.NOT_JSON, str(exc)) from exc
         if not isinstance(msg, dict):
-            raise FrameError("not a JSON object")
+            raise FrameError(Q.NOT_OBJECT, f"a JSON {type(msg).__name__}")
         if "error" in msg:
             err = msg["error"]
-            raise FrameError(f"error reply: {orjson.dumps(err).decode()} (id {msg.get('id')!r})")
+            raise FrameError(Q.ERROR_REPLY, f"{orjson.dumps(err).decode()} (id {msg.get('id')!r})")
         if "result" in msg and "id" in msg:
             return ControlReply(msg["id"], msg["result"], None)
         stream = msg.get("stream")
@@ -143,9 +144,9 @@ class Decoder:
         if stream == _SHUTDOWN_STREAM or (isinstance(data, dict) and data.get("e") == "serverShutdown"):
             return ServerShutdown(int(data.get("E", 0)) if isinstance(data, dict) else 0)
         if not isinstance(stream, str) or not isinstance(data, dict):
-            raise FrameError("not a combined-stream message (needs 'stream' and 'data')")
+            raise FrameError(Q.NOT_COMBINED, "needs 'stream' (text) and 'data' (an object)")
         if stream not in self.streams:
-            raise FrameError(f"unknown stream {stream!r}")
+            raise FrameError(Q.UNKNOWN_STREAM, repr(stream))
         return self._depth(raw, stream, data, recv_us, session_id, seq)
 
     def _depth(self, raw: str, stream: str, data: dict, recv_us: int, session_id: int, seq: int) -> Row:

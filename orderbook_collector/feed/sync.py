@@ -106,7 +106,7 @@ class LastEvent(NamedTuple):
     """The last stored event of a diff stream: what a restart seeds a tracker with."""
 
     last_update_id: int
-    event_time_ms: int | None
+    event_ms: int | None
     session_id: int | None
 
 
@@ -118,7 +118,7 @@ class _Kept(NamedTuple):
     first_update_id: int
     last_update_id: int
     prev_update_id: int | None
-    event_time_ms: int
+    event_ms: int
     session_id: int
     recv_us: int
 
@@ -134,7 +134,7 @@ class DiffDepthTracker:
             a stream with stored events but no recorded sync state is not.
     """
 
-    __slots__ = ("stream", "market", "_rule", "last_u", "last_ms", "last_sid", "synced", "sessions", "kept", "snapshot",
+    __slots__ = ("stream", "market", "_rule", "last_u", "last_event_ms", "last_sid", "synced", "sessions", "kept", "snapshot",
                  "reason")
 
     def __init__(self, stream: str, market: Market, last: LastEvent | None = None, synced: bool = False) -> None:
@@ -142,7 +142,7 @@ class DiffDepthTracker:
         self.market = market
         self._rule = continuity.continues_rule(market)
         # the last stored event (plain attributes: this is the writer's per-row path)
-        self.last_u, self.last_ms, self.last_sid = last if last is not None else (None, None, None)
+        self.last_u, self.last_event_ms, self.last_sid = last if last is not None else (None, None, None)
         self.synced = synced
         self.sessions: set[int] = set() if self.last_sid is None else {self.last_sid}
         self.kept: deque[_Kept] = deque(maxlen=MAX_KEPT_EVENTS)  # events since the break, while broken
@@ -151,15 +151,15 @@ class DiffDepthTracker:
 
     @property
     def last(self) -> LastEvent | None:
-        return None if self.last_u is None else LastEvent(self.last_u, self.last_ms, self.last_sid)
+        return None if self.last_u is None else LastEvent(self.last_u, self.last_event_ms, self.last_sid)
 
     def state(self) -> tuple:
         """Everything :meth:`restore` needs to undo what came after (cheap while in sync)."""
-        return (self.last_u, self.last_ms, self.last_sid, self.synced, set(self.sessions),
+        return (self.last_u, self.last_event_ms, self.last_sid, self.synced, set(self.sessions),
                 deque(self.kept, maxlen=MAX_KEPT_EVENTS) if self.kept else None, self.snapshot, self.reason)
 
     def restore(self, state: tuple) -> None:
-        (self.last_u, self.last_ms, self.last_sid, self.synced, self.sessions, kept, self.snapshot,
+        (self.last_u, self.last_event_ms, self.last_sid, self.synced, self.sessions, kept, self.snapshot,
          self.reason) = state
         self.kept = kept if kept is not None else deque(maxlen=MAX_KEPT_EVENTS)
 
@@ -169,7 +169,7 @@ class DiffDepthTracker:
     def on_event(self, r: DepthUpdateRecord) -> list[Output]:
         """A stored diff event of this stream, in store order."""
         if self.synced and r.session_id == self.last_sid and self._continues(r):  # the usual case
-            self.last_u, self.last_ms = r.last_update_id, r.event_time_ms
+            self.last_u, self.last_event_ms = r.last_update_id, r.event_ms
             return _NOTHING
         first_of_session = r.session_id not in self.sessions
         last = self.last
@@ -206,7 +206,7 @@ class DiffDepthTracker:
 
     def _advance(self, r: DepthUpdateRecord) -> None:
         self.sessions.add(r.session_id)
-        self.last_u, self.last_ms, self.last_sid = r.last_update_id, r.event_time_ms, r.session_id
+        self.last_u, self.last_event_ms, self.last_sid = r.last_update_id, r.event_ms, r.session_id
 
     def _break(self, r: DepthUpdateRecord, reason: SyncReason) -> list[Output]:
         before = self.last
@@ -217,8 +217,8 @@ class DiffDepthTracker:
         self.kept.append(_kept(r))
         row = DepthSyncRecord(
             self.stream, r.session_id, r.recv_us, SyncEvent.BREAK.value, reason.value,
-            before.last_update_id if before else None, before.event_time_ms if before else None,
-            r.first_update_id, r.last_update_id, r.prev_update_id, r.event_time_ms, None,
+            before.last_update_id if before else None, before.event_ms if before else None,
+            r.first_update_id, r.last_update_id, r.prev_update_id, r.event_ms, None,
         )
         # A snapshot that was waiting may bridge the very event that broke the stream.
         return [row, SnapshotRequest(self.stream, reason), *self._try_sync(quiet=True)]
@@ -246,12 +246,12 @@ class DiffDepthTracker:
         self.kept.clear()
         return [DepthSyncRecord(
             self.stream, e.session_id, max(e.recv_us, s.recv_us), SyncEvent.SYNCED.value, SyncReason.SNAPSHOT.value,
-            None, None, e.first_update_id, e.last_update_id, e.prev_update_id, e.event_time_ms, s.last_update_id,
+            None, None, e.first_update_id, e.last_update_id, e.prev_update_id, e.event_ms, s.last_update_id,
         )]
 
 
 def _kept(r: DepthUpdateRecord) -> _Kept:
-    return _Kept(r.first_update_id, r.last_update_id, r.prev_update_id, r.event_time_ms, r.session_id, r.recv_us)
+    return _Kept(r.first_update_id, r.last_update_id, r.prev_update_id, r.event_ms, r.session_id, r.recv_us)
 
 
 class TradeIdTracker:
@@ -279,8 +279,8 @@ class TradeIdTracker:
         gap = None
         if last is not None and tid > last + 1:
             gap = TradeGapRecord(self.stream, r.session_id, r.recv_us, self.dataset, last + 1, tid - 1,
-                                 self.last_event_ms, r.event_time_ms)
-        self.last_id, self.last_event_ms = tid, r.event_time_ms
+                                 self.last_event_ms, r.event_ms)
+        self.last_id, self.last_event_ms = tid, r.event_ms
         return gap
 
 

@@ -39,8 +39,8 @@ import orjson
 
 from orderbook_core import buffer, kinds
 from orderbook_core.buffer import writes
-from orderbook_core.errors import StorageError
-from orderbook_collector.metrics import Metrics, WriteFailure, quarantine_class
+from orderbook_core.errors import QuarantineReason, StorageError
+from orderbook_collector.metrics import Metrics, WriteFailure
 from orderbook_core.buffer.records import (
     REST_SESSION, DepthRestSnapshotRecord, DepthSyncRecord, Event, EventKind, Frame, Item, Quarantined, Row, SessionClose,
     SessionOpen, SessionStreams, Stop, TradeGapRecord,
@@ -145,7 +145,7 @@ def store_records(
         if quarantined:
             writes.insert_quarantine(conn, quarantined)
             for q in quarantined:
-                result.quarantined[quarantine_class(q.reason)] += 1
+                result.quarantined[q.reason] += 1
                 if q.session_id == REST_SESSION:  # a refused REST snapshot: no session to count it in
                     continue
                 s = per_session[q.session_id]
@@ -563,7 +563,8 @@ class Writer:
                 elif type(rec) is Quarantined:
                     quarantined.append(rec)
                 else:  # a control frame that looked like data: keep it, explained
-                    quarantined.append(Quarantined(recv_us, sid, seq, f"unexpected {type(rec).__name__}", raw_bytes(raw)))
+                    quarantined.append(Quarantined(recv_us, sid, seq, QuarantineReason.UNEXPECTED.value, raw_bytes(raw),
+                                                   type(rec).__name__))
         for op in ops:
             if type(op) is SessionClose:
                 self.session_market.pop(op.session_id, None)

@@ -30,13 +30,14 @@ REST_SESSION = 0
 
 class Quarantined(NamedTuple):
     """A frame (or a REST answer, session :data:`REST_SESSION`) that could not be used,
-    kept with its raw bytes and the reason."""
+    kept with its raw bytes, the reason and what exactly was wrong."""
 
     recv_us: int
     session_id: int
     seq: int
-    reason: str
+    reason: str  # a QuarantineReason value (records cross the spill as plain tuples)
     raw: bytes
+    detail: str = ""  # last, with a default: items spilled before it existed still load
 
 
 class SessionOpen(NamedTuple):
@@ -100,8 +101,8 @@ class DepthRecord(NamedTuple):
     n_bids: int
     levels: bytes  # see buffer.levels
     wide_values: int  # values with more than 15 significant digits
-    event_time_ms: int | None = None
-    transaction_time_ms: int | None = None
+    event_ms: int | None = None
+    transaction_ms: int | None = None
     first_update_id: int | None = None
     prev_update_id: int | None = None
 
@@ -113,8 +114,8 @@ class DepthUpdateRecord(NamedTuple):
     recv_us: int
     session_id: int
     seq: int
-    event_time_ms: int
-    transaction_time_ms: int | None  # USD-M only
+    event_ms: int
+    transaction_ms: int | None  # USD-M only
     first_update_id: int  # U
     last_update_id: int  # u
     prev_update_id: int | None  # pu, USD-M only
@@ -128,8 +129,8 @@ class TradeRecord(NamedTuple):
     recv_us: int
     session_id: int
     seq: int
-    event_time_ms: int
-    trade_time_ms: int
+    event_ms: int
+    trade_ms: int
     trade_id: int
     price: float
     qty: float
@@ -142,8 +143,8 @@ class AggTradeRecord(NamedTuple):
     recv_us: int
     session_id: int
     seq: int
-    event_time_ms: int
-    trade_time_ms: int
+    event_ms: int
+    trade_ms: int
     agg_trade_id: int
     first_trade_id: int
     last_trade_id: int
@@ -163,8 +164,8 @@ class BookTickerRecord(NamedTuple):
     best_bid_qty: float
     best_ask: float
     best_ask_qty: float
-    event_time_ms: int | None  # USD-M only
-    transaction_time_ms: int | None  # USD-M only
+    event_ms: int | None  # USD-M only
+    transaction_ms: int | None  # USD-M only
     wide_values: int
 
 
@@ -183,8 +184,8 @@ class DepthRestSnapshotRecord(NamedTuple):
     n_bids: int
     levels: bytes
     reason: str
-    event_time_ms: int | None  # USD-M only
-    transaction_time_ms: int | None  # USD-M only
+    event_ms: int | None  # USD-M only
+    transaction_ms: int | None  # USD-M only
 
 
 class DepthSyncRecord(NamedTuple):

@@ -14,7 +14,7 @@ Tables (all times are integer microseconds since the epoch, UTC):
 ``sessions``        one row per WebSocket connection: the coverage ledger.
 ``dropped``         one row per message not stored because it was a duplicate,
                     so every seq gap in the stored rows is explained.
-``quarantine``      frames that failed parsing or validation, raw bytes and reason.
+``quarantine``      frames that failed parsing or validation, raw bytes, reason and detail (step 5).
 ``events``          stalls, rotations, serverShutdown notices, spill episodes and
                     write-failure episodes (disk full, locked); disconnects are in
                     ``sessions`` (close time and reason).
@@ -318,12 +318,40 @@ CREATE INDEX silence_recv ON silence (recv_us);
 CREATE INDEX silence_open ON silence (stream_id) WHERE end_us IS NULL;
 """
 
+#: Step 5: quarantine reasons are a closed set (``orderbook_core.errors.QuarantineReason``):
+#: ``reason`` holds a member's value, ``detail`` what exactly was wrong. Rows stored before
+#: keep their free text as ``detail`` and get the member their text named (the texts were
+#: fixed sentences of the decoders; a REST refusal's began 'rest depth snapshot of KEY: ').
+_QUARANTINE_REASONS = """
+ALTER TABLE quarantine ADD COLUMN detail TEXT NOT NULL DEFAULT '';
+UPDATE quarantine SET detail = reason, reason = CASE
+    WHEN reason LIKE 'error reply%' THEN 'error_reply'
+    WHEN reason LIKE 'unexpected %' THEN 'unexpected'
+    WHEN reason LIKE 'unknown stream%' THEN 'unknown_stream'
+    WHEN reason LIKE 'oversize frame%' THEN 'oversize'
+    WHEN reason LIKE 'binary frame%' THEN 'binary'
+    WHEN reason LIKE '%not JSON:%' THEN 'not_json'
+    WHEN reason LIKE '%not a JSON object%' THEN 'not_object'
+    WHEN reason LIKE '%not a combined-stream message%' THEN 'not_combined'
+    WHEN reason LIKE '%event type % is not %' THEN 'wrong_event'
+    WHEN reason LIKE '%payload symbol % is not the stream%' THEN 'wrong_symbol'
+    WHEN reason LIKE '%missing or not a non-negative 64-bit integer%' THEN 'bad_integer'
+    WHEN reason LIKE '%missing or not a decimal string%' OR reason LIKE '%is not a decimal number%' THEN 'bad_decimal'
+    WHEN reason LIKE '%missing or not true/false%' THEN 'bad_boolean'
+    WHEN reason LIKE '%and finite%' OR reason LIKE '%zero-priced or not finite%' THEN 'out_of_range'
+    WHEN reason LIKE '%is after the last%' THEN 'ids_reversed'
+    WHEN reason LIKE '%must be lists%' OR reason LIKE '%pairs of decimal numbers%' THEN 'bad_levels'
+    WHEN reason LIKE '%levels on a side%' THEN 'too_many_levels'
+    ELSE 'unexpected' END
+"""
+
 #: (version, statements): step N takes a buffer from user_version N-1 to N.
 MIGRATIONS: tuple[tuple[int, str], ...] = (
     (1, _COLLECTOR_TABLES + _ARCHIVE_TABLES),
     (2, _EVERY_KIND),
     (3, _CONTINUITY),
     (4, _SILENCE),
+    (5, _QUARANTINE_REASONS),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 #: Every statement of every step, in order: what a new buffer runs (benchmarks build one with it).

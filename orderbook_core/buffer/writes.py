@@ -58,8 +58,8 @@ def insert_rows(conn: sqlite3.Connection, stream_ids: dict[str, int], t: RowTabl
 
 
 def insert_quarantine(conn: sqlite3.Connection, quarantined: Iterable[Quarantined]) -> None:
-    conn.executemany("INSERT INTO quarantine (recv_us, session_id, seq, reason, raw) VALUES (?, ?, ?, ?, ?)",
-                     [(q.recv_us, q.session_id, q.seq, q.reason, q.raw) for q in quarantined])
+    conn.executemany("INSERT INTO quarantine (recv_us, session_id, seq, reason, raw, detail) VALUES (?, ?, ?, ?, ?, ?)",
+                     [(q.recv_us, q.session_id, q.seq, q.reason, q.raw, q.detail) for q in quarantined])
 
 
 def insert_snapshots(conn: sqlite3.Connection, stream_ids: dict[str, int],

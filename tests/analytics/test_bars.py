@@ -16,7 +16,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from orderbook_assets.analytics import bars, views
+from orderbook_assets.analytics import views
+from orderbook_assets.derived import bars
 from orderbook_assets.archive import pipeline
 from orderbook_assets.archive.store import LocalStore
 from orderbook_assets.defs import bars as defs_bars

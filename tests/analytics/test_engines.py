@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 
-from orderbook_assets.analytics import bars
+from orderbook_assets.derived import bars
 from orderbook_assets.archive import datasets, pipeline
 from orderbook_assets.archive.store import LocalStore
 from support.buffer_rows import HOUR_US, fill_buffer, open_buffer

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from orderbook_assets.analytics import bars, query, views
+from orderbook_assets.analytics import query, views
+from orderbook_assets.derived import bars
 from orderbook_assets.archive.location import Location, S3Settings
 from orderbook_assets.archive.store import LocalStore, parse_archive_url
 from orderbook_assets.defs.resources import ArchiveResource, ArchiveS3Resource

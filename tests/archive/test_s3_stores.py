@@ -202,7 +202,7 @@ HOW = {"aws": "sha256", "rgw16": "md5-etag", "garage": "sha256", "gcs": "md5-eta
 
 
 def test_derived_bars_are_verified_by_the_strongest_means_on_each_store(proxy, row):
-    from orderbook_assets.analytics import bars
+    from orderbook_assets.derived import bars
     from support.synthetic import T0, synthetic_depth
 
     st = provisioned(proxy.url)

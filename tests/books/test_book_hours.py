@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 from orderbook_core.buffer.hours import HOUR_US, hour_folder
 from orderbook_core.fsutil import sha256_file
 
-from orderbook_assets.analytics.book_hours import books_key, materialize_from, materialize_hour, version_key
+from orderbook_assets.derived.book_hours import books_key, materialize_from, materialize_hour, version_key
 from orderbook_assets.archive.store import LocalStore
 from orderbook_assets.books.hour import HourState, Settings, StreamKey, state_key
 from support.book_tables import Part, Rest, Upd, partial, rest, updates

@@ -169,8 +169,7 @@ def test_every_kind_of_malformed_frame_is_quarantined_and_collection_continues(t
     asyncio.run(main())
     reasons = [r for (r,) in query(buffer, "SELECT reason FROM quarantine ORDER BY id")]
     assert len(reasons) == len(MALFORMED)
-    for needle in ["not JSON", "binary", "unknown stream", "oversize", "error reply", "lastUpdateId"]:
-        assert any(needle in r for r in reasons), needle
+    assert set(reasons) >= {"not_json", "binary", "unknown_stream", "oversize", "error_reply", "bad_integer"}
     raws = query(buffer, "SELECT length(raw) FROM quarantine")
     assert all(n > 0 for (n,) in raws)
     assert max(n for (n,) in raws) > 1 << 20  # the oversize frame kept whole

@@ -16,7 +16,6 @@ from orderbook_core.buffer.levels import unpack
 from orderbook_core.buffer.records import REST_SESSION, Frame, SessionOpen
 from orderbook_core.streams import spec
 from orderbook_collector.connection.rest import RestClient, Resyncer
-from orderbook_collector.metrics import REST_REFUSED
 from orderbook_collector.writer.thread import Writer
 from support.markets import until
 
@@ -95,9 +94,11 @@ def test_a_refused_rest_snapshot_is_quarantined_and_asked_for_again(buffer_path)
         assert w.stop(30)
         server.shutdown()
         server.server_close()
-    (recv_us, session, seq, reason, raw), = rows(buffer_path, "SELECT recv_us, session_id, seq, reason, raw FROM quarantine")
+    (recv_us, session, seq, reason, detail, raw), = rows(
+        buffer_path, "SELECT recv_us, session_id, seq, reason, detail, raw FROM quarantine")
     assert raw == BAD and (session, seq) == (REST_SESSION, 0) and recv_us > T0
-    assert reason == f"{REST_REFUSED}{DIFF.key}: a price or quantity is negative, zero-priced or not finite"
+    assert reason == "out_of_range"
+    assert detail == f"rest depth snapshot of {DIFF.key}: a price or quantity is negative, zero-priced or not finite"
     # Only the good answer is a snapshot, and only it synced the stream.
     (last_id, n_bids, packed), = rows(buffer_path, "SELECT last_update_id, n_bids, levels FROM depth_rest_snapshot")
     assert (last_id, unpack(packed, n_bids)) == (11, ([(100.5, 1.5)], [(100.6, 2.0)]))
@@ -105,6 +106,6 @@ def test_a_refused_rest_snapshot_is_quarantined_and_asked_for_again(buffer_path)
         ("break", "connect", None), ("synced", "snapshot", 11)]
     assert server.asked == 2
     assert (metrics.rest_refused["spot"], metrics.rest_snapshots["spot"]) == (1, 1)
-    assert w.metrics.quarantined["rest_snapshot"] == 1
+    assert w.metrics.quarantined["out_of_range"] == 1 and sum(w.metrics.quarantined.values()) == 1
     # No session has the REST id: the refusal is counted in no session's row.
     assert rows(buffer_path, "SELECT session_id, quarantined FROM sessions") == [(T0, 0)]

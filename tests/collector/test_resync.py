@@ -324,7 +324,7 @@ def test_usdm_snapshots_come_from_fapi_with_their_exchange_times():
 
     rec, book, rest = asyncio.run(main())
     assert (rec.stream, rec.market, rec.symbol, rec.reason) == ("usdm:btcusdt@depth@100ms", "usdm", "BTCUSDT", "gap")
-    assert rec.event_time_ms > 0 and rec.transaction_time_ms > 0 and rec.n_bids == 50
+    assert rec.event_ms > 0 and rec.transaction_ms > 0 and rec.n_bids == 50
     assert rec.last_update_id <= book.last_update_id
     assert (rest["usdm"]["weight"], rest["spot"]["weight"]) == (2, 0)  # limit 50 weighs 2 on USD-M
 

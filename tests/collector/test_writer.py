@@ -33,7 +33,7 @@ def test_batches_commit_and_every_seq_gap_is_explained(buffer_path, frame):
     w.start()
     w.submit(SessionOpen(1, "ws://x", "[]", 1))
     feed(w, frame, 1, [100, 101, 102, 101, 103])  # seq 3 repeats update id 101
-    w.submit(Quarantined(1_700_000_000_600_000, 1, 5, "not JSON", b"garbage"))
+    w.submit(Quarantined(1_700_000_000_600_000, 1, 5, "not_json", b"garbage"))
     feed(w, frame, 1, [104], start_seq=6)
     w.submit(SessionClose(1, 2, "test over"))
     assert w.stop()
@@ -55,7 +55,7 @@ def test_invalid_frame_from_the_fast_path_is_quarantined_by_the_writer(buffer_pa
     w.submit(SessionOpen(1, "ws://x", "[]", 1))
     w.submit(Frame('{"stream":"btcusdt@depth20@100ms","data":{"lastUpdateId":1,"bids":[["x","1"]],"asks":[]}}', 5, 1, 0))
     assert w.stop()
-    assert rows(buffer_path, "SELECT seq, reason FROM quarantine")[0][0] == 0
+    assert rows(buffer_path, "SELECT seq, reason FROM quarantine") == [(0, "bad_levels")]
     assert rows(buffer_path, "SELECT count(*) FROM depth_snapshot") == [(0,)]
 
 

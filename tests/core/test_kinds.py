@@ -52,7 +52,7 @@ def test_the_decoder_reads_back_what_the_spec_encodes(spec, market):
     record = decode_payload(stream_spec("btcusdt", STREAM_OF[spec.name], market), payload, 1, 2, 3, 0)
     assert type(record) is spec.record
     for f in spec.fields:
-        got = [getattr(record, r) for r in f.record]
+        got = [getattr(record, r) for r in f.buffer]
         if f.type is kinds.Type.LEVELS:
             bids, asks = levels.unpack(got[1], got[0])
             assert [list(b) for b in bids] == [[lv["price"], lv["qty"]] for lv in row["bids"]]
@@ -75,3 +75,19 @@ def test_every_kind_has_a_spec_and_every_spec_a_table_schema_and_sources():
     tables = {t.table: t for t in (*ROW_TABLES.values(), *OTHER_TABLES.values())}
     for spec in kinds.SPECS.values():
         assert set(spec.buffer_columns()) <= set(tables[spec.name].columns)
+
+
+def test_a_value_has_one_name_in_the_buffer_and_in_its_record(tmp_path):
+    """Each record type's fields carry their buffer columns' names (``event_ms``, never a
+    second spelling); only the dataset column (a contract: ``event_time``) differs."""
+    from orderbook_core import buffer
+
+    conn = buffer.connect(tmp_path / "b.sqlite3")
+    try:
+        for rtype, t in {**ROW_TABLES, **OTHER_TABLES}.items():
+            table = {r[1] for r in conn.execute(f"PRAGMA table_info({t.table})")}
+            assert set(t.columns) <= set(rtype._fields) & table, t.table
+    finally:
+        conn.close()
+    assert {b for s in kinds.SPECS.values() for f in s.fields for b in f.buffer} >= {
+        "event_ms", "transaction_ms", "trade_ms"}

@@ -34,7 +34,7 @@ from orderbook_core.buffer.levels import pack, unpack
 from orderbook_collector.config import Settings
 from orderbook_core.streams import Market
 
-from orderbook_assets.analytics.book_hours import books_key, version_key
+from orderbook_assets.derived.book_hours import books_key, version_key
 from orderbook_assets.definitions import defs
 from support.markets import running, until
 from support.procs import query

@@ -23,7 +23,7 @@ from dagster import AssetCheckSeverity, AssetKey
 
 from orderbook_core.buffer.hours import HOUR_US, hour_folder
 
-from orderbook_assets.analytics.book_hours import books_key, materialize_hour, version_key
+from orderbook_assets.derived.book_hours import books_key, materialize_hour, version_key
 from orderbook_assets.archive import export, merge
 from orderbook_assets.archive.datasets import DEPTH, DEPTH_REST, DEPTH_UPDATE
 from orderbook_assets.archive.location import Location

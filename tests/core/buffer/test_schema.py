@@ -29,7 +29,7 @@ def test_a_version_1_buffer_is_migrated_in_place(tmp_path):
     path = tmp_path / "old.sqlite3"
     make_v1(path)
     conn = buffer.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION == 4
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION == 5
     assert conn.execute("SELECT update_id, event_ms, prev_update_id FROM depth_snapshot").fetchall() == [(42, None, None)]
     assert conn.execute("SELECT market FROM streams").fetchall() == [("spot",)]
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -52,3 +52,62 @@ def test_a_buffer_newer_than_the_program_is_refused(tmp_path):
     con.close()
     with pytest.raises(StorageError, match="newer than this program"):
         buffer.connect(path)
+
+
+def make_v4(path, quarantined: list[tuple[int, str]]) -> None:
+    """A buffer as the program of schema version 4 left it, with quarantined frames (seq, reason)."""
+    con = sqlite3.connect(path, isolation_level=None)
+    con.execute("PRAGMA journal_mode = WAL")
+    for step, sql in schema.MIGRATIONS:
+        if step <= 4:
+            for stmt in sql.split(";"):
+                if stmt.strip():
+                    con.execute(stmt)
+    con.executemany("INSERT INTO quarantine (recv_us, session_id, seq, reason, raw) VALUES (5, 1, ?, ?, x'00')",
+                    quarantined)
+    con.execute("PRAGMA user_version = 4")
+    con.close()
+
+
+#: Free-text reasons exactly as the decoders of version 4 wrote them, and the member each became.
+V4_REASONS = [
+    ("binary frame", "binary"),
+    ("oversize frame (1500000 characters > 1048576)", "oversize"),
+    ("not JSON: unexpected character: line 1 column 12 (char 11)", "not_json"),
+    ("not a JSON object", "not_object"),
+    ('error reply: {"code":2,"msg":"Invalid request"} (id None)', "error_reply"),
+    ("not a combined-stream message (needs 'stream' and 'data')", "not_combined"),
+    ("unknown stream 'zzzusdt@depth20@100ms'", "unknown_stream"),
+    ("unexpected ServerShutdown", "unexpected"),
+    ("event type 'trade' is not 'depthUpdate'", "wrong_event"),
+    ("payload symbol 'ETHUSDT' is not the stream's 'BTCUSDT'", "wrong_symbol"),
+    ("last update id ('lastUpdateId') missing or not a non-negative 64-bit integer", "bad_integer"),
+    ("price ('p') missing or not a decimal string", "bad_decimal"),
+    ("price ('p') is not a decimal number: 'abc'", "bad_decimal"),
+    ("buyer is maker ('m') missing or not true/false", "bad_boolean"),
+    ("quantity ('q') must be non-negative and finite", "out_of_range"),
+    ("a price or quantity is negative, zero-priced or not finite", "out_of_range"),
+    ("first update id 3 is after the last 2", "ids_reversed"),
+    ("first trade id 3 is after the last 2", "ids_reversed"),
+    ("bids and asks must be lists", "bad_levels"),
+    ("levels must be [price, qty] pairs of decimal numbers", "bad_levels"),
+    ("more than 20 levels on a side", "too_many_levels"),
+    ("rest depth snapshot of btcusdt@depth@100ms: a price or quantity is negative, zero-priced or not finite",
+     "out_of_range"),
+    ("rest depth snapshot of btcusdt@depth@100ms: not JSON: unexpected character", "not_json"),
+]
+
+
+def test_a_version_4_buffer_gets_reason_values_and_keeps_its_texts_as_detail(tmp_path):
+    from orderbook_core.errors import QuarantineReason
+
+    path = tmp_path / "v4.sqlite3"
+    make_v4(path, [(seq, text) for seq, (text, _) in enumerate(V4_REASONS)])
+    conn = buffer.connect(path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 5
+        got = conn.execute("SELECT detail, reason FROM quarantine ORDER BY seq").fetchall()
+    finally:
+        conn.close()
+    assert got == V4_REASONS
+    assert {r for _, r in V4_REASONS} == {r.value for r in QuarantineReason}  # every member has an old text
