@@ -8,7 +8,9 @@ Both processes ask the buffer package by name (``reads``, ``ledger``, ``coverage
   new one is covered the day it is added), except the few DuckDB statements listed in
   :data:`DUCKDB` whose view or temp table has a buffer table's name;
 - no statement runs on a buffer connection there (a parameter annotated ``sqlite3.Connection``
-  or a name bound to a buffer connection): that also catches a table named by a variable.
+  or a name bound to a buffer connection): that also catches a table named by a variable;
+- nothing there opens SQLite itself (``sqlite3.connect``): a buffer is opened by
+  ``orderbook_core.buffer.db`` (``connect``, or ``connect_readonly``, the one read-only recipe).
 
 Sources are parsed at collection: ``ast.parse`` late in a long run (after other tests raised
 the recursion limit) hits CPython 3.11's "AST constructor recursion depth mismatch".
@@ -129,6 +131,8 @@ class _Scan(ast.NodeVisitor):
         if (isinstance(f, ast.Attribute) and f.attr in _RUNS_SQL and isinstance(f.value, ast.Name)
                 and f.value.id in self.conns[-1]):
             self.found.append(f"{self._where(node)}: {f.value.id}.{f.attr}() on a buffer connection")
+        if ast.unparse(f) == "sqlite3.connect":
+            self.found.append(f"{self._where(node)}: sqlite3.connect() (open it with orderbook_core.buffer.db)")
         self.generic_visit(node)
 
     def _string(self, node: ast.expr) -> None:
@@ -186,6 +190,8 @@ PLANTED = [
      "a statement on the resource's connection"),
     ("orderbook_assets/analytics/views.py", "TOP_OF_BOOK_SQL = 'SELECT * FROM streams'\n",
      "a buffer table beside an allowed DuckDB view"),
+    ("orderbook_collector/metrics.py", "import sqlite3\ndef f(p):\n    return sqlite3.connect(f'file:{p}?mode=ro', uri=True)\n",
+     "a read-only connection of its own"),
 ]
 PLANTED_FOUND = [(path, what, offences(path, source)) for path, source, what in PLANTED]
 
