@@ -122,9 +122,8 @@ def read_tails(buffer_path: str | Path, names: tuple[str, ...] = STREAM_VIEWS) -
     except sqlite3.Error as exc:
         raise StorageError(f"cannot open buffer {path} read-only: {exc}") from exc
     try:
-        con.execute("BEGIN")  # one snapshot for ledger and rows (WAL readers never block the writer)
-        out = {name: export.read_rows(con, name, reads.unarchived(con, name)) for name in names}
-        con.execute("COMMIT")
+        with buf.read_snapshot(con):  # one snapshot for ledger and rows (WAL readers never block the writer)
+            out = {name: export.read_rows(con, name, reads.unarchived(con, name)) for name in names}
     except sqlite3.Error as exc:
         raise StorageError(f"cannot read buffer {path}: {exc}") from exc
     except RuntimeError as exc:  # a row naming an unknown stream

@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from orderbook_core.buffer import HOUR_US, reads
+from orderbook_core.buffer import coverage as buffer_coverage
 
 
 from orderbook_assets.archive import export
@@ -41,11 +42,7 @@ from orderbook_assets.archive.quality import Gap
 
 def session_rows(conn: sqlite3.Connection, hour_us: int) -> list[tuple]:
     """Sessions overlapping the hour: (session_id, opened, closed, reason, duplicates, quarantined, lost)."""
-    return conn.execute(
-        "SELECT session_id, opened_us, closed_us, close_reason, duplicates, quarantined, lost FROM sessions "
-        "WHERE opened_us < ? AND (closed_us IS NULL OR closed_us >= ?) ORDER BY session_id",
-        (hour_us + HOUR_US, hour_us),
-    ).fetchall()
+    return buffer_coverage.sessions_overlapping(conn, hour_us)
 
 
 def per_session_stats(con: duckdb.DuckDBPyConnection, view: str = "books") -> dict[int, tuple]:
@@ -69,14 +66,10 @@ def continuity_rows(conn: sqlite3.Connection, parts: list[Part], streams: dict) 
     """
     out: list[dict] = []
     for part in parts:
-        params = reads.IdRange(part.hour_us, part.id_lo, part.id_hi).params()
+        rng = part.rows_range
         if part.dataset == DEPTH_SYNC:
             for (sid, session, recv, event, reason, before_u, before_ms, after_first, after_last, _after_prev,
-                 after_ms, snapshot) in conn.execute(
-                "SELECT stream_id, session_id, recv_us, event, reason, before_update_id, before_event_ms, "
-                "after_first_update_id, after_last_update_id, after_prev_update_id, after_event_ms, snapshot_update_id "
-                f"FROM {DEPTH_SYNC} WHERE {reads.PART_ROWS} ORDER BY id", params,
-            ):
+                 after_ms, snapshot) in buffer_coverage.sync_rows(conn, rng):
                 s = streams[sid]
                 if event == "break":
                     out.append(dict(record="break", market=s.market, stream=s.name, session_id=session,
@@ -88,36 +81,27 @@ def continuity_rows(conn: sqlite3.Connection, parts: list[Part], streams: dict) 
                                     reason=reason, first_id=after_first, last_id=after_last, snapshot_id=snapshot,
                                     dataset=DEPTH_UPDATE))
         elif part.dataset == TRADE_GAP:
-            for sid, session, recv, dataset, first, last, before_ms, after_ms in conn.execute(
-                "SELECT stream_id, session_id, recv_us, dataset, first_missing_id, last_missing_id, before_event_ms, "
-                f"after_event_ms FROM {TRADE_GAP} WHERE {reads.PART_ROWS} ORDER BY id", params,
-            ):
+            for sid, session, recv, dataset, first, last, before_ms, after_ms in buffer_coverage.trade_gap_rows(conn, rng):
                 s = streams[sid]
                 out.append(dict(record="trade_gap", market=s.market, stream=s.name, session_id=session,
                                 start_time=_ms(before_ms), end_time=_ms(after_ms), first_recv_time=recv,
                                 first_id=first, last_id=last, messages=last - first + 1, dataset=dataset))
         elif part.dataset == SILENCE:
-            out += _silent_rows(conn, params, streams)
+            out += _silent_rows(conn, rng, streams)
         elif part.dataset == DEPTH_REST:
-            for sid, recv, uid, reason, event_ms in conn.execute(
-                f"SELECT stream_id, recv_us, last_update_id, reason, event_ms FROM {DEPTH_REST} "
-                f"WHERE {reads.PART_ROWS} ORDER BY id", params,
-            ):
+            for sid, recv, uid, reason, event_ms in buffer_coverage.resync_rows(conn, rng):
                 s = streams[sid]
                 out.append(dict(record="resync", market=s.market, stream=s.name, start_time=_ms(event_ms),
                                 first_recv_time=recv, reason=reason, snapshot_id=uid, dataset=DEPTH_REST))
     return out
 
 
-def _silent_rows(conn: sqlite3.Connection, params: tuple, streams: dict) -> list[dict]:
+def _silent_rows(conn: sqlite3.Connection, rng: reads.IdRange, streams: dict) -> list[dict]:
     """One ``silent`` row per silence in the part: its 'silent' row (whose end the collector set
     if it ended before this export) and its 'resumed' row merged, so a silence that began and
     ended in one round is one row; one that spans rounds is a row in each (open, then closed)."""
     found: dict[tuple[int, int], dict] = {}
-    for sid, recv, event, since, end, reason, ended_by in conn.execute(
-        "SELECT stream_id, recv_us, event, since_us, end_us, reason, ended_by "
-        f"FROM {SILENCE} WHERE {reads.PART_ROWS} ORDER BY id", params,
-    ):
+    for sid, recv, event, since, end, reason, ended_by in buffer_coverage.silence_rows(conn, rng):
         row = found.get((sid, since))
         if row is None:
             s = streams[sid]

@@ -28,7 +28,6 @@ Profiled with pyinstrument before these choices; see the README's benchmark sect
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 from dataclasses import dataclass
@@ -170,7 +169,7 @@ class StreamInfo(NamedTuple):
 def stream_table(conn: sqlite3.Connection) -> dict[int, StreamInfo]:
     """stream_id → (stream name as subscribed, upper-case symbol, market), from ``streams``."""
     out = {}
-    for sid, key, symbol, market in conn.execute("SELECT stream_id, name, symbol, market FROM streams"):
+    for sid, key, symbol, market in reads.streams(conn):
         prefix = f"{market}:"
         out[sid] = StreamInfo(key[len(prefix):] if key.startswith(prefix) else key, symbol.upper(), market)
     return out
@@ -188,11 +187,6 @@ class Keys:
         return len(self.id)
 
 
-def _key_sql(dataset: str) -> str:
-    session = "session_id, seq" if ds.DATASETS[dataset].has_session else "0, 0"
-    return f"SELECT id, stream_id, recv_us, {session} FROM {dataset}"
-
-
 def read_keys(conn: sqlite3.Connection, part: Part) -> np.ndarray:
     """Pass 1: (id, stream_id, recv_us, session_id, seq) of the part's rows as an int64 array (id order).
 
@@ -201,10 +195,10 @@ def read_keys(conn: sqlite3.Connection, part: Part) -> np.ndarray:
     """
     out = []
     lo = part.id_lo
-    sql = f"{_key_sql(part.dataset)} WHERE {reads.PART_ROWS}"
+    with_session = ds.DATASETS[part.dataset].has_session
     while lo < part.id_hi:
         hi = min(lo + KEY_CHUNK, part.id_hi)
-        rows = conn.execute(sql, reads.IdRange(part.hour_us, lo, hi).params()).fetchall()
+        rows = reads.part_keys(conn, part.dataset, reads.IdRange(part.hour_us, lo, hi), with_session=with_session)
         if rows:
             out.append(np.array(rows, dtype=np.int64))
         del rows
@@ -269,15 +263,11 @@ def fetch_columns(conn: sqlite3.Connection, dataset: str, ids: np.ndarray) -> li
     sorted_ids = np.sort(ids)
     n = len(ids)
     lo, hi = int(sorted_ids[0]), int(sorted_ids[-1])
-    cols = ", ".join(src.sql for src in SOURCES[dataset])
+    cols = [src.sql for src in SOURCES[dataset]]
     if hi - lo + 1 == n:
-        cur = conn.execute(f"SELECT {cols} FROM {dataset} WHERE id >= ? AND id <= ?", (lo, hi))
+        rows = reads.columns_in_id_range(conn, dataset, cols, lo, hi)
     else:
-        cur = conn.execute(
-            f"SELECT {cols} FROM {dataset} WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id",
-            (json.dumps(sorted_ids.tolist()),),
-        )
-    rows = cur.fetchall()
+        rows = reads.columns_of_ids(conn, dataset, cols, sorted_ids.tolist())
     if len(rows) != n:
         raise RuntimeError(f"{n - len(rows)} rows of a planned part vanished from the buffer")
     columns = list(zip(*rows))
@@ -381,9 +371,9 @@ def read_rows(conn: sqlite3.Connection, dataset: str, ranges: list[reads.IdRange
     streams = stream_table(conn)
     cols = _StreamColumns(streams)
     batches = []
+    with_session = ds.DATASETS[dataset].has_session
     for rng in ranges:
-        keys = np.array(conn.execute(f"{_key_sql(dataset)} WHERE {reads.PART_ROWS} ORDER BY id", rng.params()).fetchall(),
-                        dtype=np.int64)
+        keys = np.array(reads.part_keys(conn, dataset, rng, with_session=with_session, ordered=True), dtype=np.int64)
         if len(keys) == 0:
             continue
         k = Keys(*(np.ascontiguousarray(keys[:, c]) for c in range(5)))

@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from orderbook_core.buffer import HOUR_US, reads
+from orderbook_core.buffer import coverage as buffer_coverage
 from orderbook_core.errors import ArchiveError, IntegrityError
 
 from orderbook_assets.archive import coverage as cov
@@ -175,13 +176,8 @@ def explained_seqs(conn: sqlite3.Connection, hour_us: int, checked: list[Part], 
     every stream kind it subscribed, and seq counts its frames across them)."""
     sessions = [r[0] for r in cov.session_rows(conn, hour_us)]
     pairs: list[tuple[int, int]] = []
-    if sessions:
-        marks = ",".join("?" * len(sessions))
-        pairs += conn.execute(f"SELECT session_id, seq FROM dropped WHERE session_id IN ({marks})", sessions).fetchall()
-    pairs += conn.execute(
-        "SELECT session_id, seq FROM quarantine WHERE recv_us >= ? AND recv_us < ?",
-        (hour_us - HOUR_US, hour_us + 2 * HOUR_US),
-    ).fetchall()
+    pairs += buffer_coverage.dropped_seqs(conn, sessions)
+    pairs += buffer_coverage.quarantined_seqs(conn, hour_us - HOUR_US, hour_us + 2 * HOUR_US)
     for other, d in ds.DATASETS.items():
         if not d.has_session:
             continue
@@ -190,7 +186,7 @@ def explained_seqs(conn: sqlite3.Connection, hour_us: int, checked: list[Part], 
             continue
         ranges = reads.gaps_between(whole, [p.rows_range for p in checked]) if other == dataset else [whole]
         for rng in ranges:
-            pairs += conn.execute(f"SELECT session_id, seq FROM {other} WHERE {reads.PART_ROWS}", rng.params()).fetchall()
+            pairs += reads.session_seqs(conn, other, rng)
     return pa.table({
         "session_id": pa.array([p[0] for p in pairs], pa.int64()),
         "seq": pa.array([p[1] for p in pairs], pa.int64()),
@@ -201,15 +197,8 @@ def recorded_continuity(conn: sqlite3.Connection, hour_us: int) -> tuple[pa.Tabl
     """The hour's recorded diff-depth breaks and trade-id gaps (buffer ``depth_sync`` and
     ``trade_gap``), streams named as in the archive: what the continuity checks match against."""
     streams = stream_table(conn)
-    window = (hour_us, hour_us + HOUR_US)
-    breaks = conn.execute(
-        "SELECT stream_id, session_id, after_last_update_id FROM depth_sync "
-        "WHERE event = 'break' AND recv_us >= ? AND recv_us < ?", window,
-    ).fetchall()
-    gaps = conn.execute(
-        "SELECT stream_id, dataset, first_missing_id, last_missing_id FROM trade_gap WHERE recv_us >= ? AND recv_us < ?",
-        window,
-    ).fetchall()
+    breaks = buffer_coverage.sync_breaks(conn, hour_us)
+    gaps = buffer_coverage.trade_gaps(conn, hour_us)
     return (
         pa.Table.from_pylist([
             {"market": streams[sid].market, "stream": streams[sid].name, "session_id": session, "after_last_update_id": u}

@@ -146,7 +146,7 @@ def get_part(conn: sqlite3.Connection, dataset: str, hour_us: int, part: int) ->
     return Part(*row) if row else None
 
 
-def parts(conn: sqlite3.Connection, dataset: str, hour_us: int, states: tuple[str, ...] = STATES) -> list[Part]:
+def parts(conn: sqlite3.Connection, dataset: str, hour_us: int, states: tuple[PartState, ...] = STATES) -> list[Part]:
     """The hour's parts of a dataset in the given states, by part number."""
     marks = ",".join("?" * len(states))
     rows = conn.execute(
@@ -161,7 +161,7 @@ def pending(conn: sqlite3.Connection, dataset: str, hour_us: int) -> list[Part]:
     return parts(conn, dataset, hour_us, STATES[:-1])
 
 
-def advance(conn: sqlite3.Connection, part: Part, state: str, now: int | None = None, **fields: object) -> Part:
+def advance(conn: sqlite3.Connection, part: Part, state: PartState, now: int | None = None, **fields: object) -> Part:
     """Move a part forward to ``state`` (setting ``fields``); a no-op if it is already there.
 
     Idempotent: re-running a step after a crash neither fails nor moves a part backwards.

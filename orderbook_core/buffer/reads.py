@@ -9,8 +9,9 @@ the checks, the cleanup and the analysts' tail all ask it.
 
 from __future__ import annotations
 
+import json
 import sqlite3
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 from orderbook_core.buffer.hours import HOUR_US
 from orderbook_core.buffer.rows import DATASETS as _KEPT_IN_BUFFER_HOURS
@@ -37,6 +38,46 @@ def count_rows(conn: sqlite3.Connection, table: str, rng: IdRange) -> int:
 
 def has_rows(conn: sqlite3.Connection, table: str, rng: IdRange) -> bool:
     return conn.execute(f"SELECT 1 FROM {table} WHERE {PART_ROWS} LIMIT 1", rng.params()).fetchone() is not None
+
+
+def streams(conn: sqlite3.Connection) -> list[tuple[int, str, str, str]]:
+    """Every registered stream: (stream_id, key, symbol, market); the key is ``StreamSpec.key``
+    (the stream name, prefixed ``<market>:`` on markets other than spot)."""
+    return conn.execute("SELECT stream_id, name, symbol, market FROM streams").fetchall()
+
+
+def part_keys(conn: sqlite3.Connection, table: str, rng: IdRange, *, with_session: bool,
+              ordered: bool = False) -> list[tuple[int, int, int, int, int]]:
+    """(id, stream_id, recv_us, session_id, seq) of the rows of ``rng``: the keys an export sorts by.
+
+    ``with_session`` False (rows with no session: REST snapshots) gives 0 for both session
+    columns; ``ordered`` asks SQLite for id order in so many words (without it, the rowid range
+    scan returns them in id order too).
+    """
+    session = "session_id, seq" if with_session else "0, 0"
+    order = " ORDER BY id" if ordered else ""
+    sql = f"SELECT id, stream_id, recv_us, {session} FROM {table} WHERE {PART_ROWS}{order}"
+    return conn.execute(sql, rng.params()).fetchall()
+
+
+def columns_in_id_range(conn: sqlite3.Connection, table: str, columns: Sequence[str], lo: int, hi: int) -> list[tuple]:
+    """``columns`` (buffer columns, or lists of them) of the rows with ``lo <= id <= hi`` (inclusive,
+    any hour), in id order."""
+    return conn.execute(f"SELECT {', '.join(columns)} FROM {table} WHERE id >= ? AND id <= ?", (lo, hi)).fetchall()
+
+
+def columns_of_ids(conn: sqlite3.Connection, table: str, columns: Sequence[str], ids: list[int]) -> list[tuple]:
+    """``columns`` of the rows with these ids (one statement, a rowid lookup list), in id order;
+    ids with no row give nothing."""
+    return conn.execute(
+        f"SELECT {', '.join(columns)} FROM {table} WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id",
+        (json.dumps(ids),),
+    ).fetchall()
+
+
+def session_seqs(conn: sqlite3.Connection, table: str, rng: IdRange) -> list[tuple[int, int]]:
+    """(session_id, seq) of the rows of ``rng`` (a table whose rows came over a session)."""
+    return conn.execute(f"SELECT session_id, seq FROM {table} WHERE {PART_ROWS}", rng.params()).fetchall()
 
 
 def hour_bounds(conn: sqlite3.Connection, dataset: str, hour_us: int) -> IdRange | None:

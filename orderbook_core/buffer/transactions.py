@@ -44,3 +44,16 @@ def _rollback(conn: sqlite3.Connection) -> None:
             conn.execute("ROLLBACK")
         except sqlite3.Error:
             log.exception("rollback failed")
+
+
+@contextlib.contextmanager
+def read_snapshot(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One read transaction (``BEGIN`` … ``COMMIT``): every read inside sees the same committed
+    buffer, so the ledger and the rows agree; a WAL reader never blocks the writer.
+
+    On an exception nothing is committed (a read has nothing to commit): closing the
+    connection ends the transaction.
+    """
+    conn.execute("BEGIN")
+    yield conn
+    conn.execute("COMMIT")
