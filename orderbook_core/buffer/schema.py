@@ -20,7 +20,7 @@ Tables (all times are integer microseconds since the epoch, UTC):
                     ``sessions`` (close time and reason).
 ``silence``         subscriptions judged silent and their ends (step 4).
 ``spill_state``     how far the spill files have been replayed, committed with the rows.
-``export_parts``    the archive's ledger: each part's id range and state.
+``export_parts``    the archive's ledger: each part's id range, state and archive location.
 
 Owners: the collector's writer thread is the only writer of its tables; the archive
 (Dagster runs) is the only writer of ``export_parts`` and deletes archived rows. Both
@@ -318,12 +318,21 @@ CREATE INDEX silence_recv ON silence (recv_us);
 CREATE INDEX silence_open ON silence (stream_id) WHERE end_us IS NULL;
 """
 
+#: Step 5: where each part went. ``export_parts.location`` is the normalised archive URL
+#: (``Location.url``: ``s3://bucket/prefix`` or an absolute folder) the part's object was
+#: uploaded to, set with ``uploaded``; NULL for parts still planned and for parts recorded
+#: before this step (location unknown: they are not checked against the archive in use).
+_PART_LOCATION = """
+ALTER TABLE export_parts ADD COLUMN location TEXT;
+"""
+
 #: (version, statements): step N takes a buffer from user_version N-1 to N.
 MIGRATIONS: tuple[tuple[int, str], ...] = (
     (1, _COLLECTOR_TABLES + _ARCHIVE_TABLES),
     (2, _EVERY_KIND),
     (3, _CONTINUITY),
     (4, _SILENCE),
+    (5, _PART_LOCATION),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 #: Every statement of every step, in order: what a new buffer runs (benchmarks build one with it).
