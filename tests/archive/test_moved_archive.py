@@ -19,7 +19,8 @@ from orderbook_core import buffer
 from orderbook_core.buffer import ledger, schema
 from orderbook_core.errors import ConfigError
 from orderbook_assets.archive import pipeline
-from orderbook_assets.archive.store import LocalStore
+from orderbook_assets.archive.location import Location
+from orderbook_assets.archive.store import LocalStore, open_store
 
 from support.buffer_rows import BASE_HOUR_US, fill_buffer, open_buffer
 
@@ -62,6 +63,10 @@ def test_every_part_records_the_archive_it_was_uploaded_to(archived_to_a):
     assert locations(conn) == {a.url}
     states = {r[0] for r in conn.execute("SELECT state FROM export_parts")}
     assert states == {"archived"}
+    # The location is the normalised URL: another spelling of the same folder is the same archive.
+    same = open_store(Location.parse(f"file://{a.root}/"))
+    pipeline.check_location(conn, same, BASE_HOUR_US)
+    assert same.url == a.url
 
 
 def test_a_run_against_another_archive_stops_at_once_and_says_how_to_recover(archived_to_a):
