@@ -163,3 +163,24 @@ def test_the_archive_job_fails_at_once_without_retries(tmp_path, monkeypatch):
     assert [e.step_key for e in failures] == ["stream_datasets"]
     assert "was archived to" in failures[0].event_specific_data.error.message
     assert not [e for e in second.all_events if e.event_type == DagsterEventType.STEP_UP_FOR_RETRY]
+
+
+def test_an_hour_moved_from_a_folder_to_s3_continues_there(archived_to_a):
+    """The copy as a plain `aws s3 sync` makes it (no metadata of ours): proved by the store's
+    strongest means, then the hour goes on in the bucket; before the copy, refused at once."""
+    from orderbook_assets.archive.store import S3Store
+    from support.s3 import MotoServer, s3_client
+
+    conn, a, _, staging = archived_to_a
+    with MotoServer() as moto:
+        client = s3_client(moto.url)
+        bucket = S3Store(client, "books", "moved")
+        bucket.provision("us-east-1", custom_endpoint=True)
+        with pytest.raises(ConfigError, match=f"not to s3://books/moved "):
+            pipeline.export_and_upload(conn, bucket, staging, BASE_HOUR_US)
+        for key in a.list():
+            client.upload_file(str(a.root / key), "books", f"moved/{key}")
+        out = archive(conn, bucket, staging)
+        assert out.planned is not None and locations(conn) == {"s3://books/moved"}
+        keys = [k for k in bucket.list("depth_snapshot/")]
+        assert len(keys) == 2 and all(bucket.head(k) is not None for k in keys)
