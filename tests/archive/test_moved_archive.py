@@ -137,7 +137,7 @@ def test_a_version_4_buffer_gets_the_location_column_with_unknown_for_its_parts(
     con.execute("PRAGMA user_version = 4")
     con.close()
     conn = buffer.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 5
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION
     (part,) = ledger.parts(conn, "depth_snapshot", BASE_HOUR_US)
     assert (part.object_key, part.location) == ("k", None)
     assert ledger.elsewhere(conn, BASE_HOUR_US, "/anywhere") == []
