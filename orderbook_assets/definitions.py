@@ -18,7 +18,7 @@ from orderbook_assets.defs.books import book_snapshot
 from orderbook_assets.defs.checks import CHECKS
 from orderbook_assets.defs.exports import export_definitions
 from orderbook_assets.defs.fleet import fleet_definitions
-from orderbook_assets.defs.freshness import check_freshness, check_freshness_schedule, collector, collector_fresh
+from orderbook_assets.defs.freshness import check_freshness, check_freshness_sensor, collector, collector_fresh
 from orderbook_assets.defs.hosts import fleet_hosts, host_id, hosted
 from orderbook_assets.defs.jobs import archive_hour, cleanup_buffer
 from orderbook_assets.defs.reconcile import reconcile_definitions
@@ -38,8 +38,8 @@ def host_definitions(res: dict) -> Definitions:
         assets=[stream_datasets, coverage, archived_hour, top_of_book_1s, book_snapshot, collector],
         asset_checks=[*CHECKS.values(), collector_fresh],
         jobs=[archive_hour, cleanup_buffer, check_freshness],
-        schedules=[archive_hour_schedule, cleanup_buffer_schedule, check_freshness_schedule],
-        sensors=[late_rows_sensor],
+        schedules=[archive_hour_schedule, cleanup_buffer_schedule],
+        sensors=[late_rows_sensor, check_freshness_sensor],
         resources=res,
     )
 

@@ -14,7 +14,8 @@ the collector at it. The demo is one world: its buffer, archive, Dagster instanc
 and data-source marker (``simulated``) are fixed in ``data/demo/``, an exported
 buffer or archive elsewhere is refused rather than mixed with simulated data, and
 ``data/demo/demo.env`` holds those variables for the archive and query commands.
-It records several symbols and every stream kind on spot and USD-M.
+It records several symbols and every stream kind on spot and USD-M. Its hourly partitions
+start where its data starts (:func:`demo_partitions_start`), not at the project's default.
 
 Every setting is validated before anything starts: a bad one is one sentence naming
 it, prefixed with the command run (``make run:`` / ``make demo:``), exit 2.
@@ -35,15 +36,19 @@ import shlex
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 
 from orderbook_assets.archive.location import Location
 from orderbook_assets.archive.source import SIMULATED, SOURCE_ENV, data_source
 from orderbook_collector.config import SUBSCRIPTIONS as SUBSCRIPTIONS_ENV
 from orderbook_collector.config import Settings
 from orderbook_collector.config import load as load_collector_settings
+from orderbook_core import buffer as buf
+from orderbook_core.buffer import ledger
 from orderbook_core.errors import ConfigError
 
 STOP_TIMEOUT = 30.0
@@ -57,6 +62,9 @@ DEMO_MIX = {
     "ORDERBOOK_USDM_SYMBOLS": "btcusdt,ethusdt",
     "ORDERBOOK_USDM_STREAMS": DEMO_KINDS,
 }
+#: The Dagster partitions' first hour (read by orderbook_assets/defs/partitions.py) and its key format.
+PARTITIONS_START_ENV = "ORDERBOOK_PARTITIONS_START"
+PARTITION_KEY = "%Y-%m-%d-%H:00"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _PR_SET_PDEATHSIG = 1
 #: asyncio's own default for servers (loop.create_server): SO_REUSEADDR on POSIX, not on Windows.
@@ -164,6 +172,48 @@ def demo_world() -> dict[str, str]:
     }
 
 
+def demo_partitions_start(world: dict[str, str], now: float | None = None) -> str:
+    """The demo's first partition: the earliest of the hour it was first started (kept in
+    data/demo/demo.env), its buffer's first hour, and the current hour. A fresh demo then
+    offers one partition, not every hour since the project's default start, and a restart
+    never hides hours it recorded before."""
+    now = time.time() if now is None else now
+    hours = [int(now // 3600) * 3600]
+    previous = _demo_env_value(PARTITIONS_START_ENV)
+    if previous:
+        try:
+            hours.append(int(datetime.strptime(previous, PARTITION_KEY).replace(tzinfo=timezone.utc).timestamp()))
+        except ValueError:
+            pass  # not ours (edited by hand): the buffer and the clock decide
+    path = world["ORDERBOOK_BUFFER"]
+    if os.path.isfile(path):
+        try:
+            conn = buf.connect_readonly(path)
+            try:
+                oldest = ledger.progress(conn).oldest_buffered_hour
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            oldest = None  # unreadable here: the collector will say why
+        if oldest is not None:
+            hours.append(oldest // 1_000_000)
+    return datetime.fromtimestamp(min(hours), tz=timezone.utc).strftime(PARTITION_KEY)
+
+
+def _demo_env_value(name: str) -> str | None:
+    """A variable as data/demo/demo.env (written by :func:`write_demo_env`) holds it."""
+    try:
+        with open(os.path.join(DEMO_DIR, "demo.env")) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        if line.startswith(f"{name}="):
+            values = shlex.split(line.split("=", 1)[1])
+            return values[0] if values else None
+    return None
+
+
 def _same_place(name: str, given: str, ours: str) -> bool:
     if name == "ORDERBOOK_ARCHIVE_URL":
         return Location.parse(given).url == Location.parse(ours).url
@@ -187,6 +237,8 @@ def _environment(args: argparse.Namespace, environ: dict[str, str] | None = None
         if given and given != SIMULATED:
             raise ConfigError(SOURCE_ENV, f"{given!r} is set, but the demo's data is simulated; unset {SOURCE_ENV} for make demo.")
         env.update(world)  # DAGSTER_HOME too: `make` exports its own default, which is not the demo's
+        if not env.get(PARTITIONS_START_ENV, "").strip():
+            env[PARTITIONS_START_ENV] = demo_partitions_start(world)
         if not env.get(SUBSCRIPTIONS_ENV):
             for name, value in DEMO_MIX.items():
                 env[name] = env.get(name) or value
@@ -208,9 +260,9 @@ def write_demo_env(env: dict[str, str]) -> str:
     on the demo's world (``set -a; . data/demo/demo.env; set +a`` before them)."""
     path = os.path.join(DEMO_DIR, "demo.env")
     os.makedirs(DEMO_DIR, exist_ok=True)
-    lines = ["# Written by `make demo`: the demo's buffer, archive, Dagster instance and data-source marker.",
+    lines = ["# Written by `make demo`: the demo's buffer, archive, Dagster instance, data-source marker and first hour.",
              "# Before a documented command: set -a; . data/demo/demo.env; set +a"]
-    lines += [f"{name}={shlex.quote(env[name])}" for name in demo_world()]
+    lines += [f"{name}={shlex.quote(env[name])}" for name in (*demo_world(), PARTITIONS_START_ENV)]
     with open(path + ".tmp", "w") as f:
         f.write("\n".join(lines) + "\n")
     os.replace(path + ".tmp", path)

@@ -39,7 +39,7 @@ from orderbook_core import buffer as buf
 from orderbook_core.buffer import HOUR_US, levels, reads  # noqa: F401
 from orderbook_core.errors import ArchiveError, ConfigError, StorageError
 
-from orderbook_assets.archive import datasets, export
+from orderbook_assets.archive import datasets, export, source
 from orderbook_assets.archive.location import Location, S3Settings, hour_path  # noqa: F401  (tests build layouts with it)
 
 DATASET = datasets.DEPTH
@@ -147,6 +147,7 @@ class ViewInfo:
     notes: list[str] = field(default_factory=list)
     files: dict[str, int] = field(default_factory=dict)  # stream dataset → Parquet files
     tails: dict[str, int] = field(default_factory=dict)  # stream dataset → tail rows (with a buffer)
+    simulated: bool = False  # the archive carries the simulated-data marker (archive/source.py)
 
     @property
     def empty(self) -> bool:
@@ -186,6 +187,9 @@ def register_views(
             f"the archive folder {archive.url} does not exist; point --archive at the folder the archive job writes.",
         )
     info.coverage_files = count_files(con, archive.glob("coverage"))
+    info.simulated = any(source.is_marker(f) for g in source.MARKER_GLOBS for f in list_files(con, f"{archive.url}/{g}"))
+    if info.simulated:
+        info.notes.append(source.READER_NOTE.format(url=archive.url, key=source.MARKER_KEY))
     tails: dict[str, pa.Table] = {}
     if buffer_path is not None:
         tails = read_tails(buffer_path)
@@ -240,8 +244,17 @@ def coverage_schema() -> pa.Schema:
 
 def count_files(con: duckdb.DuckDBPyConnection, pattern: str) -> int:
     """How many files match ``pattern`` (local or S3, through DuckDB's own glob)."""
+    return _glob(con, pattern, "SELECT count(*) FROM glob(?)")[0][0]
+
+
+def list_files(con: duckdb.DuckDBPyConnection, pattern: str) -> list[str]:
+    """The files that match ``pattern`` (local or S3, through DuckDB's own glob)."""
+    return [r[0] for r in _glob(con, pattern, "SELECT file FROM glob(?)")]
+
+
+def _glob(con: duckdb.DuckDBPyConnection, pattern: str, sql: str) -> list[tuple]:
     try:
-        return con.execute("SELECT count(*) FROM glob(?)", [pattern]).fetchone()[0]
+        return con.execute(sql, [pattern]).fetchall()
     except duckdb.Error as exc:
         text = str(exc)
         if "404" in text:

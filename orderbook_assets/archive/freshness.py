@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 from orderbook_core.buffer import ledger
 
@@ -53,6 +54,15 @@ class Freshness:
         if self.overdue_hours:
             out.append(f"{len(self.overdue_hours)} hour(s) not archived {self.deadline_min:.0f} min after their end")
         return out
+
+
+def verdict(f: Freshness) -> str:
+    """What the check concludes, without the numbers that change on every look (the newest
+    message's age): the freshness sensor runs the check only when this changes."""
+    state = "no message" if f.age_s is None else ("recording" if f.fresh else "stale")
+    hours = ", ".join(datetime.fromtimestamp(h / 1e6, tz=timezone.utc).strftime("%Y-%m-%dT%H:00Z")
+                      for h in f.overdue_hours)
+    return f"{state}; overdue hours: {hours or 'none'}"
 
 
 def newest_recv_us(conn: sqlite3.Connection) -> int | None:

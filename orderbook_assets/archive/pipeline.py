@@ -13,6 +13,9 @@ included) finds the ledger where it was left and continues:
 4. :func:`mark_archived` - after the checks passed: each complete round's parts become
    ``archived`` and cleanup may free their rows.
 
+Every step that touches the store first checks that the hour's parts were uploaded to this
+store (:func:`check_location`): the ledger records each part's archive location.
+
 No SQLite transaction is open while Parquet is written or objects move: every read is a
 single statement fetched in full, every write a short ``BEGIN IMMEDIATE``.
 """
@@ -23,6 +26,7 @@ import hashlib
 import logging
 import sqlite3
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pyarrow as pa
@@ -30,7 +34,7 @@ import pyarrow.parquet as pq
 
 from orderbook_core.buffer import HOUR_US, reads
 from orderbook_core.buffer import coverage as buffer_coverage
-from orderbook_core.errors import ArchiveError, IntegrityError
+from orderbook_core.errors import ArchiveError, ConfigError, IntegrityError
 
 from orderbook_assets.archive import coverage as cov
 from orderbook_assets.archive import datasets as ds
@@ -91,8 +95,40 @@ def staged_path(staging: Path, key: str) -> Path:
     return Path(staging) / key
 
 
+def check_location(conn: sqlite3.Connection, store: ArchiveStore, hour_us: int) -> None:
+    """Refuse at once to work on an hour whose parts went to another archive, unless its objects are here.
+
+    A part recorded at another location (another ``ORDERBOOK_ARCHIVE_URL``) cannot be read,
+    verified or completed here, and a new round here would split the hour over two archives.
+    If every such object is found in this store with its recorded size and SHA-256 (the
+    operator copied the hour's objects over), the parts are recorded here and the run goes on.
+
+    Raises:
+        ConfigError: some of those objects are not here, with the location they are at and
+            the two ways to recover.
+    """
+    away = ledger.elsewhere(conn, hour_us, store.url)
+    if not away:
+        return
+    # Continuity parts live inside their round's coverage object (no size or hash of their own).
+    missing = [p for p in away if p.sha256 is not None and store.head(p.object_key) != (p.bytes, p.sha256)]
+    if missing:
+        where = " and ".join(sorted({p.location for p in away if p.location}))
+        hour = datetime.fromtimestamp(hour_us / 1e6, tz=timezone.utc).strftime("%Y-%m-%dT%H:00Z")
+        raise ConfigError(
+            "ORDERBOOK_ARCHIVE_URL",
+            f"hour {hour} was archived to {where}, not to {store.url} ({len(missing)} of its objects, "
+            f"e.g. {missing[0].object_key}, are not there); set ORDERBOOK_ARCHIVE_URL={where} to run this hour, "
+            f"or copy the hour's objects from {where} to {store.url} under the same keys and run it again.",
+        )
+    moved = ledger.relocate(conn, hour_us, store.url)
+    log.info("hour %s: the objects of %d part(s) recorded at %s were found verified in %s; recorded there",
+             hour_us, moved, sorted({p.location for p in away}), store.url)
+
+
 def export_and_upload(conn: sqlite3.Connection, store: ArchiveStore, staging: Path, hour_us: int) -> HourExport:
     """Plan the hour's next round (if new rows) and bring every pending part of every dataset to verified."""
+    check_location(conn, store, hour_us)
     planned = ledger.plan_round(conn, hour_us)
     crash_point("after_plan")
     out = HourExport(hour_us, planned)
@@ -132,7 +168,7 @@ def _export_one(conn: sqlite3.Connection, store: ArchiveStore, staging: Path, pa
         out.uploads[part.part] = store.put_if_absent(key, exported.path, exported.sha256)
     part = ledger.advance(
         conn, part, PartState.UPLOADED, rows=exported.rows, bytes=exported.bytes, sha256=exported.sha256,
-        object_key=key, first_recv_us=exported.first_recv_us, last_recv_us=exported.last_recv_us,
+        object_key=key, first_recv_us=exported.first_recv_us, last_recv_us=exported.last_recv_us, location=store.url,
     )
     crash_point("after_upload")
     return _verify(conn, store, part)
@@ -235,6 +271,7 @@ def check_window(hour_us: int, parts: list[Part]) -> tuple[int, int]:
 def check_parts(conn: sqlite3.Connection, store: ArchiveStore, staging: Path, hour_us: int,
                 dataset: str) -> HourChecks:
     """Run ``dataset``'s checks (``quality.CHECKS``) over its verified, not yet archived parts of the hour."""
+    check_location(conn, store, hour_us)
     parts = ledger.parts(conn, dataset, hour_us, (PartState.VERIFIED,))
     paths = [str(local_copy(store, staging, p)) for p in parts]
     buffer_rows = sum(ledger.buffer_rows(conn, p) for p in parts)
@@ -275,6 +312,7 @@ def upload_coverage(conn: sqlite3.Connection, store: ArchiveStore, staging: Path
     continuity parts (``depth_sync``, ``trade_gap``) have no object of their own: their rows
     are in the coverage object, and they are verified with it.
     """
+    check_location(conn, store, hour_us)
     pending = [p for p in ledger.pending(conn, COVERAGE, hour_us)
                if all(q.reached(PartState.VERIFIED) or q.dataset in ds.CONTINUITY for q in ledger.round_parts(conn, p))]
     newest = max((p.part for p in pending), default=None)
@@ -309,7 +347,8 @@ def upload_coverage(conn: sqlite3.Connection, store: ArchiveStore, staging: Path
     for part in done:
         for q in ledger.round_parts(conn, part):
             if q.dataset in ds.CONTINUITY and not q.reached(PartState.VERIFIED):
-                ledger.advance(conn, q, PartState.VERIFIED, rows=ledger.buffer_rows(conn, q), object_key=part.object_key)
+                ledger.advance(conn, q, PartState.VERIFIED, rows=ledger.buffer_rows(conn, q), object_key=part.object_key,
+                               location=part.location)
     return HourCoverage(sorted(done, key=lambda p: p.part), gaps)
 
 
@@ -329,7 +368,7 @@ def _coverage_one(conn, store: ArchiveStore, staging: Path, part: Part, sessions
             raise
         size, sha = got
         log.info("%s: keeping the coverage snapshot stored by an earlier attempt", key)
-    facts = dict(rows=table.num_rows, bytes=size, sha256=sha, object_key=key)
+    facts = dict(rows=table.num_rows, bytes=size, sha256=sha, object_key=key, location=store.url)
     if part.state == PartState.UPLOADED:
         # The earlier upload was lost and this snapshot's counters differ: record what is stored now.
         part = ledger.record_object(conn, part, **facts)
@@ -363,6 +402,7 @@ def mark_archived(conn: sqlite3.Connection, staging: Path, hour_us: int) -> list
 def archived_copies(conn: sqlite3.Connection, store: ArchiveStore, staging: Path, hour_us: int,
                     dataset: str) -> list[str]:
     """Local files of the hour's archived parts of a dataset: staged ones as they are, others downloaded."""
+    check_location(conn, store, hour_us)
     return [str(local_copy(store, staging, p)) for p in ledger.parts(conn, dataset, hour_us, (PartState.ARCHIVED,))]
 
 

@@ -18,6 +18,11 @@ no rows of its own). A round's parts share their ``planned_us``, which is what l
 the round is archived as a whole, once all its parts and its coverage are verified.
 (Older ledgers: a coverage part with the id range of its depth twin; same link.)
 
+Each part records its *location*, the normalised archive URL its object was uploaded to
+(set with ``uploaded``), so a run pointed at another archive is refused before it plans or
+reads anything instead of looking there for objects that are elsewhere (:func:`elsewhere`).
+NULL is "unknown": parts planned, or recorded before the ledger kept locations.
+
 Ids are AUTOINCREMENT, so never reused; the collector's writer, the only other writer,
 assigns ids inside its own transactions, so when our ``BEGIN IMMEDIATE`` holds the write
 lock every id up to ``buffer_hours.max_id`` is committed and later rows get larger ids.
@@ -49,7 +54,7 @@ STATES = tuple(PartState)
 
 _COLUMNS = (
     "dataset, hour_us, part, id_lo, id_hi, state, rows, bytes, sha256, object_key, "
-    "first_recv_us, last_recv_us, planned_us, updated_us"
+    "first_recv_us, last_recv_us, planned_us, updated_us, location"
 )
 
 
@@ -69,6 +74,7 @@ class Part:
     last_recv_us: int | None = None
     planned_us: int = 0
     updated_us: int = 0
+    location: str | None = None  # the archive URL the object went to; None: not yet uploaded, or unknown
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "state", PartState(self.state))
@@ -193,6 +199,27 @@ def record_object(conn: sqlite3.Connection, part: Part, **fields: object) -> Par
     got = get_part(conn, part.dataset, part.hour_us, part.part)
     assert got is not None
     return got
+
+
+def elsewhere(conn: sqlite3.Connection, hour_us: int, location: str) -> list[Part]:
+    """The hour's parts recorded at another archive location than ``location`` (unknown ones excluded)."""
+    rows = conn.execute(
+        f"SELECT {_COLUMNS} FROM export_parts WHERE hour_us = ? AND location IS NOT NULL AND location != ? "
+        "ORDER BY dataset, part",
+        (hour_us, location),
+    ).fetchall()
+    return [Part(*r) for r in rows]
+
+
+def relocate(conn: sqlite3.Connection, hour_us: int, location: str) -> int:
+    """Record ``location`` for every part of the hour recorded elsewhere (its objects were found
+    there, verified); returns how many parts moved. States and object facts stay as they are."""
+    with transaction(conn):
+        return conn.execute(
+            "UPDATE export_parts SET location = ?, updated_us = ? "
+            "WHERE hour_us = ? AND location IS NOT NULL AND location != ?",
+            (location, now_us(), hour_us, location),
+        ).rowcount
 
 
 def buffer_rows(conn: sqlite3.Connection, part: Part) -> int:

@@ -20,7 +20,7 @@ Tables (all times are integer microseconds since the epoch, UTC):
                     ``sessions`` (close time and reason).
 ``silence``         subscriptions judged silent and their ends (step 4).
 ``spill_state``     how far the spill files have been replayed, committed with the rows.
-``export_parts``    the archive's ledger: each part's id range and state.
+``export_parts``    the archive's ledger: each part's id range, state and archive location.
 
 Owners: the collector's writer thread is the only writer of its tables; the archive
 (Dagster runs) is the only writer of ``export_parts`` and deletes archived rows. Both
@@ -342,7 +342,15 @@ UPDATE quarantine SET detail = reason, reason = CASE
     WHEN reason LIKE '%is after the last%' THEN 'ids_reversed'
     WHEN reason LIKE '%must be lists%' OR reason LIKE '%pairs of decimal numbers%' THEN 'bad_levels'
     WHEN reason LIKE '%levels on a side%' THEN 'too_many_levels'
-    ELSE 'unexpected' END
+    ELSE 'unexpected' END;
+"""
+
+#: Step 6: where each part went. ``export_parts.location`` is the normalised archive URL
+#: (``Location.url``: ``s3://bucket/prefix`` or an absolute folder) the part's object was
+#: uploaded to, set with ``uploaded``; NULL for parts still planned and for parts recorded
+#: before this step (location unknown: they are not checked against the archive in use).
+_PART_LOCATION = """
+ALTER TABLE export_parts ADD COLUMN location TEXT;
 """
 
 #: (version, statements): step N takes a buffer from user_version N-1 to N.
@@ -352,10 +360,11 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
     (3, _CONTINUITY),
     (4, _SILENCE),
     (5, _QUARANTINE_REASONS),
+    (6, _PART_LOCATION),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 #: Every statement of every step, in order: what a new buffer runs (benchmarks build one with it).
-SCHEMA = "\n".join(sql for _, sql in MIGRATIONS)
+SCHEMA = ";\n".join(sql for _, sql in MIGRATIONS)
 
 
 def migrate(conn: sqlite3.Connection) -> None:

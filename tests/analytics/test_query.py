@@ -156,6 +156,20 @@ def test_query_command_prints_a_result(archive, capsys):
     assert "BTCUSDT" in out and "ETHUSDT" in out and "600" in out
 
 
+@pytest.mark.parametrize("where", [".", "hosts/collector=a"])
+def test_a_simulated_archive_is_noted_on_stderr(archive, capsys, where):
+    """The marker the demo's archive runs write (at the root, or in a fleet host's folder)."""
+    root, _ = archive
+    from orderbook_assets.archive import source
+
+    (root / where).mkdir(parents=True, exist_ok=True)
+    (root / where / source.MARKER_KEY).write_text(source.MARKER_TEXT)
+    code, out, err = run_cli(capsys, "--archive", str(root), "--format", "csv", "SELECT count(*) AS n FROM depth_snapshot")
+    assert code == 0 and out.splitlines() == ['"n"', "1200"]
+    assert err == (f"note: The archive at {root} was recorded from the simulated exchange of `make demo` "
+                   "(SIMULATED.txt): the books are synthetic, not Binance's.\n")
+
+
 @pytest.mark.parametrize(
     "sql, message",
     [
@@ -232,7 +246,9 @@ def test_views_read_s3_through_bundled_httpfs(monkeypatch, tmp_path):
         monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto.url)
         con = duckdb.connect()
         info = views.register_views(con, "s3://books/prod")
-        assert info.depth_files == 1
+        assert info.depth_files == 1 and not info.simulated
+        client.put_object(Bucket="books", Key="prod/SIMULATED.txt", Body=b"simulated")
+        assert views.register_views(duckdb.connect(), "s3://books/prod").simulated
         assert con.sql("SELECT count(*), count(DISTINCT symbol) FROM top_of_book").fetchone() == (data.num_rows, 2)
         with pytest.raises(Exception, match="does not exist \\(S3 answered 404\\)"):
             views.register_views(duckdb.connect(), "s3://no-such-bucket/prod")

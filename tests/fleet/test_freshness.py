@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from contextlib import closing
 
-from dagster import DagsterInstance
+from dagster import DagsterInstance, RunRequest, SkipReason, build_sensor_context
 
 from orderbook_assets.archive import freshness as fr
 from orderbook_core import buffer as buf
@@ -14,6 +14,8 @@ from orderbook_core.buffer.schema import PartState
 from orderbook_core.buffer.records import BookTickerRecord, SessionOpen, TradeRecord
 from orderbook_collector.writer.thread import store_records
 from orderbook_assets.definitions import build
+from orderbook_assets.defs.freshness import check_freshness_sensor
+from orderbook_assets.defs.resources import BufferResource
 from orderbook_core.buffer import now_us
 from support.buffer_rows import BASE_HOUR_US, HOUR_US, fill_buffer, open_buffer
 
@@ -91,3 +93,35 @@ def test_the_check_runs_per_host_and_fails_on_a_silent_collector(tmp_path, monke
     result = job.execute_in_process(instance=DagsterInstance.ephemeral(), raise_on_error=False)
     [check] = result.get_asset_check_evaluations()
     assert not check.passed and "s old (limit 1 s)" in check.metadata["problems"].value
+
+
+def test_the_verdict_leaves_out_what_changes_on_every_look(tmp_path):
+    buffer = tmp_path / "buffer.sqlite3"
+    rows = fill_buffer(buffer, ["btcusdt"], BASE_HOUR_US, 100)
+    newest = max(r.recv_us for r in rows)
+    with closing(open_buffer(buffer)) as conn:
+        looks = [fr.freshness(conn, newest + s * S, max_age_s=120, deadline_min=30) for s in (1, 60)]
+        assert {fr.verdict(f) for f in looks} == {"recording; overdue hours: none"}
+        late = fr.freshness(conn, BASE_HOUR_US + HOUR_US + 31 * 60 * S, max_age_s=120, deadline_min=30)
+        assert fr.verdict(late) == "stale; overdue hours: 2026-11-23T10:00Z"
+
+
+def test_the_sensor_runs_the_check_only_when_the_verdict_changes(tmp_path, monkeypatch):
+    """Quiet while nothing changes: no run (and none of a run's log lines) every 5 minutes."""
+    buffer = tmp_path / "buffer.sqlite3"
+    fill_buffer(buffer, ["btcusdt"], now_us() - 5 * S, 10)  # recording now
+    resources = {"buffer": BufferResource(path=str(buffer))}
+
+    def look(cursor):
+        context = build_sensor_context(cursor=cursor, resources=resources)
+        return check_freshness_sensor(context), context.cursor
+
+    first, cursor = look(None)
+    assert isinstance(first, RunRequest) and cursor == "recording; overdue hours: none"
+    again, same = look(cursor)
+    assert isinstance(again, SkipReason) and same == cursor
+    assert again.skip_message == "unchanged: recording; overdue hours: none"
+    monkeypatch.setenv("ORDERBOOK_FRESHNESS_SECONDS", "1")  # the collector "stopped" 5 s ago
+    changed, stale = look(cursor)
+    assert isinstance(changed, RunRequest) and stale == "stale; overdue hours: none"
+    assert isinstance(look(stale)[0], SkipReason)

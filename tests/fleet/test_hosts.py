@@ -21,9 +21,8 @@ def test_without_a_host_id_the_single_host_names_stay():
     assets, jobs, schedules, sensors = names(build({}))
     assert assets == sorted(["archived_hour", "book_snapshot", "collector", "coverage", "top_of_book_1s", *DATASETS])
     assert jobs == ["archive_hour", "check_freshness", "cleanup_buffer"]
-    assert schedules == [("archive_hour_schedule", "archive_hour"), ("check_freshness_schedule", "check_freshness"),
-                         ("cleanup_buffer_schedule", "cleanup_buffer")]
-    assert sensors == [("late_rows_sensor", ("archive_hour",))]
+    assert schedules == [("archive_hour_schedule", "archive_hour"), ("cleanup_buffer_schedule", "cleanup_buffer")]
+    assert sensors == [("check_freshness_sensor", ("check_freshness",)), ("late_rows_sensor", ("archive_hour",))]
 
 
 def test_a_host_id_prefixes_every_key_and_suffixes_every_job():
@@ -32,9 +31,9 @@ def test_a_host_id_prefixes_every_key_and_suffixes_every_job():
     assert assets == sorted(f"tokyo_1/{n}" for n in ["archived_hour", "book_snapshot", "collector", "coverage", "top_of_book_1s", *DATASETS])
     assert jobs == ["archive_hour_tokyo_1", "check_freshness_tokyo_1", "cleanup_buffer_tokyo_1"]
     assert schedules == [("archive_hour_schedule", "archive_hour_tokyo_1"),
-                         ("check_freshness_schedule", "check_freshness_tokyo_1"),
                          ("cleanup_buffer_schedule", "cleanup_buffer_tokyo_1")]
-    assert sensors == [("late_rows_sensor", ("archive_hour_tokyo_1",))]
+    assert sensors == [("check_freshness_sensor", ("check_freshness_tokyo_1",)),
+                       ("late_rows_sensor", ("archive_hour_tokyo_1",))]
     graph = defs.resolve_asset_graph()
     # dependencies follow the keys: bars after the host's own archived_hour, checks on its own assets
     assert graph.get(AssetKey(["tokyo_1", "top_of_book_1s"])).parent_keys == {AssetKey(["tokyo_1", "archived_hour"])}

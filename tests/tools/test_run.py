@@ -88,6 +88,7 @@ def test_run_starts_everything_and_ctrl_c_stops_everything(tmp_path):
 def test_the_demo_records_in_its_own_folder_and_any_stop_signal_stops_the_whole_tree(tmp_path, sig):
     cwd = demo_folder(tmp_path)
     port, sim_port = free_port(), free_port()
+    started = time.time()
     proc = launch(cwd, port, "--simulator", ORDERBOOK_SIMULATOR_PORT=str(sim_port))
     demo_buffer = cwd / "data" / "demo" / "buffer.sqlite3"
     try:
@@ -111,6 +112,10 @@ def test_the_demo_records_in_its_own_folder_and_any_stop_signal_stops_the_whole_
     for line in (f"ORDERBOOK_BUFFER={demo_buffer}", f"ORDERBOOK_ARCHIVE_URL={cwd / 'data' / 'demo' / 'archive'}",
                  f"DAGSTER_HOME={cwd / 'data' / 'demo' / 'dagster_home'}", "ORDERBOOK_DATA_SOURCE=simulated"):
         assert line in env_file.splitlines()
+    # A fresh demo's partitions start at the hour it started, not at the project's default.
+    hours = {time.strftime("%Y-%m-%d-%H:00", time.gmtime(t)) for t in (started, time.time())}
+    [start] = [line.split("=", 1)[1] for line in env_file.splitlines() if line.startswith("ORDERBOOK_PARTITIONS_START=")]
+    assert start in hours  # two hours only if the test ran across an hour's end
 
 
 def recorded(buffer) -> list[str]:

@@ -92,3 +92,38 @@ def test_the_demo_records_every_kind_on_both_markets_unless_told_otherwise(tmp_p
     # The user's own choice of symbols still wins, and the simulator serves them.
     own = run._environment(args, {"PATH": os.environ["PATH"], "ORDERBOOK_SYMBOLS": "dogeusdt"})
     assert "dogeusdt" in run.simulator_symbols(run.check_settings(own)).split(",")
+
+
+HOUR = 3600
+
+
+def test_the_demos_partitions_start_where_its_data_starts(tmp_path, monkeypatch):
+    """Fresh: the current hour (not hundreds of "missing" hours since the project's default
+    start); restarted: never later than its first start or its buffer's first hour."""
+    from orderbook_assets.defs.partitions import START_ENV, partitions_start
+    from support.buffer_rows import BASE_HOUR_US, fill_buffer
+
+    monkeypatch.chdir(tmp_path)
+    args = run._parse(["--simulator"])
+    now = (BASE_HOUR_US // 1_000_000) + 5 * HOUR + 1234  # 2026-11-23 15:20:34 UTC
+    monkeypatch.setattr(run.time, "time", lambda: now)
+    env = run._environment(args, {"PATH": os.environ["PATH"]})
+    assert env[START_ENV] == "2026-11-23-15:00" == partitions_start(env)  # a key the definitions accept
+    run.write_demo_env(env)
+    # The next day, restarted: the first start is kept (the hours it recorded stay partitions).
+    monkeypatch.setattr(run.time, "time", lambda: now + 24 * HOUR)
+    assert run._environment(args, {"PATH": os.environ["PATH"]})[START_ENV] == "2026-11-23-15:00"
+    # A buffer holding older hours (demo.env removed, data kept): its first hour.
+    (tmp_path / "data" / "demo" / "demo.env").unlink()
+    fill_buffer(run.demo_world()["ORDERBOOK_BUFFER"], ["btcusdt"], BASE_HOUR_US + 2 * HOUR * 1_000_000 + 5, 10)
+    assert run._environment(args, {"PATH": os.environ["PATH"]})[START_ENV] == "2026-11-23-12:00"
+    # The user's own start wins.
+    own = run._environment(args, {"PATH": os.environ["PATH"], START_ENV: "2026-11-01"})
+    assert own[START_ENV] == "2026-11-01"
+
+
+def test_make_run_keeps_the_projects_partitions_start(tmp_path, monkeypatch):
+    from orderbook_assets.defs.partitions import START_ENV
+
+    monkeypatch.chdir(tmp_path)
+    assert START_ENV not in run._environment(run._parse([]), {"PATH": os.environ["PATH"]})

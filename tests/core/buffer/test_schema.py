@@ -29,7 +29,7 @@ def test_a_version_1_buffer_is_migrated_in_place(tmp_path):
     path = tmp_path / "old.sqlite3"
     make_v1(path)
     conn = buffer.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION == 5
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION == 6
     assert conn.execute("SELECT update_id, event_ms, prev_update_id FROM depth_snapshot").fetchall() == [(42, None, None)]
     assert conn.execute("SELECT market FROM streams").fetchall() == [("spot",)]
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -105,7 +105,7 @@ def test_a_version_4_buffer_gets_reason_values_and_keeps_its_texts_as_detail(tmp
     make_v4(path, [(seq, text) for seq, (text, _) in enumerate(V4_REASONS)])
     conn = buffer.connect(path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 5
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION
         got = conn.execute("SELECT detail, reason FROM quarantine ORDER BY seq").fetchall()
     finally:
         conn.close()
