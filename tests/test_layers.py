@@ -2,8 +2,9 @@
 
 Layers, top to bottom (a module may import its own layer and those below it):
 
-    orderbook_assets.definitions → orderbook_assets.defs → orderbook_assets.analytics
-        → orderbook_assets.books → orderbook_assets.archive → orderbook_core.buffer
+    orderbook_assets.definitions → orderbook_assets.defs → orderbook_assets.settings
+        → orderbook_assets.analytics → orderbook_assets.books → orderbook_assets.archive
+        → orderbook_core.buffer    (the ``orderbook`` command, ``analytics.query``, sits above the settings)
     orderbook_collector (cli, config) → connection → writer → feed → buffer
 
 ``orderbook_core.errors`` and ``orderbook_core.fsutil`` are the floor. Only
@@ -35,8 +36,14 @@ ALLOWED = {
     "orderbook_assets.archive": set(),
     "orderbook_assets.books": {"orderbook_assets.archive"},
     "orderbook_assets.analytics": {"orderbook_assets.archive", "orderbook_assets.books"},
-    "orderbook_assets.defs": {"orderbook_assets.archive", "orderbook_assets.books", "orderbook_assets.analytics"},
-    "orderbook_assets.definitions": {"orderbook_assets.defs"},
+    # the archive side's settings: above what they parse, below what reads them
+    "orderbook_assets.settings": {"orderbook_assets.archive", "orderbook_assets.books", "orderbook_assets.analytics"},
+    # the ``orderbook`` console script reads the settings and hands the other commands their archive
+    "orderbook_assets.analytics.query": {"orderbook_assets.archive", "orderbook_assets.books", "orderbook_assets.analytics",
+                                         "orderbook_assets.settings"},
+    "orderbook_assets.defs": {"orderbook_assets.archive", "orderbook_assets.books", "orderbook_assets.analytics",
+                              "orderbook_assets.settings"},
+    "orderbook_assets.definitions": {"orderbook_assets.defs", "orderbook_assets.settings"},
 }
 DAGSTER_OK = {"orderbook_assets.defs", "orderbook_assets.definitions"}
 

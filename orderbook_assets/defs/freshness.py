@@ -6,7 +6,6 @@ not archived
 ``ORDERBOOK_ARCHIVE_DEADLINE_MINUTES`` (30) after its end. In a fleet each location's check and
 job carry its host id, so the UI shows one such check per collector."""
 
-import os
 from contextlib import closing
 
 from dagster import (AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, AssetSelection, AssetSpec,
@@ -14,21 +13,10 @@ from dagster import (AssetCheckExecutionContext, AssetCheckResult, AssetCheckSev
                      in_process_executor)
 
 from orderbook_core.buffer import now_us
-from orderbook_core.errors import ConfigError, StorageError
+from orderbook_core.errors import StorageError
 
 from orderbook_assets.archive import freshness as fr
 from orderbook_assets.defs.resources import BufferResource
-
-
-def _setting(name: str, default: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    try:
-        value = float(raw) if raw else default
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise ConfigError(name, f"{raw!r} is not a positive number; use e.g. {default:g}.")
-    return value
 
 
 #: The collector as Dagster sees it: an asset it does not materialize, that checks can watch.
@@ -42,8 +30,8 @@ collector = AssetSpec("collector", group_name="archive", kinds={"sqlite"},
                          "and its hours are "
                          "archived in time (ORDERBOOK_FRESHNESS_SECONDS, ORDERBOOK_ARCHIVE_DEADLINE_MINUTES).")
 def collector_fresh(context: AssetCheckExecutionContext, buffer: BufferResource) -> AssetCheckResult:
-    max_age = _setting("ORDERBOOK_FRESHNESS_SECONDS", fr.MAX_AGE_S)
-    deadline = _setting("ORDERBOOK_ARCHIVE_DEADLINE_MINUTES", fr.ARCHIVE_DEADLINE_MIN)
+    settings = buffer.settings()
+    max_age, deadline = settings.freshness_seconds, settings.archive_deadline_minutes
     try:
         with closing(buffer.connect()) as conn:
             f = fr.freshness(conn, now_us(), max_age, deadline)
