@@ -1,9 +1,10 @@
 """One code location per collector: the host id on every asset key and job name, in one place.
 
-``ORDERBOOK_HOST_ID`` (``orderbook_assets.settings``) names the collector (its buffer) a code location serves. When it is set,
-:func:`hosted` puts it as a key prefix on every asset and asset check (``tokyo_1/depth_snapshot``)
-and as a suffix on every job (``archive_hour_tokyo_1``), and retargets the schedules and sensors to
-those jobs, so several locations in one Dagster instance never collide; new assets get it too.
+``ORDERBOOK_HOST_ID`` (read by ``orderbook_assets.settings``) names the collector (its buffer) a
+code location serves. When it is set, :func:`hosted` puts it as a key prefix on every asset and
+asset check (``tokyo_1/depth_snapshot``) and as a suffix on every job (``archive_hour_tokyo_1``),
+and retargets the schedules and sensors to those jobs, so several locations in one Dagster
+instance never collide; new assets get it too.
 Unset, the definitions are exactly the single-host ones (``depth_snapshot``, ``archive_hour``,
 ``cleanup_buffer``).
 

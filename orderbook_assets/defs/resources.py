@@ -2,7 +2,7 @@
 
 Each resource loads the archive side's settings once when a run starts (``setup_for_execution``),
 so the same definitions serve every deployment, and hands their values on; its own fields are
-optional overrides set in code (tests, a second location). Not Dagster ``EnvVar`` fields: every
+optional overrides set in code (tests). Not Dagster ``EnvVar`` fields: every
 one of these settings has a default, and an ``EnvVar`` of an unset variable fails the run. S3
 settings (``AWS_REGION``, ``AWS_ENDPOINT_URL_S3``, the credentials chain) are resolved by
 :class:`orderbook_assets.archive.location.S3Settings`, the same recipe the query command,
