@@ -66,6 +66,10 @@ def _names_in_code(tree: ast.Module) -> set[str]:
 # 3.11's "AST constructor recursion depth mismatch" (see tests/test_layers.py).
 TREES = {p.relative_to(ROOT).as_posix(): ast.parse(p.read_text()) for p in sorted(PACKAGE.rglob("*.py"))}
 READS = {(path, fn) for path, tree in TREES.items() for fn in _env_reads(tree)}
+#: Files of the archive side whose strings spell the default buffer path.
+BUFFER_DEFAULT_SPELT = {path for path, tree in TREES.items()
+                        if any(isinstance(n, ast.Constant) and isinstance(n.value, str) and str(DEFAULT_PATH) in n.value
+                               for n in ast.walk(tree))}
 NAMES_USED = {name for tree in TREES.values() for name in _names_in_code(tree)}
 
 
@@ -90,6 +94,10 @@ def test_the_scan_sees_a_planted_read():
 def test_every_setting_is_documented():
     page = (ROOT / "docs" / "configuration.md").read_text()
     assert [n for n in settings.NAMES if f"`{n}`" not in page] == []
+
+
+def test_the_default_buffer_path_is_written_once_in_the_kernel():
+    assert BUFFER_DEFAULT_SPELT == set()  # orderbook_core/buffer/db.py's DEFAULT_PATH, referenced by name
 
 
 def test_nothing_set_gives_the_documented_defaults():
