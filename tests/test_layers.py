@@ -2,8 +2,9 @@
 
 Layers, top to bottom (a module may import its own layer and those below it):
 
-    orderbook_assets.definitions → orderbook_assets.defs → orderbook_assets.derived
-        → orderbook_assets.analytics → orderbook_assets.books → orderbook_assets.archive → orderbook_core.buffer
+    orderbook_assets.definitions → orderbook_assets.defs → orderbook_assets.derived → orderbook_assets.settings
+        → orderbook_assets.analytics → orderbook_assets.books → orderbook_assets.archive
+        → orderbook_core.buffer    (the ``orderbook`` command, ``analytics.query``, sits above the settings)
     orderbook_collector (cli, config) → connection → writer → feed → buffer
 
 ``orderbook_core.errors`` and ``orderbook_core.fsutil`` are the floor. Only
@@ -38,17 +39,25 @@ ALLOWED = {
     "orderbook_assets.archive": set(),
     "orderbook_assets.books": {"orderbook_assets.archive"},
     "orderbook_assets.analytics": {"orderbook_assets.archive", "orderbook_assets.books"},
-    "orderbook_assets.derived": {"orderbook_assets.archive", "orderbook_assets.books", "orderbook_assets.analytics"},
+    # the archive side's settings: above what they parse, below what reads them
+    "orderbook_assets.settings": {"orderbook_assets.archive", "orderbook_assets.books", "orderbook_assets.analytics"},
+    # the ``orderbook`` console script reads the settings and hands the other commands their archive
+    "orderbook_assets.analytics.query": {"orderbook_assets.archive", "orderbook_assets.books", "orderbook_assets.analytics",
+                                         "orderbook_assets.settings"},
+    "orderbook_assets.derived": {"orderbook_assets.archive", "orderbook_assets.books", "orderbook_assets.analytics",
+                                 "orderbook_assets.settings"},
     "orderbook_assets.defs": {"orderbook_assets.archive", "orderbook_assets.books", "orderbook_assets.analytics",
-                              "orderbook_assets.derived"},
-    "orderbook_assets.definitions": {"orderbook_assets.defs"},
+                              "orderbook_assets.derived", "orderbook_assets.settings"},
+    "orderbook_assets.definitions": {"orderbook_assets.defs", "orderbook_assets.settings"},
 }
 DAGSTER_OK = {"orderbook_assets.defs", "orderbook_assets.definitions"}
 #: layer → modules of an allowed layer it still may not import: the read-only side never
 #: reaches what publishes or writes archive objects.
-FORBIDDEN = {"orderbook_assets.analytics": ("orderbook_assets.archive.derived", "orderbook_assets.archive.store",
-                                            "orderbook_assets.archive.pipeline", "orderbook_assets.archive.merge",
-                                            "orderbook_assets.archive.cleanup")}
+_WRITERS = ("orderbook_assets.archive.derived", "orderbook_assets.archive.store", "orderbook_assets.archive.pipeline",
+            "orderbook_assets.archive.merge", "orderbook_assets.archive.cleanup")
+#: (``analytics.query``, the console script, is a layer of its own above the settings: it is
+#: read-only like the rest of analytics.)
+FORBIDDEN = {"orderbook_assets.analytics": _WRITERS, "orderbook_assets.analytics.query": _WRITERS}
 #: The calls that write archive objects (``ArchiveStore`` and ``archive.derived``), by attribute name.
 STORE_WRITES = {"put_if_absent", "put_derived", "publish_table", "publish_bytes", "publish_file"}
 

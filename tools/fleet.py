@@ -146,7 +146,8 @@ def _parse(argv):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from orderbook_assets.archive.source import SIMULATED, SOURCE_ENV
+    from orderbook_assets.archive.source import SIMULATED
+    from orderbook_assets.settings import DATA_SOURCE as SOURCE_ENV
     from tools.run import _int_env
 
     args = _parse(argv)

@@ -42,8 +42,10 @@ import sys
 import time
 from datetime import datetime, timezone
 
+from orderbook_assets import settings as archive_settings
 from orderbook_assets.archive.location import Location
-from orderbook_assets.archive.source import SIMULATED, SOURCE_ENV, data_source
+from orderbook_assets.archive.source import SIMULATED
+from orderbook_assets.settings import DATA_SOURCE as SOURCE_ENV
 from orderbook_collector.config import SUBSCRIPTIONS as SUBSCRIPTIONS_ENV
 from orderbook_collector.config import Settings
 from orderbook_collector.config import load as load_collector_settings
@@ -247,7 +249,8 @@ def _environment(args: argparse.Namespace, environ: dict[str, str] | None = None
             raise ConfigError(SOURCE_ENV, f"is {SIMULATED}, which marks the demo's data (data/demo/demo.env sets it); "
                                           f"unset it for make run, which records from Binance.")
         # Absolute, because dagster dev runs in DAGSTER_HOME (see main) and its runs inherit that folder.
-        for name, default in (("ORDERBOOK_BUFFER", "data/buffer.sqlite3"), ("ORDERBOOK_ARCHIVE_URL", "data/archive")):
+        for name, default in ((archive_settings.BUFFER, str(archive_settings.DEFAULT_PATH)),
+                              (archive_settings.ARCHIVE_URL, archive_settings.DEFAULT_ARCHIVE)):
             value = env.get(name) or default
             if "://" not in value:
                 env[name] = os.path.abspath(value)
@@ -278,8 +281,7 @@ def check_settings(env: dict[str, str]) -> Settings:
     """Every setting the children will read, validated here, before anything starts: a bad one
     is one sentence (ConfigError), never a child's traceback after the UI came up."""
     settings, _ = load_collector_settings([], environ=env)
-    Location.parse(env["ORDERBOOK_ARCHIVE_URL"])
-    data_source(env)
+    archive_settings.load(env)  # every archive-side setting the Dagster location will read
     return settings
 
 

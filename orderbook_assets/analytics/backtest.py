@@ -63,7 +63,7 @@ from enum import Enum
 from functools import lru_cache
 from operator import itemgetter
 from pathlib import Path
-from typing import Iterable, Iterator, NamedTuple
+from typing import Callable, Iterable, Iterator, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -798,10 +798,12 @@ def export(archive: str | Location, fmt: Format | str, day: str, out: str | Path
         return ex.tardis() if fmt is Format.TARDIS else ex.hftbacktest()
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None, locate: Callable[[str | None], Location]) -> int:
+    """``orderbook export``; ``locate`` turns ``--archive`` (or None) into the archive
+    (``analytics.query.archive_location``: the settings' ``ORDERBOOK_ARCHIVE_URL``)."""
     args = build_parser().parse_args(argv)
     try:
-        summary = export(Location.from_env(args.archive), args.format, args.date, args.out, args.symbols)
+        summary = export(locate(args.archive), args.format, args.date, args.out, args.symbols)
     except OrderbookError as exc:
         print(f"orderbook export: {exc}", file=sys.stderr)
         return USER_ERROR

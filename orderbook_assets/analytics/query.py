@@ -30,6 +30,7 @@ import duckdb
 from orderbook_core.buffer.db import DEFAULT_PATH
 from orderbook_core.errors import OrderbookError
 
+from orderbook_assets import settings
 from orderbook_assets.analytics import views
 from orderbook_assets.archive.location import Location
 
@@ -49,9 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("sql", nargs="?", help="one SQL statement (or several separated by ';'); omit for a shell")
     p.add_argument("--archive", default=None,
-                   help="s3://bucket/prefix or a folder (default: $ORDERBOOK_ARCHIVE_URL or data/archive)")
+                   help=f"s3://bucket/prefix or a folder (default: ${settings.ARCHIVE_URL} or {settings.DEFAULT_ARCHIVE})")
     p.add_argument("--buffer", default=None,
-                   help="SQLite buffer for --with-tail (default: $ORDERBOOK_BUFFER or data/buffer.sqlite3)")
+                   help=f"SQLite buffer for --with-tail (default: ${settings.BUFFER} or {DEFAULT_PATH})")
     p.add_argument("--with-tail", action="store_true",
                    help="add the buffer's not-yet-archived rows to every stream dataset's view (data up to the last second)")
     p.add_argument("--write-db", metavar="FILE", default=None,
@@ -67,15 +68,15 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "replay":  # `orderbook replay ...`
         from orderbook_assets.analytics import replay
 
-        return replay.main(argv[1:])
+        return replay.main(argv[1:], archive_location)
     if argv and argv[0] == "reconcile":  # `orderbook reconcile ...`
         from orderbook_assets.analytics import reconcile
 
-        return reconcile.main(argv[1:])
+        return reconcile.main(argv[1:], archive_location)
     if argv and argv[0] == "export":  # `orderbook export ...` (analytics.backtest)
         from orderbook_assets.analytics import backtest
 
-        return backtest.main(argv[1:])
+        return backtest.main(argv[1:], archive_location)
     if argv and argv[0] == "query":  # `orderbook query ...`; `python -m orderbook_assets.analytics.query ...` too
         argv = argv[1:]
     args = build_parser().parse_args(argv)
@@ -88,9 +89,21 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def archive_location(flag: str | None) -> Location:
+    """The archive every subcommand reads: ``--archive`` in place of ``ORDERBOOK_ARCHIVE_URL``,
+    through the archive job's own settings (its default, its parser).
+
+    Raises:
+        ConfigError: the archive URL, or any other archive-side setting, is invalid.
+    """
+    return settings.load(overrides={settings.ARCHIVE_URL: flag}).location()
+
+
 def run(args: argparse.Namespace) -> int:
-    archive_url = Location.from_env(args.archive).url  # the archive job's own parser and default
-    buffer_path = (args.buffer or os.environ.get("ORDERBOOK_BUFFER") or str(DEFAULT_PATH)) if args.with_tail else None
+    # the archive job's own settings, the flags in place of the variables they mirror
+    config = settings.load(overrides={settings.ARCHIVE_URL: args.archive, settings.BUFFER: args.buffer})
+    archive_url = config.location().url
+    buffer_path = str(config.buffer) if args.with_tail else None
     con, info = open_connection(archive_url, buffer_path, args.write_db)
     interactive = args.sql is None and (args.write_db or sys.stdin.isatty())
     _print_notes(info, None if interactive else (args.sql or ""))

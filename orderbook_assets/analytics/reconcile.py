@@ -54,6 +54,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import date as Date
 from datetime import datetime, timedelta, timezone
 from enum import StrEnum
+from typing import Callable
 from pathlib import Path
 
 import duckdb
@@ -604,8 +605,9 @@ def parse_day(text: str) -> Date:
         raise ReconcileInputError(f"--date {text!r} is not a day; use YYYY-MM-DD, e.g. 2026-11-23.") from None
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``orderbook reconcile``; returns the exit status."""
+def main(argv: list[str] | None, locate: Callable[[str | None], Location]) -> int:
+    """``orderbook reconcile``; returns the exit status. ``locate`` turns ``--archive`` (or None)
+    into the archive (``analytics.query.archive_location``: the settings' ``ORDERBOOK_ARCHIVE_URL``)."""
     import json
     import sys
 
@@ -613,7 +615,7 @@ def main(argv: list[str] | None = None) -> int:
     symbols = [s for item in args.symbols or () for s in item.split(",") if s.strip()] or None
     try:
         day = parse_day(args.date)
-        report = reconcile(day, args.official, Location.from_env(args.archive).url, symbols)
+        report = reconcile(day, args.official, locate(args.archive).url, symbols)
     except (OrderbookError, duckdb.Error) as exc:
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"orderbook reconcile: {text}", file=sys.stderr)

@@ -41,7 +41,7 @@ import sys
 import time
 import urllib.parse
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import orjson
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -55,6 +55,7 @@ from orderbook_core.streams import DEPTH_PATH, USDM_ROUTE, Market
 from orderbook_core.errors import OrderbookError
 
 from orderbook_assets.analytics.books import ArchiveReader, ArchivedRow, iter_events, to_us
+from orderbook_assets.archive.location import Location
 
 #: The stream datasets a replay sends, in tie order.
 STREAM_DATASETS = ("depth_snapshot", "depth_update", "trade", "agg_trade", "book_ticker")
@@ -451,9 +452,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    from orderbook_assets.archive.location import Location
-
+def main(argv: list[str] | None, locate: Callable[[str | None], Location]) -> int:
+    """``orderbook replay``; ``locate`` turns ``--archive`` (or None) into the archive
+    (``analytics.query.archive_location``: the settings' ``ORDERBOOK_ARCHIVE_URL``)."""
     args = build_parser().parse_args(argv)
     try:
         start, end = to_us(args.start), to_us(args.end)
@@ -462,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return USER_ERROR
     try:
-        return asyncio.run(_serve(Location.from_env(args.archive).url, start, end, args))
+        return asyncio.run(_serve(locate(args.archive).url, start, end, args))
     except OSError as exc:
         print(f"orderbook replay: cannot listen on {args.host}:{args.port} ({exc.strerror}); "
               "pass another --port.", file=sys.stderr)

@@ -17,5 +17,8 @@ ENV = "ORDERBOOK_CRASH_AT"
 
 
 def crash_point(name: str) -> None:
+    # The one environment read of the archive side outside ``orderbook_assets.settings``, on
+    # purpose: a test switch, not a setting (undocumented for operators), read at the point
+    # itself so the kill -9 tests reach deep code without a crash argument in every signature.
     if os.environ.get(ENV) == name:
         os.kill(os.getpid(), signal.SIGKILL)

@@ -6,7 +6,8 @@ URLs and read the same settings the same way:
 
 ``ORDERBOOK_ARCHIVE_URL``
     ``s3://bucket[/prefix]``, ``file:///absolute/folder`` or a folder path (relative paths
-    are taken from the working directory). Default ``data/archive``.
+    are taken from the working directory). Its default and its reading live in
+    ``orderbook_assets.settings``; this module parses it.
 ``AWS_REGION`` (or ``AWS_DEFAULT_REGION``, or the profile's region)
     Required for AWS S3 (no endpoint set): a bucket in another region answers with
     redirects that DuckDB and the archive cannot follow, so a missing region is a
@@ -30,7 +31,6 @@ from pathlib import Path
 from orderbook_core.buffer.hours import hour_folder
 from orderbook_core.errors import ConfigError
 
-DEFAULT_ARCHIVE = "data/archive"
 #: The region S3-compatible stores accept when none is configured (Ceph's default zonegroup,
 #: MinIO and moto all take it as "no location constraint").
 SELF_HOSTED_DEFAULT_REGION = "us-east-1"
@@ -77,12 +77,6 @@ class Location:
                 f"scheme {parts.scheme!r} is not supported; use s3://bucket/prefix, file:///folder or a folder path.",
             )
         return cls(str(Path(url).expanduser().resolve()))
-
-    @classmethod
-    def from_env(cls, url: str | None = None, environ: dict[str, str] | None = None) -> Location:
-        """``url`` if given, else ``$ORDERBOOK_ARCHIVE_URL``, else ``data/archive``."""
-        env = os.environ if environ is None else environ
-        return cls.parse(url or env.get("ORDERBOOK_ARCHIVE_URL") or DEFAULT_ARCHIVE)
 
     @property
     def is_s3(self) -> bool:

@@ -9,14 +9,19 @@ reader of :func:`orderbook_assets.analytics.views.register_views`) notes the mar
 
 from __future__ import annotations
 
-import os
-
-from orderbook_core.errors import ConfigError
+from enum import StrEnum
 
 from orderbook_assets.archive import derived
 
-SOURCE_ENV = "ORDERBOOK_DATA_SOURCE"
-BINANCE, SIMULATED = "binance", "simulated"
+
+class DataSource(StrEnum):
+    """Where the books came from (``ORDERBOOK_DATA_SOURCE``, parsed in ``orderbook_assets.settings``)."""
+
+    BINANCE = "binance"
+    SIMULATED = "simulated"
+
+
+BINANCE, SIMULATED = DataSource.BINANCE, DataSource.SIMULATED
 MARKER_KEY = "SIMULATED.txt"
 #: Where readers look for the marker, relative to the archive read: its root, and each host's
 #: folder of a fleet's archive (each host's run marks the folder it writes). A wildcard in the
@@ -32,15 +37,7 @@ MARKER_TEXT = (
 )
 
 
-def data_source(environ=None) -> str:
-    """``binance`` or ``simulated``. Raises ConfigError for anything else."""
-    value = (os.environ if environ is None else environ).get(SOURCE_ENV, "").strip().lower() or BINANCE
-    if value not in (BINANCE, SIMULATED):
-        raise ConfigError(SOURCE_ENV, f"{value!r} is neither {BINANCE} nor {SIMULATED}; unset it for real data.")
-    return value
-
-
-def describe(source: str) -> str:
+def describe(source: DataSource) -> str:
     """What the Dagster UI shows as ``data_source``."""
     return "simulated exchange (make demo): synthetic books, not Binance" if source == SIMULATED else "Binance"
 

@@ -175,16 +175,17 @@ class S3Store:
         bucket, prefix: where objects go; keys are ``prefix/key``.
         capabilities: the mechanisms to use; None: the bucket's stored record, or a probe
             on first use (:mod:`.capabilities`).
-        setting: the value of ``ORDERBOOK_S3_CAPABILITIES`` (``probe`` forces a new probe).
+        setting: the value of ``ORDERBOOK_S3_CAPABILITIES`` (``probe`` forces a new probe; empty:
+            the record, or a probe).
     """
 
     def __init__(self, client, bucket: str, prefix: str = "", *, capabilities: Capabilities | None = None,
-                 setting: str | None = None) -> None:
+                 setting: str = "") -> None:
         self.client = client
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.url = f"s3://{bucket}/{self.prefix}".rstrip("/")
-        self.setting = os.environ.get(caps_mod.SETTING, "") if setting is None else setting
+        self.setting = setting
         self._caps = capabilities or caps_mod.Capabilities.from_setting(self.setting)
 
     def _key(self, key: str) -> str:
@@ -540,13 +541,14 @@ class S3Store:
 
 
 def open_store(location: Location, settings: S3Settings | None = None, *, client=None,
-               provision: bool = True) -> ArchiveStore:
+               provision: bool = True, capabilities: str = "") -> ArchiveStore:
     """The store for ``location``: a :class:`LocalStore`, or an :class:`S3Store` whose bucket
-    is provisioned and whose capabilities are known (record or probe) before it is returned."""
+    is provisioned and whose capabilities are known (record or probe) before it is returned.
+    ``capabilities``: the value of ``ORDERBOOK_S3_CAPABILITIES`` (:class:`S3Store`)."""
     if not location.is_s3:
         return LocalStore(location.path)
     settings = settings or S3Settings.from_env()
-    store = S3Store(client or settings.client(), location.bucket, location.prefix)
+    store = S3Store(client or settings.client(), location.bucket, location.prefix, setting=capabilities)
     if provision:
         store.provision(settings.region, custom_endpoint=settings.endpoint_url is not None)
     return store

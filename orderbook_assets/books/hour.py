@@ -41,11 +41,10 @@ builder holds its full book (a few thousand levels a side) and at most ``max_tai
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Iterator, Mapping, NamedTuple
+from typing import Iterator, NamedTuple
 
 import numpy as np
 import orjson
@@ -54,7 +53,6 @@ import pyarrow.compute as pc
 
 from orderbook_core.buffer.hours import HOUR_US, hour_folder
 from orderbook_core.buffer.levels import LEVEL, LEVELS, as_arrow
-from orderbook_core.errors import ConfigError
 
 from orderbook_assets.archive.datasets import BOOK_SNAPSHOT, BOOK_SNAPSHOT_SCHEMA, TS
 from orderbook_core.streams import Market
@@ -74,7 +72,8 @@ SCHEMA = BOOK_SNAPSHOT_SCHEMA
 
 @dataclass(frozen=True)
 class Settings:
-    """How ``book_snapshot`` samples: top ``depth`` levels every ``interval_us``."""
+    """How ``book_snapshot`` samples: top ``depth`` levels every ``interval_us`` (from
+    ``ORDERBOOK_BOOK_DEPTH`` and ``ORDERBOOK_BOOK_INTERVAL_MS``: ``orderbook_assets.settings``)."""
 
     depth: int = DEFAULT_DEPTH
     interval_us: int = DEFAULT_INTERVAL_US
@@ -85,27 +84,6 @@ class Settings:
             raise ValueError(f"book_snapshot depth must be at least 1, not {self.depth}")
         if self.interval_us < 1 or HOUR_US % self.interval_us:
             raise ValueError(f"book_snapshot interval must divide an hour, not {self.interval_us} µs")
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
-        """``ORDERBOOK_BOOK_DEPTH`` (levels a side, default 25) and ``ORDERBOOK_BOOK_INTERVAL_MS``
-        (default 1000; must divide an hour).
-
-        Raises:
-            ConfigError: a value that is not a whole number or out of range, naming the setting.
-        """
-        env = os.environ if environ is None else environ
-        values = {}
-        for name, default, field_ in (("ORDERBOOK_BOOK_DEPTH", DEFAULT_DEPTH, "depth"),
-                                      ("ORDERBOOK_BOOK_INTERVAL_MS", DEFAULT_INTERVAL_US // 1000, "interval")):
-            raw = (env.get(name) or "").strip() or str(default)
-            if not raw.isdigit() or int(raw) < 1:
-                raise ConfigError(name, f"is {raw!r}; set a whole number of at least 1 (default {default}).")
-            values[field_] = int(raw)
-        if HOUR_US % (values["interval"] * 1000):
-            raise ConfigError("ORDERBOOK_BOOK_INTERVAL_MS", f"is {values['interval']}; set a number of ms that "
-                              "divides an hour, such as 100, 1000 or 60000.")
-        return cls(depth=values["depth"], interval_us=values["interval"] * 1000)
 
 
 class StreamKey(NamedTuple):

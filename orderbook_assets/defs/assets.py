@@ -93,7 +93,7 @@ def stream_datasets(context: AssetExecutionContext, buffer: BufferResource, arch
     """Plans the hour's next round of parts and exports, uploads and verifies every pending part of every dataset."""
     hour_us = hour_us_of(context)
     with fail_fast():
-        origin = source.data_source()
+        origin = archive.settings().data_source
         store = archive.open_store()
         with closing(buffer.connect()) as conn:
             out = pipeline.export_and_upload(conn, store, buffer.staging_dir(), hour_us)
@@ -147,7 +147,7 @@ def archived_hour(context: AssetExecutionContext, buffer: BufferResource) -> Mat
     with closing(buffer.connect()) as conn:
         done = pipeline.mark_archived(conn, buffer.staging_dir(), hour_us)
     return MaterializeResult(metadata={
-        "data_source": source.describe(source.data_source()),
+        "data_source": source.describe(buffer.settings().data_source),
         "archived_parts": [f"{p.dataset}/{p.part}" for p in done],
         "rows": sum(p.rows or 0 for p in done if p.dataset == ds.DEPTH),
         "rows_by_dataset": {d: sum(p.rows or 0 for p in done if p.dataset == d) for d in ds.DATASETS},

@@ -12,7 +12,6 @@ from dagster import (AssetCheckEvaluation, AssetCheckResult, AssetCheckSeverity,
 
 from orderbook_assets.derived import book_hours
 from orderbook_assets.archive import datasets as ds
-from orderbook_assets.books.hour import Settings
 from orderbook_assets.defs.assets import RETRY, fail_fast
 from orderbook_assets.defs.partitions import hour_us_of, hourly
 
@@ -147,7 +146,7 @@ def _materialize(context, fleet: bool) -> dg.MaterializeResult:
     hour_us = hour_us_of(context)
     archive = context.resources.archive
     with fail_fast():
-        settings = Settings.from_env()
+        settings = archive.settings().book
         store = archive.open_store(fleet=fleet)
         built = book_hours.materialize_from(archive.location(fleet=fleet), hour_us, settings, store,
                                             archive.s3_settings())

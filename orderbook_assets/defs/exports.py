@@ -11,14 +11,13 @@ location that serves the archive analysts read (a single host, or the fleet's me
 the schedule exports the day before at 07:00 UTC, after the last hour's archive run.
 """
 
-import os
 import tempfile
 from pathlib import Path
 
 from dagster import (AssetExecutionContext, AssetKey, DefaultScheduleStatus, Definitions, Failure, MaterializeResult,
                      MetadataValue, asset, build_schedule_from_partitioned_job, define_asset_job, in_process_executor)
 
-from orderbook_core.errors import ConfigError, OrderbookError
+from orderbook_core.errors import OrderbookError
 
 from orderbook_assets.analytics import backtest as bt
 from orderbook_assets.archive import datasets as ds
@@ -26,7 +25,6 @@ from orderbook_assets.archive import derived
 from orderbook_assets.archive.location import Location
 from orderbook_assets.defs.partitions import daily
 
-FORMATS_ENV = "ORDERBOOK_EXPORT_FORMATS"
 ASSET = "backtest_exports"
 JOB = "export_day"
 PREFIX = "exports"
@@ -35,23 +33,7 @@ SCHEDULE_HOUR = 7
 INPUTS = (ds.DEPTH_UPDATE, ds.DEPTH_REST, ds.DEPTH, ds.TRADE, ds.BOOK_TICKER, ds.BOOK_SNAPSHOT)
 
 
-def export_formats(environ=None) -> list[bt.Format]:
-    """The formats named by ``ORDERBOOK_EXPORT_FORMATS`` (empty: the daily export is off).
-
-    Raises:
-        ConfigError: a name that is not a format.
-    """
-    raw = (os.environ if environ is None else environ).get(FORMATS_ENV, "")
-    names = [n.strip().lower() for n in raw.split(",") if n.strip()]
-    known = [f.value for f in bt.Format]
-    bad = [n for n in names if n not in known]
-    if bad:
-        raise ConfigError(FORMATS_ENV, f"{bad[0]!r} is not an export format; use {' or '.join(known)} "
-                                       f"(comma-separated for both), or leave it empty to turn the daily export off.")
-    return [bt.Format(n) for n in dict.fromkeys(names)]
-
-
-def build_exports(deps: list[AssetKey], formats: list[bt.Format]):
+def build_exports(deps: list[AssetKey], formats: tuple[bt.Format, ...]):
     """The daily asset, its job and schedule."""
 
     @asset(name=ASSET, partitions_def=daily, deps=deps, group_name="exports", required_resource_keys={"archive"},
@@ -97,9 +79,8 @@ def build_exports(deps: list[AssetKey], formats: list[bt.Format]):
     return backtest_exports, job, schedule
 
 
-def export_definitions(resources: dict, fleet: bool, environ=None) -> Definitions | None:
-    """The daily export's definitions, or None when ``ORDERBOOK_EXPORT_FORMATS`` names none."""
-    formats = export_formats(environ)
+def export_definitions(resources: dict, fleet: bool, formats: tuple[bt.Format, ...]) -> Definitions | None:
+    """The daily export's definitions, or None when ``ORDERBOOK_EXPORT_FORMATS`` names none (``formats``)."""
     if not formats:
         return None
     deps = [AssetKey(["fleet", name]) if fleet else AssetKey(name) for name in INPUTS]

@@ -10,7 +10,6 @@ job only when the verdict changed (recording or stale, which hours are overdue: 
 :func:`orderbook_assets.archive.freshness.verdict`), so a healthy recorder adds no run, and no
 run's log lines, every 5 minutes; its ticks in the UI say "unchanged" in between."""
 
-import os
 from contextlib import closing
 
 from dagster import (AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, AssetSelection, AssetSpec,
@@ -18,26 +17,15 @@ from dagster import (AssetCheckExecutionContext, AssetCheckResult, AssetCheckSev
                      define_asset_job, in_process_executor, sensor)
 
 from orderbook_core.buffer import now_us
-from orderbook_core.errors import ConfigError, StorageError
+from orderbook_core.errors import StorageError
 
 from orderbook_assets.archive import freshness as fr
 from orderbook_assets.defs.resources import BufferResource
 
 
-def _setting(name: str, default: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    try:
-        value = float(raw) if raw else default
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise ConfigError(name, f"{raw!r} is not a positive number; use e.g. {default:g}.")
-    return value
-
-
 def _look(buffer: BufferResource) -> fr.Freshness:
-    max_age = _setting("ORDERBOOK_FRESHNESS_SECONDS", fr.MAX_AGE_S)
-    deadline = _setting("ORDERBOOK_ARCHIVE_DEADLINE_MINUTES", fr.ARCHIVE_DEADLINE_MIN)
+    settings = buffer.settings()
+    max_age, deadline = settings.freshness_seconds, settings.archive_deadline_minutes
     with closing(buffer.connect()) as conn:
         return fr.freshness(conn, now_us(), max_age, deadline)
 

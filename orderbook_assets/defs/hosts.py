@@ -1,9 +1,10 @@
 """One code location per collector: the host id on every asset key and job name, in one place.
 
-``ORDERBOOK_HOST_ID`` names the collector (its buffer) a code location serves. When it is set,
-:func:`hosted` puts it as a key prefix on every asset and asset check (``tokyo_1/depth_snapshot``)
-and as a suffix on every job (``archive_hour_tokyo_1``), and retargets the schedules and sensors to
-those jobs, so several locations in one Dagster instance never collide; new assets get it too.
+``ORDERBOOK_HOST_ID`` (read by ``orderbook_assets.settings``) names the collector (its buffer) a
+code location serves. When it is set, :func:`hosted` puts it as a key prefix on every asset and
+asset check (``tokyo_1/depth_snapshot``) and as a suffix on every job (``archive_hour_tokyo_1``),
+and retargets the schedules and sensors to those jobs, so several locations in one Dagster
+instance never collide; new assets get it too.
 Unset, the definitions are exactly the single-host ones (``depth_snapshot``, ``archive_hour``,
 ``cleanup_buffer``).
 
@@ -13,33 +14,14 @@ per collector, each with its own ``ORDERBOOK_HOST_ID`` and ``ORDERBOOK_BUFFER`` 
 
 from __future__ import annotations
 
-import os
 import warnings
 
 from dagster import AssetCheckKey, AssetKey, AssetSpec, BetaWarning, AssetSelection, Definitions, JobDefinition, define_asset_job
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-from orderbook_assets.archive.merge import check_host_id
-
 # Copied definitions pass Dagster's own beta parameters (owners, execution_type) along, also
 # when Dagster builds the repository later: its warnings about them say nothing about ours.
 warnings.filterwarnings("ignore", message=r"Parameter `(execution_type|owners)` of", category=BetaWarning)
-
-HOST_ENV = "ORDERBOOK_HOST_ID"
-FLEET_ENV = "ORDERBOOK_FLEET_HOSTS"
-
-
-def host_id(environ=None) -> str | None:
-    """The host id (validated), or None for a single-host deployment."""
-    raw = (os.environ if environ is None else environ).get(HOST_ENV, "").strip()
-    return check_host_id(raw) if raw else None
-
-
-def fleet_hosts(environ=None) -> list[str]:
-    """``ORDERBOOK_FLEET_HOSTS``: the host ids whose parts the fleet merge reads (empty: no merge here)."""
-    raw = (os.environ if environ is None else environ).get(FLEET_ENV, "")
-    hosts = [check_host_id(h.strip(), FLEET_ENV) for h in raw.split(",") if h.strip()]
-    return sorted(set(hosts))
 
 
 def job_name(name: str, host: str | None) -> str:

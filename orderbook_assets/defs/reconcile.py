@@ -11,7 +11,6 @@ and the schedule reconciles the day before at 06:00 UTC (a day whose files the e
 published yet fails with that sentence; launch it again later).
 """
 
-import os
 import warnings
 from datetime import date
 
@@ -22,23 +21,17 @@ from dagster import (AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, Asset
 
 from orderbook_core.errors import ConfigError, OrderbookError
 
+from orderbook_assets import settings
 from orderbook_assets.analytics import reconcile as rc
 from orderbook_assets.archive import datasets as ds
 from orderbook_assets.archive.location import Location
 from orderbook_assets.defs.partitions import daily
 
-OFFICIAL_ENV = "ORDERBOOK_OFFICIAL_URL"
 ASSET = "trade_reconciliation"
 JOB = "reconcile_day"
 CHECK = "no_silent_loss"
 SCHEDULE_HOUR = 6
 
-
-
-def official_url(environ=None) -> str | None:
-    """``ORDERBOOK_OFFICIAL_URL``, or None: reconciliation off."""
-    raw = (os.environ if environ is None else environ).get(OFFICIAL_ENV, "").strip()
-    return raw or None
 
 
 def build_reconciliation(deps: list[AssetKey]):
@@ -57,11 +50,12 @@ def build_reconciliation(deps: list[AssetKey]):
         """The day's archived trades and aggTrades compared by id with the exchange's daily files:
         ids missing (lost silently, or why not), ids only we have, values that differ (docs/analysts.md)."""
         day = date.fromisoformat(context.partition_key)
-        official = official_url()
         archive = context.resources.archive
         try:
+            official = archive.settings().official_url  # read again when the run starts
             if official is None:
-                raise ConfigError(OFFICIAL_ENV, "is not set; set it to the exchange's site or a folder of its daily files.")
+                raise ConfigError(settings.OFFICIAL_URL,
+                                  "is not set; set it to the exchange's site or a folder of its daily files.")
             url = archive.fleet_url()
             s3 = archive.s3.settings() if Location.parse(url).is_s3 else None
             report = rc.reconcile(day, official, url, s3=s3)
@@ -95,9 +89,9 @@ def build_reconciliation(deps: list[AssetKey]):
     return trade_reconciliation, job, schedule
 
 
-def reconcile_definitions(resources: dict, fleet: bool, environ=None) -> Definitions | None:
-    """The reconciliation's definitions, or None when ``ORDERBOOK_OFFICIAL_URL`` is not set."""
-    if official_url(environ) is None:
+def reconcile_definitions(resources: dict, fleet: bool, official_url: str | None) -> Definitions | None:
+    """The reconciliation's definitions, or None when ``ORDERBOOK_OFFICIAL_URL`` is not set (``official_url``)."""
+    if official_url is None:
         return None
     inputs = (ds.TRADE, ds.AGG_TRADE, ds.COVERAGE)
     deps = [AssetKey(["fleet", name]) if fleet else AssetKey(name) for name in inputs]

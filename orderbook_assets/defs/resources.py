@@ -1,40 +1,51 @@
-"""Resources, configured from the environment at run time (docs/configuration.md).
+"""Resources: the buffer and the archive, configured by :mod:`orderbook_assets.settings`.
 
-``ORDERBOOK_BUFFER`` (default ``data/buffer.sqlite3``), ``ORDERBOOK_ARCHIVE_URL`` (default
-``data/archive``) and ``ORDERBOOK_RETENTION_HOURS`` (default 24) are read when a run starts,
-so the same definitions serve every deployment. S3 settings (``AWS_REGION``,
-``AWS_ENDPOINT_URL_S3``, the credentials chain) are resolved by
+Each resource loads the archive side's settings once when a run starts (``setup_for_execution``),
+so the same definitions serve every deployment, and hands their values on; its own fields are
+optional overrides set in code (tests). Not Dagster ``EnvVar`` fields: every
+one of these settings has a default, and an ``EnvVar`` of an unset variable fails the run. S3
+settings (``AWS_REGION``, ``AWS_ENDPOINT_URL_S3``, the credentials chain) are resolved by
 :class:`orderbook_assets.archive.location.S3Settings`, the same recipe the query command,
 the views and the bars use, so no secret is ever in code, config files or the UI.
 """
 
 
-import os
 import sqlite3
 from pathlib import Path
 
-from dagster import ConfigurableResource, ResourceDependency
+from dagster import ConfigurableResource, InitResourceContext, ResourceDependency
 from dagster_aws.s3 import S3Resource
+from pydantic import PrivateAttr
 
 from orderbook_core import buffer as buf
-from orderbook_core.errors import ConfigError
 
-from orderbook_assets.archive.location import DEFAULT_ARCHIVE, Location, S3Settings
-from orderbook_assets.archive.merge import check_host_id, host_prefix
+from orderbook_assets import settings as config
+from orderbook_assets.archive.location import Location, S3Settings
+from orderbook_assets.archive.merge import host_prefix
 from orderbook_assets.archive.store import ArchiveStore, open_store
 
-DEFAULT_BUFFER = str(buf.DEFAULT_PATH)
-DEFAULT_RETENTION_HOURS = 24.0
+
+class _Configured(ConfigurableResource):
+    """A resource that reads the archive side's settings once per run."""
+
+    _settings: config.ArchiveSettings | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        self._settings = config.load()
+
+    def settings(self) -> config.ArchiveSettings:
+        """The run's settings; outside a run (a test calling a method), the environment's now."""
+        return self._settings if self._settings is not None else config.load()
 
 
-class BufferResource(ConfigurableResource):
+class BufferResource(_Configured):
     """The collector's SQLite buffer, and the staging folder beside it."""
 
-    path: str | None = None  # None: $ORDERBOOK_BUFFER or data/buffer.sqlite3
-    retention_hours: float | None = None  # None: $ORDERBOOK_RETENTION_HOURS or 24
+    path: str | None = None  # None: ORDERBOOK_BUFFER
+    retention_hours: float | None = None  # None: ORDERBOOK_RETENTION_HOURS
 
     def resolved_path(self) -> Path:
-        return Path(self.path or os.environ.get("ORDERBOOK_BUFFER") or DEFAULT_BUFFER)
+        return Path(self.path) if self.path else self.settings().buffer
 
     def connect(self) -> sqlite3.Connection:
         return buf.connect(self.resolved_path(), synchronous="FULL", create=False)
@@ -45,18 +56,8 @@ class BufferResource(ConfigurableResource):
 
     def retention(self) -> float:
         if self.retention_hours is not None:
-            value = str(self.retention_hours)
-        else:
-            value = os.environ.get("ORDERBOOK_RETENTION_HOURS", str(DEFAULT_RETENTION_HOURS))
-        try:
-            hours = float(value)
-        except ValueError:
-            hours = -1.0
-        if not hours >= 0:
-            raise ConfigError(
-                "ORDERBOOK_RETENTION_HOURS", f"{value!r} is not a number of hours; use 0 or more, e.g. 24."
-            )
-        return hours
+            return config.retention_hours(str(self.retention_hours))
+        return self.settings().retention_hours
 
 
 class ArchiveS3Resource(S3Resource):
@@ -83,23 +84,23 @@ class ArchiveS3Resource(S3Resource):
         return self.settings().region
 
 
-class ArchiveResource(ConfigurableResource):
+class ArchiveResource(_Configured):
     """The archive: a local folder (default) or ``s3://bucket/prefix``."""
 
-    url: str | None = None  # None: $ORDERBOOK_ARCHIVE_URL or data/archive
+    url: str | None = None  # None: ORDERBOOK_ARCHIVE_URL
     s3: ResourceDependency[ArchiveS3Resource]
     create_bucket: bool = True
 
     def fleet_url(self) -> str:
         """The archive analysts read (with a fleet: where the merged datasets go)."""
-        return self.url or os.environ.get("ORDERBOOK_ARCHIVE_URL") or DEFAULT_ARCHIVE
+        return self.url or self.settings().archive_url
 
     def resolved_url(self) -> str:
         """Where this location's parts go: the archive itself, or with ``ORDERBOOK_HOST_ID``
         its host's folder ``<archive>/hosts/collector=<id>`` (docs/fleet.md)."""
-        host = os.environ.get("ORDERBOOK_HOST_ID", "").strip()
+        host = self.settings().host_id
         base = self.fleet_url()
-        return f"{Location.parse(base).url}/{host_prefix(check_host_id(host))}" if host else base
+        return f"{Location.parse(base).url}/{host_prefix(host)}" if host else base
 
     def location(self, fleet: bool = False) -> Location:
         return Location.parse(self.fleet_url() if fleet else self.resolved_url())
@@ -119,4 +120,5 @@ class ArchiveResource(ConfigurableResource):
         client = settings.client(
             max_attempts=self.s3.max_attempts, connect_timeout=self.s3.connect_timeout, read_timeout=self.s3.read_timeout
         )
-        return open_store(loc, settings, client=client, provision=self.create_bucket)
+        return open_store(loc, settings, client=client, provision=self.create_bucket,
+                          capabilities=self.settings().s3_capabilities)

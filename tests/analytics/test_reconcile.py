@@ -334,10 +334,11 @@ def run_day(monkeypatch, archive: Path, official: Path, tmp_path: Path):
     from dagster import instance_for_test
 
     from orderbook_assets.definitions import build
+    from orderbook_assets import settings
     from orderbook_assets.defs import reconcile as defs_rc
 
     monkeypatch.setenv("ORDERBOOK_ARCHIVE_URL", str(archive))
-    monkeypatch.setenv(defs_rc.OFFICIAL_ENV, str(official))
+    monkeypatch.setenv(settings.OFFICIAL_URL, str(official))
     monkeypatch.setenv("ORDERBOOK_BUFFER", str(tmp_path / "buffer.sqlite3"))
     for name in ("ORDERBOOK_HOST_ID", "ORDERBOOK_FLEET_HOSTS"):
         monkeypatch.delenv(name, raising=False)

@@ -12,6 +12,7 @@ from orderbook_assets.derived import bars
 from orderbook_assets.archive.location import Location, S3Settings
 from orderbook_assets.archive.store import LocalStore, parse_archive_url
 from orderbook_assets.defs.resources import ArchiveResource, ArchiveS3Resource
+from orderbook_assets.settings import ARCHIVE_URL, load
 from orderbook_core.errors import ConfigError
 
 GOOD = ["s3://bucket/prefix", "s3://bucket/a/b/", "s3://bucket", "file:///tmp/arch", "file://localhost/tmp/arch",
@@ -27,7 +28,7 @@ def entry_points(url: str) -> dict[str, str]:
         "store.parse_archive_url": f"s3://{where}/{prefix}".rstrip("/") if kind == "s3" else where,
         "views.Archive.parse": views.Archive.parse(url).url,
         "ArchiveResource.location": ArchiveResource(url=url, s3=ArchiveS3Resource()).location().url,
-        "orderbook query": Location.from_env(url).url,
+        "orderbook query": load({}, overrides={ARCHIVE_URL: url}).location().url,
     }
 
 

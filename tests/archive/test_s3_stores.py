@@ -12,6 +12,7 @@ import pytest
 
 from orderbook_core.buffer import ledger
 from orderbook_assets.archive.store import S3Store
+from orderbook_assets.settings import load
 from orderbook_core.errors import ArchiveError, ConfigError, IntegrityError
 
 from support.buffer_rows import BASE_HOUR_US, fill_buffer, open_buffer
@@ -225,7 +226,7 @@ def test_the_setting_states_the_mechanisms_and_skips_the_probe(moto, monkeypatch
     with FaultProxy(moto.url, store="aws") as proxy:
         client = s3_client(proxy.url, REGION, request_checksum_calculation="when_required",
                            response_checksum_validation="when_required")
-        st = S3Store(client, BUCKET, "books")
+        st = S3Store(client, BUCKET, "books", setting=load().s3_capabilities)  # as the resource hands it on
         caps = st.provision(REGION, custom_endpoint=True)  # creates the missing bucket
         assert (caps.create, caps.verify, caps.source) == ("head-then-put", "download", "ORDERBOOK_S3_CAPABILITIES")
         assert caps.guarantee.startswith("WEAKER") and caps.hardening["public_access_block"] == "on"

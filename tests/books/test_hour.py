@@ -193,14 +193,15 @@ def test_crossed_rows_counts_known_crossed_points_with_examples():
 
 
 def test_settings_from_the_environment():
+    from orderbook_assets.settings import load
     from orderbook_core.errors import ConfigError
 
-    assert Settings.from_env({}) == Settings(depth=25, interval_us=1_000_000)
-    assert Settings.from_env({"ORDERBOOK_BOOK_DEPTH": "50", "ORDERBOOK_BOOK_INTERVAL_MS": "100"}) == Settings(50, 100_000)
+    assert load({}).book == Settings(depth=25, interval_us=1_000_000)
+    assert load({"ORDERBOOK_BOOK_DEPTH": "50", "ORDERBOOK_BOOK_INTERVAL_MS": "100"}).book == Settings(50, 100_000)
     with pytest.raises(ConfigError, match=r"^ORDERBOOK_BOOK_DEPTH: is 'x'; set a whole number"):
-        Settings.from_env({"ORDERBOOK_BOOK_DEPTH": "x"})
+        load({"ORDERBOOK_BOOK_DEPTH": "x"})
     with pytest.raises(ConfigError, match=r"^ORDERBOOK_BOOK_INTERVAL_MS: is 7; set a number of ms that divides an hour"):
-        Settings.from_env({"ORDERBOOK_BOOK_INTERVAL_MS": "7"})
+        load({"ORDERBOOK_BOOK_INTERVAL_MS": "7"})
 
 
 # ---- the proof around a snapshot's id: whether or not an event ends there ------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dagster import DagsterInstance
 
+from orderbook_assets import settings
 from orderbook_assets.archive import source
 from orderbook_assets.definitions import defs
 
@@ -17,9 +18,9 @@ def run_hour(tmp_path, monkeypatch, origin: str | None):
     monkeypatch.setenv("ORDERBOOK_BUFFER", str(tmp_path / "buffer.sqlite3"))
     monkeypatch.setenv("ORDERBOOK_ARCHIVE_URL", str(tmp_path / "archive"))
     if origin is None:
-        monkeypatch.delenv(source.SOURCE_ENV, raising=False)
+        monkeypatch.delenv(settings.DATA_SOURCE, raising=False)
     else:
-        monkeypatch.setenv(source.SOURCE_ENV, origin)
+        monkeypatch.setenv(settings.DATA_SOURCE, origin)
     fill_buffer(tmp_path / "buffer.sqlite3", ["btcusdt"], BASE_HOUR_US + 5_000_000, 50)
     job = defs.resolve_job_def("archive_hour")
     return job.execute_in_process(partition_key=KEY, instance=DagsterInstance.ephemeral(), raise_on_error=False)
@@ -46,7 +47,7 @@ def test_an_hour_without_rows_archives_nothing_at_all(tmp_path, monkeypatch):
     """Not even derived files: an empty bars file would claim an hour that holds no data."""
     monkeypatch.setenv("ORDERBOOK_BUFFER", str(tmp_path / "buffer.sqlite3"))
     monkeypatch.setenv("ORDERBOOK_ARCHIVE_URL", str(tmp_path / "archive"))
-    monkeypatch.setenv(source.SOURCE_ENV, source.SIMULATED)
+    monkeypatch.setenv(settings.DATA_SOURCE, source.SIMULATED)
     fill_buffer(tmp_path / "buffer.sqlite3", ["btcusdt"], BASE_HOUR_US + 5_000_000, 50)  # rows in 10:00 only
     job = defs.resolve_job_def("archive_hour")
     result = job.execute_in_process(partition_key="2026-11-23-11:00", instance=DagsterInstance.ephemeral(),

@@ -15,6 +15,7 @@ from orderbook_assets.analytics import backtest as bt
 from orderbook_assets.archive import datasets
 from orderbook_assets.definitions import build
 from orderbook_assets.defs import exports
+from orderbook_assets.settings import load
 from orderbook_core.buffer.hours import hour_folder
 from orderbook_core.errors import ConfigError
 
@@ -105,4 +106,4 @@ def test_the_daily_export_is_off_unless_formats_are_named():
     assert exports.JOB not in jobs({})
     assert exports.JOB in jobs({"ORDERBOOK_EXPORT_FORMATS": "tardis"})
     with pytest.raises(ConfigError, match="ORDERBOOK_EXPORT_FORMATS: 'csv' is not an export format"):
-        exports.export_formats({"ORDERBOOK_EXPORT_FORMATS": "csv"})
+        load({"ORDERBOOK_EXPORT_FORMATS": "csv"})

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from orderbook_assets.defs.partitions import DEFAULT_START, START_ENV, partitions_start
+from orderbook_assets.settings import DEFAULT_PARTITIONS_START as DEFAULT_START, PARTITIONS_START as START_ENV, load
 from orderbook_core.errors import ConfigError
 
 from support.procs import ROOT, child_env
@@ -29,6 +29,6 @@ def test_the_start_is_configurable_and_the_definitions_use_it():
 @pytest.mark.parametrize("value", ["yesterday", "2026-11-20 13:00", "2026-11-20-13:30", "2026-13-01", "2999-01-01"])
 def test_a_bad_start_is_one_sentence_naming_the_setting(value):
     with pytest.raises(ConfigError) as err:
-        partitions_start({START_ENV: value})
+        load({START_ENV: value})
     message = str(err.value)
     assert message.startswith(f"{START_ENV}: ") and message.endswith(".") and "\n" not in message

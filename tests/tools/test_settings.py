@@ -100,7 +100,8 @@ HOUR = 3600
 def test_the_demos_partitions_start_where_its_data_starts(tmp_path, monkeypatch):
     """Fresh: the current hour (not hundreds of "missing" hours since the project's default
     start); restarted: never later than its first start or its buffer's first hour."""
-    from orderbook_assets.defs.partitions import START_ENV, partitions_start
+    from orderbook_assets.settings import PARTITIONS_START as START_ENV
+    from orderbook_assets.settings import load
     from support.buffer_rows import BASE_HOUR_US, fill_buffer
 
     monkeypatch.chdir(tmp_path)
@@ -108,7 +109,7 @@ def test_the_demos_partitions_start_where_its_data_starts(tmp_path, monkeypatch)
     now = (BASE_HOUR_US // 1_000_000) + 5 * HOUR + 1234  # 2026-11-23 15:20:34 UTC
     monkeypatch.setattr(run.time, "time", lambda: now)
     env = run._environment(args, {"PATH": os.environ["PATH"]})
-    assert env[START_ENV] == "2026-11-23-15:00" == partitions_start(env)  # a key the definitions accept
+    assert env[START_ENV] == "2026-11-23-15:00" == load(env).partitions_start  # a key the definitions accept
     run.write_demo_env(env)
     # The next day, restarted: the first start is kept (the hours it recorded stay partitions).
     monkeypatch.setattr(run.time, "time", lambda: now + 24 * HOUR)
@@ -123,7 +124,7 @@ def test_the_demos_partitions_start_where_its_data_starts(tmp_path, monkeypatch)
 
 
 def test_make_run_keeps_the_projects_partitions_start(tmp_path, monkeypatch):
-    from orderbook_assets.defs.partitions import START_ENV
+    from orderbook_assets.settings import PARTITIONS_START as START_ENV
 
     monkeypatch.chdir(tmp_path)
     assert START_ENV not in run._environment(run._parse([]), {"PATH": os.environ["PATH"]})
