@@ -33,6 +33,8 @@ from orderbook_core.buffer.records import (
     DepthRecord,
     DepthRestSnapshotRecord,
     DepthUpdateRecord,
+    LiquidationRecord,
+    MarkPriceRecord,
     TradeRecord,
 )
 from orderbook_core.streams import Kind, Market
@@ -49,6 +51,7 @@ class Type(str, Enum):
     MS = "ms"  # exchange ms in the buffer → timestamp[us, UTC]
     MS_NULL = "ms?"
     FLOAT = "float"
+    FLOAT_NULL = "float?"
     BOOL = "bool"  # SQLite 0/1
     TEXT = "text"
     LEVELS = "levels"  # buffer ``n_bids, levels`` → the columns ``bids`` and ``asks``
@@ -59,10 +62,11 @@ class Type(str, Enum):
 
     @property
     def nullable(self) -> bool:
-        return self in (Type.INT_NULL, Type.MS_NULL)
+        return self in (Type.INT_NULL, Type.MS_NULL, Type.FLOAT_NULL)
 
 
 _ARROW = {Type.INT: pa.int64(), Type.INT_NULL: pa.int64(), Type.MS: TS, Type.MS_NULL: TS, Type.FLOAT: pa.float64(),
+          Type.FLOAT_NULL: pa.float64(),
           Type.BOOL: pa.bool_(), Type.TEXT: pa.string(), Type.LEVELS: LEVELS}
 
 
@@ -73,7 +77,9 @@ class Field(NamedTuple):
     type: Type
     buffer: tuple[str, ...]  # the buffer column(s) holding it
     record: tuple[str, ...]  # the record field(s) holding it, in the order of ``buffer``
-    wire: dict[Market, str | tuple[str, str]]  # Binance's key per market (LEVELS: bids key, asks key); absent: not sent
+    #: Binance's key per market (LEVELS: bids key, asks key; ``"o.S"``: key ``S`` of the nested
+    #: object ``o``); absent: not sent
+    wire: dict[Market, str | tuple[str, str]]
 
     def arrow_fields(self) -> list[pa.Field]:
         if self.type is Type.LEVELS:
@@ -91,7 +97,8 @@ class DatasetSpec(NamedTuple):
     ordered_id: str | None  # the id that never goes backwards within a session; None: no session
     key_field: str  # the record field the buffer's unique index holds (with the stream)
     event_type: dict[Market, str]  # Binance's ``e`` per market; absent: the payload has none
-    wire_order: dict[Market, tuple[str, ...]]  # Binance's keys in payload order ("s": the symbol)
+    #: Binance's keys in payload order ("s": the symbol); an entry (name, keys) is a nested object
+    wire_order: dict[Market, tuple[str | tuple[str, tuple[str, ...]], ...]]
     tail: dict[Market, dict[str, Any]]  # constant keys Binance appends (spot trades' ``"M": true``)
 
     def field(self, column: str) -> Field:
@@ -185,10 +192,41 @@ BOOK_TICKER = DatasetSpec(
     {SPOT: ("u", "s", "b", "B", "a", "A"), USDM: ("e", "u", "E", "T", "s", "b", "B", "a", "A")},
     {},
 )
+#: USD-M ``markPriceUpdate`` (docs/binance-api.md section 8), one row a message: on the clock
+#: (3 s or 1 s), so ``E`` never repeats in a stream and is its dedup id. A delivery contract
+#: sends ``"r": ""`` and ``"T": 0``: null funding rate and next funding time.
+MARK_PRICE = DatasetSpec(
+    Kind.MARK_PRICE.dataset, MarkPriceRecord,
+    (_f("event_time", "ms", "event_ms", "event_time_ms", usdm="E"),
+     _f("mark_price", "float", usdm="p"), _f("index_price", "float", usdm="i"),
+     _f("estimated_settle_price", "float", usdm="P"), _f("funding_rate", "float?", usdm="r"),
+     _f("next_funding_time", "ms?", "next_funding_ms", "next_funding_time_ms", usdm="T")),
+    ("market", "stream", "event_time"), "event_time", "event_time_ms",
+    {USDM: "markPriceUpdate"},
+    {USDM: ("e", "E", "s", "p", "i", "P", "r", "T")},
+    {},
+)
+#: USD-M ``forceOrder`` (docs/binance-api.md section 8): the latest liquidation order of its
+#: symbol in a second, so ``E`` never repeats in a stream and is its dedup id. A sample by
+#: design (``orderbook_core.streams.SAMPLED``): never every liquidation.
+LIQUIDATION = DatasetSpec(
+    Kind.LIQUIDATION.dataset, LiquidationRecord,
+    (_f("event_time", "ms", "event_ms", "event_time_ms", usdm="E"),
+     _f("side", "text", usdm="o.S"), _f("order_type", "text", usdm="o.o"),
+     _f("time_in_force", "text", usdm="o.f"), _f("quantity", "float", usdm="o.q"),
+     _f("price", "float", usdm="o.p"), _f("average_price", "float", usdm="o.ap"),
+     _f("status", "text", usdm="o.X"), _f("last_filled_quantity", "float", usdm="o.l"),
+     _f("filled_quantity", "float", usdm="o.z"),
+     _f("trade_time", "ms", "trade_ms", "trade_time_ms", usdm="o.T")),
+    ("market", "stream", "event_time"), "event_time", "event_time_ms",
+    {USDM: "forceOrder"},
+    {USDM: ("e", "E", ("o", ("s", "S", "o", "f", "q", "p", "ap", "X", "l", "z", "T")))},
+    {},
+)
 
 #: Every stream dataset, in the order an hour is exported.
 SPECS: dict[str, DatasetSpec] = {s.name: s for s in (
-    DEPTH_SNAPSHOT, DEPTH_UPDATE, DEPTH_REST_SNAPSHOT, TRADE, AGG_TRADE, BOOK_TICKER)}
+    DEPTH_SNAPSHOT, DEPTH_UPDATE, DEPTH_REST_SNAPSHOT, TRADE, AGG_TRADE, BOOK_TICKER, MARK_PRICE, LIQUIDATION)}
 #: The spec of each stream kind.
 BY_KIND: dict[Kind, DatasetSpec] = {k: SPECS[k.dataset] for k in Kind}
 
@@ -209,15 +247,22 @@ def encode(spec: DatasetSpec, market: Market | str, row: dict, ms: Any) -> dict:
             by_key[key[0]], by_key[key[1]] = (f, 0), (f, 1)
         elif key is not None:
             by_key[key] = (f, 0)
-    out: dict[str, Any] = {}
-    for key in spec.wire_order[market]:
-        if key == "e":
-            out[key] = spec.event_type[market]
-        elif key == "s":
-            out[key] = row["symbol"]
-        else:
-            f, side = by_key[key]
-            out[key] = _wire_value(f, row, side, ms)
+
+    def obj(keys, prefix: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key in keys:
+            if isinstance(key, tuple):  # a nested object: its keys are "<name>.<key>" in the fields
+                out[key[0]] = obj(key[1], f"{key[0]}.")
+            elif key == "e":
+                out[key] = spec.event_type[market]
+            elif key == "s":
+                out[key] = row["symbol"]
+            else:
+                f, side = by_key[prefix + key]
+                out[key] = _wire_value(f, row, side, ms)
+        return out
+
+    out = obj(spec.wire_order[market], "")
     out.update(spec.tail.get(market, {}))
     return out
 
@@ -227,8 +272,12 @@ def _wire_value(f: Field, row: dict, side: int, ms: Any) -> Any:
     if t is Type.LEVELS:
         return [[dec(lv["price"]), dec(lv["qty"])] for lv in row["asks" if side else "bids"]]
     v = row[f.column]
+    if t is Type.MS_NULL and v is None:  # markPrice of a delivery contract: "T": 0
+        return 0
     if t in (Type.MS, Type.MS_NULL):
         return ms(v)
-    if t is Type.FLOAT:
+    if t is Type.FLOAT_NULL and v is None:  # markPrice of a delivery contract: "r": ""
+        return ""
+    if t in (Type.FLOAT, Type.FLOAT_NULL):
         return dec(v)
     return v
