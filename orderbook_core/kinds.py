@@ -37,7 +37,7 @@ from orderbook_core.buffer.records import (
     MarkPriceRecord,
     TradeRecord,
 )
-from orderbook_core.streams import Kind, Market
+from orderbook_core.streams import FUTURES_MARKETS, Kind, Market
 
 TS = pa.timestamp("us", tz="UTC")
 SPOT, USDM = Market.SPOT, Market.USDM
@@ -192,35 +192,44 @@ BOOK_TICKER = DatasetSpec(
     {SPOT: ("u", "s", "b", "B", "a", "A"), USDM: ("e", "u", "E", "T", "s", "b", "B", "a", "A")},
     {},
 )
+#: The futures markets whose markPrice and forceOrder payloads these specs describe
+#: (``streams.FUTURES_MARKETS``; COIN-M's forceOrder adds ``o.ps``, the pair, which is not kept).
+FUTURES = FUTURES_MARKETS
+
+
+def _fut(column: str, type_: str, key: str, buffer: str = "", record: str = "") -> Field:
+    """A field of a futures-only dataset, sent under ``key`` on every market of :data:`FUTURES`."""
+    return _f(column, type_, buffer, record, **{m.value: key for m in FUTURES})
+
+
 #: USD-M ``markPriceUpdate`` (docs/binance-api.md section 8), one row a message: on the clock
 #: (3 s or 1 s), so ``E`` never repeats in a stream and is its dedup id. A delivery contract
 #: sends ``"r": ""`` and ``"T": 0``: null funding rate and next funding time.
 MARK_PRICE = DatasetSpec(
     Kind.MARK_PRICE.dataset, MarkPriceRecord,
-    (_f("event_time", "ms", "event_ms", "event_time_ms", usdm="E"),
-     _f("mark_price", "float", usdm="p"), _f("index_price", "float", usdm="i"),
-     _f("estimated_settle_price", "float", usdm="P"), _f("funding_rate", "float?", usdm="r"),
-     _f("next_funding_time", "ms?", "next_funding_ms", "next_funding_time_ms", usdm="T")),
+    (_fut("event_time", "ms", "E", "event_ms", "event_time_ms"),
+     _fut("mark_price", "float", "p"), _fut("index_price", "float", "i"),
+     _fut("estimated_settle_price", "float", "P"), _fut("funding_rate", "float?", "r"),
+     _fut("next_funding_time", "ms?", "T", "next_funding_ms", "next_funding_time_ms")),
     ("market", "stream", "event_time"), "event_time", "event_time_ms",
-    {USDM: "markPriceUpdate"},
-    {USDM: ("e", "E", "s", "p", "i", "P", "r", "T")},
+    {m: "markPriceUpdate" for m in FUTURES},
+    {m: ("e", "E", "s", "p", "i", "P", "r", "T") for m in FUTURES},
     {},
 )
 #: USD-M ``forceOrder`` (docs/binance-api.md section 8): the latest liquidation order of its
 #: symbol in a second, so ``E`` never repeats in a stream and is its dedup id. A sample by
-#: design (``orderbook_core.streams.SAMPLED``): never every liquidation.
+#: design (``orderbook_core.streams.SAMPLED``): never every liquidation. ``"o.S"``: key ``S``
+#: of the nested order object ``o``.
 LIQUIDATION = DatasetSpec(
     Kind.LIQUIDATION.dataset, LiquidationRecord,
-    (_f("event_time", "ms", "event_ms", "event_time_ms", usdm="E"),
-     _f("side", "text", usdm="o.S"), _f("order_type", "text", usdm="o.o"),
-     _f("time_in_force", "text", usdm="o.f"), _f("quantity", "float", usdm="o.q"),
-     _f("price", "float", usdm="o.p"), _f("average_price", "float", usdm="o.ap"),
-     _f("status", "text", usdm="o.X"), _f("last_filled_quantity", "float", usdm="o.l"),
-     _f("filled_quantity", "float", usdm="o.z"),
-     _f("trade_time", "ms", "trade_ms", "trade_time_ms", usdm="o.T")),
+    (_fut("event_time", "ms", "E", "event_ms", "event_time_ms"),
+     _fut("side", "text", "o.S"), _fut("order_type", "text", "o.o"), _fut("time_in_force", "text", "o.f"),
+     _fut("quantity", "float", "o.q"), _fut("price", "float", "o.p"), _fut("average_price", "float", "o.ap"),
+     _fut("status", "text", "o.X"), _fut("last_filled_quantity", "float", "o.l"),
+     _fut("filled_quantity", "float", "o.z"), _fut("trade_time", "ms", "o.T", "trade_ms", "trade_time_ms")),
     ("market", "stream", "event_time"), "event_time", "event_time_ms",
-    {USDM: "forceOrder"},
-    {USDM: ("e", "E", ("o", ("s", "S", "o", "f", "q", "p", "ap", "X", "l", "z", "T")))},
+    {m: "forceOrder" for m in FUTURES},
+    {m: ("e", "E", ("o", ("s", "S", "o", "f", "q", "p", "ap", "X", "l", "z", "T"))) for m in FUTURES},
     {},
 )
 

@@ -32,7 +32,7 @@ from orderbook_core.buffer.records import (
     TradeRecord,
 )
 from orderbook_core.errors import FrameError
-from orderbook_core.streams import Kind, Market, StreamSpec
+from orderbook_core.streams import FUTURES_MARKETS, Kind, Market, StreamSpec
 
 _U63 = 1 << 63
 #: A diff event carries the levels that changed; more than this on a side is not a book.
@@ -299,8 +299,8 @@ _DECODERS: dict[tuple[Kind, Market], Callable[..., Row]] = {
     (Kind.AGG_TRADE, Market.USDM): _agg_trade,
     (Kind.BOOK_TICKER, Market.SPOT): _book_ticker,
     (Kind.BOOK_TICKER, Market.USDM): _book_ticker,
-    (Kind.MARK_PRICE, Market.USDM): _mark_price,
-    (Kind.LIQUIDATION, Market.USDM): _liquidation,
+    **{(Kind.MARK_PRICE, m): _mark_price for m in FUTURES_MARKETS},
+    **{(Kind.LIQUIDATION, m): _liquidation for m in FUTURES_MARKETS},
 }
 
 

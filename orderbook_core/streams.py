@@ -128,7 +128,11 @@ _FUTURES_KINDS = {
     "markPrice": (Kind.MARK_PRICE, 3_000_000), "markPrice@1s": (Kind.MARK_PRICE, 1_000_000),
     "forceOrder": (Kind.LIQUIDATION, 0),
 }
-_MARKET_KINDS: dict[Market, dict[str, tuple[Kind, int]]] = {Market.SPOT: {}, Market.USDM: _FUTURES_KINDS}
+#: The markets that offer them, with the same payloads (COIN-M's pages give the same keys,
+#: docs/binance-api.md section 8): a futures market joins markPrice and forceOrder here.
+FUTURES_MARKETS: tuple[Market, ...] = (Market.USDM,)
+_MARKET_KINDS: dict[Market, dict[str, tuple[Kind, int]]] = {
+    m: _FUTURES_KINDS if m in FUTURES_MARKETS else {} for m in Market}
 
 
 class StreamKind(NamedTuple):
