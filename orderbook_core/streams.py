@@ -126,7 +126,7 @@ _EVENT_KINDS = {"trade": Kind.TRADE, "aggTrade": Kind.AGG_TRADE, "bookTicker": K
 #: ``<symbol>@forceOrder``, "Update Speed: 1000ms", event-driven (nothing when no liquidation).
 _FUTURES_KINDS = {
     "markPrice": (Kind.MARK_PRICE, 3_000_000), "markPrice@1s": (Kind.MARK_PRICE, 1_000_000),
-    "forceOrder": (Kind.LIQUIDATION, 0),
+    "forceOrder": (Kind.LIQUIDATION, EVENT_DRIVEN),
 }
 #: The markets that offer them, with the same payloads (COIN-M's pages give the same keys,
 #: docs/binance-api.md section 8): a futures market joins markPrice and forceOrder here.

@@ -138,8 +138,7 @@ def test_every_kind_on_both_markets_through_the_archive_once_with_breaks_and_gap
             failed = {n: c.metadata for n, c in checks.items() if not c.passed}
             assert not failed, (partition, name, failed)
             checked.add(name)
-    # markPrice and forceOrder have their own end-to-end test (tests/system/test_derivatives.py)
-    assert checked == set(datasets.DATASETS) - {datasets.MARK_PRICE, datasets.LIQUIDATION}
+    assert checked == set(datasets.DATASETS)
 
     # every sent message archived exactly once, with equal values
     for dataset, cols in COLUMNS.items():
