@@ -155,7 +155,7 @@ _FIELDS = {
     "ws_url": ("ORDERBOOK_WS_URL", "--ws-url", "spot WebSocket base URL"),
     "rest_url": ("ORDERBOOK_REST_URL", "--rest-url", "spot REST base URL"),
     "usdm_symbols": ("ORDERBOOK_USDM_SYMBOLS", "--usdm-symbols", "USD-M futures symbols or *; empty records no futures"),
-    "usdm_streams": ("ORDERBOOK_USDM_STREAMS", "--usdm-streams", "USD-M stream kinds, e.g. depth@100ms,aggTrade"),
+    "usdm_streams": ("ORDERBOOK_USDM_STREAMS", "--usdm-streams", "USD-M stream kinds, e.g. depth@100ms,aggTrade,markPrice@1s,forceOrder"),
     "usdm_ws_url": ("ORDERBOOK_USDM_WS_URL", "--usdm-ws-url", "USD-M WebSocket base URL (without /public or /market)"),
     "usdm_rest_url": ("ORDERBOOK_USDM_REST_URL", "--usdm-rest-url", "USD-M REST base URL"),
     "subscriptions": (SUBSCRIPTIONS, "--subscriptions", "a TOML file of [[subscription]] tables (instead of the four symbol/stream settings)"),

@@ -58,6 +58,8 @@ class QuarantineReason(StrEnum):
     IDS_REVERSED = "ids_reversed"  # a first id after the last (``U`` > ``u``, ``f`` > ``l``)
     BAD_LEVELS = "bad_levels"  # bids or asks not lists of [price, qty] decimal pairs
     TOO_MANY_LEVELS = "too_many_levels"  # more levels on a side than the stream or request allows
+    BAD_WORD = "bad_word"  # a side, order type, time in force or status missing, or not one Binance sends
+    BAD_ORDER = "bad_order"  # a liquidation's order object (``o``) missing or not an object
 
 
 class FrameError(OrderbookError):

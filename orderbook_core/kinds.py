@@ -35,9 +35,11 @@ from orderbook_core.buffer.records import (
     DepthRecord,
     DepthRestSnapshotRecord,
     DepthUpdateRecord,
+    LiquidationRecord,
+    MarkPriceRecord,
     TradeRecord,
 )
-from orderbook_core.streams import Kind, Market
+from orderbook_core.streams import FUTURES_MARKETS, Kind, Market
 
 TS = pa.timestamp("us", tz="UTC")
 SPOT, USDM = Market.SPOT, Market.USDM
@@ -51,6 +53,7 @@ class Type(str, Enum):
     MS = "ms"  # exchange ms in the buffer → timestamp[us, UTC]
     MS_NULL = "ms?"
     FLOAT = "float"
+    FLOAT_NULL = "float?"
     BOOL = "bool"  # SQLite 0/1
     TEXT = "text"
     LEVELS = "levels"  # buffer ``n_bids, levels`` → the columns ``bids`` and ``asks``
@@ -61,10 +64,11 @@ class Type(str, Enum):
 
     @property
     def nullable(self) -> bool:
-        return self in (Type.INT_NULL, Type.MS_NULL)
+        return self in (Type.INT_NULL, Type.MS_NULL, Type.FLOAT_NULL)
 
 
 _ARROW = {Type.INT: pa.int64(), Type.INT_NULL: pa.int64(), Type.MS: TS, Type.MS_NULL: TS, Type.FLOAT: pa.float64(),
+          Type.FLOAT_NULL: pa.float64(),
           Type.BOOL: pa.bool_(), Type.TEXT: pa.string(), Type.LEVELS: LEVELS}
 
 
@@ -74,7 +78,9 @@ class Field(NamedTuple):
     column: str  # the dataset's column (``bids`` for LEVELS, which also gives ``asks``)
     type: Type
     buffer: tuple[str, ...]  # the buffer column(s) holding it, also the record's field(s)
-    wire: dict[Market, str | tuple[str, str]]  # Binance's key per market (LEVELS: bids key, asks key); absent: not sent
+    #: Binance's key per market (LEVELS: bids key, asks key; ``"o.S"``: key ``S`` of the nested
+    #: object ``o``); absent: not sent
+    wire: dict[Market, str | tuple[str, str]]
 
     def arrow_fields(self) -> list[pa.Field]:
         if self.type is Type.LEVELS:
@@ -92,7 +98,8 @@ class DatasetSpec(NamedTuple):
     ordered_id: str | None  # the id that never goes backwards within a session; None: no session
     key_field: str  # the record field the buffer's unique index holds (with the stream)
     event_type: dict[Market, str]  # Binance's ``e`` per market; absent: the payload has none
-    wire_order: dict[Market, tuple[str, ...]]  # Binance's keys in payload order ("s": the symbol)
+    #: Binance's keys in payload order ("s": the symbol); an entry (name, keys) is a nested object
+    wire_order: dict[Market, tuple[str | tuple[str, tuple[str, ...]], ...]]
     tail: dict[Market, dict[str, Any]]  # constant keys Binance appends (spot trades' ``"M": true``)
 
     def field(self, column: str) -> Field:
@@ -183,10 +190,50 @@ BOOK_TICKER = DatasetSpec(
     {SPOT: ("u", "s", "b", "B", "a", "A"), USDM: ("e", "u", "E", "T", "s", "b", "B", "a", "A")},
     {},
 )
+#: The futures markets whose markPrice and forceOrder payloads these specs describe
+#: (``streams.FUTURES_MARKETS``; COIN-M's forceOrder adds ``o.ps``, the pair, which is not kept).
+FUTURES = FUTURES_MARKETS
+
+
+def _fut(column: str, type_: str, key: str, buffer: str = "") -> Field:
+    """A field of a futures-only dataset, sent under ``key`` on every market of :data:`FUTURES`."""
+    return _f(column, type_, buffer, **{m.value: key for m in FUTURES})
+
+
+#: USD-M ``markPriceUpdate`` (docs/binance-api.md section 8), one row a message: on the clock
+#: (3 s or 1 s), so ``E`` never repeats in a stream and is its dedup id. A delivery contract
+#: sends ``"r": ""`` and ``"T": 0``: null funding rate and next funding time.
+MARK_PRICE = DatasetSpec(
+    Kind.MARK_PRICE.dataset, MarkPriceRecord,
+    (_fut("event_time", "ms", "E", "event_ms"),
+     _fut("mark_price", "float", "p"), _fut("index_price", "float", "i"),
+     _fut("estimated_settle_price", "float", "P"), _fut("funding_rate", "float?", "r"),
+     _fut("next_funding_time", "ms?", "T", "next_funding_ms")),
+    ("market", "stream", "event_time"), "event_time", "event_ms",
+    {m: "markPriceUpdate" for m in FUTURES},
+    {m: ("e", "E", "s", "p", "i", "P", "r", "T") for m in FUTURES},
+    {},
+)
+#: USD-M ``forceOrder`` (docs/binance-api.md section 8): the latest liquidation order of its
+#: symbol in a second, so ``E`` never repeats in a stream and is its dedup id. A sample by
+#: design (``orderbook_core.streams.SAMPLED``): never every liquidation. ``"o.S"``: key ``S``
+#: of the nested order object ``o``.
+LIQUIDATION = DatasetSpec(
+    Kind.LIQUIDATION.dataset, LiquidationRecord,
+    (_fut("event_time", "ms", "E", "event_ms"),
+     _fut("side", "text", "o.S"), _fut("order_type", "text", "o.o"), _fut("time_in_force", "text", "o.f"),
+     _fut("quantity", "float", "o.q"), _fut("price", "float", "o.p"), _fut("average_price", "float", "o.ap"),
+     _fut("status", "text", "o.X"), _fut("last_filled_quantity", "float", "o.l"),
+     _fut("filled_quantity", "float", "o.z"), _fut("trade_time", "ms", "o.T", "trade_ms")),
+    ("market", "stream", "event_time"), "event_time", "event_ms",
+    {m: "forceOrder" for m in FUTURES},
+    {m: ("e", "E", ("o", ("s", "S", "o", "f", "q", "p", "ap", "X", "l", "z", "T"))) for m in FUTURES},
+    {},
+)
 
 #: Every stream dataset, in the order an hour is exported.
 SPECS: dict[str, DatasetSpec] = {s.name: s for s in (
-    DEPTH_SNAPSHOT, DEPTH_UPDATE, DEPTH_REST_SNAPSHOT, TRADE, AGG_TRADE, BOOK_TICKER)}
+    DEPTH_SNAPSHOT, DEPTH_UPDATE, DEPTH_REST_SNAPSHOT, TRADE, AGG_TRADE, BOOK_TICKER, MARK_PRICE, LIQUIDATION)}
 #: The spec of each stream kind.
 BY_KIND: dict[Kind, DatasetSpec] = {k: SPECS[k.dataset] for k in Kind}
 
@@ -207,15 +254,22 @@ def encode(spec: DatasetSpec, market: Market | str, row: dict, ms: Any) -> dict:
             by_key[key[0]], by_key[key[1]] = (f, 0), (f, 1)
         elif key is not None:
             by_key[key] = (f, 0)
-    out: dict[str, Any] = {}
-    for key in spec.wire_order[market]:
-        if key == "e":
-            out[key] = spec.event_type[market]
-        elif key == "s":
-            out[key] = row["symbol"]
-        else:
-            f, side = by_key[key]
-            out[key] = _wire_value(f, row, side, ms)
+
+    def obj(keys, prefix: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key in keys:
+            if isinstance(key, tuple):  # a nested object: its keys are "<name>.<key>" in the fields
+                out[key[0]] = obj(key[1], f"{key[0]}.")
+            elif key == "e":
+                out[key] = spec.event_type[market]
+            elif key == "s":
+                out[key] = row["symbol"]
+            else:
+                f, side = by_key[prefix + key]
+                out[key] = _wire_value(f, row, side, ms)
+        return out
+
+    out = obj(spec.wire_order[market], "")
     out.update(spec.tail.get(market, {}))
     return out
 
@@ -225,8 +279,12 @@ def _wire_value(f: Field, row: dict, side: int, ms: Any) -> Any:
     if t is Type.LEVELS:
         return [[dec(lv["price"]), dec(lv["qty"])] for lv in row["asks" if side else "bids"]]
     v = row[f.column]
+    if t is Type.MS_NULL and v is None:  # markPrice of a delivery contract: "T": 0
+        return 0
     if t in (Type.MS, Type.MS_NULL):
         return ms(v)
-    if t is Type.FLOAT:
+    if t is Type.FLOAT_NULL and v is None:  # markPrice of a delivery contract: "r": ""
+        return ""
+    if t in (Type.FLOAT, Type.FLOAT_NULL):
         return dec(v)
     return v

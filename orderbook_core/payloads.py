@@ -28,11 +28,13 @@ from orderbook_core.buffer.records import (
     DepthRecord,
     DepthRestSnapshotRecord,
     DepthUpdateRecord,
+    LiquidationRecord,
+    MarkPriceRecord,
     Row,
     TradeRecord,
 )
 from orderbook_core.errors import FrameError, QuarantineReason as Q
-from orderbook_core.streams import Kind, Market, StreamSpec
+from orderbook_core.streams import FUTURES_MARKETS, Kind, Market, StreamSpec
 
 _U63 = 1 << 63
 #: A diff event carries the levels that changed; more than this on a side is not a book.
@@ -85,6 +87,39 @@ def _number(data: dict, key: str, what: str, *, positive: bool) -> float:
     if not math.isfinite(x) or x < 0 or (positive and x == 0):
         raise FrameError(Q.OUT_OF_RANGE, f"{what} ({key!r}) must be {'positive' if positive else 'non-negative'} and finite")
     return x
+
+
+def _signed(data: dict, key: str, what: str) -> float | None:
+    """A finite decimal that may be negative (a funding rate); ``""`` is None (no rate: Binance
+    sends it for delivery contracts, docs/binance-api.md section 8)."""
+    v = data.get(key)
+    if v == "":
+        return None
+    if not isinstance(v, str):
+        raise FrameError(Q.BAD_DECIMAL, f"{what} ({key!r}) missing or not a decimal string")
+    try:
+        x = float(v)
+    except ValueError:
+        raise FrameError(Q.BAD_DECIMAL, f"{what} ({key!r}) is not a decimal number: {v[:30]!r}") from None
+    if not math.isfinite(x):
+        raise FrameError(Q.OUT_OF_RANGE, f"{what} ({key!r}) must be finite")
+    return x
+
+
+_WORD_RE = re.compile(r"^[A-Z][A-Z_]{0,31}$")
+
+
+def _word(data: dict, key: str, what: str, allowed: frozenset[str] | None = None) -> str:
+    """An upper-case enum value of Binance's (side, order type, status): checked for shape, and
+    against ``allowed`` where the set is closed."""
+    v = data.get(key)
+    if not isinstance(v, str) or not _WORD_RE.match(v) or (allowed is not None and v not in allowed):
+        raise FrameError(Q.BAD_WORD, f"{what} ({key!r}) missing or not {' or '.join(sorted(allowed)) if allowed else 'an upper-case word'}: "
+                         f"{str(v)[:30]!r}")
+    return v
+
+
+_SIDES = frozenset({"BUY", "SELL"})
 
 
 def _bool(data: dict, key: str, what: str) -> bool:
@@ -196,6 +231,39 @@ def _book_ticker(spec, data, recv_us, sid, seq, wide) -> BookTickerRecord:
     )
 
 
+def _mark_price(spec, data, recv_us, sid, seq, wide) -> MarkPriceRecord:
+    _event(data, "markPriceUpdate")
+    _symbol(spec, data)
+    rate = _signed(data, "r", "funding rate")
+    next_funding = _uint(data, "T", "next funding time")
+    return MarkPriceRecord(
+        spec.key, recv_us, sid, seq, _uint(data, "E", "event time"), _number(data, "p", "mark price", positive=True),
+        _number(data, "i", "index price", positive=False),
+        _number(data, "P", "estimated settle price", positive=False),
+        rate, next_funding or None,  # 0: a delivery contract has no next funding
+        wide,
+    )
+
+
+def _liquidation(spec, data, recv_us, sid, seq, wide) -> LiquidationRecord:
+    _event(data, "forceOrder")
+    order = data.get("o")
+    if type(order) is not dict:
+        raise FrameError(Q.BAD_ORDER, "liquidation order ('o') missing or not an object")
+    _symbol(spec, order)
+    qty = _number(order, "q", "quantity", positive=True)
+    last, filled = (_number(order, "l", "last filled quantity", positive=False),
+                    _number(order, "z", "filled accumulated quantity", positive=False))
+    if filled > qty or last > filled:
+        raise FrameError(Q.OUT_OF_RANGE, f"filled quantities (last {last}, accumulated {filled}) exceed the order's {qty}")
+    return LiquidationRecord(
+        spec.key, recv_us, sid, seq, _uint(data, "E", "event time"), _word(order, "S", "side", _SIDES),
+        _word(order, "o", "order type"), _word(order, "f", "time in force"), qty,
+        _number(order, "p", "price", positive=True), _number(order, "ap", "average price", positive=False),
+        _word(order, "X", "order status"), last, filled, _uint(order, "T", "trade time"), wide,
+    )
+
+
 def decode_rest_depth(spec: StreamSpec, body: bytes, recv_us: int, reason: str, limit: int) -> DepthRestSnapshotRecord:
     """The record of a REST depth snapshot (``body`` as the server sent it) fetched for ``spec``'s diff stream.
 
@@ -233,6 +301,8 @@ _DECODERS: dict[tuple[Kind, Market], Callable[..., Row]] = {
     (Kind.AGG_TRADE, Market.USDM): _agg_trade,
     (Kind.BOOK_TICKER, Market.SPOT): _book_ticker,
     (Kind.BOOK_TICKER, Market.USDM): _book_ticker,
+    **{(Kind.MARK_PRICE, m): _mark_price for m in FUTURES_MARKETS},
+    **{(Kind.LIQUIDATION, m): _liquidation for m in FUTURES_MARKETS},
 }
 
 

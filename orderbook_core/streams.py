@@ -11,7 +11,9 @@ is given too): "spot streams" = binance/binance-spot-api-docs ``web-socket-strea
 "spot REST" = the same repository's ``rest-api.md`` and ``CHANGELOG.md``; "USD-M streams" =
 developers.binance.com USDⓈ-M Futures "Websocket Market Streams", "Partial Book Depth
 Streams", "Diff. Book Depth Streams"; "USD-M notice" = its "Important WebSocket Change
-Notice" (2026-03-06); "USD-M REST" = its "Order Book" and "Exchange Information" pages.
+Notice" (2026-03-06); "USD-M REST" = its "Order Book" and "Exchange Information" pages;
+USD-M "Mark Price Stream" and "Liquidation Order Streams" are its pages of those names
+(``docs/binance-api.md`` section 8).
 The simulator keeps its own copy of these facts (``tools/simulator/facts.py``);
 ``tests/doubles/test_facts_agree.py`` compares the two.
 """
@@ -39,6 +41,8 @@ class Kind(str, Enum):
     TRADE = "trade"
     AGG_TRADE = "agg_trade"
     BOOK_TICKER = "book_ticker"
+    MARK_PRICE = "mark_price"  # USD-M markPrice: mark, index, estimated settle price, funding
+    LIQUIDATION = "liquidation"  # USD-M forceOrder: a liquidation order snapshot
 
     @property
     def dataset(self) -> str:
@@ -74,6 +78,8 @@ USDM_ROUTE = {
     Kind.TRADE: "public",
     # USD-M notice: /market carries @aggTrade, @kline_*, @markPrice, @forceOrder; BYTEX-TRADE/bytex#7
     Kind.AGG_TRADE: "market",
+    # USD-M notice: /market carries @markPrice and @forceOrder (docs/binance-api.md section 8)
+    Kind.MARK_PRICE: "market", Kind.LIQUIDATION: "market",
 }
 #: Incoming messages (control frames, pings, pongs) a connection may send per second:
 #: spot streams "5 incoming messages per second"; USD-M streams "10 incoming messages per second".
@@ -94,9 +100,16 @@ _DEPTH_WEIGHT = {
 }
 #: Event-driven streams (trades, bookTicker) have no nominal cadence.
 EVENT_DRIVEN = 0
-#: Kinds Binance pushes on a timer whether or not anything changed ("every 1000 ms"); the
-#: others push on change (diff depth when the book moved, trades when one happens).
-ON_CLOCK = frozenset({Kind.PARTIAL_DEPTH})
+#: Kinds Binance pushes on a timer whether or not anything changed ("every 1000 ms"; markPrice
+#: "pushed every 3 seconds or every second", USD-M "Mark Price Stream"); the others push on
+#: change (diff depth when the book moved, trades when one happens).
+ON_CLOCK = frozenset({Kind.PARTIAL_DEPTH, Kind.MARK_PRICE})
+#: Kinds that are a sample by design: USD-M "Liquidation Order Streams": "For each symbol, only
+#: the latest one liquidation order within 1000ms will be pushed as the snapshot. If no
+#: liquidation happens in the interval of 1000ms, no stream will be pushed." Liquidations in
+#: between are never sent, and a symbol may have none for hours: such a stream is never
+#: judged silent for saying nothing, and its dataset never claims completeness.
+SAMPLED = frozenset({Kind.LIQUIDATION})
 
 _SYMBOL_RE = re.compile(r"^[a-z0-9]{2,20}$")
 _DEPTH_RE = re.compile(r"^depth(5|10|20)?(?:@(\d+)ms)?$")
@@ -107,12 +120,25 @@ _DEPTH_RE = re.compile(r"^depth(5|10|20)?(?:@(\d+)ms)?$")
 #: Partial depth levels 5, 10 or 20, and trade, aggTrade, bookTicker on both: the same pages.
 _SPEEDS = {Market.SPOT: (1000, 100), Market.USDM: (250, 100, 500)}
 _EVENT_KINDS = {"trade": Kind.TRADE, "aggTrade": Kind.AGG_TRADE, "bookTicker": Kind.BOOK_TICKER}
+#: The derivatives kinds, per market that offers them (a futures market is one entry here; the
+#: spot market has none). USD-M "Mark Price Stream": ``<symbol>@markPrice or
+#: <symbol>@markPrice@1s``, "Update Speed: 3000ms or 1000ms"; "Liquidation Order Streams":
+#: ``<symbol>@forceOrder``, "Update Speed: 1000ms", event-driven (nothing when no liquidation).
+_FUTURES_KINDS = {
+    "markPrice": (Kind.MARK_PRICE, 3_000_000), "markPrice@1s": (Kind.MARK_PRICE, 1_000_000),
+    "forceOrder": (Kind.LIQUIDATION, EVENT_DRIVEN),
+}
+#: The markets that offer them, with the same payloads (COIN-M's pages give the same keys,
+#: docs/binance-api.md section 8): a futures market joins markPrice and forceOrder here.
+FUTURES_MARKETS: tuple[Market, ...] = (Market.USDM,)
+_MARKET_KINDS: dict[Market, dict[str, tuple[Kind, int]]] = {
+    m: _FUTURES_KINDS if m in FUTURES_MARKETS else {} for m in Market}
 
 
 class StreamKind(NamedTuple):
     type: Kind
     levels: int  # levels per side of a partial-depth snapshot; 0 otherwise
-    cadence_us: int  # nominal interval between messages; EVENT_DRIVEN for trades and bookTicker
+    cadence_us: int  # nominal interval between messages; EVENT_DRIVEN for trades, bookTicker, forceOrder
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +194,9 @@ def stream_kind(kind: str, market: Market = Market.SPOT) -> StreamKind | None:
     k = kind.strip()
     if k in _EVENT_KINDS:
         return StreamKind(_EVENT_KINDS[k], 0, EVENT_DRIVEN)
+    if k in _MARKET_KINDS[market]:
+        t, cadence_us = _MARKET_KINDS[market][k]
+        return StreamKind(t, 0, cadence_us)
     m = _DEPTH_RE.match(k)
     if not m:
         return None
@@ -184,7 +213,8 @@ def kinds_offered(market: Market) -> str:
     """The stream kinds ``market`` offers, in words (for error messages)."""
     speeds = sorted(_SPEEDS[market][1:])
     depth = f"depth5, depth10, depth20 or depth (each optionally {' or '.join(f'@{ms}ms' for ms in speeds)})"
-    return f"{depth}, trade, aggTrade or bookTicker"
+    extra = "".join(f", {k}" for k in _MARKET_KINDS[market])
+    return f"{depth}, trade, aggTrade{extra} or bookTicker"
 
 
 def build_streams(

@@ -57,8 +57,9 @@ from orderbook_core.errors import OrderbookError
 from orderbook_assets.analytics.books import ArchiveReader, ArchivedRow, iter_events, to_us
 from orderbook_assets.archive.location import Location
 
-#: The stream datasets a replay sends, in tie order.
-STREAM_DATASETS = ("depth_snapshot", "depth_update", "trade", "agg_trade", "book_ticker")
+#: The stream datasets a replay sends, in tie order: every dataset that came over a connection
+#: (``orderbook_core.kinds``; REST snapshots are answered over REST instead).
+STREAM_DATASETS = tuple(name for name, spec in kinds.SPECS.items() if spec.ordered_id is not None)
 _DEPTH_MARKET = {path: market for market, path in DEPTH_PATH.items()}
 USDM_ROUTES = tuple(sorted(set(USDM_ROUTE.values())))
 DEFAULT_PORT = 9443

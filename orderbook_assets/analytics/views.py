@@ -5,7 +5,8 @@ Everything here works on a caller's ``duckdb`` connection; nothing is global.
 
 ``<dataset>_archived``       the Parquet dataset ``<archive>/<dataset>/``, for each stream
                              dataset: ``depth_snapshot``, ``depth_update``,
-                             ``depth_rest_snapshot``, ``trade``, ``agg_trade``, ``book_ticker``
+                             ``depth_rest_snapshot``, ``trade``, ``agg_trade``, ``book_ticker``,
+                             ``mark_price``, ``liquidation``
 ``<dataset>_tail``           buffer rows no archived part covers (only with a buffer)
 ``<dataset>``                the archive, plus the tail when a buffer is given
 ``top_of_book``              ``symbol, recv_time, best_bid, best_bid_qty, best_ask,

@@ -9,7 +9,9 @@ recorded as data in the round's rows: ``break`` and ``synced`` (a diff-depth str
 regained continuity, from ``depth_sync``), ``resync`` (a REST snapshot fetched for a diff
 stream, from ``depth_rest_snapshot``) and ``trade_gap`` (trade or aggTrade ids never
 received, from ``trade_gap``), and ``silent`` (a subscription acknowledged that delivered nothing
-where it had to, from ``silence``: one row per silence and round, its end null while open).
+where it had to, from ``silence``: one row per silence and round, its end null while open), and
+``sampled`` (a stream whose kind Binance samples by design, ``streams.SAMPLED``: one row per
+stream and round with rows, saying its rows are a sample and never every event).
 Schema and usage: docs/datasets.md.
 
 Session counters (duplicates, quarantined, lost, close) are a snapshot taken when the
@@ -35,7 +37,7 @@ from orderbook_assets.archive.export import WRITER_OPTIONS
 from orderbook_assets.archive.datasets import (COVERAGE_SCHEMA, DEPTH_REST, DEPTH_SYNC,  # noqa: F401
                                                DEPTH_UPDATE, SILENCE, TRADE_GAP, TS)
 from orderbook_core.buffer.ledger import Part
-from orderbook_core.streams import Market, parse_stream_name
+from orderbook_core.streams import SAMPLED, Market, parse_stream_name
 from orderbook_assets.archive.quality import Gap
 
 
@@ -58,8 +60,14 @@ def _ms(value: int | None) -> int | None:
     return None if value is None else value * 1000
 
 
+#: The datasets of the kinds Binance samples (a forceOrder stream sends only the latest
+#: liquidation of its symbol in each second), and what their ``sampled`` rows say about them.
+SAMPLED_DATASETS = frozenset(k.dataset for k in SAMPLED)
+SAMPLED_REASON = "latest_per_second"
+
+
 def continuity_rows(conn: sqlite3.Connection, parts: list[Part], streams: dict) -> list[dict]:
-    """The ``break``, ``synced``, ``resync``, ``trade_gap`` and ``silent`` rows of a round's parts, read from
+    """The ``break``, ``synced``, ``resync``, ``trade_gap``, ``silent`` and ``sampled`` rows of a round's parts, read from
     the buffer (the parts are not archived yet, so their rows are there), in id order per table.
 
     ``streams``: ``export.stream_table`` (stream names as subscribed, and markets).
@@ -88,6 +96,11 @@ def continuity_rows(conn: sqlite3.Connection, parts: list[Part], streams: dict) 
                                 first_id=first, last_id=last, messages=last - first + 1, dataset=dataset))
         elif part.dataset == SILENCE:
             out += _silent_rows(conn, rng, streams)
+        elif part.dataset in SAMPLED_DATASETS:
+            for sid, first, last, n in buffer_coverage.sampled_rows(conn, part.dataset, rng):
+                s = streams[sid]
+                out.append(dict(record="sampled", market=s.market, stream=s.name, first_recv_time=first,
+                                last_recv_time=last, messages=n, reason=SAMPLED_REASON, dataset=part.dataset))
         elif part.dataset == DEPTH_REST:
             for sid, recv, uid, reason, event_ms in buffer_coverage.resync_rows(conn, rng):
                 s = streams[sid]

@@ -311,6 +311,8 @@ def own_arrays(dataset: str, columns: list[tuple], n: int) -> tuple[dict[str, pa
             arr = pa.array(values, pa.string())
         elif k is Kind.MS_NULL:
             arr = pc.multiply(pa.array(values, pa.int64()), 1000).cast(ds.TS)
+        elif k is Kind.FLOAT_NULL:
+            arr = pa.array(values, pa.float64())
         else:  # INT_NULL
             arr = pa.array(values, pa.int64())
         out[src.column] = arr.cast(schema.field(src.column).type) if arr.type != schema.field(src.column).type else arr

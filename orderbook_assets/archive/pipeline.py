@@ -278,10 +278,13 @@ def check_parts(conn: sqlite3.Connection, store: ArchiveStore, staging: Path, ho
     checks = quality.CHECKS[dataset]
     explained = explained_seqs(conn, hour_us, parts, dataset) if "no_seq_gaps" in checks else None
     breaks, gaps = recorded_continuity(conn, hour_us)
+    # mark prices are compared with the hour's bookTicker, archived or just verified
+    mids = (_copies(conn, store, staging, hour_us, (ds.BOOK_TICKER,), (PartState.VERIFIED, PartState.ARCHIVED))
+            if "mark_near_mid" in checks else [])
     results = quality.run_all(
         paths, buffer_rows=buffer_rows,
         archived_rows={f"part-{p.part:04d}": p.rows or 0 for p in parts},
-        explained=explained, dataset=dataset, breaks=breaks, trade_gaps=gaps,
+        explained=explained, dataset=dataset, breaks=breaks, trade_gaps=gaps, mids=mids,
     )
     return HourChecks(parts, results)
 

@@ -26,6 +26,12 @@ check                       severity  fails when
                                       (computed once by the coverage step, which stores them)
 ``books_sane``              WARN      a book is crossed (best bid >= best ask) or a side
                                       unsorted; bookTicker: crossed
+``values_finite``           ERROR     mark price / liquidation: a price, quantity or funding
+                                      rate is NaN or infinite (the collector refuses them:
+                                      one here means the buffer or the export broke it)
+``mark_near_mid``           WARN      a mark price further than :data:`MARK_MID_TOLERANCE`
+                                      from the mid of the same market and symbol's latest
+                                      bookTicker (within :data:`MARK_MID_WITHIN_US` before it)
 ``rows_reconciled``         ERROR     the archived rows differ from the buffer's rows of the part
 ==========================  ========  =====================================================
 """
@@ -68,12 +74,28 @@ CHECKS: dict[str, dict[str, Severity]] = {
     ds.TRADE: {**_BASE, "trade_id_continuity": ERROR, "rows_reconciled": ERROR},
     ds.AGG_TRADE: {**_BASE, "trade_id_continuity": ERROR, "rows_reconciled": ERROR},
     ds.BOOK_TICKER: {**_BASE, "books_sane": WARN, "rows_reconciled": ERROR},
+    ds.MARK_PRICE: {**_BASE, "values_finite": ERROR, "mark_near_mid": WARN, "rows_reconciled": ERROR},
+    ds.LIQUIDATION: {**_BASE, "values_finite": ERROR, "rows_reconciled": ERROR},
 }
+#: The float columns of each dataset that must be finite (nulls allowed where the column is).
+FINITE = {
+    ds.MARK_PRICE: ("mark_price", "index_price", "estimated_settle_price", "funding_rate"),
+    ds.LIQUIDATION: ("quantity", "price", "average_price", "last_filled_quantity", "filled_quantity"),
+}
+#: How far a mark price may sit from the book's mid before ``mark_near_mid`` warns, as a
+#: fraction of the mid. The mark price follows the contract's own price (index plus a decaying
+#: premium, Binance "Mark Price" FAQ): a few per mille normally, a percent in a squeeze; 5 %
+#: is a value from another symbol or a broken feed, not a market.
+MARK_MID_TOLERANCE = 0.05
+#: The bookTicker a mark price is compared with is the latest of its market and symbol at most
+#: this long before it (µs): an older one says nothing about the book now.
+MARK_MID_WITHIN_US = 5_000_000
 #: The checks of the hour's coverage (computed once by the coverage step, which stores them).
 COVERAGE_CHECKS = {"coverage_gaps": WARN}
-#: The datasets whose silences are gaps (periodic depth streams; trades and bookTicker are
-#: event-driven: a quiet market is not a gap, the sessions say whether we were connected).
-GAP_DATASETS = (ds.DEPTH, ds.DEPTH_UPDATE)
+#: The datasets whose silences are gaps (periodic depth and mark-price streams; trades,
+#: bookTicker and liquidations are event-driven: a quiet market is not a gap, the sessions say
+#: whether we were connected). Each stream's cadence comes from the kernel (:func:`cadences`).
+GAP_DATASETS = (ds.DEPTH, ds.DEPTH_UPDATE, ds.MARK_PRICE)
 
 #: The recorded continuity events the checks match against (from the buffer's ``depth_sync``
 #: and ``trade_gap``, streams named as in the archive).
@@ -336,6 +358,37 @@ def books_sane(con: duckdb.DuckDBPyConnection, dataset: ds.Dataset) -> CheckResu
                        {"crossed": crossed, "unsorted": unsorted})
 
 
+def values_finite(con: duckdb.DuckDBPyConnection, dataset: str) -> CheckResult:
+    cols = FINITE[dataset]
+    bad = " OR ".join(f"NOT isfinite({c})" for c in cols)  # null is not a failure: isfinite(null) is null
+    rows = _rows(con.execute(
+        f"SELECT market, stream, session_id, seq, recv_time, {', '.join(cols)} FROM books WHERE {bad} "
+        "ORDER BY market, stream, seq"))
+    return CheckResult("values_finite", ERROR, not rows, len(rows), rows[:EXAMPLES], {"columns": list(cols)})
+
+
+def mark_near_mid(con: duckdb.DuckDBPyConnection) -> CheckResult:
+    """Mark prices further than :data:`MARK_MID_TOLERANCE` from the mid of the latest bookTicker
+    of the same market and symbol (at most :data:`MARK_MID_WITHIN_US` older); a mark price with
+    no such bookTicker is not compared (counted in the detail)."""
+    rows = _rows(con.execute(
+        f"""
+        WITH m AS (SELECT market, symbol, stream, session_id, seq, recv_time, mark_price FROM books),
+        j AS (
+            SELECT m.*, t.recv_time AS ticker_time, (t.best_bid + t.best_ask) / 2 AS mid
+            FROM m ASOF LEFT JOIN mids t
+              ON m.market = t.market AND m.symbol = t.symbol AND m.recv_time >= t.recv_time
+        )
+        SELECT *, abs(mark_price - mid) / mid AS distance FROM j
+        WHERE mid > 0 AND epoch_us(recv_time) - epoch_us(ticker_time) <= {MARK_MID_WITHIN_US}
+        ORDER BY distance DESC, market, stream, seq
+        """
+    ))
+    bad = [r for r in rows if r["distance"] > MARK_MID_TOLERANCE]
+    return CheckResult("mark_near_mid", WARN, not bad, len(bad), bad[:EXAMPLES],
+                       {"compared": len(rows), "tolerance": MARK_MID_TOLERANCE})
+
+
 def reconciled(con: duckdb.DuckDBPyConnection, buffer_rows: int, archived_rows: dict[str, int]) -> CheckResult:
     """Rows DuckDB reads from the parts vs the buffer's rows for the same id ranges."""
     read = con.execute("SELECT count(*) FROM books").fetchone()[0]
@@ -356,10 +409,17 @@ def run_all(
     dataset: str,
     breaks: pa.Table | None = None,
     trade_gaps: pa.Table | None = None,
+    mids: list[str] = (),
 ) -> list[CheckResult]:
-    """Every check of ``dataset`` (:data:`CHECKS`) over the files, in that order."""
+    """Every check of ``dataset`` (:data:`CHECKS`) over the files, in that order; ``mids`` are the
+    hour's bookTicker files the mark prices are compared with."""
     d = ds.DATASETS[dataset]
     con = connect(paths, explained, schema=d.schema, breaks=breaks, trade_gaps=trade_gaps)
+    if "mark_near_mid" in CHECKS[dataset]:
+        if mids:
+            con.read_parquet(list(mids), union_by_name=True).create_view("mids")
+        else:
+            con.register("mids", ds.BOOK_TICKER_SCHEMA.empty_table())
     run = {
         "no_duplicates": lambda: duplicates(con, d),
         "no_seq_gaps": lambda: seq_gaps(con),
@@ -367,6 +427,8 @@ def run_all(
         "depth_continuity": lambda: depth_continuity(con),
         "trade_id_continuity": lambda: trade_id_continuity(con, d),
         "books_sane": lambda: books_sane(con, d),
+        "values_finite": lambda: values_finite(con, dataset),
+        "mark_near_mid": lambda: mark_near_mid(con),
         "rows_reconciled": lambda: reconciled(con, buffer_rows, archived_rows),
     }
     try:

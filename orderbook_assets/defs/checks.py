@@ -1,6 +1,6 @@
 """DuckDB checks of every stream dataset, one multi-asset check per dataset. The ERROR checks
-are blocking: a failure stops ``coverage`` and ``archived_hour`` in the same run. The WARN check
-``books_sane`` reports only, so it is not declared blocking: the UI must not present a warning
+are blocking: a failure stops ``coverage`` and ``archived_hour`` in the same run. The WARN checks
+``books_sane`` and ``mark_near_mid`` report only, so it is not declared blocking: the UI must not present a warning
 as a gate. ``coverage_gaps`` (WARN) is reported by the ``coverage`` asset, which computes the
 hour's gaps. Each result carries its count and a few examples as metadata (shown in the UI)."""
 
@@ -28,6 +28,9 @@ DESCRIPTIONS = {
                         "break (depth_sync) says it does not.",
     "trade_id_continuity": "Trade ids are consecutive per stream, or a recorded trade_gap names the missing ids.",
     "books_sane": "Warning only: books neither crossed nor unsorted (bookTicker: not crossed).",
+    "values_finite": "Prices, quantities and the funding rate are finite numbers.",
+    "mark_near_mid": "Warning only: each mark price within 5 % of the mid of its symbol's latest bookTicker "
+                     "(at most 5 s older), where both were recorded.",
     "rows_reconciled": "Rows in the verified Parquet equal the buffer's rows of the parts.",
 }
 

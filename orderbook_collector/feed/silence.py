@@ -18,16 +18,17 @@ The detector is fed what the connection layer sees, with the caller's clock (int
 
 What silence means depends on how a kind sends (``orderbook_core.streams.ON_CLOCK``):
 
-* **On the clock** (partial depth): a message every cadence whatever happens, so a stream
+* **On the clock** (partial depth, markPrice): a message every cadence whatever happens, so a stream
   with none for ``max(cadences × cadence, floor)`` is silent (:attr:`Reason.LATE`).
-* **On change** (diff depth, trade, aggTrade, bookTicker): quiet is normal on an illiquid
+* **On change** (diff depth, trade, aggTrade, bookTicker, forceOrder): quiet is normal on an illiquid
   symbol, so only a contradiction or a never-delivered subscription counts. Every aggTrade
   is made of trades and every trade belongs to an aggTrade, so one of them arriving while
   the other stays quiet for ``grace`` is a contradiction (:attr:`Reason.AGG_TRADES_FLOW`,
   :attr:`Reason.TRADES_FLOW`); a bookTicker message or a partial-depth message with a new
   update id is a change of the book, which the symbol's diff stream must carry
   (:attr:`Reason.BOOK_CHANGES`). A stream that delivered nothing at all since it was
-  acknowledged is suspicious after ``never`` (:attr:`Reason.NEVER_DELIVERED`).
+  acknowledged is suspicious after ``never`` (:attr:`Reason.NEVER_DELIVERED`), unless its kind
+  is a sample that may rightly say nothing for hours (``streams.SAMPLED``: forceOrder).
 
 Late and never-delivered are judged only while the market is alive (another stream of it
 delivered within the window): when every stream stops together, that is a stall or a
@@ -41,7 +42,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import NamedTuple, Union
 
-from orderbook_core.streams import ON_CLOCK, Kind, StreamSpec
+from orderbook_core.streams import ON_CLOCK, SAMPLED, Kind, StreamSpec
 
 
 class Reason(str, Enum):
@@ -224,8 +225,8 @@ class Silence:
                     reason = Reason.LATE
             elif w.witness_us is not None and now_us - w.witness_us >= w.grace_us:
                 reason = _CONTRADICTION[w.spec.type]
-            elif w.last_us is None and now_us - ref >= self.rules.never_us and self._alive(
-                    ref, w.spec.market, now_us, self.rules.floor_us):
+            elif w.last_us is None and w.spec.type not in SAMPLED and now_us - ref >= self.rules.never_us \
+                    and self._alive(ref, w.spec.market, now_us, self.rules.floor_us):
                 reason = Reason.NEVER_DELIVERED
             if reason is not None:
                 w.silent = Silent(key, ref, reason, now_us)

@@ -78,6 +78,15 @@ def resync_rows(conn: sqlite3.Connection, rng: IdRange) -> list[tuple]:
     ).fetchall()
 
 
+def sampled_rows(conn: sqlite3.Connection, dataset: str, rng: IdRange) -> list[tuple]:
+    """Per stream, what a part of a sampled dataset (``liquidation``) holds: (stream_id,
+    first recv_us, last recv_us, rows), in stream order."""
+    return conn.execute(
+        f"SELECT stream_id, min(recv_us), max(recv_us), count(*) FROM {dataset} "
+        f"WHERE {PART_ROWS} GROUP BY stream_id ORDER BY stream_id", rng.params(),
+    ).fetchall()
+
+
 def sync_breaks(conn: sqlite3.Connection, hour_us: int) -> list[tuple[int, int, int | None]]:
     """The hour's recorded diff-depth breaks (``depth_sync`` event 'break', by receive time):
     (stream_id, session_id, after_last_update_id)."""

@@ -169,6 +169,45 @@ class BookTickerRecord(NamedTuple):
     wide_values: int
 
 
+class MarkPriceRecord(NamedTuple):
+    """A USD-M ``markPriceUpdate`` (``mark_price``). The funding fields are None for a delivery
+    contract, which sends ``"r": ""`` and ``"T": 0`` (docs/binance-api.md section 8)."""
+
+    stream: str
+    recv_us: int
+    session_id: int
+    seq: int
+    event_ms: int
+    mark_price: float
+    index_price: float
+    estimated_settle_price: float
+    funding_rate: float | None
+    next_funding_ms: int | None
+    wide_values: int
+
+
+class LiquidationRecord(NamedTuple):
+    """A USD-M ``forceOrder`` snapshot (``liquidation``): the latest liquidation order of its
+    symbol in a second, so the dataset is a sample, never every liquidation."""
+
+    stream: str
+    recv_us: int
+    session_id: int
+    seq: int
+    event_ms: int
+    side: str  # BUY | SELL
+    order_type: str  # e.g. LIMIT
+    time_in_force: str  # e.g. IOC
+    quantity: float  # original quantity
+    price: float
+    average_price: float
+    status: str  # e.g. FILLED
+    last_filled_quantity: float
+    filled_quantity: float  # accumulated
+    trade_ms: int
+    wide_values: int
+
+
 class DepthRestSnapshotRecord(NamedTuple):
     """A REST depth snapshot fetched to sync a diff stream (``depth_rest_snapshot``).
 
@@ -246,7 +285,8 @@ class SessionStreams(NamedTuple):
 
 
 #: A decoded market-data row, one type per dataset.
-Row = Union[DepthRecord, DepthUpdateRecord, TradeRecord, AggTradeRecord, BookTickerRecord]
+Row = Union[DepthRecord, DepthUpdateRecord, TradeRecord, AggTradeRecord, BookTickerRecord, MarkPriceRecord,
+            LiquidationRecord]
 Item = Union[
     Frame, Row, Quarantined, SessionOpen, SessionClose, Event, Stop,
     DepthRestSnapshotRecord, DepthSyncRecord, TradeGapRecord, SessionStreams, SilenceRecord,
@@ -256,6 +296,7 @@ _SPILLED: tuple[type, ...] = (
     Frame, Quarantined, SessionOpen, SessionClose, Event, Stop, DepthRecord,
     DepthUpdateRecord, TradeRecord, AggTradeRecord, BookTickerRecord,
     DepthRestSnapshotRecord, DepthSyncRecord, TradeGapRecord, SessionStreams, SilenceRecord,
+    MarkPriceRecord, LiquidationRecord,
 )
 _TAG = {t: i for i, t in enumerate(_SPILLED)}
 

@@ -19,6 +19,8 @@ Tables (all times are integer microseconds since the epoch, UTC):
                     write-failure episodes (disk full, locked); disconnects are in
                     ``sessions`` (close time and reason).
 ``silence``         subscriptions judged silent and their ends (step 4).
+``mark_price``,     USD-M markPrice and forceOrder messages (step 7).
+``liquidation``
 ``spill_state``     how far the spill files have been replayed, committed with the rows.
 ``export_parts``    the archive's ledger: each part's id range, state and archive location.
 
@@ -68,6 +70,8 @@ OWNER = {
     "depth_sync": "collector",
     "trade_gap": "collector",
     "silence": "collector",
+    "mark_price": "collector",
+    "liquidation": "collector",
 }
 
 _COLLECTOR_TABLES = """
@@ -353,6 +357,47 @@ _PART_LOCATION = """
 ALTER TABLE export_parts ADD COLUMN location TEXT;
 """
 
+#: Step 7: the USD-M derivatives streams. ``mark_price`` holds one row per markPriceUpdate
+#: (``funding_rate`` and ``next_funding_ms`` null for a delivery contract, which sends none);
+#: ``liquidation`` one row per forceOrder snapshot, the order's fields flattened. Both are on
+#: the clock of their event time ``event_ms`` (a mark price every 3 s or 1 s, at most one
+#: liquidation a second), which never repeats in a stream: it is their dedup key.
+_DERIVATIVES = """
+CREATE TABLE mark_price (
+    id                      INTEGER PRIMARY KEY AUTOINCREMENT,
+    stream_id               INTEGER NOT NULL,
+    recv_us                 INTEGER NOT NULL,
+    session_id              INTEGER NOT NULL,
+    seq                     INTEGER NOT NULL,
+    event_ms                INTEGER NOT NULL,
+    mark_price              REAL NOT NULL,
+    index_price             REAL NOT NULL,
+    estimated_settle_price  REAL NOT NULL,
+    funding_rate            REAL,
+    next_funding_ms         INTEGER
+);
+CREATE UNIQUE INDEX mark_price_dedup ON mark_price (stream_id, event_ms);
+CREATE TABLE liquidation (
+    id                      INTEGER PRIMARY KEY AUTOINCREMENT,
+    stream_id               INTEGER NOT NULL,
+    recv_us                 INTEGER NOT NULL,
+    session_id              INTEGER NOT NULL,
+    seq                     INTEGER NOT NULL,
+    event_ms                INTEGER NOT NULL,
+    side                    TEXT NOT NULL,
+    order_type              TEXT NOT NULL,
+    time_in_force           TEXT NOT NULL,
+    quantity                REAL NOT NULL,
+    price                   REAL NOT NULL,
+    average_price           REAL NOT NULL,
+    status                  TEXT NOT NULL,
+    last_filled_quantity    REAL NOT NULL,
+    filled_quantity         REAL NOT NULL,
+    trade_ms                INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX liquidation_dedup ON liquidation (stream_id, event_ms);
+"""
+
 #: (version, statements): step N takes a buffer from user_version N-1 to N.
 MIGRATIONS: tuple[tuple[int, str], ...] = (
     (1, _COLLECTOR_TABLES + _ARCHIVE_TABLES),
@@ -361,6 +406,7 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
     (4, _SILENCE),
     (5, _QUARANTINE_REASONS),
     (6, _PART_LOCATION),
+    (7, _DERIVATIVES),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 #: Every statement of every step, in order: what a new buffer runs (benchmarks build one with it).

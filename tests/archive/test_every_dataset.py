@@ -189,11 +189,14 @@ def test_coverage_records_breaks_resyncs_and_trade_gaps_per_stream(env):
     assert rows == [
         ("break", "spot", "btcusdt@depth@100ms", "depth_update", "gap", 1_000_060, 1_000_071, None, None),
         ("resync", "spot", "btcusdt@depth@100ms", "depth_rest_snapshot", "gap", None, None, 1_000_073, None),
+        # forceOrder is a sample by design: coverage says so, with the rows it holds
+        ("sampled", "usdm", "btcusdt@forceOrder", "liquidation", "latest_per_second", None, None, None, 20),
         ("synced", "spot", "btcusdt@depth@100ms", "depth_update", "snapshot", 1_000_071, 1_000_073, 1_000_073, None),
         ("trade_gap", "spot", "btcusdt@trade", "trade", None, 5_013, 5_017, None, 5),
     ]
     sessions = con.execute(
         f"SELECT session_id, messages FROM read_parquet('{st.root}/coverage/**/*.parquet') WHERE record = 'session' ORDER BY 1"
     ).fetchall()
-    # every message of every dataset of each session is counted (spot: 5 kinds, USD-M: 3)
-    assert [m for _, m in sessions] == [40 * 5, 40 * 3]
+    # every message of every dataset of each session is counted (spot: 5 kinds, USD-M: 4 and a
+    # liquidation every other event)
+    assert [m for _, m in sessions] == [40 * 5, 40 * 4 + 40 // 2]

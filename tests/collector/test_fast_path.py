@@ -21,7 +21,8 @@ from orderbook_core.streams import Market, spec
 SPOT, USDM = Market.SPOT, Market.USDM
 STREAMS = {
     SPOT: [spec("btcusdt", k) for k in ("depth20@100ms", "depth5", "depth@100ms", "trade", "aggTrade", "bookTicker")],
-    USDM: [spec("btcusdt", k, USDM) for k in ("depth5@500ms", "depth@100ms", "trade", "aggTrade", "bookTicker")],
+    USDM: [spec("btcusdt", k, USDM) for k in ("depth5@500ms", "depth@100ms", "trade", "aggTrade", "bookTicker",
+                                              "markPrice@1s", "forceOrder")],
 }
 
 
@@ -50,6 +51,11 @@ def samples(market: Market) -> list[str]:
                                           "pu": 9, "b": [], "a": [["65000.5", "0"]]}),
             frame("btcusdt@bookTicker", {"e": "bookTicker", "E": 3, "T": 2, "u": 1, "s": "BTCUSDT", "b": "1",
                                          "B": "1", "a": "2", "A": "1"}),
+            frame("btcusdt@markPrice@1s", {"e": "markPriceUpdate", "E": 7, "s": "BTCUSDT", "p": "65000.1",
+                                           "i": "64999.9", "P": "64999.95", "r": "-0.00012500", "T": 28800000}),
+            frame("btcusdt@forceOrder", {"e": "forceOrder", "E": 8, "o": {
+                "s": "BTCUSDT", "S": "SELL", "o": "LIMIT", "f": "IOC", "q": "0.014", "p": "9910", "ap": "9910",
+                "X": "FILLED", "l": "0.014", "z": "0.014", "T": 7}}),
         ]
     out += [
         frame("btcusdt@trade", {"e": "trade", "E": 2, "s": "BTCUSDT", "t": 12345, "p": "65000.01", "q": "0.001",

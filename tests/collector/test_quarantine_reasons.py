@@ -13,6 +13,7 @@ from orderbook_core.errors import FrameError, QuarantineReason as Q
 from orderbook_core.payloads import decode_rest_depth
 from orderbook_core.buffer.records import Frame, Quarantined, SessionOpen
 from orderbook_collector.feed.protocol import Decoder, build_streams
+from orderbook_core.streams import Market
 from orderbook_collector.metrics import QUARANTINE_REASONS
 from orderbook_collector.writer.thread import Writer
 
@@ -21,6 +22,10 @@ SPOT = build_streams(["btcusdt"], ["depth5", "depth@100ms", "trade", "aggTrade"]
 D5 = '{"stream":"btcusdt@depth5","data":%s}'
 DIFF = '{"stream":"btcusdt@depth@100ms","data":{"e":"depthUpdate","E":1,"s":"BTCUSDT",%s}}'
 TRADE = '{"stream":"btcusdt@trade","data":{"e":"trade","E":1,"s":"BTCUSDT","t":1,"T":1,%s}}'
+#: The liquidation reasons need a USD-M forceOrder stream.
+USDM = build_streams(["btcusdt"], ["forceOrder"], Market.USDM)
+FORCE = '{"stream":"btcusdt@forceOrder","data":{"e":"forceOrder","E":1,"o":%s}}'
+ORDER = '{"s":"BTCUSDT","S":%s,"o":"LIMIT","f":"IOC","q":"1","p":"1","ap":"1","X":"FILLED","l":"1","z":"1","T":1}'
 
 #: One literal frame per reason the decoder gives, and a word its detail must hold.
 FRAMES = {
@@ -39,13 +44,15 @@ FRAMES = {
     Q.IDS_REVERSED: (DIFF % '"U":3,"u":2,"b":[],"a":[]', "after the last"),
     Q.BAD_LEVELS: (D5 % '{"lastUpdateId":1,"bids":[["1","2","3"]],"asks":[]}', "pairs"),
     Q.TOO_MANY_LEVELS: (D5 % ('{"lastUpdateId":1,"bids":[%s],"asks":[]}' % ",".join(['["1","1"]'] * 6)), "5 levels"),
+    Q.BAD_WORD: (FORCE % (ORDER % '"LONG"'), "'S'"),
+    Q.BAD_ORDER: (FORCE % "[]", "'o'"),
 }
 
 
 @pytest.mark.parametrize("reason", list(FRAMES), ids=str)
 def test_each_reason_comes_from_a_literal_malformed_frame(reason):
     raw, word = FRAMES[reason]
-    rec = Decoder(SPOT).decode(raw, 5, 6, 7)
+    rec = Decoder(USDM if reason in (Q.BAD_WORD, Q.BAD_ORDER) else SPOT).decode(raw, 5, 6, 7)
     assert type(rec) is Quarantined
     assert (rec.reason, type(rec.reason)) == (reason.value, str)  # a plain string: it crosses the spill
     assert word in rec.detail

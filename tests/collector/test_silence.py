@@ -219,3 +219,29 @@ def test_the_writer_stores_a_silence_and_its_end_and_coverage_shows_it_across_ro
     assert cover(end + S) == [dict(record="silent", market="usdm", stream="btcusdt@trade", start_time=since,
                                    first_recv_time=end, reason="never_delivered", dataset="trade", end_time=end,
                                    seconds=390.0, close_reason="unsubscribed")]
+
+
+MARK_1S = spec("btcusdt", "markPrice@1s", Market.USDM)  # on the clock: late after max(10 × 1 s, 5 s) = 10 s
+MARK_3S = spec("btcusdt", "markPrice", Market.USDM)  # 3 s: late after 30 s
+FORCE = spec("btcusdt", "forceOrder", Market.USDM)  # a sample: may say nothing for hours
+USDM_DEPTH = spec("ethusdt", "depth@100ms", Market.USDM)  # keeps the market alive
+
+
+def test_a_mark_price_stream_that_misses_its_clock_is_late():
+    det = Silence(RULES)
+    det.subscribed([MARK_1S, MARK_3S, USDM_DEPTH], T0)
+    det.message(MARK_1S.key, T0)
+    det.message(MARK_3S.key, T0)
+    assert run(det, [USDM_DEPTH], T0, T0 + 10 * S - 100_000) == []
+    assert det.due(T0 + 10 * S) == [Silent(MARK_1S.key, T0, Reason.LATE, T0 + 10 * S)]
+    assert run(det, [USDM_DEPTH], T0 + 10 * S, T0 + 30 * S - 100_000) == []
+    assert det.due(T0 + 30 * S) == [Silent(MARK_3S.key, T0, Reason.LATE, T0 + 30 * S)]
+
+
+def test_a_force_order_stream_quiet_for_hours_is_never_silent():
+    det = Silence(RULES)
+    det.subscribed([FORCE, USDM_DEPTH], T0)
+    # nothing ever on forceOrder while the market flows: no liquidation is not a lost stream
+    assert run(det, [USDM_DEPTH], T0, T0 + 3 * 3600 * S, every_us=10 * S) == []
+    det.message(FORCE.key, T0 + 3 * 3600 * S)
+    assert run(det, [USDM_DEPTH], T0 + 3 * 3600 * S, T0 + 6 * 3600 * S, every_us=10 * S) == []

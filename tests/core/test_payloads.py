@@ -147,3 +147,77 @@ def test_a_level_the_websocket_refuses_the_rest_snapshot_refuses_too():
     with pytest.raises(FrameError) as err:
         decode_rest_depth(REST_DIFF, orjson.dumps({"lastUpdateId": 2, "bids": bad_levels, "asks": []}), 17, "gap", 5)
     assert (err.value.reason.value, err.value.detail) == (ws.reason, ws.detail)
+
+
+# ---- USD-M markPrice and forceOrder (docs/binance-api.md section 8) --------------------------
+
+from orderbook_core.buffer.records import LiquidationRecord, MarkPriceRecord  # noqa: E402
+
+#: Binance's examples, as its USD-M "Mark Price Stream" and "Liquidation Order Streams" pages print them.
+MARK = {"e": "markPriceUpdate", "E": 1562305380000, "s": "BTCUSDT", "p": "11794.15000000", "i": "11784.62659091",
+        "P": "11784.25641265", "r": "0.00038167", "T": 1562306400000}
+FORCE = {"e": "forceOrder", "E": 1568014460893, "o": {
+    "s": "BTCUSDT", "S": "SELL", "o": "LIMIT", "f": "IOC", "q": "0.014", "p": "9910", "ap": "9910", "X": "FILLED",
+    "l": "0.014", "z": "0.014", "T": 1568014460893}}
+
+
+@pytest.mark.parametrize("kind", ["markPrice", "markPrice@1s"])
+def test_usdm_mark_price(kind):
+    r = decode(USDM, f"btcusdt@{kind}", MARK)
+    assert r == MarkPriceRecord(f"usdm:btcusdt@{kind}", 1_700_000_000_000_123, 7, 3, 1562305380000, 11794.15,
+                                11784.62659091, 11784.25641265, 0.00038167, 1562306400000, 0)
+
+
+def test_a_negative_funding_rate_and_a_delivery_contracts_empty_funding_are_kept():
+    neg = decode(USDM, "btcusdt@markPrice", {**MARK, "r": "-0.00012500"})
+    assert neg.funding_rate == -0.000125
+    # a delivery contract sends "r": "" and "T": 0 (COIN-M "Mark Price Stream"): no rate, no next funding
+    dated = decode(USDM, "btcusdt261225@markPrice", {**MARK, "s": "BTCUSDT261225", "r": "", "T": 0})
+    assert type(dated) is MarkPriceRecord
+    assert (dated.funding_rate, dated.next_funding_ms) == (None, None)
+
+
+def test_usdm_force_order():
+    r = decode(USDM, "btcusdt@forceOrder", FORCE)
+    assert r == LiquidationRecord("usdm:btcusdt@forceOrder", 1_700_000_000_000_123, 7, 3, 1568014460893, "SELL",
+                                  "LIMIT", "IOC", 0.014, 9910.0, 9910.0, "FILLED", 0.014, 0.014, 1568014460893, 0)
+
+
+def _order(**o):
+    return {**FORCE, "o": {**FORCE["o"], **o}}
+
+
+@pytest.mark.parametrize("name, data, detail, reason", [
+    ("btcusdt@markPrice", {**MARK, "e": "forceOrder"}, "event type 'forceOrder' is not 'markPriceUpdate'", "wrong_event"),
+    ("btcusdt@markPrice", {**MARK, "s": "ETHUSDT"}, "payload symbol 'ETHUSDT' is not the stream's 'BTCUSDT'", "wrong_symbol"),
+    ("btcusdt@markPrice", {**MARK, "p": "0"}, "mark price ('p') must be positive and finite", "out_of_range"),
+    ("btcusdt@markPrice", {**MARK, "p": "NaN"}, "mark price ('p') must be positive and finite", "out_of_range"),
+    ("btcusdt@markPrice", {**MARK, "i": "-1"}, "index price ('i') must be non-negative and finite", "out_of_range"),
+    ("btcusdt@markPrice", {**MARK, "P": "inf"}, "estimated settle price ('P') must be non-negative and finite", "out_of_range"),
+    ("btcusdt@markPrice", {**MARK, "r": "nan"}, "funding rate ('r') must be finite", "out_of_range"),
+    ("btcusdt@markPrice", {**MARK, "r": "-Infinity"}, "funding rate ('r') must be finite", "out_of_range"),
+    ("btcusdt@markPrice", {**MARK, "r": 0.0001}, "funding rate ('r') missing or not a decimal string", "bad_decimal"),
+    ("btcusdt@markPrice", {**MARK, "r": "1e"}, "funding rate ('r') is not a decimal number: '1e'", "bad_decimal"),
+    ("btcusdt@markPrice", {**MARK, "T": -1}, "next funding time ('T') missing or not a non-negative 64-bit integer", "bad_integer"),
+    ("btcusdt@markPrice@1s", {k: v for k, v in MARK.items() if k != "E"},
+     "event time ('E') missing or not a non-negative 64-bit integer", "bad_integer"),
+    ("btcusdt@forceOrder", {**FORCE, "o": None}, "liquidation order ('o') missing or not an object", "bad_order"),
+    ("btcusdt@forceOrder", _order(s="ETHUSDT"), "payload symbol 'ETHUSDT' is not the stream's 'BTCUSDT'", "wrong_symbol"),
+    ("btcusdt@forceOrder", _order(S="LONG"), "side ('S') missing or not BUY or SELL: 'LONG'", "bad_word"),
+    ("btcusdt@forceOrder", _order(o=""), "order type ('o') missing or not an upper-case word: ''", "bad_word"),
+    ("btcusdt@forceOrder", _order(q="0"), "quantity ('q') must be positive and finite", "out_of_range"),
+    ("btcusdt@forceOrder", _order(p="-9910"), "price ('p') must be positive and finite", "out_of_range"),
+    ("btcusdt@forceOrder", _order(ap="inf"), "average price ('ap') must be non-negative and finite", "out_of_range"),
+    ("btcusdt@forceOrder", _order(z="0.015"), "filled quantities (last 0.014, accumulated 0.015) exceed the order's 0.014", "out_of_range"),
+    ("btcusdt@forceOrder", _order(X=None), "order status ('X') missing or not an upper-case word: 'None'", "bad_word"),
+    ("btcusdt@forceOrder", _order(T="1568014460893"), "trade time ('T') missing or not a non-negative 64-bit integer", "bad_integer"),
+])
+def test_bad_mark_price_and_force_order_payloads_are_quarantined_with_their_reason(name, data, detail, reason):
+    q = decode(USDM, name, data)
+    assert type(q) is Quarantined
+    assert (q.reason, q.detail) == (reason, detail)
+    assert orjson.loads(q.raw)["data"] == data
+
+
+def test_spot_has_no_mark_price_stream_to_decode():
+    assert spec("btcusdt", "markPrice", SPOT) is None and spec("btcusdt", "forceOrder", SPOT) is None

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+from orderbook_core.errors import ConfigError
 from orderbook_core.streams import (
     EVENT_DRIVEN,
+    ON_CLOCK,
     REST_WEIGHT_PER_MINUTE,
+    SAMPLED,
+    build_streams,
     Kind,
     Market,
     depth_weight,
@@ -51,7 +55,11 @@ def test_datasets_and_usdm_routes():
     assert spec("btcusdt", "aggTrade", USDM).route == "market"
     assert spec("btcusdt", "trade", USDM).route == "public"  # not "market": docs/binance-api.md section 7
     assert spec("btcusdt", "trade", SPOT).route is None
-    assert {k.dataset for k in Kind} == {"depth_snapshot", "depth_update", "trade", "agg_trade", "book_ticker"}
+    assert spec("btcusdt", "markPrice", USDM).route == "market"  # docs/binance-api.md section 8
+    assert spec("btcusdt", "markPrice@1s", USDM).route == "market"
+    assert spec("btcusdt", "forceOrder", USDM).route == "market"
+    assert {k.dataset for k in Kind} == {"depth_snapshot", "depth_update", "trade", "agg_trade", "book_ticker",
+                                         "mark_price", "liquidation"}
 
 
 def test_full_names():
@@ -67,3 +75,21 @@ def test_depth_snapshot_weights_and_limits_per_market():
     usdm = [depth_weight(Market.USDM, n) for n in (5, 10, 20, 50, 100, 500, 1000, 7, 5000)]
     assert usdm == [2, 2, 2, 2, 5, 10, 20, None, None]
     assert REST_WEIGHT_PER_MINUTE == {Market.SPOT: 6000, Market.USDM: 2400}
+
+
+def test_mark_price_and_force_order_are_usdm_kinds_with_their_cadences():
+    # USD-M "Mark Price Stream": 3000ms or 1000ms, on the clock; "Liquidation Order Streams": event-driven
+    assert spec("btcusdt", "markPrice", USDM).cadence_us == 3_000_000
+    assert spec("btcusdt", "markPrice@1s", USDM).cadence_us == 1_000_000
+    assert spec("btcusdt", "forceOrder", USDM).cadence_us == EVENT_DRIVEN
+    assert spec("btcusdt", "markPrice", USDM).type in ON_CLOCK
+    assert spec("btcusdt", "forceOrder", USDM).type in SAMPLED
+    assert spec("btcusdt", "forceOrder", USDM).type not in ON_CLOCK
+    for name in ("markPrice", "markPrice@1s", "forceOrder"):
+        assert spec("btcusdt", name, SPOT) is None  # spot has no such stream
+    for bad in ("markPrice@3s", "markPrice@1000ms", "forceOrder@1s"):
+        assert spec("btcusdt", bad, USDM) is None
+    with pytest.raises(ConfigError) as e:
+        build_streams(["btcusdt"], ["markPrice@2s"], USDM, streams_setting="ORDERBOOK_USDM_STREAMS")
+    assert "ORDERBOOK_USDM_STREAMS" in str(e.value)
+    assert "markPrice, markPrice@1s, forceOrder" in str(e.value)

@@ -22,7 +22,7 @@ import pytest
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK, InvalidStatus
 
-from tools.simulator.facts import SERVED_KINDS, Market
+from tools.simulator.facts import SERVED_KINDS, Kind, Market
 from tools.simulator.exchange import MALFORMED_KINDS, OVERSIZE_BYTES, Admission, Book, Exchange, StreamKey, WeightLimiter
 
 REPO = Path(__file__).resolve().parents[2]
@@ -880,17 +880,20 @@ def test_sent_log_records_every_kind_on_both_markets(tmp_path):
         async with Exchange(**FAST, sent_log=str(path)) as ex:
             async with connect(ex.ws_url + "/stream?streams=" + spot) as a, \
                     connect(ex.ws_url + "/public/stream?streams=ethusdt@depth10@100ms/ethusdt@depth@100ms/ethusdt@bookTicker/ethusdt@trade") as b, \
-                    connect(ex.ws_url + "/market/stream?streams=ethusdt@aggTrade") as c:
+                    connect(ex.ws_url + "/market/stream?streams=ethusdt@aggTrade/ethusdt@markPrice@1s/"
+                            "ethusdt@forceOrder") as c:
                 got = [await collect(a, at_least(btcusdt__depth5=3, btcusdt__trade=5, btcusdt__aggTrade=3, btcusdt__bookTicker=3)),
                        await collect(b, at_least(ethusdt__bookTicker=3, ethusdt__depth10__100ms=3, ethusdt__trade=5)),
-                       await collect(c, at_least(ethusdt__aggTrade=3))]
+                       await collect(c, at_least(ethusdt__aggTrade=3, ethusdt__markPrice__1s=2,
+                                                 ethusdt__forceOrder=2))]
         return got
 
     got = run(main())
     lines = [orjson.loads(x) for x in path.read_bytes().splitlines()]
     logged = {(x["conn"], x["stream"], x["id"]): x for x in lines if "data" in x}
     ids = {"depth_snapshot": lambda d: d.get("lastUpdateId", d.get("u")), "depth_update": lambda d: d["u"],
-           "trade": lambda d: d["t"], "agg_trade": lambda d: d["a"], "book_ticker": lambda d: d["u"]}
+           "trade": lambda d: d["t"], "agg_trade": lambda d: d["a"], "book_ticker": lambda d: d["u"],
+           "mark_price": lambda d: d["E"], "liquidation": lambda d: d["E"]}
     kinds = set()
     for conn, (market, by_stream) in enumerate(zip(("spot", "usdm", "usdm"), got), 1):
         for stream, datas in by_stream.items():
@@ -899,7 +902,9 @@ def test_sent_log_records_every_kind_on_both_markets(tmp_path):
                 assert line["market"] == market and ids[line["kind"]](d) == line["id"]
                 assert ("last_update_id" in line) == line["kind"].startswith("depth")
                 kinds.add((market, line["kind"]))
-    assert kinds == {(m, k.dataset) for m in ("spot", "usdm") for k in SERVED_KINDS}
+    futures_only = {Kind.MARK_PRICE, Kind.FORCE_ORDER}
+    assert kinds == {(m, k.dataset) for m in ("spot", "usdm") for k in SERVED_KINDS
+                     if m == "usdm" or k not in futures_only}
 
 
 def test_control_book_equals_rest_snapshots_of_both_markets():
@@ -1128,3 +1133,29 @@ def test_the_trade_tape_is_bounded_and_never_writes_a_short_day(tmp_path):
     with pytest.raises(ValueError, match="no longer kept"):
         write_day([tape], tmp_path, date(2024, 10, 4))
     assert write_day([tape], tmp_path, date(2024, 10, 8)) == []  # a day without trades: no file
+
+
+def test_mark_price_keeps_binances_clock_and_force_order_one_a_second_on_the_market_route():
+    """markPrice@1s ticks every second whatever ``rate`` says, forceOrder sends at most one
+    liquidation a second (the latest fill), both only on USD-M's /market route."""
+    async def main():
+        async with Exchange(**FAST) as ex:
+            async with connect(ex.ws_url + "/market/stream?streams=btcusdt@markPrice@1s/btcusdt@forceOrder/"
+                               "btcusdt@aggTrade") as m, \
+                    connect(ex.ws_url + "/public/stream?streams=btcusdt@markPrice") as p:
+                got = await collect(m, at_least(btcusdt__markPrice__1s=3, btcusdt__forceOrder=3))
+                return got, ex.stats()["silent_subscriptions"]
+
+    got, silent = run(main())
+    marks, forces = got["btcusdt@markPrice@1s"], got["btcusdt@forceOrder"]
+    for d in marks:
+        assert list(d) == ["e", "E", "s", "p", "i", "P", "r", "T"] and d["e"] == "markPriceUpdate"
+        assert float(d["p"]) > 0 and d["T"] % 28_800_000 == 0 and d["T"] > d["E"]
+    for d in forces:
+        assert list(d) == ["e", "E", "o"] and d["e"] == "forceOrder"
+        assert list(d["o"]) == ["s", "S", "o", "f", "q", "p", "ap", "X", "l", "z", "T"] and d["o"]["T"] <= d["E"]
+    # rate=50 would tick every 20 ms: these are Binance's 1000 ms (a loaded machine may bunch two a little)
+    for stream in (marks, forces):
+        gaps = [b["E"] - a["E"] for a, b in zip(stream, stream[1:])]
+        assert min(gaps) >= 500, gaps
+    assert silent == 1  # markPrice on /public: accepted, never fed

@@ -11,7 +11,8 @@ import pytest
 
 from orderbook_assets.archive import export, merge
 from orderbook_assets.archive.datasets import (AGG_TRADE, BOOK_TICKER, COVERAGE, COVERAGE_SCHEMA, DATASETS, DEPTH,
-                                               DEPTH_REST, DEPTH_SCHEMA, DEPTH_SCHEMA_V1, DEPTH_UPDATE, TRADE)
+                                               DEPTH_REST, DEPTH_SCHEMA, DEPTH_SCHEMA_V1, DEPTH_UPDATE, LIQUIDATION,
+                                               MARK_PRICE, TRADE)
 from orderbook_assets.archive.store import LocalStore
 from orderbook_core.errors import ConfigError
 
@@ -19,7 +20,8 @@ HOUR = 1_795_428_000_000_000  # 2026-11-23 10:00 UTC
 S = 1_000_000
 LEVELS = [{"price": 1.0, "qty": 2.0}]
 STREAMS = {DEPTH: "btcusdt@depth20@100ms", DEPTH_UPDATE: "btcusdt@depth@100ms", DEPTH_REST: "btcusdt@depth@100ms",
-           TRADE: "btcusdt@trade", AGG_TRADE: "btcusdt@aggTrade", BOOK_TICKER: "btcusdt@bookTicker"}
+           TRADE: "btcusdt@trade", AGG_TRADE: "btcusdt@aggTrade", BOOK_TICKER: "btcusdt@bookTicker",
+           MARK_PRICE: "btcusdt@markPrice@1s", LIQUIDATION: "btcusdt@forceOrder"}
 
 
 def table(dataset: str, rows: list[dict]) -> pa.Table:
@@ -75,7 +77,13 @@ def ts(offset_us: int):
 
 
 def kept(out: pa.Table, dataset: str) -> list[tuple]:
-    return [(r[DATASETS[dataset].dedup[-1]], r["collector"]) for r in out.to_pylist()]
+    """(id, collector) of each merged row; an id that is a time (mark price, liquidation: the event
+    time) as µs from the hour, as :func:`table` took it."""
+    col = DATASETS[dataset].dedup[-1]
+    ids = out[col].cast(pa.int64()).to_pylist()
+    if pa.types.is_timestamp(out.schema.field(col).type):
+        ids = [i - HOUR for i in ids]
+    return list(zip(ids, out["collector"].to_pylist()))
 
 
 def test_every_key_once_earliest_copy_kept_with_its_collector():

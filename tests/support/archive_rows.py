@@ -18,10 +18,19 @@ COLUMNS = {
     "depth_snapshot": ("last_update_id", "first_update_id", "prev_update_id", "event_time", "transaction_time",
                        "bids", "asks"),
 }
+#: The same for the USD-M derivatives datasets (markPrice, forceOrder), kept apart: the spot and
+#: USD-M kinds' tests iterate :data:`COLUMNS`.
+DERIVATIVE_COLUMNS = {
+    "mark_price": ("event_time", "mark_price", "index_price", "estimated_settle_price", "funding_rate",
+                   "next_funding_time"),
+    "liquidation": ("event_time", "side", "order_type", "time_in_force", "quantity", "price", "average_price",
+                    "status", "last_filled_quantity", "filled_quantity", "trade_time"),
+}
 #: dataset -> its dedup id column (with market and stream, the dataset's dedup key).
 ID = {"trade": "trade_id", "agg_trade": "agg_trade_id", "book_ticker": "update_id",
       "depth_update": "last_update_id", "depth_snapshot": "last_update_id"}
-TIMES = {"event_time", "trade_time", "transaction_time", "recv_time", "start_time", "end_time", "first_recv_time",
+DERIVATIVE_ID = {"mark_price": "event_time", "liquidation": "event_time"}
+TIMES = {"event_time", "trade_time", "transaction_time", "next_funding_time", "recv_time", "start_time", "end_time", "first_recv_time",
          "as_of"}
 LEVELS = {"bids", "asks"}
 
@@ -45,6 +54,13 @@ def expected(line: dict) -> tuple:
     if kind == "book_ticker":
         return (*head, d["u"], float(d["b"]), float(d["B"]), float(d["a"]), float(d["A"]),
                 us(d["E"]) if usdm else None, us(d["T"]) if usdm else None)
+    if kind == "mark_price":  # a delivery contract's "r": "" and "T": 0 are nulls
+        return (*head, us(d["E"]), float(d["p"]), float(d["i"]), float(d["P"]), float(d["r"]) if d["r"] else None,
+                us(d["T"]) if d["T"] else None)
+    if kind == "liquidation":
+        o = d["o"]
+        return (*head, us(d["E"]), o["S"], o["o"], o["f"], float(o["q"]), float(o["p"]), float(o["ap"]), o["X"],
+                float(o["l"]), float(o["z"]), us(o["T"]))
     if kind == "depth_update":
         return (*head, d["U"], d["u"], d["pu"] if usdm else None, us(d["E"]), us(d["T"]) if usdm else None,
                 pairs(d["b"]), pairs(d["a"]))
@@ -71,4 +87,4 @@ def read(archive, dataset: str, cols) -> list[tuple]:
 
 def rows(archive, dataset: str) -> list[tuple]:
     """The archived rows of a stream dataset in the shape :func:`expected` returns."""
-    return read(archive, dataset, ("market", "symbol", "stream", *COLUMNS[dataset]))
+    return read(archive, dataset, ("market", "symbol", "stream", *{**COLUMNS, **DERIVATIVE_COLUMNS}[dataset]))

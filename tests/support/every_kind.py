@@ -1,6 +1,7 @@
 """A buffer holding every stream dataset on spot and USD-M, and what the archive must hold for it.
 
 :func:`fill` stores, for one hour, diff depth, partial depth, trades, aggTrades and bookTicker
+(and on USD-M mark prices and liquidations)
 through the collector's writer function (:func:`store_records`), and REST snapshots,
 ``depth_sync`` and ``trade_gap`` rows with SQL as the collector's schema step 3 defines them
 (the writer path for those records is another branch's work). It returns the rows expected in
@@ -21,7 +22,7 @@ import numpy as np
 
 from orderbook_core import buffer
 from orderbook_core.buffer.records import (AggTradeRecord, BookTickerRecord, DepthRecord, DepthUpdateRecord,
-                                                SessionOpen, TradeRecord)
+                                                LiquidationRecord, MarkPriceRecord, SessionOpen, TradeRecord)
 from orderbook_collector.writer.thread import store_records
 
 SPOT, USDM = "spot", "usdm"
@@ -71,9 +72,9 @@ def fill(conn, hour_us: int, n: int = 40, *, defects: Defects = Defects(), offse
     archive rows per dataset (column → value, times as UTC datetimes)."""
     out: dict[str, list[dict]] = {d: [] for d in
                                   ("depth_snapshot", "depth_update", "depth_rest_snapshot", "trade", "agg_trade",
-                                   "book_ticker")}
+                                   "book_ticker", "mark_price", "liquidation")}
     spot = Streams(conn, SPOT, "btcusdt", ["depth@100ms", "depth20@100ms", "trade", "aggTrade", "bookTicker"])
-    usdm = Streams(conn, USDM, "btcusdt", ["depth@100ms", "depth5@100ms", "bookTicker"])
+    usdm = Streams(conn, USDM, "btcusdt", ["depth@100ms", "depth5@100ms", "bookTicker", "markPrice@1s", "forceOrder"])
     sessions = {SPOT: hour_us + offset_us + session_base, USDM: hour_us + offset_us + session_base + 1}
     store_records(conn, {**spot.ids, **usdm.ids}, [], ops=[
         SessionOpen(sessions[SPOT], "wss://spot", json.dumps(list(spot.name.values())), sessions[SPOT], SPOT),
@@ -149,6 +150,25 @@ def fill(conn, hour_us: int, n: int = 40, *, defects: Defects = Defects(), offse
                                        "best_bid": bb, "best_bid_qty": 1.5, "best_ask": ba, "best_ask_qty": 2.5,
                                        "event_time": _ts(times[0] * 1000) if m == USDM else None,
                                        "transaction_time": _ts(times[1] * 1000) if m == USDM else None})
+        # USD-M mark price (the mark near the book's mid) and, every other event, a liquidation
+        sq = next_seq(USDM)
+        rate = (i % 5 - 2) * 1e-5  # signed
+        funding_ms = (ms // 28_800_000 + 1) * 28_800_000
+        records.append(MarkPriceRecord(usdm.key["markPrice@1s"], t0 + 6, sessions[USDM], sq, ms, mid, mid - 0.01,
+                                       mid - 0.01, rate, funding_ms, 0))
+        out["mark_price"].append({**usdm.common("markPrice@1s", t0 + 6, sessions[USDM], sq), "event_time": _ts(ms * 1000),
+                                  "mark_price": mid, "index_price": mid - 0.01, "estimated_settle_price": mid - 0.01,
+                                  "funding_rate": rate, "next_funding_time": _ts(funding_ms * 1000)})
+        if i % 2 == 0:
+            sq = next_seq(USDM)
+            side = "SELL" if i % 4 == 0 else "BUY"
+            records.append(LiquidationRecord(usdm.key["forceOrder"], t0 + 7, sessions[USDM], sq, ms, side, "LIMIT", "IOC",
+                                             0.5, mid, mid, "FILLED", 0.5, 0.5, ms - 1, 0))
+            out["liquidation"].append({**usdm.common("forceOrder", t0 + 7, sessions[USDM], sq),
+                                       "event_time": _ts(ms * 1000), "side": side, "order_type": "LIMIT",
+                                       "time_in_force": "IOC", "quantity": 0.5, "price": mid, "average_price": mid,
+                                       "status": "FILLED", "last_filled_quantity": 0.5, "filled_quantity": 0.5,
+                                       "trade_time": _ts((ms - 1) * 1000)})
         # spot trades and aggTrades
         if i == n // 3 or (defects.unrecorded_trade_gap and i == 2 * n // 3):
             if i == n // 3:

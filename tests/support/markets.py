@@ -14,7 +14,7 @@ from support.procs import query
 from tools.simulator.exchange import Exchange
 
 #: The buffer tables of the stream datasets.
-DATASETS = ("trade", "agg_trade", "book_ticker", "depth_update", "depth_snapshot")
+DATASETS = ("trade", "agg_trade", "book_ticker", "depth_update", "depth_snapshot", "mark_price", "liquidation")
 
 
 @contextlib.asynccontextmanager

@@ -35,6 +35,12 @@ simulator is there to test.
   REST snapshot plus diff events rebuild exactly :meth:`Exchange.book_state` at any kept
   id; trades are fills of taker orders against the best levels (they move the book),
   consecutive trade and aggTrade ids per symbol; bookTicker at every top-of-book change.
+* USD-M on ``/market`` also: ``@markPrice`` / ``@markPrice@1s`` (``e,E,s,p,i,P,r,T``: the mark
+  is the book's mid, the index a few ticks under it, a signed funding rate, the next 8-hourly
+  funding time), on Binance's clock of 3 s or 1 s whatever ``rate`` says; ``@forceOrder``
+  (``e,E,o:{s,S,o,f,q,p,ap,X,l,z,T}``): once a second at most, the latest fill since the last
+  one as a filled IOC liquidation order, nothing when there was no fill. Their ``E`` never
+  repeats within a stream.
 * REST: ``GET /api/v3/depth|time|ping|exchangeInfo`` and ``/fapi/v1/depth|time|ping|exchangeInfo``
   (USD-M depth limits 5..1000, with ``E`` and ``T``). Each market has Binance's weight
   budget (6000 and 2400 per minute; ``weight_budget`` overrides it): every answer carries
@@ -112,7 +118,7 @@ left out for a raw connection where noted):
 Sent log (``sent_log``): NDJSON, one line per frame handed to a connection. Data lines:
 ``{"conn":N,"market":"spot"|"usdm","stream":..,"kind":<dataset>,"send_us":..,"id":..,
 "last_update_id":..,"data":{..}}``: ``id`` is the dataset's dedup id (``lastUpdateId`` or
-``u``, trade ``t``, aggTrade ``a``, bookTicker ``u``); ``last_update_id`` only on depth
+``u``, trade ``t``, aggTrade ``a``, bookTicker ``u``, markPrice and forceOrder ``E``); ``last_update_id`` only on depth
 kinds; plus ``"replay":true`` for replayed copies. Other lines carry ``"malformed":<kind>``
 or ``"event":"serverShutdown"`` instead of ``last_update_id``/``data``; a dropped message
 is a line ``{"market":..,"stream":..,"kind":..,"id":..,"fault":"dropped"}`` without ``conn``.
@@ -146,6 +152,7 @@ from websockets.protocol import State
 from . import daily
 from .facts import (
     DEPTH_DEFAULT_LIMIT,
+    FORCE_ORDER_WINDOW_MS,
     MAX_INCOMING_PER_SEC,
     MAX_STREAMS,
     REST_WEIGHT,
@@ -600,7 +607,7 @@ class _Msg:
     combined: bytes
     market: Market = Market.SPOT
     kind: Kind = Kind.PARTIAL_DEPTH
-    id: int = 0  # the dataset's dedup id: u / lastUpdateId, trade t, aggTrade a, bookTicker u
+    id: int = 0  # the dataset's dedup id: u / lastUpdateId, trade t, aggTrade a, bookTicker u, markPrice/forceOrder E
 
 
 @dataclass(eq=False)
@@ -613,6 +620,7 @@ class _Stream:
     last_id: int = 0  # book update id of the last depth message: an unchanged book sends none
     drop: int = 0  # the next ``drop`` messages are generated but sent to nobody (a fault)
     muted: bool = False  # every message is generated but sent to nobody until unmuted (a fault)
+    last_ms: int = 0  # event time of the last markPrice / forceOrder message: each one's E is later
 
 
 @dataclass(eq=False)
@@ -1267,6 +1275,10 @@ class Exchange:
         partial = st.spec.type is Kind.PARTIAL_DEPTH
         rate = ((self.partial_rate if partial else None) or self.rate
                 or (1e6 / st.spec.cadence_us if st.spec.cadence_us else self.base_rate))
+        if st.spec.type is Kind.MARK_PRICE:
+            rate = 1e6 / st.spec.cadence_us  # Binance's own clock (3 s or 1 s), whatever the test's rate
+        elif st.spec.type is Kind.FORCE_ORDER:
+            rate = 1000 / FORCE_ORDER_WINDOW_MS  # at most one snapshot a window: the latest liquidation in it
         # misaligned partials tick half a period late and step the book once more: their
         # lastUpdateId falls inside the next diff event, never at its u
         phase = 0.5 if partial and not self.partials_aligned else 0.0
@@ -1339,6 +1351,15 @@ class Exchange:
                 head["pu"] = first - 1 if spec.type is Kind.DIFF_DEPTH else prev_u
             msg({**head, "b": b, "a": a}, book.last_id, book.last_id)
             return out
+        if spec.type in (Kind.MARK_PRICE, Kind.FORCE_ORDER):
+            # E never repeats in a stream (Binance's are a cadence apart; here a late burst could
+            # land two ticks in one ms): the datasets' dedup key is the event time
+            event_ms = max(now_ms, st.last_ms + 1)
+            body = self._derivative(spec, book, steps, event_ms)
+            if body is not None:
+                st.last_ms = event_ms
+                msg(body, book.last_id, event_ms)
+            return out
         # spot trade and aggTrade end with "M" (ignore); USD-M's have no "M"
         tail = {} if usdm else {"M": True}
         for s in steps:
@@ -1358,6 +1379,31 @@ class Exchange:
                     body = {"e": "bookTicker", "u": s.last_id, "E": now_ms, "T": s.time_ms, **body}
                 msg(body, s.last_id, s.last_id)
         return out
+
+    @staticmethod
+    def _derivative(spec: StreamSpec, book: Book, steps: list[Step], event_ms: int) -> dict | None:
+        """A markPriceUpdate (every tick) or a forceOrder (the latest fill of the steps since the
+        last tick, as a liquidation order; None when there was none), in Binance's key order."""
+        sym = book.symbol.upper()
+        if spec.type is Kind.MARK_PRICE:
+            top = book.top()
+            mark = (top.bid + top.ask) // 2
+            index = mark - book.step % 3  # the index trails the mark by a few ticks
+            rate = (book.step % 21 - 10) * 1000  # funding rate in 1e-8, -0.0001 .. 0.0001: signed
+            funding_ms = 28_800_000  # funding every 8 hours, from midnight UTC
+            return {"e": "markPriceUpdate", "E": event_ms, "s": sym, "p": book.px(mark), "i": book.px(index),
+                    "P": book.px(index), "r": ("-" if rate < 0 else "") + fmt_e8(abs(rate)),
+                    "T": (event_ms // funding_ms + 1) * funding_ms}
+        fills = [(s, t) for s in steps for t in s.trades]
+        if not fills:
+            return None
+        s, t = fills[-1]
+        # the liquidated position is closed by a taker order: sold when the buyer was the maker
+        qty = fmt_e8(t.qty)
+        return {"e": "forceOrder", "E": event_ms,
+                "o": {"s": sym, "S": "SELL" if t.buyer_maker else "BUY", "o": "LIMIT", "f": "IOC", "q": qty,
+                      "p": book.px(t.price - 5 if t.buyer_maker else t.price + 5), "ap": book.px(t.price),
+                      "X": "FILLED", "l": qty, "z": qty, "T": s.time_ms}}
 
     def _publish(self, st: _Stream, msg: _Msg) -> None:
         if st.drop > 0:  # a drop fault: generated (ids advance) but sent to nobody

@@ -40,8 +40,8 @@ class Kind(str, Enum):
     TRADE = "trade"
     AGG_TRADE = "aggTrade"
     BOOK_TICKER = "bookTicker"
-    MARK_PRICE = "markPrice"  # not served yet; its route is known
-    FORCE_ORDER = "forceOrder"  # not served yet; its route is known
+    MARK_PRICE = "markPrice"
+    FORCE_ORDER = "forceOrder"
     KLINE = "kline_<interval>"  # not served yet; its route is known
 
     @property
@@ -50,12 +50,14 @@ class Kind(str, Enum):
 
 
 #: The kinds this simulator serves.
-SERVED_KINDS = (Kind.PARTIAL_DEPTH, Kind.DIFF_DEPTH, Kind.TRADE, Kind.AGG_TRADE, Kind.BOOK_TICKER)
+SERVED_KINDS = (Kind.PARTIAL_DEPTH, Kind.DIFF_DEPTH, Kind.TRADE, Kind.AGG_TRADE, Kind.BOOK_TICKER, Kind.MARK_PRICE,
+                Kind.FORCE_ORDER)
 #: What the sent log calls each served kind: the project's dataset names (DESIGN.md's
 #: datasets table), a contract of ours rather than a Binance fact.
 DATASET = {
     Kind.PARTIAL_DEPTH: "depth_snapshot", Kind.DIFF_DEPTH: "depth_update", Kind.TRADE: "trade",
     Kind.AGG_TRADE: "agg_trade", Kind.BOOK_TICKER: "book_ticker",
+    Kind.MARK_PRICE: "mark_price", Kind.FORCE_ORDER: "liquidation",
 }
 
 # ---- stream names -------------------------------------------------------------------------
@@ -74,6 +76,18 @@ DEPTH_SPEEDS = {
 PARTIAL_LEVELS = (5, 10, 20)
 #: Event-driven streams on both markets (spot streams; USD-M streams): no cadence, no speed suffix.
 EVENT_STREAMS = {"trade": Kind.TRADE, "aggTrade": Kind.AGG_TRADE, "bookTicker": Kind.BOOK_TICKER}
+#: Futures-only streams, "<kind>" -> (kind, cadence in ms; 0 event-driven). Binance's USD-M pages
+#: (fact sheet section 8): "Mark Price Stream": "<symbol>@markPrice or <symbol>@markPrice@1s",
+#: "Update Speed 3000ms or 1000ms", pushed on a timer; "Liquidation Order Streams":
+#: "<symbol>@forceOrder", "only the latest one liquidation order within 1000ms will be pushed
+#: as the snapshot. If no liquidation happens in the interval of 1000ms, no stream will be pushed."
+FUTURES_STREAMS = {
+    "markPrice": (Kind.MARK_PRICE, 3000),
+    "markPrice@1s": (Kind.MARK_PRICE, 1000),
+    "forceOrder": (Kind.FORCE_ORDER, 0),
+}
+#: The spacing Binance keeps between two forceOrder messages of a symbol, ms ("within 1000ms").
+FORCE_ORDER_WINDOW_MS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +106,8 @@ STREAM_NAMES: dict[Market, dict[str, NameFacts]] = {
         **{f"depth{n}{speed}": NameFacts(Kind.PARTIAL_DEPTH, n, ms * 1000)
            for n in PARTIAL_LEVELS for speed, ms in speeds.items()},
         **{name: NameFacts(kind, 0, 0) for name, kind in EVENT_STREAMS.items()},
+        **({name: NameFacts(kind, 0, ms * 1000) for name, (kind, ms) in FUTURES_STREAMS.items()}
+           if m is Market.USDM else {}),
     }
     for m, speeds in DEPTH_SPEEDS.items()
 }

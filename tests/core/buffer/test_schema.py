@@ -29,7 +29,7 @@ def test_a_version_1_buffer_is_migrated_in_place(tmp_path):
     path = tmp_path / "old.sqlite3"
     make_v1(path)
     conn = buffer.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION == 6
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION == 7
     assert conn.execute("SELECT update_id, event_ms, prev_update_id FROM depth_snapshot").fetchall() == [(42, None, None)]
     assert conn.execute("SELECT market FROM streams").fetchall() == [("spot",)]
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -110,4 +110,29 @@ def test_a_version_4_buffer_gets_reason_values_and_keeps_its_texts_as_detail(tmp
     finally:
         conn.close()
     assert got == V4_REASONS
-    assert {r for _, r in V4_REASONS} == {r.value for r in QuarantineReason}  # every member has an old text
+    # every member a version-4 decoder could name has an old text (liquidations came later)
+    assert {r for _, r in V4_REASONS} == {r.value for r in QuarantineReason} - {"bad_word", "bad_order"}
+
+
+def test_a_version_4_buffer_gains_the_mark_price_and_liquidation_tables(tmp_path):
+    path = tmp_path / "v4.sqlite3"
+    make_v4(path, [])
+    con = sqlite3.connect(path, isolation_level=None)
+    con.execute("INSERT INTO streams (name, symbol, kind, market) VALUES ('usdm:btcusdt@aggTrade', 'btcusdt', "
+                "'aggTrade', 'usdm')")
+    con.execute("INSERT INTO agg_trade (stream_id, recv_us, session_id, seq, event_ms, trade_ms, agg_trade_id, "
+                "first_trade_id, last_trade_id, price, qty, is_buyer_maker) VALUES (1, 5, 1, 0, 4, 3, 9, 1, 2, 1.5, 2, 0)")
+    con.close()
+    conn = buffer.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION
+    assert conn.execute("SELECT agg_trade_id, price FROM agg_trade").fetchall() == [(9, 1.5)]
+    conn.execute("INSERT INTO mark_price (stream_id, recv_us, session_id, seq, event_ms, mark_price, index_price, "
+                 "estimated_settle_price, funding_rate, next_funding_ms) VALUES (2, 6, 1, 1, 7, 1.0, 1.0, 1.0, NULL, NULL)")
+    with pytest.raises(sqlite3.IntegrityError):  # the dedup key: one row per stream and event time
+        conn.execute("INSERT INTO mark_price (stream_id, recv_us, session_id, seq, event_ms, mark_price, index_price, "
+                     "estimated_settle_price) VALUES (2, 8, 1, 2, 7, 2.0, 2.0, 2.0)")
+    cols = [r[1] for r in conn.execute("PRAGMA table_info(liquidation)")]
+    assert cols == ["id", "stream_id", "recv_us", "session_id", "seq", "event_ms", "side", "order_type",
+                    "time_in_force", "quantity", "price", "average_price", "status", "last_filled_quantity",
+                    "filled_quantity", "trade_ms"]
+    conn.close()
