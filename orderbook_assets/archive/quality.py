@@ -263,7 +263,8 @@ def depth_continuity(con: duckdb.DuckDBPyConnection) -> CheckResult:
 #: counted once per recorded gap, a gap [a, b] has F(b) - F(a - 1) of them, and
 #: F(x) = sum over recorded gaps with first <= x of (x - first + 1), minus the sum over those
 #: with last < x of (x - last). Both sums are running counts and sums over the recorded gaps
-#: sorted by first (and by last), looked up with ASOF joins: n log n in the hour's rows.
+#: sorted by first (and by last), looked up with ASOF joins: n log n in the hour's rows. A row
+#: with first > last covers nothing (the collector never writes one).
 TRADE_GAPS_SQL = """
 WITH s AS (
     SELECT market, stream, {uid} AS id, lag({uid}) OVER (PARTITION BY market, stream ORDER BY {uid}) AS prev
