@@ -280,8 +280,8 @@ def main() -> None:
     print(f"{'step':<28}{'seconds':>10}{'empty hour':>12}{'/ baseline':>12}")
     for step, s in sorted(steps.items(), key=lambda kv: -kv[1]):
         print(f"{step:<28}{s:>10.2f}{empty_steps.get(step, float('nan')):>12.2f}{s / base_s:>12.2f}")
-    print(json.dumps({"rows": rows, "baseline_s": round(base_s, 3), "baselines_s": [round(b, 3) for b in bases], "whole_s": round(whole_s, 3),
-                      "empty_s": round(empty_s, 3), "ratio": round(base_s / net, 3),
+    print(json.dumps({"rows": rows, "baseline_s": round(base_s, 3), "baselines_s": [round(b, 3) for b in bases],
+                      "whole_s": round(whole_s, 3), "empty_s": round(empty_s, 3), "ratio": round(base_s / net, 3),
                       "steps": {k: round(v, 3) for k, v in steps.items()}, "success": ok}))
 
 

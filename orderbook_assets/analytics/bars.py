@@ -3,8 +3,9 @@
 Pure core: :func:`bars_1s` turns snapshots (an Arrow table in the ``depth_snapshot``
 schema, or Parquet paths) into bars; :func:`plot_png` and :func:`plot_markdown` draw
 what the Dagster UI shows, for the hour's few busiest symbols (:data:`PLOTTED_SYMBOLS`).
-The shell: :func:`materialize_hour` reads one archived hour and writes ``<archive>/top_of_book_1s/date=YYYY-MM-DD/hour=HH/bars.parquet``; an
-hour with no archived snapshots gets no file.
+The shell: :func:`materialize_hour` reads one archived hour and writes
+``<archive>/top_of_book_1s/date=YYYY-MM-DD/hour=HH/bars.parquet``; an hour with no archived
+snapshots gets no file.
 
 One bar per symbol and second that has at least one snapshot with both sides
 (seconds without a snapshot have no row). Deterministic: rows ordered by
