@@ -91,7 +91,7 @@ chaos: venv-dev
 
 # Every benchmark script; each prints figure, target, measured, baseline, ratio.
 bench: venv-dev
-	@for b in benchmarks/ingest_vs_client.py benchmarks/ingest.py benchmarks/archive.py benchmarks/encodings.py benchmarks/books.py; do \
+	@for b in benchmarks/ingest_vs_client.py benchmarks/ingest.py benchmarks/archive.py benchmarks/archive_hour.py benchmarks/encodings.py benchmarks/books.py; do \
 		[ -f $$b ] && { echo "== $$b"; $(BIN)/python $$b || exit 1; }; \
 	done
 

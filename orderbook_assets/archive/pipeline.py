@@ -276,7 +276,8 @@ def check_parts(conn: sqlite3.Connection, store: ArchiveStore, staging: Path, ho
     paths = [str(local_copy(store, staging, p)) for p in parts]
     buffer_rows = sum(ledger.buffer_rows(conn, p) for p in parts)
     checks = quality.CHECKS[dataset]
-    explained = explained_seqs(conn, hour_us, parts, dataset) if "no_seq_gaps" in checks else None
+    # no parts, no seq to explain: the hour's other rows are not read for nothing
+    explained = explained_seqs(conn, hour_us, parts, dataset) if "no_seq_gaps" in checks and parts else None
     breaks, gaps = recorded_continuity(conn, hour_us)
     # mark prices are compared with the hour's bookTicker, archived or just verified
     mids = (_copies(conn, store, staging, hour_us, (ds.BOOK_TICKER,), (PartState.VERIFIED, PartState.ARCHIVED))

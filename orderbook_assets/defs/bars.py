@@ -19,6 +19,28 @@ def s3_settings_from(archive_resource) -> views.S3Settings | None:
     return archive_resource.s3_settings()
 
 
+#: Symbols named in the ``symbols`` entry; the rest are counted (the metadata of every hourly
+#: run stays small with ``*``, ~1,450 symbols).
+NAMED_SYMBOLS = 20
+
+
+def hour_metadata(table, url: str | None, hour_us: int) -> dict:
+    """The materialization's metadata: rows, symbols, path, hour and the pictures of the
+    busiest symbols (:func:`bars.plot_metadata_markdown`): bounded, whatever the symbols."""
+    symbols = sorted(set(table["symbol"].to_pylist()))
+    named = ", ".join(symbols[:NAMED_SYMBOLS])
+    if len(symbols) > NAMED_SYMBOLS:
+        named += f" and {len(symbols) - NAMED_SYMBOLS:,} more ({len(symbols):,} symbols)"
+    return {
+        "rows": dg.MetadataValue.int(table.num_rows),
+        "symbols": dg.MetadataValue.text(named or "none"),
+        "path": dg.MetadataValue.path(url) if url else dg.MetadataValue.text("nothing written: no snapshots archived"),
+        "hour": dg.MetadataValue.text(datetime.fromtimestamp(hour_us / 1e6, timezone.utc).isoformat()),
+        "mid_and_spread": dg.MetadataValue.md(bars.plot_metadata_markdown(table) if table.num_rows
+                                              else "_No snapshots archived for this hour._"),
+    }
+
+
 def build_top_of_book_1s(partitions_def=None, deps=(bars.SOURCE,), group_name: str | None = "archive"):
     """The ``top_of_book_1s`` asset: hourly, after the hour's ``depth_snapshot`` archive.
 
@@ -45,15 +67,7 @@ def build_top_of_book_1s(partitions_def=None, deps=(bars.SOURCE,), group_name: s
             sources = pipeline.archived_copies(conn, store, buffer.staging_dir(), hour_us, bars.SOURCE)
             table, url = bars.materialize_hour(archive.resolved_url(), hour_us, s3_settings_from(archive), store, sources)
             pipeline.drop_staged(conn, buffer.staging_dir(), hour_us)
-        symbols = sorted(set(table["symbol"].to_pylist()))
-        return dg.MaterializeResult(metadata={
-            "rows": dg.MetadataValue.int(table.num_rows),
-            "symbols": dg.MetadataValue.text(", ".join(symbols) or "none"),
-            "path": dg.MetadataValue.path(url) if url else dg.MetadataValue.text("nothing written: no snapshots archived"),
-            "hour": dg.MetadataValue.text(datetime.fromtimestamp(hour_us / 1e6, timezone.utc).isoformat()),
-            "mid_and_spread": dg.MetadataValue.md(bars.plot_metadata_markdown(table) if table.num_rows
-                                                  else "_No snapshots archived for this hour._"),
-        })
+        return dg.MaterializeResult(metadata=hour_metadata(table, url, hour_us))
 
     return top_of_book_1s
 

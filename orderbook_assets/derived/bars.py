@@ -2,9 +2,10 @@
 
 Pure core: :func:`bars_1s` turns snapshots (an Arrow table in the ``depth_snapshot``
 schema, or Parquet paths) into bars; :func:`plot_png` and :func:`plot_markdown` draw
-what the Dagster UI shows. The shell: :func:`materialize_hour` reads one archived
-hour and writes ``<archive>/top_of_book_1s/date=YYYY-MM-DD/hour=HH/bars.parquet``; an
-hour with no archived snapshots gets no file.
+what the Dagster UI shows, for the hour's few busiest symbols (:data:`PLOTTED_SYMBOLS`).
+The shell: :func:`materialize_hour` reads one archived hour and writes
+``<archive>/top_of_book_1s/date=YYYY-MM-DD/hour=HH/bars.parquet``; an hour with no archived
+snapshots gets no file.
 
 One bar per symbol and second that has at least one snapshot with both sides
 (seconds without a snapshot have no row). Deterministic: rows ordered by
@@ -91,8 +92,11 @@ def _duck(s3_archive: views.Archive | None = None, s3: views.S3Settings | None =
     return con
 
 
-def plot_markdown(bars: pa.Table, every_s: int = 300) -> str:
-    """A small table per symbol: one row per ``every_s`` seconds (mid, range, spread)."""
+def plot_markdown(bars: pa.Table, every_s: int = 300, symbols: list[str] | None = None) -> str:
+    """A small table per symbol (of ``symbols``, by default all): one row per ``every_s``
+    seconds (mid, range, spread)."""
+    if symbols is not None:
+        bars = bars.filter(pc.is_in(bars["symbol"], pa.array(symbols, pa.string())))
     if bars.num_rows == 0:
         return "_No snapshots in this hour._"
     con = duckdb.connect()
@@ -152,10 +156,29 @@ def plot_png(bars: pa.Table, symbol: str, width: int = 600, height: int = 260) -
         plt.close(fig)
 
 
-def plot_metadata_markdown(bars: pa.Table) -> str:
-    """Markdown for the Dagster UI: a PNG per symbol (data URI) above the 5-minute table."""
-    parts = []
-    for sym in sorted(set(bars["symbol"].to_pylist())):
+#: Symbols drawn in the run's metadata, the busiest of the hour: a picture per symbol of ``*``
+#: (~1,450 symbols) took minutes and tens of MB of event log every hour, and nobody looks at
+#: a thousand pictures. Every symbol's bars are in the hour's file.
+PLOTTED_SYMBOLS = 5
+
+
+def busiest(bars: pa.Table, n: int = PLOTTED_SYMBOLS) -> list[str]:
+    """The ``n`` symbols with the most snapshots in ``bars``, busiest first (ties by name)."""
+    if bars.num_rows == 0:
+        return []
+    per = bars.group_by("symbol").aggregate([("snapshots", "sum")])
+    ranked = sorted(zip(per["symbol"].to_pylist(), per["snapshots_sum"].to_pylist()), key=lambda r: (-r[1], r[0]))
+    return [sym for sym, _ in ranked[:n]]
+
+
+def plot_metadata_markdown(bars: pa.Table, n: int = PLOTTED_SYMBOLS) -> str:
+    """Markdown for the Dagster UI: a PNG (data URI) of each of the hour's ``n`` busiest
+    symbols above their 5-minute table; its size does not grow with the symbols recorded."""
+    shown = busiest(bars, n)
+    total = pc.count_distinct(bars["symbol"]).as_py() if bars.num_rows else 0
+    parts = [f"The {len(shown)} busiest of {total:,} symbols (by snapshots); every symbol's bars are in the "
+             f"hour's file.\n" if total > len(shown) else ""]
+    for sym in shown:
         sel = bars.filter(pc.equal(bars["symbol"], sym))
         png = base64.b64encode(plot_png(bars, sym)).decode()
         parts.append(
@@ -164,8 +187,8 @@ def plot_metadata_markdown(bars: pa.Table) -> str:
             f"{pc.max(sel['mean_spread']).as_py():.4f} (orange)\n\n"
             f"![{sym} mid and spread](data:image/png;base64,{png})\n"
         )
-    parts.append(plot_markdown(bars))
-    return "\n".join(parts)
+    parts.append(plot_markdown(bars, symbols=shown))
+    return "\n".join(p for p in parts if p)
 
 
 # --------------------------------------------------------------------------- the shell

@@ -146,3 +146,35 @@ def test_query_views_include_the_bars_dataset(tmp_path):
     views.register_views(con, str(tmp_path))
     assert con.sql("SELECT * FROM top_of_book_1s").columns == bars.BARS_SCHEMA.names
     assert con.sql("SELECT count(*), sum(snapshots) FROM top_of_book_1s").fetchone() == (10, 100)
+
+
+def many_symbols_bars(n_symbols: int, seconds: int = 20) -> "pa.Table":
+    """Bars of ``n_symbols`` symbols, symbol k with k + 1 snapshots a second (the busiest last)."""
+    import pyarrow as pa
+
+    rows = []
+    for k in range(n_symbols):
+        for s in range(seconds):
+            mid = 100.0 + k + (s % 7) * 0.01
+            rows.append({"symbol": f"S{k:04d}USDT", "bar_time": datetime.fromtimestamp(T0 / 1e6 + s, timezone.utc),
+                         "first_mid": mid, "max_mid": mid + 0.01, "min_mid": mid - 0.01, "last_mid": mid,
+                         "last_best_bid": mid - 0.005, "last_best_ask": mid + 0.005, "mean_spread": 0.01,
+                         "snapshots": k + 1})
+    return pa.Table.from_pylist(rows, schema=bars.BARS_SCHEMA)
+
+
+def test_plot_metadata_draws_the_busiest_symbols_and_its_size_does_not_grow_with_the_symbols():
+    """With ``*`` (~1,450 symbols) a picture each was minutes and tens of MB of event log an
+    hour: the run's metadata draws the few busiest, and is as big for 1,500 symbols as for 5."""
+    few, many = many_symbols_bars(bars.PLOTTED_SYMBOLS), many_symbols_bars(1_500)
+    md = bars.plot_metadata_markdown(many)
+    busiest = [f"S{k:04d}USDT" for k in range(1499, 1499 - bars.PLOTTED_SYMBOLS, -1)]
+    assert bars.busiest(many) == busiest
+    assert md.count("data:image/png;base64,") == bars.PLOTTED_SYMBOLS
+    assert all(f"![{sym} mid and spread]" in md and f"**{sym}**\n\n| UTC |" in md for sym in busiest)
+    assert "S1494USDT" not in md and "The 5 busiest of 1,500 symbols" in md
+    meta = defs_bars.hour_metadata(many, "/archive/top_of_book_1s/x.parquet", T0)
+    size = sum(len(str(v.value)) for v in meta.values())
+    few_size = sum(len(str(v.value)) for v in defs_bars.hour_metadata(few, "/archive/x", T0).values())
+    assert size < 1.2 * few_size and size < 300_000, (size, few_size)
+    assert meta["symbols"].value.endswith("and 1,480 more (1,500 symbols)")
