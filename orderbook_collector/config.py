@@ -104,6 +104,9 @@ class Settings:
     rest_concurrency: int = 4
     rest_weight_budget: dict | None = None
     rest_weight_window: float = 60.0
+    #: Seconds between two polls of one futures symbol's open interest (connection/open_interest.py),
+    #: every futures symbol recorded; 0: not polled.
+    open_interest_seconds: float = 0.0
 
     def silence_rules(self) -> Rules:
         return Rules(self.silence_cadences, int(self.silence_min_seconds * 1e6),
@@ -183,6 +186,8 @@ _FIELDS = {
                                   "levels per side of USD-M REST depth snapshots (5, 10, 20, 50, 100, 500, 1000)"),
     "rebase_seconds": ("ORDERBOOK_REBASE_SECONDS", "--rebase-seconds",
                        "seconds between two REST re-bases of one diff stream (default: planned from the budget)"),
+    "open_interest_seconds": ("ORDERBOOK_OPEN_INTEREST_SECONDS", "--open-interest-seconds",
+                              "seconds between two open-interest polls of each futures symbol recorded (0: off)"),
 }
 #: The environment form of what to record; ORDERBOOK_SUBSCRIPTIONS replaces all four.
 _ENV_FORM = ("symbols", "streams", "usdm_symbols", "usdm_streams")
@@ -364,6 +369,8 @@ def _rest(raw: dict[str, str]) -> dict:
         kw["usdm_depth_snapshot_limit"] = n
     if "rebase_seconds" in raw:
         kw["rebase_seconds"] = float(_int(raw["rebase_seconds"], "ORDERBOOK_REBASE_SECONDS", 1, 86_400))
+    if "open_interest_seconds" in raw:
+        kw["open_interest_seconds"] = float(_int(raw["open_interest_seconds"], "ORDERBOOK_OPEN_INTEREST_SECONDS", 0, 86_400))
     return kw
 
 

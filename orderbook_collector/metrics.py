@@ -50,6 +50,7 @@ class QuarantineClass(str, Enum):
     INVALID = "invalid"
     UNEXPECTED = "unexpected"
     REST_SNAPSHOT = "rest_snapshot"
+    REST_OPEN_INTEREST = "rest_open_interest"
 
 
 class WriteFailure(str, Enum):
@@ -66,7 +67,9 @@ QUARANTINE_CLASSES = tuple(c.value for c in QuarantineClass)
 WRITER_ERROR_KINDS = tuple(k.value for k in WriteFailure)
 #: How the reason of a refused REST depth snapshot begins (the stream key and the kernel's reason follow).
 REST_REFUSED = "rest depth snapshot of "
-_CLASS_PREFIXES = ((REST_REFUSED, QuarantineClass.REST_SNAPSHOT), ("not json", QuarantineClass.NOT_JSON),
+#: How the reason of a refused open-interest answer begins (the series key and the kernel's reason follow).
+OPEN_INTEREST_REFUSED = "rest open interest of "
+_CLASS_PREFIXES = ((REST_REFUSED, QuarantineClass.REST_SNAPSHOT), (OPEN_INTEREST_REFUSED, QuarantineClass.REST_OPEN_INTEREST), ("not json", QuarantineClass.NOT_JSON),
                    ("not a json", QuarantineClass.NOT_JSON), ("binary", QuarantineClass.BINARY),
                    ("oversize", QuarantineClass.OVERSIZE), ("error reply", QuarantineClass.ERROR_REPLY),
                    ("unknown stream", QuarantineClass.UNKNOWN_STREAM), ("unexpected", QuarantineClass.UNEXPECTED))
@@ -148,6 +151,9 @@ class Metrics:
         self.rest_errors: dict[str, int] = defaultdict(int)
         self.rest_refused: dict[str, int] = defaultdict(int)  # answers the kernel refused (quarantined)
         self.resync_pending: dict[str, int] = defaultdict(int)
+        # Open interest (event loop, connection/open_interest.py), per market: answers polled, polls failed.
+        self.open_interest_polls: dict[str, int] = defaultdict(int)
+        self.open_interest_failures: dict[str, int] = defaultdict(int)
         self.add_streams(streams)
 
     def add_streams(self, streams) -> None:
@@ -250,6 +256,9 @@ class Exposition:
             ("orderbook_rest_errors", "REST requests that failed otherwise (retried), by market.", m.rest_errors),
             ("orderbook_rest_refused", "REST depth snapshots refused by validation (quarantined, asked again), by market.",
              m.rest_refused),
+            ("orderbook_open_interest_polls", "Open-interest answers polled, by market.", m.open_interest_polls),
+            ("orderbook_open_interest_failures", "Open-interest polls failed (each begins or extends a silence), by market.",
+             m.open_interest_failures),
         ):
             f = CounterMetricFamily(name, doc, labels=["market"])
             for market in MARKETS:

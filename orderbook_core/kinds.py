@@ -33,6 +33,7 @@ from orderbook_core.buffer.records import (
     DepthRecord,
     DepthRestSnapshotRecord,
     DepthUpdateRecord,
+    OpenInterestRecord,
     TradeRecord,
 )
 from orderbook_core.streams import Kind, Market
@@ -186,9 +187,21 @@ BOOK_TICKER = DatasetSpec(
     {},
 )
 
+#: REST ``openInterest`` (polled by the collector, no session): its wire is the REST answer
+#: (``orderbook_core.streams.OPEN_INTEREST``). Dedup (market, symbol, time): a poll answered with
+#: the same transaction time is the same value.
+OPEN_INTEREST = DatasetSpec(
+    "open_interest", OpenInterestRecord,
+    (_f("time", "ms", "time_ms", "time_ms", usdm="time"), _f("open_interest", "float", usdm="openInterest")),
+    ("market", "symbol", "time"), None, "time_ms",
+    {},
+    {USDM: ("openInterest", "symbol", "time")},
+    {},
+)
+
 #: Every stream dataset, in the order an hour is exported.
 SPECS: dict[str, DatasetSpec] = {s.name: s for s in (
-    DEPTH_SNAPSHOT, DEPTH_UPDATE, DEPTH_REST_SNAPSHOT, TRADE, AGG_TRADE, BOOK_TICKER)}
+    DEPTH_SNAPSHOT, DEPTH_UPDATE, DEPTH_REST_SNAPSHOT, TRADE, AGG_TRADE, BOOK_TICKER, OPEN_INTEREST)}
 #: The spec of each stream kind.
 BY_KIND: dict[Kind, DatasetSpec] = {k: SPECS[k.dataset] for k in Kind}
 
@@ -213,7 +226,7 @@ def encode(spec: DatasetSpec, market: Market | str, row: dict, ms: Any) -> dict:
     for key in spec.wire_order[market]:
         if key == "e":
             out[key] = spec.event_type[market]
-        elif key == "s":
+        elif key in ("s", "symbol"):  # the stream's symbol (``symbol`` in REST answers)
             out[key] = row["symbol"]
         else:
             f, side = by_key[key]

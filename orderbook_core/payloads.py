@@ -26,11 +26,12 @@ from orderbook_core.buffer.records import (
     DepthRecord,
     DepthRestSnapshotRecord,
     DepthUpdateRecord,
+    OpenInterestRecord,
     Row,
     TradeRecord,
 )
 from orderbook_core.errors import FrameError
-from orderbook_core.streams import Kind, Market, StreamSpec
+from orderbook_core.streams import Kind, Market, StreamSpec, open_interest_key
 
 _U63 = 1 << 63
 #: A diff event carries the levels that changed; more than this on a side is not a book.
@@ -218,6 +219,30 @@ def decode_rest_depth(spec: StreamSpec, body: bytes, recv_us: int, reason: str, 
         spec.key, spec.market.value, spec.symbol.upper(), recv_us, last_id, n_bids, levels, reason,
         _uint(data, "E", "message time") if usdm else None, _uint(data, "T", "transaction time") if usdm else None,
     )
+
+
+def decode_open_interest(market: Market, symbol: str, body: bytes, recv_us: int) -> OpenInterestRecord:
+    """The record of a polled open-interest answer (``body`` as the server sent it) for ``symbol``.
+
+    ``GET /fapi/v1/openInterest`` answers ``{"openInterest": "10659.509", "symbol": "BTCUSDT",
+    "time": 1589437530011}`` (USD-M REST "Open Interest"): the symbol must be the one asked for,
+    the open interest a finite non-negative decimal string, the time a non-negative integer.
+
+    Raises:
+        FrameError: the body is not that answer; its reason is stored with the body in quarantine.
+    """
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise FrameError(f"not JSON: {exc}") from None
+    if type(data) is not dict:
+        raise FrameError("open interest is not a JSON object")
+    asked = symbol.upper()
+    if data.get("symbol") != asked:
+        raise FrameError(f"open interest of {str(data.get('symbol'))[:30]!r}, not of {asked!r} as asked")
+    oi = _number(data, "openInterest", "open interest", positive=False)
+    return OpenInterestRecord(open_interest_key(market, symbol), market.value, asked, recv_us,
+                              _uint(data, "time", "time"), oi)
 
 
 _DECODERS: dict[tuple[Kind, Market], Callable[..., Row]] = {

@@ -92,6 +92,31 @@ _DEPTH_WEIGHT = {
     Market.SPOT: ((100, 5), (500, 25), (1000, 50), (5000, 250)),  # spot REST "Order book", since 2023-10-19 (CHANGELOG)
     Market.USDM: ((50, 2), (100, 5), (500, 10), (1000, 20)),  # USD-M REST "Order Book"
 }
+#: Open interest has no stream: it is polled over REST, ``GET <path>?symbol=<SYMBOL>`` of
+#: (path, weight) per market. USD-M REST "Open Interest" (developers.binance.com, .../usds-margined-futures/
+#: market-data/rest-api/Open-Interest): ``/fapi/v1/openInterest``, weight 1, answer
+#: ``{"openInterest": "10659.509", "symbol": "BTCUSDT", "time": 1589437530011}`` ("time": transaction time).
+OPEN_INTEREST = {Market.USDM: ("/fapi/v1/openInterest", 1)}
+#: A polled open-interest series is kept in the buffer's ``streams`` table as the pseudo-stream
+#: ``<market>:<symbol>@openInterest`` (no Binance stream has that name), so its rows carry a
+#: stream like every dataset's and its failed polls can be silences of that stream.
+OPEN_INTEREST_KIND = "openInterest"
+
+
+def open_interest_key(market: Market, symbol: str) -> str:
+    """The buffer key of ``symbol``'s open-interest series on ``market`` (``usdm:btcusdt@openInterest``)."""
+    return f"{market.value}:{symbol.lower()}@{OPEN_INTEREST_KIND}"
+
+
+def parse_open_interest_key(key: str) -> tuple[Market, str] | None:
+    """(market, lower-case symbol) of an :func:`open_interest_key`, or None if ``key`` is not one."""
+    head, _, kind = key.partition("@")
+    market, _, symbol = head.partition(":")
+    if kind != OPEN_INTEREST_KIND or not symbol or market not in {m.value for m in OPEN_INTEREST}:
+        return None
+    return Market(market), symbol
+
+
 #: Event-driven streams (trades, bookTicker) have no nominal cadence.
 EVENT_DRIVEN = 0
 #: Kinds Binance pushes on a timer whether or not anything changed ("every 1000 ms"); the

@@ -23,6 +23,7 @@ DEPTH_REST = "depth_rest_snapshot"
 TRADE = "trade"
 AGG_TRADE = "agg_trade"
 BOOK_TICKER = "book_ticker"
+OPEN_INTEREST = "open_interest"
 COVERAGE = ledger.COVERAGE
 TOP_OF_BOOK_1S = "top_of_book_1s"
 BOOK_SNAPSHOT = "book_snapshot"
@@ -83,6 +84,7 @@ DEPTH_REST_SCHEMA = _stream_schema(kinds.DEPTH_REST_SNAPSHOT)
 TRADE_SCHEMA = _stream_schema(kinds.TRADE)
 AGG_TRADE_SCHEMA = _stream_schema(kinds.AGG_TRADE)
 BOOK_TICKER_SCHEMA = _stream_schema(kinds.BOOK_TICKER)
+OPEN_INTEREST_SCHEMA = _stream_schema(kinds.OPEN_INTEREST)
 
 
 class Dataset(NamedTuple):

@@ -68,6 +68,7 @@ CHECKS: dict[str, dict[str, Severity]] = {
     ds.TRADE: {**_BASE, "trade_id_continuity": ERROR, "rows_reconciled": ERROR},
     ds.AGG_TRADE: {**_BASE, "trade_id_continuity": ERROR, "rows_reconciled": ERROR},
     ds.BOOK_TICKER: {**_BASE, "books_sane": WARN, "rows_reconciled": ERROR},
+    ds.OPEN_INTEREST: {"no_duplicates": ERROR, "open_interest_sane": ERROR, "rows_reconciled": ERROR},
 }
 #: The checks of the hour's coverage (computed once by the coverage step, which stores them).
 COVERAGE_CHECKS = {"coverage_gaps": WARN}
@@ -336,6 +337,15 @@ def books_sane(con: duckdb.DuckDBPyConnection, dataset: ds.Dataset) -> CheckResu
                        {"crossed": crossed, "unsorted": unsorted})
 
 
+def open_interest_sane(con: duckdb.DuckDBPyConnection) -> CheckResult:
+    """Open interest is a count of open contracts: never negative, never NaN or infinite (the
+    collector refuses such answers; a row that has one was not written by it)."""
+    rows = _rows(con.execute(
+        "SELECT market, symbol, recv_time, time, open_interest FROM books "
+        "WHERE NOT isfinite(open_interest) OR open_interest < 0 ORDER BY market, symbol, recv_time"))
+    return CheckResult("open_interest_sane", ERROR, not rows, len(rows), rows[:EXAMPLES], {})
+
+
 def reconciled(con: duckdb.DuckDBPyConnection, buffer_rows: int, archived_rows: dict[str, int]) -> CheckResult:
     """Rows DuckDB reads from the parts vs the buffer's rows for the same id ranges."""
     read = con.execute("SELECT count(*) FROM books").fetchone()[0]
@@ -367,6 +377,7 @@ def run_all(
         "depth_continuity": lambda: depth_continuity(con),
         "trade_id_continuity": lambda: trade_id_continuity(con, d),
         "books_sane": lambda: books_sane(con, d),
+        "open_interest_sane": lambda: open_interest_sane(con),
         "rows_reconciled": lambda: reconciled(con, buffer_rows, archived_rows),
     }
     try:

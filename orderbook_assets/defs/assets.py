@@ -52,6 +52,7 @@ DESCRIPTIONS = {
     ds.TRADE: "Every trade as verified Parquet parts.",
     ds.AGG_TRADE: "Every aggregate trade as verified Parquet parts.",
     ds.BOOK_TICKER: "Best bid and ask at every change (bookTicker) as verified Parquet parts.",
+    ds.OPEN_INTEREST: "Open interest of every futures symbol recorded, polled over REST, as verified Parquet parts.",
 }
 DATASET_SPECS = [
     AssetSpec(name, description=DESCRIPTIONS[name], group_name="archive", kinds={"parquet", "sqlite"},

@@ -29,6 +29,7 @@ DESCRIPTIONS = {
     "trade_id_continuity": "Trade ids are consecutive per stream, or a recorded trade_gap names the missing ids.",
     "books_sane": "Warning only: books neither crossed nor unsorted (bookTicker: not crossed).",
     "rows_reconciled": "Rows in the verified Parquet equal the buffer's rows of the parts.",
+    "open_interest_sane": "Open interest is finite and never negative.",
 }
 
 

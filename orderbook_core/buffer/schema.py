@@ -68,6 +68,7 @@ OWNER = {
     "depth_sync": "collector",
     "trade_gap": "collector",
     "silence": "collector",
+    "open_interest": "collector",
 }
 
 _COLLECTOR_TABLES = """
@@ -318,12 +319,30 @@ CREATE INDEX silence_recv ON silence (recv_us);
 CREATE INDEX silence_open ON silence (stream_id) WHERE end_us IS NULL;
 """
 
+#: Step 5: open interest, polled over REST (no session, no seq). ``stream_id`` names the
+#: series' pseudo-stream (``usdm:btcusdt@openInterest``); ``time_ms`` is Binance's ``time``; the
+#: unique index is the dataset's dedup key. A failed poll is a ``silence`` row of the series.
+_OPEN_INTEREST = """
+CREATE TABLE open_interest (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    stream_id       INTEGER NOT NULL,
+    market          TEXT NOT NULL,
+    symbol          TEXT NOT NULL,
+    recv_us         INTEGER NOT NULL,
+    time_ms         INTEGER NOT NULL,
+    open_interest   REAL NOT NULL
+);
+CREATE UNIQUE INDEX open_interest_dedup ON open_interest (market, symbol, time_ms);
+CREATE INDEX open_interest_recv ON open_interest (recv_us);
+"""
+
 #: (version, statements): step N takes a buffer from user_version N-1 to N.
 MIGRATIONS: tuple[tuple[int, str], ...] = (
     (1, _COLLECTOR_TABLES + _ARCHIVE_TABLES),
     (2, _EVERY_KIND),
     (3, _CONTINUITY),
     (4, _SILENCE),
+    (5, _OPEN_INTEREST),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 #: Every statement of every step, in order: what a new buffer runs (benchmarks build one with it).

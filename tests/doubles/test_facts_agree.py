@@ -69,6 +69,12 @@ def disagreements() -> list[str]:
             same(f"{m} stream name {name!r}", parsed(product.parse_stream_name(name, pm)),
                  parsed(sim.parse_stream_name(name, sm)))
     same("USD-M depth limits", product.USDM_DEPTH_LIMITS, sim.USDM_DEPTH_LIMITS)
+    same("open interest markets", sorted(m.value for m in product.OPEN_INTEREST),
+         sorted(m.value for m in sim.OPEN_INTEREST_PATH))
+    for pm, (path, weight) in product.OPEN_INTEREST.items():
+        sm = sim.Market(pm.value)
+        same(f"{pm.value} open interest (path, weight)", (path, weight),
+             (sim.OPEN_INTEREST_PATH[sm], sim.REST_WEIGHT.get(sim.OPEN_INTEREST_PATH[sm])))
     return bad
 
 

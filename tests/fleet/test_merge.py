@@ -11,7 +11,8 @@ import pytest
 
 from orderbook_assets.archive import export, merge
 from orderbook_assets.archive.datasets import (AGG_TRADE, BOOK_TICKER, COVERAGE, COVERAGE_SCHEMA, DATASETS, DEPTH,
-                                               DEPTH_REST, DEPTH_SCHEMA, DEPTH_SCHEMA_V1, DEPTH_UPDATE, TRADE)
+                                               DEPTH_REST, DEPTH_SCHEMA, DEPTH_SCHEMA_V1, DEPTH_UPDATE, OPEN_INTEREST,
+                                               TRADE)
 from orderbook_assets.archive.store import LocalStore
 from orderbook_core.errors import ConfigError
 
@@ -19,7 +20,8 @@ HOUR = 1_795_428_000_000_000  # 2026-11-23 10:00 UTC
 S = 1_000_000
 LEVELS = [{"price": 1.0, "qty": 2.0}]
 STREAMS = {DEPTH: "btcusdt@depth20@100ms", DEPTH_UPDATE: "btcusdt@depth@100ms", DEPTH_REST: "btcusdt@depth@100ms",
-           TRADE: "btcusdt@trade", AGG_TRADE: "btcusdt@aggTrade", BOOK_TICKER: "btcusdt@bookTicker"}
+           TRADE: "btcusdt@trade", AGG_TRADE: "btcusdt@aggTrade", BOOK_TICKER: "btcusdt@bookTicker",
+           OPEN_INTEREST: "btcusdt@openInterest"}
 
 
 def table(dataset: str, rows: list[dict]) -> pa.Table:
@@ -75,7 +77,12 @@ def ts(offset_us: int):
 
 
 def kept(out: pa.Table, dataset: str) -> list[tuple]:
-    return [(r[DATASETS[dataset].dedup[-1]], r["collector"]) for r in out.to_pylist()]
+    """(dedup id, collector) of each row; a time key (open interest's ``time``) as µs from the hour."""
+    key = DATASETS[dataset].dedup[-1]
+    ids = out[key].cast(pa.int64()).to_pylist() if out.schema.field(key).type == pa.timestamp("us", tz="UTC") \
+        else out[key].to_pylist()
+    return [(i - HOUR if out.schema.field(key).type != pa.int64() else i, c)
+            for i, c in zip(ids, out["collector"].to_pylist())]
 
 
 def test_every_key_once_earliest_copy_kept_with_its_collector():

@@ -148,6 +148,7 @@ from .facts import (
     DEPTH_DEFAULT_LIMIT,
     MAX_INCOMING_PER_SEC,
     MAX_STREAMS,
+    OPEN_INTEREST_PATH,
     REST_WEIGHT,
     REST_WEIGHT_PER_MINUTE,
     SERVED_KINDS,
@@ -786,6 +787,12 @@ class Exchange:
         self.skipped_ticks = 0
         self._replay_next = 0
         self._reject: tuple[int, int, int] | None = None  # (status, retry_after, count)
+        #: open interest per (market, symbol), a walk from a seeded start; every answer given is
+        #: logged in ``open_interest_sent`` (the oracle of the polled dataset)
+        self._oi_rng = random.Random(seed)
+        self._oi: dict[tuple[Market, str], float] = {}
+        self.open_interest_sent: list[dict] = []
+        self._oi_faults: deque[str] = deque()  # the next answers' faults: "error" (503) or "negative"
         self._server = None
         self._log_file = None
         self._log_buf: list[bytes] = []
@@ -960,6 +967,8 @@ class Exchange:
                    "Please use WebSocket Streams for live updates to avoid bans.")
             return _http(418, {"code": -1003, "msg": msg}, (("Retry-After", str(verdict.retry_after)), *used))
         now_ms = time.time_ns() // 1_000_000
+        if path == OPEN_INTEREST_PATH.get(market):
+            return self._open_interest(market, query.get("symbol", ""), now_ms, used)
         if path.endswith("/ping"):
             return _http(200, {}, used)
         if path.endswith("/time"):
@@ -986,6 +995,35 @@ class Exchange:
         bids, asks = book.top_levels(limit)
         t = book.diffs[-1].time_ms if book.diffs else now_ms
         return _http(200, {"lastUpdateId": book.last_id, "E": now_ms, "T": t, "bids": bids, "asks": asks}, used)
+
+    def _open_interest(self, market: Market, symbol: str, now_ms: int, used: tuple) -> Response:
+        """A symbol's open interest now (USD-M REST "Open Interest"), unless a fault is planted."""
+        if self.listing[market].get(symbol.lower()) is None:
+            return _http(400, {"code": -1121, "msg": "Invalid symbol."}, used)
+        fault = self._oi_faults.popleft() if self._oi_faults else None
+        if fault == "error":
+            return _http(503, {"code": -1001, "msg": "Service Unavailable."}, used)
+        key = (market, symbol.lower())
+        oi = self._oi.get(key, 10_000.0 + self._oi_rng.randrange(0, 5_000_000) / 1000)
+        self._oi[key] = oi = round(max(0.0, oi + self._oi_rng.randrange(-5000, 5001) / 1000), 3)
+        body = {"openInterest": f"{-oi if fault == 'negative' else oi:.3f}", "symbol": symbol.upper(), "time": now_ms}
+        self.open_interest_sent.append({"market": market.value, **body, "fault": fault})
+        return _http(200, body, used)
+
+    def fail_open_interest(self, n: int = 1, how: str = "error") -> None:
+        """Spoil the next ``n`` open-interest answers: ``error`` answers 503, ``negative`` a negative value."""
+        if how not in ("error", "negative") or n < 1:
+            raise ValueError(f"fail_open_interest takes n >= 1 and how=error|negative, not {n}, {how!r}")
+        self._oi_faults.extend([how] * n)
+
+    def burn_weight(self, weight: int, market: Market = Market.USDM) -> None:
+        """Another client on this IP spends ``weight`` of the market's REST budget in the current
+        window (a weight storm): every answer's ``X-MBX-USED-WEIGHT-1M`` counts it."""
+        lim, now = self.limiters[Market(market)], time.monotonic()
+        if now >= lim.window_start + lim.window:  # roll the window first, as a request would
+            lim.window_start = now - (now - lim.window_start) % lim.window
+            lim.used = 0
+        lim.used += weight
 
     def _exchange_info(self, market: Market, now_ms: int) -> dict:
         """Every symbol ever listed with its status (TRADING, or delisted: the list changes)."""
@@ -1023,6 +1061,7 @@ class Exchange:
         server_shutdown?grace=S  drop_diff?stream=NAME&market=spot|usdm
         drop_trades?stream=NAME&n=N&market=..  list_symbol?symbol=S&market=..  (no market: both)
         delist_symbol?symbol=S&market=..  route?market=usdm&kind=K&route=public|market
+        fail_open_interest?n=N&how=error|negative  burn_weight?weight=W&market=.. (others' weight)
         mute?stream=NAME&market=..  unmute?stream=NAME&market=..
         daily_files?folder=PATH&date=YYYY-MM-DD (the exchange's daily trade files; default today)
         stats (GET or POST: the counters)
@@ -1055,6 +1094,10 @@ class Exchange:
                 self.drop_diff(q.get("stream", arg or ""), markets[0])
             elif name == "drop_trades":
                 self.drop_trades(q.get("stream", arg or ""), int(q.get("n", 1)), markets[0])
+            elif name == "fail_open_interest":
+                self.fail_open_interest(int(q.get("n", arg or 1)), q.get("how", "error"))
+            elif name == "burn_weight":
+                self.burn_weight(int(q.get("weight", arg or 0)), markets[0])
             elif name == "route":
                 self.set_route(q.get("kind", arg or ""), q.get("route", ""), Market(q.get("market", "usdm")))
             elif name in ("mute", "unmute"):

@@ -209,7 +209,12 @@ USDM_DEPTH_LIMITS = (5, 10, 20, 50, 100, 500, 1000)
 REST_WEIGHT = {
     "/api/v3/ping": 1, "/api/v3/time": 1, "/api/v3/exchangeInfo": 20,
     "/fapi/v1/ping": 1, "/fapi/v1/time": 1, "/fapi/v1/exchangeInfo": 1,
+    # USD-M REST "Open Interest" (developers.binance.com .../usds-margined-futures/market-data/
+    # rest-api/Open-Interest): weight 1, answer {"openInterest": "10659.509", "symbol": "BTCUSDT", "time": ...}
+    "/fapi/v1/openInterest": 1,
 }
+#: The REST paths answering a symbol's open interest, per market (the same page).
+OPEN_INTEREST_PATH = {Market.USDM: "/fapi/v1/openInterest"}
 #: ``exchangeInfo`` per market: (path, weight), as above.
 EXCHANGE_INFO = {Market.SPOT: ("/api/v3/exchangeInfo", 20), Market.USDM: ("/fapi/v1/exchangeInfo", 1)}
 
