@@ -658,6 +658,7 @@ class WeightLimiter:
     banned_until: float = 0.0
     requests: int = 0
     weight_total: int = 0
+    others: int = 0  # weight other clients on the IP spend at the start of every window (a storm)
     rejected_429: int = 0
     rejected_418: int = 0
 
@@ -665,7 +666,7 @@ class WeightLimiter:
         self.requests += 1
         if now >= self.window_start + self.window:
             self.window_start = now - (now - self.window_start) % self.window
-            self.used = 0
+            self.used = self.others
         if now < self.banned_until:
             self.rejected_418 += 1
             return Admission(418, math.ceil(self.banned_until - now), self.used)
@@ -1002,6 +1003,8 @@ class Exchange:
             return _http(400, {"code": -1121, "msg": "Invalid symbol."}, used)
         fault = self._oi_faults.popleft() if self._oi_faults else None
         if fault == "error":
+            self.open_interest_sent.append({"market": market.value, "openInterest": None, "symbol": symbol.upper(),
+                                            "time": now_ms, "fault": fault})
             return _http(503, {"code": -1001, "msg": "Service Unavailable."}, used)
         key = (market, symbol.lower())
         oi = self._oi.get(key, 10_000.0 + self._oi_rng.randrange(0, 5_000_000) / 1000)
@@ -1016,14 +1019,15 @@ class Exchange:
             raise ValueError(f"fail_open_interest takes n >= 1 and how=error|negative, not {n}, {how!r}")
         self._oi_faults.extend([how] * n)
 
-    def burn_weight(self, weight: int, market: Market = Market.USDM) -> None:
-        """Another client on this IP spends ``weight`` of the market's REST budget in the current
-        window (a weight storm): every answer's ``X-MBX-USED-WEIGHT-1M`` counts it."""
-        lim, now = self.limiters[Market(market)], time.monotonic()
-        if now >= lim.window_start + lim.window:  # roll the window first, as a request would
-            lim.window_start = now - (now - lim.window_start) % lim.window
-            lim.used = 0
-        lim.used += weight
+    def weight_storm(self, weight: int, market: Market = Market.USDM) -> None:
+        """Other clients on this IP spend ``weight`` of the market's REST budget at the start of
+        every window from now on (this one included; 0 ends the storm): every answer's
+        ``X-MBX-USED-WEIGHT-1M`` counts it, and it leaves the rest of the budget to us."""
+        lim = self.limiters[Market(market)]
+        if not 0 <= weight <= lim.budget:
+            raise ValueError(f"a storm of {weight} does not fit a budget of {lim.budget}")
+        lim.used = max(0, lim.used + weight - lim.others)
+        lim.others = weight
 
     def _exchange_info(self, market: Market, now_ms: int) -> dict:
         """Every symbol ever listed with its status (TRADING, or delisted: the list changes)."""
@@ -1061,7 +1065,7 @@ class Exchange:
         server_shutdown?grace=S  drop_diff?stream=NAME&market=spot|usdm
         drop_trades?stream=NAME&n=N&market=..  list_symbol?symbol=S&market=..  (no market: both)
         delist_symbol?symbol=S&market=..  route?market=usdm&kind=K&route=public|market
-        fail_open_interest?n=N&how=error|negative  burn_weight?weight=W&market=.. (others' weight)
+        fail_open_interest?n=N&how=error|negative  weight_storm?weight=W&market=.. (others' weight a window)
         mute?stream=NAME&market=..  unmute?stream=NAME&market=..
         daily_files?folder=PATH&date=YYYY-MM-DD (the exchange's daily trade files; default today)
         stats (GET or POST: the counters)
@@ -1096,8 +1100,8 @@ class Exchange:
                 self.drop_trades(q.get("stream", arg or ""), int(q.get("n", 1)), markets[0])
             elif name == "fail_open_interest":
                 self.fail_open_interest(int(q.get("n", arg or 1)), q.get("how", "error"))
-            elif name == "burn_weight":
-                self.burn_weight(int(q.get("weight", arg or 0)), markets[0])
+            elif name == "weight_storm":
+                self.weight_storm(int(q.get("weight", arg or 0)), markets[0])
             elif name == "route":
                 self.set_route(q.get("kind", arg or ""), q.get("route", ""), Market(q.get("market", "usdm")))
             elif name in ("mute", "unmute"):
