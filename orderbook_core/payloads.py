@@ -31,7 +31,7 @@ from orderbook_core.buffer.records import (
     TradeRecord,
 )
 from orderbook_core.errors import FrameError
-from orderbook_core.streams import Kind, Market, StreamSpec, open_interest_key
+from orderbook_core.streams import FUTURES, Kind, Market, StreamSpec, open_interest_key
 
 _U63 = 1 << 63
 #: A diff event carries the levels that changed; more than this on a side is not a book.
@@ -149,7 +149,7 @@ def _usdm_partial(spec, data, recv_us, sid, seq, wide) -> DepthRecord:
 
 def _diff(spec, data, recv_us, sid, seq, wide) -> DepthUpdateRecord:
     first, last = _depth_update_ids(spec, data)
-    usdm = spec.market is Market.USDM
+    usdm = spec.market in FUTURES
     levels, n_bids = pack_sides(data.get("b"), data.get("a"), MAX_DIFF_LEVELS)
     return DepthUpdateRecord(
         spec.key, recv_us, sid, seq, _uint(data, "E", "event time"),
@@ -183,7 +183,7 @@ def _agg_trade(spec, data, recv_us, sid, seq, wide) -> AggTradeRecord:
 
 def _book_ticker(spec, data, recv_us, sid, seq, wide) -> BookTickerRecord:
     _symbol(spec, data)
-    usdm = spec.market is Market.USDM
+    usdm = spec.market in FUTURES
     if usdm:
         _event(data, "bookTicker")
     return BookTickerRecord(
@@ -214,7 +214,7 @@ def decode_rest_depth(spec: StreamSpec, body: bytes, recv_us: int, reason: str, 
         raise FrameError("depth snapshot is not a JSON object")
     last_id = _uint(data, "lastUpdateId", "last update id")
     levels, n_bids = pack_sides(data.get("bids"), data.get("asks"), limit)
-    usdm = spec.market is Market.USDM
+    usdm = spec.market in FUTURES
     return DepthRestSnapshotRecord(
         spec.key, spec.market.value, spec.symbol.upper(), recv_us, last_id, n_bids, levels, reason,
         _uint(data, "E", "message time") if usdm else None, _uint(data, "T", "transaction time") if usdm else None,
@@ -257,6 +257,8 @@ _DECODERS: dict[tuple[Kind, Market], Callable[..., Row]] = {
     (Kind.BOOK_TICKER, Market.SPOT): _book_ticker,
     (Kind.BOOK_TICKER, Market.USDM): _book_ticker,
 }
+# COIN-M payloads are USD-M's with the pair (``ps``) added, which is not recorded.
+_DECODERS.update({(kind, Market.COINM): f for (kind, m), f in list(_DECODERS.items()) if m is Market.USDM})
 
 
 # The batch fast path ---------------------------------------------------------------------
@@ -423,7 +425,7 @@ class FastPath:
         if (data["e"] != "depthUpdate" or data["s"] != route.symbol or not _u(first) or not _u(last)
                 or first > last or not _u(event)):
             raise FrameError("strict")
-        if spec.market is Market.USDM:
+        if spec.market in FUTURES:
             txn, prev = data["T"], data["pu"]
             if not _u(txn) or not _u(prev):
                 raise FrameError("strict")

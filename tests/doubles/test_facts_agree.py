@@ -110,5 +110,5 @@ def test_the_daily_files_layout_agrees_with_the_reconciliation():
     assert {m.value: p for m, p in sim.DAILY_PATH.items()} == rc.MARKET_PATHS
     for kind, dataset in kinds.items():
         assert sim.DAILY_KIND[kind] == rc.KINDS[dataset].folder
-        for m in sim.Market:
+        for m in sim.DAILY_PATH:  # the markets whose daily files are simulated (not COIN-M)
             assert sim.DAILY_COLUMNS[(m, kind)] == rc.KINDS[dataset].columns[m.value], (m, kind)

@@ -59,6 +59,7 @@ def settings_for(ex: Exchange, buffer) -> Settings:
         usdm_symbols=[SYMBOL], usdm_streams=KINDS, usdm_ws_url=ex.ws_url, usdm_rest_url=ex.rest_url,
         buffer=buffer, metrics_port=-1, backoff_initial=0.05, backoff_max=0.2, min_session=0.0,
         depth_snapshot_limit=SNAPSHOT_LIMIT, usdm_depth_snapshot_limit=SNAPSHOT_LIMIT,
+        open_interest_seconds=0.5,  # USD-M open interest polled too: every dataset has rows
     )
 
 

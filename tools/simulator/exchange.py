@@ -148,6 +148,8 @@ from .facts import (
     DEPTH_DEFAULT_LIMIT,
     MAX_INCOMING_PER_SEC,
     MAX_STREAMS,
+    DEPTH_PATH,
+    FUTURES,
     OPEN_INTEREST_PATH,
     REST_WEIGHT,
     REST_WEIGHT_PER_MINUTE,
@@ -201,6 +203,9 @@ def market_params(symbol: str) -> tuple[int, int, int]:
 #: Binance serves USD-M on its own host; here both markets share one port, so USD-M's
 #: paths may carry this prefix, which its retired unrouted ``/ws`` and ``/stream`` need.
 USDM_PREFIX = "fstream"
+#: COIN-M's paths carry this prefix here (``ws://host:port/dstream/stream?streams=...``): its own
+#: host on Binance, unrouted (whether it adopted ``/public`` and ``/market`` is not settled).
+COINM_PREFIX = "dstream"
 
 
 def parse_stream(name: str, symbols: Any, market: Market = Market.SPOT) -> StreamSpec | None:
@@ -571,7 +576,7 @@ class SymbolStatus(str, Enum):
 
 
 #: The status a delisted symbol shows on each market.
-DELISTED = {Market.SPOT: SymbolStatus.BREAK, Market.USDM: SymbolStatus.SETTLING}
+DELISTED = {Market.SPOT: SymbolStatus.BREAK, Market.USDM: SymbolStatus.SETTLING, Market.COINM: SymbolStatus.SETTLING}
 
 
 class StreamKey(NamedTuple):
@@ -696,6 +701,11 @@ def _split_symbol(symbol: str) -> tuple[str, str]:
     return symbol[: -len(quote)].upper(), quote.upper()
 
 
+def _contract_type(symbol: str) -> str:
+    """A COIN-M symbol's ``contractType``: ``PERPETUAL`` for ``_perp``, else a quarter (dated contracts)."""
+    return "PERPETUAL" if symbol.lower().endswith("_perp") else "CURRENT_QUARTER"
+
+
 def _error(code: int, msg: str, rid: Any) -> dict:
     return {"error": {"code": code, "msg": msg}, "id": rid}
 
@@ -744,9 +754,11 @@ class Exchange:
         weight_budget: dict[Market, int] | None = None, weight_window: float = 60.0,
         ban_seconds: float = 120.0, trend: float = 0.0, jump: float = 0.0,
         partials_aligned: bool = False, partial_rate: float | None = None,
-        trade_tape_limit: int = daily.DEFAULT_LIMIT,
+        trade_tape_limit: int = daily.DEFAULT_LIMIT, coinm_symbols=("btcusd_perp",),
     ):
         self.symbols = [s.strip().lower() for s in symbols if s.strip()]
+        #: COIN-M's symbols (a pair and a contract: its names differ from spot's and USD-M's)
+        self.coinm_symbols = [s.strip().lower() for s in coinm_symbols if s.strip()]
         self.host, self.port = host, port
         self.rate = rate
         self.base_rate = float(rate) if rate else 10.0  # the book clock: steps per second
@@ -771,7 +783,7 @@ class Exchange:
         self.books: dict[Market, dict[str, Book]] = {m: {} for m in Market}
         self.listing: dict[Market, dict[str, SymbolStatus]] = {m: {} for m in Market}
         for m in Market:
-            for sym in self.symbols:
+            for sym in (self.coinm_symbols if m is Market.COINM else self.symbols):
                 self.books[m][sym] = self._new_book(m, sym)
                 self.listing[m][sym] = SymbolStatus.TRADING
         budgets = {**REST_WEIGHT_PER_MINUTE, **{Market(m): b for m, b in (weight_budget or {}).items()}}
@@ -903,6 +915,8 @@ class Exchange:
             return self._rest(Market.SPOT, url.path, query)
         if url.path.startswith("/fapi/"):
             return self._rest(Market.USDM, url.path, query)
+        if url.path.startswith("/dapi/"):
+            return self._rest(Market.COINM, url.path, query)
         if url.path == "/control/daily_files" and self.control_enabled:
             return await self._daily_files_http(query)
         if url.path.startswith("/control/") and self.control_enabled:
@@ -929,6 +943,13 @@ class Exchange:
         """
         market, route = Market.SPOT, None
         head, _, rest = path.lstrip("/").partition("/")
+        if head == COINM_PREFIX:
+            path = "/" + rest
+            if path == "/stream":
+                return Endpoint(Market.COINM, None, True, [s for s in query.get("streams", "").split("/") if s])
+            if path == "/ws" or path.startswith("/ws/"):
+                return Endpoint(Market.COINM, None, False, [s for s in path[4:].split("/") if s])
+            return None
         if head == USDM_PREFIX:
             market, path = Market.USDM, "/" + rest
             head, _, rest = rest.partition("/")
@@ -942,7 +963,7 @@ class Exchange:
 
     def _rest(self, market: Market, path: str, query: dict) -> Response:
         """Binance's REST market data; every answer but 404 is weighed and carries the used weight."""
-        depth = path in ("/api/v3/depth", "/fapi/v1/depth")
+        depth = path == DEPTH_PATH[market]
         if not depth and path not in REST_WEIGHT:
             return _http(404, {"code": -1000, "msg": f"Unknown path {path}"})
         limit: int | None = None
@@ -984,7 +1005,7 @@ class Exchange:
         if book is None:
             return _http(400, {"code": -1121, "msg": "Invalid symbol."}, used)
         if limit is None or depth_weight(market, limit) is None:
-            if market is Market.USDM:
+            if market in FUTURES:
                 return _http(400, {"code": -1130, "msg": "Data sent for parameter 'limit' is not valid."}, used)
             if limit is None or limit < 1:
                 return _http(400, {"code": -1100, "msg": "Illegal characters found in parameter 'limit'."}, used)
@@ -1010,6 +1031,10 @@ class Exchange:
         oi = self._oi.get(key, 10_000.0 + self._oi_rng.randrange(0, 5_000_000) / 1000)
         self._oi[key] = oi = round(max(0.0, oi + self._oi_rng.randrange(-5000, 5001) / 1000), 3)
         body = {"openInterest": f"{-oi if fault == 'negative' else oi:.3f}", "symbol": symbol.upper(), "time": now_ms}
+        if market is Market.COINM:  # COIN-M "Open Interest": the pair and contract type too, contracts counted
+            body = {"symbol": symbol.upper(), "pair": symbol.split("_")[0].upper(),
+                    "openInterest": f"{-round(oi) if fault == 'negative' else round(oi)}",
+                    "contractType": _contract_type(symbol), "time": now_ms}
         self.open_interest_sent.append({"market": market.value, **body, "fault": fault})
         return _http(200, body, used)
 
@@ -1037,6 +1062,11 @@ class Exchange:
             entry = {"symbol": sym.upper(), "status": status.value, "baseAsset": base, "quoteAsset": quote}
             if market is Market.USDM:
                 entry.update(pair=sym.upper(), contractType="PERPETUAL")
+            elif market is Market.COINM:  # COIN-M says contractStatus, not status (COIN-M "Exchange Information")
+                pair = sym.split("_")[0].upper()
+                entry = {"symbol": sym.upper(), "pair": pair, "contractType": _contract_type(sym),
+                         "contractStatus": status.value, "baseAsset": pair[:-3], "quoteAsset": "USD",
+                         "marginAsset": pair[:-3]}
             symbols.append(entry)
         limits = [{"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1,
                    "limit": self.limiters[market].budget}]
@@ -1107,6 +1137,9 @@ class Exchange:
             elif name in ("mute", "unmute"):
                 (self.mute if name == "mute" else self.unmute)(q.get("stream", arg or ""), markets[0])
             elif name in ("list_symbol", "delist_symbol"):
+                if "market" not in q:  # every market whose names it fits: spot and USD-M, or COIN-M
+                    sym = q.get("symbol", arg or "").lower()
+                    markets = [m for m in Market if parse_stream_name(f"{sym}@trade", m)] or markets
                 for m in markets:
                     (self.list_symbol if name == "list_symbol" else self.delist_symbol)(q.get("symbol", arg or ""), m)
             else:
@@ -1296,7 +1329,7 @@ class Exchange:
     def _serves(self, conn: _Conn, spec: StreamSpec) -> bool:
         """Whether ``conn`` receives ``spec``: always on spot; on USD-M only on the route that
         serves its kind (the unrouted paths count as ``UNROUTED_AS``)."""
-        if conn.market is Market.SPOT:
+        if conn.market is not Market.USDM:  # spot, and COIN-M unrouted
             return True
         return self.routes[spec.type] is (conn.route or UNROUTED_AS)
 
@@ -1353,7 +1386,8 @@ class Exchange:
 
     def _messages(self, st: _Stream, book: Book, since: int | None) -> list[_Msg]:
         """The messages of ``st`` for the book steps after ``since``, in Binance's payloads."""
-        spec, usdm = st.spec, st.spec.market is Market.USDM
+        spec, usdm = st.spec, st.spec.market in FUTURES  # COIN-M's payloads are USD-M's plus the pair
+        coinm = spec.market is Market.COINM
         now_ms = time.time_ns() // 1_000_000
         sym = book.symbol.upper()
         steps = book.steps_since(since)
@@ -1381,7 +1415,7 @@ class Exchange:
             head: dict = {"e": "depthUpdate", "E": now_ms}
             if usdm:
                 head["T"] = steps[-1].time_ms
-            head.update(s=sym, U=first, u=book.last_id)
+            head.update(s=sym, **({"ps": sym.split("_")[0]} if coinm else {}), U=first, u=book.last_id)
             if usdm:
                 head["pu"] = first - 1 if spec.type is Kind.DIFF_DEPTH else prev_u
             msg({**head, "b": b, "a": a}, book.last_id, book.last_id)
@@ -1401,7 +1435,9 @@ class Exchange:
             elif s.top is not None:  # bookTicker: every change of the best levels
                 body = {"u": s.last_id, "s": sym, "b": book.px(s.top.bid), "B": fmt_e8(s.top.bid_qty),
                         "a": book.px(s.top.ask), "A": fmt_e8(s.top.ask_qty)}
-                if usdm:
+                if coinm:  # COIN-M streams' order: e,u,s,b,B,a,A,T,E,ps
+                    body = {"e": "bookTicker", **body, "T": s.time_ms, "E": now_ms, "ps": sym.split("_")[0]}
+                elif usdm:
                     body = {"e": "bookTicker", "u": s.last_id, "E": now_ms, "T": s.time_ms, **body}
                 msg(body, s.last_id, s.last_id)
         return out
