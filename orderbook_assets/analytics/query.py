@@ -34,7 +34,8 @@ from orderbook_assets.analytics import views
 from orderbook_assets.archive.location import Location
 
 USER_ERROR = 2
-VIEWS_HELP = ("depth_snapshot, depth_update, depth_rest_snapshot, trade, agg_trade, book_ticker, top_of_book, coverage "
+VIEWS_HELP = ("depth_snapshot, depth_update, depth_rest_snapshot, trade, agg_trade, book_ticker, open_interest, top_of_book, "
+              "coverage "
               "and the macro book_at(symbol, time)")
 
 
