@@ -19,6 +19,7 @@ from orderbook_core.buffer.db import DEFAULT_PATH
 from orderbook_collector.feed.silence import Rules
 from orderbook_core.errors import ConfigError
 from orderbook_core.streams import (
+    MARKET_TITLE,
     MAX_STREAMS,
     USDM_DEPTH_LIMITS,
     Market,
@@ -55,7 +56,11 @@ class Settings:
     usdm_streams: list[str] = field(default_factory=lambda: ["depth@100ms"])
     usdm_ws_url: str = "wss://fstream.binance.com"
     usdm_rest_url: str = "https://fapi.binance.com"
-    #: The file form (ORDERBOOK_SUBSCRIPTIONS), parsed; when given it replaces the four settings above.
+    coinm_symbols: list[str] = field(default_factory=list)  # empty: no COIN-M futures
+    coinm_streams: list[str] = field(default_factory=lambda: ["depth@100ms"])
+    coinm_ws_url: str = "wss://dstream.binance.com"
+    coinm_rest_url: str = "https://dapi.binance.com"
+    #: The file form (ORDERBOOK_SUBSCRIPTIONS), parsed; when given it replaces the symbol and stream settings above.
     file_subscriptions: tuple[Subscription, ...] | None = None
     symbols_refresh: float = 300.0  # seconds between exchangeInfo reads for ``*``
     buffer: Path = DEFAULT_PATH
@@ -88,6 +93,8 @@ class Settings:
         subs = [Subscription(Market.SPOT, tuple(self.symbols), tuple(self.streams))]
         if self.usdm_symbols:
             subs.append(Subscription(Market.USDM, tuple(self.usdm_symbols), tuple(self.usdm_streams)))
+        if self.coinm_symbols:
+            subs.append(Subscription(Market.COINM, tuple(self.coinm_symbols), tuple(self.coinm_streams)))
         return subs
 
     def markets(self) -> list[Market]:
@@ -100,10 +107,14 @@ class Settings:
     rest_weight_share: float = 0.5
     depth_snapshot_limit: int | None = None
     usdm_depth_snapshot_limit: int | None = None
+    coinm_depth_snapshot_limit: int | None = None
     rebase_seconds: float | None = None
     rest_concurrency: int = 4
     rest_weight_budget: dict | None = None
     rest_weight_window: float = 60.0
+    #: Seconds between two polls of one futures symbol's open interest (connection/open_interest.py),
+    #: every futures symbol recorded; 0: not polled.
+    open_interest_seconds: float = 0.0
 
     def silence_rules(self) -> Rules:
         return Rules(self.silence_cadences, int(self.silence_min_seconds * 1e6),
@@ -111,7 +122,8 @@ class Settings:
 
     def snapshot_limit(self, market: Market) -> int | None:
         """The configured snapshot limit of ``market``; None: the deepest the re-base plan allows."""
-        return self.depth_snapshot_limit if market is Market.SPOT else self.usdm_depth_snapshot_limit
+        return {Market.SPOT: self.depth_snapshot_limit, Market.USDM: self.usdm_depth_snapshot_limit,
+                Market.COINM: self.coinm_depth_snapshot_limit}[market]
 
     def stream_specs(self) -> list[StreamSpec]:
         """Every stream of the named symbols (``*`` streams come from exchangeInfo at run time)."""
@@ -127,10 +139,10 @@ class Settings:
         return list(dict.fromkeys(kinds))
 
     def ws_base(self, market: Market) -> str:
-        return self.ws_url if market is Market.SPOT else self.usdm_ws_url
+        return {Market.SPOT: self.ws_url, Market.USDM: self.usdm_ws_url, Market.COINM: self.coinm_ws_url}[market]
 
     def rest_base(self, market: Market) -> str:
-        return self.rest_url if market is Market.SPOT else self.usdm_rest_url
+        return {Market.SPOT: self.rest_url, Market.USDM: self.usdm_rest_url, Market.COINM: self.coinm_rest_url}[market]
 
     def max_streams(self, market: Market) -> int:
         n = MAX_STREAMS[market]
@@ -158,6 +170,11 @@ _FIELDS = {
     "usdm_streams": ("ORDERBOOK_USDM_STREAMS", "--usdm-streams", "USD-M stream kinds, e.g. depth@100ms,aggTrade,markPrice@1s,forceOrder"),
     "usdm_ws_url": ("ORDERBOOK_USDM_WS_URL", "--usdm-ws-url", "USD-M WebSocket base URL (without /public or /market)"),
     "usdm_rest_url": ("ORDERBOOK_USDM_REST_URL", "--usdm-rest-url", "USD-M REST base URL"),
+    "coinm_symbols": ("ORDERBOOK_COINM_SYMBOLS", "--coinm-symbols",
+                      "COIN-M futures symbols (e.g. btcusd_perp) or *; empty records no COIN-M"),
+    "coinm_streams": ("ORDERBOOK_COINM_STREAMS", "--coinm-streams", "COIN-M stream kinds, e.g. depth@100ms,aggTrade"),
+    "coinm_ws_url": ("ORDERBOOK_COINM_WS_URL", "--coinm-ws-url", "COIN-M WebSocket base URL"),
+    "coinm_rest_url": ("ORDERBOOK_COINM_REST_URL", "--coinm-rest-url", "COIN-M REST base URL"),
     "subscriptions": (SUBSCRIPTIONS, "--subscriptions", "a TOML file of [[subscription]] tables (instead of the four symbol/stream settings)"),
     "symbols_refresh": ("ORDERBOOK_SYMBOLS_REFRESH_SECONDS", "--symbols-refresh-seconds", "how often * reads exchangeInfo (s)"),
     "buffer": ("ORDERBOOK_BUFFER", "--buffer", "SQLite buffer path"),
@@ -179,13 +196,17 @@ _FIELDS = {
                           "share of each market's REST weight budget diff-depth snapshots may use (0-1]"),
     "depth_snapshot_limit": ("ORDERBOOK_DEPTH_SNAPSHOT_LIMIT", "--depth-snapshot-limit",
                              "levels per side of spot REST depth snapshots (1-5000)"),
+    "coinm_depth_snapshot_limit": ("ORDERBOOK_COINM_DEPTH_SNAPSHOT_LIMIT", "--coinm-depth-snapshot-limit",
+                                   "levels per side of COIN-M REST depth snapshots (5, 10, 20, 50, 100, 500, 1000)"),
     "usdm_depth_snapshot_limit": ("ORDERBOOK_USDM_DEPTH_SNAPSHOT_LIMIT", "--usdm-depth-snapshot-limit",
                                   "levels per side of USD-M REST depth snapshots (5, 10, 20, 50, 100, 500, 1000)"),
     "rebase_seconds": ("ORDERBOOK_REBASE_SECONDS", "--rebase-seconds",
                        "seconds between two REST re-bases of one diff stream (default: planned from the budget)"),
+    "open_interest_seconds": ("ORDERBOOK_OPEN_INTEREST_SECONDS", "--open-interest-seconds",
+                              "seconds between two open-interest polls of each futures symbol recorded (0: off)"),
 }
 #: The environment form of what to record; ORDERBOOK_SUBSCRIPTIONS replaces all four.
-_ENV_FORM = ("symbols", "streams", "usdm_symbols", "usdm_streams")
+_ENV_FORM = ("symbols", "streams", "usdm_symbols", "usdm_streams", "coinm_symbols", "coinm_streams")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -222,10 +243,11 @@ def _validate(raw: dict[str, str]) -> Settings:
             raise ConfigError(SUBSCRIPTIONS, f"is set together with {', '.join(both)}; "
                               f"describe every subscription in the file, or unset {SUBSCRIPTIONS}.")
         kw["file_subscriptions"] = read_subscriptions(Path(raw["subscriptions"]))
-    for name, market, example in (("symbols", Market.SPOT, "btcusdt,ethusdt"), ("usdm_symbols", Market.USDM, "btcusdt")):
+    for name, market, example in (("symbols", Market.SPOT, "btcusdt,ethusdt"), ("usdm_symbols", Market.USDM, "btcusdt"),
+                                  ("coinm_symbols", Market.COINM, "btcusd_perp")):
         if name in raw:
-            kw[name] = _symbols(raw[name].split(","), _FIELDS[name][0], example)
-    for name, market in (("streams", Market.SPOT), ("usdm_streams", Market.USDM)):
+            kw[name] = _symbols(raw[name].split(","), _FIELDS[name][0], example, market)
+    for name, market in (("streams", Market.SPOT), ("usdm_streams", Market.USDM), ("coinm_streams", Market.COINM)):
         if name in raw:
             kw[name] = _kinds(raw[name].split(","), market, _FIELDS[name][0])
     for name, schemes, example in (
@@ -233,6 +255,8 @@ def _validate(raw: dict[str, str]) -> Settings:
         ("rest_url", ("http", "https"), "https://api.binance.com"),
         ("usdm_ws_url", ("ws", "wss"), "wss://fstream.binance.com"),
         ("usdm_rest_url", ("http", "https"), "https://fapi.binance.com"),
+        ("coinm_ws_url", ("ws", "wss"), "wss://dstream.binance.com"),
+        ("coinm_rest_url", ("http", "https"), "https://dapi.binance.com"),
     ):
         if name in raw:
             kw[name] = _url(raw[name], schemes, _FIELDS[name][0], example)
@@ -265,7 +289,7 @@ def _validate(raw: dict[str, str]) -> Settings:
     return Settings(**kw)
 
 
-def _symbols(items: list[str], setting: str, example: str) -> list[str]:
+def _symbols(items: list[str], setting: str, example: str, market: Market = Market.SPOT) -> list[str]:
     """Symbols as given, or ``["*"]``; each checked (a bad one names ``setting``)."""
     symbols = [s.strip().lower() for s in items if s.strip()]
     if not symbols:
@@ -274,7 +298,7 @@ def _symbols(items: list[str], setting: str, example: str) -> list[str]:
         if len(symbols) > 1:
             raise ConfigError(setting, "* already means every trading symbol; give * alone or a list of symbols.")
         return symbols
-    build_streams(symbols, [], symbols_setting=setting)  # validates the names
+    build_streams(symbols, [], market, symbols_setting=setting)  # validates the names on this market
     return list(dict.fromkeys(symbols))
 
 
@@ -322,14 +346,14 @@ def read_subscriptions(path: Path) -> tuple[Subscription, ...]:
         try:
             market = Market(t["market"])
         except ValueError:
-            raise bad(f"{where}: market {t['market']!r} is not spot or usdm.") from None
+            raise bad(f"{where}: market {t['market']!r} is not spot, usdm or coinm.") from None
         symbols, kinds = t["symbols"], t["streams"]
         if symbols == ALL_SYMBOLS:
             symbols = [ALL_SYMBOLS]
         if not _strings(symbols) or not _strings(kinds):
             raise bad(f"{where}: symbols and streams must be lists of strings (symbols may be \"*\").")
         try:
-            syms = _symbols(symbols, SUBSCRIPTIONS, "[\"btcusdt\"]")
+            syms = _symbols(symbols, SUBSCRIPTIONS, "[\"btcusd_perp\"]" if market is Market.COINM else "[\"btcusdt\"]", market)
             ks = _kinds(kinds, market, SUBSCRIPTIONS)
         except ConfigError as exc:
             raise bad(f"{where}: {str(exc).removeprefix(SUBSCRIPTIONS + ': ')}") from None
@@ -355,15 +379,18 @@ def _rest(raw: dict[str, str]) -> dict:
     if "depth_snapshot_limit" in raw:
         n = _int(raw["depth_snapshot_limit"], "ORDERBOOK_DEPTH_SNAPSHOT_LIMIT", 1, 5000)
         kw["depth_snapshot_limit"] = n
-    if "usdm_depth_snapshot_limit" in raw:
-        n = _int(raw["usdm_depth_snapshot_limit"], "ORDERBOOK_USDM_DEPTH_SNAPSHOT_LIMIT", 1, 1000)
-        if depth_weight(Market.USDM, n) is None:
-            raise ConfigError("ORDERBOOK_USDM_DEPTH_SNAPSHOT_LIMIT",
-                              f"USD-M depth snapshots do not take limit={n}; use one of "
-                              f"{', '.join(map(str, USDM_DEPTH_LIMITS))}.")
-        kw["usdm_depth_snapshot_limit"] = n
+    for name, market in (("usdm_depth_snapshot_limit", Market.USDM), ("coinm_depth_snapshot_limit", Market.COINM)):
+        if name in raw:
+            env = _FIELDS[name][0]
+            n = _int(raw[name], env, 1, 1000)
+            if depth_weight(market, n) is None:
+                raise ConfigError(env, f"{MARKET_TITLE[market]} depth snapshots do not take limit={n}; use one of "
+                                       f"{', '.join(map(str, USDM_DEPTH_LIMITS))}.")
+            kw[name] = n
     if "rebase_seconds" in raw:
         kw["rebase_seconds"] = float(_int(raw["rebase_seconds"], "ORDERBOOK_REBASE_SECONDS", 1, 86_400))
+    if "open_interest_seconds" in raw:
+        kw["open_interest_seconds"] = float(_int(raw["open_interest_seconds"], "ORDERBOOK_OPEN_INTEREST_SECONDS", 0, 86_400))
     return kw
 
 

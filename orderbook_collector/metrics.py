@@ -121,6 +121,9 @@ class Metrics:
         self.rest_errors: dict[str, int] = defaultdict(int)
         self.rest_refused: dict[str, int] = defaultdict(int)  # answers the kernel refused (quarantined)
         self.resync_pending: dict[str, int] = defaultdict(int)
+        # Open interest (event loop, connection/open_interest.py), per market: answers polled, polls failed.
+        self.open_interest_polls: dict[str, int] = defaultdict(int)
+        self.open_interest_failures: dict[str, int] = defaultdict(int)
         self.add_streams(streams)
 
     def add_streams(self, streams) -> None:
@@ -223,6 +226,9 @@ class Exposition:
             ("orderbook_rest_errors", "REST requests that failed otherwise (retried), by market.", m.rest_errors),
             ("orderbook_rest_refused", "REST depth snapshots refused by validation (quarantined, asked again), by market.",
              m.rest_refused),
+            ("orderbook_open_interest_polls", "Open-interest answers polled, by market.", m.open_interest_polls),
+            ("orderbook_open_interest_failures", "Open-interest polls failed (each begins or extends a silence), by market.",
+             m.open_interest_failures),
         ):
             f = CounterMetricFamily(name, doc, labels=["market"])
             for market in MARKETS:

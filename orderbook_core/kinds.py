@@ -37,12 +37,13 @@ from orderbook_core.buffer.records import (
     DepthUpdateRecord,
     LiquidationRecord,
     MarkPriceRecord,
+    OpenInterestRecord,
     TradeRecord,
 )
-from orderbook_core.streams import FUTURES_MARKETS, Kind, Market
+from orderbook_core.streams import FUTURES as _FUTURES, Kind, Market
 
 TS = pa.timestamp("us", tz="UTC")
-SPOT, USDM = Market.SPOT, Market.USDM
+SPOT, USDM, COINM = Market.SPOT, Market.USDM, Market.COINM
 
 
 class Type(str, Enum):
@@ -191,8 +192,8 @@ BOOK_TICKER = DatasetSpec(
     {},
 )
 #: The futures markets whose markPrice and forceOrder payloads these specs describe
-#: (``streams.FUTURES_MARKETS``; COIN-M's forceOrder adds ``o.ps``, the pair, which is not kept).
-FUTURES = FUTURES_MARKETS
+#: (``streams.FUTURES``, in a fixed order; COIN-M's forceOrder adds ``o.ps``, the pair, which is not kept).
+FUTURES = tuple(sorted(_FUTURES))
 
 
 def _fut(column: str, type_: str, key: str, buffer: str = "") -> Field:
@@ -231,9 +232,42 @@ LIQUIDATION = DatasetSpec(
     {},
 )
 
+#: REST ``openInterest`` (polled by the collector, no session): its wire is the REST answer
+#: (``orderbook_core.streams.OPEN_INTEREST``). Dedup (market, symbol, time): a poll answered with
+#: the same transaction time is the same value.
+OPEN_INTEREST = DatasetSpec(
+    "open_interest", OpenInterestRecord,
+    (_f("time", "ms", "time_ms", usdm="time"), _f("open_interest", "float", usdm="openInterest")),
+    ("market", "symbol", "time"), None, "time_ms",
+    {},
+    {USDM: ("openInterest", "symbol", "time")},
+    {},
+)
+
+#: COIN-M's payload key order where it differs from USD-M's ("COIN-M streams" examples): depth and
+#: bookTicker add ``ps`` (the pair); every other key, and every value, is as on USD-M.
+_COINM_ORDER = {
+    DEPTH_SNAPSHOT.name: ("e", "E", "T", "s", "ps", "U", "u", "pu", "b", "a"),
+    DEPTH_UPDATE.name: ("e", "E", "T", "s", "ps", "U", "u", "pu", "b", "a"),
+    BOOK_TICKER.name: ("e", "u", "s", "b", "B", "a", "A", "T", "E", "ps"),
+}
+
+
+def _with_coinm(spec: DatasetSpec) -> DatasetSpec:
+    """``spec`` with COIN-M's keys: USD-M's, in COIN-M's order (:data:`_COINM_ORDER`)."""
+    fields = tuple(f._replace(wire={**f.wire, COINM: f.wire[USDM]}) if USDM in f.wire else f for f in spec.fields)
+    event_type = {**spec.event_type, **({COINM: spec.event_type[USDM]} if USDM in spec.event_type else {})}
+    order = {**spec.wire_order, COINM: _COINM_ORDER.get(spec.name, spec.wire_order[USDM])}
+    return spec._replace(fields=fields, event_type=event_type, wire_order=order)
+
+
+DEPTH_SNAPSHOT, DEPTH_UPDATE, DEPTH_REST_SNAPSHOT, TRADE, AGG_TRADE, BOOK_TICKER, OPEN_INTEREST = map(_with_coinm, (
+    DEPTH_SNAPSHOT, DEPTH_UPDATE, DEPTH_REST_SNAPSHOT, TRADE, AGG_TRADE, BOOK_TICKER, OPEN_INTEREST))
+
 #: Every stream dataset, in the order an hour is exported.
 SPECS: dict[str, DatasetSpec] = {s.name: s for s in (
-    DEPTH_SNAPSHOT, DEPTH_UPDATE, DEPTH_REST_SNAPSHOT, TRADE, AGG_TRADE, BOOK_TICKER, MARK_PRICE, LIQUIDATION)}
+    DEPTH_SNAPSHOT, DEPTH_UPDATE, DEPTH_REST_SNAPSHOT, TRADE, AGG_TRADE, BOOK_TICKER, MARK_PRICE, LIQUIDATION,
+    OPEN_INTEREST)}
 #: The spec of each stream kind.
 BY_KIND: dict[Kind, DatasetSpec] = {k: SPECS[k.dataset] for k in Kind}
 
@@ -262,8 +296,10 @@ def encode(spec: DatasetSpec, market: Market | str, row: dict, ms: Any) -> dict:
                 out[key[0]] = obj(key[1], f"{key[0]}.")
             elif key == "e":
                 out[key] = spec.event_type[market]
-            elif key == "s":
+            elif key in ("s", "symbol"):  # the stream's symbol (``symbol`` in REST answers)
                 out[key] = row["symbol"]
+            elif key == "ps":  # COIN-M's pair: the symbol up to its contract (BTCUSD_PERP: BTCUSD)
+                out[key] = row["symbol"].split("_", 1)[0]
             else:
                 f, side = by_key[prefix + key]
                 out[key] = _wire_value(f, row, side, ms)

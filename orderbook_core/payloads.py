@@ -30,11 +30,12 @@ from orderbook_core.buffer.records import (
     DepthUpdateRecord,
     LiquidationRecord,
     MarkPriceRecord,
+    OpenInterestRecord,
     Row,
     TradeRecord,
 )
 from orderbook_core.errors import FrameError, QuarantineReason as Q
-from orderbook_core.streams import FUTURES_MARKETS, Kind, Market, StreamSpec
+from orderbook_core.streams import FUTURES, Kind, Market, StreamSpec, open_interest_key
 
 _U63 = 1 << 63
 #: A diff event carries the levels that changed; more than this on a side is not a book.
@@ -185,7 +186,7 @@ def _usdm_partial(spec, data, recv_us, sid, seq, wide) -> DepthRecord:
 
 def _diff(spec, data, recv_us, sid, seq, wide) -> DepthUpdateRecord:
     first, last = _depth_update_ids(spec, data)
-    usdm = spec.market is Market.USDM
+    usdm = spec.market in FUTURES
     levels, n_bids = pack_sides(data.get("b"), data.get("a"), MAX_DIFF_LEVELS)
     return DepthUpdateRecord(
         spec.key, recv_us, sid, seq, _uint(data, "E", "event time"),
@@ -219,7 +220,7 @@ def _agg_trade(spec, data, recv_us, sid, seq, wide) -> AggTradeRecord:
 
 def _book_ticker(spec, data, recv_us, sid, seq, wide) -> BookTickerRecord:
     _symbol(spec, data)
-    usdm = spec.market is Market.USDM
+    usdm = spec.market in FUTURES
     if usdm:
         _event(data, "bookTicker")
     return BookTickerRecord(
@@ -283,11 +284,35 @@ def decode_rest_depth(spec: StreamSpec, body: bytes, recv_us: int, reason: str, 
         raise FrameError(Q.NOT_OBJECT, "depth snapshot is not a JSON object")
     last_id = _uint(data, "lastUpdateId", "last update id")
     levels, n_bids = pack_sides(data.get("bids"), data.get("asks"), limit)
-    usdm = spec.market is Market.USDM
+    usdm = spec.market in FUTURES
     return DepthRestSnapshotRecord(
         spec.key, spec.market.value, spec.symbol.upper(), recv_us, last_id, n_bids, levels, reason,
         _uint(data, "E", "message time") if usdm else None, _uint(data, "T", "transaction time") if usdm else None,
     )
+
+
+def decode_open_interest(market: Market, symbol: str, body: bytes, recv_us: int) -> OpenInterestRecord:
+    """The record of a polled open-interest answer (``body`` as the server sent it) for ``symbol``.
+
+    ``GET /fapi/v1/openInterest`` answers ``{"openInterest": "10659.509", "symbol": "BTCUSDT",
+    "time": 1589437530011}`` (USD-M REST "Open Interest"): the symbol must be the one asked for,
+    the open interest a finite non-negative decimal string, the time a non-negative integer.
+
+    Raises:
+        FrameError: the body is not that answer; its reason is stored with the body in quarantine.
+    """
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise FrameError(Q.NOT_JSON, str(exc)) from None
+    if type(data) is not dict:
+        raise FrameError(Q.NOT_OBJECT, "open interest is not a JSON object")
+    asked = symbol.upper()
+    if data.get("symbol") != asked:
+        raise FrameError(Q.WRONG_SYMBOL, f"open interest of {str(data.get('symbol'))[:30]!r}, not of {asked!r} as asked")
+    oi = _number(data, "openInterest", "open interest", positive=False)
+    return OpenInterestRecord(open_interest_key(market, symbol), market.value, asked, recv_us,
+                              _uint(data, "time", "time"), oi)
 
 
 _DECODERS: dict[tuple[Kind, Market], Callable[..., Row]] = {
@@ -301,9 +326,11 @@ _DECODERS: dict[tuple[Kind, Market], Callable[..., Row]] = {
     (Kind.AGG_TRADE, Market.USDM): _agg_trade,
     (Kind.BOOK_TICKER, Market.SPOT): _book_ticker,
     (Kind.BOOK_TICKER, Market.USDM): _book_ticker,
-    **{(Kind.MARK_PRICE, m): _mark_price for m in FUTURES_MARKETS},
-    **{(Kind.LIQUIDATION, m): _liquidation for m in FUTURES_MARKETS},
+    (Kind.MARK_PRICE, Market.USDM): _mark_price,
+    (Kind.LIQUIDATION, Market.USDM): _liquidation,
 }
+# COIN-M payloads are USD-M's with the pair (``ps``) added, which is not recorded.
+_DECODERS.update({(kind, Market.COINM): f for (kind, m), f in list(_DECODERS.items()) if m is Market.USDM})
 
 
 # The batch fast path ---------------------------------------------------------------------
@@ -474,7 +501,7 @@ class FastPath:
         if (data["e"] != "depthUpdate" or data["s"] != route.symbol or not _u(first) or not _u(last)
                 or first > last or not _u(event)):
             raise _Strict
-        if spec.market is Market.USDM:
+        if spec.market in FUTURES:
             txn, prev = data["T"], data["pu"]
             if not _u(txn) or not _u(prev):
                 raise _Strict

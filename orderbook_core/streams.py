@@ -31,6 +31,13 @@ from orderbook_core.errors import ConfigError
 class Market(str, Enum):
     SPOT = "spot"
     USDM = "usdm"
+    COINM = "coinm"  # COIN-M futures: wss://dstream.binance.com, https://dapi.binance.com
+
+
+#: The futures markets: their payloads carry ``E``, ``T`` and ``pu`` as USD-M's do ("COIN-M
+#: streams": diff depth ``e,E,T,s,ps,U,u,pu,b,a``, bookTicker ``e,u,s,b,B,a,A,T,E,ps``; the
+#: extra ``ps``, the pair, is not recorded: it is the symbol up to ``_``).
+FUTURES = frozenset({Market.USDM, Market.COINM})
 
 
 class Kind(str, Enum):
@@ -53,7 +60,7 @@ class Kind(str, Enum):
 #: copies of the USD-M streams page disagree, 200 or 1024 (docs/binance-api.md sections 4 and
 #: 7; the copy saying 1024 still shows the retired unrouted URLs, so its date is unclear): we
 #: keep 200, true under either, where planning for 1024 could see connections refused.
-MAX_STREAMS = {Market.SPOT: 1024, Market.USDM: 200}
+MAX_STREAMS = {Market.SPOT: 1024, Market.USDM: 200, Market.COINM: 200}  # COIN-M: as USD-M (unverified)
 #: The spot limit (kept for callers that record spot only).
 MAX_STREAMS_PER_CONNECTION = MAX_STREAMS[Market.SPOT]
 #: Binance's limit on connection attempts per IP: 300 per 5 minutes (spot streams, since
@@ -65,9 +72,13 @@ MAX_CONNECTION_ATTEMPTS = (300, 300.0)
 CONTROL_SPACING = 0.25
 #: ``exchangeInfo`` per market: (path, REST weight): spot REST "Exchange information" 20,
 #: USD-M REST "Exchange Information" 1 (neither weight is in docs/binance-api.md; unverified there).
-EXCHANGE_INFO = {Market.SPOT: ("/api/v3/exchangeInfo", 20), Market.USDM: ("/fapi/v1/exchangeInfo", 1)}
+EXCHANGE_INFO = {Market.SPOT: ("/api/v3/exchangeInfo", 20), Market.USDM: ("/fapi/v1/exchangeInfo", 1),
+                 Market.COINM: ("/dapi/v1/exchangeInfo", 1)}  # COIN-M REST "Exchange Information"
+#: The key of a symbol's trading status in ``exchangeInfo``: ``status`` on spot and USD-M,
+#: ``contractStatus`` on COIN-M (COIN-M REST "Exchange Information": ``"contractStatus": "TRADING"``).
+EXCHANGE_INFO_STATUS = {Market.SPOT: "status", Market.USDM: "status", Market.COINM: "contractStatus"}
 #: How each market is called in settings and messages.
-MARKET_TITLE = {Market.SPOT: "spot", Market.USDM: "USD-M"}
+MARKET_TITLE = {Market.SPOT: "spot", Market.USDM: "USD-M", Market.COINM: "COIN-M"}
 #: USD-M routes by kind: ``wss://fstream.binance.com/<route>/stream?streams=...``.
 USDM_ROUTE = {
     # USD-M notice: /public carries the high-frequency streams, @depth* and @bookTicker
@@ -81,23 +92,58 @@ USDM_ROUTE = {
     # USD-M notice: /market carries @markPrice and @forceOrder (docs/binance-api.md section 8)
     Kind.MARK_PRICE: "market", Kind.LIQUIDATION: "market",
 }
+#: Whether COIN-M (``wss://dstream.binance.com``) routes its streams by kind as USD-M does
+#: (``/public``, ``/market``): not settled (docs/binance-api.md section 7: one client claims
+#: ``dstream/market/ws``, Binance's COIN-M pages still show the unrouted ``/ws`` and ``/stream``).
+#: The one place to change when it is: True subscribes COIN-M streams on :data:`USDM_ROUTE`'s paths.
+COINM_ROUTED = False
+#: The markets that route their streams by kind, and how.
+ROUTES: dict[Market, dict[Kind, str]] = {Market.USDM: USDM_ROUTE, **({Market.COINM: USDM_ROUTE} if COINM_ROUTED else {})}
 #: Incoming messages (control frames, pings, pongs) a connection may send per second:
 #: spot streams "5 incoming messages per second"; USD-M streams "10 incoming messages per second".
-MAX_INCOMING_PER_SEC = {Market.SPOT: 5, Market.USDM: 10}
+MAX_INCOMING_PER_SEC = {Market.SPOT: 5, Market.USDM: 10, Market.COINM: 10}  # COIN-M: docs/binance-api.md section 4
 #: REST ``REQUEST_WEIGHT`` budget per IP and minute (``X-MBX-USED-WEIGHT-1M`` counts against it):
 #: spot REST / exchangeInfo ``rateLimits`` 6000; USD-M 2400 (docs/binance-api.md sections 3 and 4).
-REST_WEIGHT_PER_MINUTE = {Market.SPOT: 6000, Market.USDM: 2400}
+REST_WEIGHT_PER_MINUTE = {Market.SPOT: 6000, Market.USDM: 2400, Market.COINM: 2400}  # COIN-M: as USD-M (unverified)
 #: REST depth-snapshot path per market (spot REST "Order book"; USD-M REST "Order Book").
-DEPTH_PATH = {Market.SPOT: "/api/v3/depth", Market.USDM: "/fapi/v1/depth"}
+DEPTH_PATH = {Market.SPOT: "/api/v3/depth", Market.USDM: "/fapi/v1/depth", Market.COINM: "/dapi/v1/depth"}
 #: The ``limit`` values ``/fapi/v1/depth`` accepts (USD-M REST "Order Book"; spot takes any 1..5000, spot REST).
 USDM_DEPTH_LIMITS = (5, 10, 20, 50, 100, 500, 1000)
 #: Default ``limit`` of a depth snapshot per market: spot REST "Default 100", USD-M REST "Default 500".
-DEPTH_DEFAULT_LIMIT = {Market.SPOT: 100, Market.USDM: 500}
+DEPTH_DEFAULT_LIMIT = {Market.SPOT: 100, Market.USDM: 500, Market.COINM: 500}
 #: Depth-snapshot weight by limit: (highest limit, weight) steps, lowest first.
 _DEPTH_WEIGHT = {
     Market.SPOT: ((100, 5), (500, 25), (1000, 50), (5000, 250)),  # spot REST "Order book", since 2023-10-19 (CHANGELOG)
     Market.USDM: ((50, 2), (100, 5), (500, 10), (1000, 20)),  # USD-M REST "Order Book"
+    Market.COINM: ((50, 2), (100, 5), (500, 10), (1000, 20)),  # COIN-M REST "Order Book": the same steps
 }
+#: Open interest has no stream: it is polled over REST, ``GET <path>?symbol=<SYMBOL>`` of
+#: (path, weight) per market. USD-M REST "Open Interest" (developers.binance.com, .../usds-margined-futures/
+#: market-data/rest-api/Open-Interest): ``/fapi/v1/openInterest``, weight 1, answer
+#: ``{"openInterest": "10659.509", "symbol": "BTCUSDT", "time": 1589437530011}`` ("time": transaction time).
+#: COIN-M REST "Open Interest": ``/dapi/v1/openInterest``, weight 1, the answer adds ``pair`` and
+#: ``contractType`` (not recorded) and counts contracts.
+OPEN_INTEREST = {Market.USDM: ("/fapi/v1/openInterest", 1), Market.COINM: ("/dapi/v1/openInterest", 1)}
+#: A polled open-interest series is kept in the buffer's ``streams`` table as the pseudo-stream
+#: ``<market>:<symbol>@openInterest`` (no Binance stream has that name), so its rows carry a
+#: stream like every dataset's and its failed polls can be silences of that stream.
+OPEN_INTEREST_KIND = "openInterest"
+
+
+def open_interest_key(market: Market, symbol: str) -> str:
+    """The buffer key of ``symbol``'s open-interest series on ``market`` (``usdm:btcusdt@openInterest``)."""
+    return f"{market.value}:{symbol.lower()}@{OPEN_INTEREST_KIND}"
+
+
+def parse_open_interest_key(key: str) -> tuple[Market, str] | None:
+    """(market, lower-case symbol) of an :func:`open_interest_key`, or None if ``key`` is not one."""
+    head, _, kind = key.partition("@")
+    market, _, symbol = head.partition(":")
+    if kind != OPEN_INTEREST_KIND or not symbol or market not in {m.value for m in OPEN_INTEREST}:
+        return None
+    return Market(market), symbol
+
+
 #: Event-driven streams (trades, bookTicker) have no nominal cadence.
 EVENT_DRIVEN = 0
 #: Kinds Binance pushes on a timer whether or not anything changed ("every 1000 ms"; markPrice
@@ -112,13 +158,16 @@ ON_CLOCK = frozenset({Kind.PARTIAL_DEPTH, Kind.MARK_PRICE})
 SAMPLED = frozenset({Kind.LIQUIDATION})
 
 _SYMBOL_RE = re.compile(r"^[a-z0-9]{2,20}$")
+#: COIN-M symbols are a pair and a contract: ``btcusd_perp``, dated ``btcusd_261225`` (COIN-M streams' examples).
+_COINM_SYMBOL_RE = re.compile(r"^[a-z0-9]{2,20}_[a-z0-9]{2,10}$")
+_SYMBOL_RES = {Market.SPOT: _SYMBOL_RE, Market.USDM: _SYMBOL_RE, Market.COINM: _COINM_SYMBOL_RE}
 _DEPTH_RE = re.compile(r"^depth(5|10|20)?(?:@(\d+)ms)?$")
 #: Update speeds each market offers for depth streams (ms); the first is the default, named by
 #: leaving the speed out (spot streams: ``<symbol>@depth OR <symbol>@depth@100ms``, 1000 ms or
 #: 100 ms; USD-M streams, partial and diff depth pages: ``<symbol>@depth OR @depth@500ms OR
 #: @depth@100ms``, 250 ms, 500 ms or 100 ms: no ``@250ms`` name is documented).
 #: Partial depth levels 5, 10 or 20, and trade, aggTrade, bookTicker on both: the same pages.
-_SPEEDS = {Market.SPOT: (1000, 100), Market.USDM: (250, 100, 500)}
+_SPEEDS = {Market.SPOT: (1000, 100), Market.USDM: (250, 100, 500), Market.COINM: (250, 100, 500)}
 _EVENT_KINDS = {"trade": Kind.TRADE, "aggTrade": Kind.AGG_TRADE, "bookTicker": Kind.BOOK_TICKER}
 #: The derivatives kinds, per market that offers them (a futures market is one entry here; the
 #: spot market has none). USD-M "Mark Price Stream": ``<symbol>@markPrice or
@@ -128,11 +177,10 @@ _FUTURES_KINDS = {
     "markPrice": (Kind.MARK_PRICE, 3_000_000), "markPrice@1s": (Kind.MARK_PRICE, 1_000_000),
     "forceOrder": (Kind.LIQUIDATION, EVENT_DRIVEN),
 }
-#: The markets that offer them, with the same payloads (COIN-M's pages give the same keys,
-#: docs/binance-api.md section 8): a futures market joins markPrice and forceOrder here.
-FUTURES_MARKETS: tuple[Market, ...] = (Market.USDM,)
+#: Every futures market (:data:`FUTURES`) offers them, with the same payloads (COIN-M's pages
+#: give the same keys, docs/binance-api.md section 8).
 _MARKET_KINDS: dict[Market, dict[str, tuple[Kind, int]]] = {
-    m: _FUTURES_KINDS if m in FUTURES_MARKETS else {} for m in Market}
+    m: _FUTURES_KINDS if m in FUTURES else {} for m in Market}
 
 
 class StreamKind(NamedTuple):
@@ -168,23 +216,27 @@ class StreamSpec:
 
     @property
     def route(self) -> str | None:
-        """The USD-M path segment this stream must be subscribed on; None on spot."""
-        return USDM_ROUTE[self.type] if self.market is Market.USDM else None
+        """The path segment this stream must be subscribed on (:data:`ROUTES`); None where unrouted."""
+        routes = ROUTES.get(self.market)
+        return routes[self.type] if routes is not None else None
 
 
 def depth_weight(market: Market, limit: int) -> int | None:
     """The REST weight of a depth snapshot of ``limit`` levels, or None if the market refuses that limit."""
-    if limit < 1 or market is Market.USDM and limit not in USDM_DEPTH_LIMITS:
+    if limit < 1 or market in FUTURES and limit not in USDM_DEPTH_LIMITS:
         return None
     if market is Market.SPOT:
         limit = min(limit, 5000)  # a larger limit is answered (and weighed) as 5000
     return next((w for top, w in _DEPTH_WEIGHT[market] if limit <= top), None)
 
 
-def parse_symbol(symbol: str, setting: str = "ORDERBOOK_SYMBOLS") -> str:
+def parse_symbol(symbol: str, setting: str = "ORDERBOOK_SYMBOLS", market: Market = Market.SPOT) -> str:
     """Return the lower-case symbol or raise :class:`ConfigError`."""
     s = symbol.strip().lower()
-    if not _SYMBOL_RE.match(s):
+    if not _SYMBOL_RES[market].match(s):
+        if market is Market.COINM:
+            raise ConfigError(setting, f"{symbol!r} is not a COIN-M symbol; use a pair and a contract such as "
+                                       "btcusd_perp or btcusd_261225.")
         raise ConfigError(setting, f"{symbol!r} is not a Binance symbol; use 2-20 letters and digits such as btcusdt.")
     return s
 
@@ -237,7 +289,7 @@ def build_streams(
                 f"(for example {'depth20@100ms' if market is Market.SPOT else 'depth@100ms'}).",
             )
     for sym in symbols:
-        s = parse_symbol(sym, symbols_setting)
+        s = parse_symbol(sym, symbols_setting, market)
         for k, sk in specs:
             out.setdefault(StreamSpec(s, k, sk.levels, sk.cadence_us, market, sk.type), None)
     return list(out)
@@ -246,7 +298,7 @@ def build_streams(
 def spec(symbol: str, kind: str, market: Market = Market.SPOT) -> StreamSpec | None:
     """The spec of ``<symbol>@<kind>`` on ``market``, or None if the market has no such stream."""
     sk = stream_kind(kind, market)
-    if sk is None or not _SYMBOL_RE.match(symbol):
+    if sk is None or not _SYMBOL_RES[market].match(symbol):
         return None
     return StreamSpec(symbol, kind.strip(), sk.levels, sk.cadence_us, market, sk.type)
 

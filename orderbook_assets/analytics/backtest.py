@@ -82,7 +82,7 @@ USER_ERROR = 2
 DAY_US = 24 * HOUR_US
 
 #: Tardis's exchange ids (docs.tardis.dev, downloadable CSV files).
-EXCHANGE = {Market.SPOT: "binance", Market.USDM: "binance-futures"}
+EXCHANGE = {Market.SPOT: "binance", Market.USDM: "binance-futures", Market.COINM: "binance-delivery"}
 
 
 class Format(str, Enum):

@@ -36,7 +36,7 @@ from orderbook_assets.archive.location import Location
 
 USER_ERROR = 2
 VIEWS_HELP = ("depth_snapshot, depth_update, depth_rest_snapshot, trade, agg_trade, book_ticker, mark_price, liquidation, "
-              "top_of_book, coverage "
+              "open_interest, top_of_book, coverage "
               "and the macro book_at(symbol, time)")
 
 

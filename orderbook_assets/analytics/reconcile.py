@@ -401,7 +401,8 @@ class Archive:
             rows = self.con.execute(
                 f"SELECT DISTINCT coalesce(market, 'spot'), symbol FROM {self._source(name)} "
                 "WHERE epoch_us(trade_time) >= ? AND epoch_us(trade_time) < ?", [self.lo_us, self.hi_us]).fetchall()
-            out.update(Stream(m, s, name) for m, s in rows)
+            # COIN-M's daily files (futures/cm, with base_qty) are not read yet: its trades are not reconciled
+            out.update(Stream(m, s, name) for m, s in rows if m in MARKET_PATHS)
         return sorted(out)
 
     def load(self, stream: Stream) -> tuple[int, int, list[str]]:

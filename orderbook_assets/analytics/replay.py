@@ -62,6 +62,9 @@ from orderbook_assets.archive.location import Location
 STREAM_DATASETS = tuple(name for name, spec in kinds.SPECS.items() if spec.ordered_id is not None)
 _DEPTH_MARKET = {path: market for market, path in DEPTH_PATH.items()}
 USDM_ROUTES = tuple(sorted(set(USDM_ROUTE.values())))
+#: The path prefix COIN-M's streams are replayed under (its own host on Binance: point
+#: ``ORDERBOOK_COINM_WS_URL`` at ``ws://<replay>/dstream``).
+COINM_PREFIX = "dstream"
 DEFAULT_PORT = 9443
 #: Seconds a drop waits for a connection's unsent frames to reach the kernel before cutting it
 #: anyway (a client that stopped reading must not stall a live-like replay).
@@ -257,9 +260,9 @@ class ReplayServer:
         market = _DEPTH_MARKET.get(url.path)
         if market is not None:
             return self._depth(market.value, q)
-        if url.path in ("/api/v3/time", "/fapi/v1/time"):
+        if url.path in ("/api/v3/time", "/fapi/v1/time", "/dapi/v1/time"):
             return _http(200, {"serverTime": self.clock_us() // 1000})
-        if url.path in ("/api/v3/ping", "/fapi/v1/ping"):
+        if url.path in ("/api/v3/ping", "/fapi/v1/ping", "/dapi/v1/ping"):
             return _http(200, {})
         if self._endpoint(url.path) is None:
             return _http(404, {"code": -1000, "msg": f"Unknown path {url.path}"})
@@ -289,6 +292,8 @@ class ReplayServer:
         head, _, rest = path.lstrip("/").partition("/")
         if head in USDM_ROUTES:
             market, path = Market.USDM.value, "/" + rest
+        elif head == COINM_PREFIX:  # COIN-M is served under /dstream (unrouted: streams.COINM_ROUTED)
+            market, path = Market.COINM.value, "/" + rest
         if path == "/stream":
             return market, True, []
         if path == "/ws" or path.startswith("/ws/"):

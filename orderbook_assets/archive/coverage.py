@@ -35,9 +35,9 @@ from orderbook_core.buffer import coverage as buffer_coverage
 from orderbook_assets.archive import export
 from orderbook_assets.archive.export import WRITER_OPTIONS
 from orderbook_assets.archive.datasets import (COVERAGE_SCHEMA, DEPTH_REST, DEPTH_SYNC,  # noqa: F401
-                                               DEPTH_UPDATE, SILENCE, TRADE_GAP, TS)
+                                               DEPTH_UPDATE, OPEN_INTEREST, SILENCE, TRADE_GAP, TS)
 from orderbook_core.buffer.ledger import Part
-from orderbook_core.streams import SAMPLED, Market, parse_stream_name
+from orderbook_core.streams import OPEN_INTEREST_KIND, SAMPLED, Market, parse_stream_name
 from orderbook_assets.archive.quality import Gap
 
 
@@ -119,9 +119,11 @@ def _silent_rows(conn: sqlite3.Connection, rng: reads.IdRange, streams: dict) ->
         if row is None:
             s = streams[sid]
             spec = parse_stream_name(s.name, Market(s.market))
+            # a polled open-interest series (``btcusdt@openInterest``) is no Binance stream
+            polled = s.name.endswith(f"@{OPEN_INTEREST_KIND}")
             row = found[(sid, since)] = dict(record="silent", market=s.market, stream=s.name, start_time=since,
                                              first_recv_time=recv, reason=reason,
-                                             dataset=spec.dataset if spec else None)
+                                             dataset=spec.dataset if spec else OPEN_INTEREST if polled else None)
         if event == "silent":
             row["first_recv_time"] = recv  # when the collector judged it
         if end is not None:

@@ -25,6 +25,7 @@ AGG_TRADE = "agg_trade"
 BOOK_TICKER = "book_ticker"
 MARK_PRICE = "mark_price"
 LIQUIDATION = "liquidation"
+OPEN_INTEREST = "open_interest"
 COVERAGE = ledger.COVERAGE
 TOP_OF_BOOK_1S = "top_of_book_1s"
 BOOK_SNAPSHOT = "book_snapshot"
@@ -87,6 +88,7 @@ AGG_TRADE_SCHEMA = _stream_schema(kinds.AGG_TRADE)
 BOOK_TICKER_SCHEMA = _stream_schema(kinds.BOOK_TICKER)
 MARK_PRICE_SCHEMA = _stream_schema(kinds.MARK_PRICE)
 LIQUIDATION_SCHEMA = _stream_schema(kinds.LIQUIDATION)
+OPEN_INTEREST_SCHEMA = _stream_schema(kinds.OPEN_INTEREST)
 
 
 class Dataset(NamedTuple):

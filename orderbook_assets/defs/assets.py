@@ -52,10 +52,11 @@ DESCRIPTIONS = {
     ds.TRADE: "Every trade as verified Parquet parts.",
     ds.AGG_TRADE: "Every aggregate trade as verified Parquet parts.",
     ds.BOOK_TICKER: "Best bid and ask at every change (bookTicker) as verified Parquet parts.",
-    ds.MARK_PRICE: "USD-M mark, index and estimated settle price, funding rate and next funding time "
+    ds.MARK_PRICE: "Futures (USD-M, COIN-M) mark, index and estimated settle price, funding rate and next funding time "
                    "(markPrice, every 3 s or 1 s) as verified Parquet parts.",
-    ds.LIQUIDATION: "USD-M liquidation orders (forceOrder) as verified Parquet parts: a sample by design, at most "
+    ds.LIQUIDATION: "Futures liquidation orders (forceOrder) as verified Parquet parts: a sample by design, at most "
                     "the latest liquidation a symbol a second.",
+    ds.OPEN_INTEREST: "Open interest of every futures symbol recorded, polled over REST, as verified Parquet parts.",
 }
 DATASET_SPECS = [
     AssetSpec(name, description=DESCRIPTIONS[name], group_name="archive", kinds={"parquet", "sqlite"},

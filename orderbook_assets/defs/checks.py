@@ -32,6 +32,7 @@ DESCRIPTIONS = {
     "mark_near_mid": "Warning only: each mark price within 5 % of the mid of its symbol's latest bookTicker "
                      "(at most 5 s older), where both were recorded.",
     "rows_reconciled": "Rows in the verified Parquet equal the buffer's rows of the parts.",
+    "open_interest_sane": "Open interest is finite and never negative.",
 }
 
 

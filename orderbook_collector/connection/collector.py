@@ -25,6 +25,7 @@ from orderbook_core.errors import ConfigError
 from orderbook_core.streams import Market
 from orderbook_collector import metrics as metrics_mod
 from orderbook_collector.config import Settings
+from orderbook_collector.connection.open_interest import OpenInterestPoller
 from orderbook_collector.connection.rest import RestClient, Resyncer
 from orderbook_collector.connection.sessions import Group, Session, Sessions, now_us
 from orderbook_collector.connection.snapshots import Snapshots
@@ -75,6 +76,7 @@ class Collector(Sessions, Subscriptions, Snapshots):
         self.resyncers: dict[Market, Resyncer] = {}
         self.rest_clients: dict[Market, RestClient] = {}
         self._resyncer_of: dict[str, Resyncer] = {}  # diff stream key -> its market's resyncer
+        self.oi_pollers: dict[Market, OpenInterestPoller] = {}
         writer_options.setdefault("on_snapshot_needed", self._snapshot_needed)
         try:
             self.writer = Writer(
@@ -130,6 +132,7 @@ class Collector(Sessions, Subscriptions, Snapshots):
             for r in self.resyncers.values():
                 await r.stop()
             raise
+        self._start_open_interest()
         lag = asyncio.create_task(self._watch_loop_lag())
         quiet = asyncio.create_task(self._watch_silence())
         for specs in self.settings.connection_groups():
@@ -150,6 +153,8 @@ class Collector(Sessions, Subscriptions, Snapshots):
             self._record_silence()  # the closed sessions ended every open silence
             for r in self.resyncers.values():
                 await r.stop()
+            for p in self.oi_pollers.values():
+                await p.stop()
             for client in self.rest_clients.values():
                 client.close()
             if self.metrics_server is not None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import contextlib
 import logging
 
-from orderbook_core.streams import Kind, Market, stream_kind
+from orderbook_core.streams import OPEN_INTEREST, Kind, Market, stream_kind
+from orderbook_collector.connection.open_interest import OpenInterestPoller
 from orderbook_collector.connection.rest import RestClient, Resyncer
 from orderbook_collector.feed.sync import SnapshotRequest
 
@@ -44,8 +45,26 @@ class Snapshots:
             self._resyncer_of.update((x.key, r) for x in diff)
             r.start()
 
+    def _start_open_interest(self) -> None:
+        """One open-interest poller per futures market recorded, if ``ORDERBOOK_OPEN_INTEREST_SECONDS`` is set:
+        its named symbols now, ``*``'s when exchangeInfo is read."""
+        s = self.settings
+        if s.open_interest_seconds <= 0:
+            return
+        for market in s.markets():
+            if market in OPEN_INTEREST:
+                named = {x.symbol for x in s.stream_specs() if x.market is market}
+                self.oi_pollers[market] = p = OpenInterestPoller(
+                    self._rest_client(market), named, self.writer.submit, s.open_interest_seconds)
+                p.start()
+
     def _resync_streams(self, market: Market, specs) -> None:
-        """The market's diff streams now (``*`` follows listings): resynced and re-based like the named ones."""
+        """The market's diff streams now (``*`` follows listings): resynced and re-based like the named
+        ones; its open interest polled for every symbol recorded."""
+        specs = list(specs)
+        p = self.oi_pollers.get(market)
+        if p is not None:
+            p.set_symbols({x.symbol for x in specs})
         r = self.resyncers.get(market)
         if r is not None:
             diff = [x for x in specs if x.type is Kind.DIFF_DEPTH]

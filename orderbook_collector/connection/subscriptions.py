@@ -15,7 +15,7 @@ import orjson
 from websockets.exceptions import ConnectionClosed
 
 from orderbook_core.buffer.records import Event, EventKind, SessionStreams
-from orderbook_core.streams import USDM_ROUTE, Market, spec as stream_spec
+from orderbook_core.streams import ROUTES, Market, spec as stream_spec
 from orderbook_collector.connection.backoff import full_jitter
 from orderbook_collector.connection.sessions import CONTROL_TIMEOUT, Group, Session, now_us
 from orderbook_collector.connection.symbols import ExchangeInfoError, RestError, fetch_trading_symbols
@@ -67,7 +67,7 @@ class Subscriptions:
                 if sp is not None:
                     wanted.setdefault(sp.name, sp)
         self._resync_streams(market, wanted.values())
-        routes = [None] if market is Market.SPOT else sorted(set(USDM_ROUTE.values()))
+        routes = sorted(set(ROUTES[market].values())) if market in ROUTES else [None]
         for route in routes:
             groups = [g for g in self.groups if g.market is market and g.route == route]
             names = [n for n, sp in wanted.items() if sp.route == route]

@@ -16,7 +16,7 @@ from orderbook_collector.feed.symbols import ExchangeInfoError, TradingSymbols, 
 async def fetch_trading_symbols(client: RestClient) -> TradingSymbols:
     """The TRADING symbols of the client's market now. Raises RestError or ExchangeInfoError."""
     path, weight = EXCHANGE_INFO[client.market]
-    return trading_symbols(await client.get_json(path, {}, weight))
+    return trading_symbols(await client.get_json(path, {}, weight), client.market)
 
 
 __all__ = ["ExchangeInfoError", "RestError", "fetch_trading_symbols"]

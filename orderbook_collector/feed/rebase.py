@@ -52,6 +52,7 @@ def _deepest_per_weight(market: Market, limits: tuple[int, ...]) -> tuple[int, .
 STEP_LIMITS = {
     Market.SPOT: _deepest_per_weight(Market.SPOT, (100, 500, 1000, 5000)),
     Market.USDM: _deepest_per_weight(Market.USDM, USDM_DEPTH_LIMITS),
+    Market.COINM: _deepest_per_weight(Market.COINM, USDM_DEPTH_LIMITS),
 }
 
 

@@ -53,6 +53,7 @@ class Reason(str, Enum):
     TRADES_FLOW = "trades_flow"  # aggTrade stream quiet while the symbol's trades arrive
     BOOK_CHANGES = "book_changes"  # diff depth quiet while bookTicker or partial depth shows the book change
     NEVER_DELIVERED = "never_delivered"  # nothing at all since the subscription was acknowledged
+    POLL_FAILED = "poll_failed"  # a polled series (open interest) got no usable answer
 
 
 class End(str, Enum):

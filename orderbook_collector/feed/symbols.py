@@ -17,7 +17,7 @@ from typing import NamedTuple
 import orjson
 
 from orderbook_core.errors import ConfigError
-from orderbook_core.streams import CONTROL_SPACING, MAX_CONNECTION_ATTEMPTS, parse_symbol
+from orderbook_core.streams import CONTROL_SPACING, EXCHANGE_INFO_STATUS as STATUS_KEY, MAX_CONNECTION_ATTEMPTS, Market, parse_symbol
 
 #: The only status whose symbols ``*`` records (spot BREAK, USD-M SETTLING etc. are not trading).
 TRADING = "TRADING"
@@ -32,24 +32,26 @@ class TradingSymbols(NamedTuple):
     skipped: tuple[str, ...]  # TRADING symbols whose names cannot be stream names (e.g. BTCUSDT_260327)
 
 
-def trading_symbols(info: object) -> TradingSymbols:
-    """The TRADING symbols of an ``exchangeInfo`` answer (spot and USD-M have the same shape).
+def trading_symbols(info: object, market: Market = Market.SPOT) -> TradingSymbols:
+    """The TRADING symbols of ``market``'s ``exchangeInfo`` answer (spot and USD-M say ``status``;
+    COIN-M says ``contractStatus``: COIN-M REST "Exchange Information").
 
     Raises:
-        ExchangeInfoError: the answer has no ``symbols`` list of objects with ``symbol`` and ``status``.
+        ExchangeInfoError: the answer has no ``symbols`` list of objects with ``symbol`` and a status.
     """
+    status = STATUS_KEY[market]
     entries = info.get("symbols") if isinstance(info, dict) else None
     if not isinstance(entries, list):
         raise ExchangeInfoError("exchangeInfo has no 'symbols' list")
     found: set[str] = set()
     skipped: list[str] = []
     for e in entries:
-        if not isinstance(e, dict) or not isinstance(e.get("symbol"), str) or not isinstance(e.get("status"), str):
-            raise ExchangeInfoError(f"exchangeInfo symbol entry without 'symbol' and 'status': {str(e)[:80]}")
-        if e["status"] != TRADING:
+        if not isinstance(e, dict) or not isinstance(e.get("symbol"), str) or not isinstance(e.get(status), str):
+            raise ExchangeInfoError(f"exchangeInfo symbol entry without 'symbol' and {status!r}: {str(e)[:80]}")
+        if e[status] != TRADING:
             continue
         try:
-            found.add(parse_symbol(e["symbol"]))
+            found.add(parse_symbol(e["symbol"], market=market))
         except ConfigError:
             skipped.append(e["symbol"])
     return TradingSymbols(frozenset(found), tuple(skipped))

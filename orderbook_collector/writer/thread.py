@@ -42,12 +42,12 @@ from orderbook_core.buffer import writes
 from orderbook_core.errors import QuarantineReason, StorageError
 from orderbook_collector.metrics import Metrics, WriteFailure
 from orderbook_core.buffer.records import (
-    REST_SESSION, DepthRestSnapshotRecord, DepthSyncRecord, Event, EventKind, Frame, Item, Quarantined, Row, SessionClose,
-    SessionOpen, SessionStreams, Stop, TradeGapRecord,
+    REST_SESSION, DepthRestSnapshotRecord, DepthSyncRecord, Event, EventKind, Frame, Item, OpenInterestRecord, Quarantined,
+    Row, SessionClose, SessionOpen, SessionStreams, Stop, TradeGapRecord,
 )
 from orderbook_core.buffer.rows import OTHER_TABLES, RECV_US, ROW_TABLES, SEQ, SESSION_ID
 from orderbook_collector.feed.protocol import Decoder, Market, StreamSpec, raw_bytes
-from orderbook_core.streams import Kind, parse_stream_name, spec as stream_spec
+from orderbook_core.streams import OPEN_INTEREST_KIND, Kind, parse_open_interest_key, parse_stream_name, spec as stream_spec
 from orderbook_collector.feed.sync import Continuity, LastEvent, SnapshotRequest
 from orderbook_collector.writer.spill import Spill
 
@@ -75,6 +75,7 @@ class BatchResult:
     #: session_id -> (messages stored, duplicates dropped, newest recv_us) in this batch
     sessions: dict[int, tuple[int, int, int]] = field(default_factory=dict)
     snapshots: int = 0  # REST snapshots stored
+    open_interest: int = 0  # polled open-interest answers stored (a repeated answer is not)
     #: depth_sync rows by event ('break', 'synced') and trade_gap rows ('gap') stored
     continuity: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     requests: list[SnapshotRequest] = field(default_factory=list)  # streams that need a REST snapshot
@@ -158,7 +159,10 @@ def store_records(
             # lastUpdateId, maybe fetched for another diff stream of the symbol): it syncs
             # the stream it was fetched for all the same, so every one goes to the trackers.
             result.snapshots = writes.insert_snapshots(conn, stream_ids, snapshots)
-        derived = [o for o in others if type(o) is not DepthRestSnapshotRecord]
+        polled = [o for o in others if type(o) is OpenInterestRecord]
+        if polled:
+            result.open_interest = writes.insert_open_interest(conn, stream_ids, polled)
+        derived = [o for o in others if type(o) is not DepthRestSnapshotRecord and type(o) is not OpenInterestRecord]
         if continuity is not None and (continuity.depth or continuity.trades):  # partial depth alone: nothing to track
             stored_rows = [r for r in records if (r.session_id, r.seq) not in refused] if refused else records
             found, result.requests = continuity.process(stored_rows, snapshots)
@@ -450,6 +454,11 @@ class Writer:
                     self.stream_ids = buffer.stream_ids(conn, [(s.key, s.symbol, s.kind, s.market.value) for s in new])
                     self.continuity.add_streams(new)
                     seed_continuity(conn, self.stream_ids, new, self.continuity)
+                polled = {o.stream for o in others if o.stream not in self.stream_ids}
+                if polled:  # open-interest series (polled, no session announces them): ids before rows
+                    series = [(k, *parse_open_interest_key(k)) for k in polled if parse_open_interest_key(k)]
+                    self.stream_ids = buffer.stream_ids(
+                        conn, [(k, sym, OPEN_INTEREST_KIND, m.value) for k, m, sym in series])
                 result = store_records(conn, self.stream_ids, records, quarantined, batch_ops, position,
                                        others, self.continuity)
                 self.continuity.commit()

@@ -227,6 +227,21 @@ class DepthRestSnapshotRecord(NamedTuple):
     transaction_ms: int | None  # USD-M only
 
 
+class OpenInterestRecord(NamedTuple):
+    """One polled open-interest answer (``open_interest``): no session or seq, like a REST snapshot.
+
+    ``stream`` is the series' key (``streams.open_interest_key``); ``time_ms`` is Binance's
+    ``time`` (ms); ``open_interest`` its ``openInterest`` (contracts or base asset, as Binance counts).
+    """
+
+    stream: str
+    market: str
+    symbol: str  # upper case
+    recv_us: int
+    time_ms: int
+    open_interest: float
+
+
 class DepthSyncRecord(NamedTuple):
     """A diff stream's sync state changed (``depth_sync``; see buffer.schema step 3)."""
 
@@ -289,14 +304,14 @@ Row = Union[DepthRecord, DepthUpdateRecord, TradeRecord, AggTradeRecord, BookTic
             LiquidationRecord]
 Item = Union[
     Frame, Row, Quarantined, SessionOpen, SessionClose, Event, Stop,
-    DepthRestSnapshotRecord, DepthSyncRecord, TradeGapRecord, SessionStreams, SilenceRecord,
+    DepthRestSnapshotRecord, DepthSyncRecord, TradeGapRecord, SessionStreams, SilenceRecord, OpenInterestRecord,
 ]
 #: The spill's type tags: append only, never reorder (spilled files name types by index).
 _SPILLED: tuple[type, ...] = (
     Frame, Quarantined, SessionOpen, SessionClose, Event, Stop, DepthRecord,
     DepthUpdateRecord, TradeRecord, AggTradeRecord, BookTickerRecord,
     DepthRestSnapshotRecord, DepthSyncRecord, TradeGapRecord, SessionStreams, SilenceRecord,
-    MarkPriceRecord, LiquidationRecord,
+    MarkPriceRecord, LiquidationRecord, OpenInterestRecord,
 )
 _TAG = {t: i for i, t in enumerate(_SPILLED)}
 

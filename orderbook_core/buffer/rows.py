@@ -14,6 +14,7 @@ from orderbook_core import kinds
 from orderbook_core.buffer.records import (
     DepthRestSnapshotRecord,
     DepthSyncRecord,
+    OpenInterestRecord,
     Row,
     SilenceRecord,
     TradeGapRecord,
@@ -65,6 +66,9 @@ OTHER_TABLES: dict[type, RowTable] = {
     DepthRestSnapshotRecord: _table(DepthRestSnapshotRecord, kinds.DEPTH_REST_SNAPSHOT.name, {
         "market": "market", "symbol": "symbol", "recv_us": "recv_us", **kinds.DEPTH_REST_SNAPSHOT.buffer_columns(),
     }, kinds.DEPTH_REST_SNAPSHOT.key_field),
+    OpenInterestRecord: _table(OpenInterestRecord, kinds.OPEN_INTEREST.name, {
+        "market": "market", "symbol": "symbol", "recv_us": "recv_us", **kinds.OPEN_INTEREST.buffer_columns(),
+    }, kinds.OPEN_INTEREST.key_field),
     DepthSyncRecord: _table(DepthSyncRecord, "depth_sync", {
         "session_id": "session_id", "recv_us": "recv_us", "event": "event", "reason": "reason",
         "before_update_id": "before_update_id", "before_event_ms": "before_event_ms",

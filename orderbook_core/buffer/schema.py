@@ -21,6 +21,7 @@ Tables (all times are integer microseconds since the epoch, UTC):
 ``silence``         subscriptions judged silent and their ends (step 4).
 ``mark_price``,     USD-M markPrice and forceOrder messages (step 7).
 ``liquidation``
+``open_interest``   polled open-interest answers (step 8).
 ``spill_state``     how far the spill files have been replayed, committed with the rows.
 ``export_parts``    the archive's ledger: each part's id range, state and archive location.
 
@@ -72,6 +73,7 @@ OWNER = {
     "silence": "collector",
     "mark_price": "collector",
     "liquidation": "collector",
+    "open_interest": "collector",
 }
 
 _COLLECTOR_TABLES = """
@@ -398,6 +400,23 @@ CREATE TABLE liquidation (
 CREATE UNIQUE INDEX liquidation_dedup ON liquidation (stream_id, event_ms);
 """
 
+#: Step 8: open interest, polled over REST (no session, no seq). ``stream_id`` names the
+#: series' pseudo-stream (``usdm:btcusdt@openInterest``); ``time_ms`` is Binance's ``time``; the
+#: unique index is the dataset's dedup key. A failed poll is a ``silence`` row of the series.
+_OPEN_INTEREST = """
+CREATE TABLE open_interest (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    stream_id       INTEGER NOT NULL,
+    market          TEXT NOT NULL,
+    symbol          TEXT NOT NULL,
+    recv_us         INTEGER NOT NULL,
+    time_ms         INTEGER NOT NULL,
+    open_interest   REAL NOT NULL
+);
+CREATE UNIQUE INDEX open_interest_dedup ON open_interest (market, symbol, time_ms);
+CREATE INDEX open_interest_recv ON open_interest (recv_us);
+"""
+
 #: (version, statements): step N takes a buffer from user_version N-1 to N.
 MIGRATIONS: tuple[tuple[int, str], ...] = (
     (1, _COLLECTOR_TABLES + _ARCHIVE_TABLES),
@@ -407,6 +426,7 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
     (5, _QUARANTINE_REASONS),
     (6, _PART_LOCATION),
     (7, _DERIVATIVES),
+    (8, _OPEN_INTEREST),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 #: Every statement of every step, in order: what a new buffer runs (benchmarks build one with it).

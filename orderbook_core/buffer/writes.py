@@ -12,7 +12,7 @@ import sqlite3
 from typing import Iterable, NamedTuple
 
 from orderbook_core.buffer.hours import HOUR_US
-from orderbook_core.buffer.records import DepthRestSnapshotRecord, Event, Quarantined, Row, SessionClose, SessionOpen
+from orderbook_core.buffer.records import DepthRestSnapshotRecord, Event, OpenInterestRecord, Quarantined, Row, SessionClose, SessionOpen
 from orderbook_core.buffer.rows import OTHER_TABLES, RowTable
 
 
@@ -75,6 +75,16 @@ def insert_snapshots(conn: sqlite3.Connection, stream_ids: dict[str, int],
     if stored:
         note_hours(conn, t.table, before_id)
     return stored
+
+
+def insert_open_interest(conn: sqlite3.Connection, stream_ids: dict[str, int], rows: list[OpenInterestRecord]) -> int:
+    """Insert polled open interest (dedup key: market, symbol, time); return how many were new
+    (a repeated answer, same transaction time, is the value already stored)."""
+    t = OTHER_TABLES[OpenInterestRecord]
+    before = conn.total_changes
+    conn.executemany(f"INSERT OR IGNORE INTO {t.table} (stream_id, {', '.join(t.columns)}) "
+                     f"VALUES ({', '.join('?' * (len(t.columns) + 1))})", [(stream_ids[r.stream], *t.values(r)) for r in rows])
+    return conn.total_changes - before
 
 
 def insert_others(conn: sqlite3.Connection, stream_ids: dict[str, int], rows: list) -> None:

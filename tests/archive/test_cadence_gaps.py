@@ -46,11 +46,12 @@ def test_a_2_s_silence_of_an_unsuffixed_depth_stream_is_a_gap_on_usdm_not_on_spo
 def test_the_cadence_table_comes_from_the_kernel():
     table = quality.cadences([("spot", "btcusdt@depth"), ("usdm", "btcusdt@depth"), ("usdm", "ethusdt@depth20@500ms"),
                               ("spot", "btcusdt@depth20@100ms"), ("spot", "btcusdt@trade"), ("spot", "btcusdt@depth@250ms"),
-                              ("coinm", "btcusd_perp@depth")])
-    # trades are event-driven; spot has no 250 ms depth; COIN-M is not a market the kernel knows
+                              ("coinm", "btcusd_perp@depth"), ("optn", "btcusd_perp@depth")])
+    # trades are event-driven; spot has no 250 ms depth; COIN-M depth is USD-M's; "optn" is no market
     assert table.to_pylist() == [
         {"market": "spot", "stream": "btcusdt@depth", "cadence_us": 1_000_000},
         {"market": "usdm", "stream": "btcusdt@depth", "cadence_us": 250_000},
         {"market": "usdm", "stream": "ethusdt@depth20@500ms", "cadence_us": 500_000},
         {"market": "spot", "stream": "btcusdt@depth20@100ms", "cadence_us": 100_000},
+        {"market": "coinm", "stream": "btcusd_perp@depth", "cadence_us": 250_000},
     ]

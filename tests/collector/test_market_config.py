@@ -99,7 +99,7 @@ def test_the_subscriptions_file_holds_many_subscriptions(tmp_path):
     ("[[subscription]\nmarket = 'spot'", "is not valid TOML"),
     ("title = 'x'", "unknown key 'title'"),
     ("", "has no [[subscription]] tables"),
-    ("[[subscription]]\nmarket = 'coinm'\nsymbols = ['btcusd']\nstreams = ['depth']", "market 'coinm' is not spot or usdm"),
+    ("[[subscription]]\nmarket = 'coinf'\nsymbols = ['btcusd']\nstreams = ['depth']", "market 'coinf' is not spot, usdm or coinm"),
     ("[[subscription]]\nmarket = 'usdm'\nsymbols = ['btcusdt']\nstreams = ['depth20@1000ms']",
      "subscription 1: 'depth20@1000ms' is not a USD-M stream kind"),
     ("[[subscription]]\nmarket = 'spot'\nsymbols = ['btcusdt']", "subscription 1 has no 'streams'"),

@@ -74,7 +74,7 @@ def test_depth_snapshot_weights_and_limits_per_market():
     assert spot == [5, 5, 25, 25, 50, 50, 250, 250, 250, None]  # above 5000 is answered as 5000
     usdm = [depth_weight(Market.USDM, n) for n in (5, 10, 20, 50, 100, 500, 1000, 7, 5000)]
     assert usdm == [2, 2, 2, 2, 5, 10, 20, None, None]
-    assert REST_WEIGHT_PER_MINUTE == {Market.SPOT: 6000, Market.USDM: 2400}
+    assert REST_WEIGHT_PER_MINUTE == {Market.SPOT: 6000, Market.USDM: 2400, Market.COINM: 2400}
 
 
 def test_mark_price_and_force_order_are_usdm_kinds_with_their_cadences():

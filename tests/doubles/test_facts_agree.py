@@ -70,6 +70,12 @@ def disagreements() -> list[str]:
             same(f"{m} stream name {name!r}", parsed(product.parse_stream_name(name, pm)),
                  parsed(sim.parse_stream_name(name, sm)))
     same("USD-M depth limits", product.USDM_DEPTH_LIMITS, sim.USDM_DEPTH_LIMITS)
+    same("open interest markets", sorted(m.value for m in product.OPEN_INTEREST),
+         sorted(m.value for m in sim.OPEN_INTEREST_PATH))
+    for pm, (path, weight) in product.OPEN_INTEREST.items():
+        sm = sim.Market(pm.value)
+        same(f"{pm.value} open interest (path, weight)", (path, weight),
+             (sim.OPEN_INTEREST_PATH[sm], sim.REST_WEIGHT.get(sim.OPEN_INTEREST_PATH[sm])))
     return bad
 
 
@@ -106,5 +112,5 @@ def test_the_daily_files_layout_agrees_with_the_reconciliation():
     assert {m.value: p for m, p in sim.DAILY_PATH.items()} == rc.MARKET_PATHS
     for kind, dataset in kinds.items():
         assert sim.DAILY_KIND[kind] == rc.KINDS[dataset].folder
-        for m in sim.Market:
+        for m in sim.DAILY_PATH:  # the markets whose daily files are simulated (not COIN-M)
             assert sim.DAILY_COLUMNS[(m, kind)] == rc.KINDS[dataset].columns[m.value], (m, kind)

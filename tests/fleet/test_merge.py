@@ -12,7 +12,7 @@ import pytest
 from orderbook_assets.archive import export, merge
 from orderbook_assets.archive.datasets import (AGG_TRADE, BOOK_TICKER, COVERAGE, COVERAGE_SCHEMA, DATASETS, DEPTH,
                                                DEPTH_REST, DEPTH_SCHEMA, DEPTH_SCHEMA_V1, DEPTH_UPDATE, LIQUIDATION,
-                                               MARK_PRICE, TRADE)
+                                               MARK_PRICE, OPEN_INTEREST, TRADE)
 from orderbook_assets.archive.store import LocalStore
 from orderbook_core.errors import ConfigError
 
@@ -21,7 +21,8 @@ S = 1_000_000
 LEVELS = [{"price": 1.0, "qty": 2.0}]
 STREAMS = {DEPTH: "btcusdt@depth20@100ms", DEPTH_UPDATE: "btcusdt@depth@100ms", DEPTH_REST: "btcusdt@depth@100ms",
            TRADE: "btcusdt@trade", AGG_TRADE: "btcusdt@aggTrade", BOOK_TICKER: "btcusdt@bookTicker",
-           MARK_PRICE: "btcusdt@markPrice@1s", LIQUIDATION: "btcusdt@forceOrder"}
+           MARK_PRICE: "btcusdt@markPrice@1s", LIQUIDATION: "btcusdt@forceOrder",
+           OPEN_INTEREST: "btcusdt@openInterest"}
 
 
 def table(dataset: str, rows: list[dict]) -> pa.Table:

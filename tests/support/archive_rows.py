@@ -45,7 +45,7 @@ def pairs(levels) -> tuple:
 
 def expected(line: dict) -> tuple:
     """The archive row a sent-log data line must become."""
-    d, usdm, kind = line["data"], line["market"] == "usdm", line["kind"]
+    d, usdm, kind = line["data"], line["market"] in ("usdm", "coinm"), line["kind"]  # futures: E, T, pu
     head = (line["market"], line["stream"].split("@", 1)[0].upper(), line["stream"])
     if kind == "trade":
         return (*head, d["t"], us(d["E"]), us(d["T"]), float(d["p"]), float(d["q"]), d["m"])

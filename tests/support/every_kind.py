@@ -22,7 +22,7 @@ import numpy as np
 
 from orderbook_core import buffer
 from orderbook_core.buffer.records import (AggTradeRecord, BookTickerRecord, DepthRecord, DepthUpdateRecord,
-                                                LiquidationRecord, MarkPriceRecord, SessionOpen, TradeRecord)
+                                                LiquidationRecord, MarkPriceRecord, OpenInterestRecord, SessionOpen, TradeRecord)
 from orderbook_collector.writer.thread import store_records
 
 SPOT, USDM = "spot", "usdm"
@@ -72,7 +72,7 @@ def fill(conn, hour_us: int, n: int = 40, *, defects: Defects = Defects(), offse
     archive rows per dataset (column → value, times as UTC datetimes)."""
     out: dict[str, list[dict]] = {d: [] for d in
                                   ("depth_snapshot", "depth_update", "depth_rest_snapshot", "trade", "agg_trade",
-                                   "book_ticker", "mark_price", "liquidation")}
+                                   "book_ticker", "mark_price", "liquidation", "open_interest")}
     spot = Streams(conn, SPOT, "btcusdt", ["depth@100ms", "depth20@100ms", "trade", "aggTrade", "bookTicker"])
     usdm = Streams(conn, USDM, "btcusdt", ["depth@100ms", "depth5@100ms", "bookTicker", "markPrice@1s", "forceOrder"])
     sessions = {SPOT: hour_us + offset_us + session_base, USDM: hour_us + offset_us + session_base + 1}
@@ -80,7 +80,9 @@ def fill(conn, hour_us: int, n: int = 40, *, defects: Defects = Defects(), offse
         SessionOpen(sessions[SPOT], "wss://spot", json.dumps(list(spot.name.values())), sessions[SPOT], SPOT),
         SessionOpen(sessions[USDM], "wss://usdm", json.dumps(list(usdm.name.values())), sessions[USDM], USDM),
     ])
-    records = []
+    records, polled = [], []
+    oi_key = f"{USDM}:btcusdt@openInterest"  # the polled series, as the collector's writer registers it
+    oi_ids = buffer.stream_ids(conn, [(oi_key, "btcusdt", "openInterest", USDM)])
     seq = {SPOT: seq0, USDM: seq0}
     rest_rows, sync_rows, gap_rows = [], [], []
 
@@ -189,7 +191,13 @@ def fill(conn, hour_us: int, n: int = 40, *, defects: Defects = Defects(), offse
                                  "last_trade_id": trade_id, "price": mid, "qty": 0.25, "is_buyer_maker": buyer})
         trade_id += 1
         agg_id += 1
-    store_records(conn, {**spot.ids, **usdm.ids}, records)
+        if i % 5 == 0:  # USD-M open interest, polled (no session): every half second
+            oi = 12_000.5 + i
+            polled.append(OpenInterestRecord(oi_key, USDM, "BTCUSDT", t0 + 6, ms - 3, oi))
+            out["open_interest"].append({"market": USDM, "symbol": "BTCUSDT", "stream": "btcusdt@openInterest",
+                                         "recv_time": _ts(t0 + 6), "session_id": None, "seq": None,
+                                         "time": _ts((ms - 3) * 1000), "open_interest": oi})
+    store_records(conn, {**spot.ids, **usdm.ids, **oi_ids}, records, others=polled)
     with buffer.transaction(conn):
         conn.executemany(
             "INSERT INTO depth_rest_snapshot (stream_id, market, symbol, recv_us, last_update_id, n_bids, levels, reason, "

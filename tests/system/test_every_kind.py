@@ -43,6 +43,7 @@ from support.runs import checks_of, materialized
 from tools.simulator.exchange import Exchange
 
 SPOT, USDM = Market.SPOT, Market.USDM
+MARKETS = (SPOT, USDM)  # COIN-M end to end: tests/system/test_coinm.py
 SYMBOL = "btcusdt"
 DIFF = f"{SYMBOL}@depth@100ms"
 TRADE_STREAMS = (f"{SYMBOL}@trade", f"{SYMBOL}@aggTrade")
@@ -59,6 +60,7 @@ def settings_for(ex: Exchange, buffer) -> Settings:
         usdm_symbols=[SYMBOL], usdm_streams=KINDS, usdm_ws_url=ex.ws_url, usdm_rest_url=ex.rest_url,
         buffer=buffer, metrics_port=-1, backoff_initial=0.05, backoff_max=0.2, min_session=0.0,
         depth_snapshot_limit=SNAPSHOT_LIMIT, usdm_depth_snapshot_limit=SNAPSHOT_LIMIT,
+        open_interest_seconds=0.5,  # USD-M open interest polled too: every dataset has rows
     )
 
 
@@ -72,7 +74,7 @@ def hours_of(buffer) -> list[str]:
 
 
 async def record(ex: Exchange, buffer) -> None:
-    streams = [key(m.value, f"{SYMBOL}@{k}") for m in Market for k in KINDS]
+    streams = [key(m.value, f"{SYMBOL}@{k}") for m in MARKETS for k in KINDS]
 
     def synced(n: int):
         return lambda: len(query(buffer, "SELECT 1 FROM depth_sync WHERE event = 'synced'")) >= n
@@ -83,7 +85,7 @@ async def record(ex: Exchange, buffer) -> None:
     async with running(settings_for(ex, buffer)):
         await until(lambda: buffer.exists() and all(stored_counts(buffer)[s] >= 5 for s in streams)
                     and synced(2)(), timeout=60, what="every stream stored and both diff streams synced")
-        for m in Market:
+        for m in MARKETS:
             ex.drop_diff(DIFF, m)
             for s in TRADE_STREAMS:
                 ex.drop_trades(s, DROPPED_TRADES, m)
@@ -92,7 +94,7 @@ async def record(ex: Exchange, buffer) -> None:
         await until(lambda: all(stored_counts(buffer)[s] >= 20 for s in streams), timeout=60,
                     what="more rows of every stream after the faults")
         # Quiesce: a halted symbol's streams go quiet; then everything sent must be stored.
-        for m in Market:
+        for m in MARKETS:
             ex.delist_symbol(SYMBOL, m)
         await until(lambda: quiet(ex) and stored_counts(buffer) == sent_counts(ex), timeout=60,
                     what="every sent message stored")
@@ -110,7 +112,7 @@ def test_every_kind_on_both_markets_through_the_archive_once_with_breaks_and_gap
 
     ex = asyncio.run(exchange_and_record())
     # the snapshots came within each market's REST weight budget: the exchange answered no 429 nor 418
-    budgets = ex.stats()["rest"]
+    budgets = {m: b for m, b in ex.stats()["rest"].items() if m in ("spot", "usdm")}
     assert {m: (b["429"], b["418"]) for m, b in budgets.items()} == {"spot": (0, 0), "usdm": (0, 0)}, budgets
     assert min(b["requests"] for b in budgets.values()) >= 2, budgets  # the connect and the gap snapshot
     lines = [json.loads(x) for x in log.read_text().splitlines()]
@@ -147,7 +149,7 @@ def test_every_kind_on_both_markets_through_the_archive_once_with_breaks_and_gap
         assert sum(want.values()) > 20, dataset
         assert max(got.values()) == 1, dataset  # nothing doubled
         assert got == want, (dataset, len(got), sum(want.values()))
-        assert {(m, s) for m, _, s, *_ in got} == {(m.value, f"{SYMBOL}@{k}") for m in Market for k in KINDS
+        assert {(m, s) for m, _, s, *_ in got} == {(m.value, f"{SYMBOL}@{k}") for m in MARKETS for k in KINDS
                                                    if datasets_of(k) == dataset}, dataset
 
     # receive times: local, after the send, and (session, seq) unique per market
@@ -165,7 +167,7 @@ def test_every_kind_on_both_markets_through_the_archive_once_with_breaks_and_gap
                                           "snapshot_id", "messages", "dataset"))
     rest = read(archive, "depth_rest_snapshot", ("market", "symbol", "stream", "last_update_id", "reason",
                                                  "bids", "asks"))
-    for m in Market:
+    for m in MARKETS:
         diffs = [x["data"] for x in sent if x["market"] == m.value and x["stream"] == DIFF]
         jumps = [(a["u"], b["U"]) for a, b in zip(diffs, diffs[1:]) if b["U"] != a["u"] + 1]
         assert len(jumps) == 1 and len([x for x in dropped if x["market"] == m.value and x["stream"] == DIFF]) == 1
@@ -193,7 +195,7 @@ def test_every_kind_on_both_markets_through_the_archive_once_with_breaks_and_gap
     # the dropped trades: one trade_gap each, exactly the dropped range
     gaps = sorted((c[1], c[2], c[4], c[5], c[7], c[8]) for c in coverage if c[0] == "trade_gap")
     want_gaps = []
-    for m in Market:
+    for m in MARKETS:
         for s in TRADE_STREAMS:
             ids = sorted(x["id"] for x in dropped if x["market"] == m.value and x["stream"] == s)
             assert len(ids) == DROPPED_TRADES and ids == list(range(ids[0], ids[0] + DROPPED_TRADES)), (m, s, ids)
@@ -203,7 +205,7 @@ def test_every_kind_on_both_markets_through_the_archive_once_with_breaks_and_gap
     # the book rebuilt from the archive (REST snapshot + diffs) is the exchange's book, on each
     # side of the dropped diff
     recv = dict(((m, u), t) for m, u, t in read(archive, "depth_update", ("market", "last_update_id", "recv_time")))
-    for m in Market:
+    for m in MARKETS:
         diffs = [x["data"] for x in sent if x["market"] == m.value and x["stream"] == DIFF]
         (i,) = [i for i, (a, b) in enumerate(zip(diffs, diffs[1:])) if b["U"] != a["u"] + 1]
         # before the drop: one event earlier than the last one before it (book_at answers from diffs

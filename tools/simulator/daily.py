@@ -163,7 +163,8 @@ def take(tapes, day: Date) -> list[tuple[Tape, _Day]]:
     """Copies of ``day``'s columns of every tape with trades that day (:func:`write_taken` writes
     them, in another thread if need be). ValueError when a tape no longer keeps the day or kept
     only part of it."""
-    return [(tape, d) for tape in tapes if (d := tape.day(day)) is not None]
+    # COIN-M's daily files are not simulated (DAILY_PATH names spot's and USD-M's only)
+    return [(tape, d) for tape in tapes if tape.market in DAILY_PATH and (d := tape.day(day)) is not None]
 
 
 def write_day(tapes, folder: str | Path, day: Date) -> list[Path]:

@@ -155,6 +155,9 @@ from .facts import (
     FORCE_ORDER_WINDOW_MS,
     MAX_INCOMING_PER_SEC,
     MAX_STREAMS,
+    DEPTH_PATH,
+    FUTURES,
+    OPEN_INTEREST_PATH,
     REST_WEIGHT,
     REST_WEIGHT_PER_MINUTE,
     SERVED_KINDS,
@@ -207,6 +210,9 @@ def market_params(symbol: str) -> tuple[int, int, int]:
 #: Binance serves USD-M on its own host; here both markets share one port, so USD-M's
 #: paths may carry this prefix, which its retired unrouted ``/ws`` and ``/stream`` need.
 USDM_PREFIX = "fstream"
+#: COIN-M's paths carry this prefix here (``ws://host:port/dstream/stream?streams=...``): its own
+#: host on Binance, unrouted (whether it adopted ``/public`` and ``/market`` is not settled).
+COINM_PREFIX = "dstream"
 
 
 def parse_stream(name: str, symbols: Any, market: Market = Market.SPOT) -> StreamSpec | None:
@@ -577,7 +583,7 @@ class SymbolStatus(str, Enum):
 
 
 #: The status a delisted symbol shows on each market.
-DELISTED = {Market.SPOT: SymbolStatus.BREAK, Market.USDM: SymbolStatus.SETTLING}
+DELISTED = {Market.SPOT: SymbolStatus.BREAK, Market.USDM: SymbolStatus.SETTLING, Market.COINM: SymbolStatus.SETTLING}
 
 
 class StreamKey(NamedTuple):
@@ -665,6 +671,7 @@ class WeightLimiter:
     banned_until: float = 0.0
     requests: int = 0
     weight_total: int = 0
+    others: int = 0  # weight other clients on the IP spend at the start of every window (a storm)
     rejected_429: int = 0
     rejected_418: int = 0
 
@@ -672,7 +679,7 @@ class WeightLimiter:
         self.requests += 1
         if now >= self.window_start + self.window:
             self.window_start = now - (now - self.window_start) % self.window
-            self.used = 0
+            self.used = self.others
         if now < self.banned_until:
             self.rejected_418 += 1
             return Admission(418, math.ceil(self.banned_until - now), self.used)
@@ -700,6 +707,11 @@ def _split_symbol(symbol: str) -> tuple[str, str]:
     """(base, quote) assets of a symbol, upper case; an unknown quote splits off the last 4 letters."""
     quote = next((q for q in _QUOTES if symbol.endswith(q) and len(symbol) > len(q)), symbol[-4:])
     return symbol[: -len(quote)].upper(), quote.upper()
+
+
+def _contract_type(symbol: str) -> str:
+    """A COIN-M symbol's ``contractType``: ``PERPETUAL`` for ``_perp``, else a quarter (dated contracts)."""
+    return "PERPETUAL" if symbol.lower().endswith("_perp") else "CURRENT_QUARTER"
 
 
 def _error(code: int, msg: str, rid: Any) -> dict:
@@ -750,9 +762,11 @@ class Exchange:
         weight_budget: dict[Market, int] | None = None, weight_window: float = 60.0,
         ban_seconds: float = 120.0, trend: float = 0.0, jump: float = 0.0,
         partials_aligned: bool = False, partial_rate: float | None = None,
-        trade_tape_limit: int = daily.DEFAULT_LIMIT,
+        trade_tape_limit: int = daily.DEFAULT_LIMIT, coinm_symbols=("btcusd_perp",),
     ):
         self.symbols = [s.strip().lower() for s in symbols if s.strip()]
+        #: COIN-M's symbols (a pair and a contract: its names differ from spot's and USD-M's)
+        self.coinm_symbols = [s.strip().lower() for s in coinm_symbols if s.strip()]
         self.host, self.port = host, port
         self.rate = rate
         self.base_rate = float(rate) if rate else 10.0  # the book clock: steps per second
@@ -777,7 +791,7 @@ class Exchange:
         self.books: dict[Market, dict[str, Book]] = {m: {} for m in Market}
         self.listing: dict[Market, dict[str, SymbolStatus]] = {m: {} for m in Market}
         for m in Market:
-            for sym in self.symbols:
+            for sym in (self.coinm_symbols if m is Market.COINM else self.symbols):
                 self.books[m][sym] = self._new_book(m, sym)
                 self.listing[m][sym] = SymbolStatus.TRADING
         budgets = {**REST_WEIGHT_PER_MINUTE, **{Market(m): b for m, b in (weight_budget or {}).items()}}
@@ -794,6 +808,12 @@ class Exchange:
         self.skipped_ticks = 0
         self._replay_next = 0
         self._reject: tuple[int, int, int] | None = None  # (status, retry_after, count)
+        #: open interest per (market, symbol), a walk from a seeded start; every answer given is
+        #: logged in ``open_interest_sent`` (the oracle of the polled dataset)
+        self._oi_rng = random.Random(seed)
+        self._oi: dict[tuple[Market, str], float] = {}
+        self.open_interest_sent: list[dict] = []
+        self._oi_faults: deque[str] = deque()  # the next answers' faults: "error" (503) or "negative"
         self._server = None
         self._log_file = None
         self._log_buf: list[bytes] = []
@@ -903,6 +923,8 @@ class Exchange:
             return self._rest(Market.SPOT, url.path, query)
         if url.path.startswith("/fapi/"):
             return self._rest(Market.USDM, url.path, query)
+        if url.path.startswith("/dapi/"):
+            return self._rest(Market.COINM, url.path, query)
         if url.path == "/control/daily_files" and self.control_enabled:
             return await self._daily_files_http(query)
         if url.path.startswith("/control/") and self.control_enabled:
@@ -929,6 +951,13 @@ class Exchange:
         """
         market, route = Market.SPOT, None
         head, _, rest = path.lstrip("/").partition("/")
+        if head == COINM_PREFIX:
+            path = "/" + rest
+            if path == "/stream":
+                return Endpoint(Market.COINM, None, True, [s for s in query.get("streams", "").split("/") if s])
+            if path == "/ws" or path.startswith("/ws/"):
+                return Endpoint(Market.COINM, None, False, [s for s in path[4:].split("/") if s])
+            return None
         if head == USDM_PREFIX:
             market, path = Market.USDM, "/" + rest
             head, _, rest = rest.partition("/")
@@ -942,7 +971,7 @@ class Exchange:
 
     def _rest(self, market: Market, path: str, query: dict) -> Response:
         """Binance's REST market data; every answer but 404 is weighed and carries the used weight."""
-        depth = path in ("/api/v3/depth", "/fapi/v1/depth")
+        depth = path == DEPTH_PATH[market]
         if not depth and path not in REST_WEIGHT:
             return _http(404, {"code": -1000, "msg": f"Unknown path {path}"})
         limit: int | None = None
@@ -968,6 +997,8 @@ class Exchange:
                    "Please use WebSocket Streams for live updates to avoid bans.")
             return _http(418, {"code": -1003, "msg": msg}, (("Retry-After", str(verdict.retry_after)), *used))
         now_ms = time.time_ns() // 1_000_000
+        if path == OPEN_INTEREST_PATH.get(market):
+            return self._open_interest(market, query.get("symbol", ""), now_ms, used)
         if path.endswith("/ping"):
             return _http(200, {}, used)
         if path.endswith("/time"):
@@ -982,7 +1013,7 @@ class Exchange:
         if book is None:
             return _http(400, {"code": -1121, "msg": "Invalid symbol."}, used)
         if limit is None or depth_weight(market, limit) is None:
-            if market is Market.USDM:
+            if market in FUTURES:
                 return _http(400, {"code": -1130, "msg": "Data sent for parameter 'limit' is not valid."}, used)
             if limit is None or limit < 1:
                 return _http(400, {"code": -1100, "msg": "Illegal characters found in parameter 'limit'."}, used)
@@ -995,6 +1026,42 @@ class Exchange:
         t = book.diffs[-1].time_ms if book.diffs else now_ms
         return _http(200, {"lastUpdateId": book.last_id, "E": now_ms, "T": t, "bids": bids, "asks": asks}, used)
 
+    def _open_interest(self, market: Market, symbol: str, now_ms: int, used: tuple) -> Response:
+        """A symbol's open interest now (USD-M REST "Open Interest"), unless a fault is planted."""
+        if self.listing[market].get(symbol.lower()) is None:
+            return _http(400, {"code": -1121, "msg": "Invalid symbol."}, used)
+        fault = self._oi_faults.popleft() if self._oi_faults else None
+        if fault == "error":
+            self.open_interest_sent.append({"market": market.value, "openInterest": None, "symbol": symbol.upper(),
+                                            "time": now_ms, "fault": fault})
+            return _http(503, {"code": -1001, "msg": "Service Unavailable."}, used)
+        key = (market, symbol.lower())
+        oi = self._oi.get(key, 10_000.0 + self._oi_rng.randrange(0, 5_000_000) / 1000)
+        self._oi[key] = oi = round(max(0.0, oi + self._oi_rng.randrange(-5000, 5001) / 1000), 3)
+        body = {"openInterest": f"{-oi if fault == 'negative' else oi:.3f}", "symbol": symbol.upper(), "time": now_ms}
+        if market is Market.COINM:  # COIN-M "Open Interest": the pair and contract type too, contracts counted
+            body = {"symbol": symbol.upper(), "pair": symbol.split("_")[0].upper(),
+                    "openInterest": f"{-round(oi) if fault == 'negative' else round(oi)}",
+                    "contractType": _contract_type(symbol), "time": now_ms}
+        self.open_interest_sent.append({"market": market.value, **body, "fault": fault})
+        return _http(200, body, used)
+
+    def fail_open_interest(self, n: int = 1, how: str = "error") -> None:
+        """Spoil the next ``n`` open-interest answers: ``error`` answers 503, ``negative`` a negative value."""
+        if how not in ("error", "negative") or n < 1:
+            raise ValueError(f"fail_open_interest takes n >= 1 and how=error|negative, not {n}, {how!r}")
+        self._oi_faults.extend([how] * n)
+
+    def weight_storm(self, weight: int, market: Market = Market.USDM) -> None:
+        """Other clients on this IP spend ``weight`` of the market's REST budget at the start of
+        every window from now on (this one included; 0 ends the storm): every answer's
+        ``X-MBX-USED-WEIGHT-1M`` counts it, and it leaves the rest of the budget to us."""
+        lim = self.limiters[Market(market)]
+        if not 0 <= weight <= lim.budget:
+            raise ValueError(f"a storm of {weight} does not fit a budget of {lim.budget}")
+        lim.used = max(0, lim.used + weight - lim.others)
+        lim.others = weight
+
     def _exchange_info(self, market: Market, now_ms: int) -> dict:
         """Every symbol ever listed with its status (TRADING, or delisted: the list changes)."""
         symbols = []
@@ -1003,6 +1070,11 @@ class Exchange:
             entry = {"symbol": sym.upper(), "status": status.value, "baseAsset": base, "quoteAsset": quote}
             if market is Market.USDM:
                 entry.update(pair=sym.upper(), contractType="PERPETUAL")
+            elif market is Market.COINM:  # COIN-M says contractStatus, not status (COIN-M "Exchange Information")
+                pair = sym.split("_")[0].upper()
+                entry = {"symbol": sym.upper(), "pair": pair, "contractType": _contract_type(sym),
+                         "contractStatus": status.value, "baseAsset": pair[:-3], "quoteAsset": "USD",
+                         "marginAsset": pair[:-3]}
             symbols.append(entry)
         limits = [{"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1,
                    "limit": self.limiters[market].budget}]
@@ -1031,6 +1103,7 @@ class Exchange:
         server_shutdown?grace=S  drop_diff?stream=NAME&market=spot|usdm
         drop_trades?stream=NAME&n=N&market=..  list_symbol?symbol=S&market=..  (no market: both)
         delist_symbol?symbol=S&market=..  route?market=usdm&kind=K&route=public|market
+        fail_open_interest?n=N&how=error|negative  weight_storm?weight=W&market=.. (others' weight a window)
         mute?stream=NAME&market=..  unmute?stream=NAME&market=..
         daily_files?folder=PATH&date=YYYY-MM-DD (the exchange's daily trade files; default today)
         stats (GET or POST: the counters)
@@ -1063,11 +1136,18 @@ class Exchange:
                 self.drop_diff(q.get("stream", arg or ""), markets[0])
             elif name == "drop_trades":
                 self.drop_trades(q.get("stream", arg or ""), int(q.get("n", 1)), markets[0])
+            elif name == "fail_open_interest":
+                self.fail_open_interest(int(q.get("n", arg or 1)), q.get("how", "error"))
+            elif name == "weight_storm":
+                self.weight_storm(int(q.get("weight", arg or 0)), markets[0])
             elif name == "route":
                 self.set_route(q.get("kind", arg or ""), q.get("route", ""), Market(q.get("market", "usdm")))
             elif name in ("mute", "unmute"):
                 (self.mute if name == "mute" else self.unmute)(q.get("stream", arg or ""), markets[0])
             elif name in ("list_symbol", "delist_symbol"):
+                if "market" not in q:  # every market whose names it fits: spot and USD-M, or COIN-M
+                    sym = q.get("symbol", arg or "").lower()
+                    markets = [m for m in Market if parse_stream_name(f"{sym}@trade", m)] or markets
                 for m in markets:
                     (self.list_symbol if name == "list_symbol" else self.delist_symbol)(q.get("symbol", arg or ""), m)
             else:
@@ -1257,7 +1337,7 @@ class Exchange:
     def _serves(self, conn: _Conn, spec: StreamSpec) -> bool:
         """Whether ``conn`` receives ``spec``: always on spot; on USD-M only on the route that
         serves its kind (the unrouted paths count as ``UNROUTED_AS``)."""
-        if conn.market is Market.SPOT:
+        if conn.market is not Market.USDM:  # spot, and COIN-M unrouted
             return True
         return self.routes[spec.type] is (conn.route or UNROUTED_AS)
 
@@ -1318,7 +1398,8 @@ class Exchange:
 
     def _messages(self, st: _Stream, book: Book, since: int | None) -> list[_Msg]:
         """The messages of ``st`` for the book steps after ``since``, in Binance's payloads."""
-        spec, usdm = st.spec, st.spec.market is Market.USDM
+        spec, usdm = st.spec, st.spec.market in FUTURES  # COIN-M's payloads are USD-M's plus the pair
+        coinm = spec.market is Market.COINM
         now_ms = time.time_ns() // 1_000_000
         sym = book.symbol.upper()
         steps = book.steps_since(since)
@@ -1346,7 +1427,7 @@ class Exchange:
             head: dict = {"e": "depthUpdate", "E": now_ms}
             if usdm:
                 head["T"] = steps[-1].time_ms
-            head.update(s=sym, U=first, u=book.last_id)
+            head.update(s=sym, **({"ps": sym.split("_")[0]} if coinm else {}), U=first, u=book.last_id)
             if usdm:
                 head["pu"] = first - 1 if spec.type is Kind.DIFF_DEPTH else prev_u
             msg({**head, "b": b, "a": a}, book.last_id, book.last_id)
@@ -1375,7 +1456,9 @@ class Exchange:
             elif s.top is not None:  # bookTicker: every change of the best levels
                 body = {"u": s.last_id, "s": sym, "b": book.px(s.top.bid), "B": fmt_e8(s.top.bid_qty),
                         "a": book.px(s.top.ask), "A": fmt_e8(s.top.ask_qty)}
-                if usdm:
+                if coinm:  # COIN-M streams' order: e,u,s,b,B,a,A,T,E,ps
+                    body = {"e": "bookTicker", **body, "T": s.time_ms, "E": now_ms, "ps": sym.split("_")[0]}
+                elif usdm:
                     body = {"e": "bookTicker", "u": s.last_id, "E": now_ms, "T": s.time_ms, **body}
                 msg(body, s.last_id, s.last_id)
         return out

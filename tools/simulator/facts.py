@@ -23,6 +23,11 @@ from enum import Enum
 class Market(str, Enum):
     SPOT = "spot"  # stream.binance.com, api.binance.com
     USDM = "usdm"  # fstream.binance.com, fapi.binance.com
+    COINM = "coinm"  # dstream.binance.com, dapi.binance.com (fact sheet sections 4 and 7)
+
+
+#: The futures markets: depth, bookTicker, trades with ``E`` and ``T``, diff depth with ``pu``.
+FUTURES = (Market.USDM, Market.COINM)
 
 
 class Route(str, Enum):
@@ -71,6 +76,8 @@ DEPTH_SPEEDS = {
     # <symbol>@depth<levels> OR @500ms OR @100ms; <symbol>@depth OR @depth@500ms OR @depth@100ms
     # (250ms default, 500ms or 100ms); "@250ms" is not among the documented names
     Market.USDM: {"": 250, "@100ms": 100, "@500ms": 500},
+    # COIN-M streams: the same names and speeds as USD-M (fact sheet section 4, "COIN-M")
+    Market.COINM: {"": 250, "@100ms": 100, "@500ms": 500},
 }
 #: Levels of a partial depth stream: "Valid <levels> are 5, 10, or 20" (spot streams; USD-M streams).
 PARTIAL_LEVELS = (5, 10, 20)
@@ -107,7 +114,7 @@ STREAM_NAMES: dict[Market, dict[str, NameFacts]] = {
            for n in PARTIAL_LEVELS for speed, ms in speeds.items()},
         **{name: NameFacts(kind, 0, 0) for name, kind in EVENT_STREAMS.items()},
         **({name: NameFacts(kind, 0, ms * 1000) for name, (kind, ms) in FUTURES_STREAMS.items()}
-           if m is Market.USDM else {}),
+           if m in FUTURES else {}),  # COIN-M's "Mark Price Stream" and "Liquidation Order Streams" pages
     }
     for m, speeds in DEPTH_SPEEDS.items()
 }
@@ -140,7 +147,10 @@ def parse_stream_name(name: str, market: Market = Market.SPOT) -> StreamSpec | N
         return None
     symbol, kind = name.split("@", 1)
     facts = STREAM_NAMES[Market(market)].get(kind)
-    if facts is None or not (symbol.isascii() and symbol.isalnum() and symbol == symbol.lower()):
+    # COIN-M symbols are a pair and a contract, ``btcusd_perp`` or dated ``btcusd_261225`` (section 7)
+    parts = symbol.split("_") if Market(market) is Market.COINM else [symbol]
+    if facts is None or len(parts) != (2 if Market(market) is Market.COINM else 1) or not all(
+            p.isascii() and p.isalnum() and p == p.lower() for p in parts):
         return None
     return StreamSpec(symbol, kind, facts.levels, facts.cadence_us, Market(market), facts.type)
 
@@ -192,22 +202,23 @@ MAX_STREAMS = {
     # date is unclear). 200 is true under either: a client that plans for it only opens more
     # connections, while one that plans for 1024 could be refused if 200 holds.
     Market.USDM: 200,
+    Market.COINM: 200,  # assumed as USD-M: COIN-M's page was not read for it
 }
 #: Incoming messages (control frames, pings, pongs) a connection may send per second before
 #: it is closed with 1008: spot streams "5 incoming messages per second"; USD-M streams
 #: "WebSocket connections have a limit of 10 incoming messages per second".
-MAX_INCOMING_PER_SEC = {Market.SPOT: 5, Market.USDM: 10}
+MAX_INCOMING_PER_SEC = {Market.SPOT: 5, Market.USDM: 10, Market.COINM: 10}  # COIN-M: section 4
 
 # ---- REST ---------------------------------------------------------------------------------
 
 #: ``REQUEST_WEIGHT`` per IP and minute: spot REST (exchangeInfo rateLimits) 6000; USD-M
 #: "General Info" / exchangeInfo 2400 (fact sheet sections 3 and 4).
-REST_WEIGHT_PER_MINUTE = {Market.SPOT: 6000, Market.USDM: 2400}
+REST_WEIGHT_PER_MINUTE = {Market.SPOT: 6000, Market.USDM: 2400, Market.COINM: 2400}  # COIN-M: assumed as USD-M
 #: Depth snapshot path per market (spot REST "Order book"; USD-M REST "Order Book").
-DEPTH_PATH = {Market.SPOT: "/api/v3/depth", Market.USDM: "/fapi/v1/depth"}
+DEPTH_PATH = {Market.SPOT: "/api/v3/depth", Market.USDM: "/fapi/v1/depth", Market.COINM: "/dapi/v1/depth"}
 #: ``limit`` when the request names none: spot REST "Default 100; max 5000"; USD-M REST
 #: "Default 500; Valid limits:[5, 10, 20, 50, 100, 500, 1000]".
-DEPTH_DEFAULT_LIMIT = {Market.SPOT: 100, Market.USDM: 500}
+DEPTH_DEFAULT_LIMIT = {Market.SPOT: 100, Market.USDM: 500, Market.COINM: 500}
 #: Depth weight by limit, (highest limit, weight) steps, lowest first.
 DEPTH_WEIGHT = {
     # spot REST "Order book", since 2023-10-19 (CHANGELOG): 1-100: 5, 101-500: 25,
@@ -215,6 +226,7 @@ DEPTH_WEIGHT = {
     Market.SPOT: ((100, 5), (500, 25), (1000, 50), (5000, 250)),
     # USD-M REST "Order Book": 5, 10, 20, 50: 2; 100: 5; 500: 10; 1000: 20
     Market.USDM: ((50, 2), (100, 5), (500, 10), (1000, 20)),
+    Market.COINM: ((50, 2), (100, 5), (500, 10), (1000, 20)),  # section 4: "depth weights as USD-M"
 }
 #: The only limits USD-M accepts (USD-M REST "Order Book"); spot takes any limit >= 1.
 USDM_DEPTH_LIMITS = (5, 10, 20, 50, 100, 500, 1000)
@@ -225,15 +237,23 @@ USDM_DEPTH_LIMITS = (5, 10, 20, 50, 100, 500, 1000)
 REST_WEIGHT = {
     "/api/v3/ping": 1, "/api/v3/time": 1, "/api/v3/exchangeInfo": 20,
     "/fapi/v1/ping": 1, "/fapi/v1/time": 1, "/fapi/v1/exchangeInfo": 1,
+    # USD-M REST "Open Interest" (developers.binance.com .../usds-margined-futures/market-data/
+    # rest-api/Open-Interest): weight 1, answer {"openInterest": "10659.509", "symbol": "BTCUSDT", "time": ...}
+    "/fapi/v1/openInterest": 1,
+    # COIN-M REST: the same endpoints under /dapi; "Open Interest" weight 1, its answer adds pair and contractType
+    "/dapi/v1/ping": 1, "/dapi/v1/time": 1, "/dapi/v1/exchangeInfo": 1, "/dapi/v1/openInterest": 1,
 }
+#: The REST paths answering a symbol's open interest, per market (the same pages).
+OPEN_INTEREST_PATH = {Market.USDM: "/fapi/v1/openInterest", Market.COINM: "/dapi/v1/openInterest"}
 #: ``exchangeInfo`` per market: (path, weight), as above.
-EXCHANGE_INFO = {Market.SPOT: ("/api/v3/exchangeInfo", 20), Market.USDM: ("/fapi/v1/exchangeInfo", 1)}
+EXCHANGE_INFO = {Market.SPOT: ("/api/v3/exchangeInfo", 20), Market.USDM: ("/fapi/v1/exchangeInfo", 1),
+                 Market.COINM: ("/dapi/v1/exchangeInfo", 1)}
 
 
 def depth_weight(market: Market, limit: int) -> int | None:
     """The weight of a depth snapshot of ``limit`` levels, or None if the market refuses that limit."""
     market = Market(market)
-    if limit < 1 or market is Market.USDM and limit not in USDM_DEPTH_LIMITS:
+    if limit < 1 or market in FUTURES and limit not in USDM_DEPTH_LIMITS:
         return None
     if market is Market.SPOT:
         limit = min(limit, 5000)
