@@ -75,8 +75,9 @@ system-deps:
 test: venv-dev venv-backtest system-deps
 	$(BACKTEST_PYTHON) $(BIN)/python -m pytest -q
 
-# Without the long system tests (slow), the browser check and the Ceph RGW tests (rgw: their
-# Debian packages come with `make system-deps`, which only `make test` runs).
+# Without the long system tests (slow: every run of a whole system, PostgreSQL, Spark or kill -9),
+# the browser check and the Ceph RGW tests (rgw: their Debian packages come with
+# `make system-deps`, which only `make test` runs): under 3 minutes.
 test-fast: venv-dev venv-backtest
 	$(BACKTEST_PYTHON) $(BIN)/python -m pytest -q -m "not slow and not browser and not rgw"
 

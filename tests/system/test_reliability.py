@@ -219,6 +219,7 @@ def test_disk_full_collector_stays_up_reports_it_and_catches_up(tiny_fs, tmp_pat
 # --------------------------------------------------------------------------- locked database
 
 
+@pytest.mark.slow  # a collector process under a long read: make test, not test-fast
 def test_long_read_transaction_does_not_disturb_ingest(tmp_path):
     buffer = tmp_path / "buffer.sqlite3"
     sent_log = tmp_path / "sent.ndjson"
