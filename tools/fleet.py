@@ -16,6 +16,7 @@ the ready line waits until the webserver's GraphQL lists every location loaded.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import pwd
@@ -203,7 +204,7 @@ def location_errors(base: str) -> dict[str, str | None] | None:
     try:
         with urllib.request.urlopen(request, timeout=TRY_TIMEOUT) as resp:
             data = json.load(resp).get("data") or {}
-    except (OSError, ValueError):  # refused, reset or cut short while it starts
+    except (OSError, http.client.HTTPException, ValueError):  # refused, reset or cut short while it starts
         return None
     workspace = data.get("workspaceOrError") or {}
     if workspace.get("__typename") != "Workspace":
@@ -216,10 +217,6 @@ def location_errors(base: str) -> dict[str, str | None] | None:
         else:
             out[entry["name"]] = None if loaded["__typename"] == "RepositoryLocation" else loaded.get("message") or "?"
     return out
-
-
-def first_line(text: str | None) -> str:
-    return (text or "").strip().splitlines()[0] if (text or "").strip() else ""
 
 
 def _parse(argv):
@@ -329,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
                 failed = {n: e for n, e in seen.items() if e}
                 if failed:
                     name, error = next(iter(failed.items()))
-                    raise FleetNotReady(f"the webserver could not load the code location {name}: {first_line(error)}")
+                    raise FleetNotReady(f"the webserver could not load the code location {name}: "
+                                        f"{(error.strip().splitlines() or [error])[0]}")
                 return set(seen) == set(locations) and all(e is None for e in seen.values())
 
             if wait(served, "the webserver to load every code location"):
