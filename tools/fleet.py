@@ -26,7 +26,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -144,8 +143,8 @@ class Postgres:
             verb, where = blocked
             fix = f"chmod o+x {where}" if verb == "enter" else f"chown {self.user} {where}"
             raise ConfigError("--folder", f"PostgreSQL runs as the user {self.user}, who cannot {verb} {where}; "
-                              f"give the fleet a folder {self.user} can use (python -m tools.fleet --folder "
-                              f"/var/tmp/orderbook-fleet) or let it in ({fix})")
+                              f"give the fleet a folder {self.user} can use (.venv/bin/python -m tools.fleet "
+                              f"--folder /var/tmp/orderbook-fleet) or let it in ({fix})")
         if not (self.folder / "data" / "PG_VERSION").exists():
             self._run(str(PG_BIN / "initdb"), "-D", str(self.folder / "data"), "-U", self.user, "--auth=trust",
                       "-E", "UTF8")
@@ -246,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         home = write_home(folder / "dagster_home")
     except PermissionError as exc:
         _say(f"make fleet: --folder: {exc.filename} cannot be created here ({exc.strerror}); give the fleet a "
-             "folder you can write (python -m tools.fleet --folder /var/tmp/orderbook-fleet).", err=True)
+             "folder you can write (.venv/bin/python -m tools.fleet --folder /var/tmp/orderbook-fleet).", err=True)
         return 2
     pg = Postgres(folder / "postgres", free_port())
     requested: list[int] = []
