@@ -75,10 +75,12 @@ system-deps:
 test: venv-dev venv-backtest system-deps
 	$(BACKTEST_PYTHON) $(BIN)/python -m pytest -q
 
-# Without the long system tests (slow), the browser check and the Ceph RGW tests (rgw: their
-# Debian packages come with `make system-deps`, which only `make test` runs).
+# Without the long system tests (slow: every run of a whole system, PostgreSQL, Spark or kill -9),
+# the browser check, the Ceph RGW tests (rgw: their Debian packages come with `make system-deps`,
+# which only `make test` runs) and the tests of the test doubles (doubles: tests/doubles/, the
+# simulated exchange and the S3 fault proxy, not the product): under 3 minutes.
 test-fast: venv-dev venv-backtest
-	$(BACKTEST_PYTHON) $(BIN)/python -m pytest -q -m "not slow and not browser and not rgw"
+	$(BACKTEST_PYTHON) $(BIN)/python -m pytest -q -m "not slow and not browser and not rgw and not doubles"
 
 simulator: venv
 	$(BIN)/python -m tools.simulator --port $${ORDERBOOK_SIMULATOR_PORT:-9443}

@@ -20,6 +20,7 @@ import logging
 import sqlite3
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 
@@ -98,7 +99,10 @@ class Metrics:
         self.wide_values = 0  # values with more than 15 significant digits
         self.queue_depth = 0
         self.queue_capacity = 1
-        self.spill_bytes = 0
+        # The spill's bytes not yet replayed, asked at scrape time (the writer sets it to its spill's
+        # count): a value the writer thread copied would stay stale exactly while the spill grows,
+        # since that thread is then stuck retrying a commit (another process holding the write lock).
+        self.spill_bytes: Callable[[], int] = lambda: 0
         self.spilled_items = 0
         self.writer_errors: dict[str, int] = defaultdict(int, {k: 0 for k in WRITER_ERROR_KINDS})
         self.writer_degraded = 0  # 1 while writes fail (disk full, locked)
@@ -180,7 +184,7 @@ class Exposition:
         yield counter("orderbook_wide_values", "Prices or quantities with more than 15 significant digits.", m.wide_values)
         yield gauge("orderbook_queue_depth", "Items waiting for the writer thread.", m.queue_depth)
         yield gauge("orderbook_queue_utilization", "Queue depth over capacity.", m.queue_depth / max(m.queue_capacity, 1))
-        yield gauge("orderbook_spill_bytes", "Bytes spilled to disk and not yet replayed.", m.spill_bytes)
+        yield gauge("orderbook_spill_bytes", "Bytes spilled to disk and not yet replayed.", m.spill_bytes())
         yield counter("orderbook_spilled_items", "Items that went through the spill files.", m.spilled_items)
         yield gauge("orderbook_writer_degraded", "1 while buffer writes fail (disk full, locked).", m.writer_degraded)
         e = CounterMetricFamily("orderbook_writer_errors", "Failed buffer commits, by kind.", labels=["kind"])

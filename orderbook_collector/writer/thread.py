@@ -307,6 +307,7 @@ class Writer:
         self.queue = Inbox(queue_size)
         self.metrics.queue_capacity = queue_size
         self.spill = Spill(spill_dir or self.path.with_name(self.path.name + ".spill"))
+        self.metrics.spill_bytes = lambda: self.spill.pending_bytes
         self._spill_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="buffer-writer", daemon=True)
         self._ready = threading.Event()
@@ -405,7 +406,6 @@ class Writer:
                 if items:
                     break  # commit queued items before replaying the spill: order matters
                 batch, position = self.spill.read(self.max_batch)
-                self.metrics.spill_bytes = self.spill.pending_bytes
                 if not batch:
                     with self._spill_lock:
                         self._finish_spill(None)
@@ -501,7 +501,6 @@ class Writer:
         if position is not None:
             with self._spill_lock:
                 self._finish_spill(position)
-            self.metrics.spill_bytes = self.spill.pending_bytes
 
     def _watch_duplicates(self, sessions: dict[int, tuple[int, int, int]]) -> None:
         """Say once, loudly, when a session stores (nearly) nothing because all it gets are duplicates."""

@@ -349,6 +349,7 @@ def test_spark_reads_every_dataset_with_duckdbs_values(archive, spark):
     assert ns["by_time"].count() == len(SYMBOLS) * 200
 
 
+@pytest.mark.slow  # a JVM
 def test_spark_outside_utc_disagrees_with_the_folders(archive, spark):
     """Why the docs insist on a UTC session: elsewhere hour() and bare time literals shift."""
     spark.read.option("basePath", f"{archive}/depth_snapshot").parquet(f"{archive}/depth_snapshot") \
@@ -367,6 +368,7 @@ def test_spark_outside_utc_disagrees_with_the_folders(archive, spark):
         spark.conf.set("spark.sql.session.timeZone", "UTC")
 
 
+@pytest.mark.slow  # a JVM
 def test_a_spark_table_sees_an_hour_only_once_its_partition_is_synced(archive, spark, tmp_path):
     """Catalog tables list their partitions: the documented MSCK REPAIR TABLE is what makes
     hours visible, the first ones and each later one (REFRESH TABLE is not enough)."""

@@ -227,6 +227,7 @@ def test_late_hours_lists_hours_with_rows_beyond_their_last_part(env):
     assert ledger.late_hours(conn, BASE_HOUR_US + HOUR_US // 2) == []  # hour not over yet
 
 
+@pytest.mark.slow  # a collector process under archive runs: make test, not test-fast
 def test_collector_keeps_committing_during_export_and_cleanup(tmp_path):
     """Writer commit p99 stays under 100 ms (the README's promise) while exports and cleanups
     run on the same buffer; the writer is another process, as the collector is."""

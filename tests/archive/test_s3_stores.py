@@ -182,6 +182,7 @@ CREATE_RANK = {"if-none-match": 2, "generation-match": 1, "head-then-put": 0}
 VERIFY_RANK = {"sha256": 2, "md5-etag": 1, "download": 0}
 
 
+@pytest.mark.slow  # a fault at each of the probe's requests in turn, 16 probes: make test, not test-fast
 @pytest.mark.parametrize("kind", ["lost_response", "silent_put_loss"])
 @pytest.mark.parametrize("nth", range(8))
 def test_a_fault_during_the_probe_never_records_a_stronger_capability(moto, kind, nth):

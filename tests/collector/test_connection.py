@@ -11,6 +11,7 @@ import subprocess
 import sys
 import urllib.request
 
+import pytest
 
 from orderbook_collector.connection.collector import Collector
 from orderbook_collector.config import Settings
@@ -207,6 +208,7 @@ asyncio.run(main(int(sys.argv[1])))
 """
 
 
+@pytest.mark.slow  # a collector process spilling and replaying: make test, not test-fast
 def test_slow_writer_spills_while_the_reader_keeps_up(tmp_path):
     buffer, log = tmp_path / "b.sqlite3", tmp_path / "sent.ndjson"
 

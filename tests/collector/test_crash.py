@@ -7,6 +7,7 @@ import random
 import signal
 import time
 
+import pytest
 
 from support.procs import SimulatorProcess, query, start_collector, stored_count, wait_for
 
@@ -21,6 +22,7 @@ def sent_messages(log_path) -> dict[tuple[str, int], dict]:
     return out
 
 
+@pytest.mark.slow  # collector processes killed -9 at random moments: make test, not test-fast
 def test_kill_9_at_random_moments_loses_nothing_acknowledged(tmp_path):
     buffer = tmp_path / "buffer.sqlite3"
     sent_log = tmp_path / "sent.ndjson"

@@ -12,6 +12,7 @@ import websockets.http11
 from orderbook_collector.config import Settings
 from orderbook_collector.feed.symbols import URL_BUDGET, control_batches, control_message, url_streams
 from support.markets import running, stored_counts, until
+from support.procs import query
 from tools.simulator.exchange import Exchange
 
 PREFIX = "wss://stream.binance.com:9443/stream?streams="
@@ -70,3 +71,68 @@ def test_a_414_halves_the_url_and_the_connection_opens(tmp_path, monkeypatch):
     assert len(urls) >= 3  # ~8 KB refused, ~4 KB refused, ~2 KB accepted
     assert [len(u) for u in urls] == sorted((len(u) for u in urls), reverse=True)
     assert len(urls[-1]) < 2048 - len("GET  HTTP/1.1")
+
+
+# ---- the issue's exact case: a server with an 8 KB request line and 2,000 streams ----------------
+
+#: The simulator's WebSocket server (the ``websockets`` library's default, as many front ends):
+#: a request line over it is answered with HTTP 414.
+SERVER_LINE_LIMIT = 8192
+TWO_THOUSAND = [f"s{i:04d}usdt" for i in range(2000)]  # two connections of up to 1,024 streams
+
+
+def record_two_thousand(tmp_path) -> tuple[list[str], dict[str, int]]:
+    """Record TWO_THOUSAND's depth20 until every stream stored rows; the URLs opened and the counters,
+    with the SUBSCRIBE requests each connection needed (``subscribe_requests``, one count a session)."""
+    assert websockets.http11.MAX_LINE_LENGTH == SERVER_LINE_LIMIT
+    buffer = tmp_path / "b.sqlite3"
+
+    async def main():
+        # The simulator closes a connection that sends more than 5 control frames a second (1008).
+        async with Exchange(symbols=TWO_THOUSAND, seed=5, rate=0.5) as ex:
+            s = Settings(symbols=TWO_THOUSAND, streams=["depth20@100ms"], ws_url=ex.ws_url, rest_url=ex.rest_url,
+                         buffer=buffer, metrics_port=-1, backoff_initial=0.05, backoff_max=0.2, min_session=0.0)
+            async with running(s) as c:
+                await until(lambda: len(stored_counts(buffer)) == len(TWO_THOUSAND), timeout=150,
+                            what="every one of 2,000 streams storing rows")
+                assert c.fatal is None and len(c.groups) == 2
+                m = c.metrics
+                return list(c.opened_urls), {"connected": m.connected, "reconnects": m.reconnects,
+                                             "connect_failures": m.connect_failures}
+
+    urls, counts = asyncio.run(main())
+    counts["subscribe_requests"] = sorted(n for (n,) in query(
+        buffer, "SELECT count(DISTINCT detail) FROM events WHERE kind = 'subscribe' GROUP BY session_id"))
+    return urls, counts
+
+
+def test_two_thousand_streams_connect_through_an_8_kb_server_without_a_414(tmp_path):
+    urls, counts = record_two_thousand(tmp_path)
+    # Two URLs under 8 KB, each opened at the first try; the rest of each connection's ~1,000
+    # streams went by SUBSCRIBE, paced: no connection was closed for too many control messages.
+    assert len(urls) == 2 and max(len(u) for u in urls) <= URL_BUDGET < SERVER_LINE_LIMIT - len("GET  HTTP/1.1")
+    assert counts == {"connected": 2, "reconnects": 0, "connect_failures": 0, "subscribe_requests": [3, 3]}
+
+
+def test_a_414_from_an_8_kb_server_splits_the_url_and_every_one_of_2000_streams_connects(tmp_path, monkeypatch):
+    # The collector's own URLs stay under 8 KB, so this server never refuses one. To see what a
+    # 414 does at exactly this limit, the collector starts as before the URL budget: each
+    # connection's ~1,000 names (about 24 KB) in one URL.
+    from orderbook_collector.connection import sessions
+
+    def unbounded(prefix, names, cap=None):
+        return url_streams(prefix, names, budget=32_000, cap=cap)
+
+    monkeypatch.setattr(sessions, "url_streams", unbounded)
+    urls, counts = record_two_thousand(tmp_path)
+    by_group: dict[str, list[int]] = {}
+    for url in urls:
+        by_group.setdefault(url.split("streams=")[1].split("/")[0], []).append(len(url))
+    assert len(by_group) == 2
+    for tries in by_group.values():
+        # Refused above the limit (24 KB, then 12 KB), halved each time, opened once under it.
+        assert len(tries) >= 2 and tries == sorted(tries, reverse=True), tries
+        assert all(n > SERVER_LINE_LIMIT for n in tries[:-1]) and tries[-1] < SERVER_LINE_LIMIT, tries
+    # Never stopped: each 414 retried at once (not a failure to back off from), both connections
+    # opened and none lost since; what their URLs no longer named went by SUBSCRIBE.
+    assert counts == {"connected": 2, "reconnects": 0, "connect_failures": 0, "subscribe_requests": [3, 3]}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 
+import pytest
 from websockets.asyncio.client import connect
 
 from orderbook_collector.config import Settings
@@ -39,6 +40,7 @@ def snapshots(buffer, reason: str) -> dict[str, list[int]]:
     return out
 
 
+@pytest.mark.slow  # re-bases timed over several periods: make test, not test-fast
 def test_every_diff_stream_is_rebased_at_about_the_period_within_the_budget(tmp_path):
     buffer = tmp_path / "b.sqlite3"
     keys = [f"{s}@depth@100ms" for s in SPOT] + [f"usdm:{s}@depth@100ms" for s in USDM]

@@ -60,6 +60,7 @@ def test_budget_spreads_weight_over_the_window_and_counts_others_on_the_ip():
 
 # ---- 429 and 418 ---------------------------------------------------------------------------
 
+@pytest.mark.slow  # waits out the stated Retry-After seconds: make test, not test-fast
 def test_429_and_418_retry_after_pause_the_market_for_the_stated_time():
     async def main():
         # The simulator allows 10 weight per 3 s window; the client believes it has 1000.

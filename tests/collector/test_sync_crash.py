@@ -11,6 +11,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from support.procs import SimulatorProcess, child_env, query, wait_for
 
 RUNNER = '''
@@ -38,6 +40,7 @@ def depth_rows(buffer) -> int:
     return query(buffer, "SELECT count(*) FROM depth_update")[0][0]
 
 
+@pytest.mark.slow  # collector processes killed -9, with and without spill: make test, not test-fast
 def test_kill_9_with_and_without_spill_leaves_breaks_and_gaps_that_match_the_data(tmp_path):
     buffer = tmp_path / "buffer.sqlite3"
     runner = tmp_path / "runner.py"

@@ -214,6 +214,7 @@ def oracle_top(rest_url: str, market: str, lid: int) -> tuple[list, list]:
     return ([(float(p), float(q)) for p, q in book["bids"]], [(float(p), float(q)) for p, q in book["asks"]])
 
 
+@pytest.mark.slow  # a live collector until 800 diff events a market, then archive runs: make test, not test-fast
 def test_deep_drifting_books_prove_only_what_they_know_and_a_planted_level_fails_the_check(env, monkeypatch):
     buffer, archive = env / "buffer.sqlite3", env / "archive"
     monkeypatch.setenv("ORDERBOOK_BOOK_DEPTH", str(TOP))

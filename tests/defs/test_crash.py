@@ -81,12 +81,9 @@ def archived_rows(moto, tmp_path):
     ).fetchall()
 
 
-@pytest.mark.parametrize("point", [
-    pytest.param("after_parquet", marks=pytest.mark.slow),
-    "after_upload",
-    pytest.param("after_head", marks=pytest.mark.slow),
-    pytest.param("before_archive", marks=pytest.mark.slow),
-])
+# Each point an archive run in a subprocess killed, then another run: about 30 s each, in make test.
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["after_parquet", "after_upload", "after_head", "before_archive"])
 def test_kill_9_during_archive_then_rerun(env, moto, tmp_path, point):
     rows = fill_buffer(tmp_path / "buffer.sqlite3", ["btcusdt", "ethusdt"], BASE_HOUR_US, 500)
     crashed = run(env, crash=point)

@@ -92,6 +92,7 @@ def test_bars_read_the_staged_parts_not_the_archive(env, monkeypatch):
     assert result.asset_materializations_for_node("top_of_book_1s")[0].metadata["rows"].value > 0
 
 
+@pytest.mark.slow  # realistic books generated, archived and encoded as JSON to compare: make test, not test-fast
 def test_materialization_reports_the_true_ratio_vs_json_of_realistic_books(env):
     """README/DESIGN: Parquet >= 40x smaller than the raw Binance JSON on realistic books; the
     asset's metadata is what an operator reads, so it must state that figure truthfully."""

@@ -105,6 +105,7 @@ def test_two_hosts_and_their_merge_on_postgres(tmp_path, fleet_home, postgres, p
     assert con.execute(f"SELECT count(*) FROM read_parquet('{archive}/trade/**/fleet.parquet')").fetchone() == (0,)
 
 
+@pytest.mark.slow  # PostgreSQL and a run through the deploy instance: make test, not test-fast
 def test_the_deploy_instance_stores_runs_in_postgres_and_compute_logs_in_s3(tmp_path, pg_url, postgres, monkeypatch):
     """deploy/dagster.yaml as shipped: runs and events in PostgreSQL, the run's stdout/stderr uploaded to
     the compute-log bucket (where the webserver reads them whichever host ran the run), artifacts where

@@ -141,6 +141,7 @@ def reconcile_cli(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, env=env, timeout=180, cwd=ROOT)
 
 
+@pytest.mark.slow  # a system run of a minute or more (five near midnight UTC): make test, not test-fast
 @pytest.mark.timeout(2 * RUN_SECONDS + 60)
 def test_reconcile_finds_exactly_the_silent_loss_against_the_exchanges_own_files(tmp_path, monkeypatch):
     buffer, log = tmp_path / "buffer.sqlite3", tmp_path / "sent.ndjson"

@@ -28,6 +28,10 @@ from support.markets import running, stored_counts, until
 from support.procs import query
 from tools.simulator.exchange import Exchange
 
+# Live collector runs until a silence begins and ends, then archive runs: make test, not test-fast
+# (tests/collector/test_silence.py proves the rules in milliseconds there).
+pytestmark = pytest.mark.slow
+
 KINDS = ["depth20@100ms", "trade", "aggTrade"]
 DEPTH, TRADE = "btcusdt@depth20@100ms", "btcusdt@trade"
 MIN_SECONDS = 1.0  # late after max(10 × 100 ms, 1 s) = 1 s

@@ -53,6 +53,7 @@ def demo_folder(tmp_path):
     return tmp_path
 
 
+@pytest.mark.slow  # the whole product started (collector, dagster dev): make test, not test-fast
 def test_run_starts_everything_and_ctrl_c_stops_everything(tmp_path):
     cwd = demo_folder(tmp_path)
     port = free_port()
@@ -83,8 +84,9 @@ def test_run_starts_everything_and_ctrl_c_stops_everything(tmp_path):
     assert not [p for p in left if int(p) != os.getpid()]
 
 
-# SIGTERM in make test-fast; the closed terminal (SIGHUP) and SIGKILL, the same tree stopped another way, in make test.
-@pytest.mark.parametrize("sig", [pytest.param(signal.SIGHUP, marks=pytest.mark.slow), signal.SIGTERM], ids=["SIGHUP", "SIGTERM"])
+# The whole demo started and stopped, each way about 30 s: make test, not test-fast.
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGTERM], ids=["SIGHUP", "SIGTERM"])
 def test_the_demo_records_in_its_own_folder_and_any_stop_signal_stops_the_whole_tree(tmp_path, sig):
     cwd = demo_folder(tmp_path)
     port, sim_port = free_port(), free_port()
