@@ -26,8 +26,9 @@ last frame, the collector's ping, size and timeout settings):
     over str messages, the collector's very options): what a drop-in move would get.
 
 ``--collector-transport picows.websockets`` (or ``picows.websockets+uvloop``) runs the
-collector itself on that drop-in (the benchmark swaps the sessions' ``connect``; the product
-is unchanged): what moving the product would gain on this feed.
+collector itself on that drop-in (``benchmarks/picows_swap.py`` swaps the names its
+connection modules take from ``websockets``; the product is unchanged): what moving the
+product would gain on this feed.
 
 Each prints msg/s, its ratio to the ``websockets`` client of the same round, and the
 collector's ratio to it. The feed process's CPU share during each client run is printed
@@ -328,7 +329,9 @@ def main() -> None:
     if args.collector_transport != "websockets":
         if picows is None or (args.collector_transport.endswith("+uvloop") and uvloop is None):
             p.error(f"--collector-transport {args.collector_transport} needs picows (and uvloop) importable")
-        sessions_mod.connect = picows_ws_connect  # this process only: the product still imports websockets
+        import picows_swap  # this process only: the product still imports websockets
+
+        picows_swap.swap()
         if args.collector_transport.endswith("+uvloop"):
             collector_loop = uvloop.run
     proc, port = start_feed()
