@@ -56,7 +56,7 @@ no trade gap: a run that re-synced or fetched snapshots in a loop would fail.
 
 Usage: python benchmarks/ingest_vs_client.py [--count 60000] [--rounds 3] [--paced-seconds 15]
        [--feeds depth20,mix] [--profile-collector FEED]  (run only the collector, e.g. under py-spy)
-       [--collector-transport websockets|picows.websockets|picows.websockets+uvloop]
+       [--collector-transport websockets|picows.websockets|picows.websockets+uvloop] [--feed-format-per-frame]
        --rounds 0 runs only the paced run; --paced-seconds 0 skips it
        (picows: PYTHONPATH=$PWD /path/to/venv-with-picows/bin/python benchmarks/ingest_vs_client.py)
 """
@@ -112,8 +112,9 @@ def pct(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, int(p / 100 * len(values)))]
 
 
-def start_feed() -> tuple[subprocess.Popen, int]:
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).parent / "feed.py")], stdout=subprocess.PIPE, text=True)
+def start_feed(format_per_frame: bool = False) -> tuple[subprocess.Popen, int]:
+    cmd = [sys.executable, str(Path(__file__).parent / "feed.py")] + (["--format-per-frame"] if format_per_frame else [])
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     port = int(re.search(r"ws://127\.0\.0\.1:(\d+)", proc.stdout.readline()).group(1))
     return proc, port
 
@@ -324,6 +325,8 @@ def main() -> None:
     p.add_argument("--collector-transport", default="websockets",
                    choices=["websockets", "picows.websockets", "picows.websockets+uvloop"],
                    help="the collector's WebSocket client for this run (picows: benchmark only)")
+    p.add_argument("--feed-format-per-frame", action="store_true",
+                   help="the feed formats frames as it sends them, as before issue 22 (a slower baseline client)")
     args = p.parse_args()
     collector_loop = asyncio.run
     if args.collector_transport != "websockets":
@@ -334,7 +337,7 @@ def main() -> None:
         picows_swap.swap()
         if args.collector_transport.endswith("+uvloop"):
             collector_loop = uvloop.run
-    proc, port = start_feed()
+    proc, port = start_feed(args.feed_format_per_frame)
     rows = []
     try:
         with tempfile.TemporaryDirectory() as tmp:

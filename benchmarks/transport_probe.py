@@ -47,8 +47,12 @@ PING_TIMEOUT = 0.3
 
 def client(transport: str):
     if transport == "picows":
-        from picows.websockets.asyncio.client import connect
-        from picows.websockets.exceptions import ConnectionClosed, InvalidStatus
+        try:
+            from picows.websockets.asyncio.client import connect
+            from picows.websockets.exceptions import ConnectionClosed, InvalidStatus
+        except ImportError:
+            raise SystemExit("picows is not importable here (the product's venv has none): "
+                             "run the probe with a Python that has it") from None
     else:
         from websockets.asyncio.client import connect
         from websockets.exceptions import ConnectionClosed, InvalidStatus
