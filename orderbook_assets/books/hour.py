@@ -329,34 +329,61 @@ def build_hour(
         partial: the hour's ``depth_snapshot`` rows (``market, symbol, stream, recv_time,
             last_update_id, bids, asks``) to prove the rebuilt books against, or None.
     """
-    if hour_start_us % HOUR_US:
-        raise ValueError(f"hour_start_us {hour_start_us} is not on the hour")
-    if previous is not None and previous.hour_end_us != hour_start_us:
-        raise ValueError("the previous state ends at "
-                         f"{previous.hour_end_us}, not at this hour's start {hour_start_us}")
-    end = hour_start_us + HOUR_US
-    state = HourState(end)
-    prior = dict(previous.streams) if previous is not None else {}
-    proof = Proof()
+    hour = HourBuilder(hour_start_us, previous, settings)
     partials = partials_by_symbol(partial) if partial is not None else {}
     updates = _sorted(updates, ["market", "stream", "last_update_id", "recv_time"])
     snapshots = _sorted(snapshots, ["market", "stream", "last_update_id"])
     upd_groups = dict(_groups(updates))
     snap_groups = dict(_groups(snapshots))
-    out = _Columns()
-    for key in sorted(set(upd_groups) | set(snap_groups) | set(prior)):
+    for key in sorted(set(upd_groups) | set(snap_groups) | set(hour.prior)):
         ev = upd_groups.get(key)
         sn = snap_groups.get(key)
-        symbol = _symbol(ev if ev is not None else sn) if (ev is not None or sn is not None) else prior[key].symbol
-        builder = _resume(key, prior.get(key), settings)
-        if ev is not None:
-            stream = _StreamRun(key, symbol, builder, settings, hour_start_us, out, proof)
-            stream.run(ev, sn, partials.get((key.market, symbol), []))
-        elif sn is not None:
-            for snap in snapshot_rows(sn):
+        symbol = _symbol(ev) if ev is not None else _symbol(sn) if sn is not None else hour.prior[key].symbol
+        hour.stream(key, ev, sn, partials.get((key.market, symbol), []))
+    return hour.finish()
+
+
+class HourBuilder:
+    """:func:`build_hour` one stream at a time, every stream's rows into one table: the shell
+    feeds each stream's rows as it reads them (memory holds one stream's hour) and pays for one
+    output table an hour, not one a stream."""
+
+    def __init__(self, hour_start_us: int, previous: HourState | None = None, settings: Settings = Settings()):
+        if hour_start_us % HOUR_US:
+            raise ValueError(f"hour_start_us {hour_start_us} is not on the hour")
+        if previous is not None and previous.hour_end_us != hour_start_us:
+            raise ValueError("the previous state ends at "
+                             f"{previous.hour_end_us}, not at this hour's start {hour_start_us}")
+        self.hour_start_us, self.settings = hour_start_us, settings
+        self.state = HourState(hour_start_us + HOUR_US)
+        self.prior = dict(previous.streams) if previous is not None else {}
+        self.proof = Proof()
+        self.out = _Columns()
+
+    def stream(self, key: StreamKey, events: pa.Table | None, snapshots: pa.Table | None,
+               partials: list[Probe]) -> None:
+        """One stream's hour: its ``depth_update`` rows (None: no diff event this hour) sorted by
+        ``last_update_id, recv_time``, its ``depth_rest_snapshot`` rows (or None) sorted by
+        ``last_update_id``, and the partial snapshots of its market and symbol. A stream without
+        either carries its previous state."""
+        if events is not None:
+            symbol = _symbol(events)
+        elif snapshots is not None:
+            symbol = _symbol(snapshots)
+        else:
+            symbol = self.prior[key].symbol
+        builder = _resume(key, self.prior.get(key), self.settings)
+        if events is not None:
+            run = _StreamRun(key, symbol, builder, self.settings, self.hour_start_us, self.out, self.proof)
+            run.run(events, snapshots, partials)
+        elif snapshots is not None:
+            for snap in snapshot_rows(snapshots):
                 builder.snapshot(snap)
-        state.streams[key] = _end_state(symbol, builder)
-    return HourBooks(out.table(), state, proof)
+        self.state.streams[key] = _end_state(symbol, builder)
+
+    def finish(self) -> HourBooks:
+        """The hour's table (sorted by ``market, symbol, stream, time``), end state and proof."""
+        return HourBooks(self.out.table(), self.state, self.proof)
 
 
 def _resume(key: StreamKey, prev: StreamState | None, settings: Settings) -> BookBuilder:
@@ -631,14 +658,15 @@ def _symbol(t: pa.Table) -> str:
     return t.column("symbol")[0].as_py()
 
 
-def _side_values(col: pa.ChunkedArray | pa.ListArray) -> tuple[np.ndarray, list[float], list[float]]:
+def _side_values(col: pa.ChunkedArray | pa.ListArray) -> tuple[list[int], list[float], list[float]]:
     arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    offsets = arr.offsets.to_numpy() - arr.offsets[0].as_py()
+    # Python ints: slicing a list with NumPy scalars costs several times more, per level list
+    offsets = (arr.offsets.to_numpy() - arr.offsets[0].as_py()).tolist()
     values = arr.flatten()
     return offsets, values.field("price").to_pylist(), values.field("qty").to_pylist()
 
 
-def _pairs(offsets: np.ndarray, prices: list[float], qtys: list[float], i: int) -> list[Level]:
+def _pairs(offsets: list[int], prices: list[float], qtys: list[float], i: int) -> list[Level]:
     a, b = offsets[i], offsets[i + 1]
     return list(zip(prices[a:b], qtys[a:b]))
 
