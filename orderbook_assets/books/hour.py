@@ -177,8 +177,9 @@ def _state_json(key: StreamKey, s: StreamState) -> dict:
             "limit": s.pending.limit},
         "horizon": [_horizon_json(s.horizons[0], True), _horizon_json(s.horizons[1], False)],
         "seen": [sorted(s.seen[0], reverse=True), sorted(s.seen[1])],
+        # levels as they are (lists or tuples of pairs: the same JSON), not copied an event at a time
         "tail": [{"U": e.first_update_id, "u": e.last_update_id, "pu": e.prev_update_id,
-                  "bids": list(e.bids), "asks": list(e.asks)} for e in s.tail],
+                  "bids": e.bids, "asks": e.asks} for e in s.tail],
     }
 
 
@@ -575,54 +576,83 @@ def _unique_recv(snaps: pa.Table | None) -> list[int]:
 
 
 class _Columns:
-    """The output rows, kept as flat columns."""
+    """The output rows, kept as runs: the points one decision resolves share everything but
+    their time (an unknown stretch, or the book between two events), so a run's values are
+    stored once and repeated when the table is built (an hour is 3,600 rows a stream at the
+    default interval, however few its events)."""
 
     def __init__(self) -> None:
+        self.time: list[int] = []
+        self.n: list[int] = []  # points a run
         self.market: list[str] = []
         self.symbol: list[str] = []
         self.stream: list[str] = []
-        self.time: list[int] = []
         self.lid: list[int | None] = []
         self.known: list[bool] = []
         self.known_levels: list[int] = []
         self.bid_n: list[int] = []
         self.ask_n: list[int] = []
-        self.bid_vals: list[float] = []
-        self.ask_vals: list[float] = []
+        self.bid_vals: list[list[float]] = []  # a run's levels, flat (price, qty, ...)
+        self.ask_vals: list[list[float]] = []
 
     def add(self, key: StreamKey, symbol: str, times: list[int], lid: int | None,
             bids: list[Level], asks: list[Level], known_levels: int, complete: bool) -> None:
-        n = len(times)
-        self.market += [key.market] * n
-        self.symbol += [symbol] * n
-        self.stream += [key.stream] * n
         self.time += times
-        self.lid += [lid] * n
-        self.known += [complete] * n
-        self.known_levels += [known_levels] * n
-        self.bid_n += [len(bids)] * n
-        self.ask_n += [len(asks)] * n
-        flat_b = [v for lv in bids for v in lv]
-        flat_a = [v for lv in asks for v in lv]
-        for _ in range(n):
-            self.bid_vals += flat_b
-            self.ask_vals += flat_a
+        self.n.append(len(times))
+        self.market.append(key.market)
+        self.symbol.append(symbol)
+        self.stream.append(key.stream)
+        self.lid.append(lid)
+        self.known.append(complete)
+        self.known_levels.append(known_levels)
+        self.bid_n.append(len(bids))
+        self.ask_n.append(len(asks))
+        self.bid_vals.append([v for lv in bids for v in lv])
+        self.ask_vals.append([v for lv in asks for v in lv])
 
     def table(self) -> pa.Table:
+        n = np.asarray(self.n, dtype=np.int64)
+        run = pa.array(np.repeat(np.arange(len(n), dtype=np.int64), n))  # each row's run
+
+        def repeated(values: list, type_: pa.DataType) -> pa.Array:
+            return pa.array(values, type_).take(run)
+
         t = pa.table([
-            pa.array(self.market, pa.string()), pa.array(self.symbol, pa.string()),
-            pa.array(self.stream, pa.string()), pa.array(self.time, pa.int64()).cast(TS),
-            pa.array(self.lid, pa.int64()), pa.array(self.known, pa.bool_()),
-            pa.array(self.known_levels, pa.int32()),
-            _levels(self.bid_vals, self.bid_n), _levels(self.ask_vals, self.ask_n),
+            repeated(self.market, pa.string()), repeated(self.symbol, pa.string()),
+            repeated(self.stream, pa.string()), pa.array(self.time, pa.int64()).cast(TS),
+            repeated(self.lid, pa.int64()), repeated(self.known, pa.bool_()),
+            repeated(self.known_levels, pa.int32()),
+            _repeated_levels(self.bid_vals, self.bid_n, n), _repeated_levels(self.ask_vals, self.ask_n, n),
         ], schema=SCHEMA)
-        if t.num_rows:
+        if t.num_rows and not self._in_order():
             t = t.take(pc.sort_indices(t, [("market", "ascending"), ("symbol", "ascending"),
                                            ("stream", "ascending"), ("time", "ascending")]))
         return t
 
+    def _in_order(self) -> bool:
+        """Whether the rows already are in ``market, symbol, stream, time`` order (the order is
+        then unique: a stream's times never repeat), as they come when the streams are fed in
+        key order: sorting a million rows by three strings costs more than building them."""
+        keys = list(zip(self.market, self.symbol, self.stream))
+        if any(b < a for a, b in zip(keys, keys[1:])):
+            return False
+        n = np.asarray(self.n, dtype=np.int64)
+        ascending = np.diff(np.asarray(self.time, dtype=np.int64)) > 0
+        # where a run starts a new stream, its first time may be below the last one's
+        new_stream = np.asarray([False] + [a != b for a, b in zip(keys, keys[1:])], dtype=bool)
+        starts = np.cumsum(n) - n
+        ascending[starts[new_stream] - 1] = True
+        return bool(ascending.all())
 
-def _levels(flat: list[float], counts: list[int]) -> pa.ListArray:
+
+def _repeated_levels(runs: list[list[float]], counts: list[int], n: np.ndarray) -> pa.ListArray:
+    """Each run's levels (flat price, qty values) ``n`` times, one list a row."""
+    flat = [np.tile(np.asarray(v, dtype=np.float64), k) for v, k in zip(runs, n.tolist()) if v and k]
+    vals = np.concatenate(flat) if flat else np.empty(0, dtype=np.float64)
+    return _levels(vals, np.repeat(np.asarray(counts, dtype=np.int64), n))
+
+
+def _levels(flat, counts) -> pa.ListArray:
     vals = np.asarray(flat, dtype=np.float64).reshape(-1, 2)
     offsets = np.zeros(len(counts) + 1, dtype=np.int32)
     np.cumsum(np.asarray(counts, dtype=np.int32), out=offsets[1:])
@@ -658,17 +688,17 @@ def _symbol(t: pa.Table) -> str:
     return t.column("symbol")[0].as_py()
 
 
-def _side_values(col: pa.ChunkedArray | pa.ListArray) -> tuple[list[int], list[float], list[float]]:
+def _side_values(col: pa.ChunkedArray | pa.ListArray) -> tuple[list[int], list[Level]]:
+    """A chunk's level lists as Python values: (offsets, every level as a (price, qty) pair)."""
     arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    # Python ints: slicing a list with NumPy scalars costs several times more, per level list
+    # Python ints and one list of pairs a chunk: a row's levels are then one list slice
     offsets = (arr.offsets.to_numpy() - arr.offsets[0].as_py()).tolist()
     values = arr.flatten()
-    return offsets, values.field("price").to_pylist(), values.field("qty").to_pylist()
+    return offsets, list(zip(values.field("price").to_pylist(), values.field("qty").to_pylist()))
 
 
-def _pairs(offsets: list[int], prices: list[float], qtys: list[float], i: int) -> list[Level]:
-    a, b = offsets[i], offsets[i + 1]
-    return list(zip(prices[a:b], qtys[a:b]))
+def _pairs(offsets: list[int], pairs: list[Level], i: int) -> list[Level]:
+    return pairs[offsets[i]:offsets[i + 1]]
 
 
 def event_rows(t: pa.Table) -> Iterator[tuple[int, DiffEvent]]:
@@ -680,13 +710,13 @@ def event_rows(t: pa.Table) -> Iterator[tuple[int, DiffEvent]]:
         U = c.column("first_update_id").to_pylist()
         u = c.column("last_update_id").to_pylist()
         pu = c.column("prev_update_id").to_pylist()
-        bo, bp, bq = _side_values(c.column("bids"))
-        ao, ap, aq = _side_values(c.column("asks"))
+        bo, bv = _side_values(c.column("bids"))
+        ao, av = _side_values(c.column("asks"))
         for i in range(c.num_rows):
             if u[i] == last_u:
                 continue
             last_u = u[i]
-            yield recv[i], DiffEvent(U[i], u[i], pu[i], _pairs(bo, bp, bq, i), _pairs(ao, ap, aq, i))
+            yield recv[i], DiffEvent(U[i], u[i], pu[i], bv[bo[i]:bo[i + 1]], av[ao[i]:ao[i + 1]])
 
 
 def snapshot_rows(t: pa.Table) -> Iterator[Snapshot]:
@@ -697,13 +727,13 @@ def snapshot_rows(t: pa.Table) -> Iterator[Snapshot]:
         c = t.slice(start, 64)
         u = c.column("last_update_id").to_pylist()
         lim = c.column("limit").to_pylist() if "limit" in c.column_names else [None] * c.num_rows
-        bo, bp, bq = _side_values(c.column("bids"))
-        ao, ap, aq = _side_values(c.column("asks"))
+        bo, bv = _side_values(c.column("bids"))
+        ao, av = _side_values(c.column("asks"))
         for i in range(c.num_rows):
             if u[i] == last:
                 continue
             last = u[i]
-            yield Snapshot(u[i], _pairs(bo, bp, bq, i), _pairs(ao, ap, aq, i), lim[i])
+            yield Snapshot(u[i], _pairs(bo, bv, i), _pairs(ao, av, i), lim[i])
 
 
 DEPTH_N = re.compile(r"@depth(\d+)")
@@ -720,10 +750,10 @@ def partials_by_symbol(t: pa.Table) -> dict[tuple[str, str], list[Probe]]:
     stream = t.column("stream").to_pylist()
     recv = t.column("recv_time").cast(pa.int64()).to_pylist()
     lid = t.column("last_update_id").to_pylist()
-    bo, bp, bq = _side_values(t.column("bids"))
-    ao, ap, aq = _side_values(t.column("asks"))
+    bo, bv = _side_values(t.column("bids"))
+    ao, av = _side_values(t.column("asks"))
     for i in range(t.num_rows):
-        bids, asks = _pairs(bo, bp, bq, i), _pairs(ao, ap, aq, i)
+        bids, asks = _pairs(bo, bv, i), _pairs(ao, av, i)
         m = DEPTH_N.search(stream[i])
         depth = int(m.group(1)) if m else None
         out.setdefault((market[i], symbol[i]), []).append(

@@ -21,6 +21,7 @@ writes nothing.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -183,7 +184,7 @@ class _Partials:
     def __init__(self, r: ArchiveReader, hour_us: int):
         self._cur = None
         self._batches: Iterator[pa.RecordBatch] = iter(())
-        self._rest: pa.Table | None = None  # read, not yet asked for
+        self._read: deque[tuple[tuple[str, str], pa.Table]] = deque()  # read, not yet asked for
         self._last: tuple[tuple[str, str], list[Probe]] | None = None
         if not r.has("depth_snapshot"):
             return
@@ -207,24 +208,30 @@ class _Partials:
             return self._last[1]
         pieces: list[pa.Table] = []
         while True:
-            if self._rest is None or self._rest.num_rows == 0:
-                batch = next(self._batches, None)
-                if batch is None:
-                    break
-                self._rest = pa.Table.from_batches([batch])
-            t = self._rest
-            m, s = t.column("market"), t.column("symbol")
-            # rows before the pair (symbols without a diff stream here) are skipped, rows after it kept
-            before = pc.sum(pc.or_(pc.less(m, market), pc.and_(pc.equal(m, market), pc.less(s, symbol)))).as_py() or 0
-            inside = pc.sum(pc.and_(pc.equal(m, market), pc.equal(s, symbol))).as_py() or 0
-            if inside:
-                pieces.append(t.slice(before, inside))
-            self._rest = t.slice(before + inside)
-            if self._rest.num_rows:
-                break  # the next pair's rows begin in this batch
+            while self._read and self._read[0][0] <= want:  # pairs before it have no diff stream here
+                key, piece = self._read.popleft()
+                if key == want:
+                    pieces.append(piece)
+            if self._read:
+                break  # the next pair has begun: this one is whole
+            batch = next(self._batches, None)
+            if batch is None:
+                break
+            self._read.extend(_by_symbol(pa.Table.from_batches([batch])))
         probes = partials_by_symbol(pa.concat_tables(pieces)).get(want, []) if pieces else []
         self._last = (want, probes)
         return probes
+
+
+def _by_symbol(t: pa.Table) -> list[tuple[tuple[str, str], pa.Table]]:
+    """Consecutive rows of one (market, symbol) of a table sorted by them."""
+    market, symbol = t.column("market").to_pylist(), t.column("symbol").to_pylist()
+    out, start = [], 0
+    for i in range(1, t.num_rows + 1):
+        if i == t.num_rows or market[i] != market[start] or symbol[i] != symbol[start]:
+            out.append(((market[start], symbol[start]), t.slice(start, i - start)))
+            start = i
+    return out
 
 
 def _empty_updates() -> pa.Table:

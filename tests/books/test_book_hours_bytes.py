@@ -16,14 +16,17 @@ from pathlib import Path
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import pytest
 
 from orderbook_core.buffer.hours import HOUR_US, hour_folder
 
 from orderbook_assets.archive.store import LocalStore
-from orderbook_assets.books.hour import Settings
+from orderbook_assets.books.hour import Settings, build_hour
+from orderbook_assets.derived import book_hours
 from orderbook_assets.derived.book_hours import materialize_from, materialize_hour
-from support.book_tables import Part, Rest, Upd, partial, rest, updates
+from support.book_tables import REST_SCHEMA, Part, Rest, Upd, empty, partial, rest, updates
 
 H = 1_795_514_400_000_000
 S = 1_000_000
@@ -138,7 +141,11 @@ def files(a: Path) -> dict[str, str]:
             if p.is_file() and p.parts[len(a.parts)].startswith("book_")}
 
 
-def test_a_many_stream_hour_its_successor_and_their_rebuild_keep_their_bytes(tmp_path: Path):
+@pytest.mark.parametrize("batch", [book_hours.BATCH, 7])
+def test_a_many_stream_hour_its_successor_and_their_rebuild_keep_their_bytes(tmp_path: Path, monkeypatch, batch):
+    """With record batches of 7 rows, a stream's diff events and a symbol's partial snapshots
+    span several batches (and batches hold several of them)."""
+    monkeypatch.setattr(book_hours, "BATCH", batch)
     a = tmp_path / "archive"
     rng = random.Random(22)
     late = archive_hours(a, rng)
@@ -157,6 +164,19 @@ def test_a_many_stream_hour_its_successor_and_their_rebuild_keep_their_bytes(tmp
     assert [b.known_rows for b in rebuilt] == [2413, 2511]
     assert [b.books.replaced_sha256 for b in rebuilt] == [one.books.sha256, two.books.sha256]
     assert got == EXPECTED
+
+
+
+def test_rows_fed_out_of_key_order_are_sorted():
+    """Streams in (market, stream) order whose symbols are not in that order: the rows come out
+    in ``market, symbol, stream, time`` order all the same (and, fed in that order, as built)."""
+    ups = pa.concat_tables([updates([Upd(H + 2 * S, 101, 101), Upd(H + 30 * S, 102, 102)], symbol="ZZZUSDT",
+                                    stream="aaa@depth"),
+                            updates([Upd(H + 5 * S, 7, 7)], symbol="AAAUSDT", stream="zzz@depth")])
+    t = build_hour(H, ups, empty(REST_SCHEMA), None, SETTINGS).table
+    keys = [(c, "ascending") for c in ("market", "symbol", "stream", "time")]
+    assert t.num_rows == 720 and t.column("symbol")[0].as_py() == "AAAUSDT"
+    assert t.equals(t.take(pc.sort_indices(t, keys)))
 
 
 #: Computed with the stream-at-a-time build (main at 4cd01fb) and pyarrow 26.0.1's Parquet writer.
