@@ -21,7 +21,9 @@ writes nothing.
 
 from __future__ import annotations
 
+import gc
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -77,9 +79,32 @@ class BookHour:
     state: Written | None = None
 
 
+#: Container objects allocated between two young collections while an hour is built (Python's
+#: default is 700). The build allocates millions of small objects (levels, events, output runs)
+#: and keeps many until the hour ends (books, tails of the end state): collecting every 700 took
+#: about a third of the step. Cycles are still collected, only less often.
+GC_YOUNG = 20_000
+
+
+@contextmanager
+def _fewer_collections() -> Iterator[None]:
+    before = gc.get_threshold()
+    gc.set_threshold(max(before[0], GC_YOUNG), *before[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
+
+
 def materialize_hour(archive: str | Location, hour_us: int, settings: Settings = Settings(),
                      store: ArchiveStore | None = None, s3: S3Settings | None = None) -> BookHour:
     """Build and write the ``book_snapshot`` hour starting at ``hour_us`` (see the module)."""
+    with _fewer_collections():
+        return _materialize_hour(archive, hour_us, settings, store, s3)
+
+
+def _materialize_hour(archive: str | Location, hour_us: int, settings: Settings,
+                      store: ArchiveStore | None, s3: S3Settings | None) -> BookHour:
     loc = archive if isinstance(archive, Location) else Location.parse(str(archive))
     store = store or open_store(loc, s3)
     out = BookHour(hour_us)

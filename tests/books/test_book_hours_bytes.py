@@ -10,6 +10,7 @@ different limits) are read in no defined order, so which one counts is not fixed
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import random
 from pathlib import Path
@@ -147,6 +148,7 @@ def test_a_many_stream_hour_its_successor_and_their_rebuild_keep_their_bytes(tmp
     span several batches (and batches hold several of them)."""
     monkeypatch.setattr(book_hours, "BATCH", batch)
     a = tmp_path / "archive"
+    thresholds = gc.get_threshold()
     rng = random.Random(22)
     late = archive_hours(a, rng)
     store = LocalStore(a)
@@ -164,6 +166,7 @@ def test_a_many_stream_hour_its_successor_and_their_rebuild_keep_their_bytes(tmp
     assert [b.known_rows for b in rebuilt] == [2413, 2511]
     assert [b.books.replaced_sha256 for b in rebuilt] == [one.books.sha256, two.books.sha256]
     assert got == EXPECTED
+    assert gc.get_threshold() == thresholds  # the build collects less often, and only while it runs
 
 
 
