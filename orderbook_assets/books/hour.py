@@ -42,6 +42,7 @@ builder holds its full book (a few thousand levels a side) and at most ``max_tai
 from __future__ import annotations
 
 import re
+from array import array
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Iterator, NamedTuple
@@ -582,7 +583,7 @@ class _Columns:
     default interval, however few its events)."""
 
     def __init__(self) -> None:
-        self.time: list[int] = []
+        self.time = array("q")  # 8 bytes a row, not a Python int each (millions of rows an hour)
         self.n: list[int] = []  # points a run
         self.market: list[str] = []
         self.symbol: list[str] = []
@@ -597,7 +598,7 @@ class _Columns:
 
     def add(self, key: StreamKey, symbol: str, times: list[int], lid: int | None,
             bids: list[Level], asks: list[Level], known_levels: int, complete: bool) -> None:
-        self.time += times
+        self.time.extend(times)
         self.n.append(len(times))
         self.market.append(key.market)
         self.symbol.append(symbol)
@@ -613,23 +614,24 @@ class _Columns:
     def table(self) -> pa.Table:
         n = np.asarray(self.n, dtype=np.int64)
         run = pa.array(np.repeat(np.arange(len(n), dtype=np.int64), n))  # each row's run
+        time = np.frombuffer(self.time, dtype=np.int64)
 
         def repeated(values: list, type_: pa.DataType) -> pa.Array:
             return pa.array(values, type_).take(run)
 
         t = pa.table([
-            repeated(self.market, pa.string()), repeated(self.symbol, pa.string()),
-            repeated(self.stream, pa.string()), pa.array(self.time, pa.int64()).cast(TS),
+            _repeated_strings(self.market, n, run), _repeated_strings(self.symbol, n, run),
+            _repeated_strings(self.stream, n, run), pa.array(time, pa.int64()).cast(TS),
             repeated(self.lid, pa.int64()), repeated(self.known, pa.bool_()),
             repeated(self.known_levels, pa.int32()),
             _repeated_levels(self.bid_vals, self.bid_n, n), _repeated_levels(self.ask_vals, self.ask_n, n),
         ], schema=SCHEMA)
-        if t.num_rows and not self._in_order():
+        if t.num_rows and not self._in_order(time):
             t = t.take(pc.sort_indices(t, [("market", "ascending"), ("symbol", "ascending"),
                                            ("stream", "ascending"), ("time", "ascending")]))
         return t
 
-    def _in_order(self) -> bool:
+    def _in_order(self, time: np.ndarray) -> bool:
         """Whether the rows already are in ``market, symbol, stream, time`` order (the order is
         then unique: a stream's times never repeat), as they come when the streams are fed in
         key order: sorting a million rows by three strings costs more than building them."""
@@ -637,12 +639,26 @@ class _Columns:
         if any(b < a for a, b in zip(keys, keys[1:])):
             return False
         n = np.asarray(self.n, dtype=np.int64)
-        ascending = np.diff(np.asarray(self.time, dtype=np.int64)) > 0
+        ascending = np.diff(time) > 0
         # where a run starts a new stream, its first time may be below the last one's
         new_stream = np.asarray([False] + [a != b for a, b in zip(keys, keys[1:])], dtype=bool)
         starts = np.cumsum(n) - n
         ascending[starts[new_stream] - 1] = True
         return bool(ascending.all())
+
+
+def _repeated_strings(values: list[str], n: np.ndarray, run: pa.Array) -> pa.Array:
+    """Each run's string ``n`` times, as one buffer of bytes (taking millions of rows of a few
+    thousand names one row at a time cost more than writing them)."""
+    encoded = [v.encode() for v in values]
+    lengths = np.repeat(np.asarray([len(e) for e in encoded], dtype=np.int64), n)
+    total = int(lengths.sum())
+    if total > np.iinfo(np.int32).max:  # past what a string array's 32-bit offsets address
+        return pa.array(values, pa.string()).take(run)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    data = b"".join(e * k for e, k in zip(encoded, n.tolist()))
+    return pa.StringArray.from_buffers(len(lengths), pa.py_buffer(offsets), pa.py_buffer(data))
 
 
 def _repeated_levels(runs: list[list[float]], counts: list[int], n: np.ndarray) -> pa.ListArray:
