@@ -259,22 +259,6 @@ def _by_symbol(t: pa.Table) -> list[tuple[tuple[str, str], pa.Table]]:
     return out
 
 
-def _empty_updates() -> pa.Table:
-    from orderbook_core.buffer.levels import LEVELS
-
-    ts = pa.timestamp("us", tz="UTC")
-    return pa.schema([("market", pa.string()), ("symbol", pa.string()), ("stream", pa.string()), ("recv_time", ts),
-                      ("first_update_id", pa.int64()), ("last_update_id", pa.int64()),
-                      ("prev_update_id", pa.int64()), ("bids", LEVELS), ("asks", LEVELS)]).empty_table()
-
-
-def _empty_like_snapshots() -> pa.Table:
-    from orderbook_core.buffer.levels import LEVELS
-
-    return pa.schema([("market", pa.string()), ("symbol", pa.string()), ("stream", pa.string()),
-                      ("last_update_id", pa.int64()), ("bids", LEVELS), ("asks", LEVELS)]).empty_table()
-
-
 #: How many following hours one rebuild may carry a changed end state into (a day).
 MAX_CASCADE = 24
 
