@@ -42,6 +42,7 @@ builder holds its full book (a few thousand levels a side) and at most ``max_tai
 from __future__ import annotations
 
 import re
+from array import array
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Iterator, NamedTuple
@@ -177,8 +178,9 @@ def _state_json(key: StreamKey, s: StreamState) -> dict:
             "limit": s.pending.limit},
         "horizon": [_horizon_json(s.horizons[0], True), _horizon_json(s.horizons[1], False)],
         "seen": [sorted(s.seen[0], reverse=True), sorted(s.seen[1])],
+        # levels as they are (lists or tuples of pairs: the same JSON), not copied an event at a time
         "tail": [{"U": e.first_update_id, "u": e.last_update_id, "pu": e.prev_update_id,
-                  "bids": list(e.bids), "asks": list(e.asks)} for e in s.tail],
+                  "bids": e.bids, "asks": e.asks} for e in s.tail],
     }
 
 
@@ -329,34 +331,61 @@ def build_hour(
         partial: the hour's ``depth_snapshot`` rows (``market, symbol, stream, recv_time,
             last_update_id, bids, asks``) to prove the rebuilt books against, or None.
     """
-    if hour_start_us % HOUR_US:
-        raise ValueError(f"hour_start_us {hour_start_us} is not on the hour")
-    if previous is not None and previous.hour_end_us != hour_start_us:
-        raise ValueError("the previous state ends at "
-                         f"{previous.hour_end_us}, not at this hour's start {hour_start_us}")
-    end = hour_start_us + HOUR_US
-    state = HourState(end)
-    prior = dict(previous.streams) if previous is not None else {}
-    proof = Proof()
+    hour = HourBuilder(hour_start_us, previous, settings)
     partials = partials_by_symbol(partial) if partial is not None else {}
     updates = _sorted(updates, ["market", "stream", "last_update_id", "recv_time"])
     snapshots = _sorted(snapshots, ["market", "stream", "last_update_id"])
     upd_groups = dict(_groups(updates))
     snap_groups = dict(_groups(snapshots))
-    out = _Columns()
-    for key in sorted(set(upd_groups) | set(snap_groups) | set(prior)):
+    for key in sorted(set(upd_groups) | set(snap_groups) | set(hour.prior)):
         ev = upd_groups.get(key)
         sn = snap_groups.get(key)
-        symbol = _symbol(ev if ev is not None else sn) if (ev is not None or sn is not None) else prior[key].symbol
-        builder = _resume(key, prior.get(key), settings)
-        if ev is not None:
-            stream = _StreamRun(key, symbol, builder, settings, hour_start_us, out, proof)
-            stream.run(ev, sn, partials.get((key.market, symbol), []))
-        elif sn is not None:
-            for snap in snapshot_rows(sn):
+        symbol = _symbol(ev) if ev is not None else _symbol(sn) if sn is not None else hour.prior[key].symbol
+        hour.stream(key, ev, sn, partials.get((key.market, symbol), []))
+    return hour.finish()
+
+
+class HourBuilder:
+    """:func:`build_hour` one stream at a time, every stream's rows into one table: the shell
+    feeds each stream's rows as it reads them (memory holds one stream's hour) and pays for one
+    output table an hour, not one a stream."""
+
+    def __init__(self, hour_start_us: int, previous: HourState | None = None, settings: Settings = Settings()):
+        if hour_start_us % HOUR_US:
+            raise ValueError(f"hour_start_us {hour_start_us} is not on the hour")
+        if previous is not None and previous.hour_end_us != hour_start_us:
+            raise ValueError("the previous state ends at "
+                             f"{previous.hour_end_us}, not at this hour's start {hour_start_us}")
+        self.hour_start_us, self.settings = hour_start_us, settings
+        self.state = HourState(hour_start_us + HOUR_US)
+        self.prior = dict(previous.streams) if previous is not None else {}
+        self.proof = Proof()
+        self.out = _Columns()
+
+    def stream(self, key: StreamKey, events: pa.Table | None, snapshots: pa.Table | None,
+               partials: list[Probe]) -> None:
+        """One stream's hour: its ``depth_update`` rows (None: no diff event this hour) sorted by
+        ``last_update_id, recv_time``, its ``depth_rest_snapshot`` rows (or None) sorted by
+        ``last_update_id``, and the partial snapshots of its market and symbol. A stream without
+        either carries its previous state."""
+        if events is not None:
+            symbol = _symbol(events)
+        elif snapshots is not None:
+            symbol = _symbol(snapshots)
+        else:
+            symbol = self.prior[key].symbol
+        builder = _resume(key, self.prior.get(key), self.settings)
+        if events is not None:
+            run = _StreamRun(key, symbol, builder, self.settings, self.hour_start_us, self.out, self.proof)
+            run.run(events, snapshots, partials)
+        elif snapshots is not None:
+            for snap in snapshot_rows(snapshots):
                 builder.snapshot(snap)
-        state.streams[key] = _end_state(symbol, builder)
-    return HourBooks(out.table(), state, proof)
+        self.state.streams[key] = _end_state(symbol, builder)
+
+    def finish(self) -> HourBooks:
+        """The hour's table (sorted by ``market, symbol, stream, time``), end state and proof."""
+        return HourBooks(self.out.table(), self.state, self.proof)
 
 
 def _resume(key: StreamKey, prev: StreamState | None, settings: Settings) -> BookBuilder:
@@ -548,54 +577,98 @@ def _unique_recv(snaps: pa.Table | None) -> list[int]:
 
 
 class _Columns:
-    """The output rows, kept as flat columns."""
+    """The output rows, kept as runs: the points one decision resolves share everything but
+    their time (an unknown stretch, or the book between two events), so a run's values are
+    stored once and repeated when the table is built (an hour is 3,600 rows a stream at the
+    default interval, however few its events)."""
 
     def __init__(self) -> None:
+        self.time = array("q")  # 8 bytes a row, not a Python int each (millions of rows an hour)
+        self.n: list[int] = []  # points a run
         self.market: list[str] = []
         self.symbol: list[str] = []
         self.stream: list[str] = []
-        self.time: list[int] = []
         self.lid: list[int | None] = []
         self.known: list[bool] = []
         self.known_levels: list[int] = []
         self.bid_n: list[int] = []
         self.ask_n: list[int] = []
-        self.bid_vals: list[float] = []
-        self.ask_vals: list[float] = []
+        self.bid_vals: list[list[float]] = []  # a run's levels, flat (price, qty, ...)
+        self.ask_vals: list[list[float]] = []
 
     def add(self, key: StreamKey, symbol: str, times: list[int], lid: int | None,
             bids: list[Level], asks: list[Level], known_levels: int, complete: bool) -> None:
-        n = len(times)
-        self.market += [key.market] * n
-        self.symbol += [symbol] * n
-        self.stream += [key.stream] * n
-        self.time += times
-        self.lid += [lid] * n
-        self.known += [complete] * n
-        self.known_levels += [known_levels] * n
-        self.bid_n += [len(bids)] * n
-        self.ask_n += [len(asks)] * n
-        flat_b = [v for lv in bids for v in lv]
-        flat_a = [v for lv in asks for v in lv]
-        for _ in range(n):
-            self.bid_vals += flat_b
-            self.ask_vals += flat_a
+        self.time.extend(times)
+        self.n.append(len(times))
+        self.market.append(key.market)
+        self.symbol.append(symbol)
+        self.stream.append(key.stream)
+        self.lid.append(lid)
+        self.known.append(complete)
+        self.known_levels.append(known_levels)
+        self.bid_n.append(len(bids))
+        self.ask_n.append(len(asks))
+        self.bid_vals.append([v for lv in bids for v in lv])
+        self.ask_vals.append([v for lv in asks for v in lv])
 
     def table(self) -> pa.Table:
+        n = np.asarray(self.n, dtype=np.int64)
+        run = pa.array(np.repeat(np.arange(len(n), dtype=np.int64), n))  # each row's run
+        time = np.frombuffer(self.time, dtype=np.int64)
+
+        def repeated(values: list, type_: pa.DataType) -> pa.Array:
+            return pa.array(values, type_).take(run)
+
         t = pa.table([
-            pa.array(self.market, pa.string()), pa.array(self.symbol, pa.string()),
-            pa.array(self.stream, pa.string()), pa.array(self.time, pa.int64()).cast(TS),
-            pa.array(self.lid, pa.int64()), pa.array(self.known, pa.bool_()),
-            pa.array(self.known_levels, pa.int32()),
-            _levels(self.bid_vals, self.bid_n), _levels(self.ask_vals, self.ask_n),
+            _repeated_strings(self.market, n, run), _repeated_strings(self.symbol, n, run),
+            _repeated_strings(self.stream, n, run), pa.array(time, pa.int64()).cast(TS),
+            repeated(self.lid, pa.int64()), repeated(self.known, pa.bool_()),
+            repeated(self.known_levels, pa.int32()),
+            _repeated_levels(self.bid_vals, self.bid_n, n), _repeated_levels(self.ask_vals, self.ask_n, n),
         ], schema=SCHEMA)
-        if t.num_rows:
+        if t.num_rows and not self._in_order(time):
             t = t.take(pc.sort_indices(t, [("market", "ascending"), ("symbol", "ascending"),
                                            ("stream", "ascending"), ("time", "ascending")]))
         return t
 
+    def _in_order(self, time: np.ndarray) -> bool:
+        """Whether the rows already are in ``market, symbol, stream, time`` order (the order is
+        then unique: a stream's times never repeat), as they come when the streams are fed in
+        key order: sorting a million rows by three strings costs more than building them."""
+        keys = list(zip(self.market, self.symbol, self.stream))
+        if any(b < a for a, b in zip(keys, keys[1:])):
+            return False
+        n = np.asarray(self.n, dtype=np.int64)
+        ascending = np.diff(time) > 0
+        # where a run starts a new stream, its first time may be below the last one's
+        new_stream = np.asarray([False] + [a != b for a, b in zip(keys, keys[1:])], dtype=bool)
+        starts = np.cumsum(n) - n
+        ascending[starts[new_stream] - 1] = True
+        return bool(ascending.all())
 
-def _levels(flat: list[float], counts: list[int]) -> pa.ListArray:
+
+def _repeated_strings(values: list[str], n: np.ndarray, run: pa.Array) -> pa.Array:
+    """Each run's string ``n`` times, as one buffer of bytes (taking millions of rows of a few
+    thousand names one row at a time cost more than writing them)."""
+    encoded = [v.encode() for v in values]
+    lengths = np.repeat(np.asarray([len(e) for e in encoded], dtype=np.int64), n)
+    total = int(lengths.sum())
+    if total > np.iinfo(np.int32).max:  # past what a string array's 32-bit offsets address
+        return pa.array(values, pa.string()).take(run)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    data = b"".join(e * k for e, k in zip(encoded, n.tolist()))
+    return pa.StringArray.from_buffers(len(lengths), pa.py_buffer(offsets), pa.py_buffer(data))
+
+
+def _repeated_levels(runs: list[list[float]], counts: list[int], n: np.ndarray) -> pa.ListArray:
+    """Each run's levels (flat price, qty values) ``n`` times, one list a row."""
+    flat = [np.tile(np.asarray(v, dtype=np.float64), k) for v, k in zip(runs, n.tolist()) if v and k]
+    vals = np.concatenate(flat) if flat else np.empty(0, dtype=np.float64)
+    return _levels(vals, np.repeat(np.asarray(counts, dtype=np.int64), n))
+
+
+def _levels(flat, counts) -> pa.ListArray:
     vals = np.asarray(flat, dtype=np.float64).reshape(-1, 2)
     offsets = np.zeros(len(counts) + 1, dtype=np.int32)
     np.cumsum(np.asarray(counts, dtype=np.int32), out=offsets[1:])
@@ -631,16 +704,17 @@ def _symbol(t: pa.Table) -> str:
     return t.column("symbol")[0].as_py()
 
 
-def _side_values(col: pa.ChunkedArray | pa.ListArray) -> tuple[np.ndarray, list[float], list[float]]:
+def _side_values(col: pa.ChunkedArray | pa.ListArray) -> tuple[list[int], list[Level]]:
+    """A chunk's level lists as Python values: (offsets, every level as a (price, qty) pair)."""
     arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    offsets = arr.offsets.to_numpy() - arr.offsets[0].as_py()
+    # Python ints and one list of pairs a chunk: a row's levels are then one list slice
+    offsets = (arr.offsets.to_numpy() - arr.offsets[0].as_py()).tolist()
     values = arr.flatten()
-    return offsets, values.field("price").to_pylist(), values.field("qty").to_pylist()
+    return offsets, list(zip(values.field("price").to_pylist(), values.field("qty").to_pylist()))
 
 
-def _pairs(offsets: np.ndarray, prices: list[float], qtys: list[float], i: int) -> list[Level]:
-    a, b = offsets[i], offsets[i + 1]
-    return list(zip(prices[a:b], qtys[a:b]))
+def _pairs(offsets: list[int], pairs: list[Level], i: int) -> list[Level]:
+    return pairs[offsets[i]:offsets[i + 1]]
 
 
 def event_rows(t: pa.Table) -> Iterator[tuple[int, DiffEvent]]:
@@ -652,13 +726,13 @@ def event_rows(t: pa.Table) -> Iterator[tuple[int, DiffEvent]]:
         U = c.column("first_update_id").to_pylist()
         u = c.column("last_update_id").to_pylist()
         pu = c.column("prev_update_id").to_pylist()
-        bo, bp, bq = _side_values(c.column("bids"))
-        ao, ap, aq = _side_values(c.column("asks"))
+        bo, bv = _side_values(c.column("bids"))
+        ao, av = _side_values(c.column("asks"))
         for i in range(c.num_rows):
             if u[i] == last_u:
                 continue
             last_u = u[i]
-            yield recv[i], DiffEvent(U[i], u[i], pu[i], _pairs(bo, bp, bq, i), _pairs(ao, ap, aq, i))
+            yield recv[i], DiffEvent(U[i], u[i], pu[i], bv[bo[i]:bo[i + 1]], av[ao[i]:ao[i + 1]])
 
 
 def snapshot_rows(t: pa.Table) -> Iterator[Snapshot]:
@@ -669,13 +743,13 @@ def snapshot_rows(t: pa.Table) -> Iterator[Snapshot]:
         c = t.slice(start, 64)
         u = c.column("last_update_id").to_pylist()
         lim = c.column("limit").to_pylist() if "limit" in c.column_names else [None] * c.num_rows
-        bo, bp, bq = _side_values(c.column("bids"))
-        ao, ap, aq = _side_values(c.column("asks"))
+        bo, bv = _side_values(c.column("bids"))
+        ao, av = _side_values(c.column("asks"))
         for i in range(c.num_rows):
             if u[i] == last:
                 continue
             last = u[i]
-            yield Snapshot(u[i], _pairs(bo, bp, bq, i), _pairs(ao, ap, aq, i), lim[i])
+            yield Snapshot(u[i], _pairs(bo, bv, i), _pairs(ao, av, i), lim[i])
 
 
 DEPTH_N = re.compile(r"@depth(\d+)")
@@ -692,10 +766,10 @@ def partials_by_symbol(t: pa.Table) -> dict[tuple[str, str], list[Probe]]:
     stream = t.column("stream").to_pylist()
     recv = t.column("recv_time").cast(pa.int64()).to_pylist()
     lid = t.column("last_update_id").to_pylist()
-    bo, bp, bq = _side_values(t.column("bids"))
-    ao, ap, aq = _side_values(t.column("asks"))
+    bo, bv = _side_values(t.column("bids"))
+    ao, av = _side_values(t.column("asks"))
     for i in range(t.num_rows):
-        bids, asks = _pairs(bo, bp, bq, i), _pairs(ao, ap, aq, i)
+        bids, asks = _pairs(bo, bv, i), _pairs(ao, av, i)
         m = DEPTH_N.search(stream[i])
         depth = int(m.group(1)) if m else None
         out.setdefault((market[i], symbol[i]), []).append(
