@@ -692,7 +692,7 @@ class Exporter:
             t = self.r.query("depth_rest_snapshot",
                              f"market = ? AND stream = ? AND recv_time >= {ArchiveReader.ts()} AND "
                              f"recv_time < {ArchiveReader.ts()} AND date BETWEEN DATE '{prev}' AND DATE '{self.day}'",
-                             [sd.market.value, stream, lo, self.end_us], "last_update_id")
+                             [sd.market.value, stream, lo, self.end_us], "last_update_id, recv_time")
             snaps = list(snapshot_rows(t)) if t.num_rows else []
         si = 0
         last_u = None

@@ -112,7 +112,7 @@ def _materialize_hour(archive: str | Location, hour_us: int, settings: Settings,
     previous = HourState.from_bytes(store.get(prev_key)) if store.head(prev_key) else None
     out.started_from_state = previous is not None
     with ArchiveReader(loc, s3) as r:
-        snaps = _hour(r, "depth_rest_snapshot", hour_us, "market, stream, last_update_id")
+        snaps = _hour(r, "depth_rest_snapshot", hour_us, "market, stream, last_update_id, recv_time")
         snap_groups = _split(snaps)
         hour = HourBuilder(hour_us, previous, settings)
         partials = _Partials(r, hour_us)
