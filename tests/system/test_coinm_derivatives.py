@@ -15,7 +15,10 @@ The oracle is the exchange's sent log:
   are nulls;
 * every check of the three datasets passes (COIN-M mark prices met the bookTicker's mid);
 * coverage says each liquidation stream is a sample: ``sampled`` rows per market and stream whose
-  ``messages`` add up to that stream's archived liquidations.
+  ``messages`` add up to that stream's archived liquidations;
+* the round trip: ``orderbook replay`` serves that archive (COIN-M under ``/dstream``), the
+  collector records it again, and archived again it holds the same mark prices and liquidations,
+  every column but the recording's own.
 """
 
 from __future__ import annotations
@@ -24,15 +27,20 @@ import asyncio
 import json
 from collections import Counter
 
+import duckdb
 import pytest
 from dagster import DagsterInstance
 
-from orderbook_assets.archive import datasets, quality
+from orderbook_assets.analytics.replay import ReplayServer
+from orderbook_assets.archive import datasets, pipeline, quality
+from orderbook_assets.archive.store import LocalStore
 from orderbook_assets.definitions import defs
 from orderbook_assets.defs.partitions import hourly
 from orderbook_collector.config import Settings
+from orderbook_core.buffer.hours import hour_of
 from orderbook_core.streams import Market
 from support.archive_rows import DERIVATIVE_COLUMNS, expected, read, rows
+from support.buffer_rows import open_buffer
 from support.markets import key, quiet, running, sent_counts, stored_counts, until
 from support.procs import query
 from support.runs import checks_of, materialized
@@ -43,11 +51,13 @@ COINM_KINDS = ["markPrice@1s", "forceOrder", "bookTicker"]
 USDM_KINDS = ["markPrice@1s", "forceOrder"]
 #: Messages of each mark-price and liquidation stream to wait for: at 1 a second, a few seconds.
 MARKS, LIQUIDATIONS = 6, 4
+#: The datasets recorded here, all of them replayed in the round trip.
+REPLAYED = (datasets.MARK_PRICE, datasets.LIQUIDATION, datasets.BOOK_TICKER)
 FORCE_STREAMS = {("coinm", f"{PERP}@forceOrder"), ("coinm", f"{DATED}@forceOrder"),
                  ("usdm", f"{USDM_SYMBOL}@forceOrder")}
 
 
-def settings_for(ex: Exchange, buffer) -> Settings:
+def settings_for(ex: Exchange | ReplayServer, buffer) -> Settings:
     return Settings(
         symbols=[], streams=["trade"], ws_url=ex.ws_url, rest_url=ex.rest_url,  # no spot
         usdm_symbols=[USDM_SYMBOL], usdm_streams=USDM_KINDS, usdm_ws_url=ex.ws_url, usdm_rest_url=ex.rest_url,
@@ -70,6 +80,16 @@ async def record(ex: Exchange, buffer) -> None:
             ex.delist_symbol(s, Market.COINM)
         await until(lambda: quiet(ex) and stored_counts(buffer) == sent_counts(ex), timeout=60,
                     what="every sent message stored")
+
+
+async def record_replay(archive, start_us: int, end_us: int, buffer) -> None:
+    """The collector recording ``orderbook replay`` of the archive until every archived message is stored."""
+    want = Counter(key(m, st) for d in REPLAYED for m, _, st, *_ in rows(archive, d))
+    async with ReplayServer(str(archive), start_us, end_us, speed=0, port=0, wait_for_subscribers=True) as r:
+        async with running(settings_for(r, buffer)):
+            await until(lambda: buffer.exists() and stored_counts(buffer) == want, timeout=60,
+                        what="every archived message recorded again from the replay")
+            assert r.disconnects == 0
 
 
 def hours_of(buffer) -> list[str]:
@@ -143,3 +163,19 @@ def test_coinm_mark_prices_and_liquidations_archived_once_beside_usdm(tmp_path, 
     for c in sampled:
         counted[(c[1], c[2])] += c[4]
     assert counted == archived and set(archived) == FORCE_STREAMS
+
+    # the round trip: replayed (COIN-M under /dstream, USD-M on /market), recorded and archived again
+    lo, hi = duckdb.connect().execute(
+        "SELECT epoch_us(min(recv_time)), epoch_us(max(recv_time)) + 1 FROM read_parquet(["
+        + ", ".join(f"'{archive}/{d}/**/*.parquet'" for d in REPLAYED)
+        + "], union_by_name = true)").fetchone()
+    again, buffer2 = tmp_path / "again", tmp_path / "again.sqlite3"
+    asyncio.run(record_replay(archive, lo, hi, buffer2))
+    conn = open_buffer(buffer2)
+    try:
+        for h in sorted({hour_of(us) for d in REPLAYED for (us,) in conn.execute(f"SELECT recv_us FROM {d}")}):
+            pipeline.export_and_upload(conn, LocalStore(again), tmp_path / "staging", h)
+    finally:
+        conn.close()
+    for dataset in REPLAYED:
+        assert Counter(rows(again, dataset)) == Counter(rows(archive, dataset)), dataset
