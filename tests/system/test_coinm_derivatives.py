@@ -1,8 +1,8 @@
 """COIN-M mark prices and liquidations end to end through the archive, USD-M's alongside.
 
 The real collector (in process) records from the simulated exchange over real sockets: COIN-M
-``markPrice@1s``, ``forceOrder`` and ``bookTicker`` of the perpetual ``btcusd_perp`` and of the
-delivery contract ``btcusd_261225`` (``/dstream``, unrouted), and USD-M ``btcusdt``
+``markPrice@1s``, ``forceOrder``, ``bookTicker`` and diff depth of the perpetual ``btcusd_perp``
+and of the delivery contract ``btcusd_261225`` (``/dstream``, unrouted), and USD-M ``btcusdt``
 ``markPrice@1s`` and ``forceOrder`` (``/market``). The simulator keeps its own facts
 (``tools/simulator/facts.py``): COIN-M's ``markPriceUpdate`` key order, a delivery contract's
 ``"r": ""`` and ``"T": 0``, the pair ``ps`` in forceOrder's ``o``. Then ``archive_hour`` runs
@@ -10,15 +10,16 @@ through Dagster for every hour the data touches, and the archive is read back wi
 
 The oracle is the exchange's sent log:
 
-* every sent mark price and liquidation of both markets is archived exactly once, with equal
-  values, market, symbol and stream; the delivery contract's funding rate and next funding time
-  are nulls;
-* every check of the three datasets passes (COIN-M mark prices met the bookTicker's mid);
+* every sent mark price and liquidation of both markets, and every COIN-M bookTicker and diff
+  event, is archived exactly once, with equal values, market, symbol and stream; the delivery
+  contract's funding rate and next funding time are nulls;
+* every check of the four datasets passes (COIN-M mark prices met the bookTicker's mid);
 * coverage says each liquidation stream is a sample: ``sampled`` rows per market and stream whose
   ``messages`` add up to that stream's archived liquidations;
-* the round trip: ``orderbook replay`` serves that archive (COIN-M under ``/dstream``), the
-  collector records it again, and archived again it holds the same mark prices and liquidations,
-  every column but the recording's own.
+* the round trip: ``orderbook replay`` serves that archive (COIN-M under ``/dstream``, its REST
+  depth under ``/dapi``), the collector records it again (syncing COIN-M's diff streams from the
+  replay), and archived again it holds the same mark prices, liquidations, bookTickers and diff
+  depth events, every column but the recording's own.
 """
 
 from __future__ import annotations
@@ -47,12 +48,15 @@ from support.runs import checks_of, materialized
 from tools.simulator.exchange import Exchange
 
 PERP, DATED, USDM_SYMBOL = "btcusd_perp", "btcusd_261225", "btcusdt"
-COINM_KINDS = ["markPrice@1s", "forceOrder", "bookTicker"]
+COINM_KINDS = ["markPrice@1s", "forceOrder", "bookTicker", "depth@100ms"]
 USDM_KINDS = ["markPrice@1s", "forceOrder"]
 #: Messages of each mark-price and liquidation stream to wait for: at 1 a second, a few seconds.
 MARKS, LIQUIDATIONS = 6, 4
+#: The replay's pace: real time × 2, so the collector's REST depth request meets the snapshot the
+#: recording got (at speed 0 the clock would run past it while the request is under way).
+REPLAY_SPEED = 2.0
 #: The datasets recorded here, all of them replayed in the round trip.
-REPLAYED = (datasets.MARK_PRICE, datasets.LIQUIDATION, datasets.BOOK_TICKER)
+REPLAYED = (datasets.MARK_PRICE, datasets.LIQUIDATION, datasets.BOOK_TICKER, datasets.DEPTH_UPDATE)
 FORCE_STREAMS = {("coinm", f"{PERP}@forceOrder"), ("coinm", f"{DATED}@forceOrder"),
                  ("usdm", f"{USDM_SYMBOL}@forceOrder")}
 
@@ -85,7 +89,7 @@ async def record(ex: Exchange, buffer) -> None:
 async def record_replay(archive, start_us: int, end_us: int, buffer) -> None:
     """The collector recording ``orderbook replay`` of the archive until every archived message is stored."""
     want = Counter(key(m, st) for d in REPLAYED for m, _, st, *_ in rows(archive, d))
-    async with ReplayServer(str(archive), start_us, end_us, speed=0, port=0, wait_for_subscribers=True) as r:
+    async with ReplayServer(str(archive), start_us, end_us, speed=REPLAY_SPEED, port=0, wait_for_subscribers=True) as r:
         async with running(settings_for(r, buffer)):
             await until(lambda: buffer.exists() and stored_counts(buffer) == want, timeout=60,
                         what="every archived message recorded again from the replay")
@@ -129,7 +133,7 @@ def test_coinm_mark_prices_and_liquidations_archived_once_beside_usdm(tmp_path, 
         result = job.execute_in_process(partition_key=partition, instance=DagsterInstance.ephemeral(),
                                         raise_on_error=False)
         assert result.success, partition
-        for name in (datasets.MARK_PRICE, datasets.LIQUIDATION, datasets.BOOK_TICKER):
+        for name in REPLAYED:
             if not materialized(result, name):
                 continue
             checks = checks_of(result, name)
@@ -148,6 +152,11 @@ def test_coinm_mark_prices_and_liquidations_archived_once_beside_usdm(tmp_path, 
         assert got == want, (dataset, len(got), sum(want.values()))
         per_stream = Counter((m, s) for m, _, s, *_ in got.elements())
         assert min(per_stream.values()) >= LIQUIDATIONS and {m for m, _ in per_stream} == {"coinm", "usdm"}, dataset
+    for dataset in (datasets.BOOK_TICKER, datasets.DEPTH_UPDATE):  # COIN-M's alone
+        want = Counter(expected(x) for x in sent if x["kind"] == dataset)
+        got = Counter(rows(archive, dataset))
+        assert max(got.values()) == 1 and got == want, (dataset, len(got), sum(want.values()))
+        assert {(m, sym) for m, sym, *_ in got} == {("coinm", PERP.upper()), ("coinm", DATED.upper())}, dataset
     dated = [r for r in rows(archive, datasets.MARK_PRICE) if r[1] == DATED.upper()]
     assert len(dated) >= MARKS and {(r[7], r[8]) for r in dated} == {(None, None)}  # no funding on a delivery
     perp = [r for r in rows(archive, datasets.MARK_PRICE) if r[1] == PERP.upper()]
@@ -171,6 +180,10 @@ def test_coinm_mark_prices_and_liquidations_archived_once_beside_usdm(tmp_path, 
         + "], union_by_name = true)").fetchone()
     again, buffer2 = tmp_path / "again", tmp_path / "again.sqlite3"
     asyncio.run(record_replay(archive, lo, hi, buffer2))
+    synced = query(buffer2, "SELECT DISTINCT s.name FROM depth_sync d JOIN streams s USING (stream_id) "
+                            "WHERE d.event = 'synced'")
+    assert sorted(n for (n,) in synced) == [key("coinm", f"{s}@depth@100ms") for s in (DATED, PERP)]
+    assert query(buffer2, "SELECT count(*) FROM quarantine")[0][0] == 0
     conn = open_buffer(buffer2)
     try:
         for h in sorted({hour_of(us) for d in REPLAYED for (us,) in conn.execute(f"SELECT recv_us FROM {d}")}):
