@@ -121,7 +121,7 @@ left out for a raw connection where noted):
 * ``missing_fields``: ``{"stream":S,"data":{"bids":[..],"asks":[..]}}`` (wrapper optional)
 
 Sent log (``sent_log``): NDJSON, one line per frame handed to a connection. Data lines:
-``{"conn":N,"market":"spot"|"usdm","stream":..,"kind":<dataset>,"send_us":..,"id":..,
+``{"conn":N,"market":"spot"|"usdm"|"coinm","stream":..,"kind":<dataset>,"send_us":..,"id":..,
 "last_update_id":..,"data":{..}}``: ``id`` is the dataset's dedup id (``lastUpdateId`` or
 ``u``, trade ``t``, aggTrade ``a``, bookTicker ``u``, markPrice and forceOrder ``E``); ``last_update_id`` only on depth
 kinds; plus ``"replay":true`` for replayed copies. Other lines carry ``"malformed":<kind>``
