@@ -192,7 +192,7 @@ BOOK_TICKER = DatasetSpec(
     {},
 )
 #: The futures markets whose markPrice and forceOrder payloads these specs describe
-#: (``streams.FUTURES``, in a fixed order; COIN-M's forceOrder adds ``o.ps``, the pair, which is not kept).
+#: (``streams.FUTURES``, in a fixed order; COIN-M's forceOrder adds ``o.ps``, the pair, sent from the symbol, not kept).
 FUTURES = tuple(sorted(_FUTURES))
 
 
@@ -212,7 +212,8 @@ MARK_PRICE = DatasetSpec(
      _fut("next_funding_time", "ms?", "T", "next_funding_ms")),
     ("market", "stream", "event_time"), "event_time", "event_ms",
     {m: "markPriceUpdate" for m in FUTURES},
-    {m: ("e", "E", "s", "p", "i", "P", "r", "T") for m in FUTURES},
+    # COIN-M "Mark Price Stream" orders P before i (docs/binance-api.md section 8)
+    {**{m: ("e", "E", "s", "p", "i", "P", "r", "T") for m in FUTURES}, COINM: ("e", "E", "s", "p", "P", "i", "r", "T")},
     {},
 )
 #: USD-M ``forceOrder`` (docs/binance-api.md section 8): the latest liquidation order of its
@@ -228,7 +229,9 @@ LIQUIDATION = DatasetSpec(
      _fut("filled_quantity", "float", "o.z"), _fut("trade_time", "ms", "o.T", "trade_ms")),
     ("market", "stream", "event_time"), "event_time", "event_ms",
     {m: "forceOrder" for m in FUTURES},
-    {m: ("e", "E", ("o", ("s", "S", "o", "f", "q", "p", "ap", "X", "l", "z", "T"))) for m in FUTURES},
+    {**{m: ("e", "E", ("o", ("s", "S", "o", "f", "q", "p", "ap", "X", "l", "z", "T"))) for m in FUTURES},
+     # COIN-M's order adds its pair after the symbol (COIN-M "Liquidation Order Streams")
+     COINM: ("e", "E", ("o", ("s", "ps", "S", "o", "f", "q", "p", "ap", "X", "l", "z", "T")))},
     {},
 )
 

@@ -8,11 +8,12 @@ Usage::
 Serves on one port (default 9443):
 
 * WebSocket, Binance's combined-stream protocol: spot on ``/stream?streams=a/b`` and
-  ``/ws/<name>``, USD-M on the routed ``/public/...`` and ``/market/...`` paths; frames
+  ``/ws/<name>``, USD-M on the routed ``/public/...`` and ``/market/...`` paths, COIN-M unrouted
+  under ``/dstream/...`` (:data:`COINM_PREFIX`); frames
   ``{"stream":..,"data":..}`` whose payloads carry Binance's field names per kind, rebuilt
   from the dataset columns (prices and quantities as decimal strings, times in ms);
   SUBSCRIBE / UNSUBSCRIBE / LIST_SUBSCRIPTIONS are answered.
-* REST depth for the archived diff-depth snapshots: ``/api/v3/depth`` and ``/fapi/v1/depth``
+* REST depth for the archived diff-depth snapshots: ``/api/v3/depth``, ``/fapi/v1/depth``, ``/dapi/v1/depth``
   (``symbol``, ``limit``) answer with the first ``depth_rest_snapshot`` received at or after
   the replay clock (else the last before it), cut to ``limit``; ``/api/v3/time``, ``/ping``.
 

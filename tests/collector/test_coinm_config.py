@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import urllib.request
 
 import pytest
@@ -14,6 +16,7 @@ from orderbook_collector.feed.symbols import trading_symbols
 from orderbook_core.errors import ConfigError
 from orderbook_core.streams import (DEPTH_PATH, EXCHANGE_INFO, OPEN_INTEREST, ROUTES, USDM_ROUTE, Market,
                                     depth_weight, parse_stream_name)
+from support.procs import child_env
 from tools.simulator.exchange import Exchange
 
 COINM = Market.COINM
@@ -50,6 +53,28 @@ def test_a_bad_coinm_setting_is_one_sentence_naming_it(tmp_path, name, value, me
     with pytest.raises(ConfigError) as e:
         load([], env(tmp_path, **{"ORDERBOOK_COINM_SYMBOLS": "btcusd_perp", name: value}))
     assert str(e.value).startswith(message), str(e.value)
+
+
+def test_coinm_streams_take_mark_prices_and_liquidations_and_refuse_the_pair_streams(tmp_path):
+    """COIN-M's "Mark Price Stream" and "Liquidation Order Streams" per symbol are recorded;
+    the per-pair streams (``<pair>@markPrice``, ``<pair>@indexPrice``) are not: one sentence, exit 2."""
+    s = load([], env(tmp_path, ORDERBOOK_COINM_SYMBOLS="btcusd_perp",
+                     ORDERBOOK_COINM_STREAMS="markPrice,markPrice@1s,forceOrder"))[0]
+    coinm = [x for x in s.stream_specs() if x.market is COINM]
+    assert [(x.key, x.dataset, x.cadence_us, x.route) for x in coinm] == [
+        ("coinm:btcusd_perp@markPrice", "mark_price", 3_000_000, None),
+        ("coinm:btcusd_perp@markPrice@1s", "mark_price", 1_000_000, None),
+        ("coinm:btcusd_perp@forceOrder", "liquidation", 0, None)]
+    bad = env(tmp_path, ORDERBOOK_COINM_SYMBOLS="btcusd_perp", ORDERBOOK_COINM_STREAMS="markPrice@1s,indexPrice")
+    sentence = ("ORDERBOOK_COINM_STREAMS: 'indexPrice' is not a COIN-M stream kind; use depth5, depth10, depth20 or "
+                "depth (each optionally @100ms or @500ms), trade, aggTrade, markPrice, markPrice@1s, forceOrder or "
+                "bookTicker (for example depth@100ms).")
+    with pytest.raises(ConfigError) as e:
+        load([], bad)
+    assert str(e.value) == sentence
+    proc = subprocess.run([sys.executable, "-m", "orderbook_collector"], env=child_env(**bad), capture_output=True,
+                          text=True, timeout=60)
+    assert (proc.returncode, proc.stderr.strip().splitlines()) == (2, ["orderbook-collector: " + sentence])
 
 
 def test_the_subscriptions_file_takes_a_coinm_market(tmp_path):

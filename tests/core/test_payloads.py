@@ -219,5 +219,48 @@ def test_bad_mark_price_and_force_order_payloads_are_quarantined_with_their_reas
     assert orjson.loads(q.raw)["data"] == data
 
 
+# ---- COIN-M markPrice and forceOrder (docs/binance-api.md section 8, COIN-M) ----------------
+
+#: Binance's COIN-M examples: "Mark Price Stream" (a delivery contract, keys ``p, P, i``), the
+#: perpetual of "Mark Price of All Symbols of a Pair", "All Market Liquidation Order Streams" (``ps``).
+COINM_DATED_MARK = {"e": "markPriceUpdate", "E": 1596095725000, "s": "BTCUSD_201225", "p": "10934.62615417",
+                    "P": "10962.17178236", "i": "10933.62615417", "r": "", "T": 0}
+COINM_PERP_MARK = {"e": "markPriceUpdate", "E": 1596095725000, "s": "BTCUSD_PERP", "p": "11012.31359011",
+                   "P": "10962.17178236", "i": "10933.62615417", "r": "0.00000000", "T": 1596096000000}
+COINM_FORCE = {"e": "forceOrder", "E": 1591154240950, "o": {
+    "s": "BTCUSD_200925", "ps": "BTCUSD", "S": "SELL", "o": "LIMIT", "f": "IOC", "q": "1", "p": "9425.5", "ap": "9496.5",
+    "X": "FILLED", "l": "1", "z": "1", "T": 1591154240949}}
+
+
+def test_coinm_mark_prices_of_a_delivery_contract_and_a_perpetual():
+    dated = decode(Market.COINM, "btcusd_201225@markPrice", COINM_DATED_MARK)
+    assert dated == MarkPriceRecord("coinm:btcusd_201225@markPrice", 1_700_000_000_000_123, 7, 3, 1596095725000,
+                                    10934.62615417, 10933.62615417, 10962.17178236, None, None, 0)
+    perp = decode(Market.COINM, "btcusd_perp@markPrice@1s", COINM_PERP_MARK)
+    assert (perp.stream, perp.mark_price, perp.funding_rate, perp.next_funding_ms) == (
+        "coinm:btcusd_perp@markPrice@1s", 11012.31359011, 0.0, 1596096000000)
+
+
+def test_coinm_force_order_with_its_pair():
+    r = decode(Market.COINM, "btcusd_200925@forceOrder", COINM_FORCE)
+    assert r == LiquidationRecord("coinm:btcusd_200925@forceOrder", 1_700_000_000_000_123, 7, 3, 1591154240950,
+                                  "SELL", "LIMIT", "IOC", 1.0, 9425.5, 9496.5, "FILLED", 1.0, 1.0, 1591154240949, 0)
+
+
+@pytest.mark.parametrize("name, data, detail, reason", [
+    # a pair's array holds every contract of the pair: another contract's element is not this stream's
+    ("btcusd_201225@markPrice", COINM_PERP_MARK, "payload symbol 'BTCUSD_PERP' is not the stream's 'BTCUSD_201225'",
+     "wrong_symbol"),
+    ("btcusd_201225@markPrice", {**COINM_DATED_MARK, "T": None},
+     "next funding time ('T') missing or not a non-negative 64-bit integer", "bad_integer"),
+    ("btcusd_200925@forceOrder", {**COINM_FORCE, "o": {**COINM_FORCE["o"], "q": "0"}},
+     "quantity ('q') must be positive and finite", "out_of_range"),
+])
+def test_bad_coinm_mark_price_and_force_order_payloads_are_quarantined_with_their_reason(name, data, detail, reason):
+    q = decode(Market.COINM, name, data)
+    assert type(q) is Quarantined
+    assert (q.reason, q.detail) == (reason, detail)
+
+
 def test_spot_has_no_mark_price_stream_to_decode():
     assert spec("btcusdt", "markPrice", SPOT) is None and spec("btcusdt", "forceOrder", SPOT) is None

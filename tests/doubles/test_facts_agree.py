@@ -102,6 +102,19 @@ def test_a_planted_wrong_route_is_named(monkeypatch):
     assert "USD-M route of a trade stream: product 'market', simulator 'public'" in bad
 
 
+def test_the_derivatives_payload_keys_agree_with_the_replays_encoder():
+    """markPriceUpdate's keys and forceOrder's order keys, in each futures market's order, as the
+    simulator sends them and as the product's spec encodes them for ``orderbook replay``
+    (``orderbook_core.kinds``): COIN-M's ``P`` before ``i`` and its pair ``ps`` included."""
+    from orderbook_core import kinds
+
+    for m in sim.FUTURES:
+        pm = product.Market(m.value)
+        assert kinds.MARK_PRICE.wire_order[pm] == sim.MARK_PRICE_KEYS[m], m
+        (event, time, (o, order)) = kinds.LIQUIDATION.wire_order[pm]
+        assert (event, time, o, order) == ("e", "E", "o", sim.FORCE_ORDER_KEYS[m]), m
+
+
 def test_the_daily_files_layout_agrees_with_the_reconciliation():
     """The exchange's daily files as the simulator writes them and as ``orderbook reconcile``
     reads them (``orderbook_assets.analytics.reconcile``): folders and columns."""

@@ -1159,3 +1159,30 @@ def test_mark_price_keeps_binances_clock_and_force_order_one_a_second_on_the_mar
         gaps = [b["E"] - a["E"] for a, b in zip(stream, stream[1:])]
         assert min(gaps) >= 500, gaps
     assert silent == 1  # markPrice on /public: accepted, never fed
+
+
+def test_coinm_mark_price_and_force_order_have_coinm_shapes_on_the_unrouted_path():
+    """COIN-M's markPriceUpdate is ordered ``e,E,s,p,P,i,r,T`` and a delivery contract's has no
+    funding (``"r": ""``, ``"T": 0``); its forceOrder's ``o`` carries the pair ``ps`` after ``s``
+    (COIN-M "Mark Price Stream", "All Market Liquidation Order Streams")."""
+    perp, dated = "btcusd_perp", "btcusd_261225"
+
+    async def main():
+        async with Exchange(symbols=["btcusdt"], coinm_symbols=[perp, dated], seed=1, rate=50) as ex:
+            async with connect(ex.ws_url + f"/dstream/stream?streams={perp}@markPrice@1s/{dated}@markPrice@1s/"
+                               f"{perp}@forceOrder") as c:
+                return await collect(c, at_least(btcusd_perp__markPrice__1s=2, btcusd_261225__markPrice__1s=2,
+                                                 btcusd_perp__forceOrder=2))
+
+    got = run(main())
+    for stream, funded in ((f"{perp}@markPrice@1s", True), (f"{dated}@markPrice@1s", False)):
+        for d in got[stream]:
+            assert list(d) == ["e", "E", "s", "p", "P", "i", "r", "T"] and d["s"] == stream.split("@")[0].upper()
+            if funded:
+                assert abs(float(d["r"])) <= 0.0001 and d["T"] % 28_800_000 == 0 and d["T"] > d["E"]
+            else:
+                assert (d["r"], d["T"]) == ("", 0)
+    for d in got[f"{perp}@forceOrder"]:
+        assert list(d) == ["e", "E", "o"] and d["e"] == "forceOrder"
+        assert list(d["o"]) == ["s", "ps", "S", "o", "f", "q", "p", "ap", "X", "l", "z", "T"]
+        assert (d["o"]["s"], d["o"]["ps"]) == ("BTCUSD_PERP", "BTCUSD")

@@ -43,7 +43,7 @@ from support.runs import checks_of, materialized
 from tools.simulator.exchange import Exchange
 
 SPOT, USDM = Market.SPOT, Market.USDM
-MARKETS = (SPOT, USDM)  # COIN-M end to end: tests/system/test_coinm.py
+MARKETS = (SPOT, USDM)  # COIN-M end to end: tests/system/test_coinm.py, test_coinm_derivatives.py
 SYMBOL = "btcusdt"
 DIFF = f"{SYMBOL}@depth@100ms"
 TRADE_STREAMS = (f"{SYMBOL}@trade", f"{SYMBOL}@aggTrade")

@@ -41,6 +41,11 @@ simulator is there to test.
   (``e,E,o:{s,S,o,f,q,p,ap,X,l,z,T}``): once a second at most, the latest fill since the last
   one as a filled IOC liquidation order, nothing when there was no fill. Their ``E`` never
   repeats within a stream.
+* COIN-M (``coinm_symbols``, e.g. ``btcusd_perp``, dated ``btcusd_261225``) unrouted under
+  ``/dstream/stream|ws`` (``dstream.binance.com``), REST under ``/dapi/v1``: every USD-M kind
+  with COIN-M's payloads: depth and bookTicker add ``ps`` (the pair); ``markPriceUpdate`` in
+  COIN-M's order ``e,E,s,p,P,i,r,T``, a delivery contract's ``"r": ""`` and ``"T": 0``;
+  forceOrder's ``o`` adds ``ps`` after ``s`` (``facts.MARK_PRICE_KEYS``, ``FORCE_ORDER_KEYS``).
 * REST: ``GET /api/v3/depth|time|ping|exchangeInfo`` and ``/fapi/v1/depth|time|ping|exchangeInfo``
   (USD-M depth limits 5..1000, with ``E`` and ``T``). Each market has Binance's weight
   budget (6000 and 2400 per minute; ``weight_budget`` overrides it): every answer carries
@@ -116,7 +121,7 @@ left out for a raw connection where noted):
 * ``missing_fields``: ``{"stream":S,"data":{"bids":[..],"asks":[..]}}`` (wrapper optional)
 
 Sent log (``sent_log``): NDJSON, one line per frame handed to a connection. Data lines:
-``{"conn":N,"market":"spot"|"usdm","stream":..,"kind":<dataset>,"send_us":..,"id":..,
+``{"conn":N,"market":"spot"|"usdm"|"coinm","stream":..,"kind":<dataset>,"send_us":..,"id":..,
 "last_update_id":..,"data":{..}}``: ``id`` is the dataset's dedup id (``lastUpdateId`` or
 ``u``, trade ``t``, aggTrade ``a``, bookTicker ``u``, markPrice and forceOrder ``E``); ``last_update_id`` only on depth
 kinds; plus ``"replay":true`` for replayed copies. Other lines carry ``"malformed":<kind>``
@@ -151,8 +156,11 @@ from websockets.protocol import State
 
 from . import daily
 from .facts import (
+    COINM_PERPETUAL,
     DEPTH_DEFAULT_LIMIT,
+    FORCE_ORDER_KEYS,
     FORCE_ORDER_WINDOW_MS,
+    MARK_PRICE_KEYS,
     MAX_INCOMING_PER_SEC,
     MAX_STREAMS,
     DEPTH_PATH,
@@ -1466,27 +1474,32 @@ class Exchange:
     @staticmethod
     def _derivative(spec: StreamSpec, book: Book, steps: list[Step], event_ms: int) -> dict | None:
         """A markPriceUpdate (every tick) or a forceOrder (the latest fill of the steps since the
-        last tick, as a liquidation order; None when there was none), in Binance's key order."""
+        last tick, as a liquidation order; None when there was none), in the market's key order
+        (``facts.MARK_PRICE_KEYS``, ``facts.FORCE_ORDER_KEYS``: COIN-M's order adds the pair)."""
         sym = book.symbol.upper()
+        pair = sym.split("_")[0]  # COIN-M's ``ps``: BTCUSD of BTCUSD_PERP
         if spec.type is Kind.MARK_PRICE:
             top = book.top()
             mark = (top.bid + top.ask) // 2
             index = mark - book.step % 3  # the index trails the mark by a few ticks
             rate = (book.step % 21 - 10) * 1000  # funding rate in 1e-8, -0.0001 .. 0.0001: signed
             funding_ms = 28_800_000  # funding every 8 hours, from midnight UTC
-            return {"e": "markPriceUpdate", "E": event_ms, "s": sym, "p": book.px(mark), "i": book.px(index),
-                    "P": book.px(index), "r": ("-" if rate < 0 else "") + fmt_e8(abs(rate)),
-                    "T": (event_ms // funding_ms + 1) * funding_ms}
+            # a COIN-M delivery contract has no funding: "r": "" and "T": 0
+            delivery = spec.market is Market.COINM and book.symbol.split("_")[-1] != COINM_PERPETUAL
+            body = {"e": "markPriceUpdate", "E": event_ms, "s": sym, "p": book.px(mark), "i": book.px(index),
+                    "P": book.px(index), "r": "" if delivery else ("-" if rate < 0 else "") + fmt_e8(abs(rate)),
+                    "T": 0 if delivery else (event_ms // funding_ms + 1) * funding_ms}
+            return {k: body[k] for k in MARK_PRICE_KEYS[spec.market]}
         fills = [(s, t) for s in steps for t in s.trades]
         if not fills:
             return None
         s, t = fills[-1]
         # the liquidated position is closed by a taker order: sold when the buyer was the maker
         qty = fmt_e8(t.qty)
-        return {"e": "forceOrder", "E": event_ms,
-                "o": {"s": sym, "S": "SELL" if t.buyer_maker else "BUY", "o": "LIMIT", "f": "IOC", "q": qty,
-                      "p": book.px(t.price - 5 if t.buyer_maker else t.price + 5), "ap": book.px(t.price),
-                      "X": "FILLED", "l": qty, "z": qty, "T": s.time_ms}}
+        order = {"s": sym, "ps": pair, "S": "SELL" if t.buyer_maker else "BUY", "o": "LIMIT", "f": "IOC", "q": qty,
+                 "p": book.px(t.price - 5 if t.buyer_maker else t.price + 5), "ap": book.px(t.price),
+                 "X": "FILLED", "l": qty, "z": qty, "T": s.time_ms}
+        return {"e": "forceOrder", "E": event_ms, "o": {k: order[k] for k in FORCE_ORDER_KEYS[spec.market]}}
 
     def _publish(self, st: _Stream, msg: _Msg) -> None:
         if st.drop > 0:  # a drop fault: generated (ids advance) but sent to nobody

@@ -95,6 +95,19 @@ FUTURES_STREAMS = {
 }
 #: The spacing Binance keeps between two forceOrder messages of a symbol, ms ("within 1000ms").
 FORCE_ORDER_WINDOW_MS = 1000
+#: The keys of a ``markPriceUpdate``, in each market's order: USD-M "Mark Price Stream" example
+#: ``e,E,s,p,i,P,r,T``; COIN-M "Mark Price Stream" example ``e,E,s,p,P,i,r,T`` (no pair), whose
+#: ``r`` is "funding rate for perpetual symbol, \"\" will be shown for delivery symbol" and ``T``
+#: "next funding time for perpetual symbol, 0 will be shown for delivery symbol".
+MARK_PRICE_KEYS = {Market.USDM: ("e", "E", "s", "p", "i", "P", "r", "T"),
+                   Market.COINM: ("e", "E", "s", "p", "P", "i", "r", "T")}
+#: The keys of a forceOrder's order object ``o``: USD-M "Liquidation Order Streams" example;
+#: COIN-M "All Market Liquidation Order Streams" example adds ``ps`` ("Pair") after ``s``.
+FORCE_ORDER_KEYS = {Market.USDM: ("s", "S", "o", "f", "q", "p", "ap", "X", "l", "z", "T"),
+                    Market.COINM: ("s", "ps", "S", "o", "f", "q", "p", "ap", "X", "l", "z", "T")}
+#: A COIN-M symbol's contract part for the perpetual (``btcusd_perp``); any other (``btcusd_261225``)
+#: is a delivery contract: no funding (fact sheet section 7, COIN-M symbols; the pages above).
+COINM_PERPETUAL = "perp"
 
 
 @dataclass(frozen=True, slots=True)
