@@ -161,6 +161,7 @@ def test_seq_gaps_edges_equal_the_old_query(tmp_path):
 
 def test_seq_gaps_of_random_hours_equal_the_old_query(tmp_path):
     rng = random.Random(22)
+    seen: set[str] = set()
     for case in range(25):
         books, explained = [], []
         for session in range(rng.randint(1, 3)):
@@ -176,6 +177,9 @@ def test_seq_gaps_of_random_hours_equal_the_old_query(tmp_path):
                     explained.append((session, seq))
         old, new, _ = both_seq_gaps(_books(tmp_path, books, f"b{case}"), _explained(explained))
         assert new == old, case
+        seen.update("explained" if g[3] == 0 else "unexplained" for g in old)
+    # the cases compared gaps of both sorts, not only empty lists
+    assert seen == {"explained", "unexplained"}
 
 
 def test_trade_id_continuity_equals_the_old_query_on_recorded_gaps(tmp_path):
@@ -210,6 +214,7 @@ def test_trade_id_continuity_equals_the_old_query_on_recorded_gaps(tmp_path):
 
 def test_trade_id_continuity_of_random_hours_equals_the_old_query(tmp_path):
     rng = random.Random(7)
+    seen: set[str] = set()
     for case in range(25):
         books, recorded = [], []
         for stream in ("a@trade", "b@trade"):
@@ -227,6 +232,9 @@ def test_trade_id_continuity_of_random_hours_equals_the_old_query(tmp_path):
                 recorded.append(("spot", stream, rng.choice(["trade", "agg_trade"]), lo, lo + rng.randint(0, 8)))
         old, new, _ = both_trade_gaps(_books(tmp_path, books, f"t{case}"), _trade_gaps(recorded))
         assert new == old, case
+        seen.update("explained" if g[4] == 0 else "unexplained" for g in old)
+    # the cases compared id gaps of both sorts, not only empty lists
+    assert seen == {"explained", "unexplained"}
 
 
 # --------------------------------------------------------------------------- scaling

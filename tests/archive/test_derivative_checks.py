@@ -87,3 +87,24 @@ def test_a_mark_price_stream_has_its_cadence_and_a_force_order_stream_none():
                               ("usdm", "btcusdt@forceOrder"), ("spot", "btcusdt@markPrice")])
     assert table.to_pylist() == [{"market": "usdm", "stream": "btcusdt@markPrice", "cadence_us": 3_000_000},
                                  {"market": "usdm", "stream": "btcusdt@markPrice@1s", "cadence_us": 1_000_000}]
+
+
+def test_the_tolerance_is_5_percent_either_side_and_the_ticker_at_most_5_s_older(tmp_path):
+    """The promise at its edges: 4.9 % from the mid (above or below) passes, 5.1 % warns; a
+    ticker 5 s older is compared, one 5.1 s older is not. A looser or tighter constant fails here."""
+    mid = 100.0
+    marks = part(tmp_path, "m", ds.MARK_PRICE, [
+        mark(S, mid * 1.049), mark(2 * S, mid * 0.951),  # inside, both sides
+        mark(3 * S, mid * 1.051), mark(4 * S, mid * 0.949),  # outside, both sides
+    ])
+    mids = part(tmp_path, "t", ds.BOOK_TICKER, [ticker(S // 2, 99.9, 100.1)] +
+                [ticker(t, 99.9, 100.1) for t in (S + S // 2, 2 * S + S // 2, 3 * S + S // 2)])
+    got = run([marks], ds.MARK_PRICE, [mids])["mark_near_mid"]
+    assert (got.passed, got.count, got.detail["compared"]) == (False, 2, 4), got
+    assert sorted(round(e["mark_price"], 6) for e in got.examples) == [94.9, 105.1]
+
+    window = part(tmp_path, "w", ds.MARK_PRICE, [mark(10 * S, 150.0), mark(10 * S + 100_000, 150.0)])
+    one = part(tmp_path, "one", ds.BOOK_TICKER, [ticker(5 * S, 99.9, 100.1)])
+    got = run([window], ds.MARK_PRICE, [one])["mark_near_mid"]
+    # the first mark is exactly 5 s after the ticker (compared, far: warns); the second 5.1 s (not compared)
+    assert (got.passed, got.count, got.detail["compared"]) == (False, 1, 1), got

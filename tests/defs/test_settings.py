@@ -36,12 +36,15 @@ CRASH_HOOK = "ORDERBOOK_CRASH_AT"
 def _env_reads(tree: ast.Module) -> set[str]:
     """The functions (qualified names) that touch ``os.environ``/``os.getenv`` (or import them)."""
     found: set[str] = set()
+    # the names the os module is bound to (``import os as system`` reads the environment too)
+    os_names = {a.asname or a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
+                if a.name == "os"} | {"os"}
 
     def visit(node: ast.AST, scope: list[str]) -> None:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             scope = [*scope, node.name]
         if isinstance(node, ast.Attribute) and node.attr in ("environ", "environb", "getenv", "putenv") \
-                and isinstance(node.value, ast.Name) and node.value.id == "os":
+                and isinstance(node.value, ast.Name) and node.value.id in os_names:
             found.add(".".join(scope) or "<module>")
         if isinstance(node, ast.ImportFrom) and node.module == "os" \
                 and {a.name for a in node.names} & {"environ", "environb", "getenv"}:
@@ -86,8 +89,9 @@ def test_every_archive_side_variable_is_a_setting_of_the_settings_module():
 
 def test_the_scan_sees_a_planted_read():
     planted = ast.parse("import os\ndef f():\n    return os.environ.get('ORDERBOOK_BUFFER')\n"
-                        "class C:\n    def g(self):\n        from os import getenv\n")
-    assert _env_reads(planted) == {"f", "C.g"}
+                        "class C:\n    def g(self):\n        from os import getenv\n"
+                        "def h():\n    import os as system\n    return system.getenv('ORDERBOOK_BUFFER')\n")
+    assert _env_reads(planted) == {"f", "C.g", "h"}
     assert _names_in_code(planted) == {"ORDERBOOK_BUFFER"}
 
 

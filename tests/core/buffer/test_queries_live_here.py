@@ -92,6 +92,13 @@ class _Scan(ast.NodeVisitor):
         self.conns: list[set[str]] = [set()]
         self.found: list[str] = []
         self.allowed: set[tuple[str, str, str]] = set()
+        # what ``sqlite3.connect`` is spelt in this module: ``import sqlite3 as lite`` makes it
+        # ``lite.connect``, ``from sqlite3 import connect as c`` makes it ``c``
+        self.opens = {"sqlite3.connect"} | {
+            f"{a.asname or a.name}.connect" for n in ast.walk(tree) if isinstance(n, ast.Import)
+            for a in n.names if a.name == "sqlite3"} | {
+            a.asname or a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == "sqlite3"
+            for a in n.names if a.name == "connect"}
 
     def _where(self, node: ast.AST) -> str:
         return f"{self.path}:{node.lineno} ({'.'.join(self.scope) or '<module>'})"
@@ -131,7 +138,7 @@ class _Scan(ast.NodeVisitor):
         if (isinstance(f, ast.Attribute) and f.attr in _RUNS_SQL and isinstance(f.value, ast.Name)
                 and f.value.id in self.conns[-1]):
             self.found.append(f"{self._where(node)}: {f.value.id}.{f.attr}() on a buffer connection")
-        if ast.unparse(f) == "sqlite3.connect":
+        if ast.unparse(f) in self.opens:
             self.found.append(f"{self._where(node)}: sqlite3.connect() (open it with orderbook_core.buffer.db)")
         self.generic_visit(node)
 
@@ -192,6 +199,10 @@ PLANTED = [
      "a buffer table beside an allowed DuckDB view"),
     ("orderbook_collector/metrics.py", "import sqlite3\ndef f(p):\n    return sqlite3.connect(f'file:{p}?mode=ro', uri=True)\n",
      "a read-only connection of its own"),
+    ("orderbook_collector/metrics.py", "import sqlite3 as lite\ndef f(p):\n    return lite.connect(p)\n",
+     "a connection through an aliased sqlite3"),
+    ("orderbook_assets/archive/pipeline.py", "from sqlite3 import connect as opener\ndef f(p):\n    return opener(p)\n",
+     "a connection through sqlite3's connect imported by name"),
 ]
 PLANTED_FOUND = [(path, what, offences(path, source)) for path, source, what in PLANTED]
 
