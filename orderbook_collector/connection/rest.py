@@ -250,6 +250,7 @@ class RestClient:
                 now = time.monotonic()
                 if answer is None:  # held back: a 429/418 came after it was admitted; ask the budget again
                     self.budget.answered(sent, None, now)
+                    self.budget.pause(self._stop_until - now, now)  # (its answer may not have reached us yet)
                     self._notify()
                     continue
                 status, headers, body = answer

@@ -111,3 +111,23 @@ def test_429s_to_four_requests_in_flight_hold_every_request_until_the_longest_re
     assert (rest["requests"], rest["429"], rest["418"]) == (1 + 4 + 8, 4, 0), rest
     assert (metrics.rest_rate_limited["usdm"], metrics.rest_banned["usdm"]) == (4, 0)
     assert took >= 2.0  # the longest Retry-After, counted from the client's own receipt of it
+
+
+def test_a_request_admitted_before_the_loop_heard_of_a_429_is_held_back_in_its_thread():
+    """Another worker thread has just received a 429 (Retry-After 1 s) the event loop has not
+    read yet: a request the budget already let go is not sent but waits out the Retry-After
+    (the exchange would ban it: 418)."""
+    async def main():
+        async with Exchange(symbols=["btcusdt"], ban_seconds=5.0) as ex:
+            client = RestClient(USDM, ex.rest_url, 0.5)
+            t0 = time.monotonic()
+            ex.limiters[USDM].limited_until = t0 + 1.0  # the exchange answered that 429
+            client._stop_until = t0 + 1.0  # and that thread wrote what it said
+            await client.get(*DEPTH)
+            took = time.monotonic() - t0
+            client.close()
+            return ex.stats()["rest"]["usdm"], took
+
+    rest, took = asyncio.run(main())
+    assert (rest["requests"], rest["429"], rest["418"]) == (1, 0, 0)
+    assert took >= 1.0
