@@ -118,10 +118,11 @@ class Metrics:
         # (the collector gives every reason its series at start).
         self.silent_streams = 0
         self.silent_events: dict[str, int] = defaultdict(int)
-        # REST (event loop), per market: snapshots fetched, weight spent, 429/418 answers received.
+        # REST (event loop), per market: snapshots fetched, weight spent, 429 and 418 answers received.
         self.rest_snapshots: dict[str, int] = defaultdict(int)
         self.rest_weight: dict[str, int] = defaultdict(int)
         self.rest_rate_limited: dict[str, int] = defaultdict(int)
+        self.rest_banned: dict[str, int] = defaultdict(int)
         self.rest_errors: dict[str, int] = defaultdict(int)
         self.rest_refused: dict[str, int] = defaultdict(int)  # answers the kernel refused (quarantined)
         self.resync_pending: dict[str, int] = defaultdict(int)
@@ -225,8 +226,10 @@ class Exposition:
         for name, doc, values in (
             ("orderbook_rest_snapshots", "REST depth snapshots fetched, by market.", m.rest_snapshots),
             ("orderbook_rest_weight", "REST request weight spent, by market.", m.rest_weight),
-            ("orderbook_rest_rate_limited", "REST answers 429 or 418 (each pauses the market), by market.",
+            ("orderbook_rest_rate_limited", "REST answers 429 (each pauses the market for its Retry-After), by market.",
              m.rest_rate_limited),
+            ("orderbook_rest_banned", "REST answers 418, the IP banned (no request of the market until its "
+             "Retry-After), by market.", m.rest_banned),
             ("orderbook_rest_errors", "REST requests that failed otherwise (retried), by market.", m.rest_errors),
             ("orderbook_rest_refused", "REST depth snapshots refused by validation (quarantined, asked again), by market.",
              m.rest_refused),

@@ -1,11 +1,15 @@
 """REST under Binance's weight budget, and the diff-depth resync queue that uses it.
 
 :class:`WeightBudget` (sans-I/O, the clock is passed in) decides when a request of a
-given weight may go: the weight we spent in the last window (sliding, so every fixed
-window Binance counts in holds no more) plus the weight *others* on this IP spent (what
-``X-MBX-USED-WEIGHT-1M`` reports beyond our own spending, forgotten after a window) must
-stay within ``share`` of the market's budget (``REST_WEIGHT_PER_MINUTE``). A 429 or 418
-pauses every request of the market for its ``Retry-After``.
+given weight may go: the IP's count in the exchange's window (``X-MBX-USED-WEIGHT-1M`` of the
+last answer, ours and others' alike) plus every request of ours it may not hold yet (in flight
+when that request went, or sent since) must stay within ``share`` of the market's budget
+(``REST_WEIGHT_PER_MINUTE``), and so must our own weight in any sliding window. Weight is
+spent (reserved) before a request goes, so requests in flight together never pass the limit
+between them. With no count to trust (at start, a window after the last answer, after a 429's
+pause) one request goes alone to learn it. A 429 or 418 pauses every request of the market
+for its ``Retry-After`` (the longest one seen), including requests already admitted whose
+worker thread has not sent them yet.
 
 :class:`RestClient` is one market's client: ``await get_json(path, params, weight)``,
 bounded concurrency, requests (a pooled ``requests.Session`` per thread) in worker threads so the
@@ -29,11 +33,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import threading
 import time
 from collections import deque
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import orjson
 import requests
@@ -67,8 +72,25 @@ class RestError(Exception):
         self.status = status
 
 
+class Sent(NamedTuple):
+    """One request sent, as the budget needs it to read the count its answer carries."""
+
+    weight: int
+    before: int  # our weight sent before it (a running total)
+    in_flight: int  # our weight in flight when it went: the exchange may count it after this one
+
+
 class WeightBudget:
     """When may a request of some weight go? (sans-I/O; ``now`` is ``time.monotonic()``)
+
+    The exchange's count (``X-MBX-USED-WEIGHT-1M`` of the last answer) is the IP's weight in its
+    current window, ours and others' alike. It does not hold our requests that were in flight
+    when that request went, nor those sent since: those are added on top (counted twice at
+    worst, never missed), so requests in flight together never pass the limit between them.
+    A count is trusted for a window after its answer (the exchange's window has ended by then),
+    less if a 429 said when the window ends. Without a count (at start, a window after the last
+    answer, after a 429's pause) one request goes alone to learn it: a request that meets a 429
+    then has nothing else in flight to arrive inside the 429's Retry-After (a ban).
 
     Args:
         limit: the weight per window we allow ourselves (share × the market's budget).
@@ -78,47 +100,70 @@ class WeightBudget:
     def __init__(self, limit: int, window: float = 60.0) -> None:
         self.limit = limit
         self.window = window
-        self._spent: deque[tuple[float, int]] = deque()  # (time, weight) of our requests
+        self._spent: deque[tuple[float, int]] = deque()  # (time, weight) of our requests in the last window
         self._own = 0  # sum of _spent
-        self._others = 0  # weight this IP spent that is not ours, as last reported
-        self._others_at = 0.0
+        self._sent = 0  # our weight ever sent: the running total Sent.before reads
+        self._in_flight = 0  # our weight sent and not answered yet
+        self._count_base = 0  # the last count, less the running total it already covers (see count)
+        self._count_until = 0.0  # when that count stops being trusted
         self.paused_until = 0.0
 
     def _expire(self, now: float) -> None:
         while self._spent and self._spent[0][0] <= now - self.window:
             self._own -= self._spent.popleft()[1]
-        if now - self._others_at >= self.window:
-            self._others = 0
+
+    def count(self, now: float) -> int | None:
+        """The IP's weight in the exchange's current window as far as we know; None: not known."""
+        return self._count_base + self._sent if now < self._count_until else None
 
     def delay(self, weight: int, now: float) -> float:
-        """Seconds to wait before ``weight`` may be spent (0: now)."""
+        """Seconds to wait before ``weight`` may be spent (0: now; ``math.inf``: until an answer comes)."""
         if now < self.paused_until:
             return self.paused_until - now
         self._expire(now)
-        others = self._others
-        if self._own + others + weight <= self.limit:
-            return 0.0
-        if others and others + weight > self.limit:
-            return self._others_at + self.window - now  # others alone fill our share: wait them out
-        excess = self._own + others + weight - self.limit
-        for t, w in self._spent:  # our oldest requests leave the window first
-            excess -= w
-            if excess <= 0:
-                return max(t + self.window - now, 0.0)
-        return self.window
+        wait = 0.0
+        excess = self._own + weight - self.limit  # our own share of any window, sliding
+        if excess > 0:
+            wait = self.window
+            for t, w in self._spent:  # our oldest requests leave the window first
+                excess -= w
+                if excess <= 0:
+                    wait = max(t + self.window - now, 0.0)
+                    break
+        count = self.count(now)
+        if count is None:
+            return math.inf if self._in_flight else wait  # one request alone learns the count
+        if count + weight > self.limit:
+            # full until the count is a window old (an answer in flight may bring a fresh one sooner)
+            return max(wait, self._count_until - now)
+        return wait
 
-    def spend(self, weight: int, now: float) -> None:
+    def spend(self, weight: int, now: float) -> Sent:
+        """``weight`` is sent now: counted against the budget until the window forgets it."""
+        sent = Sent(weight, self._sent, self._in_flight)
         self._spent.append((now, weight))
         self._own += weight
+        self._sent += weight
+        self._in_flight += weight
+        return sent
 
-    def report(self, used: int, now: float) -> None:
-        """The exchange's count for this IP; what our own spending does not explain is others'."""
-        self._expire(now)
-        self._others = max(0, used - self._own)
-        self._others_at = now
+    def answered(self, sent: Sent, used: int | None, now: float) -> None:
+        """``sent`` is over: its answer's ``X-MBX-USED-WEIGHT-1M`` is ``used`` (None: no answer, not sent
+        after all, or no count; its weight then stays counted)."""
+        self._in_flight -= sent.weight
+        if used is None:
+            return
+        # The exchange counted this request and every one answered before it went; those in flight
+        # then and all sent since (the running total past ``sent.before + sent.weight``) it may not have.
+        self._count_base = used + sent.in_flight - sent.before - sent.weight
+        self._count_until = now + self.window
+        if now < self.paused_until:  # a 429's Retry-After ends the window sooner
+            self._count_until = min(self._count_until, self.paused_until)
 
     def pause(self, seconds: float, now: float) -> None:
+        """A 429 or 418: nothing goes for ``seconds``; the count ends with the pause (the window does)."""
         self.paused_until = max(self.paused_until, now + seconds)
+        self._count_until = min(self._count_until, self.paused_until)
 
 
 class RestClient:
@@ -144,9 +189,25 @@ class RestClient:
         self.concurrency = concurrency
         self._slots = asyncio.Semaphore(concurrency)
         self._admit = asyncio.Lock()  # one request at a time is admitted: the budget check and spend are one step
+        self._changed = asyncio.Event()  # set, then replaced, when an answer or a pause changes the budget
+        self._listeners: list[Callable[[], None]] = []
+        # Worker threads read this before sending: a 429/418 another thread just received stops a
+        # request admitted before the event loop heard of it (it goes back to the budget instead).
+        self._stop_until = 0.0
+        self._stop_lock = threading.Lock()
         # requests does not promise that one Session is thread-safe: one per worker thread
         self._local = threading.local()
         self._sessions: list[requests.Session] = []
+
+    def on_change(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` whenever an answer or a pause may have changed what the budget allows."""
+        self._listeners.append(callback)
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+        for callback in self._listeners:
+            callback()
 
     async def get_json(self, path: str, params: dict, weight: int) -> object:
         """GET ``path`` once the budget allows ``weight``; the parsed JSON answer.
@@ -160,6 +221,15 @@ class RestClient:
         except orjson.JSONDecodeError as exc:
             raise RestError(200, f"{path}: answer is not JSON ({exc})") from None
 
+    async def _admit_one(self, weight: int) -> Sent:
+        """Wait until the budget allows ``weight`` (waking at every answer or pause), and spend it."""
+        async with self._admit:
+            while (wait := self.budget.delay(weight, time.monotonic())) > 0:
+                changed = self._changed
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(changed.wait(), None if wait == math.inf else wait)
+            return self.budget.spend(weight, time.monotonic())
+
     async def get(self, path: str, params: dict, weight: int) -> bytes:
         """GET ``path`` once the budget allows ``weight``; the body of the 200 answer, as sent.
 
@@ -167,32 +237,48 @@ class RestClient:
             RestError: the answer was not 200 (after sitting out up to MAX_RATE_LIMITED 429/418s), or no answer.
         """
         limited = 0
+        market = self.market.value
         async with self._slots:
             while True:
-                async with self._admit:
-                    while (wait := self.budget.delay(weight, time.monotonic())) > 0:
-                        await asyncio.sleep(wait)
-                    self.budget.spend(weight, time.monotonic())
-                self.metrics.rest_weight[self.market.value] += weight
-                status, headers, body = await asyncio.to_thread(self._get, path, params)
+                sent = await self._admit_one(weight)
+                try:
+                    answer = await asyncio.to_thread(self._get, path, params)
+                except BaseException:  # no answer (or cancelled): its weight stays counted
+                    self.budget.answered(sent, None, time.monotonic())
+                    self._notify()
+                    raise
                 now = time.monotonic()
+                if answer is None:  # held back: a 429/418 came after it was admitted; ask the budget again
+                    self.budget.answered(sent, None, now)
+                    self.budget.pause(self._stop_until - now, now)  # (its answer may not have reached us yet)
+                    self._notify()
+                    continue
+                status, headers, body = answer
+                self.metrics.rest_weight[market] += weight
                 used = headers.get(USED_WEIGHT_HEADER)
-                if used is not None and used.isdigit():
-                    self.budget.report(int(used), now)
-                if status == 200:
-                    return body
+                self.budget.answered(sent, int(used) if used is not None and used.isdigit() else None, now)
                 if status in (429, 418):
                     retry_after = _seconds(headers.get("Retry-After"))
                     self.budget.pause(retry_after, now)
-                    self.metrics.rest_rate_limited[self.market.value] += 1
                     limited += 1
-                    log.warning("%s REST answered %d: pausing every %s request for %.0f s",
-                                self.market.value, status, self.market.value, retry_after)
-                    if limited < MAX_RATE_LIMITED:
-                        continue
+                    if status == 418:
+                        self.metrics.rest_banned[market] += 1
+                        log.error("%s REST answered 418: this IP is banned; no %s request for %.0f s",
+                                  market, market, retry_after)
+                    else:
+                        self.metrics.rest_rate_limited[market] += 1
+                        log.warning("%s REST answered 429: no %s request for %.0f s", market, market, retry_after)
+                self._notify()
+                if status == 200:
+                    return body
+                if status in (429, 418) and limited < MAX_RATE_LIMITED:
+                    continue
                 raise RestError(status, f"{path}: HTTP {status}: {body[:200]!r}")
 
-    def _get(self, path: str, params: dict) -> tuple[int, dict, bytes]:
+    def _get(self, path: str, params: dict) -> tuple[int, dict, bytes] | None:
+        """One GET in a worker thread; None if a 429/418 just received says not to send it."""
+        if time.monotonic() < self._stop_until:
+            return None
         session = getattr(self._local, "session", None)
         if session is None:
             session = self._local.session = requests.Session()
@@ -201,6 +287,9 @@ class RestClient:
             r = session.get(self.base_url + path, params=params, timeout=self.timeout)
         except requests.RequestException as exc:
             raise RestError(None, f"{path}: {type(exc).__name__}: {exc}") from None
+        if r.status_code in (429, 418):
+            with self._stop_lock:
+                self._stop_until = max(self._stop_until, time.monotonic() + _seconds(r.headers.get("Retry-After")))
         return r.status_code, r.headers, r.content
 
     def close(self) -> None:
@@ -251,6 +340,7 @@ class Resyncer:
         self._replanned = asyncio.Event()  # the schedule's next slot may have moved
         self._tasks: list[asyncio.Task] = []
         self.fetched = 0
+        client.on_change(self._wake.set)  # an answer or a pause: the budget's room may have changed
         self.set_streams(streams)
 
     @property
@@ -336,8 +426,9 @@ class Resyncer:
             item = self.queue.pop(low_ready=room == 0)
             if item is None:
                 self._wake.clear()
-                # something waits for the budget: look again when it has room, or at the next request
-                timeout = room if len(self.queue) else None
+                # something waits for the budget: look again when it has room, at the next request,
+                # or at the client's next answer (room is infinite while the budget waits for one)
+                timeout = room if len(self.queue) and room != math.inf else None
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout)
                 continue

@@ -57,7 +57,7 @@ def test_every_diff_stream_is_rebased_at_about_the_period_within_the_budget(tmp_
                 return ex.stats()["rest"], plans
 
     rest, plans = asyncio.run(main())
-    assert {m: (r["429"], r["418"]) for m, r in rest.items()} == {"spot": (0, 0), "usdm": (0, 0)}
+    assert {m: (r["429"], r["418"]) for m, r in rest.items()} == {"spot": (0, 0), "usdm": (0, 0), "coinm": (0, 0)}
     assert {m: (p.period, p.limit) for m, p in plans.items()} == {"spot": (PERIOD, 100), "usdm": (PERIOD, 100)}
     rebases = snapshots(buffer, "rebase")
     for key in keys:

@@ -99,6 +99,8 @@ correct it; ``Exchange.routes`` holds the current table),
 ``mute(stream, market)`` /
 ``unmute(stream, market)`` (the stream's messages go to nobody while every connection stays up
 and the other streams flow: an acknowledged subscription that delivers nothing).
+``rate_limit_together(retry_after, market)`` (Python only: the next REST requests, one per
+``Retry-After``, are held until all have arrived, then all answered 429).
 ``POST /control/daily_files?folder=PATH&date=YYYY-MM-DD`` (``write_daily_files``) writes the
 exchange's own daily ``trades`` and ``aggTrades`` files of a UTC day in Binance's layout, every
 trade generated that day whether sent or not (see :mod:`tools.simulator.daily`).
@@ -708,6 +710,15 @@ class WeightLimiter:
                 "weight": self.weight_total, "429": self.rejected_429, "418": self.rejected_418}
 
 
+@dataclass
+class _Together:
+    """REST requests held by :meth:`Exchange.rate_limit_together` until all have arrived."""
+
+    retry_after: list[int]
+    arrived: int = 0
+    all_in: asyncio.Event = field(default_factory=asyncio.Event)
+
+
 _QUOTES = ("usdt", "usdc", "fdusd", "busd", "btc", "eth", "bnb", "try", "eur")
 
 
@@ -816,6 +827,8 @@ class Exchange:
         self.skipped_ticks = 0
         self._replay_next = 0
         self._reject: tuple[int, int, int] | None = None  # (status, retry_after, count)
+        #: REST requests held until all have arrived, then answered 429 together (rate_limit_together)
+        self._together: dict[Market, _Together] = {}
         #: open interest per (market, symbol), a walk from a seeded start; every answer given is
         #: logged in ``open_interest_sent`` (the oracle of the polled dataset)
         self._oi_rng = random.Random(seed)
@@ -927,6 +940,9 @@ class Exchange:
     async def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         url = urllib.parse.urlsplit(request.path)
         query = dict(urllib.parse.parse_qsl(url.query))
+        for prefix, market in (("/api/", Market.SPOT), ("/fapi/", Market.USDM), ("/dapi/", Market.COINM)):
+            if url.path.startswith(prefix) and market in self._together:
+                return await self._rate_limited_together(market)
         if url.path.startswith("/api/"):
             return self._rest(Market.SPOT, url.path, query)
         if url.path.startswith("/fapi/"):
@@ -1059,6 +1075,29 @@ class Exchange:
         if how not in ("error", "negative") or n < 1:
             raise ValueError(f"fail_open_interest takes n >= 1 and how=error|negative, not {n}, {how!r}")
         self._oi_faults.extend([how] * n)
+
+    def rate_limit_together(self, retry_after: list[int], market: Market = Market.USDM) -> None:
+        """Hold the next ``len(retry_after)`` REST requests of ``market`` until all of them have
+        arrived, then answer each 429 with its ``Retry-After``: every one is in flight while the
+        others are answered. A request arriving inside the longest is banned (418) as usual."""
+        if not retry_after or min(retry_after) < 1:
+            raise ValueError(f"rate_limit_together takes Retry-After seconds of at least 1, not {retry_after}")
+        self._together[Market(market)] = _Together(list(retry_after))
+
+    async def _rate_limited_together(self, market: Market) -> Response:
+        held = self._together[market]
+        i = held.arrived
+        held.arrived += 1
+        if held.arrived == len(held.retry_after):
+            del self._together[market]
+            held.all_in.set()
+        await held.all_in.wait()
+        lim, retry_after = self.limiters[market], held.retry_after[i]
+        lim.requests += 1
+        lim.rejected_429 += 1
+        lim.limited_until = max(lim.limited_until, time.monotonic() + retry_after)
+        return _http(429, {"code": -1003, "msg": "Too much request weight used."},
+                     (("Retry-After", str(retry_after)), ("X-MBX-USED-WEIGHT-1M", str(lim.budget))))
 
     def weight_storm(self, weight: int, market: Market = Market.USDM) -> None:
         """Other clients on this IP spend ``weight`` of the market's REST budget at the start of
