@@ -15,7 +15,7 @@ Everything here works on a caller's ``duckdb`` connection; nothing is global.
 ``top_of_book_1s``           the ``<archive>/top_of_book_1s/`` dataset (1-second bars)
 ``derivative_ticker``        per mark-price message: mark, index, funding, and the open
                              interest and last trade price as of its event time (only when
-                             ``mark_price`` has data; see :data:`DERIVATIVE_TICKER_SQL`)
+                             ``mark_price`` has data; see :data:`DERIVATIVE_TICKER_TEMPLATE`)
 ``book_at(symbol, time)``    table macro: the last snapshot at or before ``time``
 
 How S3 is reached: DuckDB's ``httpfs`` extension, loaded from the file the PyPI
@@ -387,21 +387,21 @@ DERIVATIVE_TICKER_COLUMNS = [
 # - last_price: the latest trade at or before the event time from `trade` and `agg_trade` alike;
 #   an aggTrade's last_trade_id is a trade id, so both order the trades of one millisecond the
 #   same way. Null when neither is recorded for the symbol.
-DERIVATIVE_TICKER_SQL = """
+DERIVATIVE_TICKER_TEMPLATE = """
 WITH mark AS (
     SELECT market, symbol, stream, event_time, recv_time, mark_price, index_price,
            estimated_settle_price, funding_rate, next_funding_time
-    FROM mark_price
+    FROM {mark_price}
     QUALIFY row_number() OVER (PARTITION BY market, symbol, event_time ORDER BY recv_time, stream) = 1
 ),
 oi AS (
     SELECT market, symbol, time, arg_min(open_interest, recv_time) AS open_interest
-    FROM open_interest GROUP BY market, symbol, time
+    FROM {open_interest} GROUP BY market, symbol, time
 ),
 last_trade AS (
     SELECT market, symbol, trade_time, arg_max(price, id) AS price
-    FROM (SELECT market, symbol, trade_time, price, trade_id AS id FROM trade
-          UNION ALL SELECT market, symbol, trade_time, price, last_trade_id AS id FROM agg_trade)
+    FROM (SELECT market, symbol, trade_time, price, trade_id AS id FROM {trade}
+          UNION ALL SELECT market, symbol, trade_time, price, last_trade_id AS id FROM {agg_trade})
     GROUP BY market, symbol, trade_time
 )
 SELECT m.market, m.symbol, m.stream, m.event_time AS "timestamp", m.recv_time AS local_timestamp,
@@ -411,6 +411,17 @@ FROM mark m
 ASOF LEFT JOIN oi o ON o.market = m.market AND o.symbol = m.symbol AND o.time <= m.event_time
 ASOF LEFT JOIN last_trade t ON t.market = m.market AND t.symbol = m.symbol AND t.trade_time <= m.event_time
 """.strip()
+
+
+def derivative_ticker_sql(mark_price: str = "mark_price", open_interest: str = "open_interest",
+                          trade: str = "trade", agg_trade: str = "agg_trade") -> str:
+    """The derivative_ticker query over the given relations (the views' names by default; the
+    Tardis export passes one symbol-day's bounded reads)."""
+    return DERIVATIVE_TICKER_TEMPLATE.format(mark_price=mark_price, open_interest=open_interest, trade=trade,
+                                             agg_trade=agg_trade)
+
+
+DERIVATIVE_TICKER_SQL = derivative_ticker_sql()
 
 # The last snapshot of a symbol at or before a time; one clear error when there is none.
 # Times without an offset are read in the session's TimeZone (the query command sets UTC).

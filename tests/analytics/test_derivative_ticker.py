@@ -4,6 +4,7 @@ and the archive job's export, per market and symbol."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 
@@ -11,7 +12,8 @@ import duckdb
 import pytest
 
 from orderbook_core import buffer
-from orderbook_core.buffer.records import MarkPriceRecord, OpenInterestRecord, SessionOpen, TradeRecord
+from orderbook_core.buffer.records import (LiquidationRecord, MarkPriceRecord, OpenInterestRecord, SessionOpen,
+                                           TradeRecord)
 from orderbook_collector.writer.thread import store_records
 from orderbook_assets.analytics import query, views
 from orderbook_assets.archive import merge, pipeline
@@ -25,7 +27,7 @@ FUNDING = H + 8 * 3_600_000
 SESSIONS = {"spot": HOUR + 1, "usdm": HOUR + 2, "coinm": HOUR + 3}
 #: (market, stream): the streams recorded, keyed as the collector keys them
 STREAMS = [("spot", "btcusdt@trade"), ("usdm", "btcusdt@markPrice"), ("usdm", "btcusdt@markPrice@1s"),
-           ("usdm", "btcusdt@trade"), ("usdm", "ethusdt@markPrice@1s"), ("coinm", "btcusd_perp@markPrice")]
+           ("usdm", "btcusdt@trade"), ("usdm", "btcusdt@forceOrder"), ("usdm", "ethusdt@markPrice@1s"), ("coinm", "btcusd_perp@markPrice")]
 POLLED = [("usdm", "btcusdt"), ("usdm", "ethusdt"), ("coinm", "btcusd_perp")]
 
 
@@ -46,6 +48,11 @@ def mark(market, stream, recv_ms, seq, event_ms, price, rate):
 def trade(market, recv_ms, seq, trade_ms, trade_id, price):
     return TradeRecord(key(market, "btcusdt@trade"), recv_ms * 1000, SESSIONS[market], seq, trade_ms, trade_ms,
                        trade_id, price, 0.5, False, 0)
+
+
+def liquidation(stream, recv_ms, seq, event_ms, side, status, avg_price, filled):
+    return LiquidationRecord(key("usdm", stream), recv_ms * 1000, SESSIONS["usdm"], seq, event_ms, side, "LIMIT", "IOC",
+                             2.0, avg_price - 5.0, avg_price, status, filled, filled, event_ms - 1, 0)
 
 
 def poll(market, symbol, time_ms, oi):
@@ -77,8 +84,12 @@ def first_batch():
         trade("usdm", H + 1_510, 5, H + 1_500, 7, 50_010.0),
         trade("usdm", H + 1_511, 6, H + 1_500, 8, 50_011.0),
         trade("usdm", H + 3_210, 7, H + 3_200, 9, 50_020.0),
+        # USD-M BTCUSDT liquidations: two filled, one not (Tardis exports FILLED orders only)
+        liquidation("btcusdt@forceOrder", H + 1_210, 9, H + 1_200, "SELL", "FILLED", 49_990.5, 0.75),
+        liquidation("btcusdt@forceOrder", H + 2_210, 10, H + 2_200, "BUY", "EXPIRED", 50_015.0, 0.0),
+        liquidation("btcusdt@forceOrder", H + 3_210, 11, H + 3_200, "BUY", "FILLED", 50_025.0, 0.001),
         # USD-M ETHUSDT: no trades recorded
-        mark("usdm", "ethusdt@markPrice@1s", H + 2_010, 8, H + 2_000, 3_000.0, -0.0001),
+        mark("usdm", "ethusdt@markPrice@1s", H + 2_010, 12, H + 2_000, 3_000.0, -0.0001),
         # spot BTCUSDT, the same symbol on another market: never a futures row's last price
         trade("spot", H + 2_510, 0, H + 2_500, 1, 49_000.0),
         # COIN-M BTCUSD_PERP
@@ -204,3 +215,36 @@ def test_query_help_lists_the_view(capsys):
     with pytest.raises(SystemExit):
         query.main(["query", "--help"])
     assert "derivative_ticker" in capsys.readouterr().out
+
+
+def gunzip(path) -> str:
+    with gzip.open(path, "rb") as f:
+        return f.read().decode()
+
+
+def test_tardis_export_writes_derivative_ticker_and_liquidations(recorded, capsys):
+    out = recorded / "export"
+    day = "2026-11-23"
+    assert query.main(["export", "--format", "tardis", "--date", day, "--archive", str(recorded / "archive"),
+                       "--out", str(out)]) == 0
+    T, F = H * 1000, FUNDING * 1000  # µs
+    head = ("exchange,symbol,timestamp,local_timestamp,funding_timestamp,funding_rate,predicted_funding_rate,"
+            "open_interest,last_price,index_price,mark_price\n")
+    assert gunzip(out / "binance-futures" / "derivative_ticker" / f"{day}_BTCUSDT.csv.gz") == head + (
+        f"binance-futures,BTCUSDT,{T + 1_000_000},{T + 1_010_000},{F},0.0001,,,,49999,50000\n"
+        f"binance-futures,BTCUSDT,{T + 2_000_000},{T + 2_010_000},{F},0.0001,,100,50011,50001,50002\n"
+        f"binance-futures,BTCUSDT,{T + 3_000_000},{T + 3_005_000},{F},0.0001,,100,50011,50002,50003\n"
+        f"binance-futures,BTCUSDT,{T + 4_000_000},{T + 4_010_000},{F},0.0002,,110,50020,50003,50004\n")
+    assert gunzip(out / "binance-futures" / "derivative_ticker" / f"{day}_ETHUSDT.csv.gz") == head + (
+        f"binance-futures,ETHUSDT,{T + 2_000_000},{T + 2_010_000},{F},-0.0001,,900,,2999,3000\n")
+    assert gunzip(out / "binance-delivery" / "derivative_ticker" / f"{day}_BTCUSD_PERP.csv.gz") == head + (
+        f"binance-delivery,BTCUSD_PERP,{T + 1_000_000},{T + 1_010_000},{F},0.0003,,,,50099,50100\n"
+        f"binance-delivery,BTCUSD_PERP,{T + 2_000_000},{T + 2_010_000},{F},0.0003,,7000,,50100,50101\n")
+    # Tardis's Binance rule: o.T, the side in lower case, the average price, the filled quantity, no id
+    assert gunzip(out / "binance-futures" / "liquidations" / f"{day}_BTCUSDT.csv.gz") == (
+        "exchange,symbol,timestamp,local_timestamp,id,side,price,amount\n"
+        f"binance-futures,BTCUSDT,{T + 1_199_000},{T + 1_210_000},,sell,49990.5,0.75\n"
+        f"binance-futures,BTCUSDT,{T + 3_199_000},{T + 3_210_000},,buy,50025,0.001\n")
+    # no derivatives files for spot, nor liquidations where none were recorded
+    assert not (out / "binance" / "derivative_ticker").exists()
+    assert sorted(p.name for p in (out / "binance-futures" / "liquidations").iterdir()) == [f"{day}_BTCUSDT.csv.gz"]
