@@ -248,3 +248,15 @@ def test_tardis_export_writes_derivative_ticker_and_liquidations(recorded, capsy
     # no derivatives files for spot, nor liquidations where none were recorded
     assert not (out / "binance" / "derivative_ticker").exists()
     assert sorted(p.name for p in (out / "binance-futures" / "liquidations").iterdir()) == [f"{day}_BTCUSDT.csv.gz"]
+
+
+def test_the_note_shows_only_for_a_statement_naming_the_view(tmp_path, capsys):
+    (tmp_path / "archive").mkdir()
+    info = views.register_views(duckdb.connect(), str(tmp_path / "archive"))
+    note = f"note: No mark_price dataset under {tmp_path / 'archive'}/mark_price yet; the derivative_ticker view is left out."
+    query._print_notes(info, "SELECT * FROM trade")
+    assert note not in capsys.readouterr().err
+    query._print_notes(info, "SELECT * FROM derivative_ticker")
+    assert note in capsys.readouterr().err.splitlines()
+    query._print_notes(info, None)  # the shell: every note
+    assert note in capsys.readouterr().err.splitlines()
