@@ -12,7 +12,7 @@ import duckdb
 import pytest
 
 from orderbook_core import buffer
-from orderbook_core.buffer.records import (LiquidationRecord, MarkPriceRecord, OpenInterestRecord, SessionOpen,
+from orderbook_core.buffer.records import (AggTradeRecord, LiquidationRecord, MarkPriceRecord, OpenInterestRecord, SessionOpen,
                                            TradeRecord)
 from orderbook_collector.writer.thread import store_records
 from orderbook_assets.analytics import query, views
@@ -27,7 +27,8 @@ FUNDING = H + 8 * 3_600_000
 SESSIONS = {"spot": HOUR + 1, "usdm": HOUR + 2, "coinm": HOUR + 3}
 #: (market, stream): the streams recorded, keyed as the collector keys them
 STREAMS = [("spot", "btcusdt@trade"), ("usdm", "btcusdt@markPrice"), ("usdm", "btcusdt@markPrice@1s"),
-           ("usdm", "btcusdt@trade"), ("usdm", "btcusdt@forceOrder"), ("usdm", "ethusdt@markPrice@1s"), ("coinm", "btcusd_perp@markPrice")]
+           ("usdm", "btcusdt@trade"), ("usdm", "btcusdt@forceOrder"), ("usdm", "ethusdt@markPrice@1s"), ("coinm", "btcusd_perp@markPrice"),
+           ("coinm", "btcusd_perp@aggTrade")]
 POLLED = [("usdm", "btcusdt"), ("usdm", "ethusdt"), ("coinm", "btcusd_perp")]
 
 
@@ -95,6 +96,9 @@ def first_batch():
         # COIN-M BTCUSD_PERP
         mark("coinm", "btcusd_perp@markPrice", H + 1_010, 0, H + 1_000, 50_100.0, 0.0003),
         mark("coinm", "btcusd_perp@markPrice", H + 2_010, 1, H + 2_000, 50_101.0, 0.0003),
+        # COIN-M records aggTrades only: its last price comes from them
+        AggTradeRecord(key("coinm", "btcusd_perp@aggTrade"), (H + 1_510) * 1000, SESSIONS["coinm"], 2, H + 1_500,
+                       H + 1_500, 30, 20, 21, 50_150.0, 3.0, True, 0),
     ]
     polled = [
         poll("usdm", "btcusdt", H + 1_500, 100.0),
@@ -140,7 +144,7 @@ EXPECTED = [
     ("coinm", "BTCUSD_PERP", "btcusd_perp@markPrice", 1_000, 1_010, 50_100.0, 50_099.0, 50_098.0, 0.0003, 0,
      None, None, None),
     ("coinm", "BTCUSD_PERP", "btcusd_perp@markPrice", 2_000, 2_010, 50_101.0, 50_100.0, 50_099.0, 0.0003, 0,
-     7_000.0, 1_800, None),
+     7_000.0, 1_800, 50_150.0),
     ("usdm", "BTCUSDT", "btcusdt@markPrice@1s", 1_000, 1_010, 50_000.0, 49_999.0, 49_998.0, 0.0001, 0,
      None, None, None),
     ("usdm", "BTCUSDT", "btcusdt@markPrice@1s", 2_000, 2_010, 50_002.0, 50_001.0, 50_000.0, 0.0001, 0,
@@ -191,7 +195,7 @@ def test_over_a_fleets_merged_archive_each_message_once(tmp_path):
         for f in sorted((tmp_path / "archive" / prefix).rglob("*.parquet")):
             rel = f.relative_to(tmp_path / "archive")
             refs.append(merge.PartRef(host, str(rel), hashlib.sha256(f.read_bytes()).hexdigest(), rel.parts[2]))
-    assert {r.dataset for r in refs if r.collector == "b"} == {"mark_price", "open_interest", "coverage"}
+    assert {r.dataset for r in refs if r.collector == "b"} == {"mark_price", "agg_trade", "open_interest", "coverage"}
     merge.merge_hour(LocalStore(tmp_path / "archive"), tmp_path / "staging-merge", HOUR, refs)
     con = duckdb.connect()
     views.register_views(con, str(tmp_path / "archive"))
@@ -239,7 +243,7 @@ def test_tardis_export_writes_derivative_ticker_and_liquidations(recorded, capsy
         f"binance-futures,ETHUSDT,{T + 2_000_000},{T + 2_010_000},{F},-0.0001,,900,,2999,3000\n")
     assert gunzip(out / "binance-delivery" / "derivative_ticker" / f"{day}_BTCUSD_PERP.csv.gz") == head + (
         f"binance-delivery,BTCUSD_PERP,{T + 1_000_000},{T + 1_010_000},{F},0.0003,,,,50099,50100\n"
-        f"binance-delivery,BTCUSD_PERP,{T + 2_000_000},{T + 2_010_000},{F},0.0003,,7000,,50100,50101\n")
+        f"binance-delivery,BTCUSD_PERP,{T + 2_000_000},{T + 2_010_000},{F},0.0003,,7000,50150,50100,50101\n")
     # Tardis's Binance rule: o.T, the side in lower case, the average price, the filled quantity, no id
     assert gunzip(out / "binance-futures" / "liquidations" / f"{day}_BTCUSDT.csv.gz") == (
         "exchange,symbol,timestamp,local_timestamp,id,side,price,amount\n"
