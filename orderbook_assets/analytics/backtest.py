@@ -19,6 +19,11 @@ quotes, book_ticker     ``book_ticker``                                  USD-M `
 book_snapshot_25 / _5   ``depth_snapshot`` (partial depth) where         USD-M ``E``; spot: none
                         recorded, else ``book_snapshot``                 is sent, ``recv_time``;
                                                                          book_snapshot: its time
+derivative_ticker       the ``derivative_ticker`` view's rule over       ``E`` (event time)
+                        ``mark_price``, ``open_interest``, ``trade``,
+                        ``agg_trade`` (as-of values looked back at most
+                        :data:`TICKER_LOOKBACK_US` before the day)
+liquidations            ``liquidation``, FILLED orders only              ``o.T`` (trade time)
 ======================  ===============================================  ======================
 
 ``local_timestamp`` is our ``recv_time``; both are µs since the epoch. ``--format hftbacktest``
@@ -73,6 +78,7 @@ from orderbook_core.errors import ConfigError, OrderbookError
 from orderbook_core.kinds import dec
 from orderbook_core.streams import Market
 
+from orderbook_assets.analytics import views
 from orderbook_assets.analytics.books import LOOKBACK_US, ArchiveReader, Source, book_at
 from orderbook_assets.archive.location import Location
 from orderbook_assets.books.builder import BookBuilder, DiffEvent, Level, Outcome, Snapshot, Status
@@ -99,6 +105,8 @@ class DataType(str, Enum):
     BOOK_TICKER = "book_ticker"
     BOOK_SNAPSHOT_25 = "book_snapshot_25"
     BOOK_SNAPSHOT_5 = "book_snapshot_5"
+    DERIVATIVE_TICKER = "derivative_ticker"
+    LIQUIDATIONS = "liquidations"
 
 
 HEAD = ("exchange", "symbol", "timestamp", "local_timestamp")
@@ -112,6 +120,14 @@ HEADERS: dict[DataType, tuple[str, ...]] = {
     DataType.BOOK_SNAPSHOT_5: (*HEAD, *(f"{s}[{i}].{v}" for i in range(5) for s in ("asks", "bids")
                                       for v in ("price", "amount"))),
 }
+HEADERS[DataType.DERIVATIVE_TICKER] = (*HEAD, "funding_timestamp", "funding_rate", "predicted_funding_rate",
+                                       "open_interest", "last_price", "index_price", "mark_price")
+HEADERS[DataType.LIQUIDATIONS] = (*HEAD, "id", "side", "price", "amount")
+#: How far before the day the export looks for the open interest and last trade of the day's
+#: first mark prices (the view looks back without limit; a file is one day, read in bounded time).
+TICKER_LOOKBACK_US = HOUR_US
+#: The liquidation order status Tardis exports (its Binance mapper skips every other).
+FILLED = "FILLED"
 SNAPSHOT_DEPTH = {DataType.BOOK_SNAPSHOT_25: 25, DataType.BOOK_SNAPSHOT_5: 5}
 
 # ---- hftbacktest's event array, copied from hftbacktest 2.4.x (py-hftbacktest/hftbacktest/types.py)
@@ -541,7 +557,7 @@ class Exporter:
 
     def symbol_days(self) -> list[SymbolDay]:
         found: set[tuple[str, str]] = set()
-        for name in ("depth_update", "trade", "book_ticker", "depth_snapshot"):
+        for name in ("depth_update", "trade", "book_ticker", "depth_snapshot", "mark_price", "liquidation"):
             if not self.r.has(name):
                 continue
             t = self.r.query(name, f"date = DATE '{self.day}'", [], "1", columns="DISTINCT market, symbol")
@@ -573,6 +589,8 @@ class Exporter:
             self._close(trades)
             self._quotes(sd, prefix)
             self._snapshots(sd, prefix)
+            self._derivative_ticker(sd, prefix)
+            self._liquidations(sd, prefix)
         return self.summary
 
     def _close(self, w: CsvGz) -> None:
@@ -651,6 +669,71 @@ class Exporter:
                 w.write([snapshot_line(prefix, a, b, bids, asks, SNAPSHOT_DEPTH[kind]) for a, b, bids, asks in rows])
         for w in writers.values():
             self._close(w)
+
+    def _relation(self, dataset: str, sd: SymbolDay, where: str, lo_us: int) -> str:
+        """The symbol's rows of ``dataset`` from the day of ``lo_us`` to this day, narrowed by
+        ``where``; a typed empty relation when the archive has no such files."""
+        if not self.r.has(dataset):
+            return f"({views.archived_sql(self.r.con, self.r.location, dataset, 0)})"
+        first = datetime.fromtimestamp(lo_us / 1e6, tz=timezone.utc).date().isoformat()
+        return (f"(SELECT * FROM {self.r._from(dataset)} WHERE date BETWEEN DATE '{first}' AND DATE '{self.day}' "
+                f"AND market = {views._lit(sd.market.value)} AND symbol = {views._lit(sd.symbol)} AND {where})")
+
+    def _derivative_ticker(self, sd: SymbolDay, prefix: str) -> None:
+        """One row per mark price received that day: the ``derivative_ticker`` view's rows, Tardis's
+        columns. Binance sends no predicted funding rate (the column stays empty, as Tardis's Binance
+        mapper leaves it). Open interest and trades are read from :data:`TICKER_LOOKBACK_US` before
+        the day up to its end, from the files of the days they were received."""
+        if not self.r.has("mark_price"):
+            return
+        lo = self.start_us - TICKER_LOOKBACK_US
+
+        def within(col: str, start: int) -> str:
+            return f"{col} >= {ArchiveReader.ts(str(start))} AND {col} < {ArchiveReader.ts(str(self.end_us))}"
+
+        sql = views.derivative_ticker_sql(
+            # the day's file holds the mark prices received that day, as every other data type's
+            mark_price=self._relation("mark_price", sd, within("recv_time", self.start_us), self.start_us),
+            open_interest=self._relation("open_interest", sd, within("time", lo), lo),
+            trade=self._relation("trade", sd, within("trade_time", lo), lo),
+            agg_trade=self._relation("agg_trade", sd, within("trade_time", lo), lo))
+        t = self.r.con.execute(
+            "SELECT epoch_us(timestamp) AS ts, epoch_us(local_timestamp) AS local, epoch_us(next_funding_time) AS funding, "
+            f"funding_rate, open_interest, last_price, index_price, mark_price FROM ({sql}) ORDER BY local, ts").to_arrow_table()
+        if not t.num_rows:
+            return
+        ts, local = t.column("ts").to_numpy(), t.column("local").to_numpy()
+        self._neg(sd, DataType.DERIVATIVE_TICKER.value, ts, local)
+        w = CsvGz(self._path(sd, DataType.DERIVATIVE_TICKER.value), HEADERS[DataType.DERIVATIVE_TICKER])
+
+        def cell(v) -> str:
+            return "" if v is None else num(v)
+
+        w.write([f"{prefix}{a},{b},{'' if f is None else f},{cell(r)},,{cell(oi)},{cell(lp)},{num(ip)},{num(mp)}\n"
+                 for a, b, f, r, oi, lp, ip, mp in zip(ts.tolist(), local.tolist(), *(
+                     t.column(c).to_pylist() for c in ("funding", "funding_rate", "open_interest", "last_price",
+                                                       "index_price", "mark_price")))])
+        self._close(w)
+
+    def _liquidations(self, sd: SymbolDay, prefix: str) -> None:
+        """Tardis's liquidations from ``liquidation``, by Tardis's own Binance rule (tardis-node's
+        ``BinanceLiquidationsMapper``): FILLED orders only, ``o.T`` as the time, the average price
+        ``o.ap`` and the filled quantity ``o.z``, the order's side in lower case, no id (Binance
+        sends none)."""
+        if not self.r.has("liquidation"):
+            return
+        t = self.r.con.execute(
+            "SELECT epoch_us(trade_time) AS ts, epoch_us(recv_time) AS local, lower(side) AS side, average_price, "
+            f"filled_quantity FROM {self._relation('liquidation', sd, f'status = {views._lit(FILLED)}', self.start_us)} "
+            "ORDER BY local, ts").to_arrow_table()
+        if not t.num_rows:
+            return
+        ts, local = t.column("ts").to_numpy(), t.column("local").to_numpy()
+        self._neg(sd, DataType.LIQUIDATIONS.value, ts, local)
+        w = CsvGz(self._path(sd, DataType.LIQUIDATIONS.value), HEADERS[DataType.LIQUIDATIONS])
+        w.write([f"{prefix}{a},{b},,{side},{num(p)},{num(q)}\n" for a, b, side, p, q in zip(
+            ts.tolist(), local.tolist(), *(t.column(c).to_pylist() for c in ("side", "average_price", "filled_quantity")))])
+        self._close(w)
 
     def _partial_stream(self, sd: SymbolDay) -> str | None:
         """The deepest partial-depth stream of the symbol that day (``@depth20`` over ``@depth5``)."""

@@ -36,8 +36,11 @@ from orderbook_assets.archive.location import Location
 
 USER_ERROR = 2
 VIEWS_HELP = ("depth_snapshot, depth_update, depth_rest_snapshot, trade, agg_trade, book_ticker, mark_price, liquidation, "
-              "open_interest, top_of_book, coverage "
+              "open_interest, top_of_book, coverage, derivative_ticker (when mark prices are recorded) "
               "and the macro book_at(symbol, time)")
+
+#: Views a note may be about: with one statement, such a note is shown only if the statement names it.
+NOTED_VIEWS = ("coverage", views.DERIVATIVE_TICKER)
 
 
 class QueryError(OrderbookError):
@@ -148,7 +151,8 @@ def open_connection(
 def _print_notes(info: views.ViewInfo, sql: str | None) -> None:
     """Notes go to stderr; for one statement only those about the views it names."""
     for note in info.notes:
-        if sql is None or "coverage" not in note or "coverage" in sql.lower():
+        about = [v for v in NOTED_VIEWS if v in note]
+        if sql is None or not about or any(v in sql.lower() for v in about):
             print(f"note: {note}", file=sys.stderr)
 
 

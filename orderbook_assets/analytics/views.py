@@ -13,6 +13,9 @@ Everything here works on a caller's ``duckdb`` connection; nothing is global.
                              best_ask_qty, mid, spread, microprice`` per snapshot
 ``coverage``                 the ``<archive>/coverage/`` dataset (sessions and gaps)
 ``top_of_book_1s``           the ``<archive>/top_of_book_1s/`` dataset (1-second bars)
+``derivative_ticker``        per mark-price message: mark, index, funding, and the open
+                             interest and last trade price as of its event time (only when
+                             ``mark_price`` has data; see :data:`DERIVATIVE_TICKER_TEMPLATE`)
 ``book_at(symbol, time)``    table macro: the last snapshot at or before ``time``
 
 How S3 is reached: DuckDB's ``httpfs`` extension, loaded from the file the PyPI
@@ -235,6 +238,14 @@ def register_views(
         typed = ", ".join(f"CAST(NULL AS {datasets.duckdb_type(f.type)}) AS {f.name}" for f in datasets.BARS_SCHEMA)
         con.execute(f"CREATE OR REPLACE VIEW top_of_book_1s AS SELECT {typed} WHERE false")
     con.execute(BOOK_AT_SQL)
+    if info.files[datasets.MARK_PRICE] or info.tails.get(datasets.MARK_PRICE):
+        con.execute(f"CREATE OR REPLACE VIEW {DERIVATIVE_TICKER} AS {DERIVATIVE_TICKER_SQL}")
+    else:  # left out, not empty: no mark price means no futures recorded here, and the note says so
+        con.execute(f"DROP VIEW IF EXISTS {DERIVATIVE_TICKER}")
+        info.notes.append(
+            f"No mark_price dataset under {archive.dataset(datasets.MARK_PRICE)} yet; "
+            f"the {DERIVATIVE_TICKER} view is left out."
+        )
     return info
 
 
@@ -358,6 +369,62 @@ FROM (
     FROM depth_snapshot
 )
 """.strip()
+
+DERIVATIVE_TICKER = "derivative_ticker"
+DERIVATIVE_TICKER_COLUMNS = [
+    "market", "symbol", "stream", "timestamp", "local_timestamp", "mark_price", "index_price",
+    "estimated_settle_price", "funding_rate", "next_funding_time", "open_interest", "open_interest_time",
+    "last_price",
+]
+
+# Tardis's derivative_ticker shape, one row per mark-price message, built on the dataset views so
+# the tail (--with-tail) and a fleet's merged root come with them.
+# - Both markPrice and markPrice@1s of a symbol may be recorded: a (market, symbol, event_time)
+#   is one mark price whichever stream carried it, so it is kept once (the first received).
+# - open_interest: the latest poll whose Binance `time` is at or before the event time, same
+#   market and symbol (never a later poll: no look-ahead); null before the first. A poll answered
+#   twice with the same `time` is one value (the dataset's dedup key).
+# - last_price: the latest trade at or before the event time from `trade` and `agg_trade` alike;
+#   an aggTrade's last_trade_id is a trade id, so both order the trades of one millisecond the
+#   same way. Null when neither is recorded for the symbol. The order (trade_time, id) is one
+#   HUGEINT key (µs × 10^20 + id; ids stay below 10^20), so the ASOF join picks the last trade
+#   itself: twice as fast as grouping the trades by time first (7 s against 14 s for a day of a
+#   symbol with 17 million trades, measured).
+DERIVATIVE_TICKER_TEMPLATE = """
+WITH mark AS (
+    SELECT market, symbol, stream, event_time, recv_time, mark_price, index_price,
+           estimated_settle_price, funding_rate, next_funding_time,
+           epoch_us(event_time)::HUGEINT * 100000000000000000000 + 99999999999999999999 AS trade_key
+    FROM {mark_price}
+    QUALIFY row_number() OVER (PARTITION BY market, symbol, event_time ORDER BY recv_time, stream) = 1
+),
+oi AS (
+    SELECT market, symbol, time, arg_min(open_interest, recv_time) AS open_interest
+    FROM {open_interest} GROUP BY market, symbol, time
+),
+last_trade AS (
+    SELECT market, symbol, price, epoch_us(trade_time)::HUGEINT * 100000000000000000000 + id AS trade_key
+    FROM (SELECT market, symbol, trade_time, price, trade_id AS id FROM {trade}
+          UNION ALL SELECT market, symbol, trade_time, price, last_trade_id AS id FROM {agg_trade})
+)
+SELECT m.market, m.symbol, m.stream, m.event_time AS "timestamp", m.recv_time AS local_timestamp,
+       m.mark_price, m.index_price, m.estimated_settle_price, m.funding_rate, m.next_funding_time,
+       o.open_interest, o.time AS open_interest_time, t.price AS last_price
+FROM mark m
+ASOF LEFT JOIN oi o ON o.market = m.market AND o.symbol = m.symbol AND o.time <= m.event_time
+ASOF LEFT JOIN last_trade t ON t.market = m.market AND t.symbol = m.symbol AND t.trade_key <= m.trade_key
+""".strip()
+
+
+def derivative_ticker_sql(mark_price: str = "mark_price", open_interest: str = "open_interest",
+                          trade: str = "trade", agg_trade: str = "agg_trade") -> str:
+    """The derivative_ticker query over the given relations (the views' names by default; the
+    Tardis export passes one symbol-day's bounded reads)."""
+    return DERIVATIVE_TICKER_TEMPLATE.format(mark_price=mark_price, open_interest=open_interest, trade=trade,
+                                             agg_trade=agg_trade)
+
+
+DERIVATIVE_TICKER_SQL = derivative_ticker_sql()
 
 # The last snapshot of a symbol at or before a time; one clear error when there is none.
 # Times without an offset are read in the session's TimeZone (the query command sets UTC).
