@@ -14,15 +14,20 @@ import urllib.request
 
 import pytest
 
-from orderbook_core.streams import Kind, Market, build_streams
+from orderbook_core.streams import FUTURES, Kind, Market, build_streams, open_interest_key
 from support.procs import ROOT, child_env, descendants, query, running, wait_for
 
 
-#: Every stream the demo records by default (tools/run.py DEMO_MIX), as keyed in the buffer.
-DEMO_STREAMS = {spec.key for symbols, market in ((["btcusdt", "ethusdt", "solusdt"], Market.SPOT),
-                                                  (["btcusdt", "ethusdt"], Market.USDM))
-                for spec in build_streams(symbols, ["depth20@100ms", "depth@100ms", "trade", "aggTrade", "bookTicker"],
+#: What the demo records by default (tools/run.py DEMO_MIX), as keyed in the buffer: every stream
+#: kind of each market, written out here rather than read from DEMO_MIX, so a kind dropped there fails
+#: here; and the open-interest series of every futures symbol (pseudo-streams of their own).
+DEMO_SYMBOLS = {Market.SPOT: ["btcusdt", "ethusdt", "solusdt"], Market.USDM: ["btcusdt", "ethusdt"],
+                Market.COINM: ["btcusd_perp", "ethusd_perp"]}
+_KINDS = ["depth20@100ms", "depth@100ms", "trade", "aggTrade", "bookTicker"]
+DEMO_STREAMS = {spec.key for market, symbols in DEMO_SYMBOLS.items()
+                for spec in build_streams(symbols, _KINDS + (["markPrice@1s", "forceOrder"] if market in FUTURES else []),
                                           market)}
+DEMO_OPEN_INTEREST = {open_interest_key(market, symbol) for market in FUTURES for symbol in DEMO_SYMBOLS[market]}
 
 
 def free_port() -> int:
@@ -94,9 +99,13 @@ def test_the_demo_records_in_its_own_folder_and_any_stop_signal_stops_the_whole_
     proc = launch(cwd, port, "--simulator", ORDERBOOK_SIMULATOR_PORT=str(sim_port))
     demo_buffer = cwd / "data" / "demo" / "buffer.sqlite3"
     try:
-        # A small but complete mix: every stream of the demo (symbols x kinds, both markets) has rows.
-        wait_for(lambda: demo_buffer.exists() and set(recorded(demo_buffer)) == DEMO_STREAMS,
-                 timeout=90, interval=0.5, what="the demo storing every stream kind of both markets in data/demo/")
+        # A small but complete mix: every stream of the demo (symbols x kinds, three markets) has rows,
+        # forceOrder's too (event-driven, but the simulator's fires within a second of any trade on the
+        # symbol's book, and its trades come every few book steps), and every futures symbol's open
+        # interest (polled every DEMO_OPEN_INTEREST_SECONDS).
+        wait_for(lambda: demo_buffer.exists() and set(recorded(demo_buffer)) == DEMO_STREAMS | DEMO_OPEN_INTEREST,
+                 timeout=90, interval=0.5, what="the demo storing every stream kind of three markets and every "
+                                                "futures symbol's open interest in data/demo/")
         wait_for(lambda: ui_up(port), timeout=90, interval=0.5, what="the Dagster UI")
         tree = descendants(proc.pid)
         assert len(tree) >= 5  # simulator, collector, dagster dev, its webserver and daemon
@@ -121,8 +130,9 @@ def test_the_demo_records_in_its_own_folder_and_any_stop_signal_stops_the_whole_
 
 
 def recorded(buffer) -> list[str]:
-    """The streams with at least one row in some stream dataset of the buffer."""
-    union = " UNION ".join(f"SELECT stream_id FROM {kind.dataset}" for kind in Kind)
+    """The streams (open-interest series too) with at least one row in some dataset of the buffer."""
+    union = " UNION ".join(f"SELECT stream_id FROM {dataset}" for dataset in [*(kind.dataset for kind in Kind),
+                                                                              "open_interest"])
     return [name for (name,) in query(buffer, f"SELECT name FROM streams WHERE stream_id IN ({union})")]
 
 
