@@ -45,7 +45,9 @@ from datetime import datetime, timezone
 
 from orderbook_assets import settings as archive_settings
 from orderbook_assets.archive.location import Location
+from orderbook_assets.archive import source as archive_source
 from orderbook_assets.archive.source import SIMULATED
+from orderbook_assets.archive.store import open_store
 from orderbook_assets.settings import DATA_SOURCE as SOURCE_ENV
 from orderbook_collector.config import SUBSCRIPTIONS as SUBSCRIPTIONS_ENV
 from orderbook_collector.config import Settings
@@ -288,6 +290,13 @@ def write_demo_env(env: dict[str, str]) -> str:
     return path
 
 
+def mark_demo_archive(env: dict[str, str]) -> None:
+    """The demo's archive exists, marked simulated, from the start: the documented ``orderbook query
+    --with-tail`` examples then answer from the buffer before the first hour is archived (the query
+    refuses an archive folder that does not exist) and note the data is simulated."""
+    archive_source.mark(open_store(Location.parse(env["ORDERBOOK_ARCHIVE_URL"])))
+
+
 def command(args: argparse.Namespace) -> str:
     """What the user ran, as every message of ours names it."""
     return "make demo" if args.simulator else "make run"
@@ -334,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.simulator:
         write_demo_env(env)
+        mark_demo_archive(env)
     os.makedirs(env["DAGSTER_HOME"], exist_ok=True)
     # Dagster reads dagster.yaml only from DAGSTER_HOME: the repository's copy is the source.
     shutil.copyfile("dagster.yaml", os.path.join(env["DAGSTER_HOME"], "dagster.yaml"))

@@ -4,6 +4,7 @@ whatever stops the launcher (Ctrl-C, SIGTERM, a closed terminal, SIGKILL)."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -28,6 +29,28 @@ DEMO_STREAMS = {spec.key for market, symbols in DEMO_SYMBOLS.items()
                 for spec in build_streams(symbols, _KINDS + (["markPrice@1s", "forceOrder"] if market in FUTURES else []),
                                           market)}
 DEMO_OPEN_INTEREST = {open_interest_key(market, symbol) for market in FUTURES for symbol in DEMO_SYMBOLS[market]}
+
+
+def documented_queries() -> list[str]:
+    """The SELECTs of docs/analysts.md's SQL examples over the views and of the ``orderbook query``
+    commands of the README and docs/analysts.md; not those reading archive files directly
+    (read_parquet: only after an hour is archived)."""
+    texts = [(ROOT / "docs" / "analysts.md").read_text(), (ROOT / "README.md").read_text()]
+    statements = [st.strip() for text in texts for block in re.findall(r"```sql\n(.*?)```", text, flags=re.S)
+                  for st in block.split(";")]
+    statements = [re.sub(r"^(--.*\n)+", "", st).strip() for st in statements]
+    commands = [sql for text in texts for sql in re.findall(r'orderbook query[^"\n]*"([^"]+)"', text)]
+    examples = [*commands, *statements]
+    return list(dict.fromkeys(st for st in examples if st.upper().startswith("SELECT") and "read_parquet" not in st))
+
+
+def answer(cwd, sql: str) -> list[str]:
+    """Data rows of ``sql`` run as the docs run it on the demo: demo.env sourced, ``--with-tail``."""
+    cmd = f'set -a; . data/demo/demo.env; set +a; exec "$0" -m orderbook_assets.analytics.query --with-tail --format csv "$1"'
+    out = subprocess.run(["sh", "-c", cmd, sys.executable, sql], cwd=cwd, env=child_env(), capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, (sql, out.stderr)
+    return out.stdout.strip().splitlines()[1:]  # the header line off
 
 
 def free_port() -> int:
@@ -64,9 +87,19 @@ def test_run_starts_everything_and_ctrl_c_stops_everything(tmp_path):
     port = free_port()
     buffer = cwd / "data" / "demo" / "buffer.sqlite3"
     proc = launch(cwd, port, "--simulator", "--simulator-port", "0")
+    examples = documented_queries()
+    assert any("derivative_ticker" in sql for sql in examples) and len(examples) >= 5
     try:
-        wait_for(lambda: buffer.exists() and query(buffer, "SELECT count(*) FROM depth_snapshot")[0][0] > 10,
-                 timeout=60, what="the collector storing the simulator's books")
+        wait_for(lambda: buffer.exists() and set(recorded(buffer)) >= DEMO_STREAMS | DEMO_OPEN_INTEREST,
+                 timeout=90, interval=0.5, what="the demo storing every stream and open-interest series")
+        # Every documented example answers on the demo at once, before any hour is archived: each
+        # view has rows (derivative_ticker's open interest too, the series being recorded).
+        for sql in examples:
+            assert answer(cwd, sql), f"no rows on the demo for the documented {sql!r}"
+        assert "simulated" in subprocess.run(
+            ["sh", "-c", 'set -a; . data/demo/demo.env; set +a; exec "$0" -m orderbook_assets.analytics.query '
+             '--with-tail "SELECT 1"', sys.executable], cwd=cwd, env=child_env(), capture_output=True, text=True,
+            timeout=120).stderr
         wait_for(lambda: ui_up(port), timeout=90, interval=0.5, what="the Dagster UI")
         # The repository's instance settings, in the demo's own instance.
         assert (cwd / "data" / "demo" / "dagster_home" / "dagster.yaml").exists()
