@@ -14,7 +14,8 @@ the collector at it. The demo is one world: its buffer, archive, Dagster instanc
 and data-source marker (``simulated``) are fixed in ``data/demo/``, an exported
 buffer or archive elsewhere is refused rather than mixed with simulated data, and
 ``data/demo/demo.env`` holds those variables for the archive and query commands.
-It records several symbols and every stream kind on spot and USD-M. Its hourly partitions
+It records several symbols and every stream kind on spot, USD-M and COIN-M, and
+open interest. Its hourly partitions
 start where its data starts (:func:`demo_partitions_start`), not at the project's default.
 
 Every setting is validated before anything starts: a bad one is one sentence naming
@@ -44,7 +45,9 @@ from datetime import datetime, timezone
 
 from orderbook_assets import settings as archive_settings
 from orderbook_assets.archive.location import Location
+from orderbook_assets.archive import source as archive_source
 from orderbook_assets.archive.source import SIMULATED
+from orderbook_assets.archive.store import open_store
 from orderbook_assets.settings import DATA_SOURCE as SOURCE_ENV
 from orderbook_collector.config import SUBSCRIPTIONS as SUBSCRIPTIONS_ENV
 from orderbook_collector.config import Settings
@@ -52,18 +55,31 @@ from orderbook_collector.config import load as load_collector_settings
 from orderbook_core import buffer as buf
 from orderbook_core.buffer import ledger
 from orderbook_core.errors import ConfigError
+from orderbook_core.streams import Market
 
 STOP_TIMEOUT = 30.0
 DEMO_DIR = os.path.join("data", "demo")
-#: What the demo records unless told otherwise: several symbols and every stream kind on both
-#: markets, so every dataset, view, example query and rebuilt book has data.
+#: What the demo records unless told otherwise: several symbols and every stream kind on each of
+#: the three markets, and open interest, so every dataset, view (``derivative_ticker`` too),
+#: example query and rebuilt book has data.
 DEMO_KINDS = "depth20@100ms,depth@100ms,trade,aggTrade,bookTicker"
+#: The futures markets' own kinds on top: mark price (the 1 s clock, so a few seconds of demo show
+#: several) and liquidations (the simulator's fire within a second of a trade).
+DEMO_FUTURES_KINDS = f"{DEMO_KINDS},markPrice@1s,forceOrder"
 DEMO_MIX = {
     "ORDERBOOK_SYMBOLS": "btcusdt,ethusdt,solusdt",
     "ORDERBOOK_STREAMS": DEMO_KINDS,
     "ORDERBOOK_USDM_SYMBOLS": "btcusdt,ethusdt",
-    "ORDERBOOK_USDM_STREAMS": DEMO_KINDS,
+    "ORDERBOOK_USDM_STREAMS": DEMO_FUTURES_KINDS,
+    "ORDERBOOK_COINM_SYMBOLS": "btcusd_perp,ethusd_perp",
+    "ORDERBOOK_COINM_STREAMS": DEMO_FUTURES_KINDS,
 }
+#: Open interest of every futures symbol, polled this often (seconds): a few polls a minute keep
+#: derivative_ticker's open interest fresh at a cost of one REST weight a poll.
+DEMO_OPEN_INTEREST_SECONDS = "5"
+#: Not part of what to record (ORDERBOOK_SUBSCRIPTIONS does not replace it): set for the demo
+#: unless the user set it.
+OPEN_INTEREST_ENV = "ORDERBOOK_OPEN_INTEREST_SECONDS"
 #: The Dagster partitions' first hour (read by orderbook_assets/defs/partitions.py) and its key format.
 PARTITIONS_START_ENV = "ORDERBOOK_PARTITIONS_START"
 PARTITION_KEY = "%Y-%m-%d-%H:00"
@@ -130,9 +146,10 @@ def check_port(host: str, port: int, setting: str, host_setting: str | None = No
             ) from None
 
 
-def _start_simulator(env: dict[str, str], port: int, who: str, symbols: str) -> tuple[subprocess.Popen, str]:
+def _start_simulator(env: dict[str, str], port: int, who: str, settings: Settings) -> tuple[subprocess.Popen, str]:
     proc = _spawn(
-        [sys.executable, "-m", "tools.simulator", "--port", str(port), "--symbols", symbols],
+        [sys.executable, "-m", "tools.simulator", "--port", str(port), "--symbols", simulator_symbols(settings),
+         "--coinm-symbols", simulator_symbols(settings, coinm=True)],
         env,
         stdout=subprocess.PIPE,
         text=True,
@@ -244,6 +261,7 @@ def _environment(args: argparse.Namespace, environ: dict[str, str] | None = None
         if not env.get(SUBSCRIPTIONS_ENV):
             for name, value in DEMO_MIX.items():
                 env[name] = env.get(name) or value
+        env[OPEN_INTEREST_ENV] = env.get(OPEN_INTEREST_ENV) or DEMO_OPEN_INTEREST_SECONDS
     else:
         if env.get(SOURCE_ENV, "").strip().lower() == SIMULATED:
             raise ConfigError(SOURCE_ENV, f"is {SIMULATED}, which marks the demo's data (data/demo/demo.env sets it); "
@@ -272,6 +290,13 @@ def write_demo_env(env: dict[str, str]) -> str:
     return path
 
 
+def mark_demo_archive(env: dict[str, str]) -> None:
+    """The demo's archive exists, marked simulated, from the start: the documented ``orderbook query
+    --with-tail`` examples then answer from the buffer before the first hour is archived (the query
+    refuses an archive folder that does not exist) and note the data is simulated."""
+    archive_source.mark(open_store(Location.parse(env["ORDERBOOK_ARCHIVE_URL"])))
+
+
 def command(args: argparse.Namespace) -> str:
     """What the user ran, as every message of ours names it."""
     return "make demo" if args.simulator else "make run"
@@ -285,10 +310,13 @@ def check_settings(env: dict[str, str]) -> Settings:
     return settings
 
 
-def simulator_symbols(settings: Settings) -> str:
-    """The simulator serves only the symbols it is given: the demo's and any the user named."""
-    named = [s for sub in settings.subscriptions() if not sub.all_symbols for s in sub.symbols]
-    return ",".join(dict.fromkeys([*DEMO_MIX["ORDERBOOK_SYMBOLS"].split(","), *named]))
+def simulator_symbols(settings: Settings, coinm: bool = False) -> str:
+    """The simulator serves only the symbols it is given: the demo's and any the user named, spot
+    and USD-M's (one list: they share names) or, ``coinm``, COIN-M's (names of their own)."""
+    named = [s for sub in settings.subscriptions() if not sub.all_symbols and (sub.market is Market.COINM) == coinm
+             for s in sub.symbols]
+    demo = DEMO_MIX["ORDERBOOK_COINM_SYMBOLS" if coinm else "ORDERBOOK_SYMBOLS"].split(",")
+    return ",".join(dict.fromkeys([*demo, *named]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -315,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.simulator:
         write_demo_env(env)
+        mark_demo_archive(env)
     os.makedirs(env["DAGSTER_HOME"], exist_ok=True)
     # Dagster reads dagster.yaml only from DAGSTER_HOME: the repository's copy is the source.
     shutil.copyfile("dagster.yaml", os.path.join(env["DAGSTER_HOME"], "dagster.yaml"))
@@ -329,13 +358,16 @@ def main(argv: list[str] | None = None) -> int:
 
     children: list[tuple[str, subprocess.Popen]] = []
     if args.simulator:
-        sim, url = _start_simulator(env, sim_port, command(args), simulator_symbols(settings))
+        sim, url = _start_simulator(env, sim_port, command(args), settings)
         children.append(("simulator", sim))
         env["ORDERBOOK_WS_URL"] = url
         env["ORDERBOOK_REST_URL"] = url.replace("ws://", "http://")
         # The simulator serves USD-M on the same port (/public, /market, /fapi): demo futures never reach Binance.
         env["ORDERBOOK_USDM_WS_URL"] = url
         env["ORDERBOOK_USDM_REST_URL"] = url.replace("ws://", "http://")
+        # And COIN-M: its streams under /dstream (dstream.binance.com's paths), its REST under /dapi.
+        env["ORDERBOOK_COINM_WS_URL"] = f"{url}/dstream"
+        env["ORDERBOOK_COINM_REST_URL"] = url.replace("ws://", "http://")
         _say(f"simulated exchange at {url}; demo data in {DEMO_DIR}/ (marked simulated)")
     children.append(("collector", _spawn([sys.executable, "-m", "orderbook_collector"], env)))
     dagster = [os.path.join(os.path.dirname(sys.executable), "dagster"), "dev", "-h", "127.0.0.1",

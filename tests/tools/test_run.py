@@ -4,6 +4,7 @@ whatever stops the launcher (Ctrl-C, SIGTERM, a closed terminal, SIGKILL)."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -14,15 +15,42 @@ import urllib.request
 
 import pytest
 
-from orderbook_core.streams import Kind, Market, build_streams
+from orderbook_core.streams import FUTURES, Kind, Market, build_streams, open_interest_key
 from support.procs import ROOT, child_env, descendants, query, running, wait_for
 
 
-#: Every stream the demo records by default (tools/run.py DEMO_MIX), as keyed in the buffer.
-DEMO_STREAMS = {spec.key for symbols, market in ((["btcusdt", "ethusdt", "solusdt"], Market.SPOT),
-                                                  (["btcusdt", "ethusdt"], Market.USDM))
-                for spec in build_streams(symbols, ["depth20@100ms", "depth@100ms", "trade", "aggTrade", "bookTicker"],
+#: What the demo records by default (tools/run.py DEMO_MIX), as keyed in the buffer: every stream
+#: kind of each market, written out here rather than read from DEMO_MIX, so a kind dropped there fails
+#: here; and the open-interest series of every futures symbol (pseudo-streams of their own).
+DEMO_SYMBOLS = {Market.SPOT: ["btcusdt", "ethusdt", "solusdt"], Market.USDM: ["btcusdt", "ethusdt"],
+                Market.COINM: ["btcusd_perp", "ethusd_perp"]}
+_KINDS = ["depth20@100ms", "depth@100ms", "trade", "aggTrade", "bookTicker"]
+DEMO_STREAMS = {spec.key for market, symbols in DEMO_SYMBOLS.items()
+                for spec in build_streams(symbols, _KINDS + (["markPrice@1s", "forceOrder"] if market in FUTURES else []),
                                           market)}
+DEMO_OPEN_INTEREST = {open_interest_key(market, symbol) for market in FUTURES for symbol in DEMO_SYMBOLS[market]}
+
+
+def documented_queries() -> list[str]:
+    """The SELECTs of docs/analysts.md's SQL examples over the views and of the ``orderbook query``
+    commands of the README and docs/analysts.md; not those reading archive files directly
+    (read_parquet: only after an hour is archived)."""
+    texts = [(ROOT / "docs" / "analysts.md").read_text(), (ROOT / "README.md").read_text()]
+    statements = [st.strip() for text in texts for block in re.findall(r"```sql\n(.*?)```", text, flags=re.S)
+                  for st in block.split(";")]
+    statements = [re.sub(r"^(--.*\n)+", "", st).strip() for st in statements]
+    commands = [sql for text in texts for sql in re.findall(r'orderbook query[^"\n]*"([^"]+)"', text)]
+    examples = [*commands, *statements]
+    return list(dict.fromkeys(st for st in examples if st.upper().startswith("SELECT") and "read_parquet" not in st))
+
+
+def answer(cwd, sql: str) -> list[str]:
+    """Data rows of ``sql`` run as the docs run it on the demo: demo.env sourced, ``--with-tail``."""
+    cmd = f'set -a; . data/demo/demo.env; set +a; exec "$0" -m orderbook_assets.analytics.query --with-tail --format csv "$1"'
+    out = subprocess.run(["sh", "-c", cmd, sys.executable, sql], cwd=cwd, env=child_env(), capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, (sql, out.stderr)
+    return out.stdout.strip().splitlines()[1:]  # the header line off
 
 
 def free_port() -> int:
@@ -59,9 +87,19 @@ def test_run_starts_everything_and_ctrl_c_stops_everything(tmp_path):
     port = free_port()
     buffer = cwd / "data" / "demo" / "buffer.sqlite3"
     proc = launch(cwd, port, "--simulator", "--simulator-port", "0")
+    examples = documented_queries()
+    assert any("derivative_ticker" in sql for sql in examples) and len(examples) >= 5
     try:
-        wait_for(lambda: buffer.exists() and query(buffer, "SELECT count(*) FROM depth_snapshot")[0][0] > 10,
-                 timeout=60, what="the collector storing the simulator's books")
+        wait_for(lambda: buffer.exists() and set(recorded(buffer)) >= DEMO_STREAMS | DEMO_OPEN_INTEREST,
+                 timeout=90, interval=0.5, what="the demo storing every stream and open-interest series")
+        # Every documented example answers on the demo at once, before any hour is archived: each
+        # view has rows (derivative_ticker's open interest too, the series being recorded).
+        for sql in examples:
+            assert answer(cwd, sql), f"no rows on the demo for the documented {sql!r}"
+        assert "simulated" in subprocess.run(
+            ["sh", "-c", 'set -a; . data/demo/demo.env; set +a; exec "$0" -m orderbook_assets.analytics.query '
+             '--with-tail "SELECT 1"', sys.executable], cwd=cwd, env=child_env(), capture_output=True, text=True,
+            timeout=120).stderr
         wait_for(lambda: ui_up(port), timeout=90, interval=0.5, what="the Dagster UI")
         # The repository's instance settings, in the demo's own instance.
         assert (cwd / "data" / "demo" / "dagster_home" / "dagster.yaml").exists()
@@ -94,9 +132,13 @@ def test_the_demo_records_in_its_own_folder_and_any_stop_signal_stops_the_whole_
     proc = launch(cwd, port, "--simulator", ORDERBOOK_SIMULATOR_PORT=str(sim_port))
     demo_buffer = cwd / "data" / "demo" / "buffer.sqlite3"
     try:
-        # A small but complete mix: every stream of the demo (symbols x kinds, both markets) has rows.
-        wait_for(lambda: demo_buffer.exists() and set(recorded(demo_buffer)) == DEMO_STREAMS,
-                 timeout=90, interval=0.5, what="the demo storing every stream kind of both markets in data/demo/")
+        # A small but complete mix: every stream of the demo (symbols x kinds, three markets) has rows,
+        # forceOrder's too (event-driven, but the simulator's fires within a second of any trade on the
+        # symbol's book, and its trades come every few book steps), and every futures symbol's open
+        # interest (polled every DEMO_OPEN_INTEREST_SECONDS).
+        wait_for(lambda: demo_buffer.exists() and set(recorded(demo_buffer)) == DEMO_STREAMS | DEMO_OPEN_INTEREST,
+                 timeout=90, interval=0.5, what="the demo storing every stream kind of three markets and every "
+                                                "futures symbol's open interest in data/demo/")
         wait_for(lambda: ui_up(port), timeout=90, interval=0.5, what="the Dagster UI")
         tree = descendants(proc.pid)
         assert len(tree) >= 5  # simulator, collector, dagster dev, its webserver and daemon
@@ -121,8 +163,9 @@ def test_the_demo_records_in_its_own_folder_and_any_stop_signal_stops_the_whole_
 
 
 def recorded(buffer) -> list[str]:
-    """The streams with at least one row in some stream dataset of the buffer."""
-    union = " UNION ".join(f"SELECT stream_id FROM {kind.dataset}" for kind in Kind)
+    """The streams (open-interest series too) with at least one row in some dataset of the buffer."""
+    union = " UNION ".join(f"SELECT stream_id FROM {dataset}" for dataset in [*(kind.dataset for kind in Kind),
+                                                                              "open_interest"])
     return [name for (name,) in query(buffer, f"SELECT name FROM streams WHERE stream_id IN ({union})")]
 
 

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from orderbook_core.streams import Kind
+from orderbook_core.streams import FUTURES, Kind, Market
 from support.procs import ROOT, child_env
 from tools import run
 
@@ -81,17 +81,26 @@ def test_demo_env_sourced_by_a_shell_gives_the_demo_world_and_the_demo_accepts_i
     assert {k: again[k] for k in world} == world
 
 
-def test_the_demo_records_every_kind_on_both_markets_unless_told_otherwise(tmp_path, monkeypatch):
+def test_the_demo_records_every_kind_on_every_market_and_open_interest_unless_told_otherwise(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = run._parse(["--simulator"])
     settings = run.check_settings(run._environment(args, {"PATH": os.environ["PATH"]}))
-    kinds = {(spec.market.value, spec.type.value) for spec in settings.stream_specs()}
-    assert kinds == {(market, kind.value) for market in ("spot", "usdm") for kind in Kind}
+    kinds = {(spec.market, spec.type) for spec in settings.stream_specs()}
+    # Every kind each market offers: spot has no mark price or liquidations.
+    assert kinds == {(market, kind) for market in Market for kind in Kind
+                     if market in FUTURES or kind not in (Kind.MARK_PRICE, Kind.LIQUIDATION)}
+    assert 0 < settings.open_interest_seconds <= 10  # a few polls of each futures symbol within a minute
     assert len({spec.symbol for spec in settings.stream_specs()}) >= 2
     assert {"depth20@100ms", "depth@100ms"} <= {spec.kind for spec in settings.stream_specs()}
     # The user's own choice of symbols still wins, and the simulator serves them.
-    own = run._environment(args, {"PATH": os.environ["PATH"], "ORDERBOOK_SYMBOLS": "dogeusdt"})
-    assert "dogeusdt" in run.simulator_symbols(run.check_settings(own)).split(",")
+    own = run._environment(args, {"PATH": os.environ["PATH"], "ORDERBOOK_SYMBOLS": "dogeusdt",
+                                  "ORDERBOOK_COINM_SYMBOLS": "solusd_perp", "ORDERBOOK_OPEN_INTEREST_SECONDS": "60"})
+    own_settings = run.check_settings(own)
+    assert "dogeusdt" in run.simulator_symbols(own_settings).split(",")
+    # COIN-M's names go to the simulator's COIN-M books, not to spot's and USD-M's.
+    assert "solusd_perp" in run.simulator_symbols(own_settings, coinm=True).split(",")
+    assert "solusd_perp" not in run.simulator_symbols(own_settings).split(",")
+    assert own_settings.open_interest_seconds == 60
 
 
 HOUR = 3600

@@ -1762,6 +1762,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0, help="0 picks a free port")
     p.add_argument("--symbols", default="btcusdt,ethusdt", help="comma-separated, lower case")
+    p.add_argument("--coinm-symbols", default="btcusd_perp", help="COIN-M's, comma-separated, lower case (btcusd_perp)")
     p.add_argument("--seed", type=int, default=0, help="the books' random seed (update ids start at the clock)")
     p.add_argument("--sent-log", default=None, help="append NDJSON of every frame sent")
     p.add_argument("--ping-interval", type=float, default=20.0)
@@ -1791,7 +1792,8 @@ async def _amain(args: argparse.Namespace) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     ex = Exchange(
-        args.symbols.split(","), host=args.host, port=args.port, seed=args.seed, rate=args.rate,
+        args.symbols.split(","), coinm_symbols=args.coinm_symbols.split(","),
+        host=args.host, port=args.port, seed=args.seed, rate=args.rate,
         sent_log=args.sent_log, ping_interval=args.ping_interval,
         max_incoming_per_sec=args.max_incoming_per_sec or None, shutdown_grace=args.shutdown_grace,
         weight_budget={Market.SPOT: args.spot_weight_budget, Market.USDM: args.usdm_weight_budget},
