@@ -79,7 +79,7 @@ def test_a_muted_stream_is_a_silence_in_the_buffer_and_in_the_coverage(tmp_path,
                             what="both muted streams recorded silent")
                 assert c.metrics.silent_streams == 2
                 assert dict(c.metrics.silent_events) == {"late": 1, "agg_trades_flow": 1, "trades_flow": 0,
-                                                         "book_changes": 0, "never_delivered": 0}
+                                                         "book_changes": 0, "never_delivered": 0, "poll_failed": 0}
                 # the rest kept flowing on the same connection: no reconnect, no other stream silent
                 before = stored_counts(buffer)
                 await until(lambda: all(stored_counts(buffer)[s] > before[s] + 5 for s in streams
