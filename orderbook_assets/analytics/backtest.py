@@ -723,8 +723,8 @@ class Exporter:
         if not self.r.has("liquidation"):
             return
         t = self.r.con.execute(
-            "SELECT epoch_us(trade_time) AS ts, epoch_us(recv_time) AS local, lower(side) AS side, average_price, "
-            f"filled_quantity FROM {self._relation('liquidation', sd, f'status = {views._lit(FILLED)}', self.start_us)} "
+            "SELECT epoch_us(trade_time) AS ts, epoch_us(recv_time) AS local, lower(side) AS side, avg_price, "
+            f"filled_accum_qty FROM {self._relation('liquidation', sd, f'status = {views._lit(FILLED)}', self.start_us)} "
             "ORDER BY local, ts").to_arrow_table()
         if not t.num_rows:
             return
@@ -732,7 +732,7 @@ class Exporter:
         self._neg(sd, DataType.LIQUIDATIONS.value, ts, local)
         w = CsvGz(self._path(sd, DataType.LIQUIDATIONS.value), HEADERS[DataType.LIQUIDATIONS])
         w.write([f"{prefix}{a},{b},,{side},{num(p)},{num(q)}\n" for a, b, side, p, q in zip(
-            ts.tolist(), local.tolist(), *(t.column(c).to_pylist() for c in ("side", "average_price", "filled_quantity")))])
+            ts.tolist(), local.tolist(), *(t.column(c).to_pylist() for c in ("side", "avg_price", "filled_accum_qty")))])
         self._close(w)
 
     def _partial_stream(self, sd: SymbolDay) -> str | None:

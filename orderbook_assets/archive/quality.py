@@ -81,7 +81,7 @@ CHECKS: dict[str, dict[str, Severity]] = {
 #: The float columns of each dataset that must be finite (nulls allowed where the column is).
 FINITE = {
     ds.MARK_PRICE: ("mark_price", "index_price", "estimated_settle_price", "funding_rate"),
-    ds.LIQUIDATION: ("quantity", "price", "average_price", "last_filled_quantity", "filled_quantity"),
+    ds.LIQUIDATION: ("orig_qty", "price", "avg_price", "last_filled_qty", "filled_accum_qty"),
 }
 #: How far a mark price may sit from the book's mid before ``mark_near_mid`` warns, as a
 #: fraction of the mid. The mark price follows the contract's own price (index plus a decaying

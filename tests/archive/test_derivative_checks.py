@@ -64,7 +64,7 @@ def test_a_funding_rate_or_price_not_finite_fails(tmp_path):
     got = run([marks], ds.MARK_PRICE)["values_finite"]
     assert (got.passed, got.count, got.severity) == (False, 2, quality.ERROR)
     liq = part(tmp_path, "l", ds.LIQUIDATION, [{"stream": "btcusdt@forceOrder", "recv_time": S, "event_time": S,
-                                                 "side": "SELL", "average_price": -math.inf}])
+                                                 "side": "SELL", "avg_price": -math.inf}])
     got = run([liq], ds.LIQUIDATION)["values_finite"]
     assert (got.passed, got.count) == (False, 1)
 

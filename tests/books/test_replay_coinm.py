@@ -69,8 +69,8 @@ MARKS = [
 ]
 LIQUIDATIONS = [
     {**common(FORCE, H + 350 * MS, 4), "event_time": ts(H + 349 * MS), "side": "BUY", "order_type": "LIMIT",
-     "time_in_force": "IOC", "quantity": 3.0, "price": 65020.0, "average_price": 65001.0, "status": "FILLED",
-     "last_filled_quantity": 1.0, "filled_quantity": 3.0, "trade_time": ts(H + 348 * MS)},
+     "time_in_force": "IOC", "orig_qty": 3.0, "price": 65020.0, "avg_price": 65001.0, "status": "FILLED",
+     "last_filled_qty": 1.0, "filled_accum_qty": 3.0, "trade_time": ts(H + 348 * MS)},
 ]
 SNAPSHOT = {"market": "coinm", "symbol": "BTCUSD_PERP", "stream": DIFF, "recv_time": ts(H + 120 * MS),
             "last_update_id": 505, "bids": lv((65000.1, 10.0), (64999.9, 4.0)), "asks": lv((65000.5, 3.0)),

@@ -45,8 +45,8 @@ MARKS = [
 ]
 LIQUIDATIONS = [
     {**common(FORCE, H + 600 * MS, 1), "event_time": ts(H + 598 * MS), "side": "SELL", "order_type": "LIMIT",
-     "time_in_force": "IOC", "quantity": 0.014, "price": 9910.0, "average_price": 9910.5, "status": "FILLED",
-     "last_filled_quantity": 0.004, "filled_quantity": 0.014, "trade_time": ts(H + 597 * MS)},
+     "time_in_force": "IOC", "orig_qty": 0.014, "price": 9910.0, "avg_price": 9910.5, "status": "FILLED",
+     "last_filled_qty": 0.004, "filled_accum_qty": 0.014, "trade_time": ts(H + 597 * MS)},
 ]
 
 
@@ -85,6 +85,8 @@ def test_mark_prices_and_liquidations_replay_as_binance_sends_them_and_decode_ba
                                                                     "wide_values")}
         want = {c: v for c, v in row.items() if c not in common(f["stream"], 0, 0)}
         ms = {"event_time": "event_ms", "trade_time": "trade_ms", "next_funding_time": "next_funding_ms"}
-        want = {ms.get(c, c): (None if v is None else (v - EPOCH) // timedelta(milliseconds=1)) if c in ms else v
-                for c, v in want.items()}
+        named = {"orig_qty": "quantity", "avg_price": "average_price", "last_filled_qty": "last_filled_quantity",
+                 "filled_accum_qty": "filled_quantity"}  # dataset column -> record field
+        want = {ms.get(c, named.get(c, c)): (None if v is None else (v - EPOCH) // timedelta(milliseconds=1))
+                if c in ms else v for c, v in want.items()}
         assert got == want, f["stream"]

@@ -23,8 +23,8 @@ COLUMNS = {
 DERIVATIVE_COLUMNS = {
     "mark_price": ("event_time", "mark_price", "index_price", "estimated_settle_price", "funding_rate",
                    "next_funding_time"),
-    "liquidation": ("event_time", "side", "order_type", "time_in_force", "quantity", "price", "average_price",
-                    "status", "last_filled_quantity", "filled_quantity", "trade_time"),
+    "liquidation": ("event_time", "side", "order_type", "time_in_force", "orig_qty", "price", "avg_price",
+                    "status", "last_filled_qty", "filled_accum_qty", "trade_time"),
 }
 #: dataset -> its dedup id column (with market and stream, the dataset's dedup key).
 ID = {"trade": "trade_id", "agg_trade": "agg_trade_id", "book_ticker": "update_id",

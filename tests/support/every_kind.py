@@ -168,8 +168,8 @@ def fill(conn, hour_us: int, n: int = 40, *, defects: Defects = Defects(), offse
                                              0.5, mid, mid, "FILLED", 0.5, 0.5, ms - 1, 0))
             out["liquidation"].append({**usdm.common("forceOrder", t0 + 7, sessions[USDM], sq),
                                        "event_time": _ts(ms * 1000), "side": side, "order_type": "LIMIT",
-                                       "time_in_force": "IOC", "quantity": 0.5, "price": mid, "average_price": mid,
-                                       "status": "FILLED", "last_filled_quantity": 0.5, "filled_quantity": 0.5,
+                                       "time_in_force": "IOC", "orig_qty": 0.5, "price": mid, "avg_price": mid,
+                                       "status": "FILLED", "last_filled_qty": 0.5, "filled_accum_qty": 0.5,
                                        "trade_time": _ts((ms - 1) * 1000)})
         # spot trades and aggTrades
         if i == n // 3 or (defects.unrecorded_trade_gap and i == 2 * n // 3):
