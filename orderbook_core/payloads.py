@@ -16,7 +16,7 @@ import math
 import re
 from collections.abc import Callable, Iterable
 from decimal import Decimal, InvalidOperation
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
@@ -77,14 +77,18 @@ def _uint(data: dict, key: str, what: str) -> int:
     return v
 
 
-def _number(data: dict, key: str, what: str, *, positive: bool) -> float:
-    v = data.get(key)
+def _decimal(v: Any, key: str, what: str) -> float:
+    """A Binance decimal string as a float (not yet checked for range)."""
     if not isinstance(v, str):
         raise FrameError(Q.BAD_DECIMAL, f"{what} ({key!r}) missing or not a decimal string")
     try:
-        x = float(v)
+        return float(v)
     except ValueError:
         raise FrameError(Q.BAD_DECIMAL, f"{what} ({key!r}) is not a decimal number: {v[:30]!r}") from None
+
+
+def _number(data: dict, key: str, what: str, *, positive: bool) -> float:
+    x = _decimal(data.get(key), key, what)
     if not math.isfinite(x) or x < 0 or (positive and x == 0):
         raise FrameError(Q.OUT_OF_RANGE, f"{what} ({key!r}) must be {'positive' if positive else 'non-negative'} and finite")
     return x
@@ -96,12 +100,7 @@ def _signed(data: dict, key: str, what: str) -> float | None:
     v = data.get(key)
     if v == "":
         return None
-    if not isinstance(v, str):
-        raise FrameError(Q.BAD_DECIMAL, f"{what} ({key!r}) missing or not a decimal string")
-    try:
-        x = float(v)
-    except ValueError:
-        raise FrameError(Q.BAD_DECIMAL, f"{what} ({key!r}) is not a decimal number: {v[:30]!r}") from None
+    x = _decimal(v, key, what)
     if not math.isfinite(x):
         raise FrameError(Q.OUT_OF_RANGE, f"{what} ({key!r}) must be finite")
     return x

@@ -22,7 +22,7 @@ import logging
 import time
 from typing import Callable, NamedTuple
 
-from orderbook_core.buffer.records import REST_SESSION, OpenInterestRecord, Quarantined, SilenceRecord
+from orderbook_core.buffer.records import REST_SESSION, Quarantined, SilenceRecord
 from orderbook_core.errors import FrameError
 from orderbook_core.payloads import decode_open_interest
 from orderbook_core.streams import OPEN_INTEREST, Market, open_interest_key

@@ -9,7 +9,6 @@ buffer made before the ledger kept locations (NULL: unknown) keep working as bef
 from __future__ import annotations
 
 import shutil
-import sqlite3
 
 import duckdb
 import pytest
@@ -22,6 +21,7 @@ from orderbook_assets.archive import pipeline
 from orderbook_assets.archive.location import Location
 from orderbook_assets.archive.store import LocalStore, open_store
 
+from support.old_buffers import buffer_at
 from support.buffer_rows import BASE_HOUR_US, fill_buffer, open_buffer
 
 SYMBOLS = ["btcusdt", "ethusdt"]
@@ -125,17 +125,9 @@ def test_parts_of_unknown_location_keep_working(archived_to_a):
 
 def test_a_version_4_buffer_gets_the_location_column_with_unknown_for_its_parts(tmp_path):
     path = tmp_path / "v4.sqlite3"
-    con = sqlite3.connect(path, isolation_level=None)
-    con.execute("PRAGMA journal_mode = WAL")
-    for step, sql in schema.MIGRATIONS:
-        if step <= 4:
-            for stmt in sql.split(";"):
-                if stmt.strip():
-                    con.execute(stmt)
-    con.execute("INSERT INTO export_parts (dataset, hour_us, part, id_lo, id_hi, state, object_key, planned_us, "
-                "updated_us) VALUES ('depth_snapshot', ?, 1, 0, 10, 'archived', 'k', 1, 1)", (BASE_HOUR_US,))
-    con.execute("PRAGMA user_version = 4")
-    con.close()
+    buffer_at(path, 4, ("INSERT INTO export_parts (dataset, hour_us, part, id_lo, id_hi, state, object_key, "
+                        "planned_us, updated_us) VALUES ('depth_snapshot', ?, 1, 0, 10, 'archived', 'k', 1, 1)",
+                        (BASE_HOUR_US,)))
     conn = buffer.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION
     (part,) = ledger.parts(conn, "depth_snapshot", BASE_HOUR_US)

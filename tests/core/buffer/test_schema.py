@@ -9,6 +9,7 @@ import pytest
 from orderbook_core import buffer
 from orderbook_core.buffer import schema
 from orderbook_core.errors import StorageError
+from support.old_buffers import buffer_at
 
 
 def make_v1(path) -> None:
@@ -56,17 +57,8 @@ def test_a_buffer_newer_than_the_program_is_refused(tmp_path):
 
 def make_v4(path, quarantined: list[tuple[int, str]]) -> None:
     """A buffer as the program of schema version 4 left it, with quarantined frames (seq, reason)."""
-    con = sqlite3.connect(path, isolation_level=None)
-    con.execute("PRAGMA journal_mode = WAL")
-    for step, sql in schema.MIGRATIONS:
-        if step <= 4:
-            for stmt in sql.split(";"):
-                if stmt.strip():
-                    con.execute(stmt)
-    con.executemany("INSERT INTO quarantine (recv_us, session_id, seq, reason, raw) VALUES (5, 1, ?, ?, x'00')",
-                    quarantined)
-    con.execute("PRAGMA user_version = 4")
-    con.close()
+    buffer_at(path, 4, *[("INSERT INTO quarantine (recv_us, session_id, seq, reason, raw) VALUES (5, 1, ?, ?, x'00')",
+                          q) for q in quarantined])
 
 
 #: Free-text reasons exactly as the decoders of version 4 wrote them, and the member each became.

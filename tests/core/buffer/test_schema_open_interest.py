@@ -3,25 +3,17 @@ and the new table holds polled answers under its dedup key."""
 
 from __future__ import annotations
 
-import sqlite3
 
 from orderbook_core import buffer
 from orderbook_core.buffer import schema
+from support.old_buffers import buffer_at
 
 
 def make_v4(path) -> None:
-    con = sqlite3.connect(path, isolation_level=None)
-    con.execute("PRAGMA journal_mode = WAL")
-    for step, sql in schema.MIGRATIONS:
-        if step <= 4:
-            for stmt in sql.split(";"):
-                if stmt.strip():
-                    con.execute(stmt)
-    con.execute("INSERT INTO streams (name, symbol, kind, market) VALUES ('usdm:btcusdt@trade', 'btcusdt', 'trade', 'usdm')")
-    con.execute("INSERT INTO trade (stream_id, session_id, seq, recv_us, event_ms, trade_ms, trade_id, price, qty, "
-                "is_buyer_maker) VALUES (1, 1, 0, 5, 4, 3, 77, 100.5, 0.25, 1)")
-    con.execute("PRAGMA user_version = 4")
-    con.close()
+    buffer_at(path, 4,
+              "INSERT INTO streams (name, symbol, kind, market) VALUES ('usdm:btcusdt@trade', 'btcusdt', 'trade', 'usdm')",
+              "INSERT INTO trade (stream_id, session_id, seq, recv_us, event_ms, trade_ms, trade_id, price, qty, "
+              "is_buyer_maker) VALUES (1, 1, 0, 5, 4, 3, 77, 100.5, 0.25, 1)")
 
 
 def test_a_version_4_buffer_gains_the_open_interest_table_and_keeps_its_rows(tmp_path):
