@@ -19,7 +19,7 @@ Three kinds of process, all started by this script on this machine:
   hour of the same shape (``archive_hour.py``'s buffer: 2,240 symbols, diff depth and trades,
   interleaved sessions): the soak's own hour cannot be archived while it is being recorded (the
   hour has not ended), so this loads the machine as the archive of the previous hour would, and
-  its rows/s under that load says how long a universe hour (rate × 3,600 rows) takes to archive.
+  its rows/s under that load says how long a universe hour (30,000 × 3,600 rows) takes to archive.
 
 Usage: python benchmarks/soak.py [--rate 30000] [--seconds 600] [--burst 5 --burst-at 120 --burst-seconds 60]
        [--collectors 1] [--spot 1450] [--usdm 790] [--archive-rows 200000]
@@ -55,6 +55,8 @@ from feed import ws_frame  # noqa: E402
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 FIRST_ID = 1_000_000_000
+#: Binance's universe (spot diff depth and trades of ~1,450 symbols, USD-M's of ~790), msg/s on average.
+UNIVERSE_RATE = 30_000
 TICK = 0.01  # seconds between the feed's writes on a connection
 #: A collector is drained when nothing arrived for this long and its queue and spill are empty.
 DRAIN_QUIET_S = 3.0
@@ -428,7 +430,7 @@ def main() -> None:
               "seconds " + ", ".join(f"{a['end'] - a['start']:.0f}" for a in archives))
         if ok:
             best = min(a["elapsed"] for a in ok)
-            hour_rows = args.rate * 3600
+            hour_rows = UNIVERSE_RATE * 3600
             print(f"  {archive_rows / best:,.0f} rows/s at best under load: a universe hour ({hour_rows:,.0f} rows) "
                   f"would take {hour_rows / (archive_rows / best) / 60:,.0f} min (limit 15)")
             slow = max(ok, key=lambda a: a["elapsed"])
