@@ -346,6 +346,7 @@ def test_event_flags_equal_the_installed_library():
     assert bt.EVENT_DTYPE.isalignedstruct == lib["event_dtype"]["aligned"]
 
 
+@pytest.mark.slow
 def test_hftbacktest_converter_reads_our_csv_and_its_book_is_ours(archive, tmp_path):
     out = tmp_path / "csv"
     assert run_export(archive, out) == 0

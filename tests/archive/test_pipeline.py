@@ -95,6 +95,7 @@ def test_hour_archived_to_local_folder_reads_back_equal(env):
 MIN_RATIO_VS_JSON = 40
 
 
+@pytest.mark.slow
 def test_parquet_is_at_least_40x_smaller_than_the_binance_json_of_realistic_books(env):
     conn, path, st, staging = env
     json_bytes = realistic_hour(path, REALISTIC_ROWS)

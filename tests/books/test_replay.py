@@ -88,6 +88,7 @@ def test_decimal_text_has_no_exponent_and_parses_back():
     assert dec(1e-05) == "0.00001" and dec(2.0) == "2"
 
 
+@pytest.mark.slow
 def test_replay_sends_the_archived_messages_in_order_and_a_gap_disconnects(archive: Path):
     async def scenario():
         async with ReplayServer(str(archive), H, H + 20 * S, speed=4, port=0) as r:

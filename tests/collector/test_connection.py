@@ -113,6 +113,7 @@ def rotated(buffer) -> int:
     return query(buffer, "SELECT count(*) FROM sessions WHERE close_reason LIKE '%rotated%'")[0][0]
 
 
+@pytest.mark.slow
 def test_make_before_break_rotation_loses_and_duplicates_nothing(tmp_path):
     buffer, log = tmp_path / "b.sqlite3", tmp_path / "sent.ndjson"
 

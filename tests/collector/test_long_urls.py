@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 import websockets.http11
 
 from orderbook_collector.config import Settings
@@ -107,6 +108,7 @@ def record_two_thousand(tmp_path) -> tuple[list[str], dict[str, int]]:
     return urls, counts
 
 
+@pytest.mark.slow
 def test_two_thousand_streams_connect_through_an_8_kb_server_without_a_414(tmp_path):
     urls, counts = record_two_thousand(tmp_path)
     # Two URLs under 8 KB, each opened at the first try; the rest of each connection's ~1,000
@@ -115,6 +117,7 @@ def test_two_thousand_streams_connect_through_an_8_kb_server_without_a_414(tmp_p
     assert counts == {"connected": 2, "reconnects": 0, "connect_failures": 0, "subscribe_requests": [3, 3]}
 
 
+@pytest.mark.slow
 def test_a_414_from_an_8_kb_server_splits_the_url_and_every_one_of_2000_streams_connects(tmp_path, monkeypatch):
     # The collector's own URLs stay under 8 KB, so this server never refuses one. To see what a
     # 414 does at exactly this limit, the collector starts as before the URL budget: each

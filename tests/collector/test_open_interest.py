@@ -11,6 +11,7 @@ import time
 from collections import Counter
 
 import duckdb
+import pytest
 from dagster import DagsterInstance
 
 from orderbook_assets.archive import datasets, quality
@@ -77,6 +78,7 @@ def test_the_setting_is_whole_seconds_and_off_by_default(tmp_path):
 
 # ---- on the simulated exchange ------------------------------------------------------------
 
+@pytest.mark.slow
 def test_open_interest_is_polled_under_a_weight_storm_without_a_429(tmp_path):
     """Twenty symbols asked every 0.1 s (far over the allowance) beside their diff streams' first
     snapshots, while other clients on the IP spend a quarter of every window: the poller stretches
@@ -122,6 +124,7 @@ def test_open_interest_is_polled_under_a_weight_storm_without_a_429(tmp_path):
     assert all(oi >= 0 for _, _, oi in got)
 
 
+@pytest.mark.slow
 def test_a_failed_poll_is_a_gap_and_a_refused_answer_is_quarantined_then_archived_once(tmp_path, monkeypatch):
     buffer, archive = tmp_path / "b.sqlite3", tmp_path / "archive"
 

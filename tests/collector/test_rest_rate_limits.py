@@ -22,6 +22,7 @@ async def _burst(client: RestClient, n: int) -> list[object]:
     return await asyncio.gather(*(client.get(*DEPTH) for _ in range(n)), return_exceptions=True)
 
 
+@pytest.mark.slow
 def test_a_whole_share_beside_others_spending_60_percent_earns_no_429_nor_418():
     """Share 1.0 of a budget of 100 per 1 s window while other clients on the IP spend 60 at the
     start of every window: 24 snapshots of weight 5 (three windows' worth of the 40 left) asked

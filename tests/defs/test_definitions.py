@@ -50,6 +50,7 @@ def expected(rows):
     return sorted((r.symbol, r.recv_us, r.session_id, r.seq, r.update_id, r.bids[0][0], r.asks[19][1], 10) for r in rows)
 
 
+@pytest.mark.slow
 def test_hour_archived_end_to_end_to_local_folder(env):
     rows = fill_buffer(env / "buffer.sqlite3", ["btcusdt", "ethusdt"], BASE_HOUR_US + 5_000_000, 500)
     result = run_hour()
@@ -108,6 +109,7 @@ def test_materialization_reports_the_true_ratio_vs_json_of_realistic_books(env):
     assert mat["compression_ratio_vs_json"].value == pytest.approx(true_ratio, rel=0.1)
 
 
+@pytest.mark.slow
 def test_hour_archived_end_to_end_to_moto(env, monkeypatch):
     with MotoServer() as moto:
         monkeypatch.setenv("ORDERBOOK_ARCHIVE_URL", "s3://books/archive")
@@ -179,6 +181,7 @@ def test_schedule_tick_at_five_past_requests_the_previous_hour():
     assert defs.resolve_schedule_def("cleanup_buffer_schedule").job_name == "cleanup_buffer"
 
 
+@pytest.mark.slow
 def test_sensor_requests_a_further_part_for_late_rows(env):
     path = env / "buffer.sqlite3"
     fill_buffer(path, ["btcusdt"], BASE_HOUR_US, 20)
@@ -235,6 +238,7 @@ def test_cleanup_job_runs(env, monkeypatch):
         instance=DagsterInstance.ephemeral(), raise_on_error=False).success
 
 
+@pytest.mark.slow
 def test_every_dataset_archived_by_the_job_checked_and_cleaned(env, monkeypatch):
     """archive_hour materializes every stream dataset of its hour with its checks, coverage and
     archived_hour; late trades alone get a further run from the sensor; cleanup frees every table."""

@@ -20,6 +20,7 @@ def first_key(**env: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_the_start_is_configurable_and_the_definitions_use_it():
     assert first_key(**{START_ENV: "2026-11-20"}).stdout.strip() == "2026-11-20-00:00"
     assert first_key(**{START_ENV: "2026-11-20-13:00"}).stdout.strip() == "2026-11-20-13:00"

@@ -33,6 +33,9 @@ from support.procs import query
 from support.runs import checks_of, materialized
 from tools.simulator.exchange import Exchange
 
+#: An end-to-end run of the real collector and archive: make test runs it, test-fast does not.
+pytestmark = pytest.mark.slow
+
 COINM = Market.COINM
 SYMBOL = "btcusd_perp"
 DIFF = f"{SYMBOL}@depth@100ms"

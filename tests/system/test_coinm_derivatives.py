@@ -47,6 +47,9 @@ from support.procs import query
 from support.runs import checks_of, materialized
 from tools.simulator.exchange import Exchange
 
+#: An end-to-end run of the real collector and archive: make test runs it, test-fast does not.
+pytestmark = pytest.mark.slow
+
 PERP, DATED, USDM_SYMBOL = "btcusd_perp", "btcusd_261225", "btcusdt"
 COINM_KINDS = ["markPrice@1s", "forceOrder", "bookTicker", "depth@100ms"]
 USDM_KINDS = ["markPrice@1s", "forceOrder"]

@@ -168,6 +168,7 @@ def fill(path: Path) -> int:
     return written
 
 
+@pytest.mark.slow
 def test_disk_full_collector_stays_up_reports_it_and_catches_up(tiny_fs, tmp_path):
     buffer = tiny_fs / "buffer.sqlite3"
     sent_log = tmp_path / "sent.ndjson"
@@ -259,6 +260,7 @@ def spilled_bytes(tmp_path) -> int:
     return sum(f.stat().st_size for f in (tmp_path / "buffer.sqlite3.spill").glob("spill-*.bin"))
 
 
+@pytest.mark.slow
 def test_held_write_lock_spills_then_catches_up_without_loss(tmp_path):
     buffer = tmp_path / "buffer.sqlite3"
     sent_log = tmp_path / "sent.ndjson"
