@@ -264,6 +264,17 @@ def _liquidation(spec, data, recv_us, sid, seq, wide) -> LiquidationRecord:
     )
 
 
+def _rest_object(body: bytes, what: str) -> dict:
+    """A REST answer's body as the JSON object it must be."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise FrameError(Q.NOT_JSON, str(exc)) from None
+    if type(data) is not dict:
+        raise FrameError(Q.NOT_OBJECT, f"{what} is not a JSON object")
+    return data
+
+
 def decode_rest_depth(spec: StreamSpec, body: bytes, recv_us: int, reason: str, limit: int) -> DepthRestSnapshotRecord:
     """The record of a REST depth snapshot (``body`` as the server sent it) fetched for ``spec``'s diff stream.
 
@@ -275,12 +286,7 @@ def decode_rest_depth(spec: StreamSpec, body: bytes, recv_us: int, reason: str, 
     Raises:
         FrameError: the body is not a depth snapshot; its reason and detail are stored with the body in quarantine.
     """
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise FrameError(Q.NOT_JSON, str(exc)) from None
-    if type(data) is not dict:
-        raise FrameError(Q.NOT_OBJECT, "depth snapshot is not a JSON object")
+    data = _rest_object(body, "depth snapshot")
     last_id = _uint(data, "lastUpdateId", "last update id")
     levels, n_bids = pack_sides(data.get("bids"), data.get("asks"), limit)
     usdm = spec.market in FUTURES
@@ -300,12 +306,7 @@ def decode_open_interest(market: Market, symbol: str, body: bytes, recv_us: int)
     Raises:
         FrameError: the body is not that answer; its reason is stored with the body in quarantine.
     """
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise FrameError(Q.NOT_JSON, str(exc)) from None
-    if type(data) is not dict:
-        raise FrameError(Q.NOT_OBJECT, "open interest is not a JSON object")
+    data = _rest_object(body, "open interest")
     asked = symbol.upper()
     if data.get("symbol") != asked:
         raise FrameError(Q.WRONG_SYMBOL, f"open interest of {str(data.get('symbol'))[:30]!r}, not of {asked!r} as asked")
